@@ -1,0 +1,361 @@
+"""Per-customer fund-flow state, advanced one event at a time.
+
+``apply_transaction`` / ``apply_loan`` are the pure step of the pipeline: no
+I/O, no clock, no Redis. They mutate the ``CustomerState`` they are given (the
+caller owns it; the worker drops its cached copy whenever a Redis commit
+fails, so a half-applied batch is never reused). ``rules.metrics.evaluate``
+turns a state into the fields of ``metrics.md`` at any ``as_of`` at or after
+the customer's latest event.
+
+Memory and per-event cost are bounded by the windows, not by the history:
+- ``events`` keeps whole calendar days of event records back to the day that
+  holds ``latest - 90 days`` (nothing older can ever fall in a window);
+- ``seen`` remembers txn_ids for ``dedup_horizon`` of event time; an event
+  older than that relative to the customer's latest cannot be checked for a
+  repeat, so it is refused (``TOO_LATE``) instead of risking a double apply;
+- FIFO ``lots`` are capped (``lot_cap``): past the cap the two oldest merge;
+- a streak of net-outflow days that runs past the kept days is carried in
+  ``carry_day`` / ``carry_streak``.
+
+What can go wrong here: nothing raises on valid events. A repeat returns
+``DUPLICATE``; the same txn_id with other content returns ``CONFLICT``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import hashlib
+from collections import deque
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from rules.events import LoanEvent, TransactionEvent
+
+ZERO = Decimal(0)
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+US_PER_SECOND = 1_000_000
+US_PER_DAY = 86_400 * US_PER_SECOND
+HOUR_US = 3600 * US_PER_SECOND
+WINDOW_90D_US = 90 * US_PER_DAY
+LOAN_HISTORY_US = 31 * US_PER_DAY  # contribution averages loan outstanding over 30 end-of-day values
+INCOME_MONTHS_KEPT = 13  # salary/pension per month, for the salary-flow anomaly rule
+
+# Event record flags (one int per kept event).
+CREDIT = 1
+EXTERNAL = 2
+LOAN_REPAYMENT = 4
+FEE = 8
+SALARY = 16
+PENSION = 32
+
+_KIND_FLAGS = {"loan_repayment": LOAN_REPAYMENT, "fee": FEE, "salary": SALARY, "pension": PENSION}
+
+
+class Outcome(StrEnum):
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"  # same txn_id, same content: changes nothing
+    CONFLICT = "duplicate_txn_id_conflict"  # same txn_id, other content: refused, dead-lettered
+    TOO_LATE = "too_late_to_deduplicate"  # older than the dedup horizon: refused, dead-lettered
+
+
+@dataclass(frozen=True, slots=True)
+class StateConfig:
+    """The knobs of the state machine (built from ``streams.settings``)."""
+
+    zone: ZoneInfo
+    lot_cap: int = 256
+    dedup_horizon_days: int = 120
+
+    @property
+    def dedup_horizon_us(self) -> int:
+        return self.dedup_horizon_days * US_PER_DAY
+
+
+@dataclass(slots=True)
+class EventRecord:
+    """One kept TransactionEvent, as the windows need it."""
+
+    ts_us: int
+    day: int  # proleptic ordinal of the local calendar day
+    amount: Decimal  # signed: + credit, - debit
+    flags: int
+    bank: str | None  # counterparty bank when external
+    consumed: Decimal = ZERO  # debit: lot amount this debit consumed (FIFO)
+    weighted_age_us: Decimal = ZERO  # debit: sum of consumed piece * (debit ts - lot ts) in µs
+
+
+@dataclass(slots=True)
+class LoanPoint:
+    """A loan's state as of ``ts_us`` (from one LoanEvent)."""
+
+    ts_us: int
+    principal: Decimal
+    outstanding: Decimal
+    annual_rate: Decimal
+    installment: Decimal
+    next_due: int  # date ordinal
+    status: str
+    account_id: str
+
+
+@dataclass(slots=True)
+class CustomerState:
+    customer_id: str
+    balance: Decimal = ZERO
+    first_us: int | None = None  # min ts of any TransactionEvent: history starts on its day
+    first_day: int | None = None
+    last_us: int | None = None  # max ts of any event (transactions and loans)
+    events: list[EventRecord] = field(default_factory=list)  # sorted by ts_us
+    seen: dict[str, tuple[str, int]] = field(default_factory=dict)  # txn_id -> (content hash, ts_us)
+    lots: deque[list[Any]] = field(default_factory=deque)  # [remaining amount: Decimal, ts_us: int]
+    overdraft: Decimal = ZERO
+    ledger: dict[str, tuple[int, Decimal]] = field(default_factory=dict)  # account -> (ts_us, balance_after)
+    kept_from_day: int | None = None  # events of earlier days are pruned (outside every window)
+    next_prune_us: int = 0  # not stored: the horizon only moves a day at a time, so prune then
+    carry_day: int | None = None  # last pruned day, and the net-outflow streak ending on it
+    carry_streak: int = 0
+    loans: dict[str, list[LoanPoint]] = field(default_factory=dict)  # loan_id -> points sorted by ts
+    salary_payer: str | None = None  # payer_customer_id of the latest salary (by ts)
+    salary_payer_us: int = -1
+    income_months: dict[int, Decimal] = field(default_factory=dict)  # month index -> salary+pension
+    applied_total: int = 0  # TransactionEvents applied over the whole history
+    # Owned by the business rules (rules.engine): edge-trigger flags, cool-downs, push caps.
+    # JSON-serialisable values only; stored with the state, so it commits atomically with it.
+    rule_state: dict[str, Any] = field(default_factory=dict)
+
+
+def local_day(ts_us: int, zone: ZoneInfo) -> int:
+    """The proleptic ordinal of the calendar day in ``zone`` that holds ``ts_us``."""
+    return from_us(ts_us).astimezone(zone).date().toordinal()
+
+
+def to_us(moment: dt.datetime) -> int:
+    """Microseconds since the epoch of an aware datetime, exactly (no float)."""
+    delta = moment - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * US_PER_SECOND + delta.microseconds
+
+
+def from_us(ts_us: int) -> dt.datetime:
+    """The aware UTC datetime of ``ts_us`` microseconds since the epoch."""
+    return EPOCH + dt.timedelta(microseconds=ts_us)
+
+
+def content_hash(event: TransactionEvent | LoanEvent, ts_us: int | None = None) -> str:
+    """A short fingerprint of what an event says, insensitive to formatting
+    (``1.5`` vs ``1.50``, ``+00:00`` vs ``+08:00`` for the same instant)."""
+    if isinstance(event, TransactionEvent):
+        text = "\x1f".join(
+            (
+                event.txn_id,
+                event.customer_id,
+                event.account_id,
+                str(ts_us if ts_us is not None else to_us(event.ts)),
+                event.direction,
+                str(event.amount.normalize()),
+                event.currency,
+                event.kind,
+                "1" if event.external else "0",
+                event.counterparty_bank or "",
+                str(event.balance_after.normalize()) if event.balance_after is not None else "",
+                event.payer_customer_id or "",
+            )
+        )
+    else:
+        text = "\x1f".join(str(v.normalize() if isinstance(v, Decimal) else v) for _, v in event)
+    return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
+
+
+def _month_index(day: int) -> int:
+    date = dt.date.fromordinal(day)
+    return date.year * 12 + date.month - 1
+
+
+def apply_transaction(
+    state: CustomerState, event: TransactionEvent, config: StateConfig, fingerprint: str | None = None
+) -> Outcome:
+    """Advance ``state`` by one TransactionEvent (in arrival order)."""
+    ts_us = to_us(event.ts)
+    fingerprint = fingerprint or content_hash(event, ts_us)
+    # Checked first, so the answer never depends on when ``seen`` was last pruned.
+    if state.last_us is not None and ts_us <= state.last_us - config.dedup_horizon_us:
+        return Outcome.TOO_LATE
+    known = state.seen.get(event.txn_id)
+    if known is not None:
+        return Outcome.DUPLICATE if known[0] == fingerprint else Outcome.CONFLICT
+    state.seen[event.txn_id] = (fingerprint, ts_us)
+
+    credit = event.direction == "credit"
+    amount = event.amount
+    day = event.ts.astimezone(config.zone).date().toordinal()
+    flags = (CREDIT if credit else 0) | _KIND_FLAGS.get(event.kind, 0)
+    bank = None
+    if event.external:
+        flags |= EXTERNAL
+        bank = event.counterparty_bank
+    record = EventRecord(ts_us, day, amount if credit else -amount, flags, bank)
+
+    state.balance += record.amount
+    state.applied_total += 1
+    if state.first_us is None or ts_us < state.first_us:
+        state.first_us = ts_us
+        state.first_day = day
+    previous_last = state.last_us
+    if previous_last is None or ts_us > previous_last:
+        state.last_us = ts_us
+
+    if credit:
+        _credit_lots(state, amount, ts_us, config.lot_cap)
+    else:
+        _debit_lots(state, record)
+
+    if event.balance_after is not None:
+        held = state.ledger.get(event.account_id)
+        if held is None or ts_us >= held[0]:
+            state.ledger[event.account_id] = (ts_us, event.balance_after)
+
+    if credit and event.kind in ("salary", "pension"):
+        month = _month_index(day)
+        state.income_months[month] = state.income_months.get(month, ZERO) + amount
+        if event.kind == "salary" and ts_us >= state.salary_payer_us:
+            state.salary_payer = event.payer_customer_id
+            state.salary_payer_us = ts_us
+
+    events = state.events
+    if not events or ts_us >= events[-1].ts_us:
+        events.append(record)
+    elif state.kept_from_day is None or day >= state.kept_from_day:
+        events.insert(bisect.bisect_right(events, ts_us, key=_ts_of), record)
+    # else: a late event older than every window moves balance and lots only
+
+    if state.last_us >= state.next_prune_us:  # type: ignore[operator]
+        _prune(state, config)
+    return Outcome.APPLIED
+
+
+def _ts_of(record: EventRecord) -> int:
+    return record.ts_us
+
+
+def _credit_lots(state: CustomerState, amount: Decimal, ts_us: int, lot_cap: int) -> None:
+    if state.overdraft:
+        repaid = min(state.overdraft, amount)
+        state.overdraft -= repaid
+        amount -= repaid
+        if not amount:
+            return
+    lots = state.lots
+    if len(lots) >= lot_cap:
+        first_amount, first_us = lots.popleft()
+        second = lots[0]
+        total: Decimal = first_amount + second[0]
+        mean_us: Decimal = (first_amount * first_us + second[0] * second[1]) / total
+        second[0] = total
+        second[1] = int(mean_us.to_integral_value())
+    lots.append([amount, ts_us])
+
+
+def _debit_lots(state: CustomerState, record: EventRecord) -> None:
+    wanted = -record.amount
+    lots = state.lots
+    consumed = ZERO
+    weighted = ZERO
+    while wanted and lots:
+        lot = lots[0]
+        remaining: Decimal = lot[0]
+        piece = remaining if remaining <= wanted else wanted
+        consumed += piece
+        weighted += piece * (record.ts_us - lot[1])
+        wanted -= piece
+        if piece == remaining:
+            lots.popleft()
+        else:
+            lot[0] = remaining - piece
+    if wanted:
+        state.overdraft += wanted
+    record.consumed = consumed
+    record.weighted_age_us = weighted
+
+
+def _prune(state: CustomerState, config: StateConfig) -> None:
+    """Drop what can no longer fall in any window, now that ``last_us`` moved."""
+    assert state.last_us is not None
+    horizon = from_us(state.last_us - WINDOW_90D_US).astimezone(config.zone)
+    horizon_day = horizon.date().toordinal()
+    next_midnight = dt.datetime.combine(horizon.date() + dt.timedelta(days=1), dt.time(), config.zone)
+    state.next_prune_us = to_us(next_midnight) + WINDOW_90D_US  # when horizon_day moves on
+    state.kept_from_day = horizon_day
+    events = state.events
+    if events and events[0].day < horizon_day:
+        cut = 0
+        while cut < len(events) and events[cut].day < horizon_day:
+            cut += 1
+        _carry_streak(state, events[:cut])
+        del events[:cut]
+    # txn_ids arrive roughly in ts order, so the dict's oldest entries are the oldest
+    # in time: drop from the front until one is still inside the horizon (amortised O(1);
+    # a late id may outlive the horizon a little, which only widens the dedup).
+    horizon_us = state.last_us - config.dedup_horizon_us
+    seen = state.seen
+    while seen:
+        oldest = next(iter(seen))
+        if seen[oldest][1] > horizon_us:
+            break
+        del seen[oldest]
+    loan_horizon = state.last_us - LOAN_HISTORY_US
+    for points in state.loans.values():
+        # keep the newest point at or before the horizon: it is the state on the horizon's day
+        while len(points) > 1 and points[1].ts_us <= loan_horizon:
+            del points[0]
+    if len(state.income_months) > INCOME_MONTHS_KEPT:
+        newest = max(state.income_months)
+        for month in [m for m in state.income_months if m <= newest - INCOME_MONTHS_KEPT]:
+            del state.income_months[month]
+
+
+def _carry_streak(state: CustomerState, pruned: list[EventRecord]) -> None:
+    """Remember the net-outflow streak that ends on the last pruned day."""
+    nets: dict[int, Decimal] = {}
+    for record in pruned:
+        nets[record.day] = nets.get(record.day, ZERO) + record.amount
+    for day in sorted(nets):
+        if nets[day] < 0:
+            contiguous = state.carry_day is not None and state.carry_day == day - 1
+            state.carry_streak = (state.carry_streak if contiguous else 0) + 1
+        else:
+            state.carry_streak = 0
+        state.carry_day = day
+
+
+def apply_loan(state: CustomerState, event: LoanEvent, config: StateConfig) -> Outcome:
+    """Record a loan's new state. Idempotent by content: an identical LoanEvent is a duplicate."""
+    ts_us = to_us(event.ts)
+    points = state.loans.setdefault(event.loan_id, [])
+    point = LoanPoint(
+        ts_us=ts_us,
+        principal=event.principal,
+        outstanding=event.outstanding,
+        annual_rate=event.annual_rate,
+        installment=event.installment,
+        next_due=event.next_due.toordinal(),
+        status=event.status,
+        account_id=event.account_id,
+    )
+    for existing in points:
+        if existing == point:
+            return Outcome.DUPLICATE
+    index = bisect.bisect_right(points, ts_us, key=lambda p: p.ts_us)
+    points.insert(index, point)
+    if state.last_us is None or ts_us > state.last_us:
+        state.last_us = ts_us
+    if state.last_us >= state.next_prune_us:
+        _prune(state, config)
+    return Outcome.APPLIED
+
+
+def latest_loans(state: CustomerState) -> dict[str, LoanPoint]:
+    """Each loan's latest state (by ts; for equal ts, the later arrival)."""
+    return {loan_id: points[-1] for loan_id, points in state.loans.items() if points}

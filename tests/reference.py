@@ -1,0 +1,181 @@
+"""A slow, obviously correct implementation of metrics.md (Balances, Flows,
+Retention, Segments) for ONE customer, from the raw list of its events.
+
+Independent of ``rules.state`` / ``rules.metrics``: no day buckets, no pruning,
+no incremental anything. Every number is recomputed from the whole list by
+brute force, the way one would check it by hand:
+
+* end-of-day balance of day d = the sum of the signed amounts of the events
+  whose local day is <= d; days before the first event's day count for nothing;
+* windows are (as_of - W, as_of] on event time in microseconds;
+* FIFO lots are built by walking the events in ARRIVAL order (metrics.md: late
+  events join the lots in arrival order with their own ts), with the overdraft
+  rule, and — when ``lot_cap`` is given — the two oldest lots merged into one
+  at their amount-weighted mean ts (rounded half-even to the microsecond) when a
+  new lot would exceed the cap;
+* ratios are exact (``fractions``/``statistics`` on Decimals), compared with a
+  relative tolerance of 1e-18.
+
+Interpretations of points metrics.md leaves open (shared with the engine):
+the first-event day is the smallest local day of any event; ``txn_count_30d``
+counts credits and debits; ``external_banks_90d`` counts the non-empty
+``counterparty_bank`` of external events of either direction; a lot's age may
+be negative when a late debit consumes a lot that is younger than it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import statistics
+from decimal import Decimal, localcontext
+from fractions import Fraction
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from rules.events import TransactionEvent
+
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+DAY_US = 86_400_000_000
+WINDOWS_US = {"24h": DAY_US, "7d": 7 * DAY_US, "30d": 30 * DAY_US, "90d": 90 * DAY_US}
+ZERO = Decimal(0)
+
+
+def micros(moment: dt.datetime) -> int:
+    return (moment - EPOCH) // dt.timedelta(microseconds=1)
+
+
+def signed(event: TransactionEvent) -> Decimal:
+    return event.amount if event.direction == "credit" else -event.amount
+
+
+def in_window(event: TransactionEvent, as_of_us: int, window: str) -> bool:
+    return as_of_us - WINDOWS_US[window] < micros(event.ts) <= as_of_us
+
+
+def fifo(events: list[TransactionEvent], lot_cap: int | None) -> tuple[list[list[Any]], list[tuple[int, Decimal, int]]]:
+    """Lots left [amount, ts_us] and every consumed piece (debit ts, amount, age in µs)."""
+    lots: list[list[Any]] = []
+    pieces: list[tuple[int, Decimal, int]] = []
+    overdraft = ZERO
+    for event in events:  # arrival order
+        ts = micros(event.ts)
+        if event.direction == "credit":
+            amount = event.amount
+            repaid = min(overdraft, amount)
+            overdraft -= repaid
+            amount -= repaid
+            if amount == 0:
+                continue
+            if lot_cap is not None and len(lots) >= lot_cap:
+                (a0, t0), (a1, t1) = lots[0], lots[1]
+                mean = (Fraction(a0) * t0 + Fraction(a1) * t1) / Fraction(a0 + a1)
+                lots[:2] = [[a0 + a1, round(mean)]]  # round(): half to even
+            lots.append([amount, ts])
+        else:
+            wanted = event.amount
+            while wanted and lots:
+                piece = min(lots[0][0], wanted)
+                pieces.append((ts, piece, ts - lots[0][1]))
+                wanted -= piece
+                lots[0][0] -= piece
+                if lots[0][0] == 0:
+                    lots.pop(0)
+            overdraft += wanted
+    return lots, pieces
+
+
+def reference_state(
+    events: list[TransactionEvent], as_of: dt.datetime, zone: ZoneInfo, lot_cap: int | None = None
+) -> dict[str, Any]:
+    as_of_us = micros(as_of)
+    as_of_day = as_of.astimezone(zone).date()
+
+    def day(event: TransactionEvent) -> dt.date:
+        return event.ts.astimezone(zone).date()
+
+    balance = sum((signed(e) for e in events), ZERO)
+
+    latest: dict[str, tuple[int, int, Decimal]] = {}
+    for arrival, e in enumerate(events):
+        if e.balance_after is not None:
+            key = (micros(e.ts), arrival, e.balance_after)
+            if e.account_id not in latest or key[:2] > latest[e.account_id][:2]:
+                latest[e.account_id] = key
+    ledger = sum((v[2] for v in latest.values()), ZERO) if latest else None
+
+    first_day = min(day(e) for e in events)
+
+    def end_of_day(d: dt.date) -> Decimal:
+        return sum((signed(e) for e in events if day(e) <= d), ZERO)
+
+    def days_from(start: dt.date) -> list[dt.date]:
+        start = max(start, first_day)
+        return [start + dt.timedelta(days=i) for i in range((as_of_day - start).days + 1)]
+
+    mtd = [end_of_day(d) for d in days_from(as_of_day.replace(day=1))]
+    last30 = [end_of_day(d) for d in days_from(as_of_day - dt.timedelta(days=29))]
+
+    def flow(direction: str, window: str, extra: Any = lambda e: True) -> Decimal:
+        return sum(
+            (e.amount for e in events if e.direction == direction and in_window(e, as_of_us, window) and extra(e)),
+            ZERO,
+        )
+
+    inflow = {w: flow("credit", w) for w in WINDOWS_US}
+    outflow = {w: flow("debit", w) for w in ("24h", "7d", "30d")}
+    external_out = flow("debit", "30d", lambda e: e.external)
+    repaid = flow("debit", "30d", lambda e: e.kind == "loan_repayment")
+    count_30d = sum(1 for e in events if in_window(e, as_of_us, "30d"))
+    banks = {
+        e.counterparty_bank for e in events if e.external and e.counterparty_bank and in_window(e, as_of_us, "90d")
+    }
+
+    streak = 0
+    d = as_of_day
+    while True:
+        todays = [signed(e) for e in events if day(e) == d]
+        if not todays or sum(todays, ZERO) >= 0:
+            break
+        streak += 1
+        d -= dt.timedelta(days=1)
+
+    lots, pieces = fifo(events, lot_cap)
+    recent = [(amount, age) for ts, amount, age in pieces if as_of_us - WINDOWS_US["90d"] < ts <= as_of_us]
+    consumed = sum((a for a, _ in recent), ZERO)
+    remaining = sum((a for a, ts in lots if ts > as_of_us - WINDOWS_US["90d"]), ZERO)
+
+    with localcontext() as ctx:
+        ctx.prec = 50
+        avg_txn = Decimal(count_30d) / 30
+        result: dict[str, Any] = {
+            "balance": balance,
+            "ledger_balance": ledger,
+            "ledger_drift": balance - ledger if ledger is not None else None,
+            "daily_avg_balance_mtd": statistics.mean(mtd),
+            "avg_balance_30d": statistics.mean(last30),
+            "balance_volatility_30d": statistics.pstdev(last30),
+            **{f"inflow_{w}": v for w, v in inflow.items()},
+            **{f"outflow_{w}": v for w, v in outflow.items()},
+            "external_outflow_30d": external_out,
+            "external_outflow_share_30d": external_out / outflow["30d"] if outflow["30d"] else ZERO,
+            "txn_count_30d": count_30d,
+            "avg_txn_per_day_30d": avg_txn,
+            "loan_repaid_30d": repaid,
+            "external_banks_90d": len(banks),
+            "net_outflow_streak_days": streak,
+            "retention_days_avg_90d": (
+                sum((a * age for a, age in recent), ZERO) / consumed / DAY_US if consumed else None
+            ),
+            "collection_rate_90d": remaining / inflow["90d"] if inflow["90d"] else None,
+        }
+    segments = []
+    if avg_txn > 5:
+        segments.append("high_activity")
+    if avg_txn < 2:
+        segments.append("low_activity")
+    if repaid > 100_000:
+        segments.append("high_repayment")
+    if len(banks) > 3:
+        segments.append("dispersed_funds")
+    result["segments"] = segments
+    return result

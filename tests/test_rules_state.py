@@ -1,0 +1,180 @@
+"""The incremental state (rules.state + rules.metrics) against the slow reference.
+
+Hypothesis generates nasty single-customer histories (overdrafts, late events,
+day and month boundaries in Asia/Shanghai, several offsets for one instant);
+every field must equal the reference exactly, at the last event and later.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rules.events import TransactionEvent
+from rules.metrics import evaluate
+from rules.state import CustomerState, Outcome, StateConfig, apply_transaction, content_hash, to_us
+from streams.codec import decode_state, encode_state
+from tests.reference import reference_state
+from tests.strategies import event_sequences_for_cap, histories
+
+ZONE = ZoneInfo("Asia/Shanghai")
+FIELDS = [
+    "balance", "ledger_balance", "ledger_drift", "daily_avg_balance_mtd", "avg_balance_30d",
+    "balance_volatility_30d", "inflow_24h", "inflow_7d", "inflow_30d", "inflow_90d", "outflow_24h",
+    "outflow_7d", "outflow_30d", "external_outflow_30d", "external_outflow_share_30d", "txn_count_30d",
+    "avg_txn_per_day_30d", "loan_repaid_30d", "external_banks_90d", "net_outflow_streak_days",
+    "retention_days_avg_90d", "collection_rate_90d", "segments",
+]  # fmt: skip
+
+
+def run(events: list[TransactionEvent], config: StateConfig, roundtrip: bool = False) -> CustomerState:
+    state = CustomerState(events[0].customer_id)
+    latest: int | None = None
+    for event in events:
+        ts = to_us(event.ts)
+        outcome = apply_transaction(state, event, config)
+        expected = (
+            Outcome.TOO_LATE if latest is not None and ts <= latest - config.dedup_horizon_us else Outcome.APPLIED
+        )
+        assert outcome is expected
+        latest = ts if latest is None or ts > latest else latest
+        if roundtrip:
+            state = decode_state(encode_state(state))
+    return state
+
+
+def close(a: object, b: object) -> bool:
+    if isinstance(a, Decimal) and isinstance(b, Decimal):
+        return abs(a - b) <= Decimal("1e-18") * max(Decimal(1), abs(b))
+    return a == b
+
+
+def assert_matches(
+    state: CustomerState,
+    events: list[TransactionEvent],
+    as_of: dt.datetime,
+    config: StateConfig,
+    lot_cap: int | None = None,
+) -> None:
+    got = evaluate(state, to_us(as_of), config)
+    want = reference_state(events, as_of, ZONE, lot_cap=lot_cap)
+    for name in FIELDS:
+        assert close(got[name], want[name]), f"{name}: incremental {got[name]!r} != reference {want[name]!r}"
+
+
+def accepted(events: list[TransactionEvent], config: StateConfig) -> list[TransactionEvent]:
+    """The events the state takes (drops those older than the dedup horizon, as the state does)."""
+    kept, latest = [], None
+    for event in events:
+        ts = to_us(event.ts)
+        if latest is not None and ts <= latest - config.dedup_horizon_us:
+            continue
+        kept.append(event)
+        latest = ts if latest is None or ts > latest else latest
+    return kept
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories())
+def test_incremental_state_equals_reference(history: tuple[list[TransactionEvent], dt.datetime]) -> None:
+    events, as_of = history
+    config = StateConfig(ZONE, lot_cap=10_000)
+    state = run(events, config)
+    assert_matches(state, events=accepted(events, config), as_of=as_of, config=config)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories(), st.integers(min_value=0, max_value=200))
+def test_state_survives_redis_roundtrip_between_events(
+    history: tuple[list[TransactionEvent], dt.datetime], extra_hours: int
+) -> None:
+    events, as_of = history
+    config = StateConfig(ZONE, lot_cap=10_000)
+    state = run(events, config, roundtrip=True)
+    as_of = as_of + dt.timedelta(hours=extra_hours)
+    assert_matches(state, events=accepted(events, config), as_of=as_of, config=config)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(event_sequences_for_cap(), st.integers(min_value=2, max_value=6))
+def test_lot_cap_merges_like_reference(history: tuple[list[TransactionEvent], dt.datetime], cap: int) -> None:
+    events, as_of = history
+    config = StateConfig(ZONE, lot_cap=cap)
+    state = run(events, config)
+    assert len(state.lots) <= cap
+    assert_matches(state, events=accepted(events, config), as_of=as_of, config=config, lot_cap=cap)
+
+
+@settings(max_examples=100, deadline=None)
+@given(histories())
+def test_applying_an_event_twice_changes_nothing(history: tuple[list[TransactionEvent], dt.datetime]) -> None:
+    events, _ = history
+    config = StateConfig(ZONE, lot_cap=10_000)
+    state = run(events, config)
+    before = encode_state(state)
+    for event in events:
+        assert apply_transaction(state, event, config) in (Outcome.DUPLICATE, Outcome.TOO_LATE)
+    assert encode_state(state) == before
+
+
+def test_same_txn_id_with_other_content_is_a_conflict() -> None:
+    config = StateConfig(ZONE)
+    base = {
+        "txn_id": "t1", "customer_id": "c", "account_id": "a", "ts": "2024-01-31T23:30:00+08:00",
+        "direction": "credit", "amount": "100.00",
+    }  # fmt: skip
+    state = CustomerState("c")
+    assert apply_transaction(state, TransactionEvent.model_validate(base), config) is Outcome.APPLIED
+    same_instant = {**base, "ts": "2024-01-31T15:30:00+00:00", "amount": "100.0"}
+    assert apply_transaction(state, TransactionEvent.model_validate(same_instant), config) is Outcome.DUPLICATE
+    changed = {**base, "amount": "100.01"}
+    assert apply_transaction(state, TransactionEvent.model_validate(changed), config) is Outcome.CONFLICT
+    assert state.balance == Decimal("100.00")
+
+
+def test_fingerprint_ignores_formatting_only() -> None:
+    a = TransactionEvent.model_validate(
+        {"txn_id": "t", "customer_id": "c", "account_id": "a", "ts": "2024-01-01T00:00:00+08:00",
+         "direction": "debit", "amount": "5.5"})  # fmt: skip
+    b = a.model_copy(update={"amount": Decimal("5.50"), "ts": dt.datetime(2023, 12, 31, 16, tzinfo=dt.UTC)})
+    c = a.model_copy(update={"direction": "credit"})
+    assert content_hash(a) == content_hash(b) != content_hash(c)
+
+
+def test_evaluate_refuses_as_of_before_last_event() -> None:
+    config = StateConfig(ZONE)
+    state = CustomerState("c")
+    event = TransactionEvent.model_validate(
+        {"txn_id": "t", "customer_id": "c", "account_id": "a", "ts": "2024-01-01T00:00:00+08:00",
+         "direction": "debit", "amount": "5"})  # fmt: skip
+    apply_transaction(state, event, config)
+    with pytest.raises(ValueError):
+        evaluate(state, to_us(event.ts) - 1, config)
+
+
+def test_cost_and_memory_do_not_grow_with_history() -> None:
+    """Five years of daily activity keep the same amount of state as one window.
+
+    This history saves 50 a day, so its lots grow until the lot cap (64 here, so
+    that it is reached by day ~400); from then on everything is bounded."""
+    config = StateConfig(ZONE, lot_cap=64)
+    state = CustomerState("c")
+    start = dt.datetime(2020, 1, 1, 9, tzinfo=ZONE)
+    sizes = []
+    for day in range(5 * 365):
+        for i, (direction, amount) in enumerate((("credit", "300.00"), ("debit", "100.00"), ("debit", "150.00"))):
+            apply_transaction(state, TransactionEvent.model_validate({
+                "txn_id": f"{day}-{i}", "customer_id": "c", "account_id": "a",
+                "ts": (start + dt.timedelta(days=day, minutes=i)).isoformat(),
+                "direction": direction, "amount": amount}), config)  # fmt: skip
+        if day in (600, 1200, 1800):
+            sizes.append(len(encode_state(state)))
+    assert len(state.lots) == config.lot_cap
+    assert len(state.events) <= 3 * 92
+    assert len(state.seen) <= 3 * (config.dedup_horizon_days + 2)
+    assert max(sizes) <= min(sizes) * 1.05
