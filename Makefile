@@ -1,0 +1,55 @@
+# FundFlow. Two commands do everything on a fresh machine:
+#   make demo   embedded Kafka-protocol broker + Redis + a worker + the Berka replay, live
+#   make test   lint, types and the whole test suite (what CI runs)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+BERKA ?= ../shared/data/berka
+
+.PHONY: install demo test test-fast lint bench bench-smoke soak soak-smoke browser-deps clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e ".[embedded,dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	@$(VENV)/bin/fundflow demo --berka $(BERKA)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check streams rules alerts tests
+	$(VENV)/bin/mypy
+
+test: $(STAMP) browser-deps lint
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not browser"
+
+# Headless Chromium for the console tests (Debian's package; playwright drives it).
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "make: could not install chromium; browser tests will be skipped"; \
+	  else echo "make: chromium not installed; browser tests will be skipped"; fi; }
+
+bench: $(STAMP)
+	$(PY) -m streams.bench --berka $(BERKA)
+
+bench-smoke: $(STAMP)
+	$(PY) -m streams.bench --berka $(BERKA) --smoke
+
+soak: $(STAMP)
+	$(PY) -m streams.soak --berka $(BERKA) --minutes $${MINUTES:-15}
+
+soak-smoke: $(STAMP)
+	$(PY) -m streams.soak --berka $(BERKA) --minutes 1 --interval 15
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,1 @@
+"""Delivery of what the rules find: dedup, routing, sinks (Kafka, webhooks)."""

@@ -1,0 +1,3 @@
+"""The streaming side of FundFlow: settings, decoding at the edge, Redis state
+store, the Faust worker, and the command line. Everything with I/O lives here.
+"""

@@ -1,0 +1,207 @@
+"""The Faust worker: one agent over the two input topics, in batches.
+
+The agent only moves records: Kafka -> ``BatchProcessor`` (decode, pure step,
+atomic Redis commit, publish) -> ack. Faust acks a ``take_events`` batch only
+after the loop body returns, so offsets are committed after the state and the
+findings are safe. The input topics are co-partitioned and keyed by
+customer_id, so one customer is owned by one worker at a time; the version
+check in Redis covers the moments of a rebalance when two might think so.
+
+What can go wrong: Redis down -> the batch is retried with backoff inside
+``process`` (the agent waits; lag grows; nothing is dropped). Kafka publish
+failure -> same. A crash -> the uncommitted batch is redelivered and is a
+no-op for state (txn_ids), its findings are re-sent from the outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import faust
+from aiokafka.errors import KafkaError
+
+from rules.state import CustomerState
+from streams import telemetry
+from streams.decode import RawRecord
+from streams.errors import TransientError
+from streams.keys import Keys
+from streams.pipeline import BatchProcessor, Emitter, Message, Step
+from streams.settings import Settings
+from streams.snapshot import rates, state_config, thresholds
+from streams.store import StateStore, connect
+from streams.tiers import TierBook
+from streams.topics import INPUT_TOPICS
+
+log = logging.getLogger(__name__)
+
+
+class FaustEmitter:
+    """Publishes through the worker's own Faust producer and waits for every ack."""
+
+    def __init__(self, app: faust.App) -> None:
+        self.app = app
+
+    async def send_all(self, messages: Sequence[Message]) -> None:
+        producer = self.app.producer
+        try:
+            futures = [await producer.send(topic, key, value, None, None, None) for topic, key, value in messages]
+            await asyncio.gather(*futures)
+        except (KafkaError, faust.exceptions.ProducerSendError) as exc:
+            raise TransientError(f"kafka publish failed: {exc}") from exc
+
+
+def _with_crash_hook(
+    on_commit: Callable[[list[CustomerState]], None], crash_after: int
+) -> Callable[[list[CustomerState]], None]:
+    """Fault injection for the reliability tests: die like ``kill -9`` right after the
+    N-th state commit, before the findings are published and the offsets committed."""
+    if crash_after <= 0:
+        return on_commit
+    commits = 0
+
+    def hook(states: list[CustomerState]) -> None:
+        nonlocal commits
+        on_commit(states)
+        commits += 1
+        if commits >= crash_after:
+            log.warning("fault injection: exiting after state commit %d", commits)
+            os._exit(137)
+
+    return hook
+
+
+def broker_url(bootstrap: str) -> list[str]:
+    return [f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip()]
+
+
+def faust_security(settings: Settings) -> dict[str, Any]:
+    """Kafka TLS/SASL settings for Faust, from ``FUNDFLOW_KAFKA_*``."""
+    protocol = settings.kafka_security_protocol.upper()
+    if protocol == "PLAINTEXT":
+        return {}
+    ssl_context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        ssl_context = create_ssl_context(cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None)
+    if protocol == "SSL":
+        return {"broker_credentials": faust.SSLCredentials(ssl_context)}
+    password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
+    credentials = faust.SASLCredentials(
+        username=settings.kafka_sasl_username or "",
+        password=password,
+        ssl_context=ssl_context,
+        mechanism=settings.kafka_sasl_mechanism or "PLAIN",
+    )
+    return {"broker_credentials": credentials}
+
+
+def create_app(
+    settings: Settings, bootstrap: str, redis_url: str, step: Step | None = None, emitter: Emitter | None = None
+) -> faust.App:
+    """The Faust app of one worker. ``step`` defaults to ``streams.worker.build_step``
+    with live tiers; tests pass their own step and emitter."""
+    app = faust.App(
+        settings.app_id,
+        broker=broker_url(bootstrap),
+        store="memory://",
+        value_serializer="raw",
+        key_serializer="raw",
+        web_port=settings.web_port,
+        web_enabled=True,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        topic_allow_declare=True,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.broker_session_timeout,
+        broker_heartbeat_interval=settings.broker_heartbeat_interval,
+        broker_rebalance_timeout=settings.broker_rebalance_timeout,
+        broker_commit_interval=settings.broker_commit_interval,
+        producer_acks=-1,
+        stream_wait_empty=True,
+        **faust_security(settings),
+    )
+    source = app.topic(*INPUT_TOPICS, key_serializer="raw", value_serializer="raw")
+    # redis-py connects on first use, inside the worker's event loop
+    redis = connect(redis_url)
+    keys = Keys(settings.key_prefix)
+    tiers = TierBook(redis, keys, state_config(settings), thresholds(settings), rates(settings))
+    if step is None:
+        from streams.worker import build_step
+
+        step = build_step(settings, tier_of=tiers.tier_of)
+    processor = BatchProcessor(
+        StateStore(redis, keys),
+        step,
+        emitter or FaustEmitter(app),
+        max_event_bytes=settings.max_event_bytes,
+        cache_size=settings.cache_customers,
+        retry_initial=settings.retry_initial_seconds,
+        retry_max=settings.retry_max_seconds,
+        on_commit=_with_crash_hook(tiers.changed, settings.crash_after_commits),
+    )
+    tiers.state_of = processor.cached_state
+    app.fundflow_tiers = tiers  # type: ignore[attr-defined]
+    app.fundflow_processor = processor  # type: ignore[attr-defined]
+
+    @app.agent(source, name="fundflow-process")
+    async def process(stream: Any) -> None:  # faust.StreamT; take_events is untyped
+        async for events in stream.take_events(settings.batch_max_events, within=settings.batch_within_seconds):
+            records = [
+                RawRecord(
+                    topic=e.message.topic,
+                    partition=e.message.partition,
+                    offset=e.message.offset,
+                    key=e.message.key,
+                    value=e.message.value,
+                    timestamp_ms=int(e.message.timestamp * 1000) if e.message.timestamp else None,
+                )
+                for e in events
+            ]
+            with telemetry.BATCH_SECONDS.time():
+                await processor.process(records)
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust's stub wants keyword `signal`
+    async def _revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
+        processor.forget_all()
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def _assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
+        processor.forget_all()
+
+    @app.page("/metrics")
+    async def _metrics(web: Any, request: Any) -> Any:
+        """Prometheus exposition of everything declared in streams.telemetry."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    @app.timer(5.0)  # type: ignore[untyped-decorator]
+    async def _report_lag() -> None:
+        """fundflow_consumer_lag: high watermark minus committed offset, per owned input partition."""
+        consumer: Any = app.consumer
+        for tp in consumer.assignment():
+            if tp.topic not in INPUT_TOPICS:
+                continue
+            try:
+                high = consumer.highwater(tp)
+                committed = consumer._committed_offset.get(tp)  # faust keeps no public accessor
+            except Exception:  # a partition in the middle of a rebalance
+                continue
+            if high is not None:
+                telemetry.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(high - (committed or 0), 0))
+
+    @app.timer(settings.tier_refresh_seconds)  # type: ignore[untyped-decorator]
+    async def _refresh_tiers() -> None:
+        try:
+            count = await tiers.refresh()
+        except Exception as exc:  # tiers are a view; never stop the stream for them
+            log.warning("live tiers not refreshed: %s", exc)
+        else:
+            log.debug("live tiers refreshed for %d customers", count)
+
+    return app

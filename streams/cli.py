@@ -1,0 +1,200 @@
+"""``fundflow``: the command line.
+
+Every failure a user can cause (bad arguments, a missing file, servers that
+do not answer, a malformed setting) ends in ONE line on stderr and a non-zero
+exit: 2 for bad usage, 1 for everything else. Tracebacks are for bugs only
+(set ``FUNDFLOW_DEBUG=1`` to see them for any error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from pydantic import ValidationError
+
+from streams.errors import ConfigError, FundFlowError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"fundflow: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _positive(kind: type[float] | type[int]) -> Any:
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fundflow", description="Real-time fund-flow monitor: Kafka -> Faust -> Redis.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    worker = sub.add_parser("worker", help="run a Faust worker (start more to scale out)")
+    worker.add_argument("--web-port", type=int, help="HTTP port of this worker (one per worker on a host)")
+    worker.add_argument("--loglevel", default="warning", choices=["debug", "info", "warning", "error"])
+
+    replay = sub.add_parser("replay", help="produce events to the input topics")
+    source = replay.add_mutually_exclusive_group(required=True)
+    source.add_argument("file", nargs="?", type=Path, help="JSONL of TransactionEvents / LoanEvents")
+    source.add_argument("--berka", type=Path, metavar="DIR", help="convert and replay the Berka data set")
+    replay.add_argument("--rate", type=_positive(float), help="at most N events per second")
+    replay.add_argument("--speedup", type=_positive(float), help="event time X times faster than real time")
+    replay.add_argument("--loops", type=_positive(int), default=1, help="replay N times (fresh ids per loop)")
+
+    convert = sub.add_parser("convert-berka", help="convert the Berka files to events JSONL")
+    convert.add_argument("dir", type=Path)
+    convert.add_argument("out", type=Path)
+
+    backtest = sub.add_parser("backtest", help="run the real pipeline over a file and write the results")
+    backtest.add_argument("events", type=Path)
+    backtest.add_argument("--out", type=Path, required=True)
+    backtest.add_argument("--timeout", type=_positive(float), default=900.0, help="seconds to wait")
+
+    customer = sub.add_parser("customer", help="customer commands")
+    customer_sub = customer.add_subparsers(dest="customer_command", required=True, parser_class=_Parser)
+    show = customer_sub.add_parser("show", help="a customer's live metrics")
+    show.add_argument("customer_id")
+    show.add_argument("--json", action="store_true")
+    show.add_argument("--as-of", help="RFC 3339 time at or after the customer's last event")
+
+    snapshot = sub.add_parser("snapshot", help="every customer's state as JSONL (state.jsonl format)")
+    snapshot.add_argument("--out", type=Path, required=True)
+    snapshot.add_argument("--as-of", help="RFC 3339 time (default: the latest event time seen)")
+
+    tiers = sub.add_parser("tiers", help="客户分层: tier distribution, cut points, top customers")
+    tiers.add_argument("--refresh", action="store_true", help="recompute every customer's contribution now")
+    tiers.add_argument("--top", type=_positive(int), default=10, help="how many top customers to list")
+    tiers.add_argument("--json", action="store_true")
+
+    sub.add_parser("stack", help="run the embedded broker and Redis in the foreground")
+
+    demo = sub.add_parser("demo", help="embedded stack + worker + Berka replay with a live view")
+    demo.add_argument("--berka", type=Path, default=None, metavar="DIR")
+    demo.add_argument("--rate", type=_positive(float), default=2000.0, help="events per second")
+    return parser
+
+
+def _servers(settings: Any, need_kafka: bool = True) -> tuple[str, str]:
+    missing = [
+        name
+        for name, value, needed in (
+            ("FUNDFLOW_KAFKA_BOOTSTRAP", settings.kafka_bootstrap, need_kafka),
+            ("FUNDFLOW_REDIS_URL", settings.redis_url, True),
+        )
+        if needed and not value
+    ]
+    if missing:
+        raise ConfigError(
+            f"{' and '.join(missing)} not set: point at your servers, or run `fundflow stack` "
+            "and export the lines it prints"
+        )
+    return settings.kafka_bootstrap or "", settings.redis_url
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command != "worker":
+        # Client libraries log connection retries as warnings; the CLI reports
+        # the failure itself, in one line (the worker configures its own logging).
+        import logging
+
+        logging.basicConfig(level=logging.CRITICAL)
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        return 130
+    except (FundFlowError, ValidationError, OSError, ValueError) as exc:
+        if os.environ.get("FUNDFLOW_DEBUG"):
+            raise
+        print(f"fundflow: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if os.environ.get("FUNDFLOW_DEBUG"):
+            raise
+        from redis.exceptions import RedisError
+
+        if isinstance(exc, RedisError) or type(exc).__module__.startswith(("aiokafka", "kafka")):
+            print(f"fundflow: error: server unreachable or failing: {_one_line(exc)}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        first = exc.errors(include_input=False, include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return f"invalid setting FUNDFLOW_{where.upper()}: {first['msg']}"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from streams.settings import Settings
+
+    settings = Settings()
+    command = args.command
+    if command == "convert-berka":
+        from streams.berka import convert_berka
+
+        stats = convert_berka(args.dir, args.out, settings.zone)
+        print(f"wrote {args.out}: {stats.as_dict()}")
+        return 0
+    if command == "stack":
+        from streams.embedded import run_stack
+
+        return run_stack(settings)
+    if command == "worker":
+        from streams.worker import run_worker
+
+        bootstrap, redis_url = _servers(settings)
+        return run_worker(settings, bootstrap, redis_url, web_port=args.web_port, loglevel=args.loglevel)
+    if command == "replay":
+        from streams.commands import run_replay
+
+        if not settings.kafka_bootstrap:
+            raise ConfigError("FUNDFLOW_KAFKA_BOOTSTRAP not set: run `fundflow stack` and export its lines")
+        return asyncio.run(
+            run_replay(settings, settings.kafka_bootstrap, args.file, args.berka, args.rate, args.speedup, args.loops)
+        )
+    if command == "customer":
+        from streams.commands import show_customer
+
+        _, redis_url = _servers(settings, need_kafka=False)
+        return asyncio.run(show_customer(settings, redis_url, args.customer_id, args.json, args.as_of))
+    if command == "snapshot":
+        from streams.commands import run_snapshot
+
+        _, redis_url = _servers(settings, need_kafka=False)
+        return asyncio.run(run_snapshot(settings, redis_url, args.out, args.as_of))
+    if command == "tiers":
+        from streams.commands import show_tiers
+
+        _, redis_url = _servers(settings, need_kafka=False)
+        return asyncio.run(show_tiers(settings, redis_url, args.refresh, args.top, args.json))
+    if command == "backtest":
+        from streams.backtest import run_backtest
+
+        return run_backtest(settings, args.events, args.out, args.timeout)
+    if command == "demo":
+        from streams.demo import run_demo
+
+        return run_demo(settings, args.berka, args.rate)
+    raise ConfigError(f"unknown command {command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

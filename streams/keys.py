@@ -1,0 +1,73 @@
+"""Every Redis key FundFlow uses, in one place.
+
+A customer's keys share the hash tag ``{customer_id}``, so all of them live on
+one Redis Cluster slot and the per-customer atomic commit (a Lua script over
+that customer's keys only) runs unchanged on Redis Cluster.
+
+| key | type | what |
+| --- | --- | --- |
+| ``{p}:{C}:state`` | hash | ``v`` = state version (compare-and-set), ``s`` = state blob (``streams.codec``) |
+| ``{p}:{C}:outbox`` | list | findings committed with the state, not yet confirmed published |
+| ``{p}:{C}:alerts`` | list | the customer's recent findings (newest first, capped), for the API |
+| ``{p}:stats`` | hash | pipeline counters (processed, duplicates, dead letters by reason) |
+| ``{p}:stats:latency_ms`` | list | recent end-to-end latencies in ms (capped), for backtest and bench |
+| ``{p}:feed`` | stream | published findings (JSON in field ``v``, topic in ``t``), capped; the API's feed |
+| ``{p}:tiers`` | sorted set | customer -> contribution (cent-rounded), for live quartile tiers |
+| ``{p}:tiers:value`` | hash | customer -> the exact contribution (decimal string) |
+| ``{p}:tiers:cuts`` | hash | the current quartile cut points q1,q2,q3 and when they were computed |
+
+``{p}`` is ``Settings.key_prefix`` (default ``ff``); a backtest against shared
+servers uses its own prefix so it never touches live state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = "ff"
+
+    def state(self, customer_id: str) -> str:
+        return f"{self.prefix}:{{{customer_id}}}:state"
+
+    def outbox(self, customer_id: str) -> str:
+        return f"{self.prefix}:{{{customer_id}}}:outbox"
+
+    def alerts(self, customer_id: str) -> str:
+        return f"{self.prefix}:{{{customer_id}}}:alerts"
+
+    @property
+    def state_pattern(self) -> str:
+        return f"{self.prefix}:{{*}}:state"
+
+    def customer_of_state_key(self, key: str) -> str:
+        head, tail = f"{self.prefix}:{{", "}:state"
+        if not (key.startswith(head) and key.endswith(tail)):
+            raise ValueError(f"not a state key: {key!r}")
+        return key[len(head) : -len(tail)]
+
+    @property
+    def stats(self) -> str:
+        return f"{self.prefix}:stats"
+
+    @property
+    def latency(self) -> str:
+        return f"{self.prefix}:stats:latency_ms"
+
+    @property
+    def feed(self) -> str:
+        return f"{self.prefix}:feed"
+
+    @property
+    def tiers(self) -> str:
+        return f"{self.prefix}:tiers"
+
+    @property
+    def tier_values(self) -> str:
+        return f"{self.prefix}:tiers:value"
+
+    @property
+    def tier_cuts(self) -> str:
+        return f"{self.prefix}:tiers:cuts"

@@ -1,0 +1,265 @@
+"""One batch of Kafka records -> state committed in Redis -> findings published.
+
+The order of effects is what makes a crash anywhere harmless:
+
+1. decode every record once; bad ones become dead letters (never retried);
+2. load the states this worker has not cached (one Redis round trip);
+3. apply the pure step per customer, in partition order (``rules/``);
+4. commit all customers' new states + findings atomically per customer,
+   with a version check (one round trip); a customer whose version moved
+   (another owner wrote it) is re-read and recomputed;
+5. publish findings and dead letters to Kafka and wait for the acks;
+6. remove the published findings from the outboxes.
+
+Only after ``process`` returns does the Faust agent ack the records, so
+offsets are committed after step 6. A crash before that redelivers the batch:
+the txn_ids in the stored state make every event a no-op, and the outbox a
+predecessor left behind is found at load time and published again (same
+deterministic ids, so downstream drops the repeat). Redis or Kafka failures
+raise ``TransientError`` inside; the batch is retried with capped exponential
+backoff and never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from rules.events import Event, LoanEvent
+from rules.state import CustomerState, Outcome, StateConfig, apply_loan, apply_transaction
+from streams import telemetry
+from streams.decode import RawRecord, dead_letter, decode
+from streams.errors import InvalidEvent, TransientError
+from streams.store import Commit, StateStore
+from streams.topics import DLQ
+
+log = logging.getLogger(__name__)
+
+LATENCY_SAMPLES_KEPT = 100_000
+
+Message = tuple[str, bytes | None, bytes]  # topic, key, value
+Step = Callable[[CustomerState, Event], tuple[Outcome, list[bytes]]]
+
+_OUTCOME_ERRORS = {
+    Outcome.CONFLICT: "txn_id was already applied with different content; refused",
+    Outcome.TOO_LATE: "event is older than the customer's dedup horizon; cannot be applied exactly once",
+}
+
+
+class Emitter(Protocol):
+    async def send_all(self, messages: Sequence[Message]) -> None:
+        """Publish and wait for every ack; raise TransientError when Kafka fails."""
+
+
+def outbox_entry(topic: str, key: str, value: bytes) -> bytes:
+    """An outbox entry: the topic and key travel with the finding."""
+    return b"%s\n%s\n%s" % (topic.encode(), key.encode(), value)
+
+
+def outbox_message(entry: bytes) -> Message:
+    topic, key, value = entry.split(b"\n", 2)
+    return topic.decode(), key, value
+
+
+def plain_step(config: StateConfig) -> Step:
+    """The state step with no business rules attached."""
+
+    def step(state: CustomerState, event: Event) -> tuple[Outcome, list[bytes]]:
+        if isinstance(event, LoanEvent):
+            return apply_loan(state, event, config), []
+        return apply_transaction(state, event, config), []
+
+    return step
+
+
+@dataclass(slots=True)
+class BatchReport:
+    records: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    findings: int = 0
+    republished: int = 0
+    retries: int = 0
+    conflicts: int = 0
+    applied_records: set[int] = field(default_factory=set)  # id() of records committed as applied
+    duplicate_records: set[int] = field(default_factory=set)
+
+
+class BatchProcessor:
+    def __init__(
+        self,
+        store: StateStore,
+        step: Step,
+        emitter: Emitter,
+        *,
+        max_event_bytes: int = 64 * 1024,
+        cache_size: int = 200_000,
+        retry_initial: float = 0.05,
+        retry_max: float = 5.0,
+        wall_clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        on_commit: Callable[[list[CustomerState]], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.step = step
+        self.emitter = emitter
+        self.max_event_bytes = max_event_bytes
+        self.cache_size = cache_size
+        self.retry_initial = retry_initial
+        self.retry_max = retry_max
+        self.wall_clock_ms = wall_clock_ms
+        self.on_commit = on_commit  # told which states were committed (live tiers)
+        self.cache: OrderedDict[str, tuple[int, CustomerState]] = OrderedDict()
+
+    def cached_state(self, customer_id: str) -> CustomerState | None:
+        entry = self.cache.get(customer_id)
+        return entry[1] if entry is not None else None
+
+    def forget_all(self) -> None:
+        """Drop every cached state (on rebalance: Redis is the truth)."""
+        self.cache.clear()
+
+    async def process(self, records: Sequence[RawRecord]) -> BatchReport:
+        decoded_letters: list[tuple[RawRecord, str, str]] = []
+        by_customer: dict[str, list[tuple[RawRecord, Event]]] = {}
+        for record in records:
+            try:
+                event = decode(record, self.max_event_bytes)
+            except InvalidEvent as exc:
+                decoded_letters.append((record, exc.reason, exc.error))
+                continue
+            by_customer.setdefault(event.customer_id, []).append((record, event))
+
+        delay = self.retry_initial
+        retries = 0
+        applied_before: set[int] = set()  # committed by an attempt that failed later (e.g. publishing)
+        while True:
+            # Each attempt starts from Redis' truth: after a failure, what was committed
+            # is now a duplicate and its findings come back from the outbox.
+            report = BatchReport(records=len(records), retries=retries)
+            letters = [self._letter(r, reason, error, report) for r, reason, error in decoded_letters]
+            try:
+                findings = await self._apply(by_customer, letters, report)
+                await self._publish(findings, letters)
+                break
+            except TransientError as exc:
+                applied_before |= report.applied_records
+                retries += 1
+                telemetry.TRANSIENT_RETRIES.inc()
+                for cid in by_customer:
+                    self.cache.pop(cid, None)
+                log.warning("batch of %d records will be retried in %.2fs: %s", len(records), delay, exc)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, self.retry_max)
+        # An event a failed attempt committed comes back as a duplicate: it was applied once.
+        again = applied_before & report.duplicate_records
+        report.applied += len(again)
+        report.duplicates -= len(again)
+        telemetry.record_batch(report)
+        return report
+
+    def _letter(self, record: RawRecord, reason: str, error: str, report: BatchReport) -> Message:
+        report.dead_letters[reason] = report.dead_letters.get(reason, 0) + 1
+        log.info("dead letter %s[%d]@%d: %s: %s", record.topic, record.partition, record.offset, reason, error)
+        return DLQ, record.key, dead_letter(record, reason, error, self.wall_clock_ms())
+
+    async def _apply(
+        self,
+        by_customer: dict[str, list[tuple[RawRecord, Event]]],
+        letters: list[Message],
+        report: BatchReport,
+    ) -> dict[str, list[bytes]]:
+        """Steps 2-4: returns each customer's findings still to publish (new and left over)."""
+        to_publish: dict[str, list[bytes]] = {}
+        pending = list(by_customer)
+        outcome_letters: list[Message] = []
+        latencies: list[int] = []
+        now_ms = self.wall_clock_ms()
+        while pending:
+            missing = [cid for cid in pending if cid not in self.cache]
+            for cid, loaded in (await self.store.load(missing)).items():
+                self.cache[cid] = (loaded.version, loaded.state or CustomerState(cid))
+                if loaded.outbox:
+                    to_publish.setdefault(cid, []).extend(loaded.outbox)
+                    report.republished += len(loaded.outbox)
+            commits: list[Commit] = []
+            staged: dict[str, tuple[list[tuple[RawRecord, str]], list[int], int, int, list[int], list[int]]] = {}
+            for cid in pending:
+                version, state = self.cache[cid]
+                found: list[bytes] = []
+                mine: list[tuple[RawRecord, str]] = []
+                lat: list[int] = []
+                applied = duplicates = 0
+                applied_ids: list[int] = []
+                duplicate_ids: list[int] = []
+                for record, event in by_customer[cid]:
+                    outcome, findings = self.step(state, event)
+                    if outcome is Outcome.APPLIED:
+                        applied += 1
+                        applied_ids.append(id(record))
+                        found.extend(findings)
+                        if record.timestamp_ms is not None:
+                            lat.append(now_ms - record.timestamp_ms)
+                    elif outcome is Outcome.DUPLICATE:
+                        duplicates += 1
+                        duplicate_ids.append(id(record))
+                    else:
+                        mine.append((record, outcome.value))
+                staged[cid] = (mine, lat, applied, duplicates, applied_ids, duplicate_ids)
+                if applied:
+                    commits.append(Commit(cid, version, state, found))
+            failed = await self.store.commit(commits)
+            report.conflicts += len(failed)
+            if self.on_commit is not None:
+                self.on_commit([c.state for c in commits if c.customer_id not in failed])
+            for commit in commits:
+                if commit.customer_id in failed:
+                    self.cache.pop(commit.customer_id, None)
+                else:
+                    self.cache[commit.customer_id] = (commit.expected_version + 1, commit.state)
+                    self.cache.move_to_end(commit.customer_id)
+                    if commit.findings:
+                        to_publish.setdefault(commit.customer_id, []).extend(commit.findings)
+                        report.findings += len(commit.findings)
+            for cid, (mine, lat, applied, duplicates, applied_ids, duplicate_ids) in staged.items():
+                if cid in failed:
+                    continue
+                report.applied += applied
+                report.duplicates += duplicates
+                report.applied_records.update(applied_ids)
+                report.duplicate_records.update(duplicate_ids)
+                latencies.extend(lat)
+                for record, reason in mine:
+                    outcome_letters.append(self._letter(record, reason, _OUTCOME_ERRORS[Outcome(reason)], report))
+            pending = [cid for cid in pending if cid in failed]
+        letters.extend(outcome_letters)
+        while len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)
+        if latencies:
+            telemetry.observe_latencies(latencies)
+            await self._record_stats(report, latencies)
+        return to_publish
+
+    async def _record_stats(self, report: BatchReport, latencies: list[int]) -> None:
+        keys = self.store.keys
+        try:
+            async with self.store.redis.pipeline(transaction=False) as pipe:
+                pipe.hincrby(keys.stats, "applied", report.applied)
+                pipe.lpush(keys.latency, *latencies)
+                pipe.ltrim(keys.latency, 0, LATENCY_SAMPLES_KEPT - 1)
+                await pipe.execute()
+        except Exception as exc:  # statistics must never stop the stream
+            log.debug("stats not recorded: %s", exc)
+
+    async def _publish(self, findings: dict[str, list[bytes]], letters: list[Message]) -> None:
+        messages: list[Message] = [outbox_message(e) for entries in findings.values() for e in entries]
+        messages.extend(letters)
+        if messages:
+            await self.emitter.send_all(messages)
+        await self.store.confirm_published(findings)

@@ -1,0 +1,120 @@
+"""One frozen settings object for the whole process, read from ``FUNDFLOW_*``.
+
+Every threshold, rate, address and limit lives here (rule thresholds that
+operators tune live in the rules YAML, see ``deploy/rules.yaml``). When
+``kafka_bootstrap`` / ``redis_url`` are unset, the commands that need servers
+start the embedded ones (``streams.embedded``); when set, nothing embedded is
+started and the same code runs against production Kafka and Redis.
+
+What can go wrong: a malformed variable raises ``pydantic.ValidationError`` at
+start-up; the CLI turns it into one line and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import functools
+from decimal import Decimal
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from rules.contribution import ContributionRates
+from rules.metrics import SegmentThresholds
+
+_SEGMENTS = SegmentThresholds()
+_RATES = ContributionRates()
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FUNDFLOW_", frozen=True, extra="ignore")
+
+    # --- servers -----------------------------------------------------------
+    kafka_bootstrap: str | None = Field(
+        default=None, description="host:port[,host:port]; unset = start the embedded broker"
+    )
+    redis_url: str | None = Field(
+        default=None, description="redis://[user:password@]host:port/db or rediss://; unset = embedded"
+    )
+    kafka_security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    kafka_sasl_mechanism: str | None = None  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    partitions: int = Field(default=4, ge=1, le=1024, description="partitions of the input topics")
+    replication_factor: int = Field(default=1, ge=1, le=7)
+
+    # --- worker ------------------------------------------------------------
+    app_id: str = "fundflow"
+    key_prefix: str = Field(default="ff", pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="Redis key namespace")
+    web_port: int = Field(default=6066, ge=0, le=65535)
+    batch_max_events: int = Field(default=500, ge=1, le=100_000)
+    batch_within_seconds: float = Field(default=0.005, gt=0, le=10)
+    broker_session_timeout: float = 10.0
+    broker_heartbeat_interval: float = 1.0
+    broker_rebalance_timeout: float = 4.0
+    broker_commit_interval: float = 1.0
+    retry_initial_seconds: float = Field(default=0.05, gt=0)
+    retry_max_seconds: float = Field(default=5.0, gt=0)
+    max_event_bytes: int = Field(default=64 * 1024, ge=256, description="larger records are dead-lettered")
+    cache_customers: int = Field(default=200_000, ge=0, description="states a worker keeps in memory")
+
+    # --- metrics (../shared/spec/metrics.md) -------------------------------
+    bank_tz: str = "Asia/Shanghai"
+    lot_cap: int = Field(default=256, ge=2, le=100_000)
+    dedup_horizon_days: int = Field(
+        default=120,
+        ge=92,
+        le=3650,
+        description="txn_ids are remembered this long (event time) per customer; older events are dead-lettered",
+    )
+    # segment thresholds; the defaults are metrics.md's, kept in rules/ (one source of truth)
+    high_activity_txn_per_day: Decimal = _SEGMENTS.high_activity_txn_per_day
+    low_activity_txn_per_day: Decimal = _SEGMENTS.low_activity_txn_per_day
+    high_repayment_30d: Decimal = _SEGMENTS.high_repayment_30d
+    dispersed_funds_banks_90d: int = _SEGMENTS.dispersed_funds_banks_90d
+
+    # --- contribution (FTP model; defaults in rules.contribution) ----------
+    ftp_deposit_price: Decimal = _RATES.ftp_deposit_price
+    deposit_rate_paid: Decimal = _RATES.deposit_rate_paid
+    ftp_loan_price: Decimal = _RATES.ftp_loan_price
+    vat_rate: Decimal = _RATES.vat_rate
+    risk_cost_rate: Decimal = _RATES.risk_cost_rate
+    income_tax_rate: Decimal = _RATES.income_tax_rate
+    capital_ratio: Decimal = _RATES.capital_ratio
+    hurdle_rate: Decimal = _RATES.hurdle_rate
+    tier_refresh_seconds: float = Field(default=30.0, gt=0)
+
+    # --- rules and delivery -------------------------------------------------
+    rules_file: Path = Path("deploy/rules.yaml")
+    webhook_urls: tuple[str, ...] = ()
+    webhook_secret: SecretStr | None = None
+    api_tokens: tuple[SecretStr, ...] = ()
+
+    # --- fault injection (reliability tests; never set in production) -------
+    crash_after_commits: int = Field(
+        default=0, ge=0, description="kill -9 this worker right after its N-th state commit (0 = never)"
+    )
+
+    # --- embedded stack -----------------------------------------------------
+    var_dir: Path = Field(default=Path("var"), description="logs and pid files of embedded servers")
+
+    @field_validator("bank_tz")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (KeyError, ValueError) as exc:  # ZoneInfoNotFoundError is a KeyError
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.bank_tz)
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

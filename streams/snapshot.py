@@ -1,0 +1,127 @@
+"""Every customer's live state, evaluated at one common ``as_of``.
+
+The format of ``state.jsonl`` (backtest) and ``fundflow snapshot``: one JSON
+object per customer, sorted by customer_id, with the fields of ``metrics.md``
+(amounts as decimal strings rounded half-up to the cent). ``as_of`` defaults to
+the latest event time of any customer, so two runs over the same events give
+byte-identical files whatever the wall clock says.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Iterable
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from rules.contribution import ContributionRates, contribution, indirect_contributions, quartile_cuts, tier_of
+from rules.metrics import CENT, SegmentThresholds, evaluate, present
+from rules.state import CustomerState, StateConfig, from_us, latest_loans, to_us
+from streams.settings import Settings
+from streams.store import StateStore
+
+
+def state_config(settings: Settings) -> StateConfig:
+    return StateConfig(zone=settings.zone, lot_cap=settings.lot_cap, dedup_horizon_days=settings.dedup_horizon_days)
+
+
+def thresholds(settings: Settings) -> SegmentThresholds:
+    return SegmentThresholds(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(SegmentThresholds)})
+
+
+def rates(settings: Settings) -> ContributionRates:
+    return ContributionRates(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(ContributionRates)})
+
+
+def money(value: Decimal) -> str:
+    return str(value.quantize(CENT, rounding=ROUND_HALF_UP))
+
+
+def iso(ts_us: int, settings: Settings) -> str:
+    return from_us(ts_us).astimezone(settings.zone).isoformat()
+
+
+def customer_row(state: CustomerState, as_of_us: int, settings: Settings) -> dict[str, Any]:
+    """One customer's ``state.jsonl`` object (without the fields that need every
+    customer: ``indirect_contribution`` and ``tier``, see ``rows``)."""
+    exact = evaluate(state, as_of_us, state_config(settings), thresholds(settings))
+    parts = contribution(state, exact, as_of_us, settings.zone, rates(settings))
+    metrics = present(exact)
+    loans = [
+        {
+            "loan_id": loan_id,
+            "outstanding": str(p.outstanding),
+            "installment": str(p.installment),
+            "annual_rate": str(p.annual_rate),
+            "next_due": dt.date.fromordinal(p.next_due).isoformat(),
+            "status": p.status,
+        }
+        for loan_id, p in sorted(latest_loans(state).items())
+    ]
+    return {
+        "customer_id": state.customer_id,
+        "as_of": iso(as_of_us, settings),
+        **metrics,
+        "contribution": money(parts["contribution"]),
+        "contribution_parts": {name: money(value) for name, value in parts.items() if name != "contribution"},
+        "first_event_at": iso(state.first_us, settings) if state.first_us is not None else None,
+        "last_event_at": iso(state.last_us, settings) if state.last_us is not None else None,
+        "txn_count_total": state.applied_total,
+        "loans": loans,
+        "salary_payer_customer_id": state.salary_payer,
+    }
+
+
+def parse_as_of(text: str) -> int:
+    moment = dt.datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError("--as-of needs an offset, e.g. 1994-03-31T23:59:59+08:00")
+    return to_us(moment)
+
+
+async def load_all(store: StateStore) -> list[CustomerState]:
+    states = [state async for state in store.scan_states()]
+    states.sort(key=lambda s: s.customer_id)
+    return states
+
+
+def rows(states: Iterable[CustomerState], as_of_us: int | None, settings: Settings) -> list[dict[str, Any]]:
+    states = list(states)
+    if as_of_us is None:
+        as_of_us = max((s.last_us for s in states if s.last_us is not None), default=0)
+    result = []
+    for state in states:
+        if state.last_us is not None and as_of_us < state.last_us:
+            raise ValueError(
+                f"--as-of is before the latest event of customer {state.customer_id}: "
+                "state is kept for as_of at or after each customer's last event"
+            )
+        result.append(customer_row(state, as_of_us, settings))
+    add_tiers(result, {s.customer_id: s.salary_payer for s in states})
+    return result
+
+
+def add_tiers(result: list[dict[str, Any]], salary_payers: dict[str, str | None]) -> None:
+    """``indirect_contribution`` and ``tier`` need every customer: quartiles of the
+    (shown, cent-rounded) contributions, exactly as metrics.md computes them."""
+    contributions = {row["customer_id"]: Decimal(row["contribution"]) for row in result}
+    indirect = indirect_contributions(contributions, salary_payers)
+    cuts = quartile_cuts(contributions.values())
+    for row in result:
+        row["indirect_contribution"] = money(indirect.get(row["customer_id"], Decimal(0)))
+        row["tier"] = tier_of(contributions[row["customer_id"]], cuts)
+
+
+def write_jsonl(path: Path, objects: Iterable[dict[str, Any]]) -> int:
+    count = 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as handle:
+        for obj in objects:
+            handle.write(orjson.dumps(obj))
+            handle.write(b"\n")
+            count += 1
+    return count

@@ -1,0 +1,198 @@
+"""Redis: the system of record for per-customer state.
+
+One round trip loads the states of a batch's customers (with any outbox left
+by a crashed predecessor); one round trip commits the batch. The commit is a
+Lua script per customer, pipelined, that in one atomic step
+
+1. checks the state version it read (compare-and-set): a stale owner after a
+   rebalance, or a second worker, fails instead of overwriting;
+2. writes the new state (which carries the applied txn_ids, so the
+   idempotency record and the state can never disagree);
+3. appends the batch's findings to the customer's outbox and recent-alerts list.
+
+Each script touches only one customer's keys (one hash tag), so this runs on
+Redis Cluster unchanged. Connection errors surface as ``TransientError``; the
+caller backs off and retries the whole batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import cast
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from rules.state import CustomerState
+from streams import telemetry
+from streams.codec import decode_state, encode_state
+from streams.errors import TransientError
+from streams.keys import Keys
+
+log = logging.getLogger(__name__)
+
+RECENT_ALERTS_KEPT = 200
+
+# KEYS: state, outbox, recent alerts. ARGV: expected version, new version, blob, kept, findings...
+COMMIT_LUA = """
+local current = redis.call('HGET', KEYS[1], 'v')
+if not current then current = '0' end
+if current ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'v', ARGV[2], 's', ARGV[3])
+if #ARGV > 4 then
+  for i = 5, #ARGV do
+    redis.call('RPUSH', KEYS[2], ARGV[i])
+    redis.call('LPUSH', KEYS[3], ARGV[i])
+  end
+  redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[4]) - 1)
+end
+return 1
+"""
+
+# KEYS: outbox. ARGV: entries confirmed published.
+CONFIRM_LUA = """
+for i = 1, #ARGV do redis.call('LREM', KEYS[1], 1, ARGV[i]) end
+return redis.call('LLEN', KEYS[1])
+"""
+
+
+FEED_KEPT = 10_000  # findings kept in the feed stream for the API and console
+
+
+@dataclass(slots=True)
+class Loaded:
+    version: int
+    state: CustomerState | None
+    outbox: list[bytes] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    customer_id: str
+    expected_version: int
+    state: CustomerState
+    findings: Sequence[bytes] = ()
+
+
+@contextlib.contextmanager
+def _round_trip(operation: str) -> Iterator[None]:
+    """Times one Redis round trip; connection failures become TransientError (retry, never drop)."""
+    started = time.perf_counter()
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        telemetry.REDIS_ERRORS.labels(operation).inc()
+        raise TransientError(f"redis {operation} failed: {exc}") from exc
+    except RedisError as exc:
+        telemetry.REDIS_ERRORS.labels(operation).inc()
+        if "NOSCRIPT" in str(exc) or "LOADING" in str(exc) or "BUSY" in str(exc):
+            raise TransientError(f"redis {operation} failed: {exc}") from exc
+        raise
+    else:
+        telemetry.REDIS_SECONDS.labels(operation).observe(time.perf_counter() - started)
+
+
+def connect(url: str) -> aioredis.Redis:
+    return aioredis.Redis.from_url(
+        url, decode_responses=False, socket_timeout=5, socket_connect_timeout=5, health_check_interval=10
+    )
+
+
+class StateStore:
+    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
+        self.redis = client
+        self.keys = keys
+        self._commit = client.register_script(COMMIT_LUA)
+        self._confirm = client.register_script(CONFIRM_LUA)
+
+    async def load(self, customer_ids: Sequence[str]) -> dict[str, Loaded]:
+        """Version, state and pending outbox of each customer, in one round trip."""
+        if not customer_ids:
+            return {}
+        with _round_trip("load"):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for cid in customer_ids:
+                    pipe.hmget(self.keys.state(cid), "v", "s")
+                    pipe.lrange(self.keys.outbox(cid), 0, -1)
+                replies = await pipe.execute()
+        result: dict[str, Loaded] = {}
+        for i, cid in enumerate(customer_ids):
+            (version, blob), outbox = replies[2 * i], replies[2 * i + 1]
+            state = decode_state(blob) if blob is not None else None
+            result[cid] = Loaded(int(version) if version is not None else 0, state, list(outbox))
+        return result
+
+    async def commit(self, commits: Sequence[Commit]) -> set[str]:
+        """Apply every commit atomically per customer; returns the customers whose
+        version check failed (their state must be re-read and recomputed)."""
+        if not commits:
+            return set()
+        with _round_trip("commit"):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for c in commits:
+                    await self._commit(
+                        keys=[
+                            self.keys.state(c.customer_id),
+                            self.keys.outbox(c.customer_id),
+                            self.keys.alerts(c.customer_id),
+                        ],
+                        args=[
+                            c.expected_version,
+                            c.expected_version + 1,
+                            encode_state(c.state),
+                            RECENT_ALERTS_KEPT,
+                            *c.findings,
+                        ],
+                        client=pipe,
+                    )
+                replies = await pipe.execute()
+        return {c.customer_id for c, ok in zip(commits, replies, strict=False) if not ok}
+
+    async def confirm_published(self, published: dict[str, list[bytes]]) -> None:
+        """Remove outbox entries that reached their topics."""
+        if not published:
+            return
+        with _round_trip("confirm"):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for cid, entries in published.items():
+                    await self._confirm(keys=[self.keys.outbox(cid)], args=entries, client=pipe)
+                    for entry in entries:
+                        # The API's live feed: a view, not the record (a crash between publish
+                        # and confirm can repeat an entry; readers drop repeats by finding id).
+                        topic, _, value = entry.split(b"\n", 2)
+                        pipe.xadd(self.keys.feed, {"t": topic, "v": value}, maxlen=FEED_KEPT, approximate=True)
+                await pipe.execute()
+
+    async def read(self, customer_id: str) -> CustomerState | None:
+        blob = cast(bytes | None, await self.redis.hget(self.keys.state(customer_id), "s"))
+        return decode_state(blob) if blob is not None else None
+
+    async def recent_findings(self, customer_id: str, limit: int = 50) -> list[bytes]:
+        entries = cast(list[bytes], await self.redis.lrange(self.keys.alerts(customer_id), 0, limit - 1))
+        return entries
+
+    async def scan_states(self, batch: int = 500) -> AsyncIterator[CustomerState]:
+        """Every customer's state (SCAN + pipelined HGET: no blocking KEYS)."""
+        pending: list[bytes] = []
+        async for key in self.redis.scan_iter(match=self.keys.state_pattern, count=batch):
+            pending.append(key)
+            if len(pending) >= batch:
+                for state in await self._fetch(pending):
+                    yield state
+                pending = []
+        if pending:
+            for state in await self._fetch(pending):
+                yield state
+
+    async def _fetch(self, keys: list[bytes]) -> list[CustomerState]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hget(key, "s")
+            blobs = await pipe.execute()
+        return [decode_state(blob) for blob in blobs if blob is not None]

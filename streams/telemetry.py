@@ -1,0 +1,70 @@
+"""Every Prometheus metric FundFlow exports, declared in one place.
+
+Labels carry bounded codes only (outcome, reason, rule, severity, topic,
+partition): never a customer or account id. Workers and the API serve these
+on ``/metrics``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from prometheus_client import Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from streams.pipeline import BatchReport
+
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+EVENTS = Counter("fundflow_events_total", "Input records by outcome", ["outcome"])
+DEAD_LETTERS = Counter("fundflow_dead_letters_total", "Records sent to the dead-letter topic", ["reason"])
+FINDINGS = Counter("fundflow_findings_total", "Alerts, recommendations and push triggers committed")
+FINDINGS_BY_RULE = Counter("fundflow_alerts_total", "Findings emitted by rule and severity", ["rule", "severity"])
+SUPPRESSED = Counter("fundflow_alerts_suppressed_total", "Findings held back", ["rule", "why"])
+REPUBLISHED = Counter("fundflow_outbox_republished_total", "Outbox entries found after a crash and re-sent")
+TRANSIENT_RETRIES = Counter("fundflow_transient_retries_total", "Batches retried after a Redis/Kafka error")
+VERSION_CONFLICTS = Counter("fundflow_version_conflicts_total", "Commits refused by the version check")
+BATCH_SIZE = Histogram(
+    "fundflow_batch_size", "Records per processed batch", buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 5000)
+)
+E2E_LATENCY = Histogram(
+    "fundflow_end_to_end_latency_seconds",
+    "Produce time of a record to its state committed in Redis",
+    buckets=LATENCY_BUCKETS_S,
+)
+BATCH_SECONDS = Histogram(
+    "fundflow_batch_processing_seconds", "Wall time to process one batch", buckets=LATENCY_BUCKETS_S
+)
+REDIS_SECONDS = Histogram(
+    "fundflow_redis_roundtrip_seconds",
+    "Redis round trips by operation",
+    ["operation"],
+    buckets=LATENCY_BUCKETS_S,
+)
+REDIS_ERRORS = Counter("fundflow_redis_errors_total", "Redis errors by operation", ["operation"])
+CONSUMER_LAG = Gauge("fundflow_consumer_lag", "Records behind the end of the partition", ["topic", "partition"])
+WEBHOOK_DELIVERIES = Counter("fundflow_webhook_deliveries_total", "Webhook delivery outcomes", ["outcome"])
+TIER_CUSTOMERS = Gauge("fundflow_tier_customers", "Customers per contribution tier", ["tier"])
+
+
+def record_batch(report: BatchReport) -> None:
+    BATCH_SIZE.observe(report.records)
+    if report.applied:
+        EVENTS.labels("applied").inc(report.applied)
+    if report.duplicates:
+        EVENTS.labels("duplicate").inc(report.duplicates)
+    for reason, count in report.dead_letters.items():
+        DEAD_LETTERS.labels(reason).inc(count)
+        EVENTS.labels("dead_letter").inc(count)
+    if report.findings:
+        FINDINGS.inc(report.findings)
+    if report.republished:
+        REPUBLISHED.inc(report.republished)
+    if report.conflicts:
+        VERSION_CONFLICTS.inc(report.conflicts)
+
+
+def observe_latencies(latencies_ms: Iterable[int]) -> None:
+    for ms in latencies_ms:
+        E2E_LATENCY.observe(ms / 1000)

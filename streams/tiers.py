@@ -1,0 +1,209 @@
+"""Live 客户分层: quartile tiers of contribution over all customers, kept in Redis.
+
+Layout (``streams.keys``):
+
+* ``{p}:tiers`` — sorted set, member = customer_id, score = contribution
+  (cent-rounded; a double holds every cent exactly up to ~10^13, so the order
+  is exact);
+* ``{p}:tiers:value`` — hash customer_id -> the exact contribution string;
+* ``{p}:tiers:cuts`` — hash q1, q2, q3, n, as_of, refreshed_at.
+
+Finding the cut points reads only the ranks the interpolation needs
+(``statistics.quantiles(method="inclusive")`` puts Qk at position
+(n-1)·k/4), so a refresh costs O(changed customers + log n), never a scan.
+A worker refreshes what it changed every ``FUNDFLOW_TIER_REFRESH_SECONDS``;
+``fundflow tiers --refresh`` rebuilds everything from the stored states.
+Tiers may lag the newest events by one refresh interval (metrics.md allows it);
+a backtest snapshot computes them exactly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Iterable
+from decimal import Decimal
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+
+from rules.contribution import ContributionRates, contribution, tier_of
+from rules.metrics import CENT, SegmentThresholds, evaluate
+from rules.state import CustomerState, StateConfig
+from streams import telemetry
+
+log = logging.getLogger(__name__)
+
+Cuts = tuple[Decimal, Decimal, Decimal]
+
+
+def cut_positions(n: int) -> list[tuple[int, int, Decimal]]:
+    """For Q1..Q3 of n sorted values: (lower rank, upper rank, fraction)."""
+    result = []
+    for k in (1, 2, 3):
+        position = Decimal((n - 1) * k) / 4
+        low = int(position)
+        result.append((low, min(low + 1, n - 1), position - low))
+    return result
+
+
+def interpolate(values_at: dict[int, Decimal], n: int) -> Cuts | None:
+    if n < 2:
+        return None
+    cuts = [values_at[lo] + (values_at[hi] - values_at[lo]) * frac for lo, hi, frac in cut_positions(n)]
+    return cuts[0], cuts[1], cuts[2]
+
+
+class TierBook:
+    """The worker's view of live tiers: what it changed, the cut points, tier lookups."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Any,
+        config: StateConfig,
+        thresholds: SegmentThresholds,
+        rates: ContributionRates,
+        state_of: Callable[[str], CustomerState | None] = lambda cid: None,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.config = config
+        self.thresholds = thresholds
+        self.rates = rates
+        self.state_of = state_of
+        self.dirty: dict[str, CustomerState] = {}
+        self.known: dict[str, Decimal] = {}
+        self.cuts: Cuts | None = None
+        self.watermark_us = 0
+
+    def contribution_of(self, state: CustomerState, as_of_us: int) -> Decimal:
+        metrics = evaluate(state, as_of_us, self.config, self.thresholds)
+        value = contribution(state, metrics, as_of_us, self.config.zone, self.rates)["contribution"]
+        return value.quantize(CENT)
+
+    def changed(self, states: Iterable[CustomerState]) -> None:
+        for state in states:
+            self.dirty[state.customer_id] = state
+            if state.last_us is not None and state.last_us > self.watermark_us:
+                self.watermark_us = state.last_us
+
+    def tier_of(self, customer_id: str) -> str | None:
+        """The customer's tier with the current cut points (None before the first refresh)."""
+        if self.cuts is None:
+            return None
+        value = self.known.get(customer_id)
+        if value is None:
+            state = self.state_of(customer_id)
+            if state is None or state.last_us is None:
+                return None
+            value = self.contribution_of(state, max(state.last_us, self.watermark_us))
+            self.known[customer_id] = value
+        return tier_of(value, self.cuts)
+
+    async def refresh(self) -> int:
+        """Write the changed customers' contributions, then recompute the cut points."""
+        dirty, self.dirty = self.dirty, {}
+        as_of = self.watermark_us
+        values = {cid: self.contribution_of(s, max(as_of, s.last_us or 0)) for cid, s in dirty.items()}
+        self.known.update(values)
+        await write_contributions(self.redis, self.keys, values)
+        self.cuts = await recompute_cuts(self.redis, self.keys, as_of)
+        for tier, count in (await tier_counts(self.redis, self.keys, self.cuts)).items():
+            telemetry.TIER_CUSTOMERS.labels(tier).set(count)
+        return len(values)
+
+
+async def write_contributions(redis: aioredis.Redis, keys: Any, values: dict[str, Decimal]) -> None:
+    if not values:
+        return
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zadd(keys.tiers, {cid: float(v) for cid, v in values.items()})
+        pipe.hset(keys.tier_values, mapping={cid: str(v) for cid, v in values.items()})
+        await pipe.execute()
+
+
+async def recompute_cuts(redis: aioredis.Redis, keys: Any, as_of_us: int) -> Cuts | None:
+    n = int(await redis.zcard(keys.tiers))
+    if n < 2:
+        await redis.delete(keys.tier_cuts)
+        return None
+    ranks = sorted({r for lo, hi, _ in cut_positions(n) for r in (lo, hi)})
+    async with redis.pipeline(transaction=False) as pipe:
+        for rank in ranks:
+            pipe.zrange(keys.tiers, rank, rank)
+        members = [m[0] for m in await pipe.execute()]
+    exact = cast(list[bytes], await redis.hmget(keys.tier_values, members))
+    values_at = {rank: Decimal(v.decode()) for rank, v in zip(ranks, exact, strict=True)}
+    cuts = interpolate(values_at, n)
+    assert cuts is not None
+    await redis.hset(
+        keys.tier_cuts,
+        mapping={
+            "q1": str(cuts[0]),
+            "q2": str(cuts[1]),
+            "q3": str(cuts[2]),
+            "n": n,
+            "as_of_us": as_of_us,
+            "refreshed_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        },
+    )
+    return cuts
+
+
+async def read_cuts(redis: aioredis.Redis, keys: Any) -> tuple[Cuts | None, dict[str, str]]:
+    raw = cast(dict[bytes, bytes], await redis.hgetall(keys.tier_cuts))
+    info = {k.decode(): v.decode() for k, v in raw.items()}
+    if not {"q1", "q2", "q3"} <= info.keys():
+        return None, info
+    return (Decimal(info["q1"]), Decimal(info["q2"]), Decimal(info["q3"])), info
+
+
+async def distribution(redis: aioredis.Redis, keys: Any, top: int = 10) -> dict[str, Any]:
+    """Tier counts, cut points and the top customers by contribution (for ``fundflow tiers`` and the API)."""
+    cuts, info = await read_cuts(redis, keys)
+    n = int(await redis.zcard(keys.tiers))
+    leaders = cast(list[tuple[bytes, float]], await redis.zrevrange(keys.tiers, 0, top - 1, withscores=True))
+    exact = cast(list[bytes | None], await redis.hmget(keys.tier_values, [m for m, _ in leaders]) if leaders else [])
+    counts = await tier_counts(redis, keys, cuts)
+    return {
+        "customers": n,
+        "cuts": {"q1": str(cuts[0]), "q2": str(cuts[1]), "q3": str(cuts[2])} if cuts else None,
+        "counts": counts,
+        "refreshed_at": info.get("refreshed_at"),
+        "top": [
+            {
+                "customer_id": m.decode(),
+                "contribution": (e.decode() if e else str(Decimal(s).quantize(CENT))),
+                "tier": tier_of(Decimal(e.decode()) if e else Decimal(s), cuts),
+            }
+            for (m, s), e in zip(leaders, exact, strict=True)
+        ],
+    }
+
+
+async def tier_counts(redis: aioredis.Redis, keys: Any, cuts: Cuts | None) -> dict[str, int]:
+    if cuts is None:
+        return {"I": int(await redis.zcard(keys.tiers)), "II": 0, "III": 0, "IV": 0}
+    # Scores are cent-exact doubles, so [a, b) ranges on them match tier_of on the Decimals.
+    q1, q2, q3 = (float(q) for q in cuts)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zcount(keys.tiers, q3, "+inf")
+        pipe.zcount(keys.tiers, q2, f"({q3}")
+        pipe.zcount(keys.tiers, q1, f"({q2}")
+        pipe.zcount(keys.tiers, "-inf", f"({q1}")
+        counts = await pipe.execute()
+    return dict(zip(("I", "II", "III", "IV"), (int(c) for c in counts), strict=True))
+
+
+async def rebuild(redis: aioredis.Redis, keys: Any, states: list[CustomerState], book: TierBook) -> int:
+    """On demand: every stored customer at the latest event time, then the cut points."""
+    as_of = max((s.last_us for s in states if s.last_us is not None), default=0)
+    started = time.monotonic()
+    values = {s.customer_id: book.contribution_of(s, as_of) for s in states if s.last_us is not None}
+    await redis.delete(keys.tiers, keys.tier_values)
+    await write_contributions(redis, keys, values)
+    await recompute_cuts(redis, keys, as_of)
+    log.info("tiers rebuilt for %d customers in %.2fs", len(values), time.monotonic() - started)
+    return len(values)

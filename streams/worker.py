@@ -1,0 +1,73 @@
+"""``fundflow worker``: check the servers, make sure the topics exist, run Faust.
+
+Start as many as there are partitions to share; each needs its own
+``--web-port`` on one host. Stopping: SIGTERM or Ctrl-C; Faust commits what
+was acked and leaves the group, the rest is redelivered to the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from streams.errors import ConfigError
+from streams.settings import Settings
+
+if TYPE_CHECKING:
+    from streams.pipeline import Step
+
+
+async def check_redis(redis_url: str) -> None:
+    from streams.store import connect
+
+    client = connect(redis_url)
+    try:
+        await asyncio.wait_for(client.ping(), timeout=5)
+    except Exception as exc:
+        raise ConfigError(f"Redis at {_redact(redis_url)} does not answer: {exc}") from None
+    finally:
+        await client.aclose()
+
+
+def _redact(url: str) -> str:
+    """The URL without its password (secrets never reach logs)."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+def build_step(settings: Settings, tier_of: Callable[[str], str | None] | None = None) -> Step:
+    """The per-event step the worker runs: state plus the business rules when configured.
+
+    ``tier_of`` gives a customer's live tier (``streams.tiers.TierBook``) for the findings.
+    """
+    from streams.pipeline import plain_step
+    from streams.snapshot import state_config
+
+    return plain_step(state_config(settings))
+
+
+def run_worker(settings: Settings, bootstrap: str, redis_url: str, *, web_port: int | None, loglevel: str) -> int:
+    from faust.worker import Worker
+
+    from streams.app import create_app
+    from streams.embedded import ensure_topics
+    from streams.topics import all_topics
+
+    asyncio.run(check_redis(redis_url))
+    try:
+        asyncio.run(ensure_topics(bootstrap, all_topics(settings.partitions), settings))
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"Kafka at {bootstrap} does not answer: {exc}") from None
+    if web_port is not None:
+        settings = settings.model_copy(update={"web_port": web_port})
+    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings, bootstrap, redis_url)
+    worker = Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
+    return 0

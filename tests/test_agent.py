@@ -1,0 +1,58 @@
+"""The Faust agent through ``agent.test_context()`` (no broker), with a real Redis:
+records in, state in Redis, bad input out to the dead-letter emitter."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from decimal import Decimal
+
+from streams.app import create_app
+from streams.codec import decode_state
+from streams.pipeline import Message
+from streams.settings import Settings
+from streams.topics import DLQ
+from streams.worker import build_step
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.sent: list[Message] = []
+
+    async def send_all(self, messages: Sequence[Message]) -> None:
+        self.sent.extend(messages)
+
+
+async def test_agent_applies_events_and_dead_letters_bad_ones(redis_url: str) -> None:
+    settings = Settings(key_prefix="ffagent")
+    sink = Sink()
+    app = create_app(settings, "127.0.0.1:1", redis_url, build_step(settings), emitter=sink)
+    agent = app.agents["fundflow-process"]
+    processor = app.fundflow_processor  # type: ignore[attr-defined]
+    event = {
+        "txn_id": "x1",
+        "customer_id": "zz",
+        "account_id": "a",
+        "ts": "2024-01-01T09:00:00+08:00",
+        "direction": "credit",
+        "amount": "5.00",
+    }
+    async with agent.test_context() as wrapped:
+        await wrapped.put(json.dumps(event).encode(), key=b"zz")
+        await wrapped.put(json.dumps(event).encode(), key=b"zz")  # redelivery
+        await wrapped.put(b"{broken", key=b"zz")
+        for _ in range(100):
+            if sink.sent:
+                break
+            await asyncio.sleep(0.02)
+    blob = await processor.store.redis.hget("ffagent:{zz}:state", "s")
+    await processor.store.redis.aclose()
+    # test_context never starts the consumer thread, so its private loop is never closed
+    thread = getattr(app.consumer, "_thread", None)
+    if thread is not None and not thread.thread_loop.is_closed():
+        thread.thread_loop.close()
+    state = decode_state(blob)
+    assert state.balance == Decimal("5.00") and state.applied_total == 1
+    assert [topic for topic, _, _ in sink.sent] == [DLQ]
+    assert json.loads(sink.sent[0][2])["reason"] == "not_json"

@@ -1,0 +1,154 @@
+"""BatchProcessor on a real Redis: exactly-once effects under redelivery, stale
+owners, crashes between commit and publish, and Kafka publish failures."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from rules.events import Event, TransactionEvent
+from rules.state import CustomerState, Outcome, StateConfig, apply_loan, apply_transaction
+from streams.codec import encode_state
+from streams.decode import RawRecord
+from streams.errors import TransientError
+from streams.keys import Keys
+from streams.pipeline import BatchProcessor, Message, Step, outbox_entry
+from streams.store import StateStore, connect
+from streams.topics import ALERTS, DLQ, TRANSACTIONS
+
+ZONE = ZoneInfo("Asia/Shanghai")
+CONFIG = StateConfig(ZONE)
+
+
+class Sink:
+    """An emitter that records what was published; can fail on demand."""
+
+    def __init__(self, fail_times: int = 0, crash: bool = False) -> None:
+        self.sent: list[Message] = []
+        self.fail_times = fail_times
+        self.crash = crash
+
+    async def send_all(self, messages: Sequence[Message]) -> None:
+        if self.crash:
+            raise RuntimeError("process killed before publishing")
+        if self.fail_times:
+            self.fail_times -= 1
+            raise TransientError("broker unavailable")
+        self.sent.extend(messages)
+
+
+def big_credit_step() -> Step:
+    """State step + a toy rule: every credit >= 100 is a finding."""
+
+    def step(state: CustomerState, event: Event) -> tuple[Outcome, list[bytes]]:
+        if not isinstance(event, TransactionEvent):
+            return apply_loan(state, event, CONFIG), []
+        outcome = apply_transaction(state, event, CONFIG)
+        findings = []
+        if outcome is Outcome.APPLIED and event.direction == "credit" and event.amount >= 100:
+            value = json.dumps({"id": f"big-{event.txn_id}", "rule": "big"}).encode()
+            findings.append(outbox_entry(ALERTS, event.customer_id, value))
+        return outcome, findings
+
+    return step
+
+
+def txn(i: int, customer: str, direction: str, amount: str, day: int = 1) -> RawRecord:
+    event = {
+        "txn_id": f"t{i}",
+        "customer_id": customer,
+        "account_id": f"{customer}-acct",
+        "ts": f"2024-03-{day:02d}T09:00:{i % 60:02d}+08:00",
+        "direction": direction,
+        "amount": amount,
+    }
+    return RawRecord(TRANSACTIONS, 0, i, customer.encode(), json.dumps(event).encode(), 0)
+
+
+def batch() -> list[RawRecord]:
+    return [
+        txn(1, "alice", "credit", "500.00"),
+        txn(2, "bob", "credit", "50.00"),
+        txn(3, "alice", "debit", "120.50", day=2),
+        RawRecord(TRANSACTIONS, 0, 4, None, b"\xff not utf8", 0),
+        txn(5, "bob", "credit", "300.00", day=3),
+    ]
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[StateStore]:
+    client = connect(redis_url)
+    yield StateStore(client, Keys("fftest"))
+    await client.aclose()
+
+
+def processor(store: StateStore, sink: Sink, step: Step | None = None) -> BatchProcessor:
+    return BatchProcessor(store, step or big_credit_step(), sink, retry_initial=0.001, retry_max=0.01)
+
+
+async def test_batch_applies_dead_letters_and_publishes(store: StateStore) -> None:
+    sink = Sink()
+    report = await processor(store, sink).process(batch())
+    assert (report.applied, report.duplicates, report.dead_letters) == (4, 0, {"not_utf8": 1})
+    alice = await store.read("alice")
+    assert alice is not None and alice.balance == Decimal("379.50")
+    topics = sorted(topic for topic, _, _ in sink.sent)
+    assert topics == [ALERTS, ALERTS, DLQ]
+    assert await store.redis.llen(store.keys.outbox("alice")) == 0  # confirmed after publishing
+
+
+async def test_redelivered_batch_changes_nothing(store: StateStore) -> None:
+    sink = Sink()
+    await processor(store, sink).process(batch())
+    before = {c: encode_state(await store.read(c)) for c in ("alice", "bob")}  # type: ignore[arg-type]
+    again = Sink()
+    report = await processor(store, again).process(batch())  # a fresh worker: no cache
+    assert (report.applied, report.duplicates) == (0, 4)
+    assert {c: encode_state(await store.read(c)) for c in ("alice", "bob")} == before  # type: ignore[arg-type]
+    assert [topic for topic, _, _ in again.sent] == [DLQ]  # bad input is dead-lettered again, alerts are not
+
+
+async def test_crash_between_commit_and_publish_republishes_from_outbox(store: StateStore) -> None:
+    with pytest.raises(RuntimeError):
+        await processor(store, Sink(crash=True)).process(batch())
+    assert await store.redis.llen(store.keys.outbox("alice")) == 1
+    restarted = Sink()
+    report = await processor(store, restarted).process(batch())
+    assert report.applied == 0 and report.republished == 2
+    alerts = sorted(json.loads(v)["id"] for topic, _, v in restarted.sent if topic == ALERTS)
+    assert alerts == ["big-t1", "big-t5"]
+    assert await store.redis.llen(store.keys.outbox("alice")) == 0
+
+
+async def test_transient_publish_failure_retries_without_double_effects(store: StateStore) -> None:
+    sink = Sink(fail_times=2)
+    report = await processor(store, sink).process(batch())
+    assert report.retries == 2
+    alerts = sorted(json.loads(v)["id"] for topic, _, v in sink.sent if topic == ALERTS)
+    assert alerts == ["big-t1", "big-t5"]
+    assert [topic for topic, _, _ in sink.sent].count(DLQ) == 1
+    alice = await store.read("alice")
+    assert alice is not None and alice.balance == Decimal("379.50")
+
+
+async def test_stale_owner_loses_the_version_check_and_recomputes(store: StateStore) -> None:
+    old_owner, new_owner = processor(store, Sink()), processor(store, Sink())
+    await old_owner.process([txn(1, "carol", "credit", "100.00")])  # old owner caches carol at v1
+    await new_owner.process([txn(2, "carol", "credit", "10.00", day=2)])  # rebalance: new owner writes v2
+    report = await old_owner.process([txn(3, "carol", "debit", "30.00", day=3)])  # stale cache
+    assert report.conflicts == 1 and report.applied == 1
+    carol = await store.read("carol")
+    assert carol is not None and carol.balance == Decimal("80.00") and carol.applied_total == 3
+
+
+async def test_conflicting_duplicate_is_dead_lettered_not_applied(store: StateStore) -> None:
+    sink = Sink()
+    await processor(store, sink).process([txn(1, "dave", "credit", "100.00")])
+    report = await processor(store, sink).process([txn(1, "dave", "credit", "999.00")])
+    assert report.dead_letters == {"duplicate_txn_id_conflict": 1}
+    dave = await store.read("dave")
+    assert dave is not None and dave.balance == Decimal("100.00")
