@@ -49,8 +49,8 @@ def evaluate(
     thresholds: SegmentThresholds = SegmentThresholds(),
 ) -> dict[str, Any]:
     """Every metric of the customer at ``as_of_us`` (µs since the epoch, >= its last event)."""
-    if state.last_us is not None and as_of_us < state.last_us:
-        raise ValueError("as_of is before the customer's latest event")
+    if state.last_txn_us is not None and as_of_us < state.last_txn_us:
+        raise ValueError("as_of is before the customer's latest transaction")
     as_of_day = local_day(as_of_us, config.zone)
     start_24h = as_of_us - WINDOW_24H
     start_7d = as_of_us - WINDOW_7D

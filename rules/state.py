@@ -108,7 +108,10 @@ class CustomerState:
     balance: Decimal = ZERO
     first_us: int | None = None  # min ts of any TransactionEvent: history starts on its day
     first_day: int | None = None
-    last_us: int | None = None  # max ts of any event (transactions and loans)
+    last_us: int | None = None  # max ts of any event (transactions and loans): evaluate at or after it
+    # max ts of the TransactionEvents: the dedup horizon and the windows' pruning follow it, not
+    # LoanEvents, which arrive on their own topic in no fixed order with the transactions
+    last_txn_us: int | None = None
     events: list[EventRecord] = field(default_factory=list)  # sorted by ts_us
     seen: dict[str, tuple[str, int]] = field(default_factory=dict)  # txn_id -> (content hash, ts_us)
     lots: deque[list[Any]] = field(default_factory=deque)  # [remaining amount: Decimal, ts_us: int]
@@ -181,7 +184,7 @@ def apply_transaction(
     ts_us = to_us(event.ts)
     fingerprint = fingerprint or content_hash(event, ts_us)
     # Checked first, so the answer never depends on when ``seen`` was last pruned.
-    if state.last_us is not None and ts_us <= state.last_us - config.dedup_horizon_us:
+    if state.last_txn_us is not None and ts_us <= state.last_txn_us - config.dedup_horizon_us:
         return Outcome.TOO_LATE
     known = state.seen.get(event.txn_id)
     if known is not None:
@@ -203,9 +206,10 @@ def apply_transaction(
     if state.first_us is None or ts_us < state.first_us:
         state.first_us = ts_us
         state.first_day = day
-    previous_last = state.last_us
-    if previous_last is None or ts_us > previous_last:
+    if state.last_us is None or ts_us > state.last_us:
         state.last_us = ts_us
+    if state.last_txn_us is None or ts_us > state.last_txn_us:
+        state.last_txn_us = ts_us
 
     if credit:
         _credit_lots(state, amount, ts_us, config.lot_cap)
@@ -231,7 +235,7 @@ def apply_transaction(
         events.insert(bisect.bisect_right(events, ts_us, key=_ts_of), record)
     # else: a late event older than every window moves balance and lots only
 
-    if state.last_us >= state.next_prune_us:  # type: ignore[operator]
+    if state.last_txn_us >= state.next_prune_us:
         _prune(state, config)
     return Outcome.APPLIED
 
@@ -281,9 +285,9 @@ def _debit_lots(state: CustomerState, record: EventRecord) -> None:
 
 
 def _prune(state: CustomerState, config: StateConfig) -> None:
-    """Drop what can no longer fall in any window, now that ``last_us`` moved."""
-    assert state.last_us is not None
-    horizon = from_us(state.last_us - WINDOW_90D_US).astimezone(config.zone)
+    """Drop what can no longer fall in any window, now that ``last_txn_us`` moved."""
+    assert state.last_txn_us is not None and state.last_us is not None
+    horizon = from_us(state.last_txn_us - WINDOW_90D_US).astimezone(config.zone)
     horizon_day = horizon.date().toordinal()
     next_midnight = dt.datetime.combine(horizon.date() + dt.timedelta(days=1), dt.time(), config.zone)
     state.next_prune_us = to_us(next_midnight) + WINDOW_90D_US  # when horizon_day moves on
@@ -298,7 +302,7 @@ def _prune(state: CustomerState, config: StateConfig) -> None:
     # txn_ids arrive roughly in ts order, so the dict's oldest entries are the oldest
     # in time: drop from the front until one is still inside the horizon (amortised O(1);
     # a late id may outlive the horizon a little, which only widens the dedup).
-    horizon_us = state.last_us - config.dedup_horizon_us
+    horizon_us = state.last_txn_us - config.dedup_horizon_us
     seen = state.seen
     while seen:
         oldest = next(iter(seen))
@@ -351,8 +355,9 @@ def apply_loan(state: CustomerState, event: LoanEvent, config: StateConfig) -> O
     points.insert(index, point)
     if state.last_us is None or ts_us > state.last_us:
         state.last_us = ts_us
-    if state.last_us >= state.next_prune_us:
-        _prune(state, config)
+    loan_horizon = state.last_us - LOAN_HISTORY_US
+    while len(points) > 1 and points[1].ts_us <= loan_horizon:
+        del points[0]
     return Outcome.APPLIED
 
 

@@ -178,3 +178,25 @@ def test_cost_and_memory_do_not_grow_with_history() -> None:
     assert len(state.events) <= 3 * 92
     assert len(state.seen) <= 3 * (config.dedup_horizon_days + 2)
     assert max(sizes) <= min(sizes) * 1.05
+
+
+def test_a_loan_event_from_later_does_not_age_out_older_transactions() -> None:
+    """LoanEvents come on their own topic: one may be consumed before months of older
+    transactions of the same customer, which must still be applied and kept in the windows."""
+    from rules.events import LoanEvent
+    from rules.state import apply_loan
+
+    config = StateConfig(ZONE)
+    state = CustomerState("c")
+    loan = LoanEvent.model_validate(
+        {"loan_id": "L", "customer_id": "c", "account_id": "a", "ts": "2024-12-01T08:00:00+08:00",
+         "principal": "1000", "outstanding": "1000", "annual_rate": "0.05", "installment": "100",
+         "next_due": "2025-01-01", "status": "active"})  # fmt: skip
+    assert apply_loan(state, loan, config) is Outcome.APPLIED
+    for day in range(1, 29):
+        event = TransactionEvent.model_validate(
+            {"txn_id": f"t{day}", "customer_id": "c", "account_id": "a", "ts": f"2024-02-{day:02d}T09:00:00+08:00",
+             "direction": "credit", "amount": "10.00"})  # fmt: skip
+        assert apply_transaction(state, event, config) is Outcome.APPLIED
+    got = evaluate(state, to_us(dt.datetime(2024, 2, 28, 12, tzinfo=ZONE)), config)
+    assert got["inflow_30d"] == Decimal("280.00") and got["txn_count_30d"] == 28
