@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from rules.config import RulesConfigError, load_rules
 from streams.errors import ConfigError
 from streams.settings import Settings
 
@@ -44,10 +45,17 @@ def build_step(settings: Settings, tier_of: Callable[[str], str | None] | None =
 
     ``tier_of`` gives a customer's live tier (``streams.tiers.TierBook``) for the findings.
     """
-    from streams.pipeline import plain_step
+    from streams.rulestep import RulesProvider, rules_step
     from streams.snapshot import state_config
 
-    return plain_step(state_config(settings))
+    path = settings.rules_file if settings.rules_file.exists() else None
+    if path is None:
+        logging.getLogger(__name__).warning("no rules file at %s: default thresholds", settings.rules_file)
+    try:
+        provider = RulesProvider(path)
+    except RulesConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    return rules_step(state_config(settings), provider, tier_of)
 
 
 def run_worker(settings: Settings, bootstrap: str, redis_url: str, *, web_port: int | None, loglevel: str) -> int:
@@ -57,6 +65,11 @@ def run_worker(settings: Settings, bootstrap: str, redis_url: str, *, web_port: 
     from streams.embedded import ensure_topics
     from streams.topics import all_topics
 
+    if settings.rules_file.exists():  # a bad rules file is a one-line error before anything starts
+        try:
+            load_rules(settings.rules_file)
+        except RulesConfigError as exc:
+            raise ConfigError(str(exc)) from None
     asyncio.run(check_redis(redis_url))
     try:
         asyncio.run(ensure_topics(bootstrap, all_topics(settings.partitions), settings))

@@ -78,6 +78,18 @@ def test_unreachable_kafka_is_one_line(tmp_path: Path) -> None:
     assert_one_line_error(result, 1, "Kafka at 127.0.0.1:1 does not answer")
 
 
+def test_bad_rules_file_is_one_line(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("outflow:\n  streak_days: many\n")
+    result = fundflow(
+        "worker",
+        FUNDFLOW_RULES_FILE=str(rules),
+        FUNDFLOW_REDIS_URL="redis://127.0.0.1:1/0",
+        FUNDFLOW_KAFKA_BOOTSTRAP="127.0.0.1:1",
+    )
+    assert_one_line_error(result, 1, "outflow.streak_days")
+
+
 def test_bad_setting_is_one_line() -> None:
     result = fundflow("customer", "show", "C1", FUNDFLOW_BANK_TZ="Mars/Olympus")
     assert_one_line_error(result, 1, "FUNDFLOW_BANK_TZ")

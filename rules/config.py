@@ -1,0 +1,156 @@
+"""Rule thresholds (``deploy/rules.yaml``), validated by pydantic.
+
+Every threshold of the business rules lives here with its default; the YAML
+file overrides what it names. Amounts are in the event currency. An invalid
+file raises ``RulesConfigError`` with one line saying where and why; the worker
+then keeps the last good configuration (``streams.rulestep.RulesProvider``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+Severity = Literal["info", "low", "medium", "high"]
+SEVERITIES: tuple[Severity, ...] = ("info", "low", "medium", "high")
+Amount = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
+Share = Annotated[Decimal, Field(ge=0, le=1, allow_inf_nan=False)]
+Hours = Annotated[float, Field(ge=0, le=24 * 366)]
+
+
+class RulesConfigError(ValueError):
+    """The rules file cannot be used; the message is one line."""
+
+
+class _Rule(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = True
+    severity: Severity = "medium"
+    cooldown_hours: Hours = 24.0
+
+
+class CollectionRule(_Rule):
+    """资金归集: a large credit at a customer whose money usually leaves."""
+
+    min_amount: Amount = Decimal(50_000)
+    usual_inflow_multiple: Amount = Decimal(3)  # × the customer's mean credit of the last 90 days
+    max_collection_rate: Share = Decimal("0.05")
+    max_retention_days: Amount = Decimal(3)
+    cooldown_hours: Hours = 72.0
+
+
+class OutflowRule(_Rule):
+    """资金流出预警: large external outflow, drawdown, fast-in-fast-out, streak, churn drift."""
+
+    large_external_amount: Amount = Decimal(100_000)
+    large_external_share: Share = Decimal("0.5")  # of the balance before the debit
+    large_external_min_amount: Amount = Decimal(10_000)  # the share test needs at least this much
+    drawdown_fraction: Share = Decimal("0.3")  # balance below this × avg_balance_30d ...
+    drawdown_within_days: int = Field(default=7, ge=1, le=30)  # ... having been above it this recently
+    drawdown_min_avg_balance: Amount = Decimal(10_000)
+    fast_out_share: Share = Decimal("0.8")  # 快进快出: this share of a credit leaves externally ...
+    fast_out_hours: Hours = 24.0  # ... within this many hours
+    fast_out_min_amount: Amount = Decimal(20_000)
+    streak_days: int = Field(default=5, ge=2, le=90)
+    churn_share: Share = Decimal("0.6")  # external_outflow_share_30d at least this ...
+    churn_rise: Share = Decimal("0.2")  # ... and risen by this since the last check ...
+    churn_min_banks: int = Field(default=4, ge=1, le=100)  # ... with dispersed funds (metrics.md: > 3 banks)
+    severity: Severity = "high"
+
+
+class RepaymentRule(_Rule):
+    """还款提醒 / 风险信号: instalment due and balance short; overdue; salary-flow anomaly."""
+
+    reminder_days: int = Field(default=3, ge=0, le=31)
+    overdue_days: int = Field(default=3, ge=1, le=90)
+    income_months: int = Field(default=3, ge=2, le=12)  # the customer's own pattern: months with income
+    income_drop: Share = Decimal("0.5")  # this month below (1 - drop) × the usual month
+    severity: Severity = "medium"
+    overdue_severity: Severity = "high"
+    cooldown_hours: Hours = 0.0  # each due date and month fires at most once anyway
+
+
+class LedgerRule(_Rule):
+    """对账差异: our balance and the core system's ledger disagree."""
+
+    tolerance: Amount = Decimal("1.00")
+    severity: Severity = "low"
+
+
+class SweepRule(_Rule):
+    """智能还贷 + 自动归集: after a loan repayment, sweep idle money to a better product."""
+
+    buffer_months_of_outflow: Amount = Decimal(1)  # keep this many months of typical outflow
+    min_amount: Amount = Decimal(10_000)
+    round_to: Amount = Decimal(100)
+    product: str = "money_market_fund"
+    product_name: str = "货币基金 money-market fund"
+    product_rate: Share = Decimal("0.022")
+    deposit_rate: Share = Decimal("0.0035")
+    severity: Severity = "info"
+    cooldown_hours: Hours = 24.0 * 7
+
+
+class MarketingConfig(BaseModel):
+    """Push triggers: hard frequency caps, quiet hours (bank's zone), opt-outs, one per campaign."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = True
+    per_day: int = Field(default=1, ge=0, le=100)
+    per_week: int = Field(default=2, ge=0, le=500)
+    quiet_start: dt.time = dt.time(21, 0)
+    quiet_end: dt.time = dt.time(8, 0)
+    opt_out: frozenset[str] = frozenset()
+    channel: Literal["sms", "app", "email"] = "app"
+    # which campaign a push of each source belongs to (one message per customer per campaign)
+    campaigns: dict[str, str] = Field(
+        default_factory=lambda: {"sweep": "sweep-after-repayment", "collection": "deposit-collection"}
+    )
+
+
+class RulesConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: int = 1
+    collection: CollectionRule = CollectionRule()
+    outflow: OutflowRule = OutflowRule()
+    repayment: RepaymentRule = RepaymentRule()
+    ledger: LedgerRule = LedgerRule()
+    sweep: SweepRule = SweepRule()
+    marketing: MarketingConfig = MarketingConfig()
+    max_lateness_hours: Hours = 24.0 * 7  # events older than this (vs the customer's newest) fire nothing
+    escalate_tiers: frozenset[Literal["I", "II", "III", "IV"]] = frozenset({"I"})  # severity one step up
+
+
+def parse_rules(text: str, source: str = "rules") -> RulesConfig:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" line {where.line + 1}" if where is not None else ""
+        raise RulesConfigError(f"{source}:{line} not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RulesConfigError(f"{source}: the top level must be a mapping")
+    try:
+        return RulesConfig.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top)"
+        raise RulesConfigError(f"{source}: {where}: {first['msg']} ({exc.error_count()} error(s))") from None
+
+
+def load_rules(path: Path) -> RulesConfig:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RulesConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return parse_rules(text, str(path))

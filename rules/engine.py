@@ -1,0 +1,699 @@
+"""The business rules: (state after an event, the event, the balance before it,
+the rule config) -> findings. Pure: no I/O, no clock; time is the event's.
+
+A rule *decides*; ``streams.rulestep`` serialises what it finds into the
+outbox, and ``alerts/`` delivers. What a rule remembers between events (edge
+flags, firing times, push counts, sent campaigns) lives in
+``state.rule_state`` and is committed atomically with the state, so a worker
+restart or a replay (whose events are duplicates and never reach the rules)
+can never fire twice.
+
+* Edge-triggered: a condition that stays true fires once, when it becomes
+  true (drawdown, streak, ledger drift, churn drift); it re-arms when false.
+* Cool-down per rule and customer, in event time, in both directions: two
+  firings of a rule for one customer are never closer than its cool-down,
+  whatever order the events arrive in.
+* Events older than ``max_lateness_hours`` before the customer's newest event
+  fire nothing (reported as suppressed ``stale``): alerting on last month's
+  news helps no one, and it bounds what the cool-downs must remember.
+* Push triggers: hard caps per local day and ISO week, quiet hours, opt-out,
+  one per campaign; every refusal is reported with its reason.
+
+Cost: most checks are O(1) gates on the event; the ones that need windows
+walk only the kept events of that window (bounded by the window, never by
+the customer's history), and full ``evaluate`` runs only behind a gate
+(a large credit, once a day for churn).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import ROUND_DOWN, Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from rules.config import SEVERITIES, MarketingConfig, RulesConfig, Severity
+from rules.events import LoanEvent, TransactionEvent
+from rules.metrics import evaluate
+from rules.state import (
+    CREDIT,
+    EXTERNAL,
+    LOAN_REPAYMENT,
+    US_PER_DAY,
+    ZERO,
+    CustomerState,
+    LoanPoint,
+    StateConfig,
+    local_day,
+    to_us,
+)
+
+HOUR_US = 3_600_000_000
+CENT = Decimal("0.01")
+RATIO = Decimal("0.0001")
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    kind: str  # alert | recommendation | push
+    rule: str
+    category: str  # collection | repayment | outflow_risk | sweep | ledger
+    severity: Severity
+    customer_id: str
+    tier: str | None
+    ts_us: int
+    trigger_txn_id: str
+    evidence: dict[str, Any]
+    message: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        """Deterministic: the same trigger always gives the same id (replays are recognisable)."""
+        salt = self.extra.get("campaign", "")
+        text = f"{self.kind}|{self.rule}|{self.customer_id}|{self.trigger_txn_id}|{salt}"
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def as_dict(self, zone: ZoneInfo) -> dict[str, Any]:
+        moment = dt.datetime.fromtimestamp(self.ts_us / 1_000_000, dt.UTC).astimezone(zone)
+        return {
+            "id": self.id,
+            "type": self.kind,
+            "rule": self.rule,
+            "category": self.category,
+            "severity": self.severity,
+            "customer_id": self.customer_id,
+            "tier": self.tier,
+            "ts": moment.isoformat(),
+            "trigger_txn_id": self.trigger_txn_id,
+            "evidence": self.evidence,
+            "message": self.message,
+            **self.extra,
+        }
+
+
+@dataclass(slots=True)
+class Judgement:
+    findings: list[Finding] = field(default_factory=list)
+    suppressed: list[tuple[str, str]] = field(default_factory=list)  # (rule, why)
+
+
+def money(value: Decimal) -> str:
+    return str(value.quantize(CENT))
+
+
+def ratio(value: Decimal) -> str:
+    return str(value.quantize(RATIO))
+
+
+def _bump(severity: Severity, tier: str | None, config: RulesConfig) -> Severity:
+    if tier is not None and tier in config.escalate_tiers:
+        return SEVERITIES[min(SEVERITIES.index(severity) + 1, len(SEVERITIES) - 1)]
+    return severity
+
+
+class _Judge:
+    """One event's evaluation; collects findings and refusals."""
+
+    def __init__(
+        self,
+        state: CustomerState,
+        event: TransactionEvent | LoanEvent,
+        config: RulesConfig,
+        state_config: StateConfig,
+        tier: str | None,
+    ) -> None:
+        self.state = state
+        self.event = event
+        self.config = config
+        self.state_config = state_config
+        self.zone = state_config.zone
+        self.tier = tier
+        self.ts = to_us(event.ts)
+        self.day = local_day(self.ts, self.zone)
+        self.memory: dict[str, Any] = state.rule_state
+        self.out = Judgement()
+        if isinstance(event, TransactionEvent):
+            self.trigger = event.txn_id
+        else:
+            self.trigger = f"loan:{event.loan_id}@{event.ts.isoformat()}"
+        self._metrics: dict[str, Any] | None = None
+        # What "now" is for this customer: its newest transaction (LoanEvents come on their own
+        # topic in no fixed order with the transactions, so they must not move it).
+        newest = state.last_txn_us if isinstance(event, TransactionEvent) else state.last_us
+        self.newest = max(newest or self.ts, self.ts)
+
+    # --- memory -----------------------------------------------------------------
+    def metrics(self) -> dict[str, Any]:
+        if self._metrics is None:
+            self._metrics = evaluate(self.state, max(self.newest, self.state.last_txn_us or 0), self.state_config)
+        return self._metrics
+
+    def edge(self, key: str, condition: bool) -> bool:
+        """True when ``condition`` became true with this event; remembers it either way."""
+        active: dict[str, bool] = self.memory.setdefault("active", {})
+        was = active.get(key, False)
+        if condition:
+            active[key] = True
+        else:
+            active.pop(key, None)
+        return condition and not was
+
+    def once(self, key: str) -> bool:
+        """True the first time ``key`` is seen (a due date, a month): never again."""
+        done: list[str] = self.memory.setdefault("once", [])
+        if key in done:
+            return False
+        done.append(key)
+        if len(done) > 64:
+            del done[: len(done) - 64]
+        return True
+
+    def cooled(self, rule: str, hours: float) -> bool:
+        """No firing of ``rule`` within ``hours`` of this event, either side; records this one."""
+        fired: dict[str, list[int]] = self.memory.setdefault("fired", {})
+        times = fired.setdefault(rule, [])
+        window = int(hours * HOUR_US)
+        if any(abs(t - self.ts) < window for t in times):
+            self.out.suppressed.append((rule, "cooldown"))
+            return False
+        times.append(self.ts)
+        horizon = self.newest - window - int(self.config.max_lateness_hours * HOUR_US)
+        fired[rule] = sorted(t for t in times if t >= horizon)
+        return True
+
+    # --- emitting -----------------------------------------------------------------
+    def emit(
+        self,
+        rule: str,
+        category: str,
+        severity: Severity,
+        cooldown_hours: float,
+        evidence: dict[str, Any],
+        message: str,
+        kind: str = "alert",
+        extra: dict[str, Any] | None = None,
+    ) -> Finding | None:
+        if not self.cooled(rule, cooldown_hours):
+            return None
+        finding = Finding(
+            kind=kind,
+            rule=rule,
+            category=category,
+            severity=_bump(severity, self.tier, self.config),
+            customer_id=self.state.customer_id,
+            tier=self.tier,
+            ts_us=self.ts,
+            trigger_txn_id=self.trigger,
+            evidence=evidence,
+            message=message,
+            extra=extra or {},
+        )
+        self.out.findings.append(finding)
+        return finding
+
+    def push(self, source: Finding, campaign_key: str) -> None:
+        marketing: MarketingConfig = self.config.marketing
+        rule = f"push_{campaign_key}"
+        if not marketing.enabled:
+            return
+        campaign = marketing.campaigns.get(campaign_key)
+        if campaign is None:
+            return
+        why = push_refusal(self.memory, self.state.customer_id, self.ts, campaign, marketing, self.zone)
+        if why is not None:
+            self.out.suppressed.append((rule, why))
+            return
+        record_push(self.memory, self.ts, campaign, self.newest)
+        self.out.findings.append(
+            Finding(
+                kind="push",
+                rule=rule,
+                category=source.category,
+                severity="info",
+                customer_id=self.state.customer_id,
+                tier=self.tier,
+                ts_us=self.ts,
+                trigger_txn_id=self.trigger,
+                evidence={"source_finding": source.id, "source_rule": source.rule, **source.evidence},
+                message=source.message,
+                extra={"channel": marketing.channel, "template": campaign, "campaign": campaign},
+            )
+        )
+
+
+# --- marketing caps (pure, shared with the tests) -------------------------------------
+
+
+def _week(ts_us: int, zone: ZoneInfo) -> tuple[int, int]:
+    iso = dt.date.fromordinal(local_day(ts_us, zone)).isocalendar()
+    return iso.year, iso.week
+
+
+def _quiet(ts_us: int, zone: ZoneInfo, start: dt.time, end: dt.time) -> bool:
+    local = dt.datetime.fromtimestamp(ts_us / 1_000_000, dt.UTC).astimezone(zone).time()
+    if start <= end:
+        return start <= local < end
+    return local >= start or local < end
+
+
+def push_refusal(
+    memory: dict[str, Any], customer_id: str, ts_us: int, campaign: str, marketing: MarketingConfig, zone: ZoneInfo
+) -> str | None:
+    """Why a push at ``ts_us`` may not go out, or None. Caps count pushes by local day and ISO week."""
+    if customer_id in marketing.opt_out:
+        return "opt_out"
+    if _quiet(ts_us, zone, marketing.quiet_start, marketing.quiet_end):
+        return "quiet_hours"
+    if campaign in memory.get("campaigns", ()):
+        return "campaign_already_sent"
+    sent: list[int] = memory.get("pushes", [])
+    day = local_day(ts_us, zone)
+    if sum(1 for t in sent if local_day(t, zone) == day) >= marketing.per_day:
+        return "daily_cap"
+    week = _week(ts_us, zone)
+    if sum(1 for t in sent if _week(t, zone) == week) >= marketing.per_week:
+        return "weekly_cap"
+    return None
+
+
+def record_push(memory: dict[str, Any], ts_us: int, campaign: str, newest_us: int) -> None:
+    sent: list[int] = memory.setdefault("pushes", [])
+    sent.append(ts_us)
+    # Keep more than a week before anything that can still push (events are at most
+    # max_lateness old), so the caps of every week still open are always counted.
+    memory["pushes"] = sorted(t for t in sent if t >= newest_us - 30 * US_PER_DAY)
+    memory.setdefault("campaigns", []).append(campaign)
+
+
+# --- window helpers (bounded by the window, not the history) -----------------------------
+
+
+def _recent(state: CustomerState, since_us: int) -> Iterable[Any]:
+    for record in reversed(state.events):
+        if record.ts_us <= since_us:
+            return
+        yield record
+
+
+def _day_nets(state: CustomerState, from_day: int) -> dict[int, Decimal]:
+    nets: dict[int, Decimal] = {}
+    for record in reversed(state.events):
+        if record.day < from_day:
+            break
+        nets[record.day] = nets.get(record.day, ZERO) + record.amount
+    return nets
+
+
+def _end_of_day(state: CustomerState, today: int, days: int) -> list[Decimal]:
+    """End-of-day balances of the ``days`` days ending today (today: the balance now),
+    from the customer's first day on; oldest first."""
+    first = state.first_day if state.first_day is not None else today
+    start = max(today - days + 1, first)
+    nets = _day_nets(state, start + 1)
+    balances = [state.balance]
+    running = state.balance
+    for day in range(today, start, -1):
+        running -= nets.get(day, ZERO)
+        balances.append(running)
+    return balances[::-1]
+
+
+def _loans_as_of(state: CustomerState, ts_us: int) -> dict[str, LoanPoint]:
+    """Each loan as the loan system had reported it by ``ts_us`` (a LoanEvent that arrives
+    before older transactions must not change how those are judged)."""
+    result = {}
+    for loan_id, points in state.loans.items():
+        known = [p for p in points if p.ts_us <= ts_us]
+        if known:
+            result[loan_id] = known[-1]
+    return result
+
+
+def _streak(state: CustomerState, today: int, limit: int) -> int:
+    nets = _day_nets(state, today - limit)
+    streak = 0
+    while streak < limit and nets.get(today - streak, ZERO) < 0 and (today - streak) in nets:
+        streak += 1
+    return streak
+
+
+# --- the rules ------------------------------------------------------------------------------
+
+
+def judge(
+    state: CustomerState,
+    event: TransactionEvent | LoanEvent,
+    balance_before: Decimal,
+    config: RulesConfig,
+    state_config: StateConfig,
+    tier: str | None = None,
+) -> Judgement:
+    """Everything the rules find in ``event``, which was just applied to ``state``."""
+    j = _Judge(state, event, config, state_config, tier)
+    if j.ts < j.newest - int(config.max_lateness_hours * HOUR_US):
+        j.out.suppressed.append(("all", "stale"))
+        return j.out
+    if isinstance(event, TransactionEvent):
+        if event.direction == "credit":
+            _collection(j, event)
+        else:
+            _outflow(j, event, balance_before)
+            if event.kind == "loan_repayment":
+                _sweep(j, event)
+        if event.balance_after is not None:
+            _ledger(j)
+        _income(j)
+    _due_dates(j)
+    return j.out
+
+
+def _collection(j: _Judge, event: TransactionEvent) -> None:
+    rule = j.config.collection
+    if not rule.enabled or event.amount < rule.min_amount:
+        return
+    earlier = [r.amount for r in _recent(j.state, j.ts - 90 * US_PER_DAY) if r.flags & CREDIT and r.ts_us != j.ts]
+    usual = sum(earlier, ZERO) / len(earlier) if earlier else ZERO
+    if usual and event.amount < rule.usual_inflow_multiple * usual:
+        return
+    metrics = j.metrics()
+    inflow_before = metrics["inflow_90d"] - event.amount
+    rate: Decimal | None = None
+    if inflow_before > 0:
+        remaining = sum((lot[0] for lot in j.state.lots if lot[1] > j.ts - 90 * US_PER_DAY), ZERO)
+        newest = j.state.lots[-1] if j.state.lots else None
+        if newest is not None and newest[1] == j.ts and newest[0] <= event.amount:
+            remaining -= newest[0]  # the lot this credit just formed is not the customer's habit
+        rate = remaining / inflow_before
+    retention = metrics["retention_days_avg_90d"]
+    leaves = rate is not None and rate < rule.max_collection_rate
+    quick = retention is not None and retention < rule.max_retention_days
+    if not (leaves or quick):
+        return
+    finding = j.emit(
+        "collection_opportunity",
+        "collection",
+        rule.severity,
+        rule.cooldown_hours,
+        {
+            "amount": money(event.amount),
+            "min_amount": money(rule.min_amount),
+            "usual_credit_90d": money(usual),
+            "usual_inflow_multiple": str(rule.usual_inflow_multiple),
+            "collection_rate_90d_before": ratio(rate) if rate is not None else None,
+            "max_collection_rate": str(rule.max_collection_rate),
+            "retention_days_avg_90d": ratio(retention) if retention is not None else None,
+            "max_retention_days": str(rule.max_retention_days),
+            "balance": money(j.state.balance),
+        },
+        f"资金归集机会: 大额入账 {money(event.amount)}, 该客户资金通常很快流出 — "
+        f"large credit of {money(event.amount)} at a customer whose money usually leaves; contact now",
+    )
+    if finding is not None:
+        j.push(finding, "collection")
+
+
+def _outflow(j: _Judge, event: TransactionEvent, balance_before: Decimal) -> None:
+    rule = j.config.outflow
+    if not rule.enabled:
+        return
+    amount = event.amount
+    if event.external and (
+        amount >= rule.large_external_amount
+        or (
+            amount >= rule.large_external_min_amount
+            and balance_before > 0
+            and amount >= rule.large_external_share * balance_before
+        )
+    ):
+        j.emit(
+            "large_external_outflow",
+            "outflow_risk",
+            rule.severity,
+            rule.cooldown_hours,
+            {
+                "amount": money(amount),
+                "balance_before": money(balance_before),
+                "share_of_balance": ratio(amount / balance_before) if balance_before > 0 else None,
+                "large_external_amount": money(rule.large_external_amount),
+                "large_external_share": str(rule.large_external_share),
+                "counterparty_bank": event.counterparty_bank,
+            },
+            f"大额他行流出 {money(amount)} — large external outflow of {money(amount)} "
+            f"to {event.counterparty_bank or 'another bank'}",
+        )
+    if event.external:
+        _fast_in_fast_out(j, amount)
+        _churn(j)
+    _drawdown(j)
+    streak = _streak(j.state, j.day, rule.streak_days)
+    if j.edge("streak", streak >= rule.streak_days):
+        j.emit(
+            "net_outflow_streak",
+            "outflow_risk",
+            "medium",
+            rule.cooldown_hours,
+            {"streak_days": streak, "threshold_days": rule.streak_days, "balance": money(j.state.balance)},
+            f"连续{streak}天净流出 — net outflow {streak} days in a row",
+        )
+
+
+def _fast_in_fast_out(j: _Judge, amount: Decimal) -> None:
+    rule = j.config.outflow
+    since = j.ts - int(rule.fast_out_hours * HOUR_US)
+    credits = external_out = ZERO
+    for record in _recent(j.state, since):
+        if record.ts_us > j.ts:
+            continue
+        if record.flags & CREDIT:
+            credits += record.amount
+        elif record.flags & EXTERNAL:
+            external_out -= record.amount
+    if credits < rule.fast_out_min_amount or external_out < rule.fast_out_share * credits:
+        return
+    j.emit(
+        "fast_in_fast_out",
+        "outflow_risk",
+        rule.severity,
+        rule.cooldown_hours,
+        {
+            "credits": money(credits),
+            "external_debits": money(external_out),
+            "share": ratio(external_out / credits),
+            "threshold_share": str(rule.fast_out_share),
+            "hours": rule.fast_out_hours,
+        },
+        f"快进快出: {money(credits)} 入账后 {rule.fast_out_hours:g} 小时内 {money(external_out)} 转出他行 — "
+        f"fast in, fast out: {ratio(external_out / credits)} of recent credits left within {rule.fast_out_hours:g} h",
+    )
+
+
+def _drawdown(j: _Judge) -> None:
+    rule = j.config.outflow
+    balances = _end_of_day(j.state, j.day, 30)
+    average = sum(balances, ZERO) / len(balances)
+    floor = rule.drawdown_fraction * average
+    below = average >= rule.drawdown_min_avg_balance and j.state.balance < floor
+    recent_high = max(balances[-rule.drawdown_within_days - 1 : -1] or [ZERO])
+    if j.edge("drawdown", below) and recent_high >= floor:
+        j.emit(
+            "balance_drawdown",
+            "outflow_risk",
+            rule.severity,
+            rule.cooldown_hours,
+            {
+                "balance": money(j.state.balance),
+                "avg_balance_30d": money(average),
+                "fraction": str(rule.drawdown_fraction),
+                "highest_end_of_day_last_days": money(recent_high),
+                "within_days": rule.drawdown_within_days,
+            },
+            f"余额骤降至 {money(j.state.balance)}, 低于30日均余额 {money(average)} 的 {rule.drawdown_fraction} — "
+            f"balance fell below {rule.drawdown_fraction} of its 30-day average "
+            f"within {rule.drawdown_within_days} days",
+        )
+
+
+def _churn(j: _Judge) -> None:
+    rule = j.config.outflow
+    last = j.memory.get("churn")
+    if last is not None and last[0] == j.day:
+        return  # checked today already
+    metrics = j.metrics()
+    share: Decimal = metrics["external_outflow_share_30d"]
+    previous = Decimal(last[1]) if last is not None else ZERO
+    j.memory["churn"] = [j.day, str(share)]
+    drifting = metrics["external_banks_90d"] >= rule.churn_min_banks and share >= rule.churn_share
+    if j.edge("churn", drifting) and share - previous >= rule.churn_rise:
+        j.emit(
+            "churn_drift",
+            "outflow_risk",
+            "medium",
+            rule.cooldown_hours,
+            {
+                "external_outflow_share_30d": ratio(share),
+                "previous_share": ratio(previous),
+                "external_banks_90d": metrics["external_banks_90d"],
+                "churn_share": str(rule.churn_share),
+                "churn_rise": str(rule.churn_rise),
+            },
+            f"资金分散外流: 他行流出占比升至 {ratio(share)}, 涉及 {metrics['external_banks_90d']} 家他行 — "
+            "money is drifting to other banks",
+        )
+
+
+def _sweep(j: _Judge, event: TransactionEvent) -> None:
+    rule = j.config.sweep
+    if not rule.enabled:
+        return
+    outflow = ZERO
+    for record in _recent(j.state, j.ts - 30 * US_PER_DAY):
+        if not record.flags & CREDIT and not record.flags & LOAN_REPAYMENT:
+            outflow -= record.amount
+    buffer = outflow * rule.buffer_months_of_outflow
+    next_instalments = sum(
+        (p.installment for p in _loans_as_of(j.state, j.ts).values() if p.status != "closed"),
+        ZERO,
+    )
+    idle = j.state.balance - buffer - next_instalments
+    amount = (idle / rule.round_to).to_integral_value(rounding=ROUND_DOWN) * rule.round_to
+    if amount < rule.min_amount:
+        return
+    gain = (amount * (rule.product_rate - rule.deposit_rate)).quantize(CENT)
+    finding = j.emit(
+        "post_repayment_sweep",
+        "sweep",
+        rule.severity,
+        rule.cooldown_hours,
+        {
+            "balance": money(j.state.balance),
+            "repayment": money(event.amount),
+            "typical_outflow_30d": money(outflow),
+            "safety_buffer": money(buffer),
+            "next_instalments_reserved": money(next_instalments),
+            "idle": money(idle),
+            "min_amount": money(rule.min_amount),
+        },
+        f"还款后闲置资金 {money(idle)}: 建议转入{rule.product_name} {money(amount)}, 预计年增收 {money(gain)} — "
+        f"after the repayment, sweep {money(amount)} to {rule.product_name} (+{money(gain)} a year)",
+        kind="recommendation",
+        extra={
+            "amount": money(amount),
+            "product": rule.product,
+            "product_rate": str(rule.product_rate),
+            "expected_yearly_gain": money(gain),
+        },
+    )
+    if finding is not None:
+        j.push(finding, "sweep")
+
+
+def _ledger(j: _Judge) -> None:
+    rule = j.config.ledger
+    if not rule.enabled or not j.state.ledger:
+        return
+    ledger = sum((entry[1] for entry in j.state.ledger.values()), ZERO)
+    drift = j.state.balance - ledger
+    if j.edge("ledger", abs(drift) > rule.tolerance):
+        j.emit(
+            "ledger_drift",
+            "ledger",
+            rule.severity,
+            rule.cooldown_hours,
+            {
+                "balance": money(j.state.balance),
+                "ledger_balance": money(ledger),
+                "ledger_drift": money(drift),
+                "tolerance": money(rule.tolerance),
+            },
+            f"对账差异 {money(drift)}: 流水余额与核心账务余额不一致 — balance and core ledger differ by {money(drift)}",
+        )
+
+
+def _due_dates(j: _Judge) -> None:
+    rule = j.config.repayment
+    if not rule.enabled:
+        return
+    for loan_id, point in _loans_as_of(j.state, j.ts).items():
+        if point.status == "closed" or point.installment <= 0:
+            continue
+        days_left = point.next_due - j.day
+        due = dt.date.fromordinal(point.next_due).isoformat()
+        short = 0 <= days_left <= rule.reminder_days and j.state.balance < point.installment
+        if short and j.once(f"remind:{loan_id}:{due}"):
+            j.emit(
+                "repayment_due_short",
+                "repayment",
+                rule.severity,
+                rule.cooldown_hours,
+                {
+                    "loan_id": loan_id,
+                    "next_due": due,
+                    "installment": money(point.installment),
+                    "balance": money(j.state.balance),
+                    "days_left": days_left,
+                },
+                f"还款提醒: 贷款 {loan_id} 将于 {due} 还款 {money(point.installment)}, "
+                f"余额 {money(j.state.balance)} 不足 — "
+                f"instalment due {due}, balance short",
+            )
+        if -days_left >= rule.overdue_days:
+            ten_days_before = dt.date.fromordinal(point.next_due - 10)
+            since = to_us(dt.datetime.combine(ten_days_before, dt.time(), j.zone))
+            repaid = any(r.flags & LOAN_REPAYMENT for r in _recent(j.state, since))
+            if not repaid and j.once(f"overdue:{loan_id}:{due}"):
+                j.emit(
+                    "repayment_overdue",
+                    "repayment",
+                    rule.overdue_severity,
+                    rule.cooldown_hours,
+                    {
+                        "loan_id": loan_id,
+                        "next_due": due,
+                        "days_overdue": -days_left,
+                        "installment": money(point.installment),
+                        "outstanding": money(point.outstanding),
+                    },
+                    f"逾期风险: 贷款 {loan_id} 应于 {due} 还款, 已过 {-days_left} 天未见还款 — "
+                    f"no repayment {-days_left} days after the due date",
+                )
+
+
+def _income(j: _Judge) -> None:
+    """Salary/pension missing or down sharply last month against the customer's own months."""
+    rule = j.config.repayment
+    date = dt.date.fromordinal(j.day)
+    month = date.year * 12 + date.month - 1
+    checked = j.memory.get("income_checked")
+    if checked is not None and checked >= month:
+        return
+    j.memory["income_checked"] = month
+    incomes = j.state.income_months
+    last = month - 1
+    pattern = [incomes.get(last - k, ZERO) for k in range(1, rule.income_months + 1)]
+    if not incomes or min(pattern) <= 0:
+        return  # no regular income to compare with
+    usual = sum(pattern, ZERO) / len(pattern)
+    got = incomes.get(last, ZERO)
+    if got < (1 - rule.income_drop) * usual and j.once(f"income:{last}"):
+        missing = got == 0
+        j.emit(
+            "salary_flow_anomaly",
+            "repayment",
+            rule.severity,
+            rule.cooldown_hours,
+            {
+                "month": f"{last // 12}-{last % 12 + 1:02d}",
+                "income": money(got),
+                "usual_income": money(usual),
+                "drop_threshold": str(rule.income_drop),
+                "months_compared": rule.income_months,
+            },
+            ("工资/养老金未到账" if missing else "工资/养老金大幅下降")
+            + f" ({last // 12}-{last % 12 + 1:02d}: {money(got)}, 通常 {money(usual)}) — "
+            + ("salary/pension missing" if missing else "salary/pension down sharply")
+            + " last month",
+        )

@@ -1,0 +1,324 @@
+"""The business rules, one hand-made history at a time: must fire, must not fire;
+edge triggers, cool-downs and push caps, the last two for any event order."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rules.config import MarketingConfig, RulesConfig
+from rules.engine import Finding, Judgement, judge
+from rules.events import LoanEvent, TransactionEvent
+from rules.state import CustomerState, Outcome, StateConfig, apply_loan, apply_transaction, local_day, to_us
+
+ZONE = ZoneInfo("Asia/Shanghai")
+CONFIG = StateConfig(ZONE)
+START = dt.datetime(2024, 3, 1, 10, 0, tzinfo=ZONE)
+_ids = itertools.count()
+
+
+def tx(when: dt.datetime, direction: str, amount: str | int, **extra: Any) -> TransactionEvent:
+    return TransactionEvent.model_validate(
+        {"txn_id": extra.pop("txn_id", f"t{next(_ids)}"), "customer_id": "c", "account_id": "a",
+         "ts": when.isoformat(), "direction": direction, "amount": str(amount), **extra}
+    )  # fmt: skip
+
+
+def loan(when: dt.datetime, due: dt.date, installment: str = "1000", outstanding: str = "10000") -> LoanEvent:
+    return LoanEvent.model_validate(
+        {"loan_id": "L1", "customer_id": "c", "account_id": "a", "ts": when.isoformat(), "principal": "12000",
+         "outstanding": outstanding, "annual_rate": "0.05", "installment": installment,
+         "next_due": due.isoformat(), "status": "active"}
+    )  # fmt: skip
+
+
+class Customer:
+    """A customer's state driven event by event, collecting what the rules find."""
+
+    def __init__(self, rules: RulesConfig | None = None, tier: str | None = None) -> None:
+        self.state = CustomerState("c")
+        self.rules = rules or RulesConfig()
+        self.tier = tier
+        self.findings: list[Finding] = []
+        self.suppressed: list[tuple[str, str]] = []
+
+    def feed(self, event: TransactionEvent | LoanEvent) -> Judgement:
+        if isinstance(event, LoanEvent):
+            before = self.state.balance
+            assert apply_loan(self.state, event, CONFIG) is Outcome.APPLIED
+        else:
+            before = self.state.balance
+            assert apply_transaction(self.state, event, CONFIG) is Outcome.APPLIED
+        judgement = judge(self.state, event, before, self.rules, CONFIG, self.tier)
+        self.findings += judgement.findings
+        self.suppressed += judgement.suppressed
+        return judgement
+
+    def rules_fired(self) -> list[str]:
+        return [f.rule for f in self.findings]
+
+
+def days(n: float) -> dt.timedelta:
+    return dt.timedelta(days=n)
+
+
+def test_large_external_outflow_fires_with_evidence_and_not_for_internal_or_small() -> None:
+    c = Customer()
+    c.feed(tx(START, "credit", 500_000))
+    c.feed(tx(START + days(1), "debit", 5_000, external=True))  # small
+    c.feed(tx(START + days(2), "debit", 150_000))  # internal
+    assert c.rules_fired() == []
+    c.feed(tx(START + days(3), "debit", 150_000, external=True, counterparty_bank="CMB"))
+    assert c.rules_fired() == ["large_external_outflow"]
+    finding = c.findings[0]
+    body = finding.as_dict(ZONE)
+    assert body["evidence"]["amount"] == "150000.00" and body["evidence"]["counterparty_bank"] == "CMB"
+    assert body["category"] == "outflow_risk" and body["severity"] == "high" and body["message"]
+    assert body["id"] == finding.id and len(finding.id) == 32
+
+
+def test_share_of_balance_counts_too() -> None:
+    c = Customer()
+    c.feed(tx(START, "credit", 40_000))
+    c.feed(tx(START + days(1), "debit", 25_000, external=True))  # 62.5% of the balance
+    assert c.rules_fired() == ["large_external_outflow"]
+
+
+def test_fast_in_fast_out() -> None:
+    c = Customer()
+    c.feed(tx(START, "credit", 200_000))
+    c.feed(tx(START + days(10), "credit", 50_000))
+    c.feed(
+        tx(
+            START
+            + days(
+                10,
+            )
+            + dt.timedelta(hours=5),
+            "debit",
+            45_000,
+            external=True,
+        )
+    )
+    assert "fast_in_fast_out" in c.rules_fired()
+    slow = Customer()
+    slow.feed(tx(START, "credit", 200_000))
+    slow.feed(tx(START + days(10), "credit", 50_000))
+    slow.feed(tx(START + days(11.5), "debit", 45_000, external=True))  # 36 h later
+    assert "fast_in_fast_out" not in slow.rules_fired()
+
+
+def test_drawdown_is_edge_triggered() -> None:
+    c = Customer()
+    c.feed(tx(START, "credit", 100_000))
+    for i in range(1, 20):
+        c.feed(tx(START + days(i), "credit", 10))
+    c.feed(tx(START + days(20), "debit", 90_000))  # 10,190 left, 30-day average ~95,700
+    assert c.rules_fired() == ["balance_drawdown"]
+    for i in range(21, 24):  # still below: no repeat
+        c.feed(tx(START + days(i), "debit", 10))
+    assert c.rules_fired() == ["balance_drawdown"]
+
+
+def test_net_outflow_streak_fires_once_when_it_reaches_n_days() -> None:
+    c = Customer()
+    c.feed(tx(START, "credit", 10_000))
+    for i in range(1, 9):
+        c.feed(tx(START + days(i), "debit", 10))
+    assert c.rules_fired().count("net_outflow_streak") == 1
+    assert c.findings[-1].evidence["streak_days"] == 5
+
+
+def test_collection_opportunity_at_a_customer_whose_money_leaves() -> None:
+    c = Customer()
+    for i in range(6):  # salary in, gone the next day
+        c.feed(tx(START + days(7 * i), "credit", 8_000, kind="salary"))
+        c.feed(tx(START + days(7 * i + 1), "debit", 8_000, external=True))
+    c.feed(tx(START + days(45), "credit", 120_000))
+    assert c.rules_fired()[-2:] == ["collection_opportunity", "push_collection"]
+    saver = Customer()
+    for i in range(6):  # money stays
+        saver.feed(tx(START + days(7 * i), "credit", 8_000, kind="salary"))
+    saver.feed(tx(START + days(45), "credit", 120_000))
+    assert "collection_opportunity" not in saver.rules_fired()
+
+
+def test_sweep_after_repayment_keeps_a_buffer_and_the_next_instalment() -> None:
+    c = Customer()
+    c.feed(loan(START, (START + days(30)).date(), installment="3000"))
+    c.feed(tx(START + days(1), "credit", 60_000))
+    c.feed(tx(START + days(2), "debit", 5_000))  # typical outflow
+    c.feed(tx(START + days(3), "debit", 3_000, kind="loan_repayment"))
+    rec = next(f for f in c.findings if f.rule == "post_repayment_sweep")
+    # 52,000 balance - 5,000 buffer - 3,000 next instalment = 44,000
+    assert rec.kind == "recommendation" and rec.extra["amount"] == "44000.00"
+    assert Decimal(rec.extra["expected_yearly_gain"]) == Decimal("44000") * (Decimal("0.022") - Decimal("0.0035"))
+    poor = Customer()
+    poor.feed(tx(START, "credit", 9_000))
+    poor.feed(tx(START + days(1), "debit", 3_000, kind="loan_repayment"))
+    assert poor.rules_fired() == []
+
+
+def test_repayment_reminder_and_overdue() -> None:
+    c = Customer()
+    due = (START + days(10)).date()
+    c.feed(tx(START, "credit", 500))
+    c.feed(loan(START + days(1), due, installment="1000"))
+    c.feed(tx(START + days(8), "debit", 10))  # due in 2 days, balance 490 < 1000
+    assert c.rules_fired() == ["repayment_due_short"]
+    c.feed(tx(START + days(9), "debit", 10))  # same due date: once only
+    c.feed(tx(START + days(14), "debit", 10))  # 4 days overdue, no repayment seen
+    assert c.rules_fired() == ["repayment_due_short", "repayment_overdue"]
+    assert c.findings[-1].severity == "high"
+
+
+def test_repaid_loan_is_not_overdue() -> None:
+    c = Customer()
+    due = (START + days(10)).date()
+    c.feed(tx(START, "credit", 5_000))
+    c.feed(loan(START + days(1), due, installment="1000"))
+    c.feed(tx(START + days(9), "debit", 1_000, kind="loan_repayment"))
+    c.feed(tx(START + days(14), "debit", 10))
+    assert "repayment_overdue" not in c.rules_fired()
+
+
+def test_salary_missing_after_regular_months() -> None:
+    c = Customer()
+    for month in range(4):  # Mar..Jun salary
+        c.feed(tx(dt.datetime(2024, 3 + month, 5, 10, tzinfo=ZONE), "credit", 9_000, kind="salary"))
+        c.feed(tx(dt.datetime(2024, 3 + month, 20, 10, tzinfo=ZONE), "debit", 100))
+    c.feed(tx(dt.datetime(2024, 7, 20, 10, tzinfo=ZONE), "debit", 100))  # July: no salary
+    c.feed(tx(dt.datetime(2024, 8, 2, 10, tzinfo=ZONE), "debit", 100))  # August: July is judged
+    assert c.rules_fired() == ["salary_flow_anomaly"]
+    assert c.findings[0].evidence["income"] == "0.00"
+
+
+def test_ledger_drift_is_edge_triggered_and_rearms() -> None:
+    c = Customer()
+    c.feed(tx(START, "credit", 100, balance_after="100.00"))
+    c.feed(tx(START + days(1), "credit", 100, balance_after="150.00"))  # drift 50
+    c.feed(tx(START + days(2), "credit", 100, balance_after="250.00"))  # still 50
+    assert c.rules_fired() == ["ledger_drift"]
+    c.feed(tx(START + days(3), "credit", 100, balance_after="400.00"))  # back in line
+    c.feed(tx(START + days(4), "credit", 100, balance_after="400.00"))  # drift again
+    assert c.rules_fired() == ["ledger_drift", "ledger_drift"]
+
+
+def test_tier_escalates_severity_and_is_carried() -> None:
+    c = Customer(tier="I")
+    c.feed(tx(START, "credit", 100, balance_after="100.00"))
+    c.feed(tx(START + days(1), "credit", 100, balance_after="150.00"))
+    assert c.findings[0].severity == "medium" and c.findings[0].tier == "I"
+
+
+def test_stale_events_fire_nothing() -> None:
+    c = Customer()
+    c.feed(tx(START + days(30), "credit", 500_000))
+    c.feed(tx(START, "debit", 400_000, external=True))  # a month late
+    assert c.rules_fired() == [] and ("all", "stale") in c.suppressed
+
+
+def test_same_trigger_same_id() -> None:
+    first, second = Customer(), Customer()
+    for c in (first, second):
+        c.feed(tx(START, "credit", 500_000, txn_id="a"))
+        c.feed(tx(START + days(1), "debit", 300_000, external=True, txn_id="b"))
+    assert [f.id for f in first.findings] == [f.id for f in second.findings]
+
+
+# --- properties: for ANY order of arrival ----------------------------------------------
+
+large_outflows = st.lists(st.integers(min_value=0, max_value=20 * 24 * 60), min_size=1, max_size=25)
+
+
+@settings(max_examples=150, deadline=None)
+@given(large_outflows, st.randoms(use_true_random=False))
+def test_cooldown_holds_for_any_arrival_order(minutes: list[int], rng: Any) -> None:
+    c = Customer()
+    c.feed(tx(START - days(1), "credit", 10_000_000))
+    events = [tx(START + dt.timedelta(minutes=m), "debit", 150_000, external=True) for m in minutes]
+    rng.shuffle(events)
+    for event in events:
+        c.feed(event)
+    fired = sorted(f.ts_us for f in c.findings if f.rule == "large_external_outflow")
+    cooldown = int(RulesConfig().outflow.cooldown_hours * 3600 * 1_000_000)
+    assert all(b - a >= cooldown for a, b in itertools.pairwise(fired))
+    assert fired, "the first large outflow always fires"
+    held = sum(
+        1 for rule, why in c.suppressed if (rule, why) in (("large_external_outflow", "cooldown"), ("all", "stale"))
+    )
+    assert len(fired) + held == len(events), "every refusal is counted"
+
+
+sweeps = st.lists(st.tuples(st.integers(min_value=0, max_value=14 * 24), st.integers(0, 3)), min_size=1, max_size=30)
+
+
+@settings(max_examples=150, deadline=None)
+@given(sweeps, st.randoms(use_true_random=False), st.integers(1, 2), st.integers(1, 4))
+def test_push_caps_hold_for_any_arrival_order(
+    hours: list[tuple[int, int]], rng: Any, per_day: int, per_week: int
+) -> None:
+    marketing = MarketingConfig(per_day=per_day, per_week=per_week, campaigns={"sweep": "s", "collection": "k"})
+    rules = RulesConfig(marketing=marketing).model_copy(
+        update={"sweep": RulesConfig().sweep.model_copy(update={"cooldown_hours": 0.0})}
+    )
+    c = Customer(rules)
+    c.feed(tx(START - days(1), "credit", 10_000_000))
+    events = [tx(START + dt.timedelta(hours=h, minutes=m), "debit", 100, kind="loan_repayment") for h, m in hours]
+    rng.shuffle(events)
+    for event in events:
+        c.feed(event)
+    pushes = [f for f in c.findings if f.kind == "push"]
+    assert len(pushes) <= 1, "one message per customer per campaign"
+    by_day: dict[int, int] = {}
+    for push in pushes:
+        by_day[local_day(push.ts_us, ZONE)] = by_day.get(local_day(push.ts_us, ZONE), 0) + 1
+        local = dt.datetime.fromtimestamp(push.ts_us / 1e6, ZONE).time()
+        assert not (local >= dt.time(21) or local < dt.time(8)), "quiet hours"
+    assert all(n <= per_day for n in by_day.values())
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.integers(min_value=0, max_value=21 * 24), min_size=1, max_size=40),
+    st.randoms(use_true_random=False),
+    st.integers(0, 3),
+    st.integers(0, 5),
+)
+def test_daily_and_weekly_caps_for_any_order(hours: list[int], rng: Any, per_day: int, per_week: int) -> None:
+    """Many campaigns (so the one-per-campaign rule never binds): only the caps limit."""
+    from rules.engine import push_refusal, record_push
+
+    marketing = MarketingConfig(per_day=per_day, per_week=per_week, quiet_start=dt.time(0), quiet_end=dt.time(0))
+    memory: dict[str, Any] = {}
+    times = [to_us(START + dt.timedelta(hours=h)) for h in hours]
+    rng.shuffle(times)
+    sent = []
+    for n, ts in enumerate(times):
+        if push_refusal(memory, "c", ts, f"campaign-{n}", marketing, ZONE) is None:
+            record_push(memory, ts, f"campaign-{n}", max(times))
+            sent.append(ts)
+    per_day_count: dict[int, int] = {}
+    per_week_count: dict[tuple[int, int], int] = {}
+    for ts in sent:
+        day = local_day(ts, ZONE)
+        per_day_count[day] = per_day_count.get(day, 0) + 1
+        week = dt.date.fromordinal(day).isocalendar()[:2]
+        per_week_count[week] = per_week_count.get(week, 0) + 1
+    assert all(n <= per_day for n in per_day_count.values())
+    assert all(n <= per_week for n in per_week_count.values())
+
+
+def test_opt_out_and_quiet_hours_are_refused_with_a_reason() -> None:
+    from rules.engine import push_refusal
+
+    marketing = MarketingConfig(opt_out=frozenset({"c"}))
+    assert push_refusal({}, "c", to_us(START), "x", marketing, ZONE) == "opt_out"
+    late_evening = to_us(dt.datetime(2024, 3, 1, 22, 30, tzinfo=ZONE))
+    assert push_refusal({}, "d", late_evening, "x", MarketingConfig(), ZONE) == "quiet_hours"
