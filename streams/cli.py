@@ -80,6 +80,23 @@ def build_parser() -> argparse.ArgumentParser:
     tiers.add_argument("--top", type=_positive(int), default=10, help="how many top customers to list")
     tiers.add_argument("--json", action="store_true")
 
+    alerts = sub.add_parser("alerts", help="watch findings; deliver them to webhooks")
+    alerts_sub = alerts.add_subparsers(dest="alerts_command", required=True, parser_class=_Parser)
+    tail = alerts_sub.add_parser("tail", help="print findings as they arrive")
+    tail.add_argument("--rule")
+    tail.add_argument("--customer", metavar="ID")
+    tail.add_argument("--category", choices=["collection", "repayment", "outflow_risk", "sweep", "ledger"])
+    tail.add_argument("--severity", choices=["info", "low", "medium", "high"])
+    tail.add_argument("--topic", choices=["alerts", "recommendations", "marketing", "all"], default="all")
+    tail.add_argument("--from-beginning", action="store_true", help="from the oldest kept finding, not from now")
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+    tail.add_argument("--max", type=_positive(int), help="stop after N findings")
+    hook = alerts_sub.add_parser("webhook", help="POST every finding to HTTP receivers (signed, retried)")
+    hook.add_argument("--url", action="append", help="receiver URL (repeat; default FUNDFLOW_WEBHOOK_URLS)")
+    hook.add_argument("--topic", choices=["alerts", "recommendations", "marketing", "all"], default="all")
+    hook.add_argument("--group", help="consumer group (default: {app_id}-webhook)")
+    hook.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+
     sub.add_parser("stack", help="run the embedded broker and Redis in the foreground")
 
     demo = sub.add_parser("demo", help="embedded stack + worker + Berka replay with a live view")
@@ -131,6 +148,55 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"fundflow: error: server unreachable or failing: {_one_line(exc)}", file=sys.stderr)
             return 1
         raise
+
+
+def _finding_topics(choice: str) -> tuple[str, ...]:
+    from streams import topics
+
+    by_name = {"alerts": topics.ALERTS, "recommendations": topics.RECOMMENDATIONS, "marketing": topics.MARKETING}
+    return tuple(by_name.values()) if choice == "all" else (by_name[choice],)
+
+
+def _alerts(settings: Any, args: argparse.Namespace) -> int:
+    bootstrap, redis_url = _servers(settings, need_kafka=True) if args.alerts_command == "webhook" else ("", "")
+    if args.alerts_command == "tail":
+        from alerts.tail import TailFilter, tail
+
+        if not settings.kafka_bootstrap:
+            raise ConfigError("FUNDFLOW_KAFKA_BOOTSTRAP not set: point at your Kafka or run `fundflow stack`")
+        keep = TailFilter(args.rule, args.customer, args.category, args.severity)
+        return asyncio.run(
+            tail(
+                settings,
+                settings.kafka_bootstrap,
+                _finding_topics(args.topic),
+                keep,
+                from_beginning=args.from_beginning,
+                as_json=args.json,
+                limit=args.max,
+            )
+        )
+    from alerts.relay import run_relay
+    from alerts.webhook import safe_url
+
+    urls = list(args.url or settings.webhook_urls)
+    if not urls:
+        raise ConfigError("no receivers: give --url URL or set FUNDFLOW_WEBHOOK_URLS")
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"receiver URL must be http:// or https://: {safe_url(url)!r}")
+    if settings.webhook_secret is None:
+        raise ConfigError("FUNDFLOW_WEBHOOK_SECRET not set: receivers could not verify who is calling")
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port)
+    import logging
+
+    logging.getLogger("alerts").setLevel(logging.WARNING)
+    print(f"relaying {', '.join(_finding_topics(args.topic))} to {', '.join(safe_url(u) for u in urls)}", flush=True)
+    asyncio.run(run_relay(settings, bootstrap, redis_url, urls, topics=_finding_topics(args.topic), group=args.group))
+    return 0
 
 
 def _one_line(exc: BaseException) -> str:
@@ -185,6 +251,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         _, redis_url = _servers(settings, need_kafka=False)
         return asyncio.run(show_tiers(settings, redis_url, args.refresh, args.top, args.json))
+    if command == "alerts":
+        return _alerts(settings, args)
     if command == "backtest":
         from streams.backtest import run_backtest
 

@@ -88,8 +88,14 @@ class Settings(BaseSettings):
 
     # --- rules and delivery -------------------------------------------------
     rules_file: Path = Path("deploy/rules.yaml")
-    webhook_urls: tuple[str, ...] = ()
-    webhook_secret: SecretStr | None = None
+    webhook_urls: tuple[str, ...] = Field(default=(), description='JSON list, e.g. ["https://rm.bank/hook"]')
+    webhook_secret: SecretStr | None = Field(default=None, description="HMAC-SHA256 key for X-FundFlow-Signature")
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    webhook_max_attempts: int = Field(default=6, ge=1, le=100)
+    webhook_backoff_initial_seconds: float = Field(default=0.5, gt=0)
+    webhook_backoff_max_seconds: float = Field(default=30.0, gt=0)
+    webhook_concurrency: int = Field(default=16, ge=1, le=1000, description="POSTs in flight per relay")
+    webhook_dedupe_days: int = Field(default=14, ge=1, le=365, description="delivered ids are remembered this long")
     api_tokens: tuple[SecretStr, ...] = ()
 
     # --- fault injection (reliability tests; never set in production) -------

@@ -45,6 +45,9 @@ REDIS_SECONDS = Histogram(
 REDIS_ERRORS = Counter("fundflow_redis_errors_total", "Redis errors by operation", ["operation"])
 CONSUMER_LAG = Gauge("fundflow_consumer_lag", "Records behind the end of the partition", ["topic", "partition"])
 WEBHOOK_DELIVERIES = Counter("fundflow_webhook_deliveries_total", "Webhook delivery outcomes", ["outcome"])
+WEBHOOK_SECONDS = Histogram(
+    "fundflow_webhook_delivery_seconds", "One finding to one receiver, retries included", buckets=LATENCY_BUCKETS_S
+)
 RULES_RELOADS = Counter("fundflow_rules_reloads_total", "Rules file loads by outcome", ["outcome"])
 TIER_CUSTOMERS = Gauge("fundflow_tier_customers", "Customers per contribution tier", ["tier"])
 

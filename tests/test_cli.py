@@ -42,6 +42,9 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, f
         (("backtest",), "required"),
         (("customer", "show"), "required"),
         (("worker", "--web-port", "http"), "invalid int value"),
+        (("alerts",), "required"),
+        (("alerts", "tail", "--severity", "urgent"), "invalid choice"),
+        (("alerts", "tail", "--max", "0"), "must be > 0"),
     ],
 )
 def test_bad_arguments_give_one_line_and_exit_2(args: tuple[str, ...], fragment: str) -> None:
@@ -88,6 +91,22 @@ def test_bad_rules_file_is_one_line(tmp_path: Path) -> None:
         FUNDFLOW_KAFKA_BOOTSTRAP="127.0.0.1:1",
     )
     assert_one_line_error(result, 1, "outflow.streak_days")
+
+
+KAFKA_REDIS = {"FUNDFLOW_KAFKA_BOOTSTRAP": "127.0.0.1:1", "FUNDFLOW_REDIS_URL": "redis://127.0.0.1:1/0"}
+
+
+def test_webhook_relay_refuses_to_start_without_receivers_or_secret() -> None:
+    assert_one_line_error(fundflow("alerts", "webhook", **KAFKA_REDIS), 1, "no receivers")
+    result = fundflow("alerts", "webhook", "--url", "http://127.0.0.1:1/hook", **KAFKA_REDIS)
+    assert_one_line_error(result, 1, "FUNDFLOW_WEBHOOK_SECRET not set")
+    result = fundflow("alerts", "webhook", "--url", "ftp://u:pw@x/hook", FUNDFLOW_WEBHOOK_SECRET="k", **KAFKA_REDIS)
+    assert_one_line_error(result, 1, "http:// or https://")
+    assert "pw" not in result.stderr
+
+
+def test_alerts_tail_against_no_broker_is_one_line() -> None:
+    assert_one_line_error(fundflow("alerts", "tail", **KAFKA_REDIS), 1, "Kafka at 127.0.0.1:1 does not answer")
 
 
 def test_bad_setting_is_one_line() -> None:

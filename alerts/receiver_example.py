@@ -1,0 +1,79 @@
+"""A webhook receiver to copy from: verifies the signature, drops duplicates.
+
+Run it with ``python -m alerts.receiver_example --port 8080`` and the same
+``FUNDFLOW_WEBHOOK_SECRET`` as the relay. What a real receiver must do, and
+this one does:
+
+1. refuse a request whose ``X-FundFlow-Signature`` does not verify, or whose
+   ``X-FundFlow-Timestamp`` is older than five minutes (401: the relay does
+   not retry a 4xx, it dead-letters it, so a wrong secret is seen at once);
+2. answer 2xx only once the finding is safely kept (here: in memory);
+3. treat a second POST with an ``X-FundFlow-Id`` it already has as success
+   (200) without acting on it again: delivery is at-least-once;
+4. bound the body it reads (1 MiB here).
+
+The tests run this very app as the "real local HTTP receiver".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from aiohttp import web
+
+from alerts.webhook import ID_HEADER, verify_signature
+
+MAX_BODY = 1 << 20
+RECEIVED: web.AppKey[list[dict[str, Any]]] = web.AppKey("received", list)
+SEEN: web.AppKey[set[str]] = web.AppKey("seen", set)
+STATS: web.AppKey[dict[str, int]] = web.AppKey("stats", dict)
+
+
+def make_app(secret: bytes, *, tolerance_seconds: float = 300) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY)
+    app[RECEIVED] = []
+    app[SEEN] = set()
+    app[STATS] = {"accepted": 0, "duplicates": 0, "refused": 0}
+
+    async def receive(request: web.Request) -> web.Response:
+        body = await request.read()
+        if not verify_signature(secret, request.headers, body, tolerance_seconds=tolerance_seconds):
+            request.app[STATS]["refused"] += 1
+            return web.json_response({"error": "bad or stale signature"}, status=401)
+        finding_id = request.headers.get(ID_HEADER, "")
+        if finding_id in request.app[SEEN]:
+            request.app[STATS]["duplicates"] += 1
+            return web.json_response({"ok": True, "duplicate": True})
+        try:
+            finding = json.loads(body)
+        except ValueError:
+            return web.json_response({"error": "body is not JSON"}, status=400)
+        request.app[SEEN].add(finding_id)
+        request.app[RECEIVED].append(finding)
+        request.app[STATS]["accepted"] += 1
+        print(f"{finding.get('ts')} {finding.get('severity')} {finding.get('rule')} {finding.get('customer_id')}")
+        return web.json_response({"ok": True})
+
+    app.router.add_post("/", receive)
+    app.router.add_post("/hook", receive)
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="FundFlow webhook receiver example")
+    parser.add_argument("--port", type=int, default=8080)
+    args = parser.parse_args(argv)
+    secret = os.environ.get("FUNDFLOW_WEBHOOK_SECRET")
+    if not secret:
+        print("receiver_example: error: set FUNDFLOW_WEBHOOK_SECRET", file=sys.stderr)
+        return 2
+    web.run_app(make_app(secret.encode()), port=args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""``fundflow alerts webhook``: from the finding topics to HTTP receivers.
+
+A Kafka consumer group (one or more relay processes share the partitions)
+reads the alert, recommendation and marketing topics in batches, POSTs each
+finding to every configured receiver (``alerts.webhook``), and commits the
+batch's offsets only when every finding in it was delivered or dead-lettered.
+
+Guarantees:
+- at-least-once per receiver: a crash before the commit re-reads the batch;
+- no duplicates from us: a delivered (receiver, id) pair is remembered in Redis
+  (``{p}:webhook:{receiver}:{id}``, for ``webhook_dedupe_days``), so a replay
+  of the topic, a redelivery or a rebalance does not POST the same finding to
+  the same receiver twice. Receivers should still dedupe on ``X-FundFlow-Id``
+  (the gap between a 2xx and our note of it is never zero);
+- nothing silently lost: a finding a receiver will not take, after the retry
+  policy, becomes a DeadLetter on ``fundflow.dlq.v1`` with reason
+  ``webhook_undeliverable``, the receiver (without credentials) and the last
+  error, and is counted in ``fundflow_webhook_deliveries_total``.
+
+What can go wrong: Redis down -> the batch waits and retries with backoff
+(deliveries are not made without the dedupe check). A receiver down -> its
+findings wait out the retry policy, then go to the DLQ; the stream moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+from redis.exceptions import RedisError
+
+from alerts.webhook import Delivery, RetryPolicy, WebhookSender
+from streams import telemetry
+from streams.decode import RawRecord, dead_letter
+from streams.keys import Keys
+from streams.settings import Settings
+from streams.topics import ALERTS, DLQ, MARKETING, RECOMMENDATIONS
+
+log = logging.getLogger(__name__)
+
+FINDING_TOPICS = (ALERTS, RECOMMENDATIONS, MARKETING)
+UNDELIVERABLE = "webhook_undeliverable"
+BAD_FINDING = "webhook_bad_record"
+
+
+@dataclass(slots=True)
+class RelayReport:
+    records: int = 0
+    delivered: int = 0
+    duplicates: int = 0
+    dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)  # (key, DeadLetter JSON)
+
+
+def receiver_tag(url: str) -> str:
+    """A short stable name of a receiver for Redis keys (the URL itself may hold secrets)."""
+    return hashlib.sha256(url.encode()).hexdigest()[:12]
+
+
+class Relay:
+    """Delivers batches of finding records; Kafka plumbing is the caller's (see ``run_relay``)."""
+
+    def __init__(self, senders: Sequence[WebhookSender], redis: Any, keys: Keys, settings: Settings) -> None:
+        if not senders:
+            raise ValueError("no webhook receivers configured")
+        self.senders = list(senders)
+        self.redis = redis
+        self.keys = keys
+        self.ttl = settings.webhook_dedupe_days * 86_400
+        self.limit = asyncio.Semaphore(settings.webhook_concurrency)
+        self.retry_initial = settings.retry_initial_seconds
+        self.retry_max = settings.retry_max_seconds
+
+    def _key(self, sender: WebhookSender, finding_id: str) -> str:
+        return f"{self.keys.prefix}:webhook:{receiver_tag(sender.url)}:{finding_id}"
+
+    async def handle(self, records: Sequence[RawRecord]) -> RelayReport:
+        report = RelayReport(records=len(records))
+        jobs: list[tuple[RawRecord, str, WebhookSender]] = []
+        for record in records:
+            finding_id = _finding_id(record.value)
+            if finding_id is None:
+                error = "not a finding: a JSON object with a string id"
+                report.dead_letters.append((record.key, dead_letter(record, BAD_FINDING, error, _now_ms())))
+                telemetry.WEBHOOK_DELIVERIES.labels("bad_record").inc()
+                telemetry.DEAD_LETTERS.labels(BAD_FINDING).inc()
+                continue
+            jobs.extend((record, finding_id, sender) for sender in self.senders)
+        if jobs:
+            seen = await self._retrying(self._seen, [self._key(s, fid) for _, fid, s in jobs])
+            pending = []
+            for job, done in zip(jobs, seen, strict=True):
+                if done:
+                    report.duplicates += 1
+                    telemetry.WEBHOOK_DELIVERIES.labels("duplicate").inc()
+                else:
+                    pending.append(job)
+            outcomes = await asyncio.gather(*(self._deliver(*job) for job in pending))
+            delivered = []
+            for (record, finding_id, sender), outcome in zip(pending, outcomes, strict=True):
+                if outcome.delivered:
+                    report.delivered += 1
+                    delivered.append(self._key(sender, finding_id))
+                else:
+                    error = f"{outcome.url}: {outcome.error}"
+                    log.warning("webhook %s for finding %s dead-lettered: %s", outcome.url, finding_id, outcome.error)
+                    report.dead_letters.append((record.key, dead_letter(record, UNDELIVERABLE, error, _now_ms())))
+                    telemetry.DEAD_LETTERS.labels(UNDELIVERABLE).inc()
+            if delivered:
+                await self._retrying(self._remember, delivered)
+        return report
+
+    async def _deliver(self, record: RawRecord, finding_id: str, sender: WebhookSender) -> Delivery:
+        assert record.value is not None
+        async with self.limit:
+            started = time.perf_counter()
+            outcome = await sender.deliver(finding_id, record.topic, record.value)
+            telemetry.WEBHOOK_SECONDS.observe(time.perf_counter() - started)
+        if outcome.attempts > 1:
+            telemetry.WEBHOOK_DELIVERIES.labels("retried").inc(outcome.attempts - 1)
+        if outcome.delivered:
+            telemetry.WEBHOOK_DELIVERIES.labels("delivered").inc()
+        else:
+            refused = outcome.status is not None and outcome.status < 500 and outcome.status not in (408, 429)
+            telemetry.WEBHOOK_DELIVERIES.labels("refused" if refused else "dead_letter").inc()
+        return outcome
+
+    async def _seen(self, keys: list[str]) -> list[bool]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.exists(key)
+            return [bool(n) for n in await pipe.execute()]
+
+    async def _remember(self, keys: list[str]) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.set(key, b"1", ex=self.ttl)
+            await pipe.execute()
+
+    async def _retrying(self, operation: Any, argument: Any) -> Any:
+        delay = self.retry_initial
+        while True:
+            try:
+                return await operation(argument)
+            except (RedisError, OSError) as exc:
+                telemetry.REDIS_ERRORS.labels("webhook_dedupe").inc()
+                log.warning("Redis failed (%s); retrying in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max)
+
+
+def _finding_id(value: bytes | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        payload = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    finding_id = payload.get("id") if isinstance(payload, dict) else None
+    return finding_id if isinstance(finding_id, str) and 0 < len(finding_id) <= 200 else None
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(
+        timeout_seconds=settings.webhook_timeout_seconds,
+        max_attempts=settings.webhook_max_attempts,
+        backoff_initial_seconds=settings.webhook_backoff_initial_seconds,
+        backoff_max_seconds=settings.webhook_backoff_max_seconds,
+    )
+
+
+async def run_relay(
+    settings: Settings,
+    bootstrap: str,
+    redis_url: str,
+    urls: Sequence[str],
+    *,
+    topics: Sequence[str] = FINDING_TOPICS,
+    group: str | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Relay until ``stop`` is set (or forever)."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    from streams.embedded import kafka_client_kwargs
+    from streams.store import connect
+
+    stop = stop or asyncio.Event()
+    secret = settings.webhook_secret.get_secret_value().encode() if settings.webhook_secret else None
+    redis = connect(redis_url)
+    consumer = AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap,
+        group_id=group or f"{settings.app_id}-webhook",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=int(settings.broker_session_timeout * 1000),
+        heartbeat_interval_ms=int(settings.broker_heartbeat_interval * 1000),
+        rebalance_timeout_ms=int(settings.broker_rebalance_timeout * 1000),
+        **kafka_client_kwargs(settings),
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **kafka_client_kwargs(settings))
+    async with aiohttp.ClientSession() as session:
+        policy = retry_policy(settings)
+        senders = [WebhookSender(session, url, secret, policy) for url in urls]
+        relay = Relay(senders, redis, Keys(settings.key_prefix), settings)
+        await producer.start()
+        await consumer.start()
+        try:
+            while not stop.is_set():
+                batches = await consumer.getmany(timeout_ms=500, max_records=200)
+                records = [
+                    RawRecord(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
+                    for messages in batches.values()
+                    for m in messages
+                ]
+                if not records:
+                    continue
+                report = await relay.handle(records)
+                if report.dead_letters:
+                    sent = [await producer.send(DLQ, letter, key=key) for key, letter in report.dead_letters]
+                    await asyncio.gather(*sent)
+                await consumer.commit()
+        finally:
+            await consumer.stop()
+            await producer.stop()
+            await redis.aclose()

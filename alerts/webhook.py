@@ -1,0 +1,159 @@
+"""Webhook delivery of one finding to one receiver: signed, bounded, retried.
+
+Every POST carries the finding's JSON exactly as it is on its Kafka topic and
+these headers:
+
+| header | value |
+| --- | --- |
+| ``X-FundFlow-Id`` | the finding's deterministic id (receivers dedupe on it) |
+| ``X-FundFlow-Topic`` | the topic it came from (alerts, recommendations, marketing) |
+| ``X-FundFlow-Timestamp`` | unix seconds when this attempt was signed |
+| ``X-FundFlow-Signature`` | ``sha256=`` + hex HMAC-SHA256 over ``"{timestamp}." + body`` |
+
+The timestamp is inside the MAC, so a captured request cannot be replayed
+later than the receiver's tolerance (``verify_signature``, five minutes by
+default); the id lets a receiver drop the copies that at-least-once delivery
+may bring.
+
+Retry policy: connection errors, timeouts, 408, 429 and 5xx are retried with
+exponential backoff and full jitter, up to ``max_attempts``; any other 4xx
+means the receiver refuses this request (bad signature, bad URL) and retrying
+cannot help, so it fails at once. What fails is the caller's to dead-letter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+
+SIGNATURE_HEADER = "X-FundFlow-Signature"
+TIMESTAMP_HEADER = "X-FundFlow-Timestamp"
+ID_HEADER = "X-FundFlow-Id"
+TOPIC_HEADER = "X-FundFlow-Topic"
+DEFAULT_TOLERANCE_SECONDS = 300
+_RETRYABLE_STATUS = frozenset({408, 429})
+
+
+def sign(secret: bytes, timestamp: int, body: bytes) -> str:
+    """The signature header value for ``body`` sent at ``timestamp``."""
+    mac = hmac.new(secret, str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"sha256={mac}"
+
+
+def verify_signature(
+    secret: bytes,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    now: float | None = None,
+    tolerance_seconds: float = DEFAULT_TOLERANCE_SECONDS,
+) -> bool:
+    """True when ``headers`` hold a valid, fresh signature of ``body``.
+
+    Constant-time comparison; a timestamp further than ``tolerance_seconds``
+    from ``now`` (either way) is refused, which bounds replays.
+    """
+    stamp = headers.get(TIMESTAMP_HEADER, "")
+    given = headers.get(SIGNATURE_HEADER, "")
+    if not stamp.isdigit() or not given:
+        return False
+    timestamp = int(stamp)
+    current = time.time() if now is None else now
+    if abs(current - timestamp) > tolerance_seconds:
+        return False
+    return hmac.compare_digest(given.encode(), sign(secret, timestamp, body).encode())
+
+
+def safe_url(url: str) -> str:
+    """``url`` without credentials, query or fragment: fit for logs and dead letters."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    timeout_seconds: float = 5.0
+    max_attempts: int = 6
+    backoff_initial_seconds: float = 0.5
+    backoff_max_seconds: float = 30.0
+
+    def backoff(self, attempt: int, rng: random.Random) -> float:
+        """Full-jitter exponential backoff before attempt ``attempt + 1``."""
+        ceiling = min(self.backoff_max_seconds, self.backoff_initial_seconds * 2 ** (attempt - 1))
+        return rng.uniform(ceiling / 2, ceiling)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    url: str  # safe_url form
+    delivered: bool
+    attempts: int
+    status: int | None
+    error: str  # empty when delivered
+
+
+class WebhookSender:
+    """POSTs findings to one receiver with the signature and the retry policy."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        secret: bytes | None,
+        policy: RetryPolicy,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.session = session
+        self.url = url
+        self.label = safe_url(url)
+        self.secret = secret
+        self.policy = policy
+        self.clock = clock
+        self.sleep = sleep
+        self.rng = rng or random.Random()
+
+    def headers(self, finding_id: str, topic: str, body: bytes) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", ID_HEADER: finding_id, TOPIC_HEADER: topic}
+        if self.secret is not None:
+            timestamp = int(self.clock())
+            headers[TIMESTAMP_HEADER] = str(timestamp)
+            headers[SIGNATURE_HEADER] = sign(self.secret, timestamp, body)
+        return headers
+
+    async def deliver(self, finding_id: str, topic: str, body: bytes) -> Delivery:
+        timeout = aiohttp.ClientTimeout(total=self.policy.timeout_seconds)
+        status: int | None = None
+        error = ""
+        for attempt in range(1, self.policy.max_attempts + 1):
+            try:
+                async with self.session.post(
+                    self.url, data=body, headers=self.headers(finding_id, topic, body), timeout=timeout
+                ) as response:
+                    status = response.status
+                    await response.read()
+                if 200 <= status < 300:
+                    return Delivery(self.label, True, attempt, status, "")
+                error = f"HTTP {status}"
+                if status < 500 and status not in _RETRYABLE_STATUS:
+                    return Delivery(self.label, False, attempt, status, f"{error}: refused by the receiver")
+            except TimeoutError:
+                status, error = None, f"no answer within {self.policy.timeout_seconds:g}s"
+            except aiohttp.ClientError as exc:
+                status, error = None, f"{type(exc).__name__}: {exc}"
+            if attempt < self.policy.max_attempts:
+                await self.sleep(self.policy.backoff(attempt, self.rng))
+        return Delivery(self.label, False, self.policy.max_attempts, status, f"{error} after {attempt} attempts")

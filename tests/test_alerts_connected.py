@@ -1,0 +1,179 @@
+"""Rules that act, end to end with real processes: transactions into Kafka, a
+``fundflow worker`` judges them, the alerts land on their topic, and a
+``fundflow alerts webhook`` relay POSTs every one, signed, to a real HTTP
+receiver; ``fundflow alerts tail`` shows them in a terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from alerts.receiver_example import RECEIVED, STATS, make_app
+from streams.embedded import Stack, ensure_topics, free_port
+from streams.orchestra import read_topic
+from streams.settings import Settings
+from streams.topics import ALERTS, MARKETING, RECOMMENDATIONS, TRANSACTIONS, all_topics
+from tests.test_webhook import SECRET, Receiver
+
+pytestmark = [pytest.mark.connected, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+CUSTOMERS = [f"WH{i:02d}" for i in range(6)]
+ZONE = dt.timezone(dt.timedelta(hours=8))
+
+
+def drain_events() -> list[dict[str, object]]:
+    """Each customer: a big credit, then most of it leaves to another bank an hour later."""
+    start = dt.datetime(2024, 3, 1, 9, 0, tzinfo=ZONE)
+    events: list[dict[str, object]] = []
+    for i, customer in enumerate(CUSTOMERS):
+        base = {"customer_id": customer, "account_id": f"A-{customer}"}
+        events.append(
+            {
+                **base,
+                "txn_id": f"{customer}-1",
+                "ts": (start + dt.timedelta(minutes=i)).isoformat(),
+                "direction": "credit",
+                "amount": "250000.00",
+                "kind": "transfer_in",
+            }
+        )
+        events.append(
+            {
+                **base,
+                "txn_id": f"{customer}-2",
+                "ts": (start + dt.timedelta(hours=1, minutes=i)).isoformat(),
+                "direction": "debit",
+                "amount": "240000.00",
+                "kind": "transfer_out",
+                "external": True,
+                "counterparty_bank": "B07",
+            }
+        )
+    return events
+
+
+def env(stack: Stack, tmp: Path, **extra: str) -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FUNDFLOW_")}
+    clean.update(
+        FUNDFLOW_KAFKA_BOOTSTRAP=stack.kafka_bootstrap,
+        FUNDFLOW_REDIS_URL=stack.redis_url,
+        FUNDFLOW_APP_ID="alerts-e2e",
+        FUNDFLOW_KEY_PREFIX="alerts-e2e",
+        FUNDFLOW_VAR_DIR=str(tmp),
+        FUNDFLOW_WEBHOOK_SECRET=SECRET.decode(),
+        **extra,
+    )
+    return clean
+
+
+async def produce(bootstrap: str, events: list[dict[str, object]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for event in events:
+            await producer.send_and_wait(TRANSACTIONS, orjson.dumps(event), key=str(event["customer_id"]).encode())
+    finally:
+        await producer.stop()
+
+
+async def findings_on_topics(settings: Settings, bootstrap: str) -> dict[str, dict[str, object]]:
+    found: dict[str, dict[str, object]] = {}
+    for topic in (ALERTS, RECOMMENDATIONS, MARKETING):
+        for value in await read_topic(settings, bootstrap, topic):
+            finding = orjson.loads(value)
+            if finding["customer_id"] in CUSTOMERS:
+                found[finding["id"]] = finding
+    return found
+
+
+async def test_alerts_reach_their_topic_a_signed_webhook_and_the_terminal(stack: Stack, tmp_path: Path) -> None:
+    settings = Settings(kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url, var_dir=tmp_path)
+    await ensure_topics(stack.kafka_bootstrap, all_topics(settings.partitions), settings)
+    receiver = Receiver(make_app(SECRET))
+    await receiver.start()
+    logs = [(tmp_path / name).open("wb") for name in ("worker.log", "relay.log")]
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "worker", "--web-port", str(free_port())],
+        env=env(stack, tmp_path),
+        cwd=ROOT,
+        stdout=logs[0],
+        stderr=subprocess.STDOUT,
+    )
+    relay = subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "alerts", "webhook", "--url", receiver.url],
+        env=env(stack, tmp_path),
+        cwd=ROOT,
+        stdout=logs[1],
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        events = drain_events()
+        await produce(stack.kafka_bootstrap, events)
+        deadline = time.monotonic() + 120
+        found: dict[str, dict[str, object]] = {}
+        while time.monotonic() < deadline:
+            assert worker.poll() is None and relay.poll() is None, "worker or relay died; see logs in tmp_path"
+            found = await findings_on_topics(settings, stack.kafka_bootstrap)
+            drains = {f["customer_id"] for f in found.values() if f["rule"] == "large_external_outflow"}
+            received = {f["id"] for f in receiver.app[RECEIVED]}
+            if drains == set(CUSTOMERS) and received >= set(found):
+                break
+            await asyncio.sleep(0.5)
+        drains = {f["customer_id"] for f in found.values() if f["rule"] == "large_external_outflow"}
+        assert drains == set(CUSTOMERS), f"alerts on the topic: {sorted(found)}"
+        await asyncio.sleep(1.5)  # anything late or duplicated would show up now
+        received_ids = [str(f["id"]) for f in receiver.app[RECEIVED]]
+        ours = [i for i in received_ids if i in found]
+        assert sorted(ours) == sorted(found), "the webhook got exactly what is on the topics"
+        assert len(set(received_ids)) == len(received_ids)
+        assert receiver.app[STATS]["refused"] == 0 and receiver.app[STATS]["duplicates"] == 0
+        alert = next(f for f in found.values() if f["rule"] == "large_external_outflow")
+        assert alert["category"] == "outflow_risk" and alert["trigger_txn_id"] == f"{alert['customer_id']}-2"
+        assert alert["evidence"] and alert["message"]
+
+        # the terminal view: filtered by customer, from the beginning, as JSON
+        customer = CUSTOMERS[2]
+        expected = sorted(i for i, f in found.items() if f["customer_id"] == customer)
+        tail = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "streams.cli",
+            "alerts",
+            "tail",
+            "--customer",
+            customer,
+            "--from-beginning",
+            "--json",
+            "--max",
+            str(len(expected)),
+            env=env(stack, tmp_path),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(tail.communicate(), timeout=60)
+        assert tail.returncode == 0, err.decode()
+        shown = [orjson.loads(line) for line in out.decode().splitlines()]
+        assert sorted(str(f["id"]) for f in shown) == expected
+        assert {f["customer_id"] for f in shown} == {customer}
+    finally:
+        for process in (worker, relay):
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for log in logs:
+            log.close()
+        await receiver.stop()
