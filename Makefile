@@ -33,9 +33,9 @@ test-fast: $(STAMP)
 
 # Headless Chromium for the console tests (Debian's package; playwright drives it).
 browser-deps:
-	@command -v chromium >/dev/null 2>&1 || { \
+	@command -v chromium >/dev/null 2>&1 && fc-list 2>/dev/null | grep -qi wqy || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-microhei >/dev/null) \
 	      || echo "make: could not install chromium; browser tests will be skipped"; \
 	  else echo "make: chromium not installed; browser tests will be skipped"; fi; }
 

@@ -174,6 +174,46 @@ def _end_of_day_balances(
     return result
 
 
+@dataclass(frozen=True, slots=True)
+class DayRow:
+    day: dt.date  # local calendar day in the bank's zone
+    end_balance: Decimal
+    inflow: Decimal
+    outflow: Decimal
+    txn_count: int
+
+
+def daily_history(state: CustomerState, as_of_us: int, zone: Any) -> list[DayRow]:
+    """End-of-day balance and the day's flows for every local day the state still
+    keeps (the longest window), oldest first, through ``as_of``'s day.
+
+    ``as_of_us`` must be at or after the customer's last event; days before the
+    first kept day are pruned from the state and not reported.
+    """
+    if state.first_day is None:
+        return []
+    as_of_day = local_day(as_of_us, zone)
+    start = max(state.first_day, state.kept_from_day or state.first_day, as_of_day - 90)
+    inflow: dict[int, Decimal] = {}
+    outflow: dict[int, Decimal] = {}
+    net: dict[int, Decimal] = {}
+    count: dict[int, int] = {}
+    for record in state.events:
+        net[record.day] = net.get(record.day, ZERO) + record.amount
+        count[record.day] = count.get(record.day, 0) + 1
+        if record.amount > 0:
+            inflow[record.day] = inflow.get(record.day, ZERO) + record.amount
+        else:
+            outflow[record.day] = outflow.get(record.day, ZERO) - record.amount
+    balances = _end_of_day_balances(state.balance, net, as_of_day, start)
+    return [
+        DayRow(
+            dt.date.fromordinal(day), balances[day], inflow.get(day, ZERO), outflow.get(day, ZERO), count.get(day, 0)
+        )
+        for day in range(start, as_of_day + 1)
+    ]
+
+
 def _streak(state: CustomerState, day_net: dict[int, Decimal], as_of_day: int) -> int:
     streak = 0
     day = as_of_day

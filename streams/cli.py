@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     hook.add_argument("--group", help="consumer group (default: {app_id}-webhook)")
     hook.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
 
+    api = sub.add_parser("api", help="the HTTP API and web console (reads Redis)")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8080)
+    api.add_argument("--demo", action="store_true", help="allow running without FUNDFLOW_API_TOKENS (local demo)")
+
     sub.add_parser("stack", help="run the embedded broker and Redis in the foreground")
 
     demo = sub.add_parser("demo", help="embedded stack + worker + Berka replay with a live view")
@@ -253,6 +258,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         return asyncio.run(show_tiers(settings, redis_url, args.refresh, args.top, args.json))
     if command == "alerts":
         return _alerts(settings, args)
+    if command == "api":
+        from streams.api import run_api
+
+        _, redis_url = _servers(settings, need_kafka=False)
+        if not 0 < args.port < 65536:
+            raise ConfigError(f"--port {args.port} is not a TCP port")
+        return run_api(settings, redis_url, settings.kafka_bootstrap or "", args.host, args.port, args.demo)
     if command == "backtest":
         from streams.backtest import run_backtest
 

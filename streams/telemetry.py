@@ -49,6 +49,12 @@ WEBHOOK_SECONDS = Histogram(
     "fundflow_webhook_delivery_seconds", "One finding to one receiver, retries included", buckets=LATENCY_BUCKETS_S
 )
 RULES_RELOADS = Counter("fundflow_rules_reloads_total", "Rules file loads by outcome", ["outcome"])
+API_REQUESTS = Counter("fundflow_api_requests_total", "API requests by route pattern and status", ["route", "status"])
+API_SECONDS = Histogram(
+    "fundflow_api_request_seconds", "API request time by route pattern", ["route"], buckets=LATENCY_BUCKETS_S
+)
+API_STREAMS = Gauge("fundflow_api_open_streams", "Open /alerts/stream connections")
+API_READY = Gauge("fundflow_api_ready", "1 when the last /readyz found Kafka and Redis reachable")
 TIER_CUSTOMERS = Gauge("fundflow_tier_customers", "Customers per contribution tier", ["tier"])
 
 

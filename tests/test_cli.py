@@ -105,6 +105,12 @@ def test_webhook_relay_refuses_to_start_without_receivers_or_secret() -> None:
     assert "pw" not in result.stderr
 
 
+def test_api_refuses_to_start_without_tokens() -> None:
+    result = fundflow("api", FUNDFLOW_REDIS_URL="redis://127.0.0.1:1/0")
+    assert_one_line_error(result, 1, "no FUNDFLOW_API_TOKENS configured")
+    assert_one_line_error(fundflow("api", "--port", "99999", **KAFKA_REDIS), 1, "not a TCP port")
+
+
 def test_alerts_tail_against_no_broker_is_one_line() -> None:
     assert_one_line_error(fundflow("alerts", "tail", **KAFKA_REDIS), 1, "Kafka at 127.0.0.1:1 does not answer")
 

@@ -200,3 +200,31 @@ def test_a_loan_event_from_later_does_not_age_out_older_transactions() -> None:
         assert apply_transaction(state, event, config) is Outcome.APPLIED
     got = evaluate(state, to_us(dt.datetime(2024, 2, 28, 12, tzinfo=ZONE)), config)
     assert got["inflow_30d"] == Decimal("280.00") and got["txn_count_30d"] == 28
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(histories())
+def test_daily_history_matches_a_forward_replay(case: tuple[list[TransactionEvent], dt.datetime]) -> None:
+    """End-of-day balances walked back from today equal the ones summed forward from day one."""
+    from rules.metrics import daily_history
+    from rules.state import local_day
+
+    events, as_of = case
+    config = StateConfig(zone=ZONE)
+    state = run(events, config)
+    applied, latest = [], None
+    for e in events:  # what run() applied: everything not too late for the dedup horizon on arrival
+        if latest is None or to_us(e.ts) > latest - config.dedup_horizon_us:
+            applied.append(e)
+        latest = max(latest or to_us(e.ts), to_us(e.ts))
+    rows = daily_history(state, to_us(as_of), ZONE)
+    assert rows and rows[-1].day == as_of.astimezone(ZONE).date() and rows[-1].end_balance == state.balance
+    assert [r.day for r in rows] == sorted({r.day for r in rows})  # one row per day, in order
+    for row in rows:
+        today = [e for e in applied if local_day(to_us(e.ts), ZONE) == row.day.toordinal()]
+        upto = [e for e in applied if local_day(to_us(e.ts), ZONE) <= row.day.toordinal()]
+        signed = [e.amount if e.direction == "credit" else -e.amount for e in upto]
+        assert row.end_balance == sum(signed, Decimal(0))
+        assert row.inflow == sum((e.amount for e in today if e.direction == "credit"), Decimal(0))
+        assert row.outflow == sum((e.amount for e in today if e.direction == "debit"), Decimal(0))
+        assert row.txn_count == len(today)
