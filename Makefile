@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BERKA ?= ../shared/data/berka
 
-.PHONY: install demo test test-fast lint bench bench-smoke soak soak-smoke browser-deps clean
+.PHONY: install demo test test-fast lint bench bench-smoke soak soak-smoke browser-deps tool-deps clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check streams rules alerts tests
 	$(VENV)/bin/mypy
 
-test: $(STAMP) browser-deps lint
+test: $(STAMP) browser-deps tool-deps lint
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)
@@ -38,6 +38,14 @@ browser-deps:
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-microhei >/dev/null) \
 	      || echo "make: could not install chromium; browser tests will be skipped"; \
 	  else echo "make: chromium not installed; browser tests will be skipped"; fi; }
+
+# promtool (Debian's prometheus package) for tests/test_deploy.py; best effort.
+tool-deps:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
+	      || echo "make: could not install promtool; its checks will be skipped"; \
+	  else echo "make: promtool not installed; its checks will be skipped"; fi; }
 
 bench: $(STAMP)
 	$(PY) -m streams.bench --berka $(BERKA)

@@ -44,6 +44,7 @@ from rules.metrics import daily_history
 from rules.state import CustomerState
 from streams import __version__, telemetry
 from streams.apimodels import openapi_document
+from streams.health import readiness
 from streams.keys import Keys
 from streams.settings import Settings
 from streams.snapshot import customer_row, money, parse_as_of
@@ -296,34 +297,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    checks: dict[str, str] = {}
-    store = request.app[STORE]
-    try:
-        await asyncio.wait_for(store.redis.ping(), timeout=2)
-        checks["redis"] = "ok"
-    except (RedisError, OSError, TimeoutError) as exc:
-        checks["redis"] = f"unreachable: {type(exc).__name__}"
-    checks["kafka"] = await _kafka_reachable(request.app[BOOTSTRAP])
-    ready = all(v == "ok" for v in checks.values())
+    ready, checks = await readiness(request.app[STORE].redis, request.app[BOOTSTRAP])
     telemetry.API_READY.set(1 if ready else 0)
     return _json({"status": "ready" if ready else "not_ready", "checks": checks}, 200 if ready else 503)
-
-
-async def _kafka_reachable(bootstrap: str) -> str:
-    """ok when any bootstrap server accepts a TCP connection within 2 s."""
-    if not bootstrap:
-        return "not configured"
-    errors = []
-    for server in bootstrap.split(","):
-        host, _, port = server.strip().rpartition(":")
-        try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host or "localhost", int(port)), timeout=2)
-        except (OSError, TimeoutError, ValueError) as exc:
-            errors.append(f"{server.strip()}: {type(exc).__name__}")
-            continue
-        writer.close()
-        return "ok"
-    return "unreachable: " + "; ".join(errors)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -28,6 +28,7 @@ from rules.state import CustomerState
 from streams import telemetry
 from streams.decode import RawRecord
 from streams.errors import TransientError
+from streams.health import readiness
 from streams.keys import Keys
 from streams.pipeline import BatchProcessor, Emitter, Message, Step
 from streams.settings import Settings
@@ -179,6 +180,21 @@ def create_app(
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    @app.page("/healthz")
+    async def _healthz(web: Any, request: Any) -> Any:
+        return web.json({"status": "ok", "checks": {}})
+
+    @app.page("/readyz")
+    async def _readyz(web: Any, request: Any) -> Any:
+        """Kafka and Redis reachable (503 and which one, if not): an outage shows here and in
+        fundflow_dependency_up while the agent waits and retries."""
+        ready, checks = await readiness(redis, bootstrap)
+        return web.json({"status": "ready" if ready else "not_ready", "checks": checks}, status=200 if ready else 503)
+
+    @app.timer(5.0)  # type: ignore[untyped-decorator]
+    async def _check_dependencies() -> None:
+        await readiness(redis, bootstrap)
 
     @app.timer(5.0)  # type: ignore[untyped-decorator]
     async def _report_lag() -> None:

@@ -33,6 +33,7 @@ class LocalRun:
         self.persistent_redis = persistent_redis
         self.stack: Stack | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
+        self.web_ports: list[int] = []  # each worker's HTTP port (/metrics, /readyz), by start order
 
     def __enter__(self) -> LocalRun:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -67,6 +68,7 @@ class LocalRun:
 
     def start_worker(self, loglevel: str = "warning", **extra_env: str) -> subprocess.Popen[bytes]:
         index = len(self.workers)
+        port = free_port()
         with (self.log_dir / f"worker-{index}.log").open("ab") as log:
             process = subprocess.Popen(
                 [
@@ -75,7 +77,7 @@ class LocalRun:
                     "streams.cli",
                     "worker",
                     "--web-port",
-                    str(free_port()),
+                    str(port),
                     "--loglevel",
                     loglevel,
                 ],
@@ -85,6 +87,7 @@ class LocalRun:
                 start_new_session=True,
             )
         self.workers.append(process)
+        self.web_ports.append(port)
         return process
 
     def stop_worker(self, process: subprocess.Popen[bytes], *, kill: bool = False, timeout: float = 20) -> None:

@@ -55,6 +55,7 @@ API_SECONDS = Histogram(
 )
 API_STREAMS = Gauge("fundflow_api_open_streams", "Open /alerts/stream connections")
 API_READY = Gauge("fundflow_api_ready", "1 when the last /readyz found Kafka and Redis reachable")
+DEPENDENCY_UP = Gauge("fundflow_dependency_up", "1 when the last check reached it (redis, kafka)", ["dependency"])
 TIER_CUSTOMERS = Gauge("fundflow_tier_customers", "Customers per contribution tier", ["tier"])
 
 

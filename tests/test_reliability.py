@@ -247,6 +247,20 @@ def test_scale_out_then_stop_the_first_worker(
     assert scenario.applied_total() == len(workload)
 
 
+def http_get(url: str) -> tuple[int, Any]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    text = raw.decode()
+    return status, json.loads(text) if text.startswith("{") else text
+
+
 def test_redis_outage_backs_off_and_resumes(
     tmp_path: Path, workload: list[bytes], undisturbed: tuple[bytes, dict[str, bytes]]
 ) -> None:
@@ -259,7 +273,17 @@ def test_redis_outage_backs_off_and_resumes(
         valkey.stop()
         time.sleep(6)  # workers retry with capped backoff meanwhile
         scenario.run.check_workers()
+        port = scenario.run.web_ports[0]
+        status, body = http_get(f"http://127.0.0.1:{port}/readyz")
+        assert status == 503 and body["checks"]["redis"].startswith("unreachable"), body
+        assert body["checks"]["kafka"] == "ok"
+        _, metrics = http_get(f"http://127.0.0.1:{port}/metrics")
+        assert 'fundflow_dependency_up{dependency="redis"} 0.0' in metrics
         valkey.start()
+        deadline = time.monotonic() + 15
+        while http_get(f"http://127.0.0.1:{port}/readyz")[0] != 200:
+            assert time.monotonic() < deadline, "worker not ready again after Redis came back"
+            time.sleep(0.5)
         assert producer.wait(timeout=60) == 0
         result = scenario.finish(workload)
         assert_same_outcome(result, undisturbed, exact_once=False)
