@@ -101,12 +101,10 @@ def faust_security(settings: Settings) -> dict[str, Any]:
     return {"broker_credentials": credentials}
 
 
-def create_app(
-    settings: Settings, bootstrap: str, redis_url: str, step: Step | None = None, emitter: Emitter | None = None
-) -> faust.App:
-    """The Faust app of one worker. ``step`` defaults to ``streams.worker.build_step``
-    with live tiers; tests pass their own step and emitter."""
-    app = faust.App(
+def faust_app(settings: Settings, bootstrap: str) -> faust.App:
+    """The Faust app with FundFlow's consumer, producer and security settings
+    (also the do-nothing agent of ``make bench`` uses it, so the floor is fair)."""
+    return faust.App(
         settings.app_id,
         broker=broker_url(bootstrap),
         store="memory://",
@@ -126,6 +124,14 @@ def create_app(
         stream_wait_empty=True,
         **faust_security(settings),
     )
+
+
+def create_app(
+    settings: Settings, bootstrap: str, redis_url: str, step: Step | None = None, emitter: Emitter | None = None
+) -> faust.App:
+    """The Faust app of one worker. ``step`` defaults to ``streams.worker.build_step``
+    with live tiers; tests pass their own step and emitter."""
+    app = faust_app(settings, bootstrap)
     source = app.topic(*INPUT_TOPICS, key_serializer="raw", value_serializer="raw")
     # redis-py connects on first use, inside the worker's event loop
     redis = connect(redis_url)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from collections.abc import Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -96,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     hook.add_argument("--topic", choices=["alerts", "recommendations", "marketing", "all"], default="all")
     hook.add_argument("--group", help="consumer group (default: {app_id}-webhook)")
     hook.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+
+    judge = sub.add_parser("evaluate-rules", help="hit rate of each rule vs the base rate, from a backtest")
+    judge.add_argument("events", type=Path, help="the events JSONL the backtest ran on")
+    judge.add_argument("backtest_dir", type=Path, help="the backtest's --out directory")
+    judge.add_argument("--horizon-days", type=_positive(int), default=30)
+    judge.add_argument("--json", action="store_true")
 
     api = sub.add_parser("api", help="the HTTP API and web console (reads Redis)")
     api.add_argument("--host", default="127.0.0.1")
@@ -258,6 +266,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         return asyncio.run(show_tiers(settings, redis_url, args.refresh, args.top, args.json))
     if command == "alerts":
         return _alerts(settings, args)
+    if command == "evaluate-rules":
+        from rules.config import load_rules
+        from streams.evaluate import render, run_evaluate
+
+        rules = load_rules(settings.rules_file) if settings.rules_file.exists() else None
+        minimum = rules.collection.min_amount if rules else Decimal(50_000)
+        result = run_evaluate(args.events, args.backtest_dir, args.horizon_days, minimum)
+        print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else render(result))
+        return 0
     if command == "api":
         from streams.api import run_api
 

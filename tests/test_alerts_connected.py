@@ -71,8 +71,8 @@ def env(stack: Stack, tmp: Path, **extra: str) -> dict[str, str]:
         FUNDFLOW_KEY_PREFIX="alerts-e2e",
         FUNDFLOW_VAR_DIR=str(tmp),
         FUNDFLOW_WEBHOOK_SECRET=SECRET.decode(),
-        **extra,
     )
+    clean.update(extra)
     return clean
 
 
@@ -94,6 +94,100 @@ async def findings_on_topics(settings: Settings, bootstrap: str) -> dict[str, di
             if finding["customer_id"] in CUSTOMERS:
                 found[finding["id"]] = finding
     return found
+
+
+def tier_events(phase: int) -> list[dict[str, object]]:
+    """Phase 0: TC0..TC7 deposit 1,000 x (i+1). Phase 1: TC0 receives 10 million and TC7
+    empties its account; a small movement 35 days later puts both 30-day windows after the
+    change. Phase 2: TC0 sends 5 million to another bank (an alert that carries the new tier)."""
+    day0 = dt.datetime(2024, 5, 1, 10, 0, tzinfo=ZONE)
+
+    def txn(customer: str, n: int, days: int, direction: str, amount: str, **extra: object) -> dict[str, object]:
+        return {"txn_id": f"{customer}-{n}", "customer_id": customer, "account_id": f"A-{customer}",
+                "ts": (day0 + dt.timedelta(days=days)).isoformat(), "direction": direction, "amount": amount,
+                **extra}  # fmt: skip
+
+    if phase == 0:
+        return [txn(f"TC{i}", 0, 0, "credit", f"{1000 * (i + 1)}.00") for i in range(8)]
+    if phase == 1:
+        return [
+            txn("TC0", 1, 40, "credit", "10000000.00"),
+            txn("TC7", 1, 40, "debit", "7999.00"),
+            txn("TC0", 2, 75, "credit", "1.00"),
+            txn("TC7", 2, 75, "credit", "1.00"),
+        ]
+    return [txn("TC0", 3, 76, "debit", "5000000.00", kind="transfer_out", external=True, counterparty_bank="B09")]
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def customer_tier(stack: Stack, tmp: Path, customer: str) -> str | None:
+    result = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "customer", "show", customer, "--json"],
+        env=env(stack, tmp, FUNDFLOW_KEY_PREFIX="tiers-e2e"),
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+    )
+    if result.returncode != 0:
+        return None
+    return orjson.loads(result.stdout).get("tier")  # type: ignore[no-any-return]
+
+
+async def wait_for_tiers(stack: Stack, tmp: Path, wanted: dict[str, str], worker: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 90
+    seen: dict[str, str | None] = {}
+    while time.monotonic() < deadline:
+        assert worker.poll() is None, "worker died"
+        seen = {c: customer_tier(stack, tmp, c) for c in wanted}
+        if seen == wanted:
+            return
+        await asyncio.sleep(1)
+    raise AssertionError(f"tiers {seen}, wanted {wanted}")
+
+
+async def test_tiers_follow_balances_through_a_worker(stack: Stack, tmp_path: Path) -> None:
+    """客户分层 live: a worker keeps contributions and cut points current as money moves,
+    `customer show` reads the new tier, and the next alert carries it."""
+    settings = Settings(kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url, var_dir=tmp_path)
+    await ensure_topics(stack.kafka_bootstrap, all_topics(settings.partitions), settings)
+    with (tmp_path / "worker.log").open("wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker", "--web-port", str(free_port())],
+            env=env(
+                stack,
+                tmp_path,
+                FUNDFLOW_APP_ID="tiers-e2e",
+                FUNDFLOW_KEY_PREFIX="tiers-e2e",
+                FUNDFLOW_TIER_REFRESH_SECONDS="1",
+            ),
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        await produce(stack.kafka_bootstrap, tier_events(0))
+        await wait_for_tiers(stack, tmp_path, {"TC0": "IV", "TC7": "I"}, worker)
+        await produce(stack.kafka_bootstrap, tier_events(1))
+        await wait_for_tiers(stack, tmp_path, {"TC0": "I", "TC7": "IV"}, worker)
+        await produce(stack.kafka_bootstrap, tier_events(2))
+        deadline = time.monotonic() + 60
+        drain: list[dict[str, object]] = []
+        while not drain and time.monotonic() < deadline:
+            found = [orjson.loads(v) for v in await read_topic(settings, stack.kafka_bootstrap, ALERTS)]
+            drain = [f for f in found if f["trigger_txn_id"] == "TC0-3" and f["rule"] == "large_external_outflow"]
+            await asyncio.sleep(0.5)
+        assert drain, "no alert for TC0's large outflow"
+        assert drain[0]["tier"] == "I"
+    finally:
+        stop(worker)
 
 
 async def test_alerts_reach_their_topic_a_signed_webhook_and_the_terminal(stack: Stack, tmp_path: Path) -> None:
@@ -168,12 +262,7 @@ async def test_alerts_reach_their_topic_a_signed_webhook_and_the_terminal(stack:
         assert {f["customer_id"] for f in shown} == {customer}
     finally:
         for process in (worker, relay):
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process)
         for log in logs:
             log.close()
         await receiver.stop()

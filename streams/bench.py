@@ -1,0 +1,529 @@
+"""``make bench``: FundFlow's throughput and latency beside the floor of its stack.
+
+One run, one broker, one Redis, the same records (the Berka data, replayed
+with fresh ids until there are ``--events`` of them), measured side by side:
+
+  (a) bare aiokafka consuming the input topics;
+  (b) a Faust agent that does nothing, per event (``async for``) and in
+      batches (``take_events``, the way FundFlow's agent reads);
+  (c) the full pipeline (``fundflow worker``, all rules on, Redis commits);
+  end-to-end latency at 50% and 80% of (c)'s rate (produce -> state committed,
+  and produce -> alert on its topic); Redis memory per customer; the per-event
+  cost of the pure step for a customer with a short and a very long history;
+  (c) with one and with two workers.
+
+Each consumer is timed from its first record to its last, so group joins and
+process start-up are not counted. This is a measurement, not a test: nothing
+here asserts a speed. ``--smoke`` runs every stage on a few thousand records so
+the benchmark cannot rot (``make bench-smoke``, part of ``make test``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from streams.commands import berka_lines, start_producer
+from streams.embedded import free_port
+from streams.errors import ConfigError
+from streams.orchestra import LocalRun
+from streams.replay import loop_shift_days, replay, route, with_fresh_ids
+from streams.settings import Settings
+from streams.topics import ALERTS, INPUT_TOPICS
+
+
+@dataclass(slots=True)
+class Results:
+    events: int = 0
+    rows: dict[str, float] = field(default_factory=dict)  # stage -> events/s
+    latency: dict[str, dict[str, Any]] = field(default_factory=dict)
+    memory: dict[str, Any] = field(default_factory=dict)
+    history: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def fresh_loops(lines: list[bytes], first_loop: int = 0) -> Iterator[bytes]:
+    shift = loop_shift_days(lines)
+    loop = first_loop
+    while True:
+        yield from with_fresh_ids(lines, loop, shift_days=shift)
+        loop += 1
+
+
+# --- (a) bare aiokafka -------------------------------------------------------------
+
+
+async def bare_aiokafka(settings: Settings, bootstrap: str, expected: int) -> float:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from streams.embedded import kafka_client_kwargs
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        **kafka_client_kwargs(settings),
+    )
+    await consumer.start()
+    try:
+        partitions = [
+            TopicPartition(topic, p) for topic in INPUT_TOPICS for p in (consumer.partitions_for_topic(topic) or ())
+        ]
+        if not partitions:
+            await consumer.topics()
+            partitions = [
+                TopicPartition(topic, p)
+                for topic in INPUT_TOPICS
+                for p in (consumer.partitions_for_topic(topic) or ())
+            ]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        seen = 0
+        started: float | None = None
+        deadline = time.monotonic() + 300
+        while seen < expected and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            for messages in batches.values():
+                if messages and started is None:
+                    started = time.perf_counter()
+                seen += len(messages)
+        if seen < expected or started is None:
+            raise ConfigError(f"bare consumer saw {seen} of {expected} records")
+        return expected / (time.perf_counter() - started)
+    finally:
+        await consumer.stop()
+
+
+# --- (b) a Faust agent that does nothing (run as its own process) ----------------
+
+
+def noop_agent_main(mode: str, expected: int, result: Path, web_port: int) -> int:
+    """The process body of stage (b): count records, write timings, do nothing else."""
+    from faust.worker import Worker
+
+    from streams.app import faust_app
+    from streams.topics import INPUT_TOPICS
+
+    settings = Settings(web_port=web_port)
+    app = faust_app(settings, settings.kafka_bootstrap or "")
+    source = app.topic(*INPUT_TOPICS, key_serializer="raw", value_serializer="raw")
+    state: dict[str, Any] = {"n": 0, "t0": None}
+
+    def count(n: int) -> None:
+        if state["t0"] is None:
+            state["t0"] = time.perf_counter()
+        state["n"] += n
+        if state["n"] >= expected and not result.exists():
+            result.write_text(json.dumps({"n": state["n"], "seconds": time.perf_counter() - state["t0"]}))
+
+    if mode == "per-event":
+
+        @app.agent(source, name="noop")
+        async def noop(stream: Any) -> None:
+            async for _ in stream.events():
+                count(1)
+
+    else:
+
+        @app.agent(source, name="noop")
+        async def noop_batches(stream: Any) -> None:
+            async for events in stream.take_events(settings.batch_max_events, within=settings.batch_within_seconds):
+                count(len(events))
+
+    Worker(app, loglevel="warning", quiet=True, redirect_stdouts=False).execute_from_commandline()
+    return 0
+
+
+def noop_agent(run: LocalRun, mode: str, expected: int, log_dir: Path, timeout: float) -> float:
+    result = log_dir / f"noop-{mode}.json"
+    result.unlink(missing_ok=True)
+    env = run.env(FUNDFLOW_APP_ID=f"bench-noop-{mode}-{os.getpid()}")
+    with (log_dir / f"noop-{mode}.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streams.bench", "noop", mode, str(expected), str(result), str(free_port())],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while not result.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise ConfigError(f"the do-nothing agent ({mode}) did not finish; see {log_dir}/noop-{mode}.log")
+            time.sleep(0.1)
+        time.sleep(0.1)
+        timing = json.loads(result.read_text())
+        return float(timing["n"] / timing["seconds"])
+    finally:
+        run.stop_worker(process)
+
+
+# --- (c) the full pipeline ----------------------------------------------------------
+
+
+async def pipeline_rate(run: LocalRun, prefix: str, expected: int, timeout: float) -> float:
+    """events/s of the workers writing under ``prefix``: first applied record to the last."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(run.redis_url)
+    samples: list[tuple[float, int]] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            run.check_workers()
+            applied = int(await client.hget(f"{prefix}:stats", "applied") or 0)
+            samples.append((time.perf_counter(), applied))
+            if applied >= expected:
+                break
+            if time.monotonic() > deadline:
+                raise ConfigError(f"pipeline applied {applied} of {expected} in {timeout:.0f}s")
+            await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
+    # from the last moment nothing was applied yet (group join and start-up excluded)
+    start = max((t for t, n in samples if n == 0), default=samples[0][0])
+    end, applied = samples[-1]
+    return applied / (end - start)
+
+
+async def latency_at(
+    run: LocalRun, settings: Settings, prefix: str, lines: Iterator[bytes], rate: float, seconds: float
+) -> dict[str, Any]:
+    """Produce at ``rate`` for ``seconds``; percentiles of produce -> state committed and -> alert."""
+    import redis.asyncio as aioredis
+    from aiokafka import AIOKafkaConsumer
+
+    from streams.embedded import kafka_client_kwargs
+
+    count = max(int(rate * seconds), 1)
+    batch = list(islice(lines, count))
+    sent_ms: dict[str, int] = {}
+    client = aioredis.Redis.from_url(run.redis_url)
+    await client.delete(f"{prefix}:stats:latency_ms")
+    before = int(await client.hget(f"{prefix}:stats", "applied") or 0)
+    alerts = AIOKafkaConsumer(
+        ALERTS, bootstrap_servers=run.bootstrap, auto_offset_reset="latest", **kafka_client_kwargs(settings)
+    )
+    await alerts.start()
+    await alerts.getmany(timeout_ms=200)  # position at the end before producing
+    producer = await start_producer(settings, run.bootstrap)
+    try:
+
+        def stamped() -> Iterator[bytes]:
+            for line in batch:
+                _, _, obj = route(line)
+                if obj and "txn_id" in obj:
+                    sent_ms[str(obj["txn_id"])] = int(time.time() * 1000)
+                yield line
+
+        await replay(stamped(), producer, rate=rate)
+    finally:
+        await producer.stop()
+    deadline = time.monotonic() + 120
+    while int(await client.hget(f"{prefix}:stats", "applied") or 0) < before + len(batch):
+        if time.monotonic() > deadline:
+            raise ConfigError("latency stage: the pipeline did not catch up")
+        await asyncio.sleep(0.1)
+    committed = sorted(int(x) for x in await client.lrange(f"{prefix}:stats:latency_ms", 0, -1))
+    await client.aclose()
+    alert_ms: list[int] = []
+    end = time.monotonic() + 3
+    while time.monotonic() < end:
+        for messages in (await alerts.getmany(timeout_ms=300)).values():
+            for message in messages:
+                finding = orjson.loads(message.value or b"{}")
+                trigger = finding.get("trigger_txn_id")
+                if trigger in sent_ms and message.timestamp:
+                    alert_ms.append(int(message.timestamp) - sent_ms[trigger])
+    await alerts.stop()
+    return {
+        "rate": round(rate),
+        "events": len(batch),
+        "committed_ms": percentiles(committed),
+        "alert_ms": percentiles(sorted(alert_ms)),
+    }
+
+
+def percentiles(samples: list[int]) -> dict[str, float | int | None]:
+    if not samples:
+        return {"n": 0, "p50": None, "p95": None, "p99": None}
+
+    def pick(q: float) -> int:
+        return samples[min(int(q * len(samples)), len(samples) - 1)]
+
+    return {"n": len(samples), "p50": pick(0.5), "p95": pick(0.95), "p99": pick(0.99)}
+
+
+async def redis_memory(run: LocalRun, prefix: str) -> dict[str, Any]:
+    """Bytes per customer: MEMORY USAGE of each customer's keys (state, outbox, alerts) plus
+    their share of the tier index."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(run.redis_url)
+    try:
+        sizes: list[int] = []
+        pattern = f"{prefix}:{{*}}:state"
+        keys = [key async for key in client.scan_iter(match=pattern, count=1000)]
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            async with client.pipeline(transaction=False) as pipe:
+                for key in chunk:
+                    base = key.decode()[: -len(":state")]
+                    for suffix in (":state", ":outbox", ":alerts"):
+                        pipe.memory_usage(base + suffix, samples=0)
+                replies = await pipe.execute()
+            for i in range(len(chunk)):
+                sizes.append(sum(int(r or 0) for r in replies[3 * i : 3 * i + 3]))
+        index = 0
+        for key in (f"{prefix}:tiers", f"{prefix}:tiers:value"):
+            index += int(await client.memory_usage(key, samples=0) or 0)
+    finally:
+        await client.aclose()
+    if not sizes:
+        return {"customers": 0}
+    sizes.sort()
+    per_index = index / len(sizes)
+    return {
+        "customers": len(sizes),
+        "mean_bytes": round(statistics.mean(sizes) + per_index),
+        "p50_bytes": sizes[len(sizes) // 2] + round(per_index),
+        "p95_bytes": sizes[int(len(sizes) * 0.95)] + round(per_index),
+        "max_bytes": sizes[-1] + round(per_index),
+    }
+
+
+# --- per-event cost vs history (in process, the pure step and the codec) -----------
+
+
+def history_cost(lines: list[bytes], settings: Settings, long_events: int, measured: int) -> dict[str, Any]:
+    """µs per event (step + state encode + decode, what one event costs beyond Kafka and
+    Redis) for one customer after a short and after a very long history."""
+    from rules.events import LoanEvent, TransactionEvent
+    from rules.state import CustomerState
+    from streams.codec import decode_state, encode_state
+    from streams.worker import build_step
+
+    by_customer: dict[str, list[bytes]] = {}
+    for line in lines:
+        _, key, obj = route(line)
+        if key and obj and "txn_id" in obj:
+            by_customer.setdefault(key.decode(), []).append(line)
+    customer, own = max(by_customer.items(), key=lambda item: len(item[1]))
+    step = build_step(settings)
+
+    def events(first_loop: int) -> Iterator[TransactionEvent | LoanEvent]:
+        for line in fresh_loops(own, first_loop):
+            yield TransactionEvent.model_validate_json(line)
+
+    def timed(state: CustomerState, stream: Iterator[TransactionEvent | LoanEvent], n: int) -> float:
+        started = time.perf_counter()
+        for event in islice(stream, n):
+            step(state, event)
+            state = decode_state(encode_state(state))
+        return (time.perf_counter() - started) / n * 1e6
+
+    short_state = CustomerState(customer)
+    stream = events(0)
+    for event in islice(stream, 50):
+        step(short_state, event)
+    short_us = timed(short_state, stream, measured)
+    long_state = CustomerState(customer)
+    stream = events(0)
+    for event in islice(stream, long_events):
+        step(long_state, event)
+    long_us = timed(long_state, stream, measured)
+    return {
+        "customer": customer,
+        "events_per_loop": len(own),
+        "short_history_events": 50,
+        "long_history_events": long_events,
+        "short_us_per_event": round(short_us, 1),
+        "long_us_per_event": round(long_us, 1),
+        "long_over_short": round(long_us / short_us, 2),
+        "state_bytes_short": len(encode_state(short_state)),
+        "state_bytes_long": len(encode_state(long_state)),
+    }
+
+
+# --- the whole run ------------------------------------------------------------------
+
+
+async def produce_all(settings: Settings, bootstrap: str, lines: list[bytes]) -> float:
+    producer = await start_producer(settings, bootstrap)
+    try:
+        stats = await replay(lines, producer)
+    finally:
+        await producer.stop()
+    return stats.rate
+
+
+def run_bench(settings: Settings, berka: Path, events: int, smoke: bool, out: Path | None) -> Results:
+    results = Results(events=events)
+    source = berka_lines(berka, settings)
+    generator = fresh_loops(source)
+    data = list(islice(generator, events))
+    timeout = 60.0 if smoke else 900.0
+    settings = settings.model_copy(update={"partitions": max(settings.partitions, 2)})
+    with tempfile.TemporaryDirectory(prefix="fundflow-bench-") as tmp:
+        log_dir = Path(tmp)
+        with LocalRun(settings.model_copy(update={"app_id": "bench-full-1", "key_prefix": "bench1"}), log_dir) as run:
+            step("producing", len(data))
+            results.rows["produce (aiokafka, acks=all)"] = asyncio.run(produce_all(settings, run.bootstrap, data))
+            step("(a) bare aiokafka")
+            results.rows["(a) bare aiokafka consumer"] = asyncio.run(bare_aiokafka(settings, run.bootstrap, len(data)))
+            step("(b) do-nothing Faust agent, per event")
+            results.rows["(b) Faust agent doing nothing (per event)"] = noop_agent(
+                run, "per-event", len(data), log_dir, timeout
+            )
+            step("(b') do-nothing Faust agent, batches")
+            results.rows["(b') Faust agent doing nothing (take_events batches)"] = noop_agent(
+                run, "batches", len(data), log_dir, timeout
+            )
+            step("(c) full pipeline, 1 worker")
+            worker = run.start_worker()
+            full = asyncio.run(pipeline_rate(run, "bench1", len(data), timeout))
+            results.rows["(c) FundFlow full pipeline, 1 worker"] = full
+            results.memory = asyncio.run(redis_memory(run, "bench1"))
+            seconds = 2.0 if smoke else 20.0
+            for share in (0.5, 0.8):
+                step(f"latency at {share:.0%} of (c)")
+                results.latency[f"{share:.0%}"] = asyncio.run(
+                    latency_at(run, settings, "bench1", generator, full * share, seconds)
+                )
+            run.stop_worker(worker)
+            step("(c) full pipeline, 2 workers")
+            env = {"FUNDFLOW_APP_ID": "bench-full-2", "FUNDFLOW_KEY_PREFIX": "bench2"}
+            run.start_worker(**env)
+            run.start_worker(**env)
+            results.rows["(c2) FundFlow full pipeline, 2 workers"] = asyncio.run(
+                pipeline_rate(run, "bench2", len(data), timeout)
+            )
+    step("per-event cost vs history")
+    results.history = history_cost(source, settings, 2_000 if smoke else 30_000, 200 if smoke else 2_000)
+    results.notes.append(machine())
+    print(render(results))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results_dict(results), indent=2))
+    return results
+
+
+def step(what: str, n: int | None = None) -> None:
+    print(f"bench: {what}{f' {n} records' if n else ''} ...", file=sys.stderr, flush=True)
+
+
+def machine() -> str:
+    cpus = os.cpu_count()
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpus} CPUs ({model or platform.processor()}), Python {platform.python_version()}, {platform.system()}"
+
+
+def results_dict(results: Results) -> dict[str, Any]:
+    return {
+        "events": results.events,
+        "events_per_second": {k: round(v) for k, v in results.rows.items()},
+        "latency": results.latency,
+        "redis_memory_per_customer": results.memory,
+        "per_event_cost_vs_history": results.history,
+        "machine": results.notes,
+    }
+
+
+def render(results: Results) -> str:
+    rows = results.rows
+    a = rows.get("(a) bare aiokafka consumer", 0.0)
+    b = rows.get("(b) Faust agent doing nothing (per event)", 0.0)
+    b2 = rows.get("(b') Faust agent doing nothing (take_events batches)", 0.0)
+    c = rows.get("(c) FundFlow full pipeline, 1 worker", 0.0)
+    c2 = rows.get("(c2) FundFlow full pipeline, 2 workers", 0.0)
+    out = [f"FundFlow benchmark: {results.events} Berka events, {results.notes[0] if results.notes else ''}", ""]
+    out.append(f"{'stage':<56} {'events/s':>10}")
+    out.extend(f"{name:<56} {rate:>10,.0f}" for name, rate in rows.items())
+    out.append("")
+    if a and b and c:
+        out.append(f"c/b  (full pipeline / do-nothing Faust agent)      {c / b:6.2f}   target >= 0.6")
+        if b2:
+            out.append(f"c/b' (full pipeline / do-nothing agent, batched)   {c / b2:6.2f}")
+        out.append(f"c/a  (full pipeline / bare aiokafka)               {c / a:6.3f}")
+        if c2:
+            out.append(f"2 workers / 1 worker                               {c2 / c:6.2f}   (2 cores: CPU-bound)")
+    out.append("")
+    out.append("end-to-end latency, ms   (produce -> state committed | produce -> alert on its topic)")
+    for share, lat in results.latency.items():
+        com, al = lat["committed_ms"], lat["alert_ms"]
+        out.append(
+            f"  at {share} of (c) = {lat['rate']:>6}/s: committed p50 {com['p50']} p95 {com['p95']} p99 {com['p99']}"
+            f" (n={com['n']}) | alert p50 {al['p50']} p95 {al['p95']} p99 {al['p99']} (n={al['n']})"
+        )
+    out.append("   target at 80%: p50 <= 10, p99 <= 50")
+    mem = results.memory
+    if mem.get("customers"):
+        out.append("")
+        out.append(
+            f"Redis per customer ({mem['customers']} customers): mean {mem['mean_bytes']} B, p50 {mem['p50_bytes']} B,"
+            f" p95 {mem['p95_bytes']} B, max {mem['max_bytes']} B   target <= 2048 B"
+        )
+    h = results.history
+    if h:
+        out.append(
+            f"per-event cost (step + state codec), customer {h['customer']}: {h['short_us_per_event']} µs after "
+            f"{h['short_history_events']} events, {h['long_us_per_event']} µs after {h['long_history_events']} "
+            f"events (x{h['long_over_short']}); state {h['state_bytes_short']} B vs {h['state_bytes_long']} B"
+        )
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["noop"]:
+        mode, expected, result, port = argv[1], int(argv[2]), Path(argv[3]), int(argv[4])
+        return noop_agent_main(mode, expected, result, port)
+    parser = argparse.ArgumentParser(prog="make bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--berka", type=Path, required=True)
+    parser.add_argument("--events", type=int, default=None, help="records per stage (default 100000; smoke 3000)")
+    parser.add_argument("--smoke", action="store_true", help="every stage on a few thousand records")
+    parser.add_argument("--out", type=Path, default=Path("var/bench/results.json"))
+    args = parser.parse_args(argv)
+    events = args.events or (3000 if args.smoke else 100_000)
+    if events <= 0:
+        parser.error("--events must be > 0")
+    if not args.berka.is_dir():
+        print(f"bench: error: no Berka data at {args.berka}", file=sys.stderr)
+        return 1
+    import logging
+
+    logging.basicConfig(level=logging.CRITICAL)
+    try:
+        run_bench(Settings(), args.berka, events, args.smoke, args.out)
+    except ConfigError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

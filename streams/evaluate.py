@@ -1,0 +1,183 @@
+"""``fundflow evaluate-rules``: were the alerts worth a person's time?
+
+Judges each rule the way a bank would, against what really happened next in
+the data, beside the base rate over comparable events:
+
+- outflow risk (large external outflow, fast-in-fast-out, drawdown, streak,
+  churn drift): *drained* = the balance ``horizon`` days after the trigger is
+  below half of the customer's average end-of-day balance over the 30 days
+  before it. Base: the same test after every debit of every customer.
+- collection opportunity: *left* = within ``horizon`` days the balance falls
+  below the balance before the credit plus half of the credit (most of the
+  inflow left). Base: every credit of at least the rule's minimum amount.
+- other rules: counted, with the share of distinct customers they fired on.
+
+Only triggers with a full horizon of data after them are judged; the rest are
+counted as "too recent". Pure computation over two files: the events JSONL the
+backtest ran on and its ``alerts.jsonl``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+OUTFLOW_RULES = ("large_external_outflow", "fast_in_fast_out", "balance_drawdown", "net_outflow_streak", "churn_drift")
+DAY = dt.timedelta(days=1)
+
+
+@dataclass(slots=True)
+class Timeline:
+    """One customer's balance after each transaction, in event-time order."""
+
+    times: list[dt.datetime]
+    balances: list[Decimal]
+    credits: list[tuple[dt.datetime, Decimal, Decimal]]  # (ts, amount, balance before)
+    debits: list[dt.datetime]
+
+    def balance_at(self, moment: dt.datetime) -> Decimal:
+        i = bisect.bisect_right(self.times, moment)
+        return self.balances[i - 1] if i else Decimal(0)
+
+    def average_before(self, moment: dt.datetime, days: int = 30) -> Decimal:
+        points = [self.balance_at(moment - DAY * k) for k in range(1, days + 1)]
+        return sum(points, Decimal(0)) / len(points)
+
+    def minimum_between(self, start: dt.datetime, end: dt.datetime) -> Decimal:
+        i = bisect.bisect_right(self.times, start)
+        j = bisect.bisect_right(self.times, end)
+        values = [self.balance_at(start), *self.balances[i:j]]
+        return min(values)
+
+
+def timelines(events: Iterable[dict[str, Any]]) -> dict[str, Timeline]:
+    rows: dict[str, list[tuple[dt.datetime, Decimal, str]]] = defaultdict(list)
+    for event in events:
+        if "txn_id" not in event or "direction" not in event:
+            continue
+        signed = Decimal(str(event["amount"])) * (1 if event["direction"] == "credit" else -1)
+        rows[str(event["customer_id"])].append((dt.datetime.fromisoformat(event["ts"]), signed, event["direction"]))
+    result = {}
+    for customer, items in rows.items():
+        items.sort(key=lambda r: r[0])
+        balance = Decimal(0)
+        line = Timeline([], [], [], [])
+        for ts, signed, direction in items:
+            if direction == "credit":
+                line.credits.append((ts, signed, balance))
+            else:
+                line.debits.append(ts)
+            balance += signed
+            line.times.append(ts)
+            line.balances.append(balance)
+        result[customer] = line
+    return result
+
+
+def drained(line: Timeline, moment: dt.datetime, horizon: int) -> bool:
+    average = line.average_before(moment)
+    return average > 0 and line.balance_at(moment + DAY * horizon) < average / 2
+
+
+def inflow_left(line: Timeline, moment: dt.datetime, amount: Decimal, before: Decimal, horizon: int) -> bool:
+    return line.minimum_between(moment, moment + DAY * horizon) < before + amount / 2
+
+
+def evaluate(
+    events: list[dict[str, Any]], alerts: list[dict[str, Any]], *, horizon: int = 30, collection_min: Decimal
+) -> dict[str, Any]:
+    lines = timelines(events)
+    last = max((line.times[-1] for line in lines.values() if line.times), default=None)
+    if last is None:
+        return {"rules": {}, "customers": 0}
+    judged_until = last - DAY * horizon
+
+    base_drain = [drained(line, ts, horizon) for line in lines.values() for ts in line.debits if ts <= judged_until]
+    base_left = [
+        inflow_left(line, ts, amount, before, horizon)
+        for line in lines.values()
+        for ts, amount, before in line.credits
+        if amount >= collection_min and ts <= judged_until
+    ]
+    by_rule: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for alert in alerts:
+        by_rule[str(alert["rule"])].append(alert)
+    report: dict[str, Any] = {}
+    for rule, fired in sorted(by_rule.items()):
+        customers = {a["customer_id"] for a in fired}
+        entry: dict[str, Any] = {
+            "fired": len(fired),
+            "customers": len(customers),
+            "customer_share": round(len(customers) / len(lines), 4),
+        }
+        if rule in OUTFLOW_RULES or rule == "collection_opportunity":
+            outcomes = []
+            for alert in fired:
+                line = lines.get(str(alert["customer_id"]))
+                moment = dt.datetime.fromisoformat(alert["ts"])
+                if line is None or moment > judged_until:
+                    continue
+                if rule == "collection_opportunity":
+                    amount = Decimal(str(alert["evidence"].get("amount", "0")))
+                    outcomes.append(inflow_left(line, moment, amount, line.balance_at(moment) - amount, horizon))
+                else:
+                    outcomes.append(drained(line, moment, horizon))
+            base = base_left if rule == "collection_opportunity" else base_drain
+            entry.update(_rates(outcomes, base))
+            entry["outcome"] = "inflow left" if rule == "collection_opportunity" else "balance drained"
+        report[rule] = entry
+    return {
+        "customers": len(lines),
+        "horizon_days": horizon,
+        "judged_until": judged_until.isoformat(),
+        "base": {"debits": _share(base_drain), "large_credits": _share(base_left)},
+        "rules": report,
+    }
+
+
+def _share(outcomes: list[bool]) -> dict[str, Any]:
+    return {"n": len(outcomes), "rate": round(sum(outcomes) / len(outcomes), 4) if outcomes else None}
+
+
+def _rates(outcomes: list[bool], base: list[bool]) -> dict[str, Any]:
+    hit, floor = _share(outcomes), _share(base)
+    lift = round(hit["rate"] / floor["rate"], 2) if hit["rate"] is not None and floor["rate"] else None
+    return {"judged": hit["n"], "hit_rate": hit["rate"], "base_rate": floor["rate"], "lift": lift}
+
+
+def render(result: dict[str, Any]) -> str:
+    out = [
+        f"rules judged against what happened in the next {result.get('horizon_days')} days "
+        f"({result.get('customers')} customers; triggers up to {result.get('judged_until')})",
+        "",
+        f"{'rule':<26} {'fired':>6} {'customers':>10} {'share':>7} {'judged':>7} {'hit rate':>9} {'base':>7} "
+        f"{'lift':>6}  outcome",
+    ]
+    for rule, e in result.get("rules", {}).items():
+        hit = "—" if e.get("hit_rate") is None else f"{e['hit_rate']:.1%}"
+        base = "—" if e.get("base_rate") is None else f"{e['base_rate']:.1%}"
+        lift = "—" if e.get("lift") is None else f"{e['lift']:.1f}×"
+        out.append(
+            f"{rule:<26} {e['fired']:>6} {e['customers']:>10} {e['customer_share']:>7.1%} {e.get('judged', '—'):>7} "
+            f"{hit:>9} {base:>7} {lift:>6}  {e.get('outcome', '')}"
+        )
+    return "\n".join(out)
+
+
+def run_evaluate(events_path: Path, backtest_dir: Path, horizon: int, collection_min: Decimal) -> dict[str, Any]:
+    events = [orjson.loads(line) for line in events_path.read_bytes().splitlines() if line.strip()]
+    alerts_file = backtest_dir / "alerts.jsonl"
+    if not alerts_file.exists():
+        from streams.errors import ConfigError
+
+        raise ConfigError(f"no alerts.jsonl in {backtest_dir}: run `fundflow backtest` first")
+    alerts = [orjson.loads(line) for line in alerts_file.read_bytes().splitlines() if line.strip()]
+    return evaluate(events, alerts, horizon=horizon, collection_min=collection_min)
