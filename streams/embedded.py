@@ -38,6 +38,9 @@ START_TIMEOUT_SECONDS = 30.0
 _PR_SET_PDEATHSIG = 1
 
 
+EMBEDDED_FETCH_MAX_WAIT_MS = 5
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -231,7 +234,10 @@ class Stack:
         return self.settings.redis_url
 
     def env(self) -> dict[str, str]:
-        return {"FUNDFLOW_KAFKA_BOOTSTRAP": self.kafka_bootstrap, "FUNDFLOW_REDIS_URL": self.redis_url}
+        env = {"FUNDFLOW_KAFKA_BOOTSTRAP": self.kafka_bootstrap, "FUNDFLOW_REDIS_URL": self.redis_url}
+        if self.broker is not None:  # Tansu holds a fetch for its whole max wait: keep it short
+            env["FUNDFLOW_FETCH_MAX_WAIT_MS"] = str(EMBEDDED_FETCH_MAX_WAIT_MS)
+        return env
 
 
 def kafka_client_kwargs(settings: Settings) -> dict[str, Any]:

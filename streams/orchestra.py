@@ -20,7 +20,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.embedded import Stack, ensure_topics, free_port, kafka_client_kwargs
+from streams.embedded import EMBEDDED_FETCH_MAX_WAIT_MS, Stack, ensure_topics, free_port, kafka_client_kwargs
 from streams.errors import ConfigError
 from streams.settings import Settings
 from streams.topics import INPUT_TOPICS, all_topics
@@ -63,6 +63,8 @@ class LocalRun:
         env["FUNDFLOW_APP_ID"] = self.settings.app_id
         env["FUNDFLOW_KEY_PREFIX"] = self.settings.key_prefix
         env["FUNDFLOW_PARTITIONS"] = str(self.settings.partitions)
+        if self.stack is not None and self.stack.broker is not None:
+            env.setdefault("FUNDFLOW_FETCH_MAX_WAIT_MS", str(EMBEDDED_FETCH_MAX_WAIT_MS))
         env.update(extra)
         return env
 

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     broker_heartbeat_interval: float = 1.0
     broker_rebalance_timeout: float = 4.0
     broker_commit_interval: float = 1.0
+    fetch_max_wait_ms: int = Field(
+        default=100, ge=1, le=5000, description="longest a fetch waits for records (latency floor on some brokers)"
+    )
     retry_initial_seconds: float = Field(default=0.05, gt=0)
     retry_max_seconds: float = Field(default=5.0, gt=0)
     max_event_bytes: int = Field(default=64 * 1024, ge=256, description="larger records are dead-lettered")
