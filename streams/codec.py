@@ -24,14 +24,16 @@ def _dec(value: Decimal) -> str:
 
 
 def encode_state(state: CustomerState) -> bytes:
+    # The hot path of every commit: plain loops, no per-field helper calls.
     events: list[list[Any]] = []
+    append = events.append
     for r in state.events:
-        row: list[Any] = [r.ts_us, r.day, _dec(r.amount), r.flags]
-        if r.bank is not None or r.consumed or r.weighted_age_us:
-            row.append(r.bank)
         if r.consumed or r.weighted_age_us:
-            row.extend((_dec(r.consumed), _dec(r.weighted_age_us)))
-        events.append(row)
+            append([r.ts_us, r.day, str(r.amount), r.flags, r.bank, str(r.consumed), str(r.weighted_age_us)])
+        elif r.bank is not None:
+            append([r.ts_us, r.day, str(r.amount), r.flags, r.bank])
+        else:
+            append([r.ts_us, r.day, str(r.amount), r.flags])
     blob: dict[str, Any] = {
         "f": FORMAT,
         "c": state.customer_id,
@@ -41,8 +43,8 @@ def encode_state(state: CustomerState) -> bytes:
         "lu": state.last_us,
         "lt": state.last_txn_us,
         "e": events,
-        "s": {txn: [h, ts] for txn, (h, ts) in state.seen.items()},
-        "l": [[_dec(lot[0]), lot[1]] for lot in state.lots],
+        "s": state.seen,  # txn_id -> (hash, ts): orjson writes the tuples as arrays
+        "l": [[str(lot[0]), lot[1]] for lot in state.lots],
         "t": state.applied_total,
     }
     if state.overdraft:

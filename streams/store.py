@@ -26,7 +26,7 @@ from typing import cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from rules.state import CustomerState
@@ -91,7 +91,7 @@ def _round_trip(operation: str) -> Iterator[None]:
         raise TransientError(f"redis {operation} failed: {exc}") from exc
     except RedisError as exc:
         telemetry.REDIS_ERRORS.labels(operation).inc()
-        if "NOSCRIPT" in str(exc) or "LOADING" in str(exc) or "BUSY" in str(exc):
+        if isinstance(exc, NoScriptError) or "NOSCRIPT" in str(exc) or "LOADING" in str(exc) or "BUSY" in str(exc):
             raise TransientError(f"redis {operation} failed: {exc}") from exc
         raise
     else:
@@ -110,6 +110,7 @@ class StateStore:
         self.keys = keys
         self._commit = client.register_script(COMMIT_LUA)
         self._confirm = client.register_script(CONFIRM_LUA)
+        self._scripts_loaded = False  # SCRIPT LOAD once, then plain EVALSHA (a restarted Redis -> again)
 
     async def load(self, customer_ids: Sequence[str]) -> dict[str, Loaded]:
         """Version, state and pending outbox of each customer, in one round trip."""
@@ -133,25 +134,24 @@ class StateStore:
         version check failed (their state must be re-read and recomputed)."""
         if not commits:
             return set()
+        sha = self._commit.sha
+        state_key, outbox_key, alerts_key = self.keys.state, self.keys.outbox, self.keys.alerts
         with _round_trip("commit"):
+            if not self._scripts_loaded:
+                await self.redis.script_load(COMMIT_LUA)
+                self._scripts_loaded = True
             async with self.redis.pipeline(transaction=False) as pipe:
                 for c in commits:
-                    await self._commit(
-                        keys=[
-                            self.keys.state(c.customer_id),
-                            self.keys.outbox(c.customer_id),
-                            self.keys.alerts(c.customer_id),
-                        ],
-                        args=[
-                            c.expected_version,
-                            c.expected_version + 1,
-                            encode_state(c.state),
-                            RECENT_ALERTS_KEPT,
-                            *c.findings,
-                        ],
-                        client=pipe,
-                    )
-                replies = await pipe.execute()
+                    cid, version = c.customer_id, c.expected_version
+                    pipe.evalsha(
+                        sha, 3, state_key(cid), outbox_key(cid), alerts_key(cid),
+                        version, version + 1, encode_state(c.state), RECENT_ALERTS_KEPT, *c.findings,
+                    )  # fmt: skip
+                try:
+                    replies = await pipe.execute()
+                except (RedisError, OSError):
+                    self._scripts_loaded = False  # maybe a restarted Redis (NOSCRIPT): load on the retry
+                    raise
         return {c.customer_id for c, ok in zip(commits, replies, strict=False) if not ok}
 
     async def confirm_published(self, published: dict[str, list[bytes]]) -> None:

@@ -152,3 +152,17 @@ async def test_conflicting_duplicate_is_dead_lettered_not_applied(store: StateSt
     assert report.dead_letters == {"duplicate_txn_id_conflict": 1}
     dave = await store.read("dave")
     assert dave is not None and dave.balance == Decimal("100.00")
+
+
+async def test_a_redis_that_forgot_the_commit_script_is_a_retry_not_a_failure(store: StateStore) -> None:
+    """A restarted Redis has no scripts: the commit's EVALSHA meets NOSCRIPT, the batch is
+    retried, the script loaded again, and every event applied once."""
+    sink = Sink()
+    worker = processor(store, sink)
+    await worker.process(batch()[:2])
+    await store.redis.script_flush()
+    report = await worker.process(batch()[2:])
+    assert report.retries == 1
+    assert (report.applied, report.duplicates) == (2, 0)
+    alice = await store.read("alice")
+    assert alice is not None and alice.balance == Decimal("379.50")
