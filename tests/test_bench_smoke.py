@@ -1,0 +1,58 @@
+"""``make bench-smoke``: every stage of the benchmark runs on a few thousand
+records and reports a number, so the benchmark cannot rot. Nothing here
+asserts a speed (speed is what ``make bench`` prints, side by side)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.connected]
+
+ROOT = Path(__file__).resolve().parents[1]
+BERKA = ROOT.parent / "shared" / "data" / "berka"
+
+
+@pytest.mark.skipif(not BERKA.is_dir(), reason="the Berka data set is not next to the project")
+def test_bench_smoke_reports_every_stage(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FUNDFLOW_")}
+    env["FUNDFLOW_VAR_DIR"] = str(tmp_path / "var")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streams.bench",
+            "--berka",
+            str(BERKA),
+            "--smoke",
+            "--events",
+            "2000",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for line in ("(a) bare aiokafka", "(b) Faust agent doing nothing", "(c) FundFlow full pipeline, 1 worker",
+                 "2 workers", "c/b", "c/a", "latency", "Redis per customer", "per-event cost"):  # fmt: skip
+        assert line in result.stdout, line
+    report = json.loads(out.read_text())
+    rates = report["events_per_second"]
+    assert len(rates) == 6 and all(rate > 0 for rate in rates.values())
+    for share in ("50%", "80%"):
+        assert report["latency"][share]["committed_ms"]["n"] > 0
+    assert report["redis_memory_per_customer"]["customers"] > 0
+    assert (
+        report["per_event_cost_vs_history"]["long_history_events"]
+        > report["per_event_cost_vs_history"]["short_history_events"]
+    )
