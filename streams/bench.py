@@ -57,11 +57,13 @@ class Results:
     notes: list[str] = field(default_factory=list)
 
 
-def fresh_loops(lines: list[bytes], first_loop: int = 0) -> Iterator[bytes]:
+def fresh_loops(lines: list[bytes], first_loop: int = 0, fresh_customers: bool = True) -> Iterator[bytes]:
+    """Berka again and again as new traffic. By default each loop is new customers (a bank
+    with more customers); ``history_cost`` keeps one customer to make its history long."""
     shift = loop_shift_days(lines)
     loop = first_loop
     while True:
-        yield from with_fresh_ids(lines, loop, shift_days=shift)
+        yield from with_fresh_ids(lines, loop, shift_days=shift, fresh_customers=fresh_customers)
         loop += 1
 
 
@@ -88,9 +90,7 @@ async def bare_aiokafka(settings: Settings, bootstrap: str, expected: int) -> fl
         if not partitions:
             await consumer.topics()
             partitions = [
-                TopicPartition(topic, p)
-                for topic in INPUT_TOPICS
-                for p in (consumer.partitions_for_topic(topic) or ())
+                TopicPartition(topic, p) for topic in INPUT_TOPICS for p in (consumer.partitions_for_topic(topic) or ())
             ]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
@@ -325,37 +325,45 @@ def history_cost(lines: list[bytes], settings: Settings, long_events: int, measu
     customer, own = max(by_customer.items(), key=lambda item: len(item[1]))
     step = build_step(settings)
 
-    def events(first_loop: int) -> Iterator[TransactionEvent | LoanEvent]:
-        for line in fresh_loops(own, first_loop):
+    def events() -> Iterator[TransactionEvent | LoanEvent]:
+        for line in fresh_loops(own, fresh_customers=False):
             yield TransactionEvent.model_validate_json(line)
 
-    def timed(state: CustomerState, stream: Iterator[TransactionEvent | LoanEvent], n: int) -> float:
+    def timed(
+        state: CustomerState, stream: Iterator[TransactionEvent | LoanEvent], n: int
+    ) -> tuple[float, CustomerState]:
         started = time.perf_counter()
         for event in islice(stream, n):
             step(state, event)
             state = decode_state(encode_state(state))
-        return (time.perf_counter() - started) / n * 1e6
+        return (time.perf_counter() - started) / n * 1e6, state
 
-    short_state = CustomerState(customer)
-    stream = events(0)
-    for event in islice(stream, 50):
-        step(short_state, event)
-    short_us = timed(short_state, stream, measured)
-    long_state = CustomerState(customer)
-    stream = events(0)
-    for event in islice(stream, long_events):
-        step(long_state, event)
-    long_us = timed(long_state, stream, measured)
+    # one customer's history grows; the cost is measured after 50 events, then after 10% and
+    # all of ``long_events`` (each measurement's own events count into the history after it)
+    points = [50, max(long_events // 10, 100), long_events]
+    state = CustomerState(customer)
+    stream = events()
+    done = 0
+    costs, sizes, lengths = [], [], []
+    for point in points:
+        for event in islice(stream, max(point - done, 0)):
+            step(state, event)
+        done = max(point, done)
+        lengths.append(done)
+        cost, state = timed(state, stream, measured)
+        costs.append(cost)
+        sizes.append(len(encode_state(state)))
+        done += measured
     return {
         "customer": customer,
         "events_per_loop": len(own),
-        "short_history_events": 50,
-        "long_history_events": long_events,
-        "short_us_per_event": round(short_us, 1),
-        "long_us_per_event": round(long_us, 1),
-        "long_over_short": round(long_us / short_us, 2),
-        "state_bytes_short": len(encode_state(short_state)),
-        "state_bytes_long": len(encode_state(long_state)),
+        "history_events": lengths,
+        "us_per_event": [round(c, 1) for c in costs],
+        "state_bytes": sizes,
+        "lots_kept": len(state.lots),
+        "lot_cap": settings.lot_cap,
+        "long_over_short": round(costs[-1] / costs[0], 2),
+        "long_over_middle": round(costs[-1] / costs[1], 2),
     }
 
 
@@ -486,10 +494,13 @@ def render(results: Results) -> str:
         )
     h = results.history
     if h:
+        costs = ", ".join(
+            f"{us} µs after {n} ({size} B)"
+            for n, us, size in zip(h["history_events"], h["us_per_event"], h["state_bytes"], strict=True)
+        )
         out.append(
-            f"per-event cost (step + state codec), customer {h['customer']}: {h['short_us_per_event']} µs after "
-            f"{h['short_history_events']} events, {h['long_us_per_event']} µs after {h['long_history_events']} "
-            f"events (x{h['long_over_short']}); state {h['state_bytes_short']} B vs {h['state_bytes_long']} B"
+            f"per-event cost (step + state codec), one customer ({h['customer']}) as its history grows: {costs}; "
+            f"{h['lots_kept']} FIFO lots kept (cap {h['lot_cap']})"
         )
     return "\n".join(out)
 

@@ -15,10 +15,12 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 from streams.commands import berka_lines, start_producer
+from streams.embedded import free_port
 from streams.errors import ConfigError
 from streams.keys import Keys
 from streams.orchestra import LocalRun
@@ -64,12 +66,35 @@ def run_demo(settings: Settings, berka_dir: Path | None, rate: float) -> int:
             flush=True,
         )
         run.start_worker()
+        console = _start_console(run, log_dir)
+        print(f"  web console: {console}   (live alerts, customer pages, tiers; no token in demo mode)", flush=True)
         try:
             asyncio.run(_live(run, lines, rate, watched))
         except KeyboardInterrupt:
             print("\nstopping: worker, broker, Redis ...", flush=True)
     print("stopped.")
     return 0
+
+
+def _start_console(run: LocalRun, log_dir: Path) -> str:
+    """``fundflow api --demo`` beside the worker; stopped with it (it is in ``run.workers``)."""
+    import socket
+    import subprocess
+
+    port = 8080
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            port = free_port()
+    with (log_dir / "api.log").open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "api", "--demo", "--port", str(port)],
+            env=run.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    run.workers.append(process)
+    return f"http://127.0.0.1:{port}/"
 
 
 async def _live(run: LocalRun, lines: list[bytes], rate: float, watched: list[str]) -> None:
@@ -97,7 +122,8 @@ async def _live(run: LocalRun, lines: list[bytes], rate: float, watched: list[st
                 if state is not None and state.last_us is not None:
                     customers.append(customer_row(state, state.last_us, settings))
             done = replay_task.done()
-            view.draw(applied, sent[0], speed, lag, customers, now - started, done and lag == 0)
+            alerts = await _latest_alert(client, store.keys)
+            view.draw(applied, sent[0], speed, lag, customers, now - started, done and lag == 0, alerts)
             if done and replay_task.exception():
                 raise replay_task.exception()  # type: ignore[misc]
     finally:
@@ -106,6 +132,18 @@ async def _live(run: LocalRun, lines: list[bytes], rate: float, watched: list[st
             await replay_task
         await producer.stop()
         await client.aclose()
+
+
+async def _latest_alert(redis: Any, keys: Keys) -> str:
+    count = int(await redis.xlen(keys.feed))
+    if not count:
+        return "alerts: none yet"
+    newest = await redis.xrevrange(keys.feed, count=1)
+    finding = orjson.loads(newest[0][1][b"v"])
+    return (
+        f"alerts: {count} so far; latest {finding.get('severity')} {finding.get('rule')} "
+        f"for {finding.get('customer_id')} at {finding.get('ts')}"
+    )
 
 
 class _View:
@@ -124,6 +162,7 @@ class _View:
         customers: list[dict[str, object]],
         elapsed: float,
         finished: bool,
+        alerts: str = "",
     ) -> None:
         self.ticks += 1
         share = min(applied / self.total, 1.0) if self.total else 0.0
@@ -143,6 +182,8 @@ class _View:
                 f"{shown:>10} {row['inflow_30d']:>12} {row['outflow_30d']:>12} "
                 f"{','.join(row['segments']) or '—'}"  # type: ignore[arg-type]
             )
+        if alerts:
+            out.append(alerts)
         out.append("replay finished: everything processed. Ctrl-C to stop." if finished else "Ctrl-C to stop.")
         if self.tty:
             if self.drawn:

@@ -64,8 +64,10 @@ def route(line: Line) -> tuple[str, bytes | None, dict[str, Any] | None]:
     return topic, key, obj
 
 
-def with_fresh_ids(lines: Iterable[Line], loop: int, shift_days: int) -> Iterator[Line]:
-    """The same events as new traffic: txn_id/loan_id suffixed, ts moved forward."""
+def with_fresh_ids(lines: Iterable[Line], loop: int, shift_days: int, fresh_customers: bool = False) -> Iterator[Line]:
+    """The same events as new traffic: txn_id/loan_id suffixed, ts moved forward; with
+    ``fresh_customers`` the customers are new too (``C~loop``): more customers, not
+    longer histories (the benchmark's throughput stages)."""
     if loop == 0:
         yield from lines
         return
@@ -75,7 +77,10 @@ def with_fresh_ids(lines: Iterable[Line], loop: int, shift_days: int) -> Iterato
         if obj is None:
             yield line
             continue
-        for id_field in ("txn_id", "loan_id"):
+        id_fields = (
+            ("txn_id", "loan_id", "customer_id", "payer_customer_id") if fresh_customers else ("txn_id", "loan_id")
+        )
+        for id_field in id_fields:
             if isinstance(obj.get(id_field), str):
                 obj[id_field] = f"{obj[id_field]}~{loop}"
         if isinstance(obj.get("ts"), str):
