@@ -129,6 +129,10 @@ class CustomerState:
     # Owned by the business rules (rules.engine): edge-trigger flags, cool-downs, push caps.
     # JSON-serialisable values only; stored with the state, so it commits atomically with it.
     rule_state: dict[str, Any] = field(default_factory=dict)
+    # Owned by the pipeline (streams.pipeline): the highest input offset seen per
+    # "topic:partition" for this customer, so a redelivered record is known as one even
+    # when its txn_id has aged out of ``seen`` (event time can run months ahead in a replay).
+    offsets: dict[str, int] = field(default_factory=dict)
 
 
 def local_day(ts_us: int, zone: ZoneInfo) -> int:
@@ -183,12 +187,15 @@ def apply_transaction(
     """Advance ``state`` by one TransactionEvent (in arrival order)."""
     ts_us = to_us(event.ts)
     fingerprint = fingerprint or content_hash(event, ts_us)
-    # Checked first, so the answer never depends on when ``seen`` was last pruned.
-    if state.last_txn_us is not None and ts_us <= state.last_txn_us - config.dedup_horizon_us:
-        return Outcome.TOO_LATE
+    # A txn_id we still remember is a repeat whatever its age: a redelivery after a crash
+    # can carry an event time far behind what the customer has reached since (event time
+    # runs fast in a replay), and must not become a dead letter. Only an id we cannot
+    # remember, older than the horizon, is refused as too late to tell.
     known = state.seen.get(event.txn_id)
     if known is not None:
         return Outcome.DUPLICATE if known[0] == fingerprint else Outcome.CONFLICT
+    if state.last_txn_us is not None and ts_us <= state.last_txn_us - config.dedup_horizon_us:
+        return Outcome.TOO_LATE
     state.seen[event.txn_id] = (fingerprint, ts_us)
 
     credit = event.direction == "credit"

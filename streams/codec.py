@@ -78,6 +78,8 @@ def encode_state(state: CustomerState) -> bytes:
         blob["im"] = {str(month): _dec(total) for month, total in state.income_months.items()}
     if state.rule_state:
         blob["r"] = state.rule_state
+    if state.offsets:
+        blob["ko"] = state.offsets
     return orjson.dumps(blob)
 
 
@@ -116,4 +118,5 @@ def decode_state(data: bytes) -> CustomerState:
         state.salary_payer, state.salary_payer_us = blob["sp"]
     state.income_months = {int(month): Decimal(total) for month, total in blob.get("im", {}).items()}
     state.rule_state = blob.get("r", {})
+    state.offsets = blob.get("ko", {})
     return state

@@ -200,6 +200,13 @@ class BatchProcessor:
                 duplicate_ids: list[int] = []
                 for record, event in by_customer[cid]:
                     outcome, findings = self.step(state, event)
+                    where = f"{record.topic}:{record.partition}"
+                    if outcome is Outcome.TOO_LATE and record.offset <= state.offsets.get(where, -1):
+                        # a redelivery of a record this customer's state already went past (its
+                        # txn_id aged out of the dedup horizon meanwhile): a repeat, not late input
+                        outcome = Outcome.DUPLICATE
+                    elif record.offset > state.offsets.get(where, -1):
+                        state.offsets[where] = record.offset
                     if outcome is Outcome.APPLIED:
                         applied += 1
                         applied_ids.append(id(record))

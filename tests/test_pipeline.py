@@ -166,3 +166,32 @@ async def test_a_redis_that_forgot_the_commit_script_is_a_retry_not_a_failure(st
     assert (report.applied, report.duplicates) == (2, 0)
     alice = await store.read("alice")
     assert alice is not None and alice.balance == Decimal("379.50")
+
+
+def plain() -> Step:
+    def step(state: CustomerState, event: Event) -> tuple[Outcome, list[bytes]]:
+        if isinstance(event, TransactionEvent):
+            return apply_transaction(state, event, CONFIG), []
+        return apply_loan(state, event, CONFIG), []
+
+    return step
+
+
+async def test_a_redelivery_older_than_the_dedup_horizon_is_a_repeat_not_a_dead_letter(store: StateStore) -> None:
+    """In a fast replay event time can run months past a record before its offset is
+    committed; after a crash that record comes back with its txn_id aged out of the state.
+    Its offset says it is a repeat; a new record that old is still refused as too late."""
+    early, late = txn(1, "carol", "credit", "100.00", day=1), txn(2, "carol", "credit", "5.00", day=1)
+    late = RawRecord(TRANSACTIONS, 0, 2, b"carol", late.value.replace(b"2024-03-01", b"2024-09-30"), 0)  # type: ignore[union-attr]
+    report = await processor(store, Sink(), plain()).process([early, late])
+    assert report.applied == 2
+    state = await store.read("carol")
+    assert state is not None and "t1" not in state.seen  # aged out: 213 days > the 120-day horizon
+    again = Sink()
+    report = await processor(store, again, plain()).process([early])  # a fresh worker after a crash
+    assert (report.applied, report.duplicates, report.dead_letters) == (0, 1, {})
+    new_but_old = RawRecord(TRANSACTIONS, 0, 3, b"carol", early.value.replace(b'"t1"', b'"t9"'), 0)  # type: ignore[union-attr]
+    report = await processor(store, again, plain()).process([new_but_old])
+    assert report.dead_letters == {"too_late_to_deduplicate": 1}
+    state = await store.read("carol")
+    assert state is not None and state.balance == Decimal("105.00")

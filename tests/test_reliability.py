@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -147,12 +148,15 @@ class Scenario:
         return snapshot_bytes(states, self.settings, workload)
 
     async def published(self) -> tuple[list[str], int]:
-        """Finding ids in publication order over every finding topic, and dead letters."""
+        """Finding ids in publication order over every finding topic, and dead letters
+        (their reasons are kept in ``LAST_DEAD_REASONS`` for assertion messages)."""
         ids: list[str] = []
         for topic in FINDING_TOPICS:
             ids += [orjson.loads(v)["id"] for v in await read_topic(self.settings, self.run.bootstrap, topic)]
-        dead = len(await read_topic(self.settings, self.run.bootstrap, DLQ))
-        return ids, dead
+        letters = [orjson.loads(v) for v in await read_topic(self.settings, self.run.bootstrap, DLQ)]
+        LAST_DEAD_REASONS.clear()
+        LAST_DEAD_REASONS.update(f"{letter['reason']}: {letter['error']}"[:160] for letter in letters)
+        return ids, len(letters)
 
     def finish(
         self, workload: list[bytes], produced: int | None = None, timeout: float = 120
@@ -179,13 +183,16 @@ class Scenario:
         return asyncio.run(read())
 
 
+LAST_DEAD_REASONS: Counter[str] = Counter()
+
+
 def assert_same_outcome(
     result: tuple[bytes, list[str], int], undisturbed: tuple[bytes, dict[str, bytes]], *, exact_once: bool
 ) -> None:
     state, ids, dead = result
     expected_state, expected_findings = undisturbed
     assert state == expected_state
-    assert dead == 0
+    assert dead == 0, LAST_DEAD_REASONS.most_common(5)
     assert set(ids) == set(expected_findings)
     if exact_once:
         assert len(ids) == len(set(ids)), "a finding id was published twice"
