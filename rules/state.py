@@ -129,10 +129,11 @@ class CustomerState:
     # Owned by the business rules (rules.engine): edge-trigger flags, cool-downs, push caps.
     # JSON-serialisable values only; stored with the state, so it commits atomically with it.
     rule_state: dict[str, Any] = field(default_factory=dict)
-    # Owned by the pipeline (streams.pipeline): the highest input offset seen per
-    # "topic:partition" for this customer, so a redelivered record is known as one even
-    # when its txn_id has aged out of ``seen`` (event time can run months ahead in a replay).
-    offsets: dict[str, int] = field(default_factory=dict)
+    # Owned by the pipeline (streams.pipeline): per "topic:partition", the highest input
+    # offset and the latest record timestamp (producer time, ms) seen for this customer, so
+    # a redelivered record is known as one even when its txn_id has aged out of ``seen``
+    # (event time can run months ahead in a replay).
+    offsets: dict[str, list[int]] = field(default_factory=dict)
 
 
 def local_day(ts_us: int, zone: ZoneInfo) -> int:

@@ -118,5 +118,5 @@ def decode_state(data: bytes) -> CustomerState:
         state.salary_payer, state.salary_payer_us = blob["sp"]
     state.income_months = {int(month): Decimal(total) for month, total in blob.get("im", {}).items()}
     state.rule_state = blob.get("r", {})
-    state.offsets = blob.get("ko", {})
+    state.offsets = {tp: seen if isinstance(seen, list) else [seen, -1] for tp, seen in blob.get("ko", {}).items()}
     return state

@@ -67,6 +67,33 @@ def outbox_message(entry: bytes) -> Message:
     return topic.decode(), key, value
 
 
+def _redelivered(state: CustomerState, record: RawRecord) -> bool:
+    """The same record again: at or below the highest offset of its partition this customer
+    has seen, and produced no later than the latest record seen there. A topic recreated
+    after a broker loss restarts its offsets, but what is sent anew has later timestamps,
+    so it is judged as new input (a too-late one is still dead-lettered)."""
+    seen = state.offsets.get(f"{record.topic}:{record.partition}")
+    return (
+        seen is not None
+        and record.offset <= seen[0]
+        and record.timestamp_ms is not None
+        and record.timestamp_ms <= seen[1]
+    )
+
+
+def _note_position(state: CustomerState, record: RawRecord) -> None:
+    where = f"{record.topic}:{record.partition}"
+    seen = state.offsets.get(where)
+    stamp = record.timestamp_ms if record.timestamp_ms is not None else -1
+    if seen is None or (record.offset <= seen[0] and stamp > seen[1]):
+        # first record here, or offsets went back while time went on: a new incarnation of
+        # the topic (broker loss); positions of the old one mean nothing any more
+        state.offsets[where] = [record.offset, stamp]
+    else:
+        seen[0] = max(seen[0], record.offset)
+        seen[1] = max(seen[1], stamp)
+
+
 def plain_step(config: StateConfig) -> Step:
     """The state step with no business rules attached."""
 
@@ -200,13 +227,11 @@ class BatchProcessor:
                 duplicate_ids: list[int] = []
                 for record, event in by_customer[cid]:
                     outcome, findings = self.step(state, event)
-                    where = f"{record.topic}:{record.partition}"
-                    if outcome is Outcome.TOO_LATE and record.offset <= state.offsets.get(where, -1):
-                        # a redelivery of a record this customer's state already went past (its
-                        # txn_id aged out of the dedup horizon meanwhile): a repeat, not late input
+                    if outcome is Outcome.TOO_LATE and _redelivered(state, record):
+                        # a record this customer's state already went past, back after a crash,
+                        # its txn_id aged out of the dedup horizon meanwhile: a repeat, not late input
                         outcome = Outcome.DUPLICATE
-                    elif record.offset > state.offsets.get(where, -1):
-                        state.offsets[where] = record.offset
+                    _note_position(state, record)
                     if outcome is Outcome.APPLIED:
                         applied += 1
                         applied_ids.append(id(record))

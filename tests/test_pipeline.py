@@ -193,5 +193,12 @@ async def test_a_redelivery_older_than_the_dedup_horizon_is_a_repeat_not_a_dead_
     new_but_old = RawRecord(TRANSACTIONS, 0, 3, b"carol", early.value.replace(b'"t1"', b'"t9"'), 0)  # type: ignore[union-attr]
     report = await processor(store, again, plain()).process([new_but_old])
     assert report.dead_letters == {"too_late_to_deduplicate": 1}
+    # a broker that lost its topics restarts offsets at 0; what is sent anew is produced later
+    resent = RawRecord(TRANSACTIONS, 0, 1, b"carol", early.value.replace(b'"t1"', b'"t8"'), 10_000)  # type: ignore[union-attr]
+    resent_too = RawRecord(TRANSACTIONS, 0, 2, b"carol", early.value.replace(b'"t1"', b'"t7"'), 10_000)  # type: ignore[union-attr]
+    report = await processor(store, again, plain()).process([resent, resent_too])
+    assert report.dead_letters == {"too_late_to_deduplicate": 2}
+    # (a refused record changes no state, so nothing remembers it: were it redelivered, it
+    # would be dead-lettered again; dead letters are at-least-once)
     state = await store.read("carol")
     assert state is not None and state.balance == Decimal("105.00")
