@@ -335,7 +335,7 @@ def history_cost(lines: list[bytes], settings: Settings, long_events: int, measu
         started = time.perf_counter()
         for event in islice(stream, n):
             step(state, event)
-            state = decode_state(encode_state(state))
+            state = decode_state(encode_state(state, compress=settings.compress_state))
         return (time.perf_counter() - started) / n * 1e6, state
 
     # one customer's history grows; the cost is measured after 50 events, then after 10% and
@@ -352,7 +352,7 @@ def history_cost(lines: list[bytes], settings: Settings, long_events: int, measu
         lengths.append(done)
         cost, state = timed(state, stream, measured)
         costs.append(cost)
-        sizes.append(len(encode_state(state)))
+        sizes.append(len(encode_state(state, compress=settings.compress_state)))
         done += measured
     return {
         "customer": customer,

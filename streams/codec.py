@@ -1,13 +1,17 @@
 """``CustomerState`` <-> the compact JSON blob stored in Redis (``ff:{C}:state`` field ``s``).
 
 Money is written as decimal strings and read back with ``Decimal``: no float
-ever touches a stored amount. Short keys keep a Berka customer well under
-2 KiB. The blob carries a format number ``f``; a reader that meets a newer
-format refuses it (``ValueError``) rather than misreading money.
+ever touches a stored amount. The blob carries a format number ``f``; a reader
+that meets a newer format refuses it (``ValueError``) rather than misreading
+money. ``compress=True`` (what the worker writes, ``FUNDFLOW_COMPRESS_STATE``)
+stores the JSON zlib-compressed at level 1: about 2.6x smaller for ~15 µs; the
+reader tells the two apart by the first byte (``{`` is JSON), so blobs written
+either way, before or after a change of the setting, stay readable.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections import deque
 from decimal import Decimal
 from typing import Any
@@ -17,13 +21,14 @@ import orjson
 from rules.state import ZERO, CustomerState, EventRecord, LoanPoint
 
 FORMAT = 1
+ZLIB_LEVEL = 1
 
 
 def _dec(value: Decimal) -> str:
     return str(value)
 
 
-def encode_state(state: CustomerState) -> bytes:
+def encode_state(state: CustomerState, *, compress: bool = False) -> bytes:
     # The hot path of every commit: plain loops, no per-field helper calls.
     events: list[list[Any]] = []
     append = events.append
@@ -80,10 +85,16 @@ def encode_state(state: CustomerState) -> bytes:
         blob["r"] = state.rule_state
     if state.offsets:
         blob["ko"] = state.offsets
-    return orjson.dumps(blob)
+    data = orjson.dumps(blob)
+    return zlib.compress(data, ZLIB_LEVEL) if compress else data
 
 
 def decode_state(data: bytes) -> CustomerState:
+    if data[:1] != b"{":
+        try:
+            data = zlib.decompress(data)
+        except zlib.error as exc:
+            raise ValueError(f"state blob is neither JSON nor zlib: {exc}") from None
     blob = orjson.loads(data)
     if blob.get("f") != FORMAT:
         raise ValueError(f"unknown state format {blob.get('f')!r}")

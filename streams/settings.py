@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     retry_initial_seconds: float = Field(default=0.05, gt=0)
     retry_max_seconds: float = Field(default=5.0, gt=0)
     max_event_bytes: int = Field(default=64 * 1024, ge=256, description="larger records are dead-lettered")
+    compress_state: bool = Field(default=True, description="zlib the state blobs in Redis (~2.6x less memory)")
     cache_customers: int = Field(default=200_000, ge=0, description="states a worker keeps in memory")
 
     # --- metrics (../shared/spec/metrics.md) -------------------------------

@@ -105,9 +105,10 @@ def connect(url: str) -> aioredis.Redis:
 
 
 class StateStore:
-    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
+    def __init__(self, client: aioredis.Redis, keys: Keys, *, compress: bool = True) -> None:
         self.redis = client
         self.keys = keys
+        self.compress = compress  # how new blobs are written; both kinds are always read
         self._commit = client.register_script(COMMIT_LUA)
         self._confirm = client.register_script(CONFIRM_LUA)
         self._scripts_loaded = False  # SCRIPT LOAD once, then plain EVALSHA (a restarted Redis -> again)
@@ -136,6 +137,7 @@ class StateStore:
             return set()
         sha = self._commit.sha
         state_key, outbox_key, alerts_key = self.keys.state, self.keys.outbox, self.keys.alerts
+        compress = self.compress
         with _round_trip("commit"):
             if not self._scripts_loaded:
                 await self.redis.script_load(COMMIT_LUA)
@@ -143,9 +145,10 @@ class StateStore:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for c in commits:
                     cid, version = c.customer_id, c.expected_version
+                    blob = encode_state(c.state, compress=compress)
                     pipe.evalsha(
                         sha, 3, state_key(cid), outbox_key(cid), alerts_key(cid),
-                        version, version + 1, encode_state(c.state), RECENT_ALERTS_KEPT, *c.findings,
+                        version, version + 1, blob, RECENT_ALERTS_KEPT, *c.findings,
                     )  # fmt: skip
                 try:
                     replies = await pipe.execute()

@@ -12,7 +12,7 @@ import pytest
 
 from rules.events import Event, TransactionEvent
 from rules.state import CustomerState, Outcome, StateConfig, apply_loan, apply_transaction
-from streams.codec import encode_state
+from streams.codec import decode_state, encode_state
 from streams.decode import RawRecord
 from streams.errors import TransientError
 from streams.keys import Keys
@@ -202,3 +202,22 @@ async def test_a_redelivery_older_than_the_dedup_horizon_is_a_repeat_not_a_dead_
     # would be dead-lettered again; dead letters are at-least-once)
     state = await store.read("carol")
     assert state is not None and state.balance == Decimal("105.00")
+
+
+async def test_state_blobs_are_compressed_and_old_plain_blobs_still_read(store: StateStore) -> None:
+    sink = Sink()
+    await processor(store, sink).process(batch())
+    blob = await store.redis.hget(store.keys.state("alice"), "s")
+    assert blob is not None and blob[:1] != b"{"  # zlib, as the worker writes by default
+    alice = await store.read("alice")
+    assert alice is not None
+    plain_blob = encode_state(alice)  # what an older version (or FUNDFLOW_COMPRESS_STATE=false) wrote
+    assert plain_blob[:1] == b"{" and len(blob) < len(plain_blob)
+    await store.redis.hset(store.keys.state("alice"), "s", plain_blob)
+    fresh = processor(store, Sink())
+    report = await fresh.process([txn(9, "alice", "credit", "1.00", day=4)])
+    assert report.applied == 1
+    again = await store.read("alice")
+    assert again is not None and again.balance == alice.balance + Decimal("1.00")
+    with pytest.raises(ValueError, match="neither JSON nor zlib"):
+        decode_state(b"\x00 not a state")
