@@ -11,16 +11,22 @@ import os
 import subprocess
 import sys
 import time
+from decimal import Decimal
 from pathlib import Path
+from typing import cast
 
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
 from alerts.receiver_example import RECEIVED, STATS, make_app
+from rules.contribution import tier_of
 from streams.embedded import Stack, ensure_topics, free_port
+from streams.keys import Keys
 from streams.orchestra import read_topic
 from streams.settings import Settings
+from streams.store import connect
+from streams.tiers import read_cuts
 from streams.topics import ALERTS, MARKETING, RECOMMENDATIONS, TRANSACTIONS, all_topics
 from tests.test_webhook import SECRET, Receiver
 
@@ -141,16 +147,36 @@ def customer_tier(stack: Stack, tmp: Path, customer: str) -> str | None:
     return orjson.loads(result.stdout).get("tier")  # type: ignore[no-any-return]
 
 
+async def worker_tiers(stack: Stack, customers: list[str]) -> dict[str, str | None]:
+    """The tiers the worker itself attaches to alerts: the contributions and cut points of
+    its last refresh, as it published them (``customer show`` recomputes the contribution
+    from the newest state, so it can be a refresh ahead of the worker)."""
+    client = connect(stack.redis_url)
+    try:
+        keys = Keys("tiers-e2e")
+        cuts, _ = await read_cuts(client, keys)
+        values = cast(list[bytes | None], await client.hmget(keys.tier_values, customers))
+    finally:
+        await client.aclose()
+    return {
+        c: tier_of(Decimal(v.decode()), cuts) if v and cuts else None for c, v in zip(customers, values, strict=True)
+    }
+
+
 async def wait_for_tiers(stack: Stack, tmp: Path, wanted: dict[str, str], worker: subprocess.Popen[bytes]) -> None:
+    """Until both `customer show` and the worker's last refresh give the wanted tiers (live
+    tiers may lag by one refresh interval: metrics.md)."""
     deadline = time.monotonic() + 90
     seen: dict[str, str | None] = {}
+    published: dict[str, str | None] = {}
     while time.monotonic() < deadline:
         assert worker.poll() is None, "worker died"
         seen = {c: customer_tier(stack, tmp, c) for c in wanted}
-        if seen == wanted:
+        published = await worker_tiers(stack, list(wanted))
+        if seen == wanted and published == wanted:
             return
         await asyncio.sleep(1)
-    raise AssertionError(f"tiers {seen}, wanted {wanted}")
+    raise AssertionError(f"tiers {seen} (worker: {published}), wanted {wanted}")
 
 
 async def test_tiers_follow_balances_through_a_worker(stack: Stack, tmp_path: Path) -> None:
