@@ -31,7 +31,7 @@ import datetime as dt
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from decimal import ROUND_DOWN, Decimal
+from decimal import ROUND_DOWN, Decimal, localcontext
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -333,6 +333,28 @@ def _loans_as_of(state: CustomerState, ts_us: int) -> dict[str, LoanPoint]:
     return result
 
 
+def external_drift(state: CustomerState, as_of_us: int) -> tuple[Decimal, int]:
+    """``external_outflow_share_30d`` and ``external_banks_90d`` exactly as
+    ``rules.metrics.evaluate`` defines them, from one walk of the 90 days (the churn
+    check needs only these two, on every external debit's first of the day)."""
+    start_30d, start_90d = as_of_us - 30 * US_PER_DAY, as_of_us - 90 * US_PER_DAY
+    outflow = external = ZERO
+    banks: set[str] = set()
+    for record in _recent(state, start_90d):
+        flags = record.flags
+        if flags & EXTERNAL and record.bank is not None:
+            banks.add(record.bank)
+        if not flags & CREDIT and record.ts_us > start_30d:
+            outflow -= record.amount
+            if flags & EXTERNAL:
+                external -= record.amount
+    if not outflow:
+        return ZERO, len(banks)
+    with localcontext() as ctx:
+        ctx.prec = 34  # as evaluate() divides
+        return external / outflow, len(banks)
+
+
 def _streak(state: CustomerState, today: int, limit: int) -> int:
     nets = _day_nets(state, today - limit)
     streak = 0
@@ -522,11 +544,10 @@ def _churn(j: _Judge) -> None:
     last = j.memory.get("churn")
     if last is not None and last[0] == j.day:
         return  # checked today already
-    metrics = j.metrics()
-    share: Decimal = metrics["external_outflow_share_30d"]
+    share, banks = external_drift(j.state, max(j.newest, j.state.last_txn_us or 0))
     previous = Decimal(last[1]) if last is not None else ZERO
     j.memory["churn"] = [j.day, str(share)]
-    drifting = metrics["external_banks_90d"] >= rule.churn_min_banks and share >= rule.churn_share
+    drifting = banks >= rule.churn_min_banks and share >= rule.churn_share
     if j.edge("churn", drifting) and share - previous >= rule.churn_rise:
         j.emit(
             "churn_drift",
@@ -536,12 +557,11 @@ def _churn(j: _Judge) -> None:
             {
                 "external_outflow_share_30d": ratio(share),
                 "previous_share": ratio(previous),
-                "external_banks_90d": metrics["external_banks_90d"],
+                "external_banks_90d": banks,
                 "churn_share": str(rule.churn_share),
                 "churn_rise": str(rule.churn_rise),
             },
-            f"资金分散外流: 他行流出占比升至 {ratio(share)}, 涉及 {metrics['external_banks_90d']} 家他行 — "
-            "money is drifting to other banks",
+            f"资金分散外流: 他行流出占比升至 {ratio(share)}, 涉及 {banks} 家他行 — money is drifting to other banks",
         )
 
 

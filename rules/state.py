@@ -86,6 +86,9 @@ class EventRecord:
     bank: str | None  # counterparty bank when external
     consumed: Decimal = ZERO  # debit: lot amount this debit consumed (FIFO)
     weighted_age_us: Decimal = ZERO  # debit: sum of consumed piece * (debit ts - lot ts) in µs
+    # The stored form, cached by ``streams.codec`` (a record never changes once kept, and
+    # a state is written after every batch); not part of the record's value.
+    wire: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True)
@@ -114,7 +117,8 @@ class CustomerState:
     last_txn_us: int | None = None
     events: list[EventRecord] = field(default_factory=list)  # sorted by ts_us
     seen: dict[str, tuple[str, int]] = field(default_factory=dict)  # txn_id -> (content hash, ts_us)
-    lots: deque[list[Any]] = field(default_factory=deque)  # [remaining amount: Decimal, ts_us: int]
+    # [remaining amount: Decimal, ts_us: int, stored form cached by streams.codec or None]
+    lots: deque[list[Any]] = field(default_factory=deque)
     overdraft: Decimal = ZERO
     ledger: dict[str, tuple[int, Decimal]] = field(default_factory=dict)  # account -> (ts_us, balance_after)
     kept_from_day: int | None = None  # events of earlier days are pruned (outside every window)
@@ -261,13 +265,15 @@ def _credit_lots(state: CustomerState, amount: Decimal, ts_us: int, lot_cap: int
             return
     lots = state.lots
     if len(lots) >= lot_cap:
-        first_amount, first_us = lots.popleft()
+        first = lots.popleft()
+        first_amount, first_us = first[0], first[1]
         second = lots[0]
         total: Decimal = first_amount + second[0]
         mean_us: Decimal = (first_amount * first_us + second[0] * second[1]) / total
         second[0] = total
         second[1] = int(mean_us.to_integral_value())
-    lots.append([amount, ts_us])
+        second[2] = None  # changed: its stored form is stale
+    lots.append([amount, ts_us, None])
 
 
 def _debit_lots(state: CustomerState, record: EventRecord) -> None:
@@ -286,6 +292,7 @@ def _debit_lots(state: CustomerState, record: EventRecord) -> None:
             lots.popleft()
         else:
             lot[0] = remaining - piece
+            lot[2] = None  # changed: its stored form is stale
     if wanted:
         state.overdraft += wanted
     record.consumed = consumed

@@ -163,7 +163,7 @@ def create_app(
 
         step = build_step(settings, tier_of=tiers.tier_of)
     processor = BatchProcessor(
-        StateStore(redis, keys, compress=settings.compress_state),
+        StateStore(redis, keys, compress=settings.compress_state, cluster=settings.redis_cluster),
         step,
         emitter or FaustEmitter(app),
         max_event_bytes=settings.max_event_bytes,

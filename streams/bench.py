@@ -310,8 +310,10 @@ async def redis_memory(run: LocalRun, prefix: str) -> dict[str, Any]:
 
 
 def history_cost(lines: list[bytes], settings: Settings, long_events: int, measured: int) -> dict[str, Any]:
-    """µs per event (step + state encode + decode, what one event costs beyond Kafka and
-    Redis) for one customer after a short and after a very long history."""
+    """µs per event for one customer after a short and after a very long history: the
+    step and the state encode, what each event costs a worker that holds the customer in
+    its cache (beyond Kafka and Redis); and the decode a cache miss adds (after a restart
+    or a rebalance)."""
     from rules.events import LoanEvent, TransactionEvent
     from rules.state import CustomerState
     from streams.codec import decode_state, encode_state
@@ -331,12 +333,16 @@ def history_cost(lines: list[bytes], settings: Settings, long_events: int, measu
 
     def timed(
         state: CustomerState, stream: Iterator[TransactionEvent | LoanEvent], n: int
-    ) -> tuple[float, CustomerState]:
+    ) -> tuple[float, float, CustomerState]:
         started = time.perf_counter()
         for event in islice(stream, n):
             step(state, event)
-            state = decode_state(encode_state(state, compress=settings.compress_state))
-        return (time.perf_counter() - started) / n * 1e6, state
+            blob = encode_state(state, compress=settings.compress_state)
+        elapsed = time.perf_counter() - started
+        started = time.perf_counter()
+        for _ in range(n):
+            decode_state(blob)
+        return elapsed / n * 1e6, (time.perf_counter() - started) / n * 1e6, state
 
     # one customer's history grows; the cost is measured after 50 events, then after 10% and
     # all of ``long_events`` (each measurement's own events count into the history after it)
@@ -344,14 +350,15 @@ def history_cost(lines: list[bytes], settings: Settings, long_events: int, measu
     state = CustomerState(customer)
     stream = events()
     done = 0
-    costs, sizes, lengths = [], [], []
+    costs, misses, sizes, lengths = [], [], [], []
     for point in points:
         for event in islice(stream, max(point - done, 0)):
             step(state, event)
         done = max(point, done)
         lengths.append(done)
-        cost, state = timed(state, stream, measured)
+        cost, miss, state = timed(state, stream, measured)
         costs.append(cost)
+        misses.append(miss)
         sizes.append(len(encode_state(state, compress=settings.compress_state)))
         done += measured
     return {
@@ -359,6 +366,7 @@ def history_cost(lines: list[bytes], settings: Settings, long_events: int, measu
         "events_per_loop": len(own),
         "history_events": lengths,
         "us_per_event": [round(c, 1) for c in costs],
+        "us_decode_on_cache_miss": [round(c, 1) for c in misses],
         "state_bytes": sizes,
         "lots_kept": len(state.lots),
         "lot_cap": settings.lot_cap,
@@ -494,12 +502,14 @@ def render(results: Results) -> str:
         )
     h = results.history
     if h:
+        history_rows = zip(
+            h["history_events"], h["us_per_event"], h["us_decode_on_cache_miss"], h["state_bytes"], strict=True
+        )
         costs = ", ".join(
-            f"{us} µs after {n} ({size} B)"
-            for n, us, size in zip(h["history_events"], h["us_per_event"], h["state_bytes"], strict=True)
+            f"{us} µs after {n} (+{miss} µs on a cache miss; {size} B)" for n, us, miss, size in history_rows
         )
         out.append(
-            f"per-event cost (step + state codec), one customer ({h['customer']}) as its history grows: {costs}; "
+            f"per-event cost (step + state encode), one customer ({h['customer']}) as its history grows: {costs}; "
             f"{h['lots_kept']} FIFO lots kept (cap {h['lot_cap']})"
         )
     return "\n".join(out)

@@ -4,41 +4,85 @@ Money is written as decimal strings and read back with ``Decimal``: no float
 ever touches a stored amount. The blob carries a format number ``f``; a reader
 that meets a newer format refuses it (``ValueError``) rather than misreading
 money. ``compress=True`` (what the worker writes, ``FUNDFLOW_COMPRESS_STATE``)
-stores the JSON zlib-compressed at level 1: about 2.6x smaller for ~15 µs; the
-reader tells the two apart by the first byte (``{`` is JSON), so blobs written
-either way, before or after a change of the setting, stay readable.
+stores the JSON as a Zstandard frame at level 1: about 2.5x smaller for ~8 µs
+(zlib, which earlier versions wrote, took 3x as long for the same size). The
+reader tells the kinds apart by their first bytes (``{`` is JSON, the zstd
+frame magic, else zlib), so blobs written any way, before or after a change of
+the setting or the version, stay readable.
 """
 
 from __future__ import annotations
 
+import threading
 import zlib
 from collections import deque
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
 import orjson
+import zstandard
 
 from rules.state import ZERO, CustomerState, EventRecord, LoanPoint
 
 FORMAT = 1
-ZLIB_LEVEL = 1
+ZSTD_LEVEL = 1
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_codecs = threading.local()  # zstd (de)compressors are not safe to share between threads
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    compressor = getattr(_codecs, "compressor", None)
+    if compressor is None:
+        compressor = _codecs.compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    return compressor
+
+
+def _compress(data: bytes) -> bytes:
+    return _compressor().compress(data)
+
+
+def _decompress(data: bytes) -> bytes:
+    if data[:4] == ZSTD_MAGIC:
+        decompressor = getattr(_codecs, "decompressor", None)
+        if decompressor is None:
+            decompressor = _codecs.decompressor = zstandard.ZstdDecompressor()
+        try:
+            return decompressor.decompress(data)
+        except zstandard.ZstdError as exc:
+            raise ValueError(f"state blob is a broken zstd frame: {exc}") from None
+    try:
+        return zlib.decompress(data)
+    except zlib.error as exc:
+        raise ValueError(f"state blob is neither JSON, zstd nor zlib: {exc}") from None
 
 
 def _dec(value: Decimal) -> str:
     return str(value)
 
 
+def _event_row(r: EventRecord) -> list[Any]:
+    if r.consumed or r.weighted_age_us:
+        return [r.ts_us, r.day, str(r.amount), r.flags, r.bank, str(r.consumed), str(r.weighted_age_us)]
+    if r.bank is not None:
+        return [r.ts_us, r.day, str(r.amount), r.flags, r.bank]
+    return [r.ts_us, r.day, str(r.amount), r.flags]
+
+
+def _lot_wire(lot: list[Any]) -> orjson.Fragment:
+    wire = lot[2] = orjson.Fragment(b'["%s",%d]' % (str(lot[0]).encode(), lot[1]))
+    return wire
+
+
 def encode_state(state: CustomerState, *, compress: bool = False) -> bytes:
     # The hot path of every commit: plain loops, no per-field helper calls.
-    events: list[list[Any]] = []
+    events: list[orjson.Fragment] = []
     append = events.append
     for r in state.events:
-        if r.consumed or r.weighted_age_us:
-            append([r.ts_us, r.day, str(r.amount), r.flags, r.bank, str(r.consumed), str(r.weighted_age_us)])
-        elif r.bank is not None:
-            append([r.ts_us, r.day, str(r.amount), r.flags, r.bank])
-        else:
-            append([r.ts_us, r.day, str(r.amount), r.flags])
+        wire = r.wire
+        if wire is None:
+            wire = r.wire = orjson.Fragment(orjson.dumps(_event_row(r)))
+        append(wire)
     blob: dict[str, Any] = {
         "f": FORMAT,
         "c": state.customer_id,
@@ -49,7 +93,7 @@ def encode_state(state: CustomerState, *, compress: bool = False) -> bytes:
         "lt": state.last_txn_us,
         "e": events,
         "s": state.seen,  # txn_id -> (hash, ts): orjson writes the tuples as arrays
-        "l": [[str(lot[0]), lot[1]] for lot in state.lots],
+        "l": [lot[2] or _lot_wire(lot) for lot in state.lots],
         "t": state.applied_total,
     }
     if state.overdraft:
@@ -86,15 +130,24 @@ def encode_state(state: CustomerState, *, compress: bool = False) -> bytes:
     if state.offsets:
         blob["ko"] = state.offsets
     data = orjson.dumps(blob)
-    return zlib.compress(data, ZLIB_LEVEL) if compress else data
+    return _compress(data) if compress else data
+
+
+def encode_states(states: Sequence[CustomerState], *, compress: bool = False) -> list[bytes]:
+    """Many states, as ``encode_state`` writes each, compressed in one call. A compressor
+    releases the GIL while it works, and Faust's consumer thread takes it each time and
+    holds it until it blocks: once per blob, that stalled a worker by ~20%; once per batch
+    it costs nothing."""
+    plain: list[bytes | bytearray | memoryview] = [encode_state(state) for state in states]
+    if not compress or not plain:
+        return [bytes(blob) for blob in plain]
+    frames = _compressor().multi_compress_to_buffer(plain)
+    return [frames[i].tobytes() for i in range(len(frames))]
 
 
 def decode_state(data: bytes) -> CustomerState:
     if data[:1] != b"{":
-        try:
-            data = zlib.decompress(data)
-        except zlib.error as exc:
-            raise ValueError(f"state blob is neither JSON nor zlib: {exc}") from None
+        data = _decompress(data)
     blob = orjson.loads(data)
     if blob.get("f") != FORMAT:
         raise ValueError(f"unknown state format {blob.get('f')!r}")
@@ -116,7 +169,7 @@ def decode_state(data: bytes) -> CustomerState:
             record.weighted_age_us = Decimal(row[6])
         state.events.append(record)
     state.seen = {txn: (entry[0], entry[1]) for txn, entry in blob["s"].items()}
-    state.lots = deque([Decimal(amount), ts] for amount, ts in blob["l"])
+    state.lots = deque([Decimal(amount), ts, None] for amount, ts in blob["l"])
     state.ledger = {acct: (entry[0], Decimal(entry[1])) for acct, entry in blob.get("g", {}).items()}
     if "cd" in blob:
         state.carry_day, state.carry_streak = blob["cd"]

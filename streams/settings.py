@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None, description="redis://[user:password@]host:port/db or rediss://; unset = embedded"
     )
+    redis_cluster: bool = Field(default=False, description="Redis Cluster: group each commit script call by hash slot")
     kafka_security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
     kafka_sasl_mechanism: str | None = None  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
     kafka_sasl_username: str | None = None
@@ -61,7 +62,7 @@ class Settings(BaseSettings):
     retry_initial_seconds: float = Field(default=0.05, gt=0)
     retry_max_seconds: float = Field(default=5.0, gt=0)
     max_event_bytes: int = Field(default=64 * 1024, ge=256, description="larger records are dead-lettered")
-    compress_state: bool = Field(default=True, description="zlib the state blobs in Redis (~2.6x less memory)")
+    compress_state: bool = Field(default=True, description="zstd-compress the state blobs in Redis (~2.5x less memory)")
     cache_customers: int = Field(default=200_000, ge=0, description="states a worker keeps in memory")
 
     # --- metrics (../shared/spec/metrics.md) -------------------------------

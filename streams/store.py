@@ -2,7 +2,7 @@
 
 One round trip loads the states of a batch's customers (with any outbox left
 by a crashed predecessor); one round trip commits the batch. The commit is a
-Lua script per customer, pipelined, that in one atomic step
+Lua script that, for each customer of the batch, in one atomic step
 
 1. checks the state version it read (compare-and-set): a stale owner after a
    rebalance, or a second worker, fails instead of overwriting;
@@ -10,8 +10,10 @@ Lua script per customer, pipelined, that in one atomic step
    idempotency record and the state can never disagree);
 3. appends the batch's findings to the customer's outbox and recent-alerts list.
 
-Each script touches only one customer's keys (one hash tag), so this runs on
-Redis Cluster unchanged. Connection errors surface as ``TransientError``; the
+A customer's keys share one hash tag. One script call carries many customers
+(the client's per-command cost, not Redis' work, limits a worker); on Redis
+Cluster (``cluster=True``, ``FUNDFLOW_REDIS_CLUSTER``) a call carries only
+customers of one hash slot. Connection errors surface as ``TransientError``; the
 caller backs off and retries the whole batch.
 """
 
@@ -22,37 +24,53 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
+import hiredis
 import redis.asyncio as aioredis
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import DataError, NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from rules.state import CustomerState
 from streams import telemetry
-from streams.codec import decode_state, encode_state
+from streams.codec import decode_state, encode_states
 from streams.errors import TransientError
 from streams.keys import Keys
 
 log = logging.getLogger(__name__)
 
 RECENT_ALERTS_KEPT = 200
+COMMIT_CHUNK = 256  # customers per commit script call (bounds one call's time in Redis)
 
-# KEYS: state, outbox, recent alerts. ARGV: expected version, new version, blob, kept, findings...
+# The commit of many customers in one call, each customer atomic on its own keys.
+# KEYS: per customer: state, outbox, recent alerts.
+# ARGV: kept, then per customer: expected version, new version, blob, number of findings, findings...
+# Returns 1 (committed) or 0 (version moved: not written) per customer, in order.
 COMMIT_LUA = """
-local current = redis.call('HGET', KEYS[1], 'v')
-if not current then current = '0' end
-if current ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'v', ARGV[2], 's', ARGV[3])
-if #ARGV > 4 then
-  for i = 5, #ARGV do
-    redis.call('RPUSH', KEYS[2], ARGV[i])
-    redis.call('LPUSH', KEYS[3], ARGV[i])
+local kept = tonumber(ARGV[1])
+local result = {}
+local a = 2
+for k = 1, #KEYS, 3 do
+  local n = tonumber(ARGV[a + 3])
+  local current = redis.call('HGET', KEYS[k], 'v') or '0'
+  if current == ARGV[a] then
+    redis.call('HSET', KEYS[k], 'v', ARGV[a + 1], 's', ARGV[a + 2])
+    if n > 0 then
+      for i = a + 4, a + 3 + n do
+        redis.call('RPUSH', KEYS[k + 1], ARGV[i])
+        redis.call('LPUSH', KEYS[k + 2], ARGV[i])
+      end
+      redis.call('LTRIM', KEYS[k + 2], 0, kept - 1)
+    end
+    result[#result + 1] = 1
+  else
+    result[#result + 1] = 0
   end
-  redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[4]) - 1)
+  a = a + 4 + n
 end
-return 1
+return result
 """
 
 # KEYS: outbox. ARGV: entries confirmed published.
@@ -98,16 +116,38 @@ def _round_trip(operation: str) -> Iterator[None]:
         telemetry.REDIS_SECONDS.labels(operation).observe(time.perf_counter() - started)
 
 
+class _HiredisPacking:
+    """redis-py's asyncio connections pack every command in Python, argument by argument
+    (its sync client uses hiredis when installed); a commit call has thousands of
+    arguments, so pack them in C, as ``redis.connection.HiredisRespSerializer`` does."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        if isinstance(args[0], str):
+            args = tuple(args[0].encode().split()) + args[1:]
+        elif b" " in args[0]:
+            args = tuple(args[0].split()) + args[1:]
+        plain: Any = tuple(bytes(a) if isinstance(a, (bytearray, memoryview)) else a for a in args)
+        try:
+            return [hiredis.pack_command(plain)]
+        except TypeError as exc:
+            raise DataError(str(exc)) from None
+
+
 def connect(url: str) -> aioredis.Redis:
-    return aioredis.Redis.from_url(
+    client = aioredis.Redis.from_url(
         url, decode_responses=False, socket_timeout=5, socket_connect_timeout=5, health_check_interval=10
     )
+    pool = client.connection_pool
+    base = pool.connection_class  # plain, TLS or unix socket, by the URL
+    pool.connection_class = type(f"Hiredis{base.__name__}", (_HiredisPacking, base), {})
+    return client
 
 
 class StateStore:
-    def __init__(self, client: aioredis.Redis, keys: Keys, *, compress: bool = True) -> None:
+    def __init__(self, client: aioredis.Redis, keys: Keys, *, compress: bool = True, cluster: bool = False) -> None:
         self.redis = client
         self.keys = keys
+        self.cluster = cluster  # Redis Cluster: one commit call per hash slot
         self.compress = compress  # how new blobs are written; both kinds are always read
         self._commit = client.register_script(COMMIT_LUA)
         self._confirm = client.register_script(CONFIRM_LUA)
@@ -132,7 +172,11 @@ class StateStore:
 
     async def commit(self, commits: Sequence[Commit]) -> set[str]:
         """Apply every commit atomically per customer; returns the customers whose
-        version check failed (their state must be re-read and recomputed)."""
+        version check failed (their state must be re-read and recomputed).
+
+        One script call carries up to ``COMMIT_CHUNK`` customers (per-command cost in the
+        client, not Redis' work, is what limits a worker); with ``cluster=True`` a call only
+        holds customers of one hash slot, as Redis Cluster requires."""
         if not commits:
             return set()
         sha = self._commit.sha
@@ -142,20 +186,35 @@ class StateStore:
             if not self._scripts_loaded:
                 await self.redis.script_load(COMMIT_LUA)
                 self._scripts_loaded = True
+            groups = self._groups(commits)
             async with self.redis.pipeline(transaction=False) as pipe:
-                for c in commits:
-                    cid, version = c.customer_id, c.expected_version
-                    blob = encode_state(c.state, compress=compress)
-                    pipe.evalsha(
-                        sha, 3, state_key(cid), outbox_key(cid), alerts_key(cid),
-                        version, version + 1, blob, RECENT_ALERTS_KEPT, *c.findings,
-                    )  # fmt: skip
+                for group in groups:
+                    keys: list[str] = []
+                    args: list[bytes | str | int] = [RECENT_ALERTS_KEPT]
+                    blobs = encode_states([c.state for c in group], compress=compress)
+                    for c, blob in zip(group, blobs, strict=True):
+                        cid, version = c.customer_id, c.expected_version
+                        keys += (state_key(cid), outbox_key(cid), alerts_key(cid))
+                        args += (version, version + 1, blob, len(c.findings))
+                        args += c.findings
+                    pipe.evalsha(sha, len(keys), *keys, *args)
                 try:
                     replies = await pipe.execute()
                 except (RedisError, OSError):
                     self._scripts_loaded = False  # maybe a restarted Redis (NOSCRIPT): load on the retry
                     raise
-        return {c.customer_id for c, ok in zip(commits, replies, strict=False) if not ok}
+        failed: set[str] = set()
+        for group, reply in zip(groups, replies, strict=True):
+            failed.update(c.customer_id for c, ok in zip(group, reply, strict=True) if not ok)
+        return failed
+
+    def _groups(self, commits: Sequence[Commit]) -> list[Sequence[Commit]]:
+        if not self.cluster:
+            return [commits[i : i + COMMIT_CHUNK] for i in range(0, len(commits), COMMIT_CHUNK)]
+        by_slot: dict[int, list[Commit]] = {}
+        for c in commits:
+            by_slot.setdefault(key_slot(self.keys.state(c.customer_id).encode()), []).append(c)
+        return [group[i : i + COMMIT_CHUNK] for group in by_slot.values() for i in range(0, len(group), COMMIT_CHUNK)]
 
     async def confirm_published(self, published: dict[str, list[bytes]]) -> None:
         """Remove outbox entries that reached their topics."""

@@ -3,21 +3,24 @@ owners, crashes between commit and publish, and Kafka publish failures."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import zlib
 from collections.abc import AsyncIterator, Sequence
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
+from redis.crc import key_slot
 
 from rules.events import Event, TransactionEvent
 from rules.state import CustomerState, Outcome, StateConfig, apply_loan, apply_transaction
-from streams.codec import decode_state, encode_state
+from streams.codec import ZSTD_MAGIC, decode_state, encode_state, encode_states
 from streams.decode import RawRecord
 from streams.errors import TransientError
 from streams.keys import Keys
 from streams.pipeline import BatchProcessor, Message, Step, outbox_entry
-from streams.store import StateStore, connect
+from streams.store import COMMIT_CHUNK, Commit, StateStore, connect
 from streams.topics import ALERTS, DLQ, TRANSACTIONS
 
 ZONE = ZoneInfo("Asia/Shanghai")
@@ -204,20 +207,93 @@ async def test_a_redelivery_older_than_the_dedup_horizon_is_a_repeat_not_a_dead_
     assert state is not None and state.balance == Decimal("105.00")
 
 
-async def test_state_blobs_are_compressed_and_old_plain_blobs_still_read(store: StateStore) -> None:
+async def test_state_blobs_are_compressed_and_older_blobs_still_read(store: StateStore) -> None:
     sink = Sink()
     await processor(store, sink).process(batch())
     blob = await store.redis.hget(store.keys.state("alice"), "s")
-    assert blob is not None and blob[:1] != b"{"  # zlib, as the worker writes by default
+    assert blob is not None and blob[:4] == ZSTD_MAGIC  # zstd, as the worker writes by default
     alice = await store.read("alice")
     assert alice is not None
-    plain_blob = encode_state(alice)  # what an older version (or FUNDFLOW_COMPRESS_STATE=false) wrote
+    plain_blob = encode_state(alice)  # what FUNDFLOW_COMPRESS_STATE=false writes
     assert plain_blob[:1] == b"{" and len(blob) < len(plain_blob)
-    await store.redis.hset(store.keys.state("alice"), "s", plain_blob)
-    fresh = processor(store, Sink())
-    report = await fresh.process([txn(9, "alice", "credit", "1.00", day=4)])
-    assert report.applied == 1
-    again = await store.read("alice")
-    assert again is not None and again.balance == alice.balance + Decimal("1.00")
-    with pytest.raises(ValueError, match="neither JSON nor zlib"):
+    for older in (plain_blob, zlib.compress(plain_blob, 1)):  # zlib: what earlier versions wrote
+        await store.redis.hset(store.keys.state("alice"), "s", older)
+        fresh = processor(store, Sink())
+        report = await fresh.process([txn(9, "alice", "credit", "1.00", day=4)])
+        assert report.applied == 1
+        again = await store.read("alice")
+        assert again is not None and again.balance == alice.balance + Decimal("1.00")
+        await store.redis.hset(store.keys.state("alice"), "s", blob)
+    with pytest.raises(ValueError, match="neither JSON, zstd nor zlib"):
         decode_state(b"\x00 not a state")
+    with pytest.raises(ValueError, match="broken zstd frame"):
+        decode_state(ZSTD_MAGIC + b"\x00 broken")
+
+
+async def test_a_batch_of_states_compresses_in_one_call_to_the_same_blobs(store: StateStore) -> None:
+    """``encode_states`` (one zstd call per commit, for the GIL: codec.py) writes, blob for
+    blob, what ``encode_state`` writes one at a time, and each decodes on its own."""
+    await processor(store, Sink()).process(batch())
+    states = [s for s in [await store.read(c) for c in ("alice", "bob")] if s is not None]
+    assert len(states) == 2
+    together = encode_states(states, compress=True)
+    alone = [encode_state(s, compress=True) for s in states]
+    plain = [encode_state(s) for s in states]  # (states hold encoding caches: compare JSON)
+    assert [encode_state(decode_state(b)) for b in together] == plain
+    assert all(b[:4] == ZSTD_MAGIC for b in together) and together == alone
+    assert encode_states(states) == plain
+    assert encode_states([], compress=True) == []
+
+
+async def test_one_commit_call_carries_many_customers_each_atomic_on_its_own(store: StateStore) -> None:
+    """A stale version fails only its own customer, in the middle of a many-customer call;
+    the others' states, outboxes and recent alerts are written."""
+    ids = [f"many{i}" for i in range(600)]  # more than one call's chunk
+    first = [Commit(cid, 0, CustomerState(cid, balance=Decimal(i))) for i, cid in enumerate(ids)]
+    assert await store.commit(first) == set()
+    second = [
+        Commit(cid, 0 if cid == "many300" else 1, CustomerState(cid, balance=Decimal(i) + 1), [b"x%d" % i, b"y%d" % i])
+        for i, cid in enumerate(ids)
+    ]
+    assert await store.commit(second) == {"many300"}
+    for i in (0, 299, 301, 599):
+        state = await store.read(ids[i])
+        assert state is not None and state.balance == Decimal(i) + 1
+        assert await store.redis.hget(store.keys.state(ids[i]), "v") == b"2"
+        assert await store.redis.lrange(store.keys.outbox(ids[i]), 0, -1) == [b"x%d" % i, b"y%d" % i]
+        assert await store.recent_findings(ids[i]) == [b"y%d" % i, b"x%d" % i]
+    stale = await store.read("many300")
+    assert stale is not None and stale.balance == Decimal(300)
+    assert await store.redis.lrange(store.keys.outbox("many300"), 0, -1) == []
+
+
+async def test_on_redis_cluster_a_commit_call_holds_one_hash_slot(store: StateStore) -> None:
+    clustered = StateStore(store.redis, store.keys, cluster=True)
+    ids = [hashlib.sha256(b"%d" % i).hexdigest()[:12] for i in range(2000)]  # some share a slot
+    commits = [Commit(cid, 0, CustomerState(cid)) for cid in ids]
+    groups = clustered._groups(commits)
+    assert sum(len(g) for g in groups) == len(commits)
+    for group in groups:
+        assert len(group) <= COMMIT_CHUNK
+        assert len({key_slot(store.keys.state(c.customer_id).encode()) for c in group}) == 1
+    assert any(len(g) > 1 for g in groups)  # customers sharing a slot still share a call
+    assert [len(g) for g in store._groups(commits)] == [COMMIT_CHUNK] * 7 + [2000 - 7 * COMMIT_CHUNK]
+    assert await clustered.commit(commits) == set()
+
+
+async def test_commands_are_packed_in_c_exactly_as_redis_py_packs_them(redis_url: str) -> None:
+    from redis.asyncio.connection import Connection
+
+    client = connect(redis_url)
+    fast = client.connection_pool.make_connection()
+    plain = Connection()
+    for args in [
+        ("EVALSHA", "ab12", 2, "ff:{c}:state", b"ff:{c}:outbox", 0, 1, b"\x28\xb5\x2f\xfd\x00blob", 10**20),
+        ("ZADD", "ff:tiers", 0.1 + 0.2, "c1", 1e-7, "c2", float("inf"), "c3"),
+        ("SET", "客户", "余额", "EX", 5),
+        ("CONFIG GET", "maxmemory"),
+        (b"OBJECT ENCODING", memoryview(b"k")),
+    ]:
+        assert b"".join(fast.pack_command(*args)) == b"".join(plain.pack_command(*args))
+    assert await client.ping()
+    await client.aclose()

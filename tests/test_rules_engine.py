@@ -9,13 +9,15 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rules.config import MarketingConfig, RulesConfig
-from rules.engine import Finding, Judgement, judge
+from rules.engine import Finding, Judgement, external_drift, judge
 from rules.events import LoanEvent, TransactionEvent
+from rules.metrics import evaluate
 from rules.state import CustomerState, Outcome, StateConfig, apply_loan, apply_transaction, local_day, to_us
+from tests.strategies import histories
 
 ZONE = ZoneInfo("Asia/Shanghai")
 CONFIG = StateConfig(ZONE)
@@ -322,3 +324,19 @@ def test_opt_out_and_quiet_hours_are_refused_with_a_reason() -> None:
     assert push_refusal({}, "c", to_us(START), "x", marketing, ZONE) == "opt_out"
     late_evening = to_us(dt.datetime(2024, 3, 1, 22, 30, tzinfo=ZONE))
     assert push_refusal({}, "d", late_evening, "x", MarketingConfig(), ZONE) == "quiet_hours"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories())
+def test_the_churn_rules_own_walk_equals_the_spec_metrics(case: tuple[list[TransactionEvent], dt.datetime]) -> None:
+    """The churn check reads two metrics without a full evaluate(): they must be exactly
+    evaluate()'s external_outflow_share_30d and external_banks_90d, after every event."""
+    events, as_of = case
+    state = CustomerState(events[0].customer_id)
+    for event in events:
+        apply_transaction(state, event, CONFIG)
+        assert state.last_txn_us is not None
+        for moment in (state.last_txn_us, max(to_us(as_of), state.last_txn_us)):
+            metrics = evaluate(state, moment, CONFIG)
+            want = (metrics["external_outflow_share_30d"], metrics["external_banks_90d"])
+            assert external_drift(state, moment) == want

@@ -20,7 +20,7 @@ from streams.store import connect
 from streams.tiers import TierBook, cut_positions, distribution, interpolate, recompute_cuts, write_contributions
 
 ZONE = ZoneInfo("Asia/Shanghai")
-cents = st.integers(min_value=-10**9, max_value=10**11).map(lambda c: Decimal(c) / 100)
+cents = st.integers(min_value=-(10**9), max_value=10**11).map(lambda c: Decimal(c) / 100)
 
 
 @given(st.lists(cents, min_size=2, max_size=60))

@@ -68,7 +68,9 @@ def test_stale_or_missing_signature_is_refused() -> None:
 
 
 def test_safe_url_drops_credentials_and_query() -> None:
-    assert safe_url("https://user:pw@hooks.bank.cn:8443/rm/alerts?token=abc#x") == "https://hooks.bank.cn:8443/rm/alerts"
+    assert (
+        safe_url("https://user:pw@hooks.bank.cn:8443/rm/alerts?token=abc#x") == "https://hooks.bank.cn:8443/rm/alerts"
+    )
 
 
 class Receiver:
