@@ -1,9 +1,9 @@
 """The Faust worker: one agent over the two input topics, in batches.
 
 The agent only moves records: Kafka -> ``BatchProcessor`` (decode, pure step,
-atomic Redis commit, publish) -> ack. Faust acks a ``take_events`` batch only
-after the loop body returns, so offsets are committed after the state and the
-findings are safe. The input topics are co-partitioned and keyed by
+atomic Redis commit, publish) -> ack, in adaptive batches (``streams.batcher``):
+records are acked by hand only after their batch returns, so offsets are
+committed after the state and the findings are safe. The input topics are co-partitioned and keyed by
 customer_id, so one customer is owned by one worker at a time; the version
 check in Redis covers the moments of a rebalance when two might think so.
 
@@ -26,6 +26,7 @@ from aiokafka.errors import KafkaError
 
 from rules.state import CustomerState
 from streams import telemetry
+from streams.batcher import run_batched
 from streams.decode import RawRecord
 from streams.errors import TransientError
 from streams.health import readiness
@@ -176,22 +177,26 @@ def create_app(
     app.fundflow_tiers = tiers  # type: ignore[attr-defined]
     app.fundflow_processor = processor  # type: ignore[attr-defined]
 
+    async def handle(events: list[Any]) -> None:
+        records = [
+            RawRecord(
+                topic=e.message.topic,
+                partition=e.message.partition,
+                offset=e.message.offset,
+                key=e.message.key,
+                value=e.message.value,
+                timestamp_ms=int(e.message.timestamp * 1000) if e.message.timestamp else None,
+            )
+            for e in events
+        ]
+        with telemetry.BATCH_SECONDS.time():
+            await processor.process(records)
+
     @app.agent(source, name="fundflow-process")
-    async def process(stream: Any) -> None:  # faust.StreamT; take_events is untyped
-        async for events in stream.take_events(settings.batch_max_events, within=settings.batch_within_seconds):
-            records = [
-                RawRecord(
-                    topic=e.message.topic,
-                    partition=e.message.partition,
-                    offset=e.message.offset,
-                    key=e.message.key,
-                    value=e.message.value,
-                    timestamp_ms=int(e.message.timestamp * 1000) if e.message.timestamp else None,
-                )
-                for e in events
-            ]
-            with telemetry.BATCH_SECONDS.time():
-                await processor.process(records)
+    async def process(stream: Any) -> None:  # faust.StreamT
+        # manual acks: a record is acked only after its batch's effects are safe (streams.batcher)
+        manual = stream.noack()
+        await run_batched(manual.events(), settings.batch_max_events, settings.batch_within_seconds, handle, manual.ack)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust's stub wants keyword `signal`
     async def _revoked(sender: Any, *args: Any, **kwargs: Any) -> None:

@@ -51,7 +51,9 @@ class Settings(BaseSettings):
     key_prefix: str = Field(default="ff", pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="Redis key namespace")
     web_port: int = Field(default=6066, ge=0, le=65535)
     batch_max_events: int = Field(default=500, ge=1, le=100_000)
-    batch_within_seconds: float = Field(default=0.005, gt=0, le=10)
+    batch_within_seconds: float = Field(
+        default=0.005, gt=0, le=10, description="longest a batch waits to fill while records queue (idle: no wait)"
+    )
     broker_session_timeout: float = 10.0
     broker_heartbeat_interval: float = 1.0
     broker_rebalance_timeout: float = 4.0
