@@ -197,7 +197,7 @@ async def run_relay(
 
     stop = stop or asyncio.Event()
     secret = settings.webhook_secret.get_secret_value().encode() if settings.webhook_secret else None
-    redis = connect(redis_url)
+    redis = connect(redis_url, settings.redis_cluster)
     consumer = AIOKafkaConsumer(
         *topics,
         bootstrap_servers=bootstrap,

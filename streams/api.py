@@ -329,7 +329,7 @@ def create_api(settings: Settings, redis_url: str, bootstrap: str, *, demo: bool
     app[SETTINGS] = settings
     app[TOKENS] = tokens
     app[BOOTSTRAP] = bootstrap
-    app[STORE] = StateStore(connect(redis_url), Keys(settings.key_prefix))
+    app[STORE] = StateStore(connect(redis_url, settings.redis_cluster), Keys(settings.key_prefix))
 
     async def close_redis(app: web.Application) -> None:
         await app[STORE].redis.aclose()

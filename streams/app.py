@@ -156,7 +156,7 @@ def create_app(
     app = faust_app(settings, bootstrap)
     source = app.topic(*INPUT_TOPICS, key_serializer="raw", value_serializer="raw")
     # redis-py connects on first use, inside the worker's event loop
-    redis = connect(redis_url)
+    redis = connect(redis_url, settings.redis_cluster)
     keys = Keys(settings.key_prefix)
     tiers = TierBook(redis, keys, state_config(settings), thresholds(settings), rates(settings))
     if step is None:
@@ -164,7 +164,7 @@ def create_app(
 
         step = build_step(settings, tier_of=tiers.tier_of)
     processor = BatchProcessor(
-        StateStore(redis, keys, compress=settings.compress_state, cluster=settings.redis_cluster),
+        StateStore(redis, keys, compress=settings.compress_state),
         step,
         emitter or FaustEmitter(app),
         max_event_bytes=settings.max_event_bytes,

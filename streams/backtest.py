@@ -111,7 +111,7 @@ async def _drive(
     await local.wait_caught_up(len(lines), timeout)
     elapsed = time.monotonic() - started
 
-    client = connect(local.redis_url)
+    client = connect(local.redis_url, local.settings.redis_cluster)
     try:
         store = StateStore(client, Keys(settings.key_prefix))
         states = await load_all(store)

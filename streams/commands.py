@@ -121,7 +121,7 @@ async def show_customer(settings: Settings, redis_url: str, customer_id: str, as
     from streams.store import StateStore, connect
     from streams.tiers import read_cuts
 
-    client = connect(redis_url)
+    client = connect(redis_url, settings.redis_cluster)
     try:
         store = StateStore(client, Keys(settings.key_prefix))
         state = await store.read(customer_id)
@@ -219,7 +219,7 @@ async def run_snapshot(settings: Settings, redis_url: str, out: Path, as_of: str
     from streams.snapshot import load_all, parse_as_of, rows, write_jsonl
     from streams.store import StateStore, connect
 
-    client = connect(redis_url)
+    client = connect(redis_url, settings.redis_cluster)
     try:
         states = await load_all(StateStore(client, Keys(settings.key_prefix)))
     finally:
@@ -235,7 +235,7 @@ async def show_tiers(settings: Settings, redis_url: str, refresh: bool, top: int
     from streams.store import StateStore, connect
     from streams.tiers import TierBook, distribution, rebuild
 
-    client = connect(redis_url)
+    client = connect(redis_url, settings.redis_cluster)
     keys = Keys(settings.key_prefix)
     try:
         if refresh:

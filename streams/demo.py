@@ -102,7 +102,7 @@ async def _live(run: LocalRun, lines: list[bytes], rate: float, watched: list[st
     producer = await start_producer(settings, run.bootstrap)
     sent = [0]
     replay_task = asyncio.create_task(replay(lines, producer, rate=rate, progress=lambda n: sent.__setitem__(0, n)))
-    client = connect(run.redis_url)
+    client = connect(run.redis_url, settings.redis_cluster)
     store = StateStore(client, Keys(settings.key_prefix))
     view = _View(len(lines))
     started = time.monotonic()

@@ -166,21 +166,51 @@ class EmbeddedBroker(Server):
 
 class EmbeddedRedis(Server):
     """``persistent``: append-only file in ``log_dir``, so a restart keeps the data
-    (the Redis-outage tests); ``password``: ``requirepass`` (the security tests)."""
+    (the Redis-outage tests); ``password``: ``requirepass`` (the security tests);
+    ``cluster``: a one-node Redis Cluster that owns all 16,384 slots (the cluster
+    tests: it refuses, as a real cluster does, any command whose keys span slots)."""
 
     name = "valkey"
 
-    def __init__(self, port: int, log_dir: Path, *, persistent: bool = False, password: str | None = None) -> None:
+    def __init__(
+        self, port: int, log_dir: Path, *, persistent: bool = False, password: str | None = None, cluster: bool = False
+    ) -> None:
         super().__init__(port, log_dir)
         self.persistent = persistent
         self.password = password
+        self.cluster = cluster
+        self.bus_port = 0
 
     def command(self) -> list[str]:
         command = [str(valkey_binary()), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.log_dir)]
         command += ["--save", "", "--appendonly", "yes" if self.persistent else "no"]
         if self.password:
             command += ["--requirepass", self.password]
+        if self.cluster:
+            self.bus_port = self.bus_port or free_port()  # (the default, port + 10000, may be taken or too high)
+            command += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{self.port}.conf"]
+            command += ["--cluster-port", str(self.bus_port)]
         return command
+
+    def start(self, timeout: float = START_TIMEOUT_SECONDS) -> None:
+        super().start(timeout)
+        if self.cluster:
+            self._own_all_slots(timeout)
+
+    def _own_all_slots(self, timeout: float) -> None:
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
+        try:
+            if int(client.cluster("INFO").get("cluster_slots_assigned", 0)) < 16384:  # a restart keeps them
+                client.execute_command("CLUSTER ADDSLOTSRANGE", 0, 16383)  # type: ignore[no-untyped-call]
+            deadline = time.monotonic() + timeout
+            while client.cluster("INFO").get("cluster_state") != "ok":
+                if time.monotonic() > deadline:
+                    raise ConfigError(f"the embedded {self.name} cluster did not become ready within {timeout:.0f}s")
+                time.sleep(0.05)
+        finally:
+            client.close()
 
     @property
     def url(self) -> str:

@@ -12,25 +12,27 @@ Lua script that, for each customer of the batch, in one atomic step
 
 A customer's keys share one hash tag. One script call carries many customers
 (the client's per-command cost, not Redis' work, limits a worker); on Redis
-Cluster (``cluster=True``, ``FUNDFLOW_REDIS_CLUSTER``) a call carries only
-customers of one hash slot. Connection errors surface as ``TransientError``; the
+Cluster (``FUNDFLOW_REDIS_CLUSTER``: ``connect`` returns a cluster client) a
+call carries only customers of one hash slot. Connection errors surface as ``TransientError``; the
 caller backs off and retries the whole batch.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import hiredis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
+from redis.exceptions import ClusterError, DataError, NoScriptError, RedisError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError, NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from rules.state import CustomerState
@@ -109,7 +111,9 @@ def _round_trip(operation: str) -> Iterator[None]:
         raise TransientError(f"redis {operation} failed: {exc}") from exc
     except RedisError as exc:
         telemetry.REDIS_ERRORS.labels(operation).inc()
-        if isinstance(exc, NoScriptError) or "NOSCRIPT" in str(exc) or "LOADING" in str(exc) or "BUSY" in str(exc):
+        if isinstance(exc, (NoScriptError, ClusterError, TryAgainError)) or any(
+            reason in str(exc) for reason in ("NOSCRIPT", "LOADING", "BUSY", "CLUSTERDOWN", "TRYAGAIN")
+        ):
             raise TransientError(f"redis {operation} failed: {exc}") from exc
         raise
     else:
@@ -133,7 +137,16 @@ class _HiredisPacking:
             raise DataError(str(exc)) from None
 
 
-def connect(url: str) -> aioredis.Redis:
+def connect(url: str, cluster: bool = False) -> aioredis.Redis:
+    """A client for ``url``: one Redis, or with ``cluster`` (``FUNDFLOW_REDIS_CLUSTER``) a
+    Redis Cluster client that finds the other nodes from this one and routes every
+    command, pipelined ones included, to the node of its keys' slot."""
+    if cluster:
+        # the cluster client speaks the same commands; callers use only single-slot ones
+        return cast(
+            aioredis.Redis,
+            RedisCluster.from_url(url, decode_responses=False, socket_timeout=5, socket_connect_timeout=5),
+        )
     client = aioredis.Redis.from_url(
         url, decode_responses=False, socket_timeout=5, socket_connect_timeout=5, health_check_interval=10
     )
@@ -143,11 +156,33 @@ def connect(url: str) -> aioredis.Redis:
     return client
 
 
+CLUSTER_CALLS_IN_FLIGHT = 32  # script calls a worker has open at once on Redis Cluster
+
+
+async def _bounded(calls: Iterable[Awaitable[Any]]) -> list[Any]:
+    """Await ``calls`` with at most ``CLUSTER_CALLS_IN_FLIGHT`` in flight (each holds a
+    connection); results in order; the first failure is raised once all have ended."""
+    limit = asyncio.Semaphore(CLUSTER_CALLS_IN_FLIGHT)
+
+    async def one(call: Awaitable[Any]) -> Any:
+        async with limit:
+            return await call
+
+    results = await asyncio.gather(*(one(call) for call in calls), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
+
+
 class StateStore:
-    def __init__(self, client: aioredis.Redis, keys: Keys, *, compress: bool = True, cluster: bool = False) -> None:
+    def __init__(
+        self, client: aioredis.Redis, keys: Keys, *, compress: bool = True, cluster: bool | None = None
+    ) -> None:
         self.redis = client
         self.keys = keys
-        self.cluster = cluster  # Redis Cluster: one commit call per hash slot
+        # Redis Cluster: one commit call per hash slot (None: whenever the client is a cluster client)
+        self.cluster = isinstance(client, RedisCluster) if cluster is None else cluster
         self.compress = compress  # how new blobs are written; both kinds are always read
         self._commit = client.register_script(COMMIT_LUA)
         self._confirm = client.register_script(CONFIRM_LUA)
@@ -187,22 +222,28 @@ class StateStore:
                 await self.redis.script_load(COMMIT_LUA)
                 self._scripts_loaded = True
             groups = self._groups(commits)
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for group in groups:
-                    keys: list[str] = []
-                    args: list[bytes | str | int] = [RECENT_ALERTS_KEPT]
-                    blobs = encode_states([c.state for c in group], compress=compress)
-                    for c, blob in zip(group, blobs, strict=True):
-                        cid, version = c.customer_id, c.expected_version
-                        keys += (state_key(cid), outbox_key(cid), alerts_key(cid))
-                        args += (version, version + 1, blob, len(c.findings))
-                        args += c.findings
-                    pipe.evalsha(sha, len(keys), *keys, *args)
-                try:
-                    replies = await pipe.execute()
-                except (RedisError, OSError):
-                    self._scripts_loaded = False  # maybe a restarted Redis (NOSCRIPT): load on the retry
-                    raise
+            calls: list[tuple[Any, ...]] = []
+            for group in groups:
+                keys: list[str] = []
+                args: list[bytes | str | int] = [RECENT_ALERTS_KEPT]
+                blobs = encode_states([c.state for c in group], compress=compress)
+                for c, blob in zip(group, blobs, strict=True):
+                    cid, version = c.customer_id, c.expected_version
+                    keys += (state_key(cid), outbox_key(cid), alerts_key(cid))
+                    args += (version, version + 1, blob, len(c.findings))
+                    args += c.findings
+                calls.append((sha, len(keys), *keys, *args))
+            try:
+                if self.cluster:  # redis-py's cluster pipeline refuses scripts: concurrent calls, one per slot group
+                    replies = await _bounded(self.redis.evalsha(*call) for call in calls)
+                else:
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        for call in calls:
+                            pipe.evalsha(*call)
+                        replies = await pipe.execute()
+            except (RedisError, OSError):
+                self._scripts_loaded = False  # maybe a restarted Redis (NOSCRIPT): load on the retry
+                raise
         failed: set[str] = set()
         for group, reply in zip(groups, replies, strict=True):
             failed.update(c.customer_id for c, ok in zip(group, reply, strict=True) if not ok)
@@ -221,9 +262,13 @@ class StateStore:
         if not published:
             return
         with _round_trip("confirm"):
+            if self.cluster:  # (no scripts in redis-py's cluster pipeline)
+                outboxes = [(self.keys.outbox(cid), entries) for cid, entries in published.items()]
+                await _bounded(self._confirm(keys=[key], args=entries) for key, entries in outboxes)
             async with self.redis.pipeline(transaction=False) as pipe:
                 for cid, entries in published.items():
-                    await self._confirm(keys=[self.keys.outbox(cid)], args=entries, client=pipe)
+                    if not self.cluster:
+                        await self._confirm(keys=[self.keys.outbox(cid)], args=entries, client=pipe)
                     for entry in entries:
                         # The API's live feed: a view, not the record (a crash between publish
                         # and confirm can repeat an entry; readers drop repeats by finding id).

@@ -20,10 +20,10 @@ if TYPE_CHECKING:
     from streams.pipeline import Step
 
 
-async def check_redis(redis_url: str) -> None:
+async def check_redis(redis_url: str, cluster: bool = False) -> None:
     from streams.store import connect
 
-    client = connect(redis_url)
+    client = connect(redis_url, cluster)
     try:
         await asyncio.wait_for(client.ping(), timeout=5)
     except Exception as exc:
@@ -70,7 +70,7 @@ def run_worker(settings: Settings, bootstrap: str, redis_url: str, *, web_port: 
             load_rules(settings.rules_file)
         except RulesConfigError as exc:
             raise ConfigError(str(exc)) from None
-    asyncio.run(check_redis(redis_url))
+    asyncio.run(check_redis(redis_url, settings.redis_cluster))
     try:
         asyncio.run(ensure_topics(bootstrap, all_topics(settings.partitions), settings))
     except ConfigError:
