@@ -16,6 +16,7 @@ no-op for state (txn_ids), its findings are re-sent from the outbox.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -120,6 +121,19 @@ def _set_fetch_max_wait(milliseconds: int) -> None:
 
     create.__wrapped__ = original  # type: ignore[attr-defined]
     driver.AIOKafkaConsumerThread._create_worker_consumer = create  # type: ignore[method-assign]
+
+
+def tune_gc(settings: Settings) -> None:
+    """A worker's heap is mostly long-lived (its cache of customer states: ~27 tracked
+    objects each) and every event allocates a few dozen short-lived ones in Faust and in
+    the rules. With CPython's default thresholds (700, 10, 10) the young collections
+    alone cost ~9 µs per event, and every full collection walks the whole cache (150 ms
+    per 30,000 cached customers). Objects alive once the app is built are frozen (never
+    scanned again) and collections run far less often: reference counting frees almost
+    everything; the collector is only there for cycles."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*settings.gc_threshold)
 
 
 def faust_app(settings: Settings, bootstrap: str) -> faust.App:

@@ -116,7 +116,7 @@ def noop_agent_main(mode: str, expected: int, result: Path, web_port: int) -> in
     """The process body of stage (b): count records, write timings, do nothing else."""
     from faust.worker import Worker
 
-    from streams.app import faust_app
+    from streams.app import faust_app, tune_gc
     from streams.batcher import run_batched
     from streams.topics import INPUT_TOPICS
 
@@ -151,7 +151,9 @@ def noop_agent_main(mode: str, expected: int, result: Path, web_port: int) -> in
                 manual.events(), settings.batch_max_events, settings.batch_within_seconds, handle, manual.ack
             )
 
-    Worker(app, loglevel="warning", quiet=True, redirect_stdouts=False).execute_from_commandline()
+    worker = Worker(app, loglevel="warning", quiet=True, redirect_stdouts=False)
+    tune_gc(settings)  # the same process settings as a FundFlow worker: the floor stays fair
+    worker.execute_from_commandline()
     return 0
 
 

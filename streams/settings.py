@@ -17,7 +17,7 @@ from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, NonNegativeInt, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rules.contribution import ContributionRates
@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(default=64 * 1024, ge=256, description="larger records are dead-lettered")
     compress_state: bool = Field(default=True, description="zstd-compress the state blobs in Redis (~2.5x less memory)")
     cache_customers: int = Field(default=200_000, ge=0, description="states a worker keeps in memory")
+    gc_threshold: tuple[NonNegativeInt, NonNegativeInt, NonNegativeInt] = Field(
+        default=(50_000, 20, 100),
+        description="the worker's garbage-collector thresholds (gc.set_threshold, 0 turns it off); a JSON list",
+    )
 
     # --- metrics (../shared/spec/metrics.md) -------------------------------
     bank_tz: str = "Asia/Shanghai"

@@ -61,7 +61,7 @@ def build_step(settings: Settings, tier_of: Callable[[str], str | None] | None =
 def run_worker(settings: Settings, bootstrap: str, redis_url: str, *, web_port: int | None, loglevel: str) -> int:
     from faust.worker import Worker
 
-    from streams.app import create_app
+    from streams.app import create_app, tune_gc
     from streams.embedded import ensure_topics
     from streams.topics import all_topics
 
@@ -82,5 +82,6 @@ def run_worker(settings: Settings, bootstrap: str, redis_url: str, *, web_port: 
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings, bootstrap, redis_url)
     worker = Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    tune_gc(settings)
     worker.execute_from_commandline()
     return 0

@@ -4,11 +4,12 @@ records in, state in Redis, bad input out to the dead-letter emitter."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from collections.abc import Sequence
 from decimal import Decimal
 
-from streams.app import create_app
+from streams.app import create_app, tune_gc
 from streams.codec import decode_state
 from streams.pipeline import Message
 from streams.settings import Settings
@@ -56,3 +57,14 @@ async def test_agent_applies_events_and_dead_letters_bad_ones(redis_url: str) ->
     assert state.balance == Decimal("5.00") and state.applied_total == 1
     assert [topic for topic, _, _ in sink.sent] == [DLQ]
     assert json.loads(sink.sent[0][2])["reason"] == "not_json"
+
+
+def test_the_worker_tunes_the_garbage_collector_from_its_settings() -> None:
+    before = gc.get_threshold()
+    try:
+        tune_gc(Settings(gc_threshold=(12_345, 7, 3)))
+        assert gc.get_threshold() == (12_345, 7, 3)
+        assert gc.get_freeze_count() > 0  # what start-up built is never scanned again
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
