@@ -136,6 +136,17 @@ def tune_gc(settings: Settings) -> None:
     gc.set_threshold(*settings.gc_threshold)
 
 
+def run_faust_worker(app: faust.App, settings: Settings, loglevel: str) -> None:
+    """Run ``app`` in this process as a Faust worker, the garbage collector tuned once it
+    is built: FundFlow's worker and the do-nothing agent of ``make bench`` both start here,
+    so the floor the benchmark compares against runs with the same process settings."""
+    from faust.worker import Worker
+
+    worker = Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    tune_gc(settings)
+    worker.execute_from_commandline()
+
+
 def faust_app(settings: Settings, bootstrap: str) -> faust.App:
     """The Faust app with FundFlow's consumer, producer and security settings
     (also the do-nothing agent of ``make bench`` uses it, so the floor is fair)."""

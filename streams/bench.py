@@ -114,9 +114,7 @@ async def bare_aiokafka(settings: Settings, bootstrap: str, expected: int) -> fl
 
 def noop_agent_main(mode: str, expected: int, result: Path, web_port: int) -> int:
     """The process body of stage (b): count records, write timings, do nothing else."""
-    from faust.worker import Worker
-
-    from streams.app import faust_app, tune_gc
+    from streams.app import faust_app, run_faust_worker
     from streams.batcher import run_batched
     from streams.topics import INPUT_TOPICS
 
@@ -151,9 +149,7 @@ def noop_agent_main(mode: str, expected: int, result: Path, web_port: int) -> in
                 manual.events(), settings.batch_max_events, settings.batch_within_seconds, handle, manual.ack
             )
 
-    worker = Worker(app, loglevel="warning", quiet=True, redirect_stdouts=False)
-    tune_gc(settings)  # the same process settings as a FundFlow worker: the floor stays fair
-    worker.execute_from_commandline()
+    run_faust_worker(app, settings, "warning")  # as a FundFlow worker runs: the floor stays fair
     return 0
 
 

@@ -59,9 +59,7 @@ def build_step(settings: Settings, tier_of: Callable[[str], str | None] | None =
 
 
 def run_worker(settings: Settings, bootstrap: str, redis_url: str, *, web_port: int | None, loglevel: str) -> int:
-    from faust.worker import Worker
-
-    from streams.app import create_app, tune_gc
+    from streams.app import create_app, run_faust_worker
     from streams.embedded import ensure_topics
     from streams.topics import all_topics
 
@@ -81,7 +79,5 @@ def run_worker(settings: Settings, bootstrap: str, redis_url: str, *, web_port: 
         settings = settings.model_copy(update={"web_port": web_port})
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings, bootstrap, redis_url)
-    worker = Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
-    tune_gc(settings)
-    worker.execute_from_commandline()
+    run_faust_worker(app, settings, loglevel)
     return 0
