@@ -6,8 +6,9 @@ The order of effects is what makes a crash anywhere harmless:
 2. load the states this worker has not cached (one Redis round trip);
 3. apply the pure step per customer, in partition order (``rules/``);
 4. commit all customers' new states + findings atomically per customer,
-   with a version check (one round trip); a customer whose version moved
-   (another owner wrote it) is re-read and recomputed;
+   with a version check (one round trip, which also carries the batch's
+   statistics); a customer whose version moved (another owner wrote it) is
+   re-read and recomputed;
 5. publish findings and dead letters to Kafka and wait for the acks;
 6. remove the published findings from the outboxes.
 
@@ -36,12 +37,10 @@ from rules.state import CustomerState, Outcome, StateConfig, apply_loan, apply_t
 from streams import telemetry
 from streams.decode import RawRecord, dead_letter, decode
 from streams.errors import InvalidEvent, TransientError
-from streams.store import Commit, StateStore
+from streams.store import Commit, StateStore, Tally
 from streams.topics import DLQ
 
 log = logging.getLogger(__name__)
-
-LATENCY_SAMPLES_KEPT = 100_000
 
 Message = tuple[str, bytes | None, bytes]  # topic, key, value
 Step = Callable[[CustomerState, Event], tuple[Outcome, list[bytes]]]
@@ -207,7 +206,6 @@ class BatchProcessor:
         pending = list(by_customer)
         outcome_letters: list[Message] = []
         latencies: list[int] = []
-        now_ms = self.wall_clock_ms()
         while pending:
             missing = [cid for cid in pending if cid not in self.cache]
             for cid, loaded in (await self.store.load(missing)).items():
@@ -216,12 +214,12 @@ class BatchProcessor:
                     to_publish.setdefault(cid, []).extend(loaded.outbox)
                     report.republished += len(loaded.outbox)
             commits: list[Commit] = []
-            staged: dict[str, tuple[list[tuple[RawRecord, str]], list[int], int, int, list[int], list[int]]] = {}
+            staged: dict[str, tuple[list[tuple[RawRecord, str]], int, int, list[int], list[int]]] = {}
+            tally = Tally(0, [], self.wall_clock_ms)
             for cid in pending:
                 version, state = self.cache[cid]
                 found: list[bytes] = []
                 mine: list[tuple[RawRecord, str]] = []
-                lat: list[int] = []
                 applied = duplicates = 0
                 applied_ids: list[int] = []
                 duplicate_ids: list[int] = []
@@ -237,17 +235,22 @@ class BatchProcessor:
                         applied_ids.append(id(record))
                         found.extend(findings)
                         if record.timestamp_ms is not None:
-                            lat.append(now_ms - record.timestamp_ms)
+                            tally.produced_ms.append(record.timestamp_ms)
                     elif outcome is Outcome.DUPLICATE:
                         duplicates += 1
                         duplicate_ids.append(id(record))
                     else:
                         mine.append((record, outcome.value))
-                staged[cid] = (mine, lat, applied, duplicates, applied_ids, duplicate_ids)
+                staged[cid] = (mine, applied, duplicates, applied_ids, duplicate_ids)
                 if applied:
                     commits.append(Commit(cid, version, state, found))
-            failed = await self.store.commit(commits)
+                    tally.applied += applied
+            failed = await self.store.commit(commits, tally)
+            latencies.extend(tally.latencies_ms)
             report.conflicts += len(failed)
+            if failed:  # counted as applied in the commit's round trip; they will be redone
+                lost = sum(staged[cid][1] for cid in failed)
+                await self.store.count(Tally(-lost, [], self.wall_clock_ms))
             if self.on_commit is not None:
                 self.on_commit([c.state for c in commits if c.customer_id not in failed])
             for commit in commits:
@@ -259,35 +262,21 @@ class BatchProcessor:
                     if commit.findings:
                         to_publish.setdefault(commit.customer_id, []).extend(commit.findings)
                         report.findings += len(commit.findings)
-            for cid, (mine, lat, applied, duplicates, applied_ids, duplicate_ids) in staged.items():
+            for cid, (mine, applied, duplicates, applied_ids, duplicate_ids) in staged.items():
                 if cid in failed:
                     continue
                 report.applied += applied
                 report.duplicates += duplicates
                 report.applied_records.update(applied_ids)
                 report.duplicate_records.update(duplicate_ids)
-                latencies.extend(lat)
                 for record, reason in mine:
                     outcome_letters.append(self._letter(record, reason, _OUTCOME_ERRORS[Outcome(reason)], report))
             pending = [cid for cid in pending if cid in failed]
         letters.extend(outcome_letters)
         while len(self.cache) > self.cache_size:
             self.cache.popitem(last=False)
-        if latencies:
-            telemetry.observe_latencies(latencies)
-            await self._record_stats(report, latencies)
+        telemetry.observe_latencies(latencies)
         return to_publish
-
-    async def _record_stats(self, report: BatchReport, latencies: list[int]) -> None:
-        keys = self.store.keys
-        try:
-            async with self.store.redis.pipeline(transaction=False) as pipe:
-                pipe.hincrby(keys.stats, "applied", report.applied)
-                pipe.lpush(keys.latency, *latencies)
-                pipe.ltrim(keys.latency, 0, LATENCY_SAMPLES_KEPT - 1)
-                await pipe.execute()
-        except Exception as exc:  # statistics must never stop the stream
-            log.debug("stats not recorded: %s", exc)
 
     async def _publish(self, findings: dict[str, list[bytes]], letters: list[Message]) -> None:
         messages: list[Message] = [outbox_message(e) for entries in findings.values() for e in entries]

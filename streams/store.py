@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -83,6 +83,7 @@ return redis.call('LLEN', KEYS[1])
 
 
 FEED_KEPT = 10_000  # findings kept in the feed stream for the API and console
+LATENCY_SAMPLES_KEPT = 100_000  # recent end-to-end latencies kept for the backtest and the bench
 
 
 @dataclass(slots=True)
@@ -90,6 +91,18 @@ class Loaded:
     version: int
     state: CustomerState | None
     outbox: list[bytes] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Tally:
+    """What a commit adds to the pipeline's statistics (``{p}:stats``): the applied
+    records and when each was produced. The latencies (produce -> state commit sent)
+    are taken by ``StateStore.commit`` as it sends, and kept here for the caller."""
+
+    applied: int
+    produced_ms: list[int]
+    clock_ms: Callable[[], int]
+    latencies_ms: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,13 +218,15 @@ class StateStore:
             result[cid] = Loaded(int(version) if version is not None else 0, state, list(outbox))
         return result
 
-    async def commit(self, commits: Sequence[Commit]) -> set[str]:
+    async def commit(self, commits: Sequence[Commit], tally: Tally | None = None) -> set[str]:
         """Apply every commit atomically per customer; returns the customers whose
         version check failed (their state must be re-read and recomputed).
 
         One script call carries up to ``COMMIT_CHUNK`` customers (per-command cost in the
         client, not Redis' work, is what limits a worker); with ``cluster=True`` a call only
-        holds customers of one hash slot, as Redis Cluster requires."""
+        holds customers of one hash slot, as Redis Cluster requires. ``tally``'s statistics
+        ride in the same round trip (a round trip of their own cost a small batch ~10%);
+        they are a view: a failure to write them is logged, never raised."""
         if not commits:
             return set()
         sha = self._commit.sha
@@ -240,14 +255,47 @@ class StateStore:
                     async with self.redis.pipeline(transaction=False) as pipe:
                         for call in calls:
                             pipe.evalsha(*call)
-                        replies = await pipe.execute()
+                        if tally is not None:
+                            self._count(pipe, tally)
+                        replies = await pipe.execute(raise_on_error=False)
+                    replies = self._script_replies(replies, len(calls))
             except (RedisError, OSError):
                 self._scripts_loaded = False  # maybe a restarted Redis (NOSCRIPT): load on the retry
                 raise
+        if self.cluster and tally is not None:  # the statistics keys live in another slot
+            await self.count(tally)
         failed: set[str] = set()
         for group, reply in zip(groups, replies, strict=True):
             failed.update(c.customer_id for c, ok in zip(group, reply, strict=True) if not ok)
         return failed
+
+    def _count(self, pipe: Any, tally: Tally) -> None:
+        now = tally.clock_ms()
+        tally.latencies_ms = [now - produced for produced in tally.produced_ms]
+        pipe.hincrby(self.keys.stats, "applied", tally.applied)
+        if tally.latencies_ms:
+            pipe.lpush(self.keys.latency, *tally.latencies_ms)
+            pipe.ltrim(self.keys.latency, 0, LATENCY_SAMPLES_KEPT - 1)
+
+    @staticmethod
+    def _script_replies(replies: list[Any], calls: int) -> list[Any]:
+        """The commit scripts' replies; an error in one is raised, in the statistics only logged."""
+        for reply in replies[:calls]:
+            if isinstance(reply, Exception):
+                raise reply
+        for reply in replies[calls:]:
+            if isinstance(reply, Exception):
+                log.debug("statistics not recorded: %s", reply)
+        return replies[:calls]
+
+    async def count(self, tally: Tally) -> None:
+        """Write ``tally``'s statistics on their own (Redis Cluster; corrections)."""
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                self._count(pipe, tally)
+                await pipe.execute()
+        except Exception as exc:  # statistics must never stop the stream
+            log.debug("statistics not recorded: %s", exc)
 
     def _groups(self, commits: Sequence[Commit]) -> list[Sequence[Commit]]:
         if not self.cluster:

@@ -3,6 +3,7 @@ owners, crashes between commit and publish, and Kafka publish failures."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import zlib
@@ -146,6 +147,33 @@ async def test_stale_owner_loses_the_version_check_and_recomputes(store: StateSt
     assert report.conflicts == 1 and report.applied == 1
     carol = await store.read("carol")
     assert carol is not None and carol.balance == Decimal("80.00") and carol.applied_total == 3
+
+
+async def test_statistics_ride_with_the_commit_and_stay_exact_through_a_version_conflict(store: StateStore) -> None:
+    now = 1_700_000_000_000
+    clock = lambda: now  # noqa: E731
+    old_owner = BatchProcessor(store, big_credit_step(), Sink(), wall_clock_ms=clock)
+    new_owner = BatchProcessor(store, big_credit_step(), Sink(), wall_clock_ms=clock)
+
+    def stamped(record: RawRecord, produced_ms: int) -> RawRecord:
+        return dataclasses.replace(record, timestamp_ms=produced_ms)
+
+    await old_owner.process([stamped(txn(1, "erin", "credit", "100.00"), now - 7)])
+    await new_owner.process([stamped(txn(2, "erin", "credit", "10.00", day=2), now - 9)])
+    # the stale owner's commit is counted in its round trip, loses the version check, is redone
+    report = await old_owner.process([stamped(txn(3, "erin", "debit", "30.00", day=3), now - 11)])
+    assert report.conflicts == 1
+    assert int(await store.redis.hget(store.keys.stats, "applied")) == 3
+    samples = sorted(int(x) for x in await store.redis.lrange(store.keys.latency, 0, -1))
+    assert samples[:2] == [7, 9] and set(samples[2:]) == {11}  # the redone event may be sampled twice
+
+
+async def test_statistics_that_cannot_be_written_never_stop_the_stream(store: StateStore) -> None:
+    await store.redis.set(store.keys.stats, "not a hash")  # HINCRBY fails: WRONGTYPE
+    report = await processor(store, Sink()).process(batch())
+    assert report.applied == 4
+    alice = await store.read("alice")
+    assert alice is not None and alice.balance == Decimal("379.50")
 
 
 async def test_conflicting_duplicate_is_dead_lettered_not_applied(store: StateStore) -> None:
