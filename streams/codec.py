@@ -4,11 +4,15 @@ Money is written as decimal strings and read back with ``Decimal``: no float
 ever touches a stored amount. The blob carries a format number ``f``; a reader
 that meets a newer format refuses it (``ValueError``) rather than misreading
 money. ``compress=True`` (what the worker writes, ``FUNDFLOW_COMPRESS_STATE``)
-stores the JSON as a Zstandard frame at level 1: about 2.5x smaller for ~8 µs
-(zlib, which earlier versions wrote, took 3x as long for the same size). The
-reader tells the kinds apart by their first bytes (``{`` is JSON, the zstd
-frame magic, else zlib), so blobs written any way, before or after a change of
-the setting or the version, stay readable.
+stores the JSON as a Zstandard frame at level 1 with a dictionary trained on
+states (``streams.statedict``): about 3.5x smaller than the JSON (2.6x without
+the dictionary) and ~35% faster to compress than without one (zlib, which
+earlier versions wrote, took 3x as long for a larger blob). The reader tells
+the kinds apart by their first bytes (``{`` is JSON, the zstd frame magic, else
+zlib) and a zstd frame by the dictionary id in its header (0: none), so blobs
+written any way, before or after a change of the setting or the version, stay
+readable; a frame that names a dictionary this version does not ship is
+refused, not misread.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import zlib
 from collections import deque
 from collections.abc import Sequence
 from decimal import Decimal
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -28,14 +34,46 @@ from rules.state import ZERO, CustomerState, EventRecord, LoanPoint
 FORMAT = 1
 ZSTD_LEVEL = 1
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+DICTIONARIES = Path(__file__).with_name("zdict")  # every dictionary ever shipped: state-<id>.zdict
+WRITE_DICTIONARY = 1362451315  # the one new blobs are written with (streams.statedict)
 _codecs = threading.local()  # zstd (de)compressors are not safe to share between threads
+
+
+@cache
+def dictionaries() -> dict[int, zstandard.ZstdCompressionDict]:
+    """The shipped dictionaries by id, each read once and prepared for level-1 compression."""
+    found: dict[int, zstandard.ZstdCompressionDict] = {}
+    for path in sorted(DICTIONARIES.glob("state-*.zdict")):
+        dictionary = zstandard.ZstdCompressionDict(path.read_bytes())
+        dictionary.precompute_compress(level=ZSTD_LEVEL)
+        found[dictionary.dict_id()] = dictionary
+    if WRITE_DICTIONARY not in found:
+        raise RuntimeError(f"zstd dictionary {WRITE_DICTIONARY} is missing from {DICTIONARIES}")
+    return found
 
 
 def _compressor() -> zstandard.ZstdCompressor:
     compressor = getattr(_codecs, "compressor", None)
     if compressor is None:
-        compressor = _codecs.compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+        dictionary = dictionaries()[WRITE_DICTIONARY]
+        compressor = _codecs.compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, dict_data=dictionary)
     return compressor
+
+
+def _decompressor(dict_id: int) -> zstandard.ZstdDecompressor:
+    by_id: dict[int, zstandard.ZstdDecompressor] | None = getattr(_codecs, "decompressors", None)
+    if by_id is None:
+        by_id = _codecs.decompressors = {}
+    decompressor = by_id.get(dict_id)
+    if decompressor is None:
+        if dict_id == 0:
+            decompressor = zstandard.ZstdDecompressor()
+        elif dict_id in dictionaries():
+            decompressor = zstandard.ZstdDecompressor(dict_data=dictionaries()[dict_id])
+        else:
+            raise ValueError(f"state blob was written with zstd dictionary {dict_id}, which this version lacks")
+        by_id[dict_id] = decompressor
+    return decompressor
 
 
 def _compress(data: bytes) -> bytes:
@@ -44,10 +82,8 @@ def _compress(data: bytes) -> bytes:
 
 def _decompress(data: bytes) -> bytes:
     if data[:4] == ZSTD_MAGIC:
-        decompressor = getattr(_codecs, "decompressor", None)
-        if decompressor is None:
-            decompressor = _codecs.decompressor = zstandard.ZstdDecompressor()
         try:
+            decompressor = _decompressor(zstandard.get_frame_parameters(data).dict_id)
             return decompressor.decompress(data)
         except zstandard.ZstdError as exc:
             raise ValueError(f"state blob is a broken zstd frame: {exc}") from None

@@ -124,6 +124,19 @@ def test_missing_backtest_file_is_one_line(tmp_path: Path) -> None:
     assert_one_line_error(fundflow("backtest", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path)), 1, "no such file")
 
 
+def test_dictionary_trainer_without_the_data_is_one_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "streams.statedict", "--berka", str(tmp_path / "nope"), "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith("statedict: error: no such directory") and not list(tmp_path.iterdir())
+
+
 def test_bad_as_of_is_one_line() -> None:
     result = fundflow(
         "snapshot", "--out", "x.jsonl", "--as-of", "yesterday", FUNDFLOW_REDIS_URL="redis://127.0.0.1:1/0"

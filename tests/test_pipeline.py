@@ -12,11 +12,12 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
+import zstandard
 from redis.crc import key_slot
 
 from rules.events import Event, TransactionEvent
 from rules.state import CustomerState, Outcome, StateConfig, apply_loan, apply_transaction
-from streams.codec import ZSTD_MAGIC, decode_state, encode_state, encode_states
+from streams.codec import WRITE_DICTIONARY, ZSTD_MAGIC, decode_state, dictionaries, encode_state, encode_states
 from streams.decode import RawRecord
 from streams.errors import TransientError
 from streams.keys import Keys
@@ -244,7 +245,11 @@ async def test_state_blobs_are_compressed_and_older_blobs_still_read(store: Stat
     assert alice is not None
     plain_blob = encode_state(alice)  # what FUNDFLOW_COMPRESS_STATE=false writes
     assert plain_blob[:1] == b"{" and len(blob) < len(plain_blob)
-    for older in (plain_blob, zlib.compress(plain_blob, 1)):  # zlib: what earlier versions wrote
+    assert zstandard.get_frame_parameters(blob).dict_id == WRITE_DICTIONARY
+    no_dictionary = zstandard.ZstdCompressor(level=1).compress(plain_blob)  # what earlier versions wrote
+    assert len(blob) < len(no_dictionary)
+    older_blobs = (plain_blob, zlib.compress(plain_blob, 1), no_dictionary)
+    for older in older_blobs:
         await store.redis.hset(store.keys.state("alice"), "s", older)
         fresh = processor(store, Sink())
         report = await fresh.process([txn(9, "alice", "credit", "1.00", day=4)])
@@ -256,6 +261,11 @@ async def test_state_blobs_are_compressed_and_older_blobs_still_read(store: Stat
         decode_state(b"\x00 not a state")
     with pytest.raises(ValueError, match="broken zstd frame"):
         decode_state(ZSTD_MAGIC + b"\x00 broken")
+    unknown = zstandard.ZstdCompressionDict(zstandard.train_dictionary(1024, [plain_blob] * 16).as_bytes())
+    assert unknown.dict_id() not in dictionaries()
+    foreign = zstandard.ZstdCompressor(dict_data=unknown).compress(plain_blob)
+    with pytest.raises(ValueError, match=f"zstd dictionary {unknown.dict_id()}, which this version lacks"):
+        decode_state(foreign)
 
 
 async def test_a_batch_of_states_compresses_in_one_call_to_the_same_blobs(store: StateStore) -> None:
