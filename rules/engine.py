@@ -322,6 +322,25 @@ def _end_of_day(state: CustomerState, today: int, days: int) -> list[Decimal]:
     return balances[::-1]
 
 
+def average_end_of_day(state: CustomerState, today: int, days: int) -> Decimal:
+    """The mean of ``_end_of_day(state, today, days)`` from one walk and no list: a day's
+    net moved the end-of-day balance of every day of the window before it, so the sum of
+    the ``n`` balances is ``n * balance - sum(net(d) * (d - start))`` (days after
+    ``today``, from events that arrived out of order, move none of them). The drawdown
+    check runs on every debit; this is most of its cost."""
+    first = state.first_day if state.first_day is not None else today
+    start = max(today - days + 1, first)
+    n = max(today - start + 1, 1)  # a day before the first one: the balance now, as _end_of_day says
+    moved = ZERO
+    for record in reversed(state.events):
+        day = record.day
+        if day <= start:
+            break
+        if day <= today:
+            moved += record.amount * (day - start)
+    return (state.balance * n - moved) / n
+
+
 def _loans_as_of(state: CustomerState, ts_us: int) -> dict[str, LoanPoint]:
     """Each loan as the loan system had reported it by ``ts_us`` (a LoanEvent that arrives
     before older transactions must not change how those are judged)."""
@@ -515,12 +534,14 @@ def _fast_in_fast_out(j: _Judge, amount: Decimal) -> None:
 
 def _drawdown(j: _Judge) -> None:
     rule = j.config.outflow
-    balances = _end_of_day(j.state, j.day, 30)
-    average = sum(balances, ZERO) / len(balances)
+    average = average_end_of_day(j.state, j.day, 30)
     floor = rule.drawdown_fraction * average
     below = average >= rule.drawdown_min_avg_balance and j.state.balance < floor
-    recent_high = max(balances[-rule.drawdown_within_days - 1 : -1] or [ZERO])
-    if j.edge("drawdown", below) and recent_high >= floor:
+    if not j.edge("drawdown", below):
+        return
+    balances = _end_of_day(j.state, j.day, min(rule.drawdown_within_days + 1, 30))  # the same 30 days' tail
+    recent_high = max(balances[:-1] or [ZERO])
+    if recent_high >= floor:
         j.emit(
             "balance_drawdown",
             "outflow_risk",

@@ -9,11 +9,11 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from rules.config import MarketingConfig, RulesConfig
-from rules.engine import Finding, Judgement, external_drift, judge
+from rules.engine import Finding, Judgement, _end_of_day, average_end_of_day, external_drift, judge
 from rules.events import LoanEvent, TransactionEvent
 from rules.metrics import evaluate
 from rules.state import CustomerState, Outcome, StateConfig, apply_loan, apply_transaction, local_day, to_us
@@ -340,3 +340,46 @@ def test_the_churn_rules_own_walk_equals_the_spec_metrics(case: tuple[list[Trans
             metrics = evaluate(state, moment, CONFIG)
             want = (metrics["external_outflow_share_30d"], metrics["external_banks_90d"])
             assert external_drift(state, moment) == want
+
+
+def _salary(txn_id: str, ts: dt.datetime) -> TransactionEvent:
+    return TransactionEvent.model_validate(
+        {
+            "txn_id": txn_id,
+            "customer_id": "c",
+            "account_id": "a1",
+            "ts": ts.isoformat(),
+            "direction": "credit",
+            "amount": "0.01",
+            "kind": "salary",
+            "balance_after": "0",
+        }
+    )
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories(), st.sampled_from([1, 2, 7, 30, 90]))
+@example(  # found by CI: a late event refused as too late, its day before the customer's first
+    (
+        [_salary(f"t{i}", dt.datetime(2024, 1, 31, 23, tzinfo=ZONE)) for i in range(7)]
+        + [
+            _salary("t7", dt.datetime(2023, 10, 15, 23, tzinfo=ZONE)),
+            _salary("t8", dt.datetime(2023, 7, 16, 23, tzinfo=ZONE)),
+        ],
+        dt.datetime(2024, 1, 31, 23, tzinfo=ZONE),
+    ),
+    90,
+)
+def test_the_drawdown_average_equals_the_mean_of_the_end_of_day_balances(
+    case: tuple[list[TransactionEvent], dt.datetime], days: int
+) -> None:
+    """The drawdown check's one-walk average is exactly the mean of the end-of-day balances
+    it replaced, after every event, also when events arrive out of order."""
+    events, _ = case
+    state = CustomerState(events[0].customer_id)
+    for event in events:
+        apply_transaction(state, event, CONFIG)
+        today = local_day(to_us(event.ts), ZONE)
+        for day in (today, today + 1, today + days):
+            balances = _end_of_day(state, day, days)
+            assert average_end_of_day(state, day, days) == sum(balances, Decimal(0)) / len(balances)
