@@ -13,7 +13,12 @@ with fresh ids until there are ``--events`` of them), measured side by side:
   (c) with one and with two workers.
 
 Each consumer is timed from its first record to its last, so group joins and
-process start-up are not counted. This is a measurement, not a test: nothing
+process start-up are not counted. The speed of a shared 2-vCPU machine drifts
+by tens of percent within minutes, so (b), (b') and (c) run in ``--rounds``
+interleaved rounds (each round a fresh consumer group and, for (c), fresh
+state): each row is the median round, each ratio the median of the rounds'
+own ratios (a round's stages ran minutes, not a quarter of an hour, apart).
+This is a measurement, not a test: nothing
 here asserts a speed. ``--smoke`` runs every stage on a few thousand records so
 the benchmark cannot rot (``make bench-smoke``, part of ``make test``).
 """
@@ -52,7 +57,9 @@ LIGHT_LOAD = 100.0  # events/s: the latency floor, when nothing queues
 @dataclass(slots=True)
 class Results:
     events: int = 0
-    rows: dict[str, float] = field(default_factory=dict)  # stage -> events/s
+    rows: dict[str, float] = field(default_factory=dict)  # stage -> events/s (the median round)
+    rounds: dict[str, list[float]] = field(default_factory=dict)  # stage -> events/s of each round
+    ratios: dict[str, list[float]] = field(default_factory=dict)  # "c/b", "c/b'" -> each round's ratio
     latency: dict[str, dict[str, Any]] = field(default_factory=dict)
     memory: dict[str, Any] = field(default_factory=dict)
     history: dict[str, Any] = field(default_factory=dict)
@@ -393,7 +400,12 @@ async def produce_all(settings: Settings, bootstrap: str, lines: list[bytes]) ->
     return stats.rate
 
 
-def run_bench(settings: Settings, berka: Path, events: int, smoke: bool, out: Path | None) -> Results:
+STAGE_B = "(b) Faust agent doing nothing (per event)"
+STAGE_B2 = "(b') Faust agent doing nothing (batched, manual acks)"
+STAGE_C = "(c) FundFlow full pipeline, 1 worker"
+
+
+def run_bench(settings: Settings, berka: Path, events: int, smoke: bool, out: Path | None, rounds: int = 1) -> Results:
     results = Results(events=events)
     source = berka_lines(berka, settings)
     generator = fresh_loops(source)
@@ -407,18 +419,28 @@ def run_bench(settings: Settings, berka: Path, events: int, smoke: bool, out: Pa
             results.rows["produce (aiokafka, acks=all)"] = asyncio.run(produce_all(settings, run.bootstrap, data))
             step("(a) bare aiokafka")
             results.rows["(a) bare aiokafka consumer"] = asyncio.run(bare_aiokafka(settings, run.bootstrap, len(data)))
-            step("(b) do-nothing Faust agent, per event")
-            results.rows["(b) Faust agent doing nothing (per event)"] = noop_agent(
-                run, "per-event", len(data), log_dir, timeout
-            )
-            step("(b') do-nothing Faust agent, batches")
-            results.rows["(b') Faust agent doing nothing (batched, manual acks)"] = noop_agent(
-                run, "batches", len(data), log_dir, timeout
-            )
-            step("(c) full pipeline, 1 worker")
-            worker = run.start_worker()
-            full = asyncio.run(pipeline_rate(run, "bench1", len(data), timeout))
-            results.rows["(c) FundFlow full pipeline, 1 worker"] = full
+            measured: dict[str, list[float]] = {STAGE_B: [], STAGE_B2: [], STAGE_C: []}
+            for r in range(rounds):
+                last = r == rounds - 1
+                of = f" (round {r + 1} of {rounds})" if rounds > 1 else ""
+                step(f"(b) do-nothing Faust agent, per event{of}")
+                measured[STAGE_B].append(noop_agent(run, "per-event", len(data), log_dir, timeout, r))
+                step(f"(b') do-nothing Faust agent, batches{of}")
+                measured[STAGE_B2].append(noop_agent(run, "batches", len(data), log_dir, timeout, r))
+                step(f"(c) full pipeline, 1 worker{of}")
+                # the last round's worker stays for the memory and latency stages, under "bench1"
+                prefix = "bench1" if last else f"bench1r{r}"
+                env = {} if last else {"FUNDFLOW_APP_ID": f"bench-full-1-r{r}", "FUNDFLOW_KEY_PREFIX": prefix}
+                worker = run.start_worker(**env)
+                measured[STAGE_C].append(asyncio.run(pipeline_rate(run, prefix, len(data), timeout)))
+                if not last:
+                    run.stop_worker(worker)
+            results.rounds = measured
+            for name, rates in measured.items():
+                results.rows[name] = statistics.median(rates)
+            for name, floor in (("c/b", STAGE_B), ("c/b'", STAGE_B2)):
+                results.ratios[name] = [c / b for c, b in zip(measured[STAGE_C], measured[floor], strict=True)]
+            full = results.rows[STAGE_C]
             results.memory = asyncio.run(redis_memory(run, "bench1"))
             seconds = 2.0 if smoke else 20.0
             loads = {"light": (LIGHT_LOAD, seconds / 2), "50%": (full * 0.5, seconds), "80%": (full * 0.8, seconds)}
@@ -464,6 +486,8 @@ def results_dict(results: Results) -> dict[str, Any]:
     return {
         "events": results.events,
         "events_per_second": {k: round(v) for k, v in results.rows.items()},
+        "events_per_second_by_round": {k: [round(v) for v in rates] for k, rates in results.rounds.items()},
+        "ratios_by_round": {k: [round(v, 3) for v in ratios] for k, ratios in results.ratios.items()},
         "latency": results.latency,
         "redis_memory_per_customer": results.memory,
         "per_event_cost_vs_history": results.history,
@@ -474,18 +498,23 @@ def results_dict(results: Results) -> dict[str, Any]:
 def render(results: Results) -> str:
     rows = results.rows
     a = rows.get("(a) bare aiokafka consumer", 0.0)
-    b = rows.get("(b) Faust agent doing nothing (per event)", 0.0)
-    b2 = rows.get("(b') Faust agent doing nothing (batched, manual acks)", 0.0)
-    c = rows.get("(c) FundFlow full pipeline, 1 worker", 0.0)
+    b, b2, c = rows.get(STAGE_B, 0.0), rows.get(STAGE_B2, 0.0), rows.get(STAGE_C, 0.0)
     c2 = rows.get("(c2) FundFlow full pipeline, 2 workers", 0.0)
     out = [f"FundFlow benchmark: {results.events} Berka events, {results.notes[0] if results.notes else ''}", ""]
     out.append(f"{'stage':<56} {'events/s':>10}")
-    out.extend(f"{name:<56} {rate:>10,.0f}" for name, rate in rows.items())
+    for name, rate in rows.items():
+        each = results.rounds.get(name, [])
+        rounds = f"   rounds: {', '.join(f'{r:,.0f}' for r in each)}" if len(each) > 1 else ""
+        out.append(f"{name:<56} {rate:>10,.0f}{rounds}")
     out.append("")
     if a and b and c:
-        out.append(f"c/b  (full pipeline / do-nothing Faust agent)      {c / b:6.2f}   target >= 0.6")
-        if b2:
-            out.append(f"c/b' (full pipeline / do-nothing agent, batched)   {c / b2:6.2f}")
+        for name, label in (("c/b", "c/b  (full pipeline / do-nothing Faust agent)   "),
+                            ("c/b'", "c/b' (full pipeline / do-nothing agent, batched)")):  # fmt: skip
+            ratios = results.ratios.get(name) or [c / (b if name == "c/b" else b2)]
+            median = statistics.median(ratios)
+            by_round = f"   rounds: {', '.join(f'{r:.2f}' for r in ratios)}" if len(ratios) > 1 else ""
+            target = "   target >= 0.6" if name == "c/b" else ""
+            out.append(f"{label}   {median:6.2f}{target}{by_round}")
         out.append(f"c/a  (full pipeline / bare aiokafka)               {c / a:6.3f}")
         if c2:
             out.append(f"2 workers / 1 worker                               {c2 / c:6.2f}   (2 cores: CPU-bound)")
@@ -531,10 +560,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=None, help="records per stage (default 100000; smoke 3000)")
     parser.add_argument("--smoke", action="store_true", help="every stage on a few thousand records")
     parser.add_argument("--out", type=Path, default=Path("var/bench/results.json"))
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="interleaved rounds of (b), (b'), (c) (default 3; smoke 1)"
+    )
     args = parser.parse_args(argv)
     events = args.events or (3000 if args.smoke else 100_000)
+    rounds = args.rounds or (1 if args.smoke else 3)
     if events <= 0:
         parser.error("--events must be > 0")
+    if rounds <= 0:
+        parser.error("--rounds must be > 0")
     if not args.berka.is_dir():
         print(f"bench: error: no Berka data at {args.berka}", file=sys.stderr)
         return 1
@@ -542,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.CRITICAL)
     try:
-        run_bench(Settings(), args.berka, events, args.smoke, args.out)
+        run_bench(Settings(), args.berka, events, args.smoke, args.out, rounds)
     except ConfigError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 1

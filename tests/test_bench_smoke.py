@@ -33,6 +33,8 @@ def test_bench_smoke_reports_every_stage(tmp_path: Path) -> None:
             "--smoke",
             "--events",
             "2000",
+            "--rounds",
+            "2",
             "--out",
             str(out),
         ],
@@ -49,6 +51,9 @@ def test_bench_smoke_reports_every_stage(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     rates = report["events_per_second"]
     assert len(rates) == 6 and all(rate > 0 for rate in rates.values())
+    by_round = report["events_per_second_by_round"]  # (b), (b'), (c) interleaved, each round measured
+    assert len(by_round) == 3 and all(len(each) == 2 and min(each) > 0 for each in by_round.values())
+    assert [len(each) for each in report["ratios_by_round"].values()] == [2, 2]
     for share in ("light", "50%", "80%"):
         assert report["latency"][share]["committed_ms"]["n"] > 0
     assert report["redis_memory_per_customer"]["customers"] > 0
