@@ -11,7 +11,15 @@ idle worker takes the first record that arrives at once: at light load a batch
 is one record and waits for nothing. A busy one (records were already queued
 when it came back) lets the batch fill for up to ``linger`` or ``max_events``
 while Faust keeps delivering, so the per-batch cost is spread over many
-records exactly when throughput matters. Records are acked, in order, only
+records exactly when throughput matters. A worker that is behind (``backlog``:
+the consumer's latest fetches say Kafka already holds more records of these
+partitions) waits, up to ``busy_linger``, until those are in the batch too (at
+most ``max_events``): Faust hands records over on this same thread, ~25 in a
+5 ms linger on a slow core, so a worker catching up with the short linger ran
+batches of ~30 and paid the per-batch costs (round trips, the commit call,
+Faust's bookkeeping) ten times as often. A batch of what is already there is
+what group commit does: no record waits for one that has not arrived, and at
+light load (nothing more in Kafka) nothing changes. Records are acked, in order, only
 after their batch is processed (state committed, findings published), so
 offsets are committed after the effects, exactly as before.
 
@@ -26,7 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -39,11 +47,16 @@ class Batcher(Generic[T]):
         self._ready = asyncio.Event()  # something is buffered
         self._room = asyncio.Event()  # the buffer is below max_events
         self._room.set()
-        self._full = asyncio.Event()  # the buffer holds max_events
+        self._full = asyncio.Event()  # the buffer holds what the waiting take() wants
+        self._want = max_events
         self.failure: BaseException | None = None
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def buffered(self) -> Sequence[T]:
+        """The items waiting for the next batch (a view: do not change it)."""
+        return self._items
 
     async def put(self, item: T) -> None:
         while len(self._items) >= self.max_events:
@@ -53,18 +66,24 @@ class Batcher(Generic[T]):
         self._raise_if_failed()
         self._items.append(item)
         self._ready.set()
-        if len(self._items) >= self.max_events:
+        if len(self._items) >= self._want:
             self._full.set()
 
-    async def take(self, linger: float = 0.0) -> list[T]:
+    async def take(self, linger: float = 0.0, want: int | None = None) -> list[T]:
         """The next batch (at most ``max_events``): at once when the buffer was empty
-        (idle: the first record goes alone), else once it is full or ``linger`` passed."""
+        (idle: the first record goes alone), else once it holds ``want`` items (default:
+        ``max_events``) or ``linger`` passed."""
+        want = self.max_events if want is None else max(1, min(want, self.max_events))
         if not self._items:
             await self._ready.wait()
-        elif linger > 0 and len(self._items) < self.max_events:
+        elif linger > 0 and len(self._items) < want:
+            self._want = want
             self._full.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._full.wait(), linger)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), linger)
+            finally:
+                self._want = self.max_events
         batch = self._items[: self.max_events]
         del self._items[: self.max_events]
         if not self._items:
@@ -83,15 +102,27 @@ class Batcher(Generic[T]):
             raise self.failure
 
 
+Backlog = Callable[[Sequence[T]], int]  # given the buffered items: records known to wait beyond them
+
+
 async def drain(
     batcher: Batcher[T],
     handle: Callable[[list[T]], Awaitable[None]],
     ack: Callable[[T], Awaitable[Any]],
     linger: float,
+    backlog: Backlog[T] | None = None,
+    busy_linger: float = 0.0,
 ) -> None:
-    """Take batches for ever: handle each, then ack its items in order."""
+    """Take batches for ever: handle each, then ack its items in order. While ``backlog``
+    says more records are already in Kafka, a batch may fill with them (up to
+    ``max_events``) for ``busy_linger``."""
     while True:
-        batch = await batcher.take(linger)
+        buffered = len(batcher)
+        waiting = backlog(batcher.buffered()) if backlog is not None and busy_linger > 0 and buffered else 0
+        if waiting:
+            batch = await batcher.take(max(busy_linger, linger), buffered + waiting)
+        else:
+            batch = await batcher.take(linger)
         await handle(batch)
         for item in batch:
             await ack(item)
@@ -103,6 +134,8 @@ async def run_batched(
     linger: float,
     handle: Callable[[list[T]], Awaitable[None]],
     ack: Callable[[T], Awaitable[Any]],
+    backlog: Backlog[T] | None = None,
+    busy_linger: float = 0.0,
 ) -> None:
     """Feed ``items`` through a Batcher to one drain task; a drain failure is raised here,
     also while the stream is idle (the drain cancels this task to deliver it)."""
@@ -111,7 +144,7 @@ async def run_batched(
 
     async def guarded() -> None:
         try:
-            await drain(batcher, handle, ack, linger)
+            await drain(batcher, handle, ack, linger, backlog, busy_linger)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:

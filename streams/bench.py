@@ -121,8 +121,7 @@ async def bare_aiokafka(settings: Settings, bootstrap: str, expected: int) -> fl
 
 def noop_agent_main(mode: str, expected: int, result: Path, web_port: int) -> int:
     """The process body of stage (b): count records, write timings, do nothing else."""
-    from streams.app import faust_app, run_faust_worker
-    from streams.batcher import run_batched
+    from streams.app import faust_app, read_in_batches, run_faust_worker
     from streams.topics import INPUT_TOPICS
 
     settings = Settings(web_port=web_port)
@@ -151,19 +150,16 @@ def noop_agent_main(mode: str, expected: int, result: Path, web_port: int) -> in
 
         @app.agent(source, name="noop")
         async def noop_batches(stream: Any) -> None:
-            manual = stream.noack()  # read and ack exactly as FundFlow's agent does (streams.batcher)
-            await run_batched(
-                manual.events(), settings.batch_max_events, settings.batch_within_seconds, handle, manual.ack
-            )
+            await read_in_batches(app, settings, stream, handle)  # read and ack as FundFlow's agent does
 
     run_faust_worker(app, settings, "warning")  # as a FundFlow worker runs: the floor stays fair
     return 0
 
 
-def noop_agent(run: LocalRun, mode: str, expected: int, log_dir: Path, timeout: float) -> float:
+def noop_agent(run: LocalRun, mode: str, expected: int, log_dir: Path, timeout: float, round_: int = 0) -> float:
     result = log_dir / f"noop-{mode}.json"
     result.unlink(missing_ok=True)
-    env = run.env(FUNDFLOW_APP_ID=f"bench-noop-{mode}-{os.getpid()}")
+    env = run.env(FUNDFLOW_APP_ID=f"bench-noop-{mode}-{os.getpid()}-{round_}")  # a fresh group reads it all
     with (log_dir / f"noop-{mode}.log").open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "streams.bench", "noop", mode, str(expected), str(result), str(free_port())],

@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     batch_within_seconds: float = Field(
         default=0.005, gt=0, le=10, description="longest a batch waits to fill while records queue (idle: no wait)"
     )
+    batch_busy_linger_seconds: float = Field(
+        default=0.1,
+        ge=0,
+        le=10,
+        description="longest a batch waits for the records Kafka already holds for it (a worker behind); 0: off",
+    )
     broker_session_timeout: float = 10.0
     broker_heartbeat_interval: float = 1.0
     broker_rebalance_timeout: float = 4.0

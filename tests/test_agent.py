@@ -68,3 +68,26 @@ def test_the_worker_tunes_the_garbage_collector_from_its_settings() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_the_backlog_is_what_kafka_holds_beyond_the_buffered_records() -> None:
+    from types import SimpleNamespace
+
+    from streams.app import kafka_backlog
+
+    high = {"t0": 1_000, "t1": 50, "t2": None}  # t2: no fetch answered yet
+
+    def highwater(tp: str) -> int | None:
+        if tp == "t3":
+            raise AssertionError("Partition is not assigned")  # aiokafka, on a revoked partition
+        return high[tp]
+
+    app = SimpleNamespace(consumer=SimpleNamespace(highwater=highwater))
+
+    def event(tp: str, offset: int) -> SimpleNamespace:
+        return SimpleNamespace(message=SimpleNamespace(tp=tp, offset=offset))
+
+    backlog = kafka_backlog(app)  # type: ignore[arg-type]
+    buffered = [event("t0", 10), event("t1", 40), event("t0", 11), event("t2", 5), event("t1", 49), event("t3", 7)]
+    assert backlog(buffered) == (1_000 - 12) + 0  # t1 is drained to its end; t2 and t3 unknown
+    assert backlog([]) == 0

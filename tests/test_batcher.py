@@ -6,7 +6,7 @@ it did not finish."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
@@ -107,3 +107,57 @@ async def test_a_failing_drain_stops_the_agent_even_while_the_stream_is_idle() -
     with pytest.raises(RuntimeError, match="a bug in the processor"):
         await asyncio.wait_for(runner, 1.0)
     assert acked == [1]  # 2 was not processed, so it is not acked: Kafka redelivers it
+
+
+async def test_a_batch_can_wait_for_a_given_number_of_items() -> None:
+    batcher: Batcher[int] = Batcher(max_events=10)
+    await batcher.put(0)
+    taker = asyncio.ensure_future(batcher.take(linger=5.0, want=3))
+    for i in (1, 2):
+        await asyncio.sleep(0.01)
+        assert not taker.done()
+        await batcher.put(i)
+    assert await asyncio.wait_for(taker, 1.0) == [0, 1, 2]  # three were wanted: no 5 s linger
+    await batcher.put(3)
+    assert await asyncio.wait_for(batcher.take(linger=5.0, want=1), 1.0) == [3]
+
+
+async def test_a_worker_that_is_behind_takes_what_kafka_already_holds_in_one_batch() -> None:
+    """Records already in Kafka are waited for (up to busy_linger) and go in one batch,
+    instead of the few that arrived within the short linger."""
+    in_kafka: list[int] = []
+
+    def backlog(buffered: Sequence[int]) -> int:
+        assert buffered  # asked only when something is buffered (an idle worker goes at once)
+        return len(in_kafka)
+
+    async def batches(with_backlog: bool) -> list[list[int]]:
+        stream = Stream()
+        handled: list[list[int]] = []
+        first = asyncio.Event()
+
+        async def handle(batch: list[int]) -> None:
+            handled.append(batch)
+            if len(handled) == 1:
+                first.set()
+                await asyncio.sleep(0.02)  # records queue up meanwhile: the worker is busy
+
+        async def ack(item: int) -> None:
+            pass
+
+        runner = asyncio.ensure_future(
+            run_batched(stream, 50, 0.005, handle, ack, backlog if with_backlog else None, 2.0)
+        )
+        stream.queue.put_nowait(0)
+        await first.wait()
+        in_kafka[:] = list(range(1, 11))  # ten records are in Kafka; Faust delivers one per 15 ms
+        while in_kafka:
+            stream.queue.put_nowait(in_kafka.pop(0))
+            await asyncio.sleep(0.015)
+        stream.queue.put_nowait(None)
+        await asyncio.wait_for(runner, 5.0)
+        return handled
+
+    assert (await batches(with_backlog=True))[:2] == [[0], list(range(1, 11))]
+    short = await batches(with_backlog=False)  # only the 5 ms linger: small batches
+    assert short[0] == [0] and len(short) >= 4
