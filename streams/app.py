@@ -108,6 +108,7 @@ def _set_fetch_max_wait(milliseconds: int) -> None:
     a fetch only when that wait runs out, even when records arrive meanwhile (Tansu, the
     embedded broker), then adds up to 1.5 s to every record's latency; Apache Kafka returns
     as soon as ``fetch_min_bytes`` is there, so a shorter wait costs it only idle fetches.
+    Too short a wait starves a worker on Tansu instead (``streams.embedded``).
     Wraps the one method that builds the consumer (once per process) to use our setting."""
     from faust.transport.drivers import aiokafka as driver
 
