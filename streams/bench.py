@@ -504,9 +504,11 @@ def render(results: Results) -> str:
         out.append(f"{name:<56} {rate:>10,.0f}{rounds}")
     out.append("")
     if a and b and c:
-        for name, label in (("c/b", "c/b  (full pipeline / do-nothing Faust agent)   "),
-                            ("c/b'", "c/b' (full pipeline / do-nothing agent, batched)")):  # fmt: skip
-            ratios = results.ratios.get(name) or [c / (b if name == "c/b" else b2)]
+        for name, floor, label in (("c/b", b, "c/b  (full pipeline / do-nothing Faust agent)   "),
+                                   ("c/b'", b2, "c/b' (full pipeline / do-nothing agent, batched)")):  # fmt: skip
+            ratios = results.ratios.get(name) or ([c / floor] if floor else [])
+            if not ratios:
+                continue
             median = statistics.median(ratios)
             by_round = f"   rounds: {', '.join(f'{r:.2f}' for r in ratios)}" if len(ratios) > 1 else ""
             target = "   target >= 0.6" if name == "c/b" else ""
@@ -560,8 +562,8 @@ def main(argv: list[str] | None = None) -> int:
         "--rounds", type=int, default=None, help="interleaved rounds of (b), (b'), (c) (default 3; smoke 1)"
     )
     args = parser.parse_args(argv)
-    events = args.events or (3000 if args.smoke else 100_000)
-    rounds = args.rounds or (1 if args.smoke else 3)
+    events = args.events if args.events is not None else (3000 if args.smoke else 100_000)
+    rounds = args.rounds if args.rounds is not None else (1 if args.smoke else 3)
     if events <= 0:
         parser.error("--events must be > 0")
     if rounds <= 0:

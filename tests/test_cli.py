@@ -187,3 +187,16 @@ async def test_customer_show_and_tiers_read_live_state(redis_url: str, tmp_path:
     snapshot = fundflow("snapshot", "--out", str(tmp_path / "s.jsonl"), **env)
     assert snapshot.returncode == 0, snapshot.stderr
     assert len((tmp_path / "s.jsonl").read_text().splitlines()) == 8
+
+
+@pytest.mark.parametrize("arg", ["--rounds", "--events"])
+def test_bench_refuses_zero_rounds_or_events(tmp_path: Path, arg: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "streams.bench", "--berka", str(tmp_path), arg, "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"make bench: error: {arg} must be > 0"
