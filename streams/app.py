@@ -26,7 +26,7 @@ import faust
 from aiokafka.errors import KafkaError
 
 from rules.state import CustomerState
-from streams import telemetry
+from streams import fastdrain, telemetry
 from streams.batcher import run_batched
 from streams.decode import RawRecord
 from streams.errors import TransientError
@@ -148,10 +148,14 @@ def run_faust_worker(app: faust.App, settings: Settings, loglevel: str) -> None:
     worker.execute_from_commandline()
 
 
-def faust_app(settings: Settings, bootstrap: str) -> faust.App:
+def faust_app(settings: Settings, bootstrap: str, *, fast_drain: bool = True) -> faust.App:
     """The Faust app with FundFlow's consumer, producer and security settings
-    (also the do-nothing agent of ``make bench`` uses it, so the floor is fair)."""
+    (also the do-nothing agents of ``make bench`` use it, so the floor is fair).
+    ``fast_drain``: Faust's consumer hands records over without four tasks per record
+    (``streams.fastdrain``); off only for the bench's stock-Faust floor (b)."""
     _set_fetch_max_wait(settings.fetch_max_wait_ms)
+    if fast_drain:
+        fastdrain.install()
     return faust.App(
         settings.app_id,
         broker=broker_url(bootstrap),

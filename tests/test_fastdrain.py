@@ -1,0 +1,126 @@
+"""``streams.fastdrain``: Faust's consumer's ``wait_first`` with the delivery run inline.
+
+The patched method must answer exactly as mode's ``Service.wait_first`` does: the
+delivery's result when it finishes, the flag when the flag fires first (the delivery
+cancelled), exceptions passed on, and no coroutine left un-awaited."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import warnings
+from typing import Any
+
+import pytest
+from faust.transport.consumer import Consumer
+from mode import Service
+
+from streams import fastdrain
+
+
+class FakeConsumer(Service):
+    """What the patched method reads of a Faust consumer: the flow flag and the service flags."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.suspend_flow = asyncio.Event()
+
+
+@pytest.fixture(autouse=True)
+def installed() -> None:
+    fastdrain.install()
+
+
+def wait_first(consumer: FakeConsumer, *coros: Any) -> Any:
+    return Consumer.wait_first(consumer, *coros)  # type: ignore[arg-type]
+
+
+async def test_install_is_idempotent_and_patches_faust() -> None:
+    method = Consumer.wait_first
+    fastdrain.install()
+    assert Consumer.wait_first is method
+    assert getattr(method, "__fundflow_fast__", False)
+
+
+async def test_a_delivery_that_does_not_suspend_wins_without_a_task() -> None:
+    consumer = FakeConsumer()
+    tasks_before = len(asyncio.all_tasks())
+    seen: list[int] = []
+
+    async def deliver() -> str:
+        seen.append(len(asyncio.all_tasks()))
+        return "delivered"
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "coroutine ... was never awaited" would fail here
+        delivery = deliver()
+        result = await wait_first(consumer, delivery, consumer.suspend_flow.wait())
+        gc.collect()
+    assert result.done == [delivery]
+    assert result.results == ["delivered"]
+    assert result.stopped is False
+    assert seen == [tasks_before]  # ran inline: no task was made for it
+
+
+async def test_a_delivery_that_suspends_finishes_through_the_original() -> None:
+    consumer = FakeConsumer()
+    room = asyncio.Event()
+
+    async def deliver() -> int:
+        await asyncio.sleep(0)
+        await room.wait()  # a full stream buffer
+        return 7
+
+    asyncio.get_running_loop().call_later(0.01, room.set)
+    result = await wait_first(consumer, deliver(), consumer.suspend_flow.wait())
+    assert result.results == [7]
+    assert result.stopped is False
+
+
+async def test_a_rebalance_interrupts_a_suspended_delivery() -> None:
+    consumer = FakeConsumer()
+    cancelled = asyncio.Event()
+
+    async def deliver() -> None:
+        try:
+            await asyncio.Event().wait()  # never gets room
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    flag = consumer.suspend_flow
+    asyncio.get_running_loop().call_later(0.01, flag.set)
+    result = await wait_first(consumer, deliver(), flag.wait())
+    assert result.results == [True]  # the flag won, as in Faust
+    await asyncio.sleep(0)
+    assert cancelled.is_set()  # and the delivery was cancelled, not left running
+
+
+async def test_an_error_in_the_delivery_is_raised() -> None:
+    consumer = FakeConsumer()
+
+    async def deliver() -> None:
+        raise ValueError("bad record")
+
+    with pytest.raises(ValueError, match="bad record"):
+        await wait_first(consumer, deliver(), consumer.suspend_flow.wait())
+
+    async def deliver_later() -> None:
+        await asyncio.sleep(0)
+        raise ValueError("later")
+
+    with pytest.raises(ValueError, match="later"):
+        await wait_first(consumer, deliver_later(), consumer.suspend_flow.wait())
+
+
+async def test_with_the_flow_suspended_faust_decides() -> None:
+    consumer = FakeConsumer()
+    consumer.suspend_flow.set()
+    ran: list[bool] = []
+
+    async def deliver() -> None:
+        ran.append(True)
+
+    result = await wait_first(consumer, deliver(), consumer.suspend_flow.wait())
+    assert result.stopped is False
+    assert result.done  # what mode's wait_first gives, unchanged
