@@ -125,7 +125,8 @@ def noop_agent_main(mode: str, expected: int, result: Path, web_port: int) -> in
     from streams.topics import INPUT_TOPICS
 
     settings = Settings(web_port=web_port)
-    app = faust_app(settings, settings.kafka_bootstrap or "")
+    # (b) is stock Faust, the framework's floor; (b') reads as FundFlow's agent does
+    app = faust_app(settings, settings.kafka_bootstrap or "", fast_drain=mode != "per-event")
     source = app.topic(*INPUT_TOPICS, key_serializer="raw", value_serializer="raw")
     state: dict[str, Any] = {"n": 0, "t0": None}
 
@@ -210,60 +211,102 @@ async def pipeline_rate(run: LocalRun, prefix: str, expected: int, timeout: floa
 
 
 async def latency_at(
-    run: LocalRun, settings: Settings, prefix: str, lines: Iterator[bytes], rate: float, seconds: float
+    run: LocalRun,
+    settings: Settings,
+    prefix: str,
+    lines: Iterator[bytes],
+    rate: float,
+    seconds: float,
+    fetch_wait_ms: int,
 ) -> dict[str, Any]:
-    """Produce at ``rate`` for ``seconds``; percentiles of produce -> state committed and -> alert."""
+    """Produce at ``rate`` for ``seconds``; percentiles of produce -> state committed and -> alert,
+    and, side by side on the same records, the broker's share: a bare aiokafka consumer,
+    assigned every input partition and fetching as the worker does (the same max wait),
+    produce -> record in hand. All from the record's timestamp (taken as it is sent)."""
     import redis.asyncio as aioredis
-    from aiokafka import AIOKafkaConsumer
+    from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from streams.embedded import kafka_client_kwargs
 
     count = max(int(rate * seconds), 1)
     batch = list(islice(lines, count))
-    sent_ms: dict[str, int] = {}
+    produced_ms: dict[str, int] = {}  # txn_id -> its record's timestamp
+    in_hand_ms: list[int] = []
     client = aioredis.Redis.from_url(run.redis_url)
     await client.delete(f"{prefix}:stats:latency_ms")
     before = int(await client.hget(f"{prefix}:stats", "applied") or 0)
     alerts = AIOKafkaConsumer(
         ALERTS, bootstrap_servers=run.bootstrap, auto_offset_reset="latest", **kafka_client_kwargs(settings)
     )
+    floor = AIOKafkaConsumer(
+        bootstrap_servers=run.bootstrap,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=fetch_wait_ms,
+        **kafka_client_kwargs(settings),
+    )
     await alerts.start()
-    await alerts.getmany(timeout_ms=200)  # position at the end before producing
-    producer = await start_producer(settings, run.bootstrap)
+    await floor.start()
     try:
+        await alerts.getmany(timeout_ms=200)  # position at the end before producing
+        await floor.topics()
+        partitions = [TopicPartition(t, p) for t in INPUT_TOPICS for p in (floor.partitions_for_topic(t) or ())]
+        floor.assign(partitions)
+        await floor.seek_to_end(*partitions)
+        for tp in partitions:  # resolve the positions now, not after the first records land
+            await floor.position(tp)
 
-        def stamped() -> Iterator[bytes]:
-            for line in batch:
-                _, _, obj = route(line)
-                if obj and "txn_id" in obj:
-                    sent_ms[str(obj["txn_id"])] = int(time.time() * 1000)
-                yield line
+        # Tansu's "latest" offset can be the start of the last batch, not its end: records
+        # sent before this stage are told apart by their timestamps
+        stage_start_ms = int(time.time() * 1000)
 
-        await replay(stamped(), producer, rate=rate)
+        async def in_hand() -> None:
+            while len(in_hand_ms) < count:
+                batches = await floor.getmany(timeout_ms=500)
+                now = int(time.time() * 1000)
+                for messages in batches.values():
+                    for m in messages:
+                        if m.timestamp < stage_start_ms:
+                            continue
+                        in_hand_ms.append(now - m.timestamp)
+                        txn_id = orjson.loads(m.value or b"{}").get("txn_id")
+                        if txn_id is not None:
+                            produced_ms[str(txn_id)] = m.timestamp
+
+        floor_task = asyncio.create_task(in_hand())
+        producer = await start_producer(settings, run.bootstrap)
+        try:
+            await replay(batch, producer, rate=rate)
+        finally:
+            await producer.stop()
+        deadline = time.monotonic() + 120
+        while int(await client.hget(f"{prefix}:stats", "applied") or 0) < before + len(batch):
+            if time.monotonic() > deadline:
+                raise ConfigError("latency stage: the pipeline did not catch up")
+            await asyncio.sleep(0.1)
+        try:
+            await asyncio.wait_for(floor_task, 60)
+        except TimeoutError:
+            raise ConfigError(f"latency stage: the bare consumer saw {len(in_hand_ms)} of {count}") from None
+        committed = sorted(int(x) for x in await client.lrange(f"{prefix}:stats:latency_ms", 0, -1))
+        alert_ms: list[int] = []
+        end = time.monotonic() + 3
+        while time.monotonic() < end:
+            for messages in (await alerts.getmany(timeout_ms=300)).values():
+                for message in messages:
+                    finding = orjson.loads(message.value or b"{}")
+                    trigger = finding.get("trigger_txn_id")
+                    if trigger in produced_ms and message.timestamp:
+                        alert_ms.append(int(message.timestamp) - produced_ms[trigger])
     finally:
-        await producer.stop()
-    deadline = time.monotonic() + 120
-    while int(await client.hget(f"{prefix}:stats", "applied") or 0) < before + len(batch):
-        if time.monotonic() > deadline:
-            raise ConfigError("latency stage: the pipeline did not catch up")
-        await asyncio.sleep(0.1)
-    committed = sorted(int(x) for x in await client.lrange(f"{prefix}:stats:latency_ms", 0, -1))
-    await client.aclose()
-    alert_ms: list[int] = []
-    end = time.monotonic() + 3
-    while time.monotonic() < end:
-        for messages in (await alerts.getmany(timeout_ms=300)).values():
-            for message in messages:
-                finding = orjson.loads(message.value or b"{}")
-                trigger = finding.get("trigger_txn_id")
-                if trigger in sent_ms and message.timestamp:
-                    alert_ms.append(int(message.timestamp) - sent_ms[trigger])
-    await alerts.stop()
+        await alerts.stop()
+        await floor.stop()
+        await client.aclose()
     return {
         "rate": round(rate),
         "events": len(batch),
         "committed_ms": percentiles(committed),
         "alert_ms": percentiles(sorted(alert_ms)),
+        "bare_consumer_ms": percentiles(sorted(in_hand_ms)),
     }
 
 
@@ -439,10 +482,14 @@ def run_bench(settings: Settings, berka: Path, events: int, smoke: bool, out: Pa
             full = results.rows[STAGE_C]
             results.memory = asyncio.run(redis_memory(run, "bench1"))
             seconds = 2.0 if smoke else 20.0
+            # the worker's fetch wait (the embedded broker's own on Tansu) for the bare consumer beside it
+            fetch_wait_ms = int(run.env().get("FUNDFLOW_FETCH_MAX_WAIT_MS", settings.fetch_max_wait_ms))
             loads = {"light": (LIGHT_LOAD, seconds / 2), "50%": (full * 0.5, seconds), "80%": (full * 0.8, seconds)}
             for name, (rate, how_long) in loads.items():
                 step(f"latency at {name} load" if name == "light" else f"latency at {name} of (c)")
-                results.latency[name] = asyncio.run(latency_at(run, settings, "bench1", generator, rate, how_long))
+                results.latency[name] = asyncio.run(
+                    latency_at(run, settings, "bench1", generator, rate, how_long, fetch_wait_ms)
+                )
             run.stop_worker(worker)
             step("(c) full pipeline, 2 workers")
             env = {"FUNDFLOW_APP_ID": "bench-full-2", "FUNDFLOW_KEY_PREFIX": "bench2"}
@@ -517,13 +564,17 @@ def render(results: Results) -> str:
         if c2:
             out.append(f"2 workers / 1 worker                               {c2 / c:6.2f}   (2 cores: CPU-bound)")
     out.append("")
-    out.append("end-to-end latency, ms   (produce -> state committed | produce -> alert on its topic)")
+    out.append(
+        "end-to-end latency, ms   (produce -> state committed | produce -> alert on its topic"
+        " | beside it, the broker's share: produce -> in hand of a bare consumer fetching as the worker does)"
+    )
     for share, lat in results.latency.items():
-        com, al = lat["committed_ms"], lat["alert_ms"]
+        com, al, bare = lat["committed_ms"], lat["alert_ms"], lat["bare_consumer_ms"]
         where = "at light load     " if share == "light" else f"at {share} of (c) ="
         out.append(
             f"  {where} {lat['rate']:>6}/s: committed p50 {com['p50']} p95 {com['p95']} p99 {com['p99']}"
             f" (n={com['n']}) | alert p50 {al['p50']} p95 {al['p95']} p99 {al['p99']} (n={al['n']})"
+            f" | bare consumer p50 {bare['p50']} p95 {bare['p95']} p99 {bare['p99']}"
         )
     out.append("   target at 80%: p50 <= 10, p99 <= 50")
     mem = results.memory

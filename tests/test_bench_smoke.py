@@ -46,7 +46,8 @@ def test_bench_smoke_reports_every_stage(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     for line in ("(a) bare aiokafka", "(b) Faust agent doing nothing", "(c) FundFlow full pipeline, 1 worker",
-                 "2 workers", "c/b", "c/a", "latency", "Redis per customer", "per-event cost"):  # fmt: skip
+                 "2 workers", "c/b", "c/a", "latency", "bare consumer p50", "Redis per customer",
+                 "per-event cost"):  # fmt: skip
         assert line in result.stdout, line
     report = json.loads(out.read_text())
     rates = report["events_per_second"]
@@ -55,7 +56,10 @@ def test_bench_smoke_reports_every_stage(tmp_path: Path) -> None:
     assert len(by_round) == 3 and all(len(each) == 2 and min(each) > 0 for each in by_round.values())
     assert [len(each) for each in report["ratios_by_round"].values()] == [2, 2]
     for share in ("light", "50%", "80%"):
-        assert report["latency"][share]["committed_ms"]["n"] > 0
+        latency = report["latency"][share]
+        assert latency["committed_ms"]["n"] > 0
+        # the broker's share, measured beside it: every record of the stage in a bare consumer's hand
+        assert latency["bare_consumer_ms"]["n"] == latency["events"]
     assert report["redis_memory_per_customer"]["customers"] > 0
     history = report["per_event_cost_vs_history"]
     assert history["history_events"] == sorted(history["history_events"]) and len(history["us_per_event"]) == 3
