@@ -39,14 +39,14 @@ _PR_SET_PDEATHSIG = 1
 
 
 # A fetch's max wait on Tansu (FUNDFLOW_FETCH_MAX_WAIT_MS for workers on the embedded
-# broker). Tansu 0.6 holds a fetch that finds nothing new for its whole max wait, so a
-# long wait is latency at light load; but it also answers *empty* when reading the log
-# takes longer than the wait, even for partitions far behind their high watermark, and
-# its in-memory log reads slow down as a topic grows (~20 ms once a partition holds
-# ~10k small batches). At 5 ms a worker one minute into an 800/s soak got empty fetch
-# after empty fetch for up to 0.8 s and fell behind with both its threads idle; at 50 ms
-# the same soak keeps up and light-load latency is unchanged (bare consumer p50 11 vs
-# 10 ms).
+# broker). Tansu 0.6 (tansu-storage/src/service/fetch.rs, dynostore.rs) sleeps out the
+# rest of the max wait after every read, records found or not, so the wait is latency:
+# a record waits half of it on average. But every fetch of a partition with new records
+# lists all of that partition's stored batches (one object per produced batch), so a
+# fetch costs in proportion to everything ever written, and a short wait multiplies it.
+# At 5 ms a worker one minute into an 800/s soak starved (fetches slow and empty while
+# the broker took the CPU) and fell behind; at 50 ms the same soak keeps up. The price:
+# a light-load p50 of ~20-30 ms instead of ~11 (``make bench`` shows the broker's share).
 EMBEDDED_FETCH_MAX_WAIT_MS = 50
 
 
