@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
+import re
 import warnings
 from typing import Any
 
@@ -33,6 +35,15 @@ def installed() -> None:
 
 def wait_first(consumer: FakeConsumer, *coros: Any) -> Any:
     return Consumer.wait_first(consumer, *coros)  # type: ignore[arg-type]
+
+
+def test_faust_still_hands_records_over_as_the_fast_path_assumes() -> None:
+    """The fast path recognises Faust's one call per record by its shape (two coroutines:
+    the delivery, then the flow flag's wait). An upgrade of faust-streaming that changes
+    the call must fail here, not silently fall back or take the fast path wrongly."""
+    source = inspect.getsource(Consumer._drain_messages)
+    assert "await self.wait_first(" in source
+    assert re.search(r"wait_first\(\s*callback\(message\),\s*self\.suspend_flow\.wait\(\)\s*\)", source)
 
 
 async def test_install_is_idempotent_and_patches_faust() -> None:
