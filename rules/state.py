@@ -138,6 +138,11 @@ class CustomerState:
     # a redelivered record is known as one even when its txn_id has aged out of ``seen``
     # (event time can run months ahead in a replay).
     offsets: dict[str, list[int]] = field(default_factory=dict)
+    # Not stored: ``seen`` as ``streams.codec`` last wrote it (JSON of its first ``seen_wired``
+    # entries). Ids are only ever added at the end and pruned from the front, so the next
+    # write appends the new ones to it; a prune clears it.
+    seen_wire: bytes | None = field(default=None, compare=False, repr=False)
+    seen_wired: int = field(default=0, compare=False, repr=False)
 
 
 def local_day(ts_us: int, zone: ZoneInfo) -> int:
@@ -324,6 +329,7 @@ def _prune(state: CustomerState, config: StateConfig) -> None:
         if seen[oldest][1] > horizon_us:
             break
         del seen[oldest]
+        state.seen_wire = None  # its stored form is stale
     loan_horizon = state.last_us - LOAN_HISTORY_US
     for points in state.loans.values():
         # keep the newest point at or before the horizon: it is the state on the horizon's day

@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Sequence
 from decimal import Decimal
 from functools import cache
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,24 @@ def _lot_wire(lot: list[Any]) -> orjson.Fragment:
     return wire
 
 
+def _seen_wire(state: CustomerState) -> bytes:
+    """``orjson.dumps(state.seen)``, byte for byte, from the last one written plus the ids
+    added since. The remembered ids are the largest part of a long-lived customer's state
+    (360 ids: 15 KB of 35 KB): re-encoding them all for every commit took ~25 µs of a
+    ~90 µs encode."""
+    seen = state.seen
+    wire, wired, n = state.seen_wire, state.seen_wired, len(seen)
+    if wire is None or n < wired:
+        wire = orjson.dumps(seen)
+    elif n > wired:
+        added = list(islice(reversed(seen.items()), n - wired))
+        added.reverse()
+        tail = orjson.dumps(dict(added))
+        wire = wire[:-1] + b"," + tail[1:] if wired else tail
+    state.seen_wire, state.seen_wired = wire, n
+    return wire
+
+
 def encode_state(state: CustomerState, *, compress: bool = False) -> bytes:
     # The hot path of every commit: plain loops, no per-field helper calls.
     events: list[orjson.Fragment] = []
@@ -128,7 +147,7 @@ def encode_state(state: CustomerState, *, compress: bool = False) -> bytes:
         "lu": state.last_us,
         "lt": state.last_txn_us,
         "e": events,
-        "s": state.seen,  # txn_id -> (hash, ts): orjson writes the tuples as arrays
+        "s": orjson.Fragment(_seen_wire(state)),  # txn_id -> (hash, ts) as {"id":["hash",ts],...}
         "l": [lot[2] or _lot_wire(lot) for lot in state.lots],
         "t": state.applied_total,
     }

@@ -11,6 +11,7 @@ import datetime as dt
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -48,6 +49,7 @@ def run(events: list[TransactionEvent], config: StateConfig, roundtrip: bool = F
             # stored form of records and lots on it) and goes on with it; on a cache miss it
             # reads the state back from Redis. Alternate both, and end with what Redis holds.
             blob = encode_state(state)
+            assert state.seen_wire == orjson.dumps(state.seen)  # written incrementally, and exactly
             if len(state.events) % 2:
                 state = decode_state(blob)
     return decode_state(encode_state(state)) if roundtrip else state
@@ -185,6 +187,29 @@ def test_cost_and_memory_do_not_grow_with_history() -> None:
     assert len(state.events) <= 3 * 92
     assert len(state.seen) <= 3 * (config.dedup_horizon_days + 2)
     assert max(sizes) <= min(sizes) * 1.05
+
+
+def test_remembered_ids_written_incrementally_match_a_full_encode_through_prunes() -> None:
+    """The codec appends the ids added since its last write to the JSON it wrote then, and
+    starts again after a prune: every write must equal a full encode, byte for byte."""
+    config = StateConfig(ZONE)
+    state = CustomerState("c")
+    start = dt.datetime(2024, 1, 1, 9, tzinfo=ZONE)
+    pruned = 0
+    for day in range(400):
+        for i in range(day % 4):  # some days without a transaction: writes with nothing new
+            apply_transaction(state, TransactionEvent.model_validate({
+                "txn_id": f"{day}-{i}", "customer_id": "c", "account_id": "a",
+                "ts": (start + dt.timedelta(days=day, minutes=i)).isoformat(),
+                "direction": "credit", "amount": "10.00"}), config)  # fmt: skip
+        before = state.seen_wired
+        blob = encode_state(state)
+        pruned += len(state.seen) < before
+        assert state.seen_wire == orjson.dumps(state.seen)
+        assert decode_state(blob).seen == state.seen
+        if day % 7 == 0:  # as after a cache miss: the next write starts from a decoded state
+            state = decode_state(blob)
+    assert pruned >= 50  # writes after a prune (ids dropped outnumbered those added that day)
 
 
 def test_a_loan_event_from_later_does_not_age_out_older_transactions() -> None:
