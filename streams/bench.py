@@ -230,8 +230,8 @@ async def latency_at(
 
     count = max(int(rate * seconds), 1)
     batch = list(islice(lines, count))
-    produced_ms: dict[str, int] = {}  # txn_id -> its record's timestamp
     in_hand_ms: list[int] = []
+    records: list[tuple[int, bytes | None]] = []  # (timestamp, value): parsed after the stage, not during it
     client = aioredis.Redis.from_url(run.redis_url)
     await client.delete(f"{prefix}:stats:latency_ms")
     before = int(await client.hget(f"{prefix}:stats", "applied") or 0)
@@ -268,9 +268,7 @@ async def latency_at(
                         if m.timestamp < stage_start_ms:
                             continue
                         in_hand_ms.append(now - m.timestamp)
-                        txn_id = orjson.loads(m.value or b"{}").get("txn_id")
-                        if txn_id is not None:
-                            produced_ms[str(txn_id)] = m.timestamp
+                        records.append((m.timestamp, m.value))
 
         floor_task = asyncio.create_task(in_hand())
         producer = await start_producer(settings, run.bootstrap)
@@ -288,6 +286,11 @@ async def latency_at(
         except TimeoutError:
             raise ConfigError(f"latency stage: the bare consumer saw {len(in_hand_ms)} of {count}") from None
         committed = sorted(int(x) for x in await client.lrange(f"{prefix}:stats:latency_ms", 0, -1))
+        produced_ms: dict[str, int] = {}  # txn_id -> its record's timestamp
+        for timestamp, value in records:
+            txn_id = orjson.loads(value or b"{}").get("txn_id")
+            if txn_id is not None:
+                produced_ms[str(txn_id)] = timestamp
         alert_ms: list[int] = []
         end = time.monotonic() + 3
         while time.monotonic() < end:
