@@ -39,7 +39,7 @@ browser-deps:
 	      || echo "make: could not install chromium; browser tests will be skipped"; \
 	  else echo "make: chromium not installed; browser tests will be skipped"; fi; }
 
-# promtool (Debian's prometheus package) for tests/test_deploy.py; best effort.
+# promtool (Debian's prometheus package) for tests/unit/test_deploy.py; best effort.
 tool-deps:
 	@command -v promtool >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -48,16 +48,16 @@ tool-deps:
 	  else echo "make: promtool not installed; its checks will be skipped"; fi; }
 
 bench: $(STAMP)
-	$(PY) -m streams.bench --berka $(BERKA)
+	$(PY) -m streams.tools.bench --berka $(BERKA)
 
 bench-smoke: $(STAMP)
-	$(PY) -m streams.bench --berka $(BERKA) --smoke
+	$(PY) -m streams.tools.bench --berka $(BERKA) --smoke
 
 soak: $(STAMP)
-	$(PY) -m streams.soak --berka $(BERKA) --minutes $${MINUTES:-15}
+	$(PY) -m streams.tools.soak --berka $(BERKA) --minutes $${MINUTES:-15}
 
 soak-smoke: $(STAMP)
-	$(PY) -m streams.soak --berka $(BERKA) --minutes 1 --interval 15
+	$(PY) -m streams.tools.soak --berka $(BERKA) --minutes 1 --interval 15
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

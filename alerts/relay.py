@@ -38,8 +38,9 @@ from redis.exceptions import RedisError
 
 from alerts.webhook import Delivery, RetryPolicy, WebhookSender
 from streams import telemetry
-from streams.decode import RawRecord, dead_letter
+from streams.deadletter import RawRecord, dead_letter
 from streams.keys import Keys
+from streams.retry import backoff_seconds
 from streams.settings import Settings
 from streams.topics import ALERTS, DLQ, MARKETING, RECOMMENDATIONS
 
@@ -144,15 +145,16 @@ class Relay:
             await pipe.execute()
 
     async def _retrying(self, operation: Any, argument: Any) -> Any:
-        delay = self.retry_initial
+        attempt = 0
         while True:
             try:
                 return await operation(argument)
             except (RedisError, OSError) as exc:
+                attempt += 1
                 telemetry.REDIS_ERRORS.labels("webhook_dedupe").inc()
+                delay = backoff_seconds(attempt, self.retry_initial, self.retry_max)
                 log.warning("Redis failed (%s); retrying in %.2fs", exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self.retry_max)
 
 
 def _finding_id(value: bytes | None) -> str | None:
@@ -192,8 +194,7 @@ async def run_relay(
     """Relay until ``stop`` is set (or forever)."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-    from streams.embedded import kafka_client_kwargs
-    from streams.store import connect
+    from streams.clients import connect, kafka_client_kwargs
 
     stop = stop or asyncio.Event()
     secret = settings.webhook_secret.get_secret_value().encode() if settings.webhook_secret else None

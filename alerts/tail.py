@@ -71,7 +71,7 @@ async def tail(
     """Print matching findings until interrupted, or until ``limit`` were printed."""
     from aiokafka import AIOKafkaConsumer
 
-    from streams.embedded import kafka_client_kwargs
+    from streams.clients import kafka_client_kwargs
 
     consumer = AIOKafkaConsumer(
         *topics,

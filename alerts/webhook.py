@@ -16,7 +16,7 @@ default); the id lets a receiver drop the copies that at-least-once delivery
 may bring.
 
 Retry policy: connection errors, timeouts, 408, 429 and 5xx are retried with
-exponential backoff and full jitter, up to ``max_attempts``; any other 4xx
+exponential backoff and jitter (``streams.retry``), up to ``max_attempts``; any other 4xx
 means the receiver refuses this request (bad signature, bad URL) and retrying
 cannot help, so it fails at once. What fails is the caller's to dead-letter.
 """
@@ -30,9 +30,11 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+
+from streams.retry import backoff_seconds
+from streams.settings import safe_url
 
 SIGNATURE_HEADER = "X-FundFlow-Signature"
 TIMESTAMP_HEADER = "X-FundFlow-Timestamp"
@@ -72,15 +74,6 @@ def verify_signature(
     return hmac.compare_digest(given.encode(), sign(secret, timestamp, body).encode())
 
 
-def safe_url(url: str) -> str:
-    """``url`` without credentials, query or fragment: fit for logs and dead letters."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     timeout_seconds: float = 5.0
@@ -89,9 +82,8 @@ class RetryPolicy:
     backoff_max_seconds: float = 30.0
 
     def backoff(self, attempt: int, rng: random.Random) -> float:
-        """Full-jitter exponential backoff before attempt ``attempt + 1``."""
-        ceiling = min(self.backoff_max_seconds, self.backoff_initial_seconds * 2 ** (attempt - 1))
-        return rng.uniform(ceiling / 2, ceiling)
+        """The wait before attempt ``attempt + 1`` (``streams.retry``, FundFlow's one policy)."""
+        return backoff_seconds(attempt, self.backoff_initial_seconds, self.backoff_max_seconds, rng)
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ from zoneinfo import ZoneInfo
 from rules.config import SEVERITIES, MarketingConfig, RulesConfig, Severity
 from rules.events import LoanEvent, TransactionEvent
 from rules.metrics import evaluate
+from rules.money import money, rounded, to_cent
 from rules.state import (
     CREDIT,
     EXTERNAL,
@@ -52,8 +53,6 @@ from rules.state import (
 )
 
 HOUR_US = 3_600_000_000
-CENT = Decimal("0.01")
-RATIO = Decimal("0.0001")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,12 +100,8 @@ class Judgement:
     suppressed: list[tuple[str, str]] = field(default_factory=list)  # (rule, why)
 
 
-def money(value: Decimal) -> str:
-    return str(value.quantize(CENT))
-
-
 def ratio(value: Decimal) -> str:
-    return str(value.quantize(RATIO))
+    return str(rounded(value, 4))
 
 
 def _bump(severity: Severity, tier: str | None, config: RulesConfig) -> Severity:
@@ -603,7 +598,7 @@ def _sweep(j: _Judge, event: TransactionEvent) -> None:
     amount = (idle / rule.round_to).to_integral_value(rounding=ROUND_DOWN) * rule.round_to
     if amount < rule.min_amount:
         return
-    gain = (amount * (rule.product_rate - rule.deposit_rate)).quantize(CENT)
+    gain = to_cent(amount * (rule.product_rate - rule.deposit_rate))
     finding = j.emit(
         "post_repayment_sweep",
         "sweep",

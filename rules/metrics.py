@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal, localcontext
+from decimal import Decimal, localcontext
 from typing import Any
 
+from rules.money import rounded, to_cent
 from rules.state import (
     CREDIT,
     EXTERNAL,
@@ -29,7 +30,6 @@ WINDOW_24H = US_PER_DAY
 WINDOW_7D = 7 * US_PER_DAY
 WINDOW_30D = 30 * US_PER_DAY
 WINDOW_90D = 90 * US_PER_DAY
-CENT = Decimal("0.01")
 
 SEGMENT_ORDER = ("high_activity", "low_activity", "high_repayment", "dispersed_funds")
 
@@ -239,11 +239,11 @@ def present(metrics: dict[str, Any]) -> dict[str, Any]:
     for name, value in metrics.items():
         if isinstance(value, Decimal):
             if name in PERCENT_FIELDS:
-                value = value.quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP)
+                value = rounded(value, 6)
             elif name in ("retention_days_avg_90d", "avg_txn_per_day_30d"):
-                value = value.quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
+                value = rounded(value, 4)
             else:
-                value = value.quantize(CENT, rounding=ROUND_HALF_UP)
+                value = to_cent(value)
             shown[name] = str(value)
         else:
             shown[name] = value

@@ -26,16 +26,17 @@ import faust
 from aiokafka.errors import KafkaError
 
 from rules.state import CustomerState
-from streams import fastdrain, telemetry
+from streams import patches, telemetry
 from streams.batcher import run_batched
-from streams.decode import RawRecord
+from streams.clients import connect
+from streams.deadletter import RawRecord
 from streams.errors import TransientError
 from streams.health import readiness
 from streams.keys import Keys
 from streams.pipeline import BatchProcessor, Emitter, Message, Step
-from streams.settings import Settings
-from streams.snapshot import rates, state_config, thresholds
-from streams.store import StateStore, connect
+from streams.rulestep import build_step
+from streams.settings import Settings, rates, state_config, thresholds
+from streams.store import StateStore
 from streams.tiers import TierBook
 from streams.topics import INPUT_TOPICS
 
@@ -103,27 +104,6 @@ def faust_security(settings: Settings) -> dict[str, Any]:
     return {"broker_credentials": credentials}
 
 
-def _set_fetch_max_wait(milliseconds: int) -> None:
-    """Faust hard-codes ``fetch_max_wait_ms=1500`` for its consumer. A broker that answers
-    a fetch only when that wait runs out, even when records arrive meanwhile (Tansu, the
-    embedded broker), then adds up to 1.5 s to every record's latency; Apache Kafka returns
-    as soon as ``fetch_min_bytes`` is there, so a shorter wait costs it only idle fetches.
-    Too short a wait starves a worker on Tansu instead (``streams.embedded``).
-    Wraps the one method that builds the consumer (once per process) to use our setting."""
-    from faust.transport.drivers import aiokafka as driver
-
-    original = getattr(driver.AIOKafkaConsumerThread._create_worker_consumer, "__wrapped__", None)
-    original = original or driver.AIOKafkaConsumerThread._create_worker_consumer
-
-    def create(self: Any, transport: Any) -> Any:
-        consumer = original(self, transport)
-        consumer._fetch_max_wait_ms = milliseconds  # read by AIOKafkaConsumer.start()
-        return consumer
-
-    create.__wrapped__ = original  # type: ignore[attr-defined]
-    driver.AIOKafkaConsumerThread._create_worker_consumer = create  # type: ignore[method-assign]
-
-
 def tune_gc(settings: Settings) -> None:
     """A worker's heap is mostly long-lived (its cache of customer states: ~27 tracked
     objects each) and every event allocates a few dozen short-lived ones in Faust and in
@@ -152,10 +132,10 @@ def faust_app(settings: Settings, bootstrap: str, *, fast_drain: bool = True) ->
     """The Faust app with FundFlow's consumer, producer and security settings
     (also the do-nothing agents of ``make bench`` use it, so the floor is fair).
     ``fast_drain``: Faust's consumer hands records over without four tasks per record
-    (``streams.fastdrain``); off only for the bench's stock-Faust floor (b)."""
-    _set_fetch_max_wait(settings.fetch_max_wait_ms)
+    (``streams.patches``); off only for the bench's stock-Faust floor (b)."""
+    patches.set_fetch_max_wait(settings.fetch_max_wait_ms)
     if fast_drain:
-        fastdrain.install()
+        patches.install_fast_drain()
     return faust.App(
         settings.app_id,
         broker=broker_url(bootstrap),
@@ -189,10 +169,7 @@ def kafka_backlog(app: faust.App) -> Callable[[Sequence[Any]], int]:
         consumer: Any = app.consumer
         waiting = 0
         for tp, offset in last.items():
-            try:
-                high = consumer.highwater(tp)
-            except Exception:  # not started, or the partition was just revoked: unknown, not behind
-                continue
+            high = patches.highwater(consumer, tp)
             if high is not None:
                 waiting += max(high - offset - 1, 0)
         return waiting
@@ -230,8 +207,6 @@ def create_app(
     keys = Keys(settings.key_prefix)
     tiers = TierBook(redis, keys, state_config(settings), thresholds(settings), rates(settings))
     if step is None:
-        from streams.worker import build_step
-
         step = build_step(settings, tier_of=tiers.tier_of)
     processor = BatchProcessor(
         StateStore(redis, keys, compress=settings.compress_state),
@@ -303,11 +278,8 @@ def create_app(
         for tp in consumer.assignment():
             if tp.topic not in INPUT_TOPICS:
                 continue
-            try:
-                high = consumer.highwater(tp)
-                committed = consumer._committed_offset.get(tp)  # faust keeps no public accessor
-            except Exception:  # a partition in the middle of a rebalance
-                continue
+            high = patches.highwater(consumer, tp)
+            committed = patches.committed_offset(consumer, tp)
             if high is not None:
                 telemetry.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(high - (committed or 0), 0))
 

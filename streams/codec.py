@@ -5,7 +5,7 @@ ever touches a stored amount. The blob carries a format number ``f``; a reader
 that meets a newer format refuses it (``ValueError``) rather than misreading
 money. ``compress=True`` (what the worker writes, ``FUNDFLOW_COMPRESS_STATE``)
 stores the JSON as a Zstandard frame at level 1 with a dictionary trained on
-states (``streams.statedict``): about 3.5x smaller than the JSON (2.6x without
+states (``streams.tools.statedict``): about 3.5x smaller than the JSON (2.6x without
 the dictionary) and ~35% faster to compress than without one (zlib, which
 earlier versions wrote, took 3x as long for a larger blob). The reader tells
 the kinds apart by their first bytes (``{`` is JSON, the zstd frame magic, else
@@ -36,7 +36,7 @@ FORMAT = 1
 ZSTD_LEVEL = 1
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 DICTIONARIES = Path(__file__).with_name("zdict")  # every dictionary ever shipped: state-<id>.zdict
-WRITE_DICTIONARY = 1362451315  # the one new blobs are written with (streams.statedict)
+WRITE_DICTIONARY = 1362451315  # the one new blobs are written with (streams.tools.statedict)
 _codecs = threading.local()  # zstd (de)compressors are not safe to share between threads
 
 

@@ -5,15 +5,12 @@ bounded code (a metric label: ``not_utf8``, ``not_json``, ``too_large``,
 ``too_deep``, ``not_an_object``, ``missing_<field>``, ``invalid_<field>``), and
 ``error`` says what is wrong by field name and rule only: input values (names,
 account numbers, amounts) never reach logs, metrics or the error text.
-``dead_letter`` builds the ``fundflow.dlq.v1`` record, which does keep the
-original bytes (base64) so nothing is lost.
+``streams.deadletter`` turns the failure into a dead letter.
 """
 
 from __future__ import annotations
 
-import base64
 import json
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -21,22 +18,11 @@ import orjson
 from pydantic import ValidationError
 
 from rules.events import Event, LoanEvent, TransactionEvent
+from streams.deadletter import RawRecord
 from streams.topics import LOANS
 
 _TXN_FIELDS = frozenset(TransactionEvent.model_fields)
 _LOAN_FIELDS = frozenset(LoanEvent.model_fields)
-
-
-@dataclass(frozen=True, slots=True)
-class RawRecord:
-    """One Kafka record as the worker received it."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp_ms: int | None = None
 
 
 def _no_constants(name: str) -> Any:
@@ -104,20 +90,3 @@ def decode(record: RawRecord, max_bytes: int) -> Event:
     except ValidationError as exc:
         reason, detail = _describe(exc, fields)
         raise InvalidEvent(reason, detail) from None
-
-
-def dead_letter(record: RawRecord, reason: str, error: str, at_ms: int) -> bytes:
-    """The DeadLetter JSON of ``events.md`` for ``record``."""
-    return orjson.dumps(
-        {
-            "topic": record.topic,
-            "partition": record.partition,
-            "offset": record.offset,
-            "reason": reason,
-            "error": error,
-            "key_b64": base64.b64encode(record.key).decode() if record.key is not None else None,
-            "value_b64": base64.b64encode(record.value).decode() if record.value is not None else None,
-            "timestamp_ms": record.timestamp_ms,
-            "dead_lettered_at_ms": at_ms,
-        }
-    )

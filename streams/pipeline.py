@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -35,8 +34,10 @@ from typing import Protocol
 from rules.events import Event, LoanEvent
 from rules.state import CustomerState, Outcome, StateConfig, apply_loan, apply_transaction
 from streams import telemetry
-from streams.decode import RawRecord, dead_letter, decode
+from streams.deadletter import RawRecord, dead_letter
+from streams.decode import decode
 from streams.errors import InvalidEvent, TransientError
+from streams.retry import backoff_seconds
 from streams.store import Commit, StateStore, Tally
 from streams.topics import DLQ
 
@@ -162,7 +163,6 @@ class BatchProcessor:
                 continue
             by_customer.setdefault(event.customer_id, []).append((record, event))
 
-        delay = self.retry_initial
         retries = 0
         applied_before: set[int] = set()  # committed by an attempt that failed later (e.g. publishing)
         while True:
@@ -180,9 +180,9 @@ class BatchProcessor:
                 telemetry.TRANSIENT_RETRIES.inc()
                 for cid in by_customer:
                     self.cache.pop(cid, None)
+                delay = backoff_seconds(retries, self.retry_initial, self.retry_max)
                 log.warning("batch of %d records will be retried in %.2fs: %s", len(records), delay, exc)
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, self.retry_max)
+                await asyncio.sleep(delay)
         # An event a failed attempt committed comes back as a duplicate: it was applied once.
         again = applied_before & report.duplicate_records
         report.applied += len(again)

@@ -24,7 +24,9 @@ from rules.engine import Finding, judge
 from rules.events import Event, LoanEvent
 from rules.state import CustomerState, Outcome, StateConfig, apply_loan, apply_transaction
 from streams import telemetry
+from streams.errors import ConfigError
 from streams.pipeline import Step, outbox_entry
+from streams.settings import Settings, state_config
 from streams.topics import ALERTS, MARKETING, RECOMMENDATIONS
 
 log = logging.getLogger(__name__)
@@ -106,3 +108,18 @@ def rules_step(
         return outcome, entries
 
     return step
+
+
+def build_step(settings: Settings, tier_of: Callable[[str], str | None] | None = None) -> Step:
+    """The per-event step the worker runs: state plus the business rules when configured.
+
+    ``tier_of`` gives a customer's live tier (``streams.tiers.TierBook``) for the findings.
+    """
+    path = settings.rules_file if settings.rules_file.exists() else None
+    if path is None:
+        logging.getLogger(__name__).warning("no rules file at %s: default thresholds", settings.rules_file)
+    try:
+        provider = RulesProvider(path)
+    except RulesConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    return rules_step(state_config(settings), provider, tier_of)

@@ -3,7 +3,7 @@
 Every threshold, rate, address and limit lives here (rule thresholds that
 operators tune live in the rules YAML, see ``deploy/rules.yaml``). When
 ``kafka_bootstrap`` / ``redis_url`` are unset, the commands that need servers
-start the embedded ones (``streams.embedded``); when set, nothing embedded is
+start the embedded ones (``streams.local.servers``); when set, nothing embedded is
 started and the same code runs against production Kafka and Redis.
 
 What can go wrong: a malformed variable raises ``pydantic.ValidationError`` at
@@ -12,9 +12,11 @@ start-up; the CLI turns it into one line and a non-zero exit.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
 
 from pydantic import Field, NonNegativeInt, SecretStr, field_validator
@@ -22,6 +24,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rules.contribution import ContributionRates
 from rules.metrics import SegmentThresholds
+from rules.state import StateConfig
 
 _SEGMENTS = SegmentThresholds()
 _RATES = ContributionRates()
@@ -141,3 +144,24 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read once from the environment."""
     return Settings()
+
+
+def state_config(settings: Settings) -> StateConfig:
+    return StateConfig(zone=settings.zone, lot_cap=settings.lot_cap, dedup_horizon_days=settings.dedup_horizon_days)
+
+
+def thresholds(settings: Settings) -> SegmentThresholds:
+    return SegmentThresholds(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(SegmentThresholds)})
+
+
+def rates(settings: Settings) -> ContributionRates:
+    return ContributionRates(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(ContributionRates)})
+
+
+def safe_url(url: str) -> str:
+    """``url`` without credentials, query or fragment: fit for logs and dead letters."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))

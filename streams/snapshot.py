@@ -9,36 +9,20 @@ byte-identical files whatever the wall clock says.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from collections.abc import Iterable
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from rules.contribution import ContributionRates, contribution, indirect_contributions, quartile_cuts, tier_of
-from rules.metrics import CENT, SegmentThresholds, evaluate, present
-from rules.state import CustomerState, StateConfig, from_us, latest_loans, to_us
-from streams.settings import Settings
+from rules.contribution import contribution, indirect_contributions, quartile_cuts, tier_of
+from rules.metrics import evaluate, present
+from rules.money import money
+from rules.state import CustomerState, from_us, latest_loans, to_us
+from streams.settings import Settings, rates, state_config, thresholds
 from streams.store import StateStore
-
-
-def state_config(settings: Settings) -> StateConfig:
-    return StateConfig(zone=settings.zone, lot_cap=settings.lot_cap, dedup_horizon_days=settings.dedup_horizon_days)
-
-
-def thresholds(settings: Settings) -> SegmentThresholds:
-    return SegmentThresholds(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(SegmentThresholds)})
-
-
-def rates(settings: Settings) -> ContributionRates:
-    return ContributionRates(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(ContributionRates)})
-
-
-def money(value: Decimal) -> str:
-    return str(value.quantize(CENT, rounding=ROUND_HALF_UP))
 
 
 def iso(ts_us: int, settings: Settings) -> str:

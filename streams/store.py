@@ -27,11 +27,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import ClusterError, DataError, NoScriptError, RedisError, TryAgainError
+from redis.exceptions import ClusterError, NoScriptError, RedisError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -131,42 +130,6 @@ def _round_trip(operation: str) -> Iterator[None]:
         raise
     else:
         telemetry.REDIS_SECONDS.labels(operation).observe(time.perf_counter() - started)
-
-
-class _HiredisPacking:
-    """redis-py's asyncio connections pack every command in Python, argument by argument
-    (its sync client uses hiredis when installed); a commit call has thousands of
-    arguments, so pack them in C, as ``redis.connection.HiredisRespSerializer`` does."""
-
-    def pack_command(self, *args: Any) -> list[bytes]:
-        if isinstance(args[0], str):
-            args = tuple(args[0].encode().split()) + args[1:]
-        elif b" " in args[0]:
-            args = tuple(args[0].split()) + args[1:]
-        plain: Any = tuple(bytes(a) if isinstance(a, (bytearray, memoryview)) else a for a in args)
-        try:
-            return [hiredis.pack_command(plain)]
-        except TypeError as exc:
-            raise DataError(str(exc)) from None
-
-
-def connect(url: str, cluster: bool = False) -> aioredis.Redis:
-    """A client for ``url``: one Redis, or with ``cluster`` (``FUNDFLOW_REDIS_CLUSTER``) a
-    Redis Cluster client that finds the other nodes from this one and routes every
-    command, pipelined ones included, to the node of its keys' slot."""
-    if cluster:
-        # the cluster client speaks the same commands; callers use only single-slot ones
-        return cast(
-            aioredis.Redis,
-            RedisCluster.from_url(url, decode_responses=False, socket_timeout=5, socket_connect_timeout=5),
-        )
-    client = aioredis.Redis.from_url(
-        url, decode_responses=False, socket_timeout=5, socket_connect_timeout=5, health_check_interval=10
-    )
-    pool = client.connection_pool
-    base = pool.connection_class  # plain, TLS or unix socket, by the URL
-    pool.connection_class = type(f"Hiredis{base.__name__}", (_HiredisPacking, base), {})
-    return client
 
 
 CLUSTER_CALLS_IN_FLIGHT = 32  # script calls a worker has open at once on Redis Cluster

@@ -29,7 +29,8 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 
 from rules.contribution import ContributionRates, contribution, tier_of
-from rules.metrics import CENT, SegmentThresholds, evaluate
+from rules.metrics import SegmentThresholds, evaluate
+from rules.money import to_cent
 from rules.state import CustomerState, StateConfig
 from streams import telemetry
 
@@ -81,7 +82,7 @@ class TierBook:
     def contribution_of(self, state: CustomerState, as_of_us: int) -> Decimal:
         metrics = evaluate(state, as_of_us, self.config, self.thresholds)
         value = contribution(state, metrics, as_of_us, self.config.zone, self.rates)["contribution"]
-        return value.quantize(CENT)
+        return to_cent(value)
 
     def changed(self, states: Iterable[CustomerState]) -> None:
         for state in states:
@@ -175,7 +176,7 @@ async def distribution(redis: aioredis.Redis, keys: Any, top: int = 10) -> dict[
         "top": [
             {
                 "customer_id": m.decode(),
-                "contribution": (e.decode() if e else str(Decimal(s).quantize(CENT))),
+                "contribution": (e.decode() if e else str(to_cent(Decimal(s)))),
                 "tier": tier_of(Decimal(e.decode()) if e else Decimal(s), cuts),
             }
             for (m, s), e in zip(leaders, exact, strict=True)

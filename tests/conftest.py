@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from streams.embedded import Stack
+from streams.local.servers import Stack
 from streams.settings import Settings
 
 

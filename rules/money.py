@@ -1,0 +1,28 @@
+"""Money and ratios as people see them: the one rounding of ``metrics.md``.
+
+Every amount FundFlow shows (state rows, the API, findings' evidence, webhooks) is a
+``Decimal`` rounded **half-up** to the cent; ratios half-up to their stated places.
+Python's ``Decimal.quantize`` rounds half-even by default, so a bare ``quantize(Decimal("0.01"))``
+shows 0.125 as 0.12 where ``metrics.md`` says 0.13: use these functions, never
+``quantize`` on an amount directly. Internally amounts stay exact; rounding happens only
+here, at the edge.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal
+
+def rounded(value: Decimal, places: int) -> Decimal:
+    """``value`` half-up to ``places`` decimals; a result of zero is never shown as ``-0``."""
+    result = value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+    return result if result else abs(result)
+
+
+def to_cent(value: Decimal) -> Decimal:
+    """``value`` rounded half-up to the cent (``metrics.md``)."""
+    return rounded(value, 2)
+
+
+def money(value: Decimal) -> str:
+    """An amount as its wire/display string: half-up to the cent, e.g. ``"1234.57"``."""
+    return str(rounded(value, 2))

@@ -1,0 +1,200 @@
+"""``fundflow demo`` (``make demo``): the whole product on one machine, live.
+
+Starts the embedded broker and Redis (or uses the configured ones), a worker
+process, and replays the real Berka transactions at ``--rate`` events/s,
+redrawing once a second: throughput, consumer lag, a progress bar and a few
+customers' balance / 日均余额 / 归集率 as they move. Ctrl-C stops the replay,
+the worker and the servers, in that order, and leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from streams.clients import connect, start_producer
+from streams.errors import ConfigError
+from streams.keys import Keys
+from streams.local.orchestra import LocalRun
+from streams.local.servers import free_port
+from streams.settings import Settings
+from streams.snapshot import customer_row
+from streams.store import StateStore
+from streams.tools.berka import berka_lines
+from streams.tools.replay import replay, route
+
+WATCHED = 4
+
+
+def default_berka_dir() -> Path:
+    for candidate in (
+        Path("../shared/data/berka"),
+        Path(__file__).resolve().parents[2] / "shared/data/berka",
+    ):
+        if (candidate / "trans.asc").is_file():
+            return candidate
+    raise ConfigError("Berka data not found; pass --berka DIR (the folder with trans.asc)")
+
+
+def busiest_customers(lines: list[bytes], count: int) -> list[str]:
+    tally: Counter[str] = Counter()
+    for line in lines:
+        _, key, _ = route(line)
+        if key is not None:
+            tally[key.decode()] += 1
+    return [customer for customer, _ in tally.most_common(count)]
+
+
+def run_demo(settings: Settings, berka_dir: Path | None, rate: float) -> int:
+    berka_dir = berka_dir or default_berka_dir()
+    print(f"converting the Berka data set in {berka_dir} ...", flush=True)
+    lines = berka_lines(berka_dir, settings.zone)
+    watched = busiest_customers(lines, WATCHED)
+    log_dir = settings.var_dir / "demo"
+    print("starting the embedded broker and Redis ...", flush=True)
+    with LocalRun(settings, log_dir) as run:
+        print(f"  FUNDFLOW_KAFKA_BOOTSTRAP={run.bootstrap}")
+        print(f"  FUNDFLOW_REDIS_URL={run.redis_url}")
+        print(
+            f"  logs: {log_dir}/   (in another shell, with those two variables: fundflow customer show {watched[0]})",
+            flush=True,
+        )
+        run.start_worker()
+        console = _start_console(run, log_dir)
+        print(f"  web console: {console}   (live alerts, customer pages, tiers; no token in demo mode)", flush=True)
+        try:
+            asyncio.run(_live(run, lines, rate, watched))
+        except KeyboardInterrupt:
+            print("\nstopping: worker, broker, Redis ...", flush=True)
+    print("stopped.")
+    return 0
+
+
+def _start_console(run: LocalRun, log_dir: Path) -> str:
+    """``fundflow api --demo`` beside the worker; stopped with it (it is in ``run.workers``)."""
+    import socket
+    import subprocess
+
+    port = 8080
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            port = free_port()
+    with (log_dir / "api.log").open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli.main", "api", "--demo", "--port", str(port)],
+            env=run.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    run.workers.append(process)
+    return f"http://127.0.0.1:{port}/"
+
+
+async def _live(run: LocalRun, lines: list[bytes], rate: float, watched: list[str]) -> None:
+    settings = run.settings
+    producer = await start_producer(settings, run.bootstrap)
+    sent = [0]
+    replay_task = asyncio.create_task(replay(lines, producer, rate=rate, progress=lambda n: sent.__setitem__(0, n)))
+    client = connect(run.redis_url, settings.redis_cluster)
+    store = StateStore(client, Keys(settings.key_prefix))
+    view = _View(len(lines))
+    started = time.monotonic()
+    last_applied, last_time = 0, started
+    try:
+        while True:
+            await asyncio.sleep(1.0)
+            run.check_workers()
+            applied = int(await client.hget(store.keys.stats, "applied") or 0)
+            now = time.monotonic()
+            speed = (applied - last_applied) / (now - last_time)
+            last_applied, last_time = applied, now
+            lag = sum((await run.lag()).values())
+            customers = []
+            for customer in watched:
+                state = await store.read(customer)
+                if state is not None and state.last_us is not None:
+                    customers.append(customer_row(state, state.last_us, settings))
+            done = replay_task.done()
+            alerts = await _latest_alert(client, store.keys)
+            view.draw(applied, sent[0], speed, lag, customers, now - started, done and lag == 0, alerts)
+            if done and replay_task.exception():
+                raise replay_task.exception()  # type: ignore[misc]
+    finally:
+        replay_task.cancel()
+        with contextlib.suppress(BaseException):
+            await replay_task
+        await producer.stop()
+        await client.aclose()
+
+
+async def _latest_alert(redis: Any, keys: Keys) -> str:
+    count = int(await redis.xlen(keys.feed))
+    if not count:
+        return "alerts: none yet"
+    newest = await redis.xrevrange(keys.feed, count=1)
+    finding = orjson.loads(newest[0][1][b"v"])
+    return (
+        f"alerts: {count} so far; latest {finding.get('severity')} {finding.get('rule')} "
+        f"for {finding.get('customer_id')} at {finding.get('ts')}"
+    )
+
+
+class _View:
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.tty = sys.stdout.isatty()
+        self.drawn = 0
+        self.ticks = 0
+
+    def draw(
+        self,
+        applied: int,
+        sent: int,
+        speed: float,
+        lag: int,
+        customers: list[dict[str, object]],
+        elapsed: float,
+        finished: bool,
+        alerts: str = "",
+    ) -> None:
+        self.ticks += 1
+        share = min(applied / self.total, 1.0) if self.total else 0.0
+        bar = "#" * int(share * 40)
+        out = [
+            f"FundFlow demo  {elapsed:6.0f}s   sent {sent}/{self.total}   processed {applied}   "
+            f"{speed:7.0f} events/s   lag {lag}",
+            f"[{bar:<40}] {share:6.1%}",
+            f"{'customer':>10} {'余额 balance':>14} {'日均余额 MTD':>14} {'归集率 90d':>10} {'流入 30d':>12} "
+            f"{'流出 30d':>12} segments",
+        ]
+        for row in customers:
+            rate = row.get("collection_rate_90d")
+            shown = f"{float(str(rate)) * 100:8.1f}%" if rate is not None else "       —"
+            out.append(
+                f"{row['customer_id']:>10} {row['balance']:>14} {row['daily_avg_balance_mtd']:>14} "
+                f"{shown:>10} {row['inflow_30d']:>12} {row['outflow_30d']:>12} "
+                f"{','.join(row['segments']) or '—'}"  # type: ignore[arg-type]
+            )
+        if alerts:
+            out.append(alerts)
+        out.append("replay finished: everything processed. Ctrl-C to stop." if finished else "Ctrl-C to stop.")
+        if self.tty:
+            if self.drawn:
+                sys.stdout.write(f"\x1b[{self.drawn}F\x1b[J")
+            sys.stdout.write("\n".join(out) + "\n")
+            self.drawn = len(out)
+        elif self.ticks % 5 == 1 or finished:
+            sys.stdout.write("\n".join(out) + "\n\n")
+        sys.stdout.flush()
+
+
+def _json(obj: object) -> str:
+    return orjson.dumps(obj).decode()

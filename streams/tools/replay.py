@@ -1,0 +1,197 @@
+"""Produce a JSONL file of events to the input topics, as core banking would.
+
+Lines are sent byte for byte (a malformed line is sent as it is, so the
+worker dead-letters it, exactly like bad input from a real producer). A line
+with a ``loan_id`` goes to the loans topic, anything else to transactions;
+the key is the ``customer_id`` when the line has one.
+
+Pacing: ``rate`` caps events per second; ``speedup`` replays event time
+``speedup`` times faster than real time (one Berka day in 86400/X seconds).
+``fresh_ids`` (loops for bench and soak) suffixes txn_ids and shifts event
+time per loop, so a second loop is new traffic instead of duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from streams.clients import start_producer
+from streams.errors import ConfigError
+from streams.settings import Settings
+from streams.tools.berka import berka_lines
+from streams.tools.progress import Progress
+from streams.topics import LOANS, TRANSACTIONS
+
+Line = bytes
+
+
+@dataclass(slots=True)
+class ReplayStats:
+    sent: int = 0
+    by_topic: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    max_ts: str | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.sent / self.seconds if self.seconds > 0 else 0.0
+
+
+def read_lines(path: Path) -> Iterator[Line]:
+    with path.open("rb") as handle:
+        for line in handle:
+            line = line.rstrip(b"\r\n")
+            if line.strip():
+                yield line
+
+
+def route(line: Line) -> tuple[str, bytes | None, dict[str, Any] | None]:
+    """(topic, key, parsed object or None) for one line."""
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return TRANSACTIONS, None, None
+    if not isinstance(obj, dict):
+        return TRANSACTIONS, None, None
+    topic = LOANS if "loan_id" in obj else TRANSACTIONS
+    customer = obj.get("customer_id")
+    key = customer.encode() if isinstance(customer, str) and customer else None
+    return topic, key, obj
+
+
+def with_fresh_ids(lines: Iterable[Line], loop: int, shift_days: int, fresh_customers: bool = False) -> Iterator[Line]:
+    """The same events as new traffic: txn_id/loan_id suffixed, ts moved forward; with
+    ``fresh_customers`` the customers are new too (``C~loop``): more customers, not
+    longer histories (the benchmark's throughput stages)."""
+    if loop == 0:
+        yield from lines
+        return
+    shift = dt.timedelta(days=shift_days * loop)
+    for line in lines:
+        _, _, obj = route(line)
+        if obj is None:
+            yield line
+            continue
+        id_fields = (
+            ("txn_id", "loan_id", "customer_id", "payer_customer_id") if fresh_customers else ("txn_id", "loan_id")
+        )
+        for id_field in id_fields:
+            if isinstance(obj.get(id_field), str):
+                obj[id_field] = f"{obj[id_field]}~{loop}"
+        if isinstance(obj.get("ts"), str):
+            with contextlib.suppress(ValueError):
+                obj["ts"] = (dt.datetime.fromisoformat(obj["ts"]) + shift).isoformat()
+        yield orjson.dumps(obj)
+
+
+def loop_shift_days(lines: Iterable[Line], margin_days: int = 130) -> int:
+    """How far each loop must move event time so that it follows the previous loop
+    without overlap: the data's span plus more than the dedup horizon, so a loop is
+    new traffic for every customer (not late events, not duplicates)."""
+    times = [t for t in (event_time(route(line)[2]) for line in lines) if t is not None]
+    if not times:
+        return margin_days
+    return int((max(times) - min(times)) // 86_400) + 1 + margin_days
+
+
+def event_time(obj: dict[str, Any] | None) -> float | None:
+    if obj is None or not isinstance(obj.get("ts"), str):
+        return None
+    try:
+        return dt.datetime.fromisoformat(obj["ts"]).timestamp()
+    except ValueError:
+        return None
+
+
+async def replay(
+    lines: Iterable[Line],
+    producer: AIOKafkaProducer,
+    *,
+    rate: float | None = None,
+    speedup: float | None = None,
+    progress: Callable[[int], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> ReplayStats:
+    stats = ReplayStats()
+    started = clock()
+    first_event_time: float | None = None
+    pending: list[asyncio.Future[Any]] = []
+    max_ts: float | None = None
+    for line in lines:
+        topic, key, obj = route(line)
+        ts = event_time(obj)
+        if ts is not None:
+            max_ts = ts if max_ts is None or ts > max_ts else max_ts
+        if speedup and ts is not None:
+            first_event_time = ts if first_event_time is None else first_event_time
+            due = started + (ts - first_event_time) / speedup
+            wait = due - clock()
+            if wait > 0.001:
+                await asyncio.sleep(wait)
+        if rate:
+            due = started + stats.sent / rate
+            wait = due - clock()
+            if wait > 0.001:
+                await asyncio.sleep(wait)
+        pending.append(await producer.send(topic, line, key=key))
+        stats.sent += 1
+        stats.by_topic[topic] = stats.by_topic.get(topic, 0) + 1
+        if len(pending) >= 2000:
+            await asyncio.gather(*pending)
+            pending.clear()
+            if progress:
+                progress(stats.sent)
+    await asyncio.gather(*pending)
+    await producer.flush()
+    if progress:
+        progress(stats.sent)
+    stats.seconds = clock() - started
+    if max_ts is not None:
+        stats.max_ts = dt.datetime.fromtimestamp(max_ts, dt.UTC).isoformat()
+    return stats
+
+
+def source_lines(settings: Settings, file: Path | None, berka: Path | None) -> list[bytes]:
+    if berka is not None:
+        return berka_lines(berka, settings.zone)
+    assert file is not None
+    if not file.is_file():
+        raise ConfigError(f"no such file: {file}")
+    return [line for line in file.read_bytes().splitlines() if line.strip()]
+
+
+async def run_replay(
+    settings: Settings,
+    bootstrap: str,
+    file: Path | None,
+    berka: Path | None,
+    rate: float | None,
+    speedup: float | None,
+    loops: int,
+) -> int:
+    lines = source_lines(settings, file, berka)
+    shift = loop_shift_days(lines) if loops > 1 else 0
+    producer = await start_producer(settings, bootstrap)
+    progress = Progress(len(lines) * loops, "replay")
+    try:
+
+        def all_loops() -> Iterator[bytes]:
+            for loop in range(loops):
+                yield from with_fresh_ids(lines, loop, shift_days=shift)
+
+        stats = await replay(all_loops(), producer, rate=rate, speedup=speedup, progress=progress)
+    finally:
+        progress.close()
+        await producer.stop()
+    print(f"sent {stats.sent} events in {stats.seconds:.1f}s ({stats.rate:.0f}/s): {stats.by_topic}")
+    return 0

@@ -1,0 +1,66 @@
+"""``make bench-smoke``: every stage of the benchmark runs on a few thousand
+records and reports a number, so the benchmark cannot rot. Nothing here
+asserts a speed (speed is what ``make bench`` prints, side by side)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.connected]
+
+ROOT = Path(__file__).resolve().parents[2]
+BERKA = ROOT.parent / "shared" / "data" / "berka"
+
+
+@pytest.mark.skipif(not BERKA.is_dir(), reason="the Berka data set is not next to the project")
+def test_bench_smoke_reports_every_stage(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FUNDFLOW_")}
+    env["FUNDFLOW_VAR_DIR"] = str(tmp_path / "var")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streams.tools.bench",
+            "--berka",
+            str(BERKA),
+            "--smoke",
+            "--events",
+            "2000",
+            "--rounds",
+            "2",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for line in ("(a) bare aiokafka", "(b) Faust agent doing nothing", "(c) FundFlow full pipeline, 1 worker",
+                 "2 workers", "c/b", "c/a", "latency", "bare consumer p50", "Redis per customer",
+                 "per-event cost"):  # fmt: skip
+        assert line in result.stdout, line
+    report = json.loads(out.read_text())
+    rates = report["events_per_second"]
+    assert len(rates) == 6 and all(rate > 0 for rate in rates.values())
+    by_round = report["events_per_second_by_round"]  # (b), (b'), (c) interleaved, each round measured
+    assert len(by_round) == 3 and all(len(each) == 2 and min(each) > 0 for each in by_round.values())
+    assert [len(each) for each in report["ratios_by_round"].values()] == [2, 2]
+    for share in ("light", "50%", "80%"):
+        latency = report["latency"][share]
+        assert latency["committed_ms"]["n"] > 0
+        # the broker's share, measured beside it: every record of the stage in a bare consumer's hand
+        assert latency["bare_consumer_ms"]["n"] == latency["events"]
+    assert report["redis_memory_per_customer"]["customers"] > 0
+    history = report["per_event_cost_vs_history"]
+    assert history["history_events"] == sorted(history["history_events"]) and len(history["us_per_event"]) == 3
+    assert all(cost > 0 for cost in history["us_per_event"] + history["us_decode_on_cache_miss"])

@@ -1,0 +1,96 @@
+"""``make demo`` end to end: the embedded stack, a worker, the API and console,
+the real Berka replay; numbers move within a minute; Ctrl-C stops everything
+and leaves no process behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.connected.test_connected import _alive
+
+pytestmark = [pytest.mark.slow, pytest.mark.connected]
+
+ROOT = Path(__file__).resolve().parents[2]
+BERKA = ROOT.parent / "shared" / "data" / "berka"
+
+
+def children_of(pid: int) -> set[int]:
+    """Every live descendant of ``pid`` (by /proc), however deep and whatever its session."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+@pytest.mark.skipif(not BERKA.is_dir(), reason="the Berka data set is not next to the project")
+def test_demo_shows_live_numbers_serves_the_console_and_stops_cleanly(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FUNDFLOW_")}
+    env["FUNDFLOW_VAR_DIR"] = str(tmp_path)
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "streams.cli.main", "demo", "--berka", str(BERKA), "--rate", "3000"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert demo.stdout is not None
+    seen: list[str] = []
+    console = None
+    processed = 0
+    started = time.monotonic()
+    descendants: set[int] = set()
+    try:
+        while time.monotonic() - started < 90 and processed == 0:
+            line = demo.stdout.readline()
+            if not line:
+                break
+            seen.append(line)
+            if match := re.search(r"web console: (http://\S+)", line):
+                console = match.group(1)
+            if match := re.search(r"processed (\d+)", line):
+                processed = int(match.group(1))
+        assert processed > 0, "".join(seen[-30:])
+        assert time.monotonic() - started < 90
+        assert any("日均余额" in line for line in seen)
+        assert console is not None
+        with urllib.request.urlopen(console, timeout=10) as page:
+            assert b"FundFlow" in page.read()
+        with urllib.request.urlopen(console + "alerts?limit=5", timeout=10) as response:
+            assert "alerts" in json.loads(response.read())
+        descendants = children_of(demo.pid)
+        assert len(descendants) >= 4  # broker, Redis, worker, API
+    finally:
+        demo.send_signal(signal.SIGINT)
+        try:
+            tail, _ = demo.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            demo.kill()
+            tail, _ = demo.communicate()
+    assert demo.returncode == 0, tail[-2000:]
+    assert "stopped." in tail
+    deadline = time.monotonic() + 15
+    alive = descendants
+    while alive and time.monotonic() < deadline:
+        alive = {pid for pid in descendants if _alive(pid)}
+        time.sleep(0.2)
+    assert not alive, f"left running: {alive}"

@@ -1,0 +1,198 @@
+"""Redis Cluster, for real: a one-node cluster (Valkey in cluster mode, all 16,384
+slots) refuses, as a many-node one does, any command or script whose keys span
+slots, and answers only through a cluster client. The store, the live tiers and a
+whole worker run on it with ``FUNDFLOW_REDIS_CLUSTER=true`` and no other change."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import orjson
+import pytest
+import redis
+from redis.crc import key_slot
+from redis.exceptions import RedisClusterException, ResponseError
+
+from streams.clients import connect, ensure_topics
+from streams.keys import Keys
+from streams.local.servers import EmbeddedRedis, Stack, free_port
+from streams.settings import Settings, rates, state_config, thresholds
+from streams.store import CLUSTER_CALLS_IN_FLIGHT, StateStore, _bounded
+from streams.tiers import TierBook, distribution, rebuild
+from streams.topics import all_topics
+from tests.connected.test_alerts_connected import ROOT, env, produce, stop
+from tests.fakes import Sink
+from tests.pipeline.test_pipeline import big_credit_step, processor, txn
+
+CUSTOMERS = [f"cl{i:02d}" for i in range(40)]  # spread over many hash slots
+
+
+@pytest.fixture(scope="module")
+def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    server = EmbeddedRedis(free_port(), Path(tmp_path_factory.mktemp("cluster")), cluster=True)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def cluster_store(cluster_url: str) -> AsyncIterator[StateStore]:
+    plain = redis.Redis.from_url(cluster_url)
+    plain.flushdb()
+    plain.close()
+    client = connect(cluster_url, cluster=True)
+    try:
+        yield StateStore(client, Keys("cl"))
+    finally:
+        await client.aclose()
+
+
+def records() -> list:  # type: ignore[type-arg]
+    return [txn(i, customer, "credit", f"{100_000 * (i + 1)}.00") for i, customer in enumerate(CUSTOMERS)] + [
+        txn(100 + i, customer, "debit", "30.00", day=2) for i, customer in enumerate(CUSTOMERS)
+    ]
+
+
+async def test_a_batch_of_many_slots_commits_publishes_and_reads_back(cluster_store: StateStore) -> None:
+    assert cluster_store.cluster  # a cluster client makes the store group its commit calls by slot
+    assert len({key_slot(cluster_store.keys.state(c).encode()) for c in CUSTOMERS}) == len(CUSTOMERS)
+    sink = Sink()
+    report = await processor(cluster_store, sink, big_credit_step()).process(records())
+    assert (report.applied, report.dead_letters) == (2 * len(CUSTOMERS), {})
+    assert len(sink.sent) == len(CUSTOMERS)  # every credit >= 100 is a finding, each published once
+    for i, customer in enumerate(CUSTOMERS):
+        state = await cluster_store.read(customer)
+        assert state is not None and state.balance == Decimal(100_000 * (i + 1)) - Decimal("30.00")
+        assert await cluster_store.redis.llen(cluster_store.keys.outbox(customer)) == 0  # confirmed
+    scanned = [s.customer_id async for s in cluster_store.scan_states()]
+    assert sorted(scanned) == CUSTOMERS
+    # the same batch again changes nothing (exactly-once on the cluster too)
+    again = await processor(cluster_store, Sink(), big_credit_step()).process(records())
+    assert (again.applied, again.duplicates) == (0, 2 * len(CUSTOMERS))
+
+
+async def test_without_grouping_by_slot_the_cluster_refuses_the_commit(cluster_store: StateStore) -> None:
+    """What the grouping is for: one script call with customers of several slots (what a
+    single Redis gets) is refused, and nothing is written."""
+    ungrouped = StateStore(cluster_store.redis, cluster_store.keys)
+    ungrouped._groups = lambda commits: [commits]  # type: ignore[method-assign]
+    with pytest.raises((RedisClusterException, ResponseError), match="slot"):
+        await processor(ungrouped, Sink(), big_credit_step()).process(records())
+    assert [s async for s in cluster_store.scan_states()] == []
+
+
+async def test_live_tiers_on_the_cluster(cluster_store: StateStore) -> None:
+    await processor(cluster_store, Sink(), big_credit_step()).process(records())
+    settings = Settings(kafka_bootstrap="unused:9092", redis_url="unused")
+    book = TierBook(
+        cluster_store.redis, cluster_store.keys, state_config(settings), thresholds(settings), rates(settings)
+    )
+    states = [s async for s in cluster_store.scan_states()]
+    assert await rebuild(cluster_store.redis, cluster_store.keys, states, book) == len(CUSTOMERS)
+    result = await distribution(cluster_store.redis, cluster_store.keys, top=3)
+    assert result["customers"] == len(CUSTOMERS) and sum(result["counts"].values()) == len(CUSTOMERS)
+    assert [row["customer_id"] for row in result["top"]] == ["cl39", "cl38", "cl37"]
+    assert result["counts"] == {"I": 10, "II": 10, "III": 10, "IV": 10}
+    assert result["top"][0]["tier"] == "I"
+
+
+ZONE = ZoneInfo("Asia/Shanghai")
+
+
+def cli(stack: Stack, tmp: Path, cluster_url: str, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "streams.cli.main", *args],
+        env=env(
+            stack, tmp, FUNDFLOW_REDIS_URL=cluster_url, FUNDFLOW_REDIS_CLUSTER="true", FUNDFLOW_KEY_PREFIX="cl-e2e"
+        ),
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.connected
+@pytest.mark.slow
+async def test_a_worker_runs_unchanged_on_redis_cluster(stack: Stack, cluster_url: str, tmp_path: Path) -> None:
+    """``fundflow worker`` with FUNDFLOW_REDIS_CLUSTER=true keeps every customer's state on
+    the cluster; ``fundflow customer show`` and ``fundflow tiers`` read it there."""
+    settings = Settings(kafka_bootstrap=stack.kafka_bootstrap, redis_url=cluster_url, var_dir=tmp_path)
+    await ensure_topics(stack.kafka_bootstrap, all_topics(settings.partitions), settings)
+    start = dt.datetime(2024, 6, 3, 9, 0, tzinfo=ZONE)
+    events: list[dict[str, object]] = [
+        {"txn_id": f"{c}-e2e-1", "customer_id": c, "account_id": f"A-{c}", "ts": start.isoformat(),
+         "direction": "credit", "amount": f"{1000 + i}.00"}
+        for i, c in enumerate(CUSTOMERS)
+    ]  # fmt: skip
+    extra = {"FUNDFLOW_REDIS_URL": cluster_url, "FUNDFLOW_REDIS_CLUSTER": "true", "FUNDFLOW_KEY_PREFIX": "cl-e2e"}
+    with (tmp_path / "worker.log").open("wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli.main", "worker", "--web-port", str(free_port())],
+            env=env(stack, tmp_path, FUNDFLOW_APP_ID="cluster-e2e", FUNDFLOW_TIER_REFRESH_SECONDS="1", **extra),
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        await produce(stack.kafka_bootstrap, events)
+        deadline = time.monotonic() + 90
+        balances: dict[str, str] = {}
+        while time.monotonic() < deadline and len(balances) < len(CUSTOMERS):
+            assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-2000:]
+            for c in CUSTOMERS:
+                if c not in balances:
+                    shown = cli(stack, tmp_path, cluster_url, "customer", "show", c, "--json")
+                    if shown.returncode == 0:
+                        balances[c] = orjson.loads(shown.stdout)["balance"]
+            await asyncio.sleep(0.5)
+        assert balances == {c: f"{1000 + i}.00" for i, c in enumerate(CUSTOMERS)}
+        # the worker's tier refresh puts every customer in the tier index (the stack's broker
+        # also carries other tests' customers: this worker reads the topic from the start)
+        client, keys = connect(cluster_url, cluster=True), Keys("cl-e2e")
+        try:
+            ranked: list[float | None] = [None]
+            while time.monotonic() < deadline and None in ranked:
+                ranked = await client.zmscore(keys.tiers, CUSTOMERS)
+                await asyncio.sleep(0.5)
+            assert None not in ranked, dict(zip(CUSTOMERS, ranked, strict=True))
+            indexed = int(await client.zcard(keys.tiers))
+        finally:
+            await client.aclose()
+        tiers = cli(stack, tmp_path, cluster_url, "tiers", "--json")
+        assert tiers.returncode == 0, tiers.stderr.decode()
+        assert orjson.loads(tiers.stdout)["customers"] >= indexed >= len(CUSTOMERS)
+        log_text = (tmp_path / "worker.log").read_text()
+        assert "CROSSSLOT" not in log_text and "same slot" not in log_text, log_text[-2000:]
+    finally:
+        stop(worker)
+
+
+async def test_cluster_calls_are_bounded_in_flight_and_keep_their_order() -> None:
+    """One call per slot group could be hundreds per batch: at most CLUSTER_CALLS_IN_FLIGHT
+    hold a connection at once; results come back in call order; a failure is raised."""
+    in_flight = peak = 0
+
+    async def call(i: int) -> int:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.001 * (i % 3))
+        in_flight -= 1
+        if i == -1:
+            raise ResponseError("boom")
+        return i
+
+    assert await _bounded(call(i) for i in range(500)) == list(range(500))
+    assert peak == CLUSTER_CALLS_IN_FLIGHT
+    with pytest.raises(ResponseError, match="boom"):
+        await _bounded(call(i) for i in [1, -1, 2])

@@ -1,0 +1,93 @@
+"""Live tiers: the cut points kept in Redis equal metrics.md's quartile rule."""
+
+from __future__ import annotations
+
+import datetime as dt
+import statistics
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rules.contribution import ContributionRates, quartile_cuts, tier_of
+from rules.events import TransactionEvent
+from rules.metrics import SegmentThresholds
+from rules.state import CustomerState, StateConfig, apply_transaction
+from streams.clients import connect
+from streams.keys import Keys
+from streams.tiers import TierBook, cut_positions, distribution, interpolate, recompute_cuts, write_contributions
+
+ZONE = ZoneInfo("Asia/Shanghai")
+cents = st.integers(min_value=-(10**9), max_value=10**11).map(lambda c: Decimal(c) / 100)
+
+
+@given(st.lists(cents, min_size=2, max_size=60))
+def test_rank_interpolation_is_statistics_quantiles_inclusive(values: list[Decimal]) -> None:
+    ordered = sorted(values)
+    needed = {r for lo, hi, _ in cut_positions(len(ordered)) for r in (lo, hi)}
+    assert interpolate({r: ordered[r] for r in needed}, len(ordered)) == quartile_cuts(values)
+    as_floats = statistics.quantiles([float(v) for v in values], n=4, method="inclusive")
+    assert [float(c) for c in quartile_cuts(values) or ()] == pytest.approx(as_floats)
+
+
+async def test_cuts_and_distribution_from_redis_match_the_spec(redis_url: str) -> None:
+    import random
+
+    rng = random.Random(5)
+    values = {f"C{i}": Decimal(rng.randint(-50_000, 5_000_000)) / 100 for i in range(101)}
+    values["C7"] = values["C8"]  # ties across a boundary are fine too
+    keys = Keys("t")
+    client = connect(redis_url)
+    try:
+        await write_contributions(client, keys, values)
+        cuts = await recompute_cuts(client, keys, 0)
+        assert cuts == quartile_cuts(values.values())
+        result = await distribution(client, keys, top=5)
+    finally:
+        await client.aclose()
+    expected = {"I": 0, "II": 0, "III": 0, "IV": 0}
+    for value in values.values():
+        expected[tier_of(value, cuts)] += 1
+    assert result["counts"] == expected
+    best = sorted(values.items(), key=lambda kv: kv[1], reverse=True)[:5]
+    assert [(r["customer_id"], r["contribution"]) for r in result["top"]] == [(c, str(v)) for c, v in best]
+
+
+def _credit(customer: str, n: int, amount: str, day: int) -> TransactionEvent:
+    return TransactionEvent.model_validate(
+        {
+            "txn_id": f"{customer}-{n}",
+            "customer_id": customer,
+            "account_id": f"A-{customer}",
+            "ts": dt.datetime(2024, 3, day, 10, tzinfo=ZONE).isoformat(),
+            "direction": "credit",
+            "amount": amount,
+        }
+    )
+
+
+async def test_tiers_follow_balances(redis_url: str) -> None:
+    config = StateConfig(zone=ZONE)
+    client = connect(redis_url)
+    book = TierBook(client, Keys("t"), config, SegmentThresholds(), ContributionRates())
+    states = {}
+    for i in range(8):
+        state = CustomerState(f"C{i}")
+        apply_transaction(state, _credit(state.customer_id, 0, str(1000 * (i + 1)), 1), config)
+        states[state.customer_id] = state
+    try:
+        book.changed(states.values())
+        await book.refresh()
+        assert book.tier_of("C7") == "I"
+        assert book.tier_of("C0") == "IV"
+        # C0 receives a fortune: after the next refresh it is the top tier.
+        apply_transaction(states["C0"], _credit("C0", 1, "900000", 2), config)
+        book.changed([states["C0"]])
+        assert book.tier_of("C0") == "IV"  # live tiers lag by one refresh interval
+        await book.refresh()
+        assert book.tier_of("C0") == "I"
+        assert book.tier_of("C1") == "IV"
+    finally:
+        await client.aclose()

@@ -1,0 +1,256 @@
+"""Webhook delivery: signature, retries, dead letters and dedupe, against a real
+local HTTP receiver (``alerts.receiver_example``) and a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+from hypothesis import given
+from hypothesis import strategies as st
+
+from alerts.receiver_example import RECEIVED, STATS, make_app
+from alerts.relay import BAD_FINDING, UNDELIVERABLE, Relay, receiver_tag
+from alerts.webhook import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    RetryPolicy,
+    WebhookSender,
+    sign,
+    verify_signature,
+)
+from streams.clients import connect
+from streams.deadletter import RawRecord
+from streams.keys import Keys
+from streams.local.servers import free_port
+from streams.settings import Settings, safe_url
+from streams.topics import ALERTS
+
+SECRET = b"s3cret-for-tests"
+NOW = 1_700_000_000
+
+
+@given(secret=st.binary(min_size=1, max_size=64), body=st.binary(max_size=2048))
+def test_a_signed_body_verifies(secret: bytes, body: bytes) -> None:
+    headers = {TIMESTAMP_HEADER: str(NOW), SIGNATURE_HEADER: sign(secret, NOW, body)}
+    assert verify_signature(secret, headers, body, now=NOW + 10)
+
+
+@given(body=st.binary(min_size=1, max_size=512), data=st.data())
+def test_any_changed_byte_or_other_secret_is_refused(body: bytes, data: st.DataObject) -> None:
+    headers = {TIMESTAMP_HEADER: str(NOW), SIGNATURE_HEADER: sign(SECRET, NOW, body)}
+    i = data.draw(st.integers(0, len(body) - 1))
+    flip = data.draw(st.integers(1, 255))
+    tampered = body[:i] + bytes([body[i] ^ flip]) + body[i + 1 :]
+    assert not verify_signature(SECRET, headers, tampered, now=NOW)
+    assert not verify_signature(SECRET + b"x", headers, body, now=NOW)
+
+
+def test_stale_or_missing_signature_is_refused() -> None:
+    body = b'{"id": "a"}'
+    headers = {TIMESTAMP_HEADER: str(NOW), SIGNATURE_HEADER: sign(SECRET, NOW, body)}
+    assert verify_signature(SECRET, headers, body, now=NOW + 299)
+    assert not verify_signature(SECRET, headers, body, now=NOW + 301)  # a replay, later
+    assert not verify_signature(SECRET, headers, body, now=NOW - 301)
+    assert not verify_signature(SECRET, {}, body, now=NOW)
+    assert not verify_signature(SECRET, {TIMESTAMP_HEADER: "x", SIGNATURE_HEADER: "sha256=0"}, body, now=NOW)
+    # the timestamp is inside the MAC: moving it breaks the signature
+    moved = {TIMESTAMP_HEADER: str(NOW + 100), SIGNATURE_HEADER: headers[SIGNATURE_HEADER]}
+    assert not verify_signature(SECRET, moved, body, now=NOW + 100)
+
+
+def test_safe_url_drops_credentials_and_query() -> None:
+    assert (
+        safe_url("https://user:pw@hooks.bank.cn:8443/rm/alerts?token=abc#x") == "https://hooks.bank.cn:8443/rm/alerts"
+    )
+
+
+class Receiver:
+    """A real HTTP server on a free port; ``fail_first`` answers 503 that many times."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+        self.runner = web.AppRunner(app)
+
+    async def start(self) -> None:
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+def flaky_app(fail_first: int) -> web.Application:
+    app = make_app(SECRET)
+    calls = {"n": 0}
+
+    @web.middleware
+    async def flaky(request: web.Request, handler: Any) -> web.StreamResponse:
+        calls["n"] += 1
+        if calls["n"] <= fail_first:
+            return web.json_response({"error": "busy"}, status=503)
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    app.middlewares.append(flaky)
+    return app
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as client:
+        yield client
+
+
+class Sleeps:
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+def finding(i: int) -> bytes:
+    return orjson.dumps({"id": f"F{i:04d}", "rule": "large_external_outflow", "customer_id": f"C{i}", "ts": "t"})
+
+
+async def test_delivered_signed_and_received(session: aiohttp.ClientSession) -> None:
+    receiver = Receiver(make_app(SECRET))
+    await receiver.start()
+    try:
+        sender = WebhookSender(session, receiver.url, SECRET, RetryPolicy())
+        outcome = await sender.deliver("F0001", ALERTS, finding(1))
+        assert outcome.delivered and outcome.attempts == 1 and outcome.status == 200
+        assert receiver.app[RECEIVED] == [orjson.loads(finding(1))]
+    finally:
+        await receiver.stop()
+
+
+async def test_a_busy_receiver_is_retried_with_growing_backoff(session: aiohttp.ClientSession) -> None:
+    receiver = Receiver(flaky_app(fail_first=3))
+    await receiver.start()
+    try:
+        sleeps = Sleeps()
+        policy = RetryPolicy(max_attempts=6, backoff_initial_seconds=0.5, backoff_max_seconds=30)
+        sender = WebhookSender(session, receiver.url, SECRET, policy, sleep=sleeps)
+        outcome = await sender.deliver("F0002", ALERTS, finding(2))
+        assert outcome.delivered and outcome.attempts == 4
+        assert len(sleeps.waits) == 3
+        for attempt, wait in enumerate(sleeps.waits, start=1):
+            ceiling = 0.5 * 2 ** (attempt - 1)
+            assert ceiling / 2 <= wait <= ceiling
+        assert receiver.app[STATS]["accepted"] == 1
+    finally:
+        await receiver.stop()
+
+
+async def test_a_receiver_that_stays_down_fails_after_the_policy(session: aiohttp.ClientSession) -> None:
+    sleeps = Sleeps()
+    policy = RetryPolicy(max_attempts=4, backoff_initial_seconds=1, backoff_max_seconds=2)
+    sender = WebhookSender(session, f"http://127.0.0.1:{free_port()}/hook", SECRET, policy, sleep=sleeps)
+    outcome = await sender.deliver("F0003", ALERTS, finding(3))
+    assert not outcome.delivered and outcome.attempts == 4 and outcome.status is None
+    assert "after 4 attempts" in outcome.error
+    assert len(sleeps.waits) == 3 and max(sleeps.waits) <= 2  # capped
+
+
+async def test_a_timeout_counts_as_a_failed_attempt(session: aiohttp.ClientSession) -> None:
+    app = web.Application()
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(2)
+        return web.Response()
+
+    app.router.add_post("/hook", slow)
+    receiver = Receiver(app)
+    await receiver.start()
+    try:
+        policy = RetryPolicy(timeout_seconds=0.2, max_attempts=2)
+        outcome = await WebhookSender(session, receiver.url, SECRET, policy, sleep=Sleeps()).deliver(
+            "F0004", ALERTS, finding(4)
+        )
+        assert not outcome.delivered and outcome.attempts == 2
+        assert "no answer within 0.2s" in outcome.error
+    finally:
+        await receiver.stop()
+
+
+async def test_a_wrong_secret_is_refused_once_not_retried(session: aiohttp.ClientSession) -> None:
+    receiver = Receiver(make_app(SECRET))
+    await receiver.start()
+    try:
+        sleeps = Sleeps()
+        sender = WebhookSender(session, receiver.url, b"wrong", RetryPolicy(), sleep=sleeps)
+        outcome = await sender.deliver("F0005", ALERTS, finding(5))
+        assert not outcome.delivered and outcome.attempts == 1 and outcome.status == 401
+        assert sleeps.waits == []
+        assert receiver.app[STATS]["refused"] == 1 and receiver.app[RECEIVED] == []
+    finally:
+        await receiver.stop()
+
+
+def records(ids: range) -> list[RawRecord]:
+    return [RawRecord(ALERTS, 0, i, f"C{i}".encode(), finding(i), 0) for i in ids]
+
+
+async def test_relay_delivers_once_per_receiver_across_redeliveries(
+    session: aiohttp.ClientSession, redis_url: str
+) -> None:
+    first, second = Receiver(make_app(SECRET)), Receiver(make_app(SECRET))
+    await first.start()
+    await second.start()
+    redis = connect(redis_url)
+    try:
+        settings = Settings(key_prefix="wh")
+        senders = [WebhookSender(session, r.url, SECRET, RetryPolicy()) for r in (first, second)]
+        relay = Relay(senders, redis, Keys("wh"), settings)
+        report = await relay.handle(records(range(10)))
+        assert (report.delivered, report.duplicates, report.dead_letters) == (20, 0, [])
+        # the same batch again (a crash before the commit, a replay of the topic): nothing POSTed twice
+        again = await relay.handle(records(range(5, 15)))
+        assert (again.delivered, again.duplicates) == (10, 10)
+        for receiver in (first, second):
+            assert sorted(f["id"] for f in receiver.app[RECEIVED]) == [f"F{i:04d}" for i in range(15)]
+            assert receiver.app[STATS]["duplicates"] == 0
+        ttl = await redis.ttl(f"wh:webhook:{receiver_tag(first.url)}:F0001")
+        assert 13 * 86_400 < ttl <= 14 * 86_400
+    finally:
+        await redis.aclose()
+        await first.stop()
+        await second.stop()
+
+
+async def test_relay_dead_letters_what_cannot_be_delivered(session: aiohttp.ClientSession, redis_url: str) -> None:
+    up = Receiver(make_app(SECRET))
+    await up.start()
+    redis = connect(redis_url)
+    try:
+        down_url = f"http://ops:hunter2@127.0.0.1:{free_port()}/hook?key=abc"
+        policy = RetryPolicy(max_attempts=2, backoff_initial_seconds=0.01)
+        senders = [WebhookSender(session, up.url, SECRET, policy), WebhookSender(session, down_url, SECRET, policy)]
+        relay = Relay(senders, redis, Keys("wh"), Settings(key_prefix="wh"))
+        batch = [*records(range(3)), RawRecord(ALERTS, 0, 99, b"k", b"not json", 0)]
+        report = await relay.handle(batch)
+        assert report.delivered == 3
+        letters = [json.loads(letter) for _, letter in report.dead_letters]
+        assert sorted(letter["reason"] for letter in letters) == [BAD_FINDING] + [UNDELIVERABLE] * 3
+        for letter in letters:
+            assert "hunter2" not in letter["error"] and "abc" not in letter["error"]
+            if letter["reason"] == UNDELIVERABLE:
+                assert letter["error"].startswith(f"http://127.0.0.1:{down_url.split(':')[3].split('/')[0]}/hook: ")
+                assert orjson.loads(base64.b64decode(letter["value_b64"]))["id"].startswith("F")
+        # the receiver that was down comes back: only its findings are tried again
+        again = await relay.handle(records(range(3)))
+        assert again.duplicates == 3 and len(again.dead_letters) == 3
+    finally:
+        await redis.aclose()
+        await up.stop()

@@ -1,0 +1,169 @@
+"""The deployment files, checked by reading (no Docker daemon or cluster here):
+every service names config that exists in the repo, every metric an alert or a
+dashboard panel uses is one the code exports, and promtool accepts the
+Prometheus files when it is installed."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client import REGISTRY
+
+import streams.telemetry  # noqa: F401  (registers every metric)
+from rules.config import parse_rules
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES: dict[str, Any] = COMPOSE["services"]
+K8S = ROOT / "deploy" / "k8s"
+
+
+def exported_metrics() -> set[str]:
+    names = set()
+    for collector in REGISTRY.collect():
+        for sample in collector.samples:
+            names.add(sample.name)
+        names.add(collector.name)
+    names.update({f"{n}_bucket" for n in list(names)} | {f"{n}_sum" for n in list(names)})
+    names.update({f"{n}_count" for n in list(names)} | {f"{n}_total" for n in list(names)})
+    return names
+
+
+def fundflow_metrics_in(text: str) -> set[str]:
+    return set(re.findall(r"\bfundflow_[a-z0-9_]+\b", text))
+
+
+def test_compose_has_the_whole_production_shape() -> None:
+    assert {"kafka", "kafka-init", "redis", "worker-1", "worker-2", "api", "webhook", "prometheus", "grafana"} <= set(
+        SERVICES
+    )
+    kafka = SERVICES["kafka"]["environment"]
+    assert kafka["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft, no ZooKeeper
+    assert "zookeeper" not in json.dumps(COMPOSE).lower()
+    assert "--appendonly" in SERVICES["redis"]["command"] and "yes" in SERVICES["redis"]["command"]
+    assert "redis-data:/data" in SERVICES["redis"]["volumes"]
+    for name, service in SERVICES.items():
+        if name != "kafka-init":
+            assert "healthcheck" in service, f"{name} has no health check"
+        for dependency in service.get("depends_on", {}):
+            assert dependency in SERVICES, f"{name} depends on unknown {dependency}"
+
+
+def test_every_process_gets_real_servers_and_nothing_embedded() -> None:
+    for name in ("worker-1", "worker-2", "api", "webhook"):
+        env = SERVICES[name]["environment"]
+        assert env["FUNDFLOW_KAFKA_BOOTSTRAP"] == "kafka:9092"
+        assert env["FUNDFLOW_REDIS_URL"].startswith("redis://:${REDIS_PASSWORD")
+    assert "FUNDFLOW_API_TOKENS" in SERVICES["api"]["environment"]
+    assert "FUNDFLOW_WEBHOOK_SECRET" in SERVICES["webhook"]["environment"]
+    dockerfile = (ROOT / SERVICES["worker-1"]["build"]["dockerfile"]).read_text()
+    assert "calfkit" not in dockerfile and "valkey" not in dockerfile and "[embedded" not in dockerfile
+
+
+def test_every_mounted_file_is_in_the_repo() -> None:
+    mounts = 0
+    for name, service in SERVICES.items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), f"{name} mounts missing {source}"
+                mounts += 1
+    assert mounts >= 6
+    grafana = {v.split(":")[1]: v.split(":")[0] for v in SERVICES["grafana"]["volumes"] if v.startswith("./")}
+    provider = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/fundflow.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] in grafana
+
+
+def test_prometheus_scrapes_the_compose_services_on_their_ports() -> None:
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    targets = {t for job in config["scrape_configs"] for group in job["static_configs"] for t in group["targets"]}
+    assert targets == {"worker-1:6066", "worker-2:6066", "webhook:9108", "api:8080"}
+    assert "6066" in " ".join(SERVICES["worker-1"]["command"])
+    assert "9108" in " ".join(SERVICES["webhook"]["command"])
+    api_job = next(job for job in config["scrape_configs"] if job["job_name"] == "fundflow-api")
+    assert api_job["authorization"]["credentials_file"] == "/run/secrets/api_token"
+    assert "api_token" in SERVICES["prometheus"]["secrets"] and "api_token" in COMPOSE["secrets"]
+
+
+def test_alert_rules_and_dashboard_use_only_exported_metrics() -> None:
+    exported = exported_metrics()
+    rules = (ROOT / "deploy/prometheus/alerts.yml").read_text()
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/fundflow.json").read_text())
+    exprs = " ".join(t["expr"] for panel in dashboard["panels"] for t in panel["targets"])
+    for source, text in (("alerts.yml", rules), ("dashboard", exprs)):
+        used = fundflow_metrics_in(text)
+        assert used, source
+        assert used <= exported, f"{source} uses metrics the code does not export: {used - exported}"
+    alerts = {rule["alert"] for group in yaml.safe_load(rules)["groups"] for rule in group["rules"]}
+    assert {"FundFlowWorkerDown", "FundFlowConsumerLagGrowing", "FundFlowDeadLetterRate", "FundFlowRedisErrors",
+            "FundFlowEndToEndLatencyP99High"} <= alerts  # fmt: skip
+    titles = " ".join(panel["title"].lower() for panel in dashboard["panels"])
+    for topic in ("throughput", "lag", "latency", "dead letters", "alerts by rule", "tier"):
+        assert topic in titles, topic
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (Debian package prometheus)")
+def test_promtool_accepts_config_and_rules(tmp_path: Path) -> None:
+    token = tmp_path / "api_token"
+    token.write_text("t")
+    config = (ROOT / "deploy/prometheus/prometheus.yml").read_text().replace("/run/secrets/api_token", str(token))
+    (tmp_path / "prometheus.yml").write_text(config)
+    shutil.copy(ROOT / "deploy/prometheus/alerts.yml", tmp_path / "alerts.yml")
+    for args in (
+        ["check", "config", str(tmp_path / "prometheus.yml")],
+        ["check", "rules", str(tmp_path / "alerts.yml")],
+    ):
+        result = subprocess.run(["promtool", *args], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def k8s_documents() -> list[dict[str, Any]]:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    docs = []
+    for resource in kustomization["resources"]:
+        docs.extend(d for d in yaml.safe_load_all((K8S / resource).read_text()) if d)
+    return docs
+
+
+def test_k8s_manifests_have_probes_resources_config_and_secrets() -> None:
+    docs = k8s_documents()
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert {("Deployment", "fundflow-worker"), ("Deployment", "fundflow-api"), ("Service", "fundflow-api"),
+            ("Deployment", "fundflow-webhook"), ("ConfigMap", "fundflow-env")} <= kinds  # fmt: skip
+    for deployment in (d for d in docs if d["kind"] == "Deployment"):
+        spec = deployment["spec"]["template"]["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        mounts_needed = {v["name"] for v in spec.get("volumes", [])}
+        for container in spec["containers"]:
+            assert container["livenessProbe"] and container["readinessProbe"], deployment["metadata"]["name"]
+            assert container["resources"]["requests"]["cpu"] and container["resources"]["requests"]["memory"]
+            assert container["resources"]["limits"]["memory"]
+            refs = {ref.get("configMapRef", ref.get("secretRef"))["name"] for ref in container["envFrom"]}
+            assert refs == {"fundflow-env", "fundflow-secrets"}
+            assert {m["name"] for m in container.get("volumeMounts", [])} == mounts_needed
+        labels = deployment["spec"]["selector"]["matchLabels"]
+        assert labels.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    worker = next(d for d in docs if d["metadata"]["name"] == "fundflow-worker" and d["kind"] == "Deployment")
+    container = worker["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    partitions = int(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["FUNDFLOW_PARTITIONS"])
+    assert worker["spec"]["replicas"] <= partitions  # more workers than partitions would sit idle
+
+
+def test_k8s_rules_are_the_repo_rules_and_secrets_hold_no_values() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    generator = kustomization["configMapGenerator"][0]
+    assert generator["files"] == ["rules.yaml=../rules.yaml"]
+    assert generator["options"]["disableNameSuffixHash"] is True  # edited in place -> hot reload
+    parse_rules((K8S / "../rules.yaml").read_text())
+    example = yaml.safe_load((K8S / "secret.example.yaml").read_text())
+    assert "secret.example.yaml" not in kustomization["resources"]
+    for value in example["stringData"].values():
+        assert "<" in value, "the example Secret must hold placeholders only"

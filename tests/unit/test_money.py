@@ -1,0 +1,43 @@
+"""``rules.money``: the one rounding of ``metrics.md`` (half-up to the cent), everywhere."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rules import engine, metrics, money
+from streams import snapshot
+
+
+def half_up_reference(value: Decimal, places: int) -> str:
+    """Slow and obvious: scale to an integer count of units, add half a unit away from
+    zero, truncate."""
+    scaled = value.scaleb(places)
+    units = int(abs(scaled) + Decimal("0.5"))
+    sign = "-" if value < 0 and units else ""
+    text = str(units).rjust(places + 1, "0")
+    return f"{sign}{text[:-places]}.{text[-places:]}" if places else f"{sign}{text}"
+
+
+def test_halves_round_up_not_to_even() -> None:
+    assert money.money(Decimal("0.125")) == "0.13"  # half-even would give 0.12
+    assert money.money(Decimal("2.675")) == "2.68"
+    assert money.money(Decimal("-0.125")) == "-0.13"
+    assert money.to_cent(Decimal("10.005")) == Decimal("10.01")
+    assert money.rounded(Decimal("0.00005"), 4) == Decimal("0.0001")
+
+
+@given(st.decimals(min_value=-(10**12), max_value=10**12, places=5, allow_nan=False, allow_infinity=False))
+def test_money_matches_the_reference(value: Decimal) -> None:
+    assert money.money(value) == half_up_reference(value, 2)
+    assert str(money.rounded(value, 4)) == half_up_reference(value, 4)
+
+
+def test_every_layer_shows_amounts_through_the_one_function() -> None:
+    """Findings' evidence (rules.engine), state rows (streams.snapshot) and the shown
+    metrics (rules.metrics.present) all round the same way."""
+    assert engine.money is money.money
+    assert snapshot.money is money.money
+    assert metrics.present({"balance": Decimal("0.125")})["balance"] == "0.13"

@@ -1,0 +1,179 @@
+"""``streams.patches``: every patch of a dependency's internals, each failing here when
+the dependency changes the shape it relies on.
+
+The fast drain (Faust's consumer's ``wait_first``, the delivery run inline) must
+answer exactly as mode's ``Service.wait_first`` does: the delivery's result when it
+finishes, the flag when the flag fires first (the delivery cancelled), exceptions
+passed on, and no coroutine left un-awaited."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import inspect
+import re
+import warnings
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+from faust.transport.consumer import Consumer
+from faust.types import TP
+from mode import Service
+
+from streams import patches
+from streams.app import faust_app
+from streams.settings import Settings
+
+
+class FakeConsumer(Service):
+    """What the patched method reads of a Faust consumer: the flow flag and the service flags."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.suspend_flow = asyncio.Event()
+
+
+@pytest.fixture(autouse=True)
+def installed() -> None:
+    patches.install_fast_drain()
+
+
+def wait_first(consumer: FakeConsumer, *coros: Any) -> Any:
+    return Consumer.wait_first(consumer, *coros)  # type: ignore[arg-type]
+
+
+def test_faust_still_hands_records_over_as_the_fast_path_assumes() -> None:
+    """The fast path recognises Faust's one call per record by its shape (two coroutines:
+    the delivery, then the flow flag's wait). An upgrade of faust-streaming that changes
+    the call must fail here, not silently fall back or take the fast path wrongly."""
+    source = inspect.getsource(Consumer._drain_messages)
+    assert "await self.wait_first(" in source
+    assert re.search(r"wait_first\(\s*callback\(message\),\s*self\.suspend_flow\.wait\(\)\s*\)", source)
+
+
+async def test_install_is_idempotent_and_patches_faust() -> None:
+    method = Consumer.wait_first
+    patches.install_fast_drain()
+    assert Consumer.wait_first is method
+    assert getattr(method, "__fundflow_fast__", False)
+
+
+async def test_a_delivery_that_does_not_suspend_wins_without_a_task() -> None:
+    consumer = FakeConsumer()
+    tasks_before = len(asyncio.all_tasks())
+    seen: list[int] = []
+
+    async def deliver() -> str:
+        seen.append(len(asyncio.all_tasks()))
+        return "delivered"
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "coroutine ... was never awaited" would fail here
+        delivery = deliver()
+        result = await wait_first(consumer, delivery, consumer.suspend_flow.wait())
+        gc.collect()
+    assert result.done == [delivery]
+    assert result.results == ["delivered"]
+    assert result.stopped is False
+    assert seen == [tasks_before]  # ran inline: no task was made for it
+
+
+async def test_a_delivery_that_suspends_finishes_through_the_original() -> None:
+    consumer = FakeConsumer()
+    room = asyncio.Event()
+
+    async def deliver() -> int:
+        await asyncio.sleep(0)
+        await room.wait()  # a full stream buffer
+        return 7
+
+    asyncio.get_running_loop().call_later(0.01, room.set)
+    result = await wait_first(consumer, deliver(), consumer.suspend_flow.wait())
+    assert result.results == [7]
+    assert result.stopped is False
+
+
+async def test_a_rebalance_interrupts_a_suspended_delivery() -> None:
+    consumer = FakeConsumer()
+    cancelled = asyncio.Event()
+
+    async def deliver() -> None:
+        try:
+            await asyncio.Event().wait()  # never gets room
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    flag = consumer.suspend_flow
+    asyncio.get_running_loop().call_later(0.01, flag.set)
+    result = await wait_first(consumer, deliver(), flag.wait())
+    assert result.results == [True]  # the flag won, as in Faust
+    await asyncio.sleep(0)
+    assert cancelled.is_set()  # and the delivery was cancelled, not left running
+
+
+async def test_an_error_in_the_delivery_is_raised() -> None:
+    consumer = FakeConsumer()
+
+    async def deliver() -> None:
+        raise ValueError("bad record")
+
+    with pytest.raises(ValueError, match="bad record"):
+        await wait_first(consumer, deliver(), consumer.suspend_flow.wait())
+
+    async def deliver_later() -> None:
+        await asyncio.sleep(0)
+        raise ValueError("later")
+
+    with pytest.raises(ValueError, match="later"):
+        await wait_first(consumer, deliver_later(), consumer.suspend_flow.wait())
+
+
+async def test_with_the_flow_suspended_faust_decides() -> None:
+    consumer = FakeConsumer()
+    consumer.suspend_flow.set()
+    ran: list[bool] = []
+
+    async def deliver() -> None:
+        ran.append(True)
+
+    result = await wait_first(consumer, deliver(), consumer.suspend_flow.wait())
+    assert result.stopped is False
+    assert result.done  # what mode's wait_first gives, unchanged
+
+
+async def test_the_fetch_wait_setting_reaches_the_consumer_faust_builds() -> None:
+    """Faust builds its aiokafka consumer with ``fetch_max_wait_ms=1500`` and aiokafka reads
+    the private ``_fetch_max_wait_ms`` when it starts; a bump of either that moves the value
+    elsewhere must fail here instead of silently bringing back 1.5 s latencies."""
+    assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in inspect.getsource(AIOKafkaConsumer.start)
+    settings = Settings(kafka_bootstrap="127.0.0.1:1", redis_url="redis://127.0.0.1:1", fetch_max_wait_ms=37)
+    app = faust_app(settings, "127.0.0.1:1")
+    thread = app.consumer._thread
+    consumer = thread._create_worker_consumer(app.transport)
+    try:
+        assert consumer._fetch_max_wait_ms == 37
+    finally:
+        await consumer.stop()
+        thread.thread_loop.close()  # never started: its private loop is ours to close
+    patches.set_fetch_max_wait(37)  # idempotent: wraps the original once, not the wrapper
+    assert not hasattr(thread._create_worker_consumer.__wrapped__, "__wrapped__")
+
+
+async def test_committed_offsets_and_highwaters_read_as_faust_and_aiokafka_keep_them() -> None:
+    settings = Settings(kafka_bootstrap="127.0.0.1:1", redis_url="redis://127.0.0.1:1")
+    app = faust_app(settings, "127.0.0.1:1")
+    tp = TP("fundflow.transactions.v1", 0)
+    assert patches.committed_offset(app.consumer, tp) is None  # nothing committed yet
+    app.consumer._committed_offset[tp] = 41
+    assert patches.committed_offset(app.consumer, tp) == 41
+    # not started, and (aiokafka asserts the assignment) not assigned: unknown, never an error
+    assert patches.highwater(app.consumer, tp) is None
+    app.consumer._thread.thread_loop.close()
+    consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1")
+    try:
+        assert patches.highwater(consumer, tp) is None
+        assert "assert self._subscription.is_assigned(partition)" in inspect.getsource(AIOKafkaConsumer.highwater)
+    finally:
+        await consumer.stop()
