@@ -24,6 +24,9 @@ from typing import Any
 
 import faust
 from aiokafka.errors import KafkaError
+from aiokafka.helpers import create_ssl_context
+from faust.worker import Worker
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from rules.state import CustomerState
 from streams import patches, telemetry
@@ -89,8 +92,6 @@ def faust_security(settings: Settings) -> dict[str, Any]:
         return {}
     ssl_context = None
     if protocol in ("SSL", "SASL_SSL"):
-        from aiokafka.helpers import create_ssl_context
-
         ssl_context = create_ssl_context(cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None)
     if protocol == "SSL":
         return {"broker_credentials": faust.SSLCredentials(ssl_context)}
@@ -121,7 +122,6 @@ def run_faust_worker(app: faust.App, settings: Settings, loglevel: str) -> None:
     """Run ``app`` in this process as a Faust worker, the garbage collector tuned once it
     is built: FundFlow's worker and the do-nothing agent of ``make bench`` both start here,
     so the floor the benchmark compares against runs with the same process settings."""
-    from faust.worker import Worker
 
     worker = Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     tune_gc(settings)
@@ -252,7 +252,6 @@ def create_app(
     @app.page("/metrics")
     async def _metrics(web: Any, request: Any) -> Any:
         """Prometheus exposition of everything declared in streams.telemetry."""
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 

@@ -46,10 +46,11 @@ from rules.state import CustomerState
 from streams import __version__, telemetry
 from streams.api.models import openapi_document
 from streams.clients import connect
+from streams.errors import ConfigError
 from streams.health import readiness
 from streams.keys import Keys
 from streams.settings import Settings
-from streams.snapshot import customer_row, parse_as_of
+from streams.snapshot import customer_row, iso, parse_as_of
 from streams.store import StateStore
 from streams.tiers import distribution, read_cuts
 
@@ -172,7 +173,6 @@ async def get_history(request: web.Request) -> web.Response:
         }
         for row in daily_history(state, as_of, settings.zone)
     ]
-    from streams.snapshot import iso
 
     return _json({"customer_id": state.customer_id, "as_of": iso(as_of, settings), "days": days})
 
@@ -323,8 +323,6 @@ async def favicon(request: web.Request) -> web.Response:
 def create_api(settings: Settings, redis_url: str, bootstrap: str, *, demo: bool = False) -> web.Application:
     tokens = tuple(t.get_secret_value().encode() for t in settings.api_tokens if t.get_secret_value())
     if not tokens and not demo:
-        from streams.errors import ConfigError
-
         raise ConfigError("no FUNDFLOW_API_TOKENS configured: refusing to serve customer data without access control "
                           "(pass --demo for a local demo)")  # fmt: skip
     app = web.Application(middlewares=[observe, authenticate], client_max_size=64 * 1024)

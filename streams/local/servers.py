@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+import redis
+
 from streams.clients import ensure_topics
 from streams.errors import ConfigError
 from streams.settings import Settings
@@ -207,8 +209,6 @@ class EmbeddedRedis(Server):
             self._own_all_slots(timeout)
 
     def _own_all_slots(self, timeout: float) -> None:
-        import redis
-
         client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
         try:
             if int(client.cluster("INFO").get("cluster_slots_assigned", 0)) < 16384:  # a restart keeps them

@@ -31,7 +31,7 @@ from streams.errors import ConfigError
 from streams.keys import Keys
 from streams.local.orchestra import LocalRun, read_topic
 from streams.settings import Settings
-from streams.snapshot import load_all, rows, write_jsonl
+from streams.snapshot import iso, load_all, rows, write_jsonl
 from streams.store import StateStore
 from streams.tools.measure import percentiles
 from streams.tools.progress import Progress
@@ -154,6 +154,4 @@ async def _drive(
 
 
 def _iso(as_of_us: int | None, settings: Settings) -> str | None:
-    from streams.snapshot import iso
-
     return iso(as_of_us, settings) if as_of_us is not None else None

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import platform
 import statistics
@@ -42,11 +43,18 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.clients import start_producer
+from rules.events import LoanEvent, TransactionEvent
+from rules.state import CustomerState
+from streams.app import faust_app, read_in_batches, run_faust_worker
+from streams.clients import kafka_client_kwargs, start_producer
+from streams.codec import decode_state, encode_state
 from streams.errors import ConfigError
 from streams.local.orchestra import LocalRun
 from streams.local.servers import free_port
+from streams.rulestep import build_step
 from streams.settings import Settings
 from streams.tools.berka import berka_lines
 from streams.tools.measure import percentiles
@@ -82,10 +90,6 @@ def fresh_loops(lines: list[bytes], first_loop: int = 0, fresh_customers: bool =
 
 
 async def bare_aiokafka(settings: Settings, bootstrap: str, expected: int) -> float:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    from streams.clients import kafka_client_kwargs
-
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
@@ -123,8 +127,6 @@ async def bare_aiokafka(settings: Settings, bootstrap: str, expected: int) -> fl
 
 def noop_agent_main(mode: str, expected: int, result: Path, web_port: int) -> int:
     """The process body of stage (b): count records, write timings, do nothing else."""
-    from streams.app import faust_app, read_in_batches, run_faust_worker
-    from streams.topics import INPUT_TOPICS
 
     settings = Settings(web_port=web_port)
     # (b) is stock Faust, the framework's floor; (b') reads as FundFlow's agent does
@@ -189,7 +191,6 @@ def noop_agent(run: LocalRun, mode: str, expected: int, log_dir: Path, timeout: 
 
 async def pipeline_rate(run: LocalRun, prefix: str, expected: int, timeout: float) -> float:
     """events/s of the workers writing under ``prefix``: first applied record to the last."""
-    import redis.asyncio as aioredis
 
     client = aioredis.Redis.from_url(run.redis_url)
     samples: list[tuple[float, int]] = []
@@ -225,10 +226,6 @@ async def latency_at(
     and, side by side on the same records, the broker's share: a bare aiokafka consumer,
     assigned every input partition and fetching as the worker does (the same max wait),
     produce -> record in hand. All from the record's timestamp (taken as it is sent)."""
-    import redis.asyncio as aioredis
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    from streams.clients import kafka_client_kwargs
 
     count = max(int(rate * seconds), 1)
     batch = list(islice(lines, count))
@@ -318,7 +315,6 @@ async def latency_at(
 async def redis_memory(run: LocalRun, prefix: str) -> dict[str, Any]:
     """Bytes per customer: MEMORY USAGE of each customer's keys (state, outbox, alerts) plus
     their share of the tier index."""
-    import redis.asyncio as aioredis
 
     client = aioredis.Redis.from_url(run.redis_url)
     try:
@@ -361,10 +357,6 @@ def history_cost(lines: list[bytes], settings: Settings, long_events: int, measu
     step and the state encode, what each event costs a worker that holds the customer in
     its cache (beyond Kafka and Redis); and the decode a cache miss adds (after a restart
     or a rebalance)."""
-    from rules.events import LoanEvent, TransactionEvent
-    from rules.state import CustomerState
-    from streams.codec import decode_state, encode_state
-    from streams.rulestep import build_step
 
     by_customer: dict[str, list[bytes]] = {}
     for line in lines:
@@ -617,7 +609,6 @@ def main(argv: list[str] | None = None) -> int:
     if not args.berka.is_dir():
         print(f"bench: error: no Berka data at {args.berka}", file=sys.stderr)
         return 1
-    import logging
 
     logging.basicConfig(level=logging.CRITICAL)
     try:

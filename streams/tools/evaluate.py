@@ -30,6 +30,8 @@ from typing import Any
 
 import orjson
 
+from streams.errors import ConfigError
+
 OUTFLOW_RULES = ("large_external_outflow", "fast_in_fast_out", "balance_drawdown", "net_outflow_streak", "churn_drift")
 DAY = dt.timedelta(days=1)
 
@@ -176,8 +178,6 @@ def run_evaluate(events_path: Path, backtest_dir: Path, horizon: int, collection
     events = [orjson.loads(line) for line in events_path.read_bytes().splitlines() if line.strip()]
     alerts_file = backtest_dir / "alerts.jsonl"
     if not alerts_file.exists():
-        from streams.errors import ConfigError
-
         raise ConfigError(f"no alerts.jsonl in {backtest_dir}: run `fundflow backtest` first")
     alerts = [orjson.loads(line) for line in alerts_file.read_bytes().splitlines() if line.strip()]
     return evaluate(events, alerts, horizon=horizon, collection_min=collection_min)

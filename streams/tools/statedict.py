@@ -33,7 +33,11 @@ from rules.state import CustomerState
 from streams.codec import ZSTD_LEVEL, encode_state
 from streams.deadletter import RawRecord
 from streams.decode import decode
+from streams.errors import ConfigError
+from streams.rulestep import build_step
 from streams.settings import Settings
+from streams.tools.berka import berka_lines
+from streams.tools.replay import route
 
 DICTIONARY_BYTES = 16 * 1024  # 8 KiB compresses slower, 64 KiB too (cache); 16-32 KiB is the knee
 SAMPLE_EVERY = 7  # a customer's state is sampled after every 7th applied event
@@ -43,8 +47,6 @@ BASE_MS = 1_764_000_000_000
 def sample_states(lines: Iterable[bytes], settings: Settings) -> Iterator[tuple[str, bytes]]:
     """(customer, JSON state blob) at points of each customer's history, as a worker with
     the rules on writes them (with its partition offsets)."""
-    from streams.rulestep import build_step
-    from streams.tools.replay import route
 
     step = build_step(settings)
     states: dict[str, CustomerState] = {}
@@ -77,9 +79,6 @@ def train(samples: list[tuple[str, bytes]]) -> tuple[zstandard.ZstdCompressionDi
 
 
 def main(argv: list[str] | None = None) -> int:
-    from streams.errors import ConfigError
-    from streams.tools.berka import berka_lines
-
     parser = argparse.ArgumentParser(prog="python -m streams.tools.statedict", description=__doc__.splitlines()[0])
     parser.add_argument("--berka", type=Path, required=True, help="the Berka data directory")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("zdict"))
