@@ -30,7 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from rules.state import CustomerState
 from streams import patches, telemetry
-from streams.batcher import run_batched
+from streams.batcher import Batcher, drain
 from streams.clients import connect
 from streams.deadletter import RawRecord
 from streams.errors import TransientError
@@ -159,13 +159,13 @@ def faust_app(settings: Settings, bootstrap: str, *, fast_drain: bool = True) ->
 
 
 def kafka_backlog(app: faust.App) -> Callable[[Sequence[Any]], int]:
-    """For ``streams.batcher``: given the buffered Faust events, the records Kafka holds
+    """For ``streams.batcher``: given the buffered Faust messages, the records Kafka holds
     beyond them on their partitions (the high watermarks of the consumer's latest fetches)."""
 
     def backlog(buffered: Sequence[Any]) -> int:
         last: dict[Any, int] = {}
-        for event in buffered:
-            last[event.message.tp] = event.message.offset
+        for message in buffered:
+            last[message.tp] = message.offset
         consumer: Any = app.consumer
         waiting = 0
         for tp, offset in last.items():
@@ -177,22 +177,65 @@ def kafka_backlog(app: faust.App) -> Callable[[Sequence[Any]], int]:
     return backlog
 
 
-async def read_in_batches(
-    app: faust.App, settings: Settings, stream: Any, handle: Callable[[list[Any]], Awaitable[None]]
-) -> None:
-    """The agent body: ``stream``'s events to ``handle`` in adaptive batches (``streams.batcher``),
-    each acked only after its batch was handled (its effects are safe). FundFlow's agent and
-    the batched do-nothing agent of ``make bench`` both read here, so that floor stays fair."""
-    manual = stream.noack()
-    await run_batched(
-        manual.events(),
-        settings.batch_max_events,
-        settings.batch_within_seconds,
-        handle,
-        manual.ack,
-        kafka_backlog(app),
-        settings.batch_busy_linger_seconds,
-    )
+class BatchReader:
+    """The input topics' records to ``handle`` in adaptive batches (``streams.batcher``),
+    each record acked only after its batch was handled (its effects are safe), so Faust
+    commits offsets after the effects. Records reach the batcher straight from Faust's
+    conductor (``streams.patches.BatchIntake``); Faust keeps group membership, partition
+    assignment, rebalances and offset commits. FundFlow's worker and the batched
+    do-nothing consumer of ``make bench`` both read here, so that floor stays fair.
+
+    A failure of the drain (a bug: transient Redis/Kafka errors are retried inside the
+    processor, bad records are dead letters) crashes the worker, so an orchestrator
+    restarts it; nothing unprocessed was acked, so Kafka redelivers it."""
+
+    def __init__(self, app: faust.App, settings: Settings, handle: Callable[[list[RawRecord]], Awaitable[None]]):
+        self.app = app
+        self.settings = settings
+        self.handle = handle
+        self.batcher: Batcher[Any] = Batcher(settings.batch_max_events)
+        self.intake = patches.BatchIntake(app, INPUT_TOPICS, self.batcher)
+        app.topics.add(self.intake)
+        app.task(self.run)
+
+    async def _handle(self, messages: list[Any]) -> None:
+        await self.handle(
+            [
+                RawRecord(
+                    topic=m.topic,
+                    partition=m.partition,
+                    offset=m.offset,
+                    key=m.key,
+                    value=m.value,
+                    timestamp_ms=int(m.timestamp * 1000) if m.timestamp else None,
+                )
+                for m in messages
+            ]
+        )
+
+    def _ack(self, messages: list[Any]) -> None:
+        consumer = self.app.consumer
+        for message in messages:
+            message.ack(consumer)  # what a stream's ack does: Faust commits up to contiguous acks
+
+    async def run(self) -> None:
+        settings = self.settings
+        try:
+            await drain(
+                self.batcher,
+                self._handle,
+                self._ack,
+                settings.batch_within_seconds,
+                kafka_backlog(self.app),
+                settings.batch_busy_linger_seconds,
+            )
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self.batcher.fail(exc)
+            log.exception("the batch drain failed; stopping the worker")
+            await self.app.crash(exc)
+            raise
 
 
 def create_app(
@@ -201,7 +244,6 @@ def create_app(
     """The Faust app of one worker. ``step`` defaults to ``streams.worker.build_step``
     with live tiers; tests pass their own step and emitter."""
     app = faust_app(settings, bootstrap)
-    source = app.topic(*INPUT_TOPICS, key_serializer="raw", value_serializer="raw")
     # redis-py connects on first use, inside the worker's event loop
     redis = connect(redis_url, settings.redis_cluster)
     keys = Keys(settings.key_prefix)
@@ -222,24 +264,11 @@ def create_app(
     app.fundflow_tiers = tiers  # type: ignore[attr-defined]
     app.fundflow_processor = processor  # type: ignore[attr-defined]
 
-    async def handle(events: list[Any]) -> None:
-        records = [
-            RawRecord(
-                topic=e.message.topic,
-                partition=e.message.partition,
-                offset=e.message.offset,
-                key=e.message.key,
-                value=e.message.value,
-                timestamp_ms=int(e.message.timestamp * 1000) if e.message.timestamp else None,
-            )
-            for e in events
-        ]
+    async def handle(records: list[RawRecord]) -> None:
         with telemetry.BATCH_SECONDS.time():
             await processor.process(records)
 
-    @app.agent(source, name="fundflow-process")
-    async def process(stream: Any) -> None:  # faust.StreamT
-        await read_in_batches(app, settings, stream, handle)
+    app.fundflow_reader = BatchReader(app, settings, handle)  # type: ignore[attr-defined]
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust's stub wants keyword `signal`
     async def _revoked(sender: Any, *args: Any, **kwargs: Any) -> None:

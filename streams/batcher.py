@@ -1,12 +1,13 @@
-"""Adaptive batching between the Faust stream and the batch processor.
+"""Adaptive batching between Faust's consumer and the batch processor.
 
 Faust's ``take_events`` waits up to ``within`` for a batch to fill, whatever
 the load: at light load every record pays that wait; and while its body runs,
 its buffer takes nothing, so Faust's own per-record work (the larger part of a
 worker's CPU) never overlaps the body's waits on Redis and Kafka.
 
-Here the agent reads records one at a time with manual acks and puts them in a
-bounded buffer; one drain task takes the next batch the moment it is free. An
+Here Faust's conductor puts each fetched record straight into a bounded buffer
+(``streams.patches.BatchIntake``: no stream, no event object per record); one drain
+task takes the next batch the moment it is free. An
 idle worker takes the first record that arrives at once: at light load a batch
 is one record and waits for nothing. A busy one (records were already queued
 when it came back) lets the batch fill for up to ``linger`` or ``max_events``
@@ -24,10 +25,11 @@ after their batch is processed (state committed, findings published), so
 offsets are committed after the effects, exactly as before.
 
 What can go wrong: the drain fails (a bug; transient Redis/Kafka errors are
-retried inside the processor) -> the failure is raised in the agent, which
-stops like any crashed agent; nothing unprocessed was acked, so it is
-redelivered. The buffer is full -> the agent waits (backpressure; Kafka holds
-the rest).
+retried inside the processor) -> ``drain`` raises and the worker crashes (an
+orchestrator restarts it); nothing unprocessed was acked, so it is redelivered.
+The buffer is full -> the conductor waits (backpressure; Kafka holds the rest).
+A rebalance -> Faust's flow control clears the buffer (``clear``): those records
+were neither processed nor acked, and Kafka redelivers them to the new owner.
 """
 
 from __future__ import annotations
@@ -57,6 +59,25 @@ class Batcher(Generic[T]):
     def buffered(self) -> Sequence[T]:
         """The items waiting for the next batch (a view: do not change it)."""
         return self._items
+
+    def full(self) -> bool:
+        return len(self._items) >= self.max_events
+
+    def put_nowait(self, item: T) -> None:
+        """Buffer ``item`` at once (the caller checked ``full()``: Faust's conductor does)."""
+        self._raise_if_failed()
+        self._items.append(item)
+        self._ready.set()
+        if len(self._items) >= self._want:
+            self._full.set()
+
+    def clear(self) -> None:
+        """Drop what is buffered (a rebalance: Kafka redelivers it from the committed offsets
+        to whoever owns the partition next; nothing of it was processed or acked)."""
+        self._items.clear()
+        self._ready.clear()
+        self._full.clear()
+        self._room.set()
 
     async def put(self, item: T) -> None:
         while len(self._items) >= self.max_events:
@@ -108,14 +129,14 @@ Backlog = Callable[[Sequence[T]], int]  # given the buffered items: records know
 async def drain(
     batcher: Batcher[T],
     handle: Callable[[list[T]], Awaitable[None]],
-    ack: Callable[[T], Awaitable[Any]],
+    ack: Callable[[list[T]], Any],
     linger: float,
     backlog: Backlog[T] | None = None,
     busy_linger: float = 0.0,
 ) -> None:
-    """Take batches for ever: handle each, then ack its items in order. While ``backlog``
-    says more records are already in Kafka, a batch may fill with them (up to
-    ``max_events``) for ``busy_linger``."""
+    """Take batches for ever: handle each, then ack its items (``ack(batch)``, in order).
+    While ``backlog`` says more records are already in Kafka, a batch may fill with them
+    (up to ``max_events``) for ``busy_linger``."""
     while True:
         buffered = len(batcher)
         waiting = backlog(batcher.buffered()) if backlog is not None and busy_linger > 0 and buffered else 0
@@ -124,43 +145,6 @@ async def drain(
         else:
             batch = await batcher.take(linger)
         await handle(batch)
-        for item in batch:
-            await ack(item)
-
-
-async def run_batched(
-    items: Any,  # an async iterator of records (a Faust stream's events())
-    max_events: int,
-    linger: float,
-    handle: Callable[[list[T]], Awaitable[None]],
-    ack: Callable[[T], Awaitable[Any]],
-    backlog: Backlog[T] | None = None,
-    busy_linger: float = 0.0,
-) -> None:
-    """Feed ``items`` through a Batcher to one drain task; a drain failure is raised here,
-    also while the stream is idle (the drain cancels this task to deliver it)."""
-    batcher: Batcher[T] = Batcher(max_events)
-    me = asyncio.current_task()
-
-    async def guarded() -> None:
-        try:
-            await drain(batcher, handle, ack, linger, backlog, busy_linger)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            batcher.fail(exc)
-            if me is not None:
-                me.cancel()
-            raise
-
-    task = asyncio.ensure_future(guarded())
-    try:
-        async for item in items:
-            await batcher.put(item)
-    except asyncio.CancelledError:
-        if batcher.failure is not None:
-            raise batcher.failure from None
-        raise
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        result = ack(batch)
+        if asyncio.iscoroutine(result):
+            await result

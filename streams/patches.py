@@ -6,7 +6,10 @@ cannot silently undo it (and bring back 1.5 s latencies or per-record tasks).
 
 1. ``install_fast_drain``: Faust's consumer's ``wait_first`` with the delivery run inline.
 2. ``set_fetch_max_wait``: the fetch max wait Faust hard-codes for its consumer.
-3. ``committed_offset``: the last offset Faust committed for a partition (no public accessor).
+3. ``committed_offset`` / ``highwater``: offsets Faust and aiokafka keep without a public
+   accessor.
+4. ``BatchIntake``: a channel that takes the records Faust's conductor hands over straight
+   into FundFlow's batcher, with no stream and no event object per record.
 
 ## 1. Fast drain
 Faust hands every record it fetched to the streams through one call per record:
@@ -28,13 +31,16 @@ goes to the original ``wait_first`` unchanged, so a rebalance interrupts it as b
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Generator
+from collections.abc import Coroutine, Generator, Sequence
 from typing import Any
 
+import faust
 from faust.exceptions import ConsumerNotStarted
 from faust.transport.consumer import Consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.services import WaitResults
+
+from streams.batcher import Batcher
 
 _INSTALLED = "__fundflow_fast__"
 
@@ -136,3 +142,54 @@ def highwater(consumer: Any, tp: Any) -> int | None:
     except (AssertionError, AttributeError, ConsumerNotStarted):
         return None
     return None if high is None else int(high)
+
+
+class _IntakeQueue:
+    """What Faust's conductor and flow control use of a channel's queue
+    (``full``, ``put_nowait_enhanced``, ``clear``), delivering into a ``Batcher``."""
+
+    def __init__(self, batcher: Batcher[Any]) -> None:
+        self.batcher = batcher
+
+    def full(self) -> bool:
+        return self.batcher.full()
+
+    def put_nowait_enhanced(self, value: Any, *, on_pressure_high: Any, on_pressure_drop: Any) -> bool:
+        self.batcher.put_nowait(value)
+        return True
+
+    def clear(self) -> None:
+        self.batcher.clear()
+
+
+class BatchIntake(faust.Topic):
+    """FundFlow's input channel. Faust's conductor delivers each fetched record to the
+    channels of its topic (``faust.transport.conductor.ConductorCompiler.build``):
+    ``event = await chan.decode(message, propagate=True)``, then
+    ``chan.queue.put_nowait_enhanced(event, ...)`` unless ``chan.queue.full()``, in which
+    case it awaits ``chan.put(event)``. A stream then wraps each event, iterates, and acks
+    it; a do-nothing Faust agent spends most of its time there. This channel's ``decode``
+    (bound in ``Topic._compile_decode``) hands over the ``Message`` itself and its queue is the batcher, so a record goes from
+    the consumer to a batch in one append; ``drain`` acks each record with
+    ``Message.ack`` after its batch's effects, which is what a stream's ack does.
+
+    Rebalances: the queue is managed by the app's flow control like a stream's
+    (``clear_on_resume``), so records buffered when partitions are revoked are dropped
+    (never processed, never acked: Kafka redelivers them), and Faust's ``wait_empty``
+    waits for the batch in flight to be acked, as it waits for a stream's events."""
+
+    def __init__(self, app: faust.App, topics: Sequence[str], batcher: Batcher[Any]) -> None:
+        queue: Any = _IntakeQueue(batcher)  # duck-typed: the three methods Faust calls
+        super().__init__(app, topics=list(topics), key_serializer="raw", value_serializer="raw", queue=queue)
+        app.flow_control.manage_queue(queue)
+        self.batcher = batcher
+
+    def _compile_decode(self) -> None:
+        # faust.Topic.__init__ binds ``self.decode`` to its schema's compiled decoder here
+        self.decode = self._the_message_itself  # type: ignore[method-assign]
+
+    async def _the_message_itself(self, message: Any, *, propagate: bool = False) -> Any:
+        return message
+
+    async def put(self, value: Any) -> None:
+        await self.batcher.put(value)

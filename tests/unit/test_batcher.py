@@ -1,16 +1,15 @@
-"""The adaptive batcher between the Faust stream and the processor: an idle worker
+"""The adaptive batcher between Faust's consumer and the processor: an idle worker
 goes at once, a busy one lets batches fill; acks follow the effects, in order; a
-failing drain stops the agent (also while the stream is idle) and acks nothing
-it did not finish."""
+failing drain raises (the worker then crashes) and acks nothing it did not finish."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
 
-from streams.batcher import Batcher, run_batched
+from streams.batcher import Backlog, Batcher, drain
 
 
 async def test_an_idle_batcher_hands_over_the_first_item_at_once() -> None:
@@ -49,14 +48,45 @@ async def test_put_waits_for_room() -> None:
 
 
 class Stream:
-    """An async iterator of items that can be fed while it runs (a Faust stream stand-in)."""
+    """Records arriving while the drain runs, put into the batcher as Faust's conductor
+    puts them (``put_nowait`` unless full, else ``put``)."""
 
     def __init__(self) -> None:
         self.queue: asyncio.Queue[int | None] = asyncio.Queue()
 
-    async def __aiter__(self) -> AsyncIterator[int]:
+    async def feed(self, batcher: Batcher[int]) -> None:
         while (item := await self.queue.get()) is not None:
-            yield item
+            if batcher.full():
+                await batcher.put(item)
+            else:
+                batcher.put_nowait(item)
+
+
+async def run_batched(
+    stream: Stream,
+    max_events: int,
+    linger: float,
+    handle: Callable[[list[int]], Awaitable[None]],
+    ack: Callable[[list[int]], object],
+    backlog: Backlog[int] | None = None,
+    busy_linger: float = 0.0,
+) -> None:
+    """The drain beside a feeder; returns when the feed ends (after the last batch), or
+    raises what the drain raised."""
+    batcher: Batcher[int] = Batcher(max_events)
+    drainer = asyncio.ensure_future(drain(batcher, handle, ack, linger, backlog, busy_linger))
+    feeder = asyncio.ensure_future(stream.feed(batcher))
+    try:
+        await asyncio.wait([drainer, feeder], return_when=asyncio.FIRST_COMPLETED)
+        if drainer.done():
+            drainer.result()  # raises the drain's failure
+        while len(batcher):
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.01)  # the last batch's handle and ack
+    finally:
+        for task in (drainer, feeder):
+            task.cancel()
+        await asyncio.gather(drainer, feeder, return_exceptions=True)
 
 
 async def test_items_are_acked_in_order_only_after_their_batch_is_handled() -> None:
@@ -69,9 +99,9 @@ async def test_items_are_acked_in_order_only_after_their_batch_is_handled() -> N
         handled.append(batch)
         await release.wait()
 
-    async def ack(item: int) -> None:
-        assert any(item in batch for batch in handled)
-        acked.append(item)
+    def ack(batch: list[int]) -> None:
+        assert batch in handled
+        acked.extend(batch)
 
     runner = asyncio.ensure_future(run_batched(stream, 10, 0.001, handle, ack))
     for i in range(5):
@@ -89,7 +119,7 @@ async def test_items_are_acked_in_order_only_after_their_batch_is_handled() -> N
     await asyncio.wait_for(runner, 1.0)
 
 
-async def test_a_failing_drain_stops_the_agent_even_while_the_stream_is_idle() -> None:
+async def test_a_failing_drain_raises_even_while_nothing_arrives() -> None:
     stream = Stream()
     acked: list[int] = []
 
@@ -97,8 +127,8 @@ async def test_a_failing_drain_stops_the_agent_even_while_the_stream_is_idle() -
         if 2 in batch:
             raise RuntimeError("a bug in the processor")
 
-    async def ack(item: int) -> None:
-        acked.append(item)
+    def ack(batch: list[int]) -> None:
+        acked.extend(batch)
 
     runner = asyncio.ensure_future(run_batched(stream, 10, 0.0, handle, ack))
     stream.queue.put_nowait(1)
@@ -142,7 +172,7 @@ async def test_a_worker_that_is_behind_takes_what_kafka_already_holds_in_one_bat
                 first.set()
                 await asyncio.sleep(0.02)  # records queue up meanwhile: the worker is busy
 
-        async def ack(item: int) -> None:
+        def ack(batch: list[int]) -> None:
             pass
 
         runner = asyncio.ensure_future(
@@ -161,3 +191,16 @@ async def test_a_worker_that_is_behind_takes_what_kafka_already_holds_in_one_bat
     assert (await batches(with_backlog=True))[:2] == [[0], list(range(1, 11))]
     short = await batches(with_backlog=False)  # only the 5 ms linger: small batches
     assert short[0] == [0] and len(short) >= 4
+
+
+async def test_a_cleared_batcher_drops_what_it_buffered_and_has_room() -> None:
+    """A rebalance: buffered records are dropped (never handled, never acked)."""
+    batcher: Batcher[int] = Batcher(max_events=2)
+    batcher.put_nowait(1)
+    batcher.put_nowait(2)
+    assert batcher.full()
+    waiting = asyncio.ensure_future(batcher.put(3))
+    await asyncio.sleep(0.01)
+    batcher.clear()
+    await asyncio.wait_for(waiting, 1.0)
+    assert await batcher.take() == [3]

@@ -15,11 +15,15 @@ import re
 import warnings
 from typing import Any
 
+import faust
 import pytest
 from aiokafka import AIOKafkaConsumer
+from faust.transport.conductor import ConductorCompiler
 from faust.transport.consumer import Consumer
 from faust.types import TP
+from faust.types.tuples import ConsumerMessage, Message
 from mode import Service
+from mode.utils.queues import FlowControlEvent
 
 from streams import patches
 from streams.app import faust_app
@@ -177,3 +181,20 @@ async def test_committed_offsets_and_highwaters_read_as_faust_and_aiokafka_keep_
         assert "assert self._subscription.is_assigned(partition)" in inspect.getsource(AIOKafkaConsumer.highwater)
     finally:
         await consumer.stop()
+
+
+def test_faust_still_hands_records_to_channels_as_the_intake_assumes() -> None:
+    """``BatchIntake`` relies on how the conductor delivers a record to a channel and how
+    flow control clears managed queues on a rebalance; a Faust upgrade that changes
+    either must fail here (the end-to-end check is tests/pipeline/test_intake.py)."""
+    conductor = inspect.getsource(ConductorCompiler.build)
+    assert "await chan.decode(message, propagate=True)" in conductor
+    assert "queue = chan.queue" in conductor and "if queue.full():" in conductor
+    assert "queue.put_nowait_enhanced(" in conductor
+    assert "dest_chan.put(dest_event)" in conductor  # a full queue: awaited put
+    assert "self._compile_decode()" in inspect.getsource(faust.Topic.__init__)
+    assert "self.decode = " in inspect.getsource(faust.Topic._compile_decode)
+    assert "queue.clear()" in inspect.getsource(FlowControlEvent.clear)
+    assert "self.clear()" in inspect.getsource(FlowControlEvent.resume)
+    assert "on_final_ack" in inspect.getsource(Message.ack)
+    assert "consumer.ack(self)" in inspect.getsource(ConsumerMessage.on_final_ack)

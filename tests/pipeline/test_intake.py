@@ -1,0 +1,122 @@
+"""The worker's intake driven by Faust's own conductor (no broker), with a real Redis:
+records in, state in Redis, bad input out to the dead-letter emitter, acks after."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+from decimal import Decimal
+
+from faust.types import TP
+from faust.types.tuples import ConsumerMessage as Message  # what the consumer hands over
+
+from streams.app import BatchReader, create_app, faust_app, tune_gc
+from streams.codec import decode_state
+from streams.deadletter import RawRecord
+from streams.rulestep import build_step
+from streams.settings import Settings
+from streams.topics import DLQ, TRANSACTIONS
+from tests.fakes import Sink
+
+
+async def test_records_through_faust_conductor_are_applied_dead_lettered_and_acked(redis_url: str) -> None:
+    """Faust's own conductor callback (no broker) hands records to the worker's intake:
+    state lands in Redis, bad input goes to the dead-letter emitter, and every record is
+    acked to Faust's consumer only after its batch, so its offset can be committed."""
+    settings = Settings(key_prefix="ffagent")
+    sink = Sink()
+    app = create_app(settings, "127.0.0.1:1", redis_url, build_step(settings), emitter=sink)
+    reader = app.fundflow_reader  # type: ignore[attr-defined]
+    processor = app.fundflow_processor  # type: ignore[attr-defined]
+    tp = TP(TRANSACTIONS, 0)
+    conductor = app.topics
+    await conductor._update_indices()
+    await conductor.on_partitions_assigned({tp})
+    on_message = conductor._compile_message_handler()  # what the consumer calls per fetched record
+    app.flow_control.resume()  # as Faust does once partitions are assigned
+    event = {
+        "txn_id": "x1",
+        "customer_id": "zz",
+        "account_id": "a",
+        "ts": "2024-01-01T09:00:00+08:00",
+        "direction": "credit",
+        "amount": "5.00",
+    }
+    values = [json.dumps(event).encode(), json.dumps(event).encode(), b"{broken"]  # a redelivery, then junk
+    messages = [Message(TRANSACTIONS, 0, i, 1.7e9, 0, [], b"zz", v, None, tp=tp) for i, v in enumerate(values)]
+    drain = asyncio.ensure_future(reader.run())
+    try:
+        for message in messages:
+            await asyncio.wait_for(on_message(message), 5)
+        for _ in range(200):
+            if all(m.acked for m in messages):
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        drain.cancel()
+        await asyncio.gather(drain, return_exceptions=True)
+    blob = await processor.store.redis.hget("ffagent:{zz}:state", "s")
+    await processor.store.redis.aclose()
+    # never started, so the consumer thread's private loop is ours to close
+    thread = getattr(app.consumer, "_thread", None)
+    if thread is not None and not thread.thread_loop.is_closed():
+        thread.thread_loop.close()
+    state = decode_state(blob)
+    assert state.balance == Decimal("5.00") and state.applied_total == 1
+    assert [topic for topic, _, _ in sink.sent] == [DLQ]
+    assert json.loads(sink.sent[0][2])["reason"] == "not_json"
+    assert all(m.acked for m in messages)
+    assert sorted(app.consumer._acked[tp]) == [0, 1, 2]  # Faust commits from these
+
+
+async def test_a_rebalance_drops_buffered_records_unacked() -> None:
+    """Faust's flow control clears the intake on a rebalance, as it clears a stream's
+    buffer: records not yet in a batch are neither processed nor acked (redelivered)."""
+    settings = Settings(key_prefix="ffagent", kafka_bootstrap="127.0.0.1:1", redis_url="redis://127.0.0.1:1")
+    app = faust_app(settings, "127.0.0.1:1")
+    handled: list[list[RawRecord]] = []
+
+    async def handle(records: list[RawRecord]) -> None:
+        handled.append(records)
+
+    reader = BatchReader(app, settings, handle)
+    tp = TP(TRANSACTIONS, 0)
+    await reader.intake.put(Message(TRANSACTIONS, 0, 7, 1.7e9, 0, [], b"k", b"{}", None, tp=tp))
+    assert len(reader.batcher) == 1
+    app.flow_control.clear()  # what App._on_partitions_revoked does
+    assert len(reader.batcher) == 0 and not handled
+
+
+def test_the_worker_tunes_the_garbage_collector_from_its_settings() -> None:
+    before = gc.get_threshold()
+    try:
+        tune_gc(Settings(gc_threshold=(12_345, 7, 3)))
+        assert gc.get_threshold() == (12_345, 7, 3)
+        assert gc.get_freeze_count() > 0  # what start-up built is never scanned again
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
+def test_the_backlog_is_what_kafka_holds_beyond_the_buffered_records() -> None:
+    from types import SimpleNamespace
+
+    from streams.app import kafka_backlog
+
+    high = {"t0": 1_000, "t1": 50, "t2": None}  # t2: no fetch answered yet
+
+    def highwater(tp: str) -> int | None:
+        if tp == "t3":
+            raise AssertionError("Partition is not assigned")  # aiokafka, on a revoked partition
+        return high[tp]
+
+    app = SimpleNamespace(consumer=SimpleNamespace(highwater=highwater))
+
+    def event(tp: str, offset: int) -> SimpleNamespace:
+        return SimpleNamespace(tp=tp, offset=offset)  # a buffered faust Message
+
+    backlog = kafka_backlog(app)  # type: ignore[arg-type]
+    buffered = [event("t0", 10), event("t1", 40), event("t0", 11), event("t2", 5), event("t1", 49), event("t3", 7)]
+    assert backlog(buffered) == (1_000 - 12) + 0  # t1 is drained to its end; t2 and t3 unknown
+    assert backlog([]) == 0
