@@ -169,9 +169,10 @@ class BatchIntake(faust.Topic):
     ``chan.queue.put_nowait_enhanced(event, ...)`` unless ``chan.queue.full()``, in which
     case it awaits ``chan.put(event)``. A stream then wraps each event, iterates, and acks
     it; a do-nothing Faust agent spends most of its time there. This channel's ``decode``
-    (bound in ``Topic._compile_decode``) hands over the ``Message`` itself and its queue is the batcher, so a record goes from
-    the consumer to a batch in one append; ``drain`` acks each record with
-    ``Message.ack`` after its batch's effects, which is what a stream's ack does.
+    (bound in ``Topic._compile_decode``) hands over the ``Message`` itself and its queue
+    is the batcher, so a record goes from the consumer to a batch in one append;
+    ``drain`` acks each record with ``Message.ack`` after its batch's effects, which is
+    what a stream's ack does.
 
     Rebalances: the queue is managed by the app's flow control like a stream's
     (``clear_on_resume``), so records buffered when partitions are revoked are dropped
