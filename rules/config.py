@@ -126,6 +126,10 @@ class RulesConfig(BaseModel):
     sweep: SweepRule = SweepRule()
     marketing: MarketingConfig = MarketingConfig()
     max_lateness_hours: Hours = 24.0 * 7  # events older than this (vs the customer's newest) fire nothing
+    # A LoanEvent may lag the customer's transactions by this much event time and still have its
+    # due dates judged against them (docs/findings.md); later, its due date's checks are
+    # suppressed (late_loan). At most 75 days: the checks read transactions of the 90 kept days.
+    loan_lateness_days: int = Field(default=60, ge=0, le=75)
     escalate_tiers: frozenset[Literal["I", "II", "III", "IV"]] = frozenset({"I"})  # severity one step up
 
 
