@@ -663,33 +663,36 @@ def _ledger(j: _Judge) -> None:
 # ``rule_state["dues"]``, with the figures of that first report. The checks of (loan, D) sit at
 # fixed event-time points: the reminder at the start of day D - reminder_days and again at the
 # start of day D (balance short of the instalment), the overdue check at the start of day
-# D + overdue_days (no loan repayment from D - 10 days on). A check point is judged as soon as
-# the customer's transactions have reached it and the loan is registered, whichever came
-# last, from the kept transactions before it, so the arrival order of the two topics does not
+# D + overdue_days. A loan repayment seen since the report (at most a month before D, at least
+# from D - 10 days) pays D: neither check fires then. A check point is judged as soon as the
+# customer's transactions have passed it and the loan is registered, whichever came last,
+# from the kept transactions before it, so the arrival order of the two topics does not
 # matter. docs/findings.md states the bound.
 
 REMIND, DUE, OVERDUE = "remind", "due", "overdue"
-REPAID_LOOKBACK_DAYS = 10
+PAID_FROM_DAYS = (31, 10)  # a repayment pays D from the report on, within these days before D
 
 
 def _midnight(day: int, zone: ZoneInfo) -> int:
     return to_us(dt.datetime.combine(dt.date.fromordinal(day), dt.time(), zone))
 
 
-def _points(due: int, config: RulesConfig, zone: ZoneInfo) -> list[tuple[str, int, int]]:
-    """(check, when it is judged, the earliest transaction time it reads) of one due date."""
+def _paid_from(entry: dict[str, Any], zone: ZoneInfo) -> int:
+    """Where a repayment starts to count for this due date: the report that announced it,
+    but not more than a month before the date, and always from 10 days before it."""
+    earliest, latest = (_midnight(entry["due"] - days, zone) for days in PAID_FROM_DAYS)
+    reported: int = entry["at"]
+    return min(max(reported, earliest), latest)
+
+
+def _points(due: int, config: RulesConfig, zone: ZoneInfo) -> list[tuple[str, int]]:
+    """(check, when it is judged) of one due date."""
     rule = config.repayment
-    start_of_due = _midnight(due, zone)
     return [
-        (REMIND, _midnight(due - rule.reminder_days, zone), _midnight(due - rule.reminder_days, zone)),
-        (DUE, start_of_due, start_of_due),
-        (OVERDUE, _midnight(due + rule.overdue_days, zone), _midnight(due - REPAID_LOOKBACK_DAYS, zone)),
+        (REMIND, _midnight(due - rule.reminder_days, zone)),
+        (DUE, _midnight(due, zone)),
+        (OVERDUE, _midnight(due + rule.overdue_days, zone)),
     ]
-
-
-def _kept_from_us(state: CustomerState, zone: ZoneInfo) -> int | None:
-    """The start of the oldest kept day: transactions before it are gone from ``events``."""
-    return _midnight(state.kept_from_day, zone) if state.kept_from_day is not None else None
 
 
 def _register_due(j: _Judge, event: LoanEvent) -> None:
@@ -709,7 +712,8 @@ def _register_due(j: _Judge, event: LoanEvent) -> None:
         "at": j.ts,
         "installment": str(event.installment),
         "outstanding": str(event.outstanding),
-        "done": [check for check, when, _ in _points(event.next_due.toordinal(), j.config, j.zone) if when <= j.ts],
+        # a check point the report came after does not apply: the report did not exist yet
+        "done": [check for check, when in _points(event.next_due.toordinal(), j.config, j.zone) if when <= j.ts],
     }
 
 
@@ -723,6 +727,11 @@ def _balance_at(state: CustomerState, ts_us: int) -> Decimal:
     return balance
 
 
+def _repaid(state: CustomerState, since: int, until: int) -> bool:
+    """A loan repayment at ``since`` or later, before ``until``."""
+    return any(r.flags & LOAN_REPAYMENT and r.ts_us < until for r in _recent(state, since - 1))
+
+
 def _due_dates(j: _Judge) -> None:
     """Judge every registered check point the customer's transactions have passed."""
     rule = j.config.repayment
@@ -730,19 +739,22 @@ def _due_dates(j: _Judge) -> None:
     clock = j.state.last_txn_us
     if not dues or clock is None:
         return
-    kept_from = _kept_from_us(j.state, j.zone)
+    kept_from = _midnight(j.state.kept_from_day, j.zone) if j.state.kept_from_day is not None else None
     for key, entry in sorted(dues.items(), key=lambda item: (item[1]["due"], item[1]["loan"])):
-        for check, when, reads_from in _points(entry["due"], j.config, j.zone):
+        since = _paid_from(entry, j.zone)
+        for check, when in _points(entry["due"], j.config, j.zone):
             if check in entry["done"] or when > clock:
                 continue
             entry["done"].append(check)
             if not rule.enabled:
                 continue
-            if kept_from is not None and reads_from < kept_from:
+            if kept_from is not None and since < kept_from:  # the transactions it reads are gone
                 j.out.suppressed.append((f"repayment_{check}", "late"))
                 continue
+            if _repaid(j.state, since, when):
+                continue
             if check == OVERDUE:
-                _overdue(j, entry, when)
+                _overdue(j, entry, when, since)
             elif _due_short(j, entry, when, check) and DUE not in entry["done"]:
                 entry["done"].append(DUE)  # one reminder per due date
         finished = {REMIND, DUE, OVERDUE} <= set(entry["done"])
@@ -766,18 +778,15 @@ def _due_short(j: _Judge, entry: dict[str, Any], when: int, check: str) -> bool:
     return True
 
 
-def _overdue(j: _Judge, entry: dict[str, Any], when: int) -> None:
-    since = _midnight(entry["due"] - REPAID_LOOKBACK_DAYS, j.zone)
-    for record in _recent(j.state, since):
-        if record.flags & LOAN_REPAYMENT and record.ts_us < when:
-            return  # repaid
+def _overdue(j: _Judge, entry: dict[str, Any], when: int, since: int) -> None:
     days = j.config.repayment.overdue_days
+    seen_from = dt.datetime.fromtimestamp(since / 1_000_000, dt.UTC).astimezone(j.zone).isoformat()
     _due_finding(
         j,
         entry,
         when,
         "repayment_overdue",
-        {"days_overdue": days, "outstanding": money(Decimal(entry["outstanding"]))},
+        {"days_overdue": days, "outstanding": money(Decimal(entry["outstanding"])), "no_repayment_since": seen_from},
         f"已过 {days} 天未见还款 — no repayment {days} days after the due date {{due}}",
     )
 

@@ -190,6 +190,24 @@ def test_repaid_loan_is_not_overdue() -> None:
     assert "repayment_overdue" not in c.rules_fired()
 
 
+def test_instalment_paid_early_after_the_report_is_neither_short_nor_overdue() -> None:
+    """Berka pays on the 12th what the loan report says is due on the 28th: the repayment
+    after the report pays that due date (no reminder at the 25th, no overdue at the 31st)."""
+    c = Customer()
+    due = (START + days(28)).date()
+    c.feed(tx(START, "credit", 3_000))
+    c.feed(loan(START + days(1), due, installment="2000"))
+    c.feed(tx(START + days(12), "debit", 2_000, kind="loan_repayment"))  # balance 1,000 < 2,000 from now on
+    c.feed(tx(START + days(35), "debit", 10))
+    assert c.rules_fired() == []
+    unpaid = Customer()
+    unpaid.feed(tx(START, "credit", 3_000))
+    unpaid.feed(tx(START + days(1), "debit", 2_000, kind="loan_repayment"))  # before the report: another due date
+    unpaid.feed(loan(START + days(2), due, installment="2000"))
+    unpaid.feed(tx(START + days(35), "debit", 10))
+    assert unpaid.rules_fired() == ["repayment_due_short", "repayment_overdue"]
+
+
 def test_salary_missing_after_regular_months() -> None:
     c = Customer()
     for month in range(4):  # Mar..Jun salary
