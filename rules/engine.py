@@ -200,6 +200,8 @@ class _Judge:
     ) -> Finding | None:
         """A finding of this event, or, with ``at`` = (event time, trigger), of an event-time
         check point (no cool-down then: ``cooldown_hours`` is None)."""
+        if rule in self.config.disabled:
+            return None
         if cooldown_hours is not None and not self.cooled(rule, cooldown_hours):
             return None
         ts_us, trigger = at if at is not None else (self.ts, self.trigger)
