@@ -105,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--horizon-days", type=_positive(int), default=30)
     judge.add_argument("--json", action="store_true")
 
+    tune = sub.add_parser("tune", help="the real rules over a grid of thresholds: tables and a suggested rules.yaml")
+    tune.add_argument("events", type=Path, help="events JSONL (as for backtest)")
+    tune.add_argument("--out", type=Path, required=True)
+    tune.add_argument("--max-share", type=_positive(float), default=0.05, help="alert-volume cap: share of customers")
+
     api = sub.add_parser("api", help="the HTTP API and web console (reads Redis)")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8080)
@@ -286,6 +291,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from streams.tools.backtest import run_backtest
 
         return run_backtest(settings, args.events, args.out, args.timeout)
+    if command == "tune":
+        from streams.tools.tune import run_tune_command
+
+        return run_tune_command(settings, args.events, args.out, args.max_share)
     if command == "demo":
         from streams.tools.demo import run_demo
 
