@@ -224,7 +224,7 @@ class _Judge:
     def push(self, source: Finding, campaign_key: str) -> None:
         marketing: MarketingConfig = self.config.marketing
         rule = f"push_{campaign_key}"
-        if not marketing.enabled:
+        if not marketing.enabled or rule in self.config.disabled:
             return
         campaign = marketing.campaigns.get(campaign_key)
         if campaign is None:

@@ -170,6 +170,13 @@ def test_a_disabled_rule_fires_nothing_and_keeps_its_edge() -> None:
     assert "net_outflow_streak" not in c.rules_fired()
 
 
+def test_a_disabled_push_is_not_sent_but_its_recommendation_is() -> None:
+    c = Customer(RulesConfig(disabled=frozenset({"push_sweep"})))
+    c.feed(tx(START, "credit", 60_000))
+    c.feed(tx(START + days(1), "debit", 3_000, kind="loan_repayment"))
+    assert c.rules_fired() == ["post_repayment_sweep"]
+
+
 def test_collection_opportunity_at_a_customer_whose_money_leaves() -> None:
     c = Customer()
     for i in range(6):  # salary in, gone the next day
