@@ -36,12 +36,19 @@ class _Rule(BaseModel):
 
 
 class CollectionRule(_Rule):
-    """资金归集: a large credit at a customer whose money usually leaves."""
+    """资金归集: a large credit at a customer whose money usually leaves.
 
-    min_amount: Amount = Decimal(50_000)
-    usual_inflow_multiple: Amount = Decimal(3)  # × the customer's mean credit of the last 90 days
-    max_collection_rate: Share = Decimal("0.05")
-    max_retention_days: Amount = Decimal(3)
+    Relative to the customer's own history: the credit is at least ``usual_inflow_multiple``
+    × their mean credit of the last 90 days, and their money stays on average less than
+    ``max_retention_days`` (or, when ``max_collection_rate`` > 0, less than that share of
+    their 90-day inflow is still there). ``min_amount`` is the absolute floor, in the bank's
+    currency. Defaults measured on Berka: docs/rules-evaluation.md (the collection-rate test
+    picked customers whose inflow stayed, lift 0.6, so it is off by default)."""
+
+    min_amount: Amount = Decimal(5_000)
+    usual_inflow_multiple: Amount = Decimal("1.5")  # × the customer's mean credit of the last 90 days
+    max_collection_rate: Share = Decimal(0)  # 0: off
+    max_retention_days: Amount = Decimal(10)
     cooldown_hours: Hours = 72.0
 
 
@@ -55,9 +62,9 @@ class OutflowRule(_Rule):
     drawdown_within_days: int = Field(default=7, ge=1, le=30)  # ... having been above it this recently
     drawdown_min_avg_balance: Amount = Decimal(10_000)
     fast_out_share: Share = Decimal("0.8")  # 快进快出: this share of a credit leaves externally ...
-    fast_out_hours: Hours = 24.0  # ... within this many hours
-    fast_out_min_amount: Amount = Decimal(20_000)
-    streak_days: int = Field(default=5, ge=2, le=90)
+    fast_out_hours: Hours = 72.0  # ... within this many hours
+    fast_out_min_amount: Amount = Decimal(5_000)  # floor of the credits, in the bank's currency
+    streak_days: int = Field(default=4, ge=2, le=90)
     churn_share: Share = Decimal("0.6")  # external_outflow_share_30d at least this ...
     churn_rise: Share = Decimal("0.2")  # ... and risen by this since the last check ...
     churn_min_banks: int = Field(default=4, ge=1, le=100)  # ... with dispersed funds (metrics.md: > 3 banks)
@@ -126,7 +133,15 @@ class RulesConfig(BaseModel):
     sweep: SweepRule = SweepRule()
     marketing: MarketingConfig = MarketingConfig()
     max_lateness_hours: Hours = 24.0 * 7  # events older than this (vs the customer's newest) fire nothing
+    # A LoanEvent may lag the customer's transactions by this much event time and still have its
+    # due dates judged against them (docs/findings.md); later, its due date's checks are
+    # suppressed (late_loan). At most 75 days: the checks read transactions of the 90 kept days.
+    loan_lateness_days: int = Field(default=60, ge=0, le=75)
     escalate_tiers: frozenset[Literal["I", "II", "III", "IV"]] = frozenset({"I"})  # severity one step up
+    # Rules that fire nothing (by finding name, e.g. churn_drift); their conditions are still
+    # tracked, so enabling one later starts from the right edge state.
+    # churn_drift: never preceded a drain on Berka (lift 0 at every threshold; docs/rules-evaluation.md).
+    disabled: frozenset[str] = frozenset({"churn_drift"})
 
 
 def parse_rules(text: str, source: str = "rules") -> RulesConfig:

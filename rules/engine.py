@@ -18,6 +18,11 @@ can never fire twice.
   news helps no one, and it bounds what the cool-downs must remember.
 * Push triggers: hard caps per local day and ISO week, quiet hours, opt-out,
   one per campaign; every refusal is reported with its reason.
+* Same history, same findings (docs/findings.md): a finding depends on the
+  customer's events, the rules and the lateness bounds only. Transaction rules
+  read transactions alone (one topic, one order); due dates are judged at fixed
+  event-time check points once the transactions have passed them, whichever
+  topic came first; the sweep reserves the instalments the transactions show.
 
 Cost: most checks are O(1) gates on the event; the ones that need windows
 walk only the kept events of that window (bounded by the window, never by
@@ -46,13 +51,13 @@ from rules.state import (
     US_PER_DAY,
     ZERO,
     CustomerState,
-    LoanPoint,
     StateConfig,
     local_day,
     to_us,
 )
 
 HOUR_US = 3_600_000_000
+INSTALMENT_WINDOW_US = 28 * US_PER_DAY  # shorter than any month: one instalment per loan
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,14 +191,20 @@ class _Judge:
         rule: str,
         category: str,
         severity: Severity,
-        cooldown_hours: float,
+        cooldown_hours: float | None,
         evidence: dict[str, Any],
         message: str,
         kind: str = "alert",
         extra: dict[str, Any] | None = None,
+        at: tuple[int, str] | None = None,
     ) -> Finding | None:
-        if not self.cooled(rule, cooldown_hours):
+        """A finding of this event, or, with ``at`` = (event time, trigger), of an event-time
+        check point (no cool-down then: ``cooldown_hours`` is None)."""
+        if rule in self.config.disabled:
             return None
+        if cooldown_hours is not None and not self.cooled(rule, cooldown_hours):
+            return None
+        ts_us, trigger = at if at is not None else (self.ts, self.trigger)
         finding = Finding(
             kind=kind,
             rule=rule,
@@ -201,8 +212,8 @@ class _Judge:
             severity=_bump(severity, self.tier, self.config),
             customer_id=self.state.customer_id,
             tier=self.tier,
-            ts_us=self.ts,
-            trigger_txn_id=self.trigger,
+            ts_us=ts_us,
+            trigger_txn_id=trigger,
             evidence=evidence,
             message=message,
             extra=extra or {},
@@ -213,7 +224,7 @@ class _Judge:
     def push(self, source: Finding, campaign_key: str) -> None:
         marketing: MarketingConfig = self.config.marketing
         rule = f"push_{campaign_key}"
-        if not marketing.enabled:
+        if not marketing.enabled or rule in self.config.disabled:
             return
         campaign = marketing.campaigns.get(campaign_key)
         if campaign is None:
@@ -336,17 +347,6 @@ def average_end_of_day(state: CustomerState, today: int, days: int) -> Decimal:
     return (state.balance * n - moved) / n
 
 
-def _loans_as_of(state: CustomerState, ts_us: int) -> dict[str, LoanPoint]:
-    """Each loan as the loan system had reported it by ``ts_us`` (a LoanEvent that arrives
-    before older transactions must not change how those are judged)."""
-    result = {}
-    for loan_id, points in state.loans.items():
-        known = [p for p in points if p.ts_us <= ts_us]
-        if known:
-            result[loan_id] = known[-1]
-    return result
-
-
 def external_drift(state: CustomerState, as_of_us: int) -> tuple[Decimal, int]:
     """``external_outflow_share_30d`` and ``external_banks_90d`` exactly as
     ``rules.metrics.evaluate`` defines them, from one walk of the 90 days (the churn
@@ -390,20 +390,23 @@ def judge(
 ) -> Judgement:
     """Everything the rules find in ``event``, which was just applied to ``state``."""
     j = _Judge(state, event, config, state_config, tier)
+    if isinstance(event, LoanEvent):
+        _register_due(j, event)  # a LoanEvent fires nothing itself: it adds check points
+        _due_dates(j)
+        return j.out
     if j.ts < j.newest - int(config.max_lateness_hours * HOUR_US):
         j.out.suppressed.append(("all", "stale"))
         return j.out
-    if isinstance(event, TransactionEvent):
-        if event.direction == "credit":
-            _collection(j, event)
-        else:
-            _outflow(j, event, balance_before)
-            if event.kind == "loan_repayment":
-                _sweep(j, event)
-        if event.balance_after is not None:
-            _ledger(j)
-        _income(j)
     _due_dates(j)
+    if event.direction == "credit":
+        _collection(j, event)
+    else:
+        _outflow(j, event, balance_before)
+        if event.kind == "loan_repayment":
+            _sweep(j, event)
+    if event.balance_after is not None:
+        _ledger(j)
+    _income(j)
     return j.out
 
 
@@ -590,10 +593,16 @@ def _sweep(j: _Judge, event: TransactionEvent) -> None:
         if not record.flags & CREDIT and not record.flags & LOAN_REPAYMENT:
             outflow -= record.amount
     buffer = outflow * rule.buffer_months_of_outflow
-    next_instalments = sum(
-        (p.installment for p in _loans_as_of(j.state, j.ts).values() if p.status != "closed"),
-        ZERO,
-    )
+    # The next instalments are the ones just paid: every loan repayment of the last 28 days
+    # (this one included) recurs within the month. Taken from the transactions alone, so the
+    # reservation never depends on whether the loan system's report of the loan arrived
+    # before or after the repayment (docs/findings.md), and it covers loans held elsewhere.
+    next_instalments = ZERO
+    paid = 0
+    for record in _recent(j.state, j.ts - INSTALMENT_WINDOW_US):
+        if record.flags & LOAN_REPAYMENT and not record.flags & CREDIT and record.ts_us <= j.ts:
+            next_instalments -= record.amount
+            paid += 1
     idle = j.state.balance - buffer - next_instalments
     amount = (idle / rule.round_to).to_integral_value(rounding=ROUND_DOWN) * rule.round_to
     if amount < rule.min_amount:
@@ -610,6 +619,7 @@ def _sweep(j: _Judge, event: TransactionEvent) -> None:
             "typical_outflow_30d": money(outflow),
             "safety_buffer": money(buffer),
             "next_instalments_reserved": money(next_instalments),
+            "repayments_28d": paid,
             "idle": money(idle),
             "min_amount": money(rule.min_amount),
         },
@@ -649,53 +659,163 @@ def _ledger(j: _Judge) -> None:
         )
 
 
-def _due_dates(j: _Judge) -> None:
-    rule = j.config.repayment
-    if not rule.enabled:
+# --- due dates, judged in event time ----------------------------------------------------------
+#
+# A LoanEvent that reports a next due date D of an active loan registers (loan, D) once, in
+# ``rule_state["dues"]``, with the figures of that first report. The checks of (loan, D) sit at
+# fixed event-time points: the reminder at the start of day D - reminder_days and again at the
+# start of day D (balance short of the instalment), the overdue check at the start of day
+# D + overdue_days. A loan repayment seen since the report (at most a month before D, at least
+# from D - 10 days) pays D: neither check fires then. A check point is judged as soon as the
+# customer's transactions have passed it and the loan is registered, whichever came last,
+# from the kept transactions before it, so the arrival order of the two topics does not
+# matter. docs/findings.md states the bound.
+
+REMIND, DUE, OVERDUE = "remind", "due", "overdue"
+PAID_FROM_DAYS = (31, 10)  # a repayment pays D from the report on, within these days before D
+
+
+def _midnight(day: int, zone: ZoneInfo) -> int:
+    return to_us(dt.datetime.combine(dt.date.fromordinal(day), dt.time(), zone))
+
+
+def _paid_from(entry: dict[str, Any], zone: ZoneInfo) -> int:
+    """Where a repayment starts to count for this due date: the report that announced it,
+    but not more than a month before the date, and always from 10 days before it."""
+    earliest, latest = (_midnight(entry["due"] - days, zone) for days in PAID_FROM_DAYS)
+    reported: int = entry["at"]
+    return min(max(reported, earliest), latest)
+
+
+def _points(due: int, config: RulesConfig, zone: ZoneInfo) -> list[tuple[str, int]]:
+    """(check, when it is judged) of one due date."""
+    rule = config.repayment
+    return [
+        (REMIND, _midnight(due - rule.reminder_days, zone)),
+        (DUE, _midnight(due, zone)),
+        (OVERDUE, _midnight(due + rule.overdue_days, zone)),
+    ]
+
+
+def _register_due(j: _Judge, event: LoanEvent) -> None:
+    if event.status == "closed" or event.installment <= 0:
         return
-    for loan_id, point in _loans_as_of(j.state, j.ts).items():
-        if point.status == "closed" or point.installment <= 0:
-            continue
-        days_left = point.next_due - j.day
-        due = dt.date.fromordinal(point.next_due).isoformat()
-        short = 0 <= days_left <= rule.reminder_days and j.state.balance < point.installment
-        if short and j.once(f"remind:{loan_id}:{due}"):
-            j.emit(
-                "repayment_due_short",
-                "repayment",
-                rule.severity,
-                rule.cooldown_hours,
-                {
-                    "loan_id": loan_id,
-                    "next_due": due,
-                    "installment": money(point.installment),
-                    "balance": money(j.state.balance),
-                    "days_left": days_left,
-                },
-                f"还款提醒: 贷款 {loan_id} 将于 {due} 还款 {money(point.installment)}, "
-                f"余额 {money(j.state.balance)} 不足 — "
-                f"instalment due {due}, balance short",
-            )
-        if -days_left >= rule.overdue_days:
-            ten_days_before = dt.date.fromordinal(point.next_due - 10)
-            since = to_us(dt.datetime.combine(ten_days_before, dt.time(), j.zone))
-            repaid = any(r.flags & LOAN_REPAYMENT for r in _recent(j.state, since))
-            if not repaid and j.once(f"overdue:{loan_id}:{due}"):
-                j.emit(
-                    "repayment_overdue",
-                    "repayment",
-                    rule.overdue_severity,
-                    rule.cooldown_hours,
-                    {
-                        "loan_id": loan_id,
-                        "next_due": due,
-                        "days_overdue": -days_left,
-                        "installment": money(point.installment),
-                        "outstanding": money(point.outstanding),
-                    },
-                    f"逾期风险: 贷款 {loan_id} 应于 {due} 还款, 已过 {-days_left} 天未见还款 — "
-                    f"no repayment {-days_left} days after the due date",
-                )
+    dues: dict[str, dict[str, Any]] = j.memory.setdefault("dues", {})
+    key = f"{event.loan_id} {event.next_due.isoformat()}"
+    if key in dues:
+        return  # a later report of the same due date: the first one's figures stand
+    clock = j.state.last_txn_us
+    if clock is not None and j.ts < clock - j.config.loan_lateness_days * US_PER_DAY:
+        j.out.suppressed.append(("repayment", "late_loan"))
+        return
+    dues[key] = {
+        "loan": event.loan_id,
+        "due": event.next_due.toordinal(),
+        "at": j.ts,
+        "installment": str(event.installment),
+        "outstanding": str(event.outstanding),
+        # a check point the report came after does not apply: the report did not exist yet
+        "done": [check for check, when in _points(event.next_due.toordinal(), j.config, j.zone) if when <= j.ts],
+    }
+
+
+def _balance_at(state: CustomerState, ts_us: int) -> Decimal:
+    """The balance just before ``ts_us``: the kept transactions at or after it taken back."""
+    balance = state.balance
+    for record in reversed(state.events):
+        if record.ts_us < ts_us:
+            break
+        balance -= record.amount
+    return balance
+
+
+def _repaid(state: CustomerState, since: int, until: int) -> bool:
+    """A loan repayment at ``since`` or later, before ``until``."""
+    return any(r.flags & LOAN_REPAYMENT and r.ts_us < until for r in _recent(state, since - 1))
+
+
+def _due_dates(j: _Judge) -> None:
+    """Judge every registered check point the customer's transactions have passed."""
+    rule = j.config.repayment
+    dues: dict[str, dict[str, Any]] | None = j.memory.get("dues")
+    clock = j.state.last_txn_us
+    if not dues or clock is None:
+        return
+    kept_from = _midnight(j.state.kept_from_day, j.zone) if j.state.kept_from_day is not None else None
+    for key, entry in sorted(dues.items(), key=lambda item: (item[1]["due"], item[1]["loan"])):
+        since = _paid_from(entry, j.zone)
+        for check, when in _points(entry["due"], j.config, j.zone):
+            if check in entry["done"] or when > clock:
+                continue
+            entry["done"].append(check)
+            if not rule.enabled:
+                continue
+            if kept_from is not None and since < kept_from:  # the transactions it reads are gone
+                j.out.suppressed.append((f"repayment_{check}", "late"))
+                continue
+            if _repaid(j.state, since, when):
+                continue
+            if check == OVERDUE:
+                _overdue(j, entry, when, since)
+            elif _due_short(j, entry, when, check) and DUE not in entry["done"]:
+                entry["done"].append(DUE)  # one reminder per due date
+        finished = {REMIND, DUE, OVERDUE} <= set(entry["done"])
+        if finished and kept_from is not None and _midnight(entry["due"], j.zone) < kept_from:
+            del dues[key]  # every check of it is behind the kept window: a re-report is too late anyway
+
+
+def _due_short(j: _Judge, entry: dict[str, Any], when: int, check: str) -> bool:
+    installment = Decimal(entry["installment"])
+    balance = _balance_at(j.state, when)
+    if balance >= installment:
+        return False
+    _due_finding(
+        j,
+        entry,
+        when,
+        "repayment_due_short",
+        {"balance": money(balance), "days_left": j.config.repayment.reminder_days if check == REMIND else 0},
+        f"余额 {money(balance)} 不足 — instalment due {{due}}, balance short",
+    )
+    return True
+
+
+def _overdue(j: _Judge, entry: dict[str, Any], when: int, since: int) -> None:
+    days = j.config.repayment.overdue_days
+    seen_from = dt.datetime.fromtimestamp(since / 1_000_000, dt.UTC).astimezone(j.zone).isoformat()
+    _due_finding(
+        j,
+        entry,
+        when,
+        "repayment_overdue",
+        {"days_overdue": days, "outstanding": money(Decimal(entry["outstanding"])), "no_repayment_since": seen_from},
+        f"已过 {days} 天未见还款 — no repayment {days} days after the due date {{due}}",
+    )
+
+
+def _due_finding(
+    j: _Judge, entry: dict[str, Any], when: int, rule_name: str, evidence: dict[str, Any], tail: str
+) -> None:
+    """A due date's finding: at the check point's time, triggered by (loan, due date)."""
+    rule = j.config.repayment
+    loan_id = entry["loan"]
+    due = dt.date.fromordinal(entry["due"]).isoformat()
+    installment = money(Decimal(entry["installment"]))
+    overdue = rule_name == "repayment_overdue"
+    head = (
+        f"逾期风险: 贷款 {loan_id} 应于 {due} 还款 {installment}, "
+        if overdue
+        else f"还款提醒: 贷款 {loan_id} 将于 {due} 还款 {installment}, "
+    )
+    j.emit(
+        rule_name,
+        "repayment",
+        rule.overdue_severity if overdue else rule.severity,
+        None,  # each (loan, due date) check fires at most once; a cool-down would make it order-dependent
+        {"loan_id": loan_id, "next_due": due, "installment": installment, **evidence},
+        head + tail.format(due=due),
+        at=(when, f"loan:{loan_id}:due:{due}"),
+    )
 
 
 def _income(j: _Judge) -> None:

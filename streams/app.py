@@ -241,15 +241,15 @@ class BatchReader:
 def create_app(
     settings: Settings, bootstrap: str, redis_url: str, step: Step | None = None, emitter: Emitter | None = None
 ) -> faust.App:
-    """The Faust app of one worker. ``step`` defaults to ``streams.worker.build_step``
-    with live tiers; tests pass their own step and emitter."""
+    """The Faust app of one worker. ``step`` defaults to ``streams.rulestep.build_step``
+    (findings never carry the live tier: docs/findings.md); tests pass their own step and emitter."""
     app = faust_app(settings, bootstrap)
     # redis-py connects on first use, inside the worker's event loop
     redis = connect(redis_url, settings.redis_cluster)
     keys = Keys(settings.key_prefix)
     tiers = TierBook(redis, keys, state_config(settings), thresholds(settings), rates(settings))
     if step is None:
-        step = build_step(settings, tier_of=tiers.tier_of)
+        step = build_step(settings)
     processor = BatchProcessor(
         StateStore(redis, keys, compress=settings.compress_state),
         step,

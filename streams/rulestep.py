@@ -82,11 +82,10 @@ def finding_entry(finding: Finding, config: StateConfig) -> bytes:
     return outbox_entry(TOPIC_OF_KIND[finding.kind], finding.customer_id, value)
 
 
-def rules_step(
-    config: StateConfig,
-    provider: RulesProvider,
-    tier_of: Callable[[str], str | None] | None = None,
-) -> Step:
+def rules_step(config: StateConfig, provider: RulesProvider) -> Step:
+    """The step: a finding depends on the customer's events and the rules only
+    (docs/findings.md), never on the live tier, which a wall-clock timer refreshes."""
+
     def step(state: CustomerState, event: Event) -> tuple[Outcome, list[bytes]]:
         if isinstance(event, LoanEvent):
             balance_before = state.balance
@@ -97,8 +96,7 @@ def rules_step(
             balance_before = state.balance - signed
         if outcome is not Outcome.APPLIED:
             return outcome, []
-        tier = tier_of(state.customer_id) if tier_of is not None else None
-        judgement = judge(state, event, balance_before, provider.current(), config, tier)
+        judgement = judge(state, event, balance_before, provider.current(), config)
         for rule, why in judgement.suppressed:
             telemetry.SUPPRESSED.labels(rule, why).inc()
         entries = []
@@ -110,11 +108,8 @@ def rules_step(
     return step
 
 
-def build_step(settings: Settings, tier_of: Callable[[str], str | None] | None = None) -> Step:
-    """The per-event step the worker runs: state plus the business rules when configured.
-
-    ``tier_of`` gives a customer's live tier (``streams.tiers.TierBook``) for the findings.
-    """
+def build_step(settings: Settings) -> Step:
+    """The per-event step the worker runs: state plus the business rules when configured."""
     path = settings.rules_file if settings.rules_file.exists() else None
     if path is None:
         logging.getLogger(__name__).warning("no rules file at %s: default thresholds", settings.rules_file)
@@ -122,4 +117,4 @@ def build_step(settings: Settings, tier_of: Callable[[str], str | None] | None =
         provider = RulesProvider(path)
     except RulesConfigError as exc:
         raise ConfigError(str(exc)) from None
-    return rules_step(state_config(settings), provider, tier_of)
+    return rules_step(state_config(settings), provider)

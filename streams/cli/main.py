@@ -16,7 +16,6 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from redis.exceptions import RedisError
 
 from alerts.relay import run_relay
 from alerts.tail import TailFilter, tail
-from rules.config import load_rules
+from rules.config import RulesConfig, load_rules
 from streams import topics
 from streams.api.server import run_api
 from streams.cli.commands import run_snapshot, show_customer, show_tiers
@@ -39,6 +38,7 @@ from streams.tools.berka import convert_berka
 from streams.tools.demo import run_demo
 from streams.tools.evaluate import render, run_evaluate
 from streams.tools.replay import run_replay
+from streams.tools.tune import run_tune_command
 from streams.worker import run_worker
 
 FINDING_TOPICS = {"alerts": topics.ALERTS, "recommendations": topics.RECOMMENDATIONS, "marketing": topics.MARKETING}
@@ -258,11 +258,21 @@ def webhook(urls: tuple[str, ...], topic: str, group: str | None, metrics_port: 
 @click.option("--json", "as_json", is_flag=True)
 def evaluate_rules(events: Path, backtest_dir: Path, horizon_days: int, as_json: bool) -> int:
     config = settings()
-    rules = load_rules(config.rules_file) if config.rules_file.exists() else None
-    minimum = rules.collection.min_amount if rules else Decimal(50_000)
+    rules = load_rules(config.rules_file) if config.rules_file.exists() else RulesConfig()
+    minimum = rules.collection.min_amount
     result = run_evaluate(events, backtest_dir, horizon_days, minimum)
     click.echo(json.dumps(result, indent=2, ensure_ascii=False) if as_json else render(result))
     return 0
+
+
+@cli.command(help="the real rules over a grid of thresholds: tables and a suggested rules.yaml")
+@click.argument("events", type=PATH)
+@click.option("--out", type=PATH, required=True)
+@click.option(
+    "--max-share", type=POSITIVE_FLOAT, default=0.05, show_default=True, help="alert-volume cap: share of customers"
+)
+def tune(events: Path, out: Path, max_share: float) -> int:
+    return run_tune_command(settings(), events, out, max_share)
 
 
 @cli.command(help="the HTTP API and web console (reads Redis)")

@@ -93,22 +93,54 @@ def inflow_left(line: Timeline, moment: dt.datetime, amount: Decimal, before: De
     return line.minimum_between(moment, moment + DAY * horizon) < before + amount / 2
 
 
+@dataclass(slots=True)
+class Outcomes:
+    """What really happened after each moment of a history, computed once and judged
+    against any number of alert sets (``fundflow tune`` judges one per threshold)."""
+
+    lines: dict[str, Timeline]
+    horizon: int
+    judged_until: dt.datetime | None
+    base_drain: list[bool]
+    _base_left: dict[Decimal, list[bool]]
+
+    def base_left(self, collection_min: Decimal) -> list[bool]:
+        if collection_min not in self._base_left:
+            until = self.judged_until
+            self._base_left[collection_min] = [
+                inflow_left(line, ts, amount, before, self.horizon)
+                for line in self.lines.values()
+                for ts, amount, before in line.credits
+                if amount >= collection_min and until is not None and ts <= until
+            ]
+        return self._base_left[collection_min]
+
+
+def outcomes(events: list[dict[str, Any]], horizon: int = 30) -> Outcomes:
+    lines = timelines(events)
+    last = max((line.times[-1] for line in lines.values() if line.times), default=None)
+    judged_until = last - DAY * horizon if last is not None else None
+    base_drain = (
+        [drained(line, ts, horizon) for line in lines.values() for ts in line.debits if ts <= judged_until]
+        if judged_until is not None
+        else []
+    )
+    return Outcomes(lines, horizon, judged_until, base_drain, {})
+
+
 def evaluate(
     events: list[dict[str, Any]], alerts: list[dict[str, Any]], *, horizon: int = 30, collection_min: Decimal
 ) -> dict[str, Any]:
-    lines = timelines(events)
-    last = max((line.times[-1] for line in lines.values() if line.times), default=None)
-    if last is None:
-        return {"rules": {}, "customers": 0}
-    judged_until = last - DAY * horizon
+    return judge(outcomes(events, horizon), alerts, collection_min)
 
-    base_drain = [drained(line, ts, horizon) for line in lines.values() for ts in line.debits if ts <= judged_until]
-    base_left = [
-        inflow_left(line, ts, amount, before, horizon)
-        for line in lines.values()
-        for ts, amount, before in line.credits
-        if amount >= collection_min and ts <= judged_until
-    ]
+
+def judge(history: Outcomes, alerts: list[dict[str, Any]], collection_min: Decimal) -> dict[str, Any]:
+    """Each rule's alerts against what happened next, beside the base rate."""
+    lines, horizon, judged_until = history.lines, history.horizon, history.judged_until
+    if judged_until is None:
+        return {"rules": {}, "customers": 0}
+    base_drain = history.base_drain
+    base_left = history.base_left(collection_min)
     by_rule: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for alert in alerts:
         by_rule[str(alert["rule"])].append(alert)
@@ -121,7 +153,7 @@ def evaluate(
             "customer_share": round(len(customers) / len(lines), 4),
         }
         if rule in OUTFLOW_RULES or rule == "collection_opportunity":
-            outcomes = []
+            hits = []
             for alert in fired:
                 line = lines.get(str(alert["customer_id"]))
                 moment = dt.datetime.fromisoformat(alert["ts"])
@@ -129,11 +161,11 @@ def evaluate(
                     continue
                 if rule == "collection_opportunity":
                     amount = Decimal(str(alert["evidence"].get("amount", "0")))
-                    outcomes.append(inflow_left(line, moment, amount, line.balance_at(moment) - amount, horizon))
+                    hits.append(inflow_left(line, moment, amount, line.balance_at(moment) - amount, horizon))
                 else:
-                    outcomes.append(drained(line, moment, horizon))
+                    hits.append(drained(line, moment, horizon))
             base = base_left if rule == "collection_opportunity" else base_drain
-            entry.update(_rates(outcomes, base))
+            entry.update(_rates(hits, base))
             entry["outcome"] = "inflow left" if rule == "collection_opportunity" else "balance drained"
         report[rule] = entry
     return {

@@ -180,8 +180,10 @@ async def wait_for_tiers(stack: Stack, tmp: Path, wanted: dict[str, str], worker
 
 
 async def test_tiers_follow_balances_through_a_worker(stack: Stack, tmp_path: Path) -> None:
-    """客户分层 live: a worker keeps contributions and cut points current as money moves,
-    `customer show` reads the new tier, and the next alert carries it."""
+    """客户分层 live: a worker keeps contributions and cut points current as money moves and
+    `customer show` reads the new tier; the next alert does not carry it: the live tier comes
+    from a wall-clock refresh, and a finding depends on the customer's events only
+    (docs/findings.md)."""
     settings = Settings(kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url, var_dir=tmp_path)
     await ensure_topics(stack.kafka_bootstrap, all_topics(settings.partitions), settings)
     with (tmp_path / "worker.log").open("wb") as log:
@@ -211,7 +213,7 @@ async def test_tiers_follow_balances_through_a_worker(stack: Stack, tmp_path: Pa
             drain = [f for f in found if f["trigger_txn_id"] == "TC0-3" and f["rule"] == "large_external_outflow"]
             await asyncio.sleep(0.5)
         assert drain, "no alert for TC0's large outflow"
-        assert drain[0]["tier"] == "I"
+        assert drain[0]["tier"] is None and drain[0]["severity"] == "high"  # not escalated by the live tier
     finally:
         stop(worker)
 

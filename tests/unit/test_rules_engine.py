@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from rules.config import MarketingConfig, RulesConfig
+from rules.config import MarketingConfig, OutflowRule, RulesConfig
 from rules.engine import Finding, Judgement, _end_of_day, average_end_of_day, external_drift, judge
 from rules.events import LoanEvent, TransactionEvent
 from rules.metrics import evaluate
@@ -112,12 +112,12 @@ def test_fast_in_fast_out() -> None:
     slow = Customer()
     slow.feed(tx(START, "credit", 200_000))
     slow.feed(tx(START + days(10), "credit", 50_000))
-    slow.feed(tx(START + days(11.5), "debit", 45_000, external=True))  # 36 h later
+    slow.feed(tx(START + days(13.5), "debit", 45_000, external=True))  # 84 h later: past the 72 h window
     assert "fast_in_fast_out" not in slow.rules_fired()
 
 
 def test_drawdown_is_edge_triggered() -> None:
-    c = Customer()
+    c = Customer(RulesConfig(outflow=OutflowRule(streak_days=5)))  # the 4 debit days after it are no streak
     c.feed(tx(START, "credit", 100_000))
     for i in range(1, 20):
         c.feed(tx(START + days(i), "credit", 10))
@@ -134,7 +134,47 @@ def test_net_outflow_streak_fires_once_when_it_reaches_n_days() -> None:
     for i in range(1, 9):
         c.feed(tx(START + days(i), "debit", 10))
     assert c.rules_fired().count("net_outflow_streak") == 1
-    assert c.findings[-1].evidence["streak_days"] == 5
+    assert c.findings[-1].evidence["streak_days"] == RulesConfig().outflow.streak_days == 4
+
+
+def churn_history(c: Customer) -> None:
+    """Money that went to our own accounts starts going to four other banks."""
+    c.feed(tx(START, "credit", 1_000_000))
+    for i in range(10):
+        c.feed(tx(START + days(i), "debit", 1_000))
+    c.feed(tx(START + days(12), "debit", 1_000, external=True, counterparty_bank="ICBC"))  # checked: 9%, one bank
+    for hour, bank in enumerate(["CCB", "BOC", "ABC"], start=1):
+        c.feed(tx(START + days(12) + dt.timedelta(hours=hour), "debit", 20_000, external=True, counterparty_bank=bank))
+    c.feed(tx(START + days(13), "debit", 1_000, external=True, counterparty_bank="CMB"))  # checked: 86%, five banks
+
+
+def test_churn_drift_is_disabled_by_default_and_fires_when_enabled() -> None:
+    default = Customer()
+    churn_history(default)
+    assert "churn_drift" not in default.rules_fired()
+    enabled = Customer(RulesConfig(disabled=frozenset()))
+    churn_history(enabled)
+    assert enabled.rules_fired().count("churn_drift") == 1
+
+
+def test_a_disabled_rule_fires_nothing_and_keeps_its_edge() -> None:
+    """Disabled, the streak still counts: enabling it later does not fire on an old streak."""
+    rules = RulesConfig(disabled=frozenset({"net_outflow_streak"}))
+    c = Customer(rules)
+    c.feed(tx(START, "credit", 10_000))
+    for i in range(1, 9):
+        c.feed(tx(START + days(i), "debit", 10))
+    assert "net_outflow_streak" not in c.rules_fired()
+    c.rules = RulesConfig()
+    c.feed(tx(START + days(9), "debit", 10))  # the same streak, now enabled: already past its edge
+    assert "net_outflow_streak" not in c.rules_fired()
+
+
+def test_a_disabled_push_is_not_sent_but_its_recommendation_is() -> None:
+    c = Customer(RulesConfig(disabled=frozenset({"push_sweep"})))
+    c.feed(tx(START, "credit", 60_000))
+    c.feed(tx(START + days(1), "debit", 3_000, kind="loan_repayment"))
+    assert c.rules_fired() == ["post_repayment_sweep"]
 
 
 def test_collection_opportunity_at_a_customer_whose_money_leaves() -> None:
@@ -188,6 +228,24 @@ def test_repaid_loan_is_not_overdue() -> None:
     c.feed(tx(START + days(9), "debit", 1_000, kind="loan_repayment"))
     c.feed(tx(START + days(14), "debit", 10))
     assert "repayment_overdue" not in c.rules_fired()
+
+
+def test_instalment_paid_early_after_the_report_is_neither_short_nor_overdue() -> None:
+    """Berka pays on the 12th what the loan report says is due on the 28th: the repayment
+    after the report pays that due date (no reminder at the 25th, no overdue at the 31st)."""
+    c = Customer()
+    due = (START + days(28)).date()
+    c.feed(tx(START, "credit", 3_000))
+    c.feed(loan(START + days(1), due, installment="2000"))
+    c.feed(tx(START + days(12), "debit", 2_000, kind="loan_repayment"))  # balance 1,000 < 2,000 from now on
+    c.feed(tx(START + days(35), "debit", 10))
+    assert c.rules_fired() == []
+    unpaid = Customer()
+    unpaid.feed(tx(START, "credit", 3_000))
+    unpaid.feed(tx(START + days(1), "debit", 2_000, kind="loan_repayment"))  # before the report: another due date
+    unpaid.feed(loan(START + days(2), due, installment="2000"))
+    unpaid.feed(tx(START + days(35), "debit", 10))
+    assert unpaid.rules_fired() == ["repayment_due_short", "repayment_overdue"]
 
 
 def test_salary_missing_after_regular_months() -> None:

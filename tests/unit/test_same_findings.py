@@ -1,0 +1,255 @@
+"""Same history, same findings (issue 17): every delivery of one history that Kafka allows
+gives the same findings, ids and full contents.
+
+A history is a few customers' TransactionEvents (one topic) and LoanEvents (another), each
+topic in its own fixed order. A delivery interleaves the two topics in any way that keeps
+each topic's order, within the documented lateness bound (``docs/findings.md``: a LoanEvent
+may run any distance ahead of the customer's transactions, and up to
+``RulesConfig.loan_lateness_days`` behind them), cuts it into batches at any points, and
+restarts the worker between batches (the state goes through ``streams.codec`` as it does
+through Redis). The findings are the outbox entries of ``streams.rulestep.rules_step``, the
+step the worker runs, compared byte for byte after sorting.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rules.config import RulesConfig
+from rules.events import Event, LoanEvent, TransactionEvent
+from rules.state import CustomerState, StateConfig, to_us
+from streams import telemetry
+from streams.codec import decode_state, encode_state
+from streams.rulestep import RulesProvider, rules_step
+
+ZONE = ZoneInfo("Asia/Shanghai")
+CONFIG = StateConfig(ZONE)
+START = dt.datetime(2024, 1, 1, tzinfo=ZONE)
+# How far behind the transactions a delivery here lets a LoanEvent run (inside the bound).
+BEHIND = dt.timedelta(days=RulesConfig().loan_lateness_days - 5)
+
+
+@st.composite
+def customer_history(draw: st.DrawFn, cid: str) -> tuple[list[TransactionEvent], list[LoanEvent]]:
+    """One customer: an opening credit, a few everyday movements, and up to two monthly loans
+    repaid on time, a little late, early, or not at all, each repayment followed (as the
+    loan system does) by a LoanEvent with the next due date, like the Berka conversion."""
+    txns: list[dict[str, Any]] = []
+    loans: list[dict[str, Any]] = []
+
+    def txn(when: dt.datetime, direction: str, amount: int, **extra: Any) -> None:
+        txns.append(
+            {"customer_id": cid, "account_id": cid, "ts": when, "direction": direction, "amount": str(amount), **extra}
+        )
+
+    opening = draw(st.sampled_from([800, 3_000, 25_000, 60_000, 150_000]))
+    txn(START + dt.timedelta(hours=9), "credit", opening, kind="salary")
+    for day, hour, credit, amount, external in draw(
+        st.lists(
+            st.tuples(
+                st.integers(0, 150),
+                st.integers(0, 23),
+                st.booleans(),
+                st.sampled_from([50, 700, 2_500, 9_000, 40_000]),
+                st.booleans(),
+            ),
+            max_size=14,
+        )
+    ):
+        kind = "transfer_in" if credit else "transfer_out"
+        txn(
+            START + dt.timedelta(days=day, hours=hour, minutes=7),
+            "credit" if credit else "debit",
+            amount,
+            kind=kind,
+            external=external,
+        )
+    for number in range(draw(st.integers(0, 2))):
+        loan_id = f"{cid}-L{number}"
+        granted = START + dt.timedelta(days=draw(st.integers(0, 40)), hours=8)
+        installment = draw(st.sampled_from([600, 1_500, 3_660, 5_000]))
+        months = draw(st.integers(1, 4))
+        outstanding = installment * months
+
+        def point(
+            when: dt.datetime,
+            due: dt.date,
+            left: int,
+            loan_id: str = loan_id,
+            installment: int = installment,
+            months: int = months,
+        ) -> None:
+            loans.append(
+                {
+                    "loan_id": loan_id,
+                    "customer_id": cid,
+                    "account_id": cid,
+                    "ts": when,
+                    "principal": str(installment * months),
+                    "outstanding": str(left),
+                    "annual_rate": "0.0435",
+                    "installment": str(installment),
+                    "next_due": due.isoformat(),
+                    "status": "active" if left else "closed",
+                }
+            )
+
+        due = granted.date() + dt.timedelta(days=30)
+        point(granted, due, outstanding)
+        for _ in range(months):
+            delay = draw(st.sampled_from([0, 0, -2, 1, 6, None]))
+            if delay is None:  # missed: nothing is paid, the loan system says nothing
+                break
+            paid = dt.datetime.combine(due + dt.timedelta(days=delay), dt.time(9, 30), ZONE)
+            txn(paid, "debit", installment, kind="loan_repayment")
+            outstanding -= installment
+            due += dt.timedelta(days=30)
+            point(paid.replace(hour=23), due, outstanding)
+    txns.sort(key=lambda t: t["ts"])
+    loans.sort(key=lambda p: p["ts"])
+    for n, t in enumerate(txns):
+        t["txn_id"] = f"{cid}-t{n}"
+    return (
+        [TransactionEvent.model_validate({**t, "ts": t["ts"].isoformat()}) for t in txns],
+        [LoanEvent.model_validate({**p, "ts": p["ts"].isoformat()}) for p in loans],
+    )
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> tuple[list[TransactionEvent], list[LoanEvent]]:
+    """A few customers; each topic holds them all, merged by event time as a producer would."""
+    txns: list[TransactionEvent] = []
+    loans: list[LoanEvent] = []
+    for n in range(draw(st.integers(1, 3))):
+        t, loan_events = draw(customer_history(f"C{n}"))
+        txns += t
+        loans += loan_events
+    txns.sort(key=lambda e: to_us(e.ts))
+    loans.sort(key=lambda e: to_us(e.ts))
+    return txns, loans
+
+
+def in_time_order(txns: list[TransactionEvent], loans: list[LoanEvent]) -> list[Event]:
+    both: list[Event] = [*loans, *txns]
+    return sorted(both, key=lambda e: to_us(e.ts))  # stable: a loan before a transaction at the same instant
+
+
+@st.composite
+def deliveries(draw: st.DrawFn, txns: list[TransactionEvent], loans: list[LoanEvent]) -> list[Event]:
+    """Any interleaving of the two topics that keeps each one's order, with the loans topic
+    never more than ``BEHIND`` behind the transactions (any distance ahead), and a few events
+    sent twice."""
+    order: list[Event] = []
+    t = n = 0
+    while t < len(txns) or n < len(loans):
+        if n == len(loans):
+            take_loan = False
+        elif t == len(txns) or txns[t].ts - loans[n].ts > BEHIND:
+            take_loan = True
+        else:
+            take_loan = draw(st.booleans())
+        if take_loan:
+            order.append(loans[n])
+            n += 1
+        else:
+            order.append(txns[t])
+            t += 1
+    # A producer that re-sends (the same event again, later on its topic) changes nothing.
+    for source, later in draw(st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 10**6)), max_size=3)):
+        if order:
+            i = source % len(order)
+            order.insert(i + 1 + later % (len(order) - i), order[i])
+    return order
+
+
+def run(events: list[Event], restarts: set[int] = frozenset()) -> list[bytes]:  # type: ignore[assignment]
+    """The worker's step over ``events``; at each index in ``restarts`` every state is written
+    and read back (a new worker, or a rebalance, picks the customer up from Redis)."""
+    step = rules_step(CONFIG, RulesProvider(None))
+    states: dict[str, CustomerState] = {}
+    published: list[bytes] = []
+    for index, event in enumerate(events):
+        if index in restarts:
+            states = {cid: decode_state(encode_state(state)) for cid, state in states.items()}
+        state = states.setdefault(event.customer_id, CustomerState(event.customer_id))
+        _, entries = step(state, event)
+        published += entries
+    return sorted(published)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(histories(), st.data())
+def test_every_legal_delivery_gives_the_same_findings(
+    history: tuple[list[TransactionEvent], list[LoanEvent]], data: st.DataObject
+) -> None:
+    txns, loans = history
+    expected = run(in_time_order(txns, loans))
+    assert run([*loans, *txns]) == expected  # the loans topic read first, as a backtest often does
+    delivered = data.draw(deliveries(txns, loans), label="delivery")
+    restarts = data.draw(st.sets(st.integers(0, max(len(delivered) - 1, 0)), max_size=4), label="restarts")
+    assert run(delivered, restarts) == expected
+
+
+def loan_report(cid: str, when: dt.datetime, installment: int, months: int, due: str) -> LoanEvent:
+    principal = str(installment * months)
+    return LoanEvent.model_validate(
+        {"loan_id": "L", "customer_id": cid, "account_id": cid, "ts": when.isoformat(), "principal": principal,
+         "outstanding": principal, "annual_rate": "0.0435", "installment": str(installment), "next_due": due,
+         "status": "active"}
+    )  # fmt: skip
+
+
+def movement(cid: str, n: int, when: dt.datetime, direction: str, amount: str, kind: str = "other") -> TransactionEvent:
+    return TransactionEvent.model_validate(
+        {"txn_id": f"t{n}", "customer_id": cid, "account_id": cid, "ts": when.isoformat(),
+         "direction": direction, "amount": amount, "kind": kind}
+    )  # fmt: skip
+
+
+def test_a_loan_reported_late_is_judged_against_the_transactions_it_missed() -> None:
+    """The due date passed on the transaction side before the loan was known: the overdue
+    check still runs, on arrival, against the transactions of the due date's window."""
+    granted = dt.datetime(2024, 1, 2, 8, tzinfo=ZONE)
+    loan = loan_report("late", granted, 1000, 3, "2024-02-01")
+    txns = [
+        movement("late", 0, granted + dt.timedelta(hours=2), "credit", "100"),
+        movement("late", 1, granted + dt.timedelta(days=40), "credit", "100"),
+    ]
+    loan_first = run([loan, *txns])
+    loan_last = run([*txns, loan])
+    assert loan_first == loan_last
+    assert any(b'"rule":"repayment_overdue"' in entry for entry in loan_last)
+
+
+def test_sweep_reserves_the_same_whether_the_loan_comes_before_or_after_the_repayment() -> None:
+    granted = dt.datetime(2024, 1, 2, 8, tzinfo=ZONE)
+    loan = loan_report("sweep", granted, 3660, 2, "2024-02-01")
+    txns = [
+        movement("sweep", 0, granted + dt.timedelta(hours=1), "credit", "30000"),
+        movement("sweep", 1, dt.datetime(2024, 2, 1, 9, 30, tzinfo=ZONE), "debit", "3660", "loan_repayment"),
+    ]
+    assert run([loan, *txns]) == run([*txns, loan])
+    sweep = [e for e in run(txns) if e.startswith(b"fundflow.recommendations")]
+    assert sweep and b'"next_instalments_reserved":"3660.00"' in sweep[0]
+
+
+def test_a_loan_reported_beyond_the_bound_is_suppressed_with_a_reason() -> None:
+    granted = dt.datetime(2024, 1, 2, 8, tzinfo=ZONE)
+    loan = loan_report("later", granted, 1000, 3, "2024-02-01")
+    late_by = dt.timedelta(days=RulesConfig().loan_lateness_days, hours=1)
+    step = rules_step(CONFIG, RulesProvider(None))
+    state = CustomerState("later")
+    step(state, movement("later", 0, granted + late_by, "credit", "100"))
+    before = telemetry_count("repayment", "late_loan")
+    _, entries = step(state, loan)
+    assert entries == [] and state.rule_state.get("dues", {}) == {}
+    assert telemetry_count("repayment", "late_loan") == before + 1
+
+
+def telemetry_count(rule: str, why: str) -> float:
+    return telemetry.SUPPRESSED.labels(rule, why)._value.get()  # type: ignore[no-any-return]

@@ -1,0 +1,132 @@
+"""``fundflow tune``: the real rules over a grid of thresholds, tables and a suggested rules.yaml."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import orjson
+import pytest
+
+from rules.config import RulesConfig, load_rules
+from rules.state import StateConfig
+from streams.errors import ConfigError
+from streams.settings import Settings
+from streams.tools.tune import COLUMNS, KNOBS, alerts_of, best, load_events, run_tune, run_tune_command, with_values
+
+ZONE = ZoneInfo("Asia/Shanghai")
+CONFIG = StateConfig(ZONE)
+START = dt.datetime(2024, 1, 1, 10, tzinfo=ZONE)
+
+
+def history(customers: int = 40) -> list[dict[str, Any]]:
+    """Savers who keep their money, and every fourth customer draining it after day 60."""
+    events: list[dict[str, Any]] = []
+    for n in range(customers):
+        cid = f"c{n}"
+
+        def txn(day: float, direction: str, amount: int, cid: str = cid, **extra: Any) -> None:
+            events.append({"txn_id": f"{cid}-{len(events)}", "customer_id": cid, "account_id": cid,
+                           "ts": (START + dt.timedelta(days=day)).isoformat(), "direction": direction,
+                           "amount": str(amount), **extra})  # fmt: skip
+
+        txn(0, "credit", 100_000 + 1_000 * n)
+        for day in range(1, 150, 7):
+            txn(day, "credit", 2_000)
+            txn(day + 2, "debit", 1_500)
+        if n % 4 == 0:
+            txn(60, "debit", 90_000 + 1_000 * n, external=True, counterparty_bank="CMB")
+            for day in range(61, 70):
+                txn(day, "debit", 300)
+    events.sort(key=lambda e: e["ts"])
+    return events
+
+
+def write(path: Path, events: list[dict[str, Any]], extra: list[bytes] = ()) -> Path:  # type: ignore[assignment]
+    path.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events) + b"".join(line + b"\n" for line in extra))
+    return path
+
+
+def table(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(path.read_text(encoding="utf-8").splitlines()))
+
+
+def test_tune_writes_a_table_per_rule_and_a_rules_file_the_worker_accepts(tmp_path: Path) -> None:
+    events = write(tmp_path / "events.jsonl", history(), [b"not json", b'{"txn_id": "x"}'])
+    base = RulesConfig(disabled=frozenset({"balance_drawdown"}))  # measured anyway, and enabled: it works here
+    summary = run_tune(events, tmp_path / "out", CONFIG, base=base, max_share=0.5)
+    assert summary["unreadable_lines"] == 2 and summary["customers"] == 40
+    for knob in KNOBS:
+        rows = table(tmp_path / "out" / f"{knob.rule}.csv")
+        assert tuple(rows[0]) == COLUMNS
+        assert [r["value"] for r in rows] == list(knob.values)
+    drawdown = {r["value"]: r for r in table(tmp_path / "out" / "balance_drawdown.csv")}
+    assert int(drawdown["0.3"]["customers"]) == 10  # every drainer, no saver
+    suggested = load_rules(tmp_path / "out" / "rules.yaml")  # what `fundflow worker` loads
+    rows = [
+        {"value": r["value"], "lift": float(r["lift"]) if r["lift"] else None,
+         "customers": int(r["customers"]), "customer_share": float(r["customer_share"])}
+        for r in drawdown.values()
+    ]  # fmt: skip
+    pick = best(rows, 0.5, 3)
+    assert pick is not None and suggested.outflow.drawdown_fraction == Decimal(pick["value"])
+    assert "balance_drawdown" not in suggested.disabled
+    assert "collection_opportunity" in suggested.disabled  # never fires here: cannot beat its base rate
+    assert "balance_drawdown" in (tmp_path / "out" / "tables.md").read_text()
+
+
+def test_the_grid_runs_the_rules_the_worker_runs(tmp_path: Path) -> None:
+    """A grid value gives exactly the alerts of a rules file that sets it."""
+    events, _, _ = load_events(write(tmp_path / "events.jsonl", history(12)))
+    rules = with_values(RulesConfig(), {"outflow.drawdown_fraction": "0.5"})
+    assert rules == RulesConfig.model_validate({"outflow": {"drawdown_fraction": "0.5"}})
+    fired = [a["rule"] for a in alerts_of(events, rules, CONFIG)]
+    assert fired.count("balance_drawdown") == 3
+
+
+def test_best_value_is_the_highest_lift_under_the_volume_cap() -> None:
+    rows = [
+        {"value": "a", "lift": 9.0, "customers": 2, "customer_share": 0.01},  # too few customers
+        {"value": "b", "lift": 3.0, "customers": 30, "customer_share": 0.2},  # too many
+        {"value": "c", "lift": 2.0, "customers": 5, "customer_share": 0.04},
+        {"value": "d", "lift": 1.5, "customers": 8, "customer_share": 0.05},
+        {"value": "e", "lift": None, "customers": 0, "customer_share": 0.0},
+    ]
+    assert best(rows, 0.05, 3) == rows[2]
+    assert best(rows[:2], 0.05, 3) is None
+
+
+@pytest.mark.parametrize(
+    ("content", "message"), [(None, "no such file"), (b"nonsense\n{}\n", r"has no valid events \(2 unreadable")]
+)
+def test_bad_input_is_one_line(tmp_path: Path, content: bytes | None, message: str) -> None:
+    path = tmp_path / "events.jsonl"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message) as caught:
+        run_tune(path, tmp_path / "out", CONFIG)
+    assert "\n" not in str(caught.value)
+
+
+def test_max_share_must_be_a_share(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="max-share"):
+        run_tune(write(tmp_path / "e.jsonl", history(2)), tmp_path / "out", CONFIG, max_share=5)
+
+
+def test_the_command_starts_from_the_rules_in_force_and_says_what_it_wrote(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("outflow:\n  large_external_amount: 7\n", encoding="utf-8")
+    events = write(tmp_path / "events.jsonl", history(8))
+    code = run_tune_command(Settings(rules_file=rules), events, tmp_path / "out", 0.5)
+    assert code == 0
+    assert "tune: " in capsys.readouterr().out
+    assert load_rules(tmp_path / "out" / "rules.yaml").outflow.large_external_amount == 7  # kept from the file
+    rules.write_text("outflow: [", encoding="utf-8")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        run_tune_command(Settings(rules_file=rules), events, tmp_path / "out", 0.5)
