@@ -117,6 +117,11 @@ class Settings(BaseSettings):
     webhook_concurrency: int = Field(default=16, ge=1, le=1000, description="POSTs in flight per relay")
     webhook_dedupe_days: int = Field(default=14, ge=1, le=365, description="delivered ids are remembered this long")
     api_tokens: tuple[SecretStr, ...] = ()
+    api_max_streams: int = Field(default=200, ge=1, le=100_000, description="open /alerts/stream per API process")
+    api_max_streams_per_token: int = Field(default=20, ge=1, le=100_000, description="open streams per bearer token")
+    api_stream_heartbeat_seconds: float = Field(
+        default=5.0, gt=0, le=60, description="a comment on a quiet stream this often: a client that left is noticed"
+    )
 
     # --- fault injection (reliability tests; never set in production) -------
     crash_after_commits: int = Field(
