@@ -4,13 +4,17 @@ Run it with ``python -m alerts.receiver_example --port 8080`` and the same
 ``FUNDFLOW_WEBHOOK_SECRET`` as the relay. What a real receiver must do, and
 this one does:
 
-1. refuse a request whose ``X-FundFlow-Signature`` does not verify, or whose
+1. refuse a request whose ``X-FundFlow-Signature`` does not verify (it covers
+   the timestamp, ``X-FundFlow-Id``, ``X-FundFlow-Topic`` and the body), or whose
    ``X-FundFlow-Timestamp`` is older than five minutes (401: the relay does
    not retry a 4xx, it dead-letters it, so a wrong secret is seen at once);
-2. answer 2xx only once the finding is safely kept (here: in memory);
-3. treat a second POST with an ``X-FundFlow-Id`` it already has as success
-   (200) without acting on it again: delivery is at-least-once;
-4. bound the body it reads (1 MiB here).
+2. act only on what was signed: the finding's ``id`` is read from the signed
+   body, and a body whose ``id`` differs from ``X-FundFlow-Id`` is refused (400);
+3. answer 2xx only once the finding is safely kept (here: in memory);
+4. treat a second POST of a finding ``id`` it already has as success (200)
+   without acting on it again: delivery is at-least-once, and a captured
+   request replayed within the five minutes is such a second POST;
+5. bound the body it reads (1 MiB here).
 
 The tests run this very app as the "real local HTTP receiver".
 """
@@ -44,14 +48,17 @@ def make_app(secret: bytes, *, tolerance_seconds: float = 300) -> web.Applicatio
         if not verify_signature(secret, request.headers, body, tolerance_seconds=tolerance_seconds):
             request.app[STATS]["refused"] += 1
             return web.json_response({"error": "bad or stale signature"}, status=401)
-        finding_id = request.headers.get(ID_HEADER, "")
-        if finding_id in request.app[SEEN]:
-            request.app[STATS]["duplicates"] += 1
-            return web.json_response({"ok": True, "duplicate": True})
         try:
             finding = json.loads(body)
         except ValueError:
             return web.json_response({"error": "body is not JSON"}, status=400)
+        finding_id = finding.get("id") if isinstance(finding, dict) else None
+        if not isinstance(finding_id, str) or finding_id != request.headers.get(ID_HEADER):
+            request.app[STATS]["refused"] += 1
+            return web.json_response({"error": "the body's id is not X-FundFlow-Id"}, status=400)
+        if finding_id in request.app[SEEN]:  # dedupe on the signed body's id
+            request.app[STATS]["duplicates"] += 1
+            return web.json_response({"ok": True, "duplicate": True})
         request.app[SEEN].add(finding_id)
         request.app[RECEIVED].append(finding)
         request.app[STATS]["accepted"] += 1

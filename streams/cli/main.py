@@ -189,17 +189,11 @@ def _alerts(settings: Any, args: argparse.Namespace) -> int:
                 limit=args.max,
             )
         )
-    from alerts.relay import run_relay
+    from alerts.relay import relay_secret, run_relay
     from streams.settings import safe_url
 
     urls = list(args.url or settings.webhook_urls)
-    if not urls:
-        raise ConfigError("no receivers: give --url URL or set FUNDFLOW_WEBHOOK_URLS")
-    for url in urls:
-        if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"receiver URL must be http:// or https://: {safe_url(url)!r}")
-    if settings.webhook_secret is None:
-        raise ConfigError("FUNDFLOW_WEBHOOK_SECRET not set: receivers could not verify who is calling")
+    relay_secret(settings, urls)  # start-up checks: receivers, secret (one line, no credential)
     if args.metrics_port:
         from prometheus_client import start_http_server
 
