@@ -7,6 +7,7 @@ cannot silently undo it (and bring back 1.5 s latencies or per-record tasks).
 1. ``install_fast_drain``: Faust's consumer's ``wait_first`` with the delivery run inline.
 2. ``set_fetch_max_wait``: the fetch max wait Faust hard-codes for its consumer.
 3. ``committed_offset``: the last offset Faust committed for a partition (no public accessor).
+4. ``drop_faust_pages``: Faust's web server serves none of its own pages, only ours.
 
 ## 1. Fast drain
 Faust hands every record it fetched to the streams through one call per record:
@@ -31,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Coroutine, Generator
 from typing import Any
 
+import faust
 from faust.exceptions import ConsumerNotStarted
 from faust.transport.consumer import Consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -136,3 +138,25 @@ def highwater(consumer: Any, tp: Any) -> int | None:
     except (AssertionError, AttributeError, ConsumerNotStarted):
         return None
     return None if high is None else int(high)
+
+
+FAUST_PAGES = "faust.web.apps."  # where faust-streaming keeps its built-in blueprints
+
+
+def drop_faust_pages(app: faust.App) -> None:
+    """Faust's web server mounts its own blueprints next to the app's pages: ``/router/``
+    and ``/table/`` (cluster topology and table contents, unauthenticated), ``/graph/``,
+    the statistics at ``/``, ``/performance/``, and, with statistics off, a production
+    index at ``/``. Settings turn off all but that index (``streams.app`` sets them too);
+    this empties the list of built-ins the web driver will apply when it starts (the
+    private ``BlueprintManager._enabled``), so the worker serves only what FundFlow
+    documents: ``/healthz``, ``/readyz``, ``/metrics``. Call before the worker starts."""
+    manager = app.web.blueprints
+    if manager.applied:
+        raise RuntimeError("Faust's web server already applied its blueprints")
+    manager._enabled = [
+        (prefix, blueprint)
+        for prefix, blueprint in manager._enabled
+        if not (isinstance(blueprint, str) and blueprint.startswith(FAUST_PAGES))
+        and not getattr(blueprint, "__module__", "").startswith(FAUST_PAGES)
+    ]

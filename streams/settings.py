@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     app_id: str = "fundflow"
     key_prefix: str = Field(default="ff", pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="Redis key namespace")
     web_port: int = Field(default=6066, ge=0, le=65535)
+    web_host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="address the worker's --web-port and the relay's --metrics-port listen on "
+        "(the pod IP or 0.0.0.0 to be scraped from another host)",
+    )
     batch_max_events: int = Field(default=500, ge=1, le=100_000)
     batch_within_seconds: float = Field(
         default=0.005, gt=0, le=10, description="longest a batch waits to fill while records queue (idle: no wait)"

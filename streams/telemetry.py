@@ -8,9 +8,9 @@ on ``/metrics``.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 if TYPE_CHECKING:
     from streams.pipeline import BatchReport
@@ -79,3 +79,11 @@ def record_batch(report: BatchReport) -> None:
 def observe_latencies(latencies_ms: Iterable[int]) -> None:
     for ms in latencies_ms:
         E2E_LATENCY.observe(ms / 1000)
+
+
+def serve_metrics(port: int, host: str) -> Any:
+    """``/metrics`` on ``host:port`` in a daemon thread (the relay's ``--metrics-port``).
+    ``host`` is ``FUNDFLOW_WEB_HOST``: 127.0.0.1 unless told (prometheus_client's own
+    default is every interface). Returns the server (``server_address``, ``shutdown()``)."""
+    server, _ = start_http_server(port, addr=host)
+    return server

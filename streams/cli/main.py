@@ -195,9 +195,9 @@ def _alerts(settings: Any, args: argparse.Namespace) -> int:
     urls = list(args.url or settings.webhook_urls)
     relay_secret(settings, urls)  # start-up checks: receivers, secret (one line, no credential)
     if args.metrics_port:
-        from prometheus_client import start_http_server
+        from streams.telemetry import serve_metrics
 
-        start_http_server(args.metrics_port)
+        serve_metrics(args.metrics_port, settings.web_host)
     import logging
 
     logging.getLogger("alerts").setLevel(logging.WARNING)
