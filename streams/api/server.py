@@ -423,6 +423,9 @@ def create_api(settings: Settings, redis_url: str, bootstrap: str, *, demo: bool
 
 def run_api(settings: Settings, redis_url: str, bootstrap: str, host: str, port: int, demo: bool) -> int:
     app = create_api(settings, redis_url, bootstrap, demo=demo)
+    # refused parameters and streams (INFO), Redis failures (WARNING), 500s with their
+    # traceback (ERROR), each with its request id; never a token, never a query value
+    logging.getLogger(__name__).setLevel(logging.INFO)
     print(f"FundFlow API and console on http://{host}:{port}/  (API docs: /openapi.json)", flush=True)
     web.run_app(app, host=host, port=port, print=None, access_log=None)
     return 0

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,6 +25,7 @@ from pydantic import SecretStr
 from streams import telemetry
 from streams.api.server import create_api
 from streams.keys import Keys
+from streams.local.servers import free_port
 from streams.settings import Settings
 from tests.pipeline.test_api import AUTH, PREFIX, TOKENS, seed
 
@@ -249,3 +257,50 @@ async def test_live_findings_reach_every_stream_from_the_one_reader(redis_url: s
                     seen.extend(line for line in block.split(b"\n") if line.startswith(b"data: "))
             assert seen == [b'data: {"id": "live-%d", "rule": "r"}' % i for i in range(3)]
             stream.close()
+
+
+def test_the_api_process_logs_each_failure_with_its_request_id(redis_url: str) -> None:
+    """``fundflow api`` as operators run it: a 500 and a 400 are in its log with the
+    request id the client saw; the token and the refused value are not."""
+    seeded = asyncio.run(seed_and_break(redis_url))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FUNDFLOW_")}
+    env.update(FUNDFLOW_REDIS_URL=redis_url, FUNDFLOW_KEY_PREFIX=PREFIX, FUNDFLOW_API_TOKENS=json.dumps(list(TOKENS)))
+    api = subprocess.Popen(
+        [sys.executable, "-m", "streams.cli.main", "api", "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and api.poll() is None, "the API did not start"
+                time.sleep(0.2)
+        ids = []
+        for path, status in ((f"/customers/{seeded}", 500), ("/alerts?limit=%C2%B2", 400)):
+            request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=AUTH)
+            with pytest.raises(urllib.error.HTTPError) as answer:
+                urllib.request.urlopen(request, timeout=5)
+            assert answer.value.code == status
+            ids.append(answer.value.headers["X-Request-Id"])
+            assert b"Traceback" not in answer.value.read()
+    finally:
+        api.terminate()
+        _, log = api.communicate(timeout=30)
+    assert all(request_id in log for request_id in ids), log
+    assert "Traceback" in log  # the server keeps the traceback; the client never sees it
+    assert TOKENS[1] not in log and "²" not in log
+
+
+async def seed_and_break(redis_url: str) -> str:
+    """Seeded state with one customer's blob unreadable; that customer's id."""
+    settings = Settings(key_prefix=PREFIX)
+    processor = await seed(redis_url, settings)
+    try:
+        await processor.store.redis.hset(Keys(PREFIX).state("C0002"), "s", b"\x00not a state")
+    finally:
+        await processor.store.redis.aclose()
+    return "C0002"
