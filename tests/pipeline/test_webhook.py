@@ -414,3 +414,23 @@ async def test_redirects_are_not_followed(session: aiohttp.ClientSession) -> Non
     finally:
         await redirecting.stop()
         await target.stop()
+
+
+async def test_a_receiver_accepts_the_previous_secret_while_the_secret_changes(session: aiohttp.ClientSession) -> None:
+    """Rotation (docs/security.md): receivers take old and new, then the relay switches."""
+    receiver = Receiver(make_app(b"new-key", previous_secret=SECRET))
+    await receiver.start()
+    try:
+        for key, number in ((SECRET, 11), (b"new-key", 12)):
+            outcome = await WebhookSender(session, receiver.url, key, RetryPolicy()).deliver(
+                f"F{number:04d}", ALERTS, finding(number)
+            )
+            assert outcome.delivered, key
+        refused = await WebhookSender(session, receiver.url, b"other", RetryPolicy()).deliver(
+            "F0013", ALERTS, finding(13)
+        )
+        assert refused.status == 401
+    finally:
+        await receiver.stop()
+    with pytest.raises(ValueError, match="non-empty secret"):
+        make_app(b"")
