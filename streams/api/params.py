@@ -52,7 +52,7 @@ def as_of(query: Mapping[str, str]) -> int | None:
     try:
         return parse_as_of(text)
     except ValueError as exc:
-        raise BadRequest(f"as_of: {exc}") from None
+        raise BadRequest(str(exc)) from None
 
 
 def stream_id(text: str) -> str:

@@ -139,6 +139,26 @@ async def test_anything_unexpected_is_a_logged_500_with_a_request_id(
     assert all("²" not in r.getMessage() for r in caplog.records)
 
 
+NASTY = [
+    (b"/alerts?limit=%FF", 400), (b"/alerts?limit=%", 400), (b"/alerts?customer=%FF%FE", 200),
+    (b"/customers/%FF", 404), (b"/customers/C0001?as_of=%FF", 400), (b"/customers/C0001?as_of=%00", 400),
+    (b"/customers/C0001?as_of=2000-01-01T00:00:00%2B99:00", 400), (b"/customers/C0001?as_of=2000-13-01T00:00:00Z", 400),
+    (b"/customers/C0001/history?as_of=" + b"9" * 4000, 400), (b"/tiers?top=%EF%BC%95", 400),
+    (b"/alerts/stream?since=%FF", 400), (b"/customers/C0001?as_of=2100-12-31T23:59:59.999999-23:59", 400),
+]  # fmt: skip
+
+
+async def test_no_malformed_input_is_a_500_or_quoted_back(client: Client) -> None:
+    token = AUTH["Authorization"].encode()
+    for path, status in NASTY:
+        answer = await raw_request(client, b"GET " + path + b" HTTP/1.1\r\nConnection: close\r\nAuthorization: " + token
+                                   + b"\r\n", 5)  # fmt: skip
+        assert answer.startswith(b"HTTP/1.1 %d " % status), (path, answer[:300])
+        assert b"x-request-id: " in answer.lower()
+        if status == 400:
+            assert path.rsplit(b"=", 1)[-1] not in answer.split(b"\r\n\r\n", 1)[1], path  # the value is not echoed
+
+
 # ---- row 12: a feed id Redis would refuse is refused up front ----------------------------
 
 
