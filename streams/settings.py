@@ -173,6 +173,8 @@ def safe_url(url: str) -> str:
     """``url`` without credentials, query or fragment: fit for logs and dead letters."""
     parts = urlsplit(url)
     host = parts.hostname or ""
+    if ":" in host:  # an IPv6 address keeps its brackets
+        host = f"[{host}]"
     if parts.port:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))

@@ -109,6 +109,8 @@ def test_safe_url_drops_credentials_and_query() -> None:
     assert (
         safe_url("https://user:pw@hooks.bank.cn:8443/rm/alerts?token=abc#x") == "https://hooks.bank.cn:8443/rm/alerts"
     )
+    assert safe_url("http://u:pw@[fd00::1]:8080/hook?k=v") == "http://[fd00::1]:8080/hook"
+    assert safe_url("http://user:pw@/hook?token=t") == "http:///hook"
 
 
 class Receiver:
