@@ -125,10 +125,13 @@ class FeedHub:
                     list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]],
                     await self.redis.xread({self.feed: self.last}, count=READ_COUNT, block=BLOCK_MS),
                 )
-            except (RedisError, OSError) as exc:
+            except Exception as exc:  # the one reader must outlive any failure, or every stream goes quiet
                 failures += 1
-                delay = backoff_seconds(failures, 0.2, 5.0)
-                log.warning("live feed: Redis read failed (%s); retrying in %.1fs", type(exc).__name__, delay)
+                delay = backoff_seconds(failures, 0.2, 2.0)
+                if isinstance(exc, (RedisError, OSError)):
+                    log.warning("live feed: Redis read failed (%s); retrying in %.1fs", type(exc).__name__, delay)
+                else:
+                    log.exception("live feed: read failed; retrying in %.1fs", delay)
                 await asyncio.sleep(delay)
                 continue
             failures = 0

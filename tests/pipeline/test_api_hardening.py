@@ -198,6 +198,16 @@ async def test_an_error_after_the_stream_headers_ends_the_stream_cleanly(client:
     # a stream without `since` on a feed Redis cannot read: one clean answer too
     answer = await raw_request(client, b"GET /alerts/stream HTTP/1.1\r\nAuthorization: " + token + b"\r\n", 2)
     assert answer.count(b"HTTP/1.1 ") == 1, answer
+    # the feed is a stream again: the one reader recovers and the stream that stayed open goes on
+    redis = aioredis.Redis.from_url(redis_url)
+    try:
+        await redis.delete(Keys(PREFIX).feed)
+        await redis.xadd(Keys(PREFIX).feed, {"v": b'{"id": "after", "rule": "r"}'})
+    finally:
+        await redis.aclose()
+    async with asyncio.timeout(15):
+        while b'"id": "after"' not in await first.content.readuntil(b"\n\n"):
+            pass
     first.close()
 
 
