@@ -38,6 +38,7 @@ import asyncio
 import hashlib
 import hmac
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ ID_HEADER = "X-FundFlow-Id"
 TOPIC_HEADER = "X-FundFlow-Topic"
 DEFAULT_TOLERANCE_SECONDS = 300
 _RETRYABLE_STATUS = frozenset({408, 429})
+_USERINFO = re.compile(r"(?<=://)[^/\s'\"@]*@")
 
 
 def signed_string(timestamp: int, finding_id: str, topic: str, body: bytes) -> bytes:
@@ -107,7 +109,7 @@ def redact(text: str, url: str) -> str:
     secrets = [parts.query, parts.fragment, parts.netloc if "@" in parts.netloc else "", parts.password or ""]
     for secret in sorted(filter(None, secrets), key=len, reverse=True):
         text = text.replace(secret, "***")
-    return text
+    return _USERINFO.sub("", text)  # any other URL's user:password@ (another spelling, a redirect)
 
 
 @dataclass(frozen=True, slots=True)

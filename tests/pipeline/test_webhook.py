@@ -30,6 +30,7 @@ from alerts.webhook import (
     TOPIC_HEADER,
     RetryPolicy,
     WebhookSender,
+    redact,
     sign,
     verify_signature,
 )
@@ -436,3 +437,13 @@ async def test_a_receiver_accepts_the_previous_secret_while_the_secret_changes(s
         await receiver.stop()
     with pytest.raises(ValueError, match="non-empty secret"):
         make_app(b"")
+
+
+def test_redact_leaves_no_credential_in_any_spelling() -> None:
+    url = "https://ops:hunter2@hooks.bank.cn/hook?token=t0ps3cret#frag"
+    text = (f"InvalidURL: {url}; redirected to http://ops:hunter2@other.bank.cn/x; "
+            "yarl says https://ops:hunter2@hooks.bank.cn/hook?token=t0ps3cret")  # fmt: skip
+    cleaned = redact(text, url)
+    for secret in ("hunter2", "t0ps3cret", "ops", "frag"):
+        assert secret not in cleaned, cleaned
+    assert "https://hooks.bank.cn/hook" in cleaned and "http://other.bank.cn/x" in cleaned
