@@ -334,3 +334,37 @@ async def seed_and_break(redis_url: str) -> str:
     finally:
         await processor.store.redis.aclose()
     return "C0002"
+
+
+async def test_a_resumed_stream_has_no_gap_and_no_repeat_while_the_feed_grows(redis_url: str) -> None:
+    """Catching up (paged XRANGE, 200 a page) hands over to the one live reader without
+    losing or repeating an entry, while entries keep arriving."""
+    feed = Keys(PREFIX).feed
+    async with serving(redis_url, api_stream_heartbeat_seconds=0.5) as client:
+        redis = aioredis.Redis.from_url(redis_url)
+        try:
+            await redis.delete(feed)
+            for i in range(450):  # history: more than two pages
+                await redis.xadd(feed, {"v": b'{"id": "h%d"}' % i})
+            keeper = await client.get("/alerts/stream", headers=AUTH)  # the live reader is running already
+
+            async def produce() -> None:
+                for i in range(300):
+                    await redis.xadd(feed, {"v": b'{"id": "l%d"}' % i})
+                    if i % 20 == 0:
+                        await asyncio.sleep(0.01)
+
+            producing = asyncio.create_task(produce())
+            stream = await client.get("/alerts/stream?since=0-0", headers=AUTH)
+            seen: list[str] = []
+            async with asyncio.timeout(20):
+                while len(seen) < 750:
+                    block = await stream.content.readuntil(b"\n\n")
+                    seen.extend(line[4:].decode() for line in block.split(b"\n") if line.startswith(b"id: "))
+            await producing
+            expected = [entry_id.decode() for entry_id, _ in await redis.xrange(feed)]
+            assert seen == expected
+            stream.close()
+            keeper.close()
+        finally:
+            await redis.aclose()
