@@ -54,6 +54,11 @@ API_SECONDS = Histogram(
     "fundflow_api_request_seconds", "API request time by route pattern", ["route"], buckets=LATENCY_BUCKETS_S
 )
 API_STREAMS = Gauge("fundflow_api_open_streams", "Open /alerts/stream connections")
+API_STREAMS_LIMITED = Counter(
+    "fundflow_api_streams_limited_total",
+    "Live streams refused at a cap (token: per-token cap, server: total cap) or ended for reading too slowly (slow)",
+    ["why"],
+)
 API_READY = Gauge("fundflow_api_ready", "1 when the last /readyz found Kafka and Redis reachable")
 DEPENDENCY_UP = Gauge("fundflow_dependency_up", "1 when the last check reached it (redis, kafka)", ["dependency"])
 TIER_CUSTOMERS = Gauge("fundflow_tier_customers", "Customers per contribution tier", ["tier"])

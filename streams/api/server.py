@@ -272,6 +272,7 @@ async def stream_alerts(request: web.Request) -> web.StreamResponse:
         subscription = await hub.subscribe(request[TOKEN_NAME])
     except TooManyStreams as exc:
         log.info("request %s: stream refused: %s", request[REQUEST_ID], exc)
+        telemetry.API_STREAMS_LIMITED.labels("token" if exc.per_token else "server").inc()
         refused = _error(429 if exc.per_token else 503, str(exc))
         refused.headers["Retry-After"] = "5"
         return refused
@@ -330,6 +331,7 @@ async def _follow(
         if chunk:
             await response.write(chunk)
             written = time.monotonic()
+    telemetry.API_STREAMS_LIMITED.labels("slow").inc()
     error = orjson.dumps({"error": "the client reads too slowly; resume with Last-Event-ID"})
     await response.write(b"event: error\ndata: %s\n\n" % error)
 

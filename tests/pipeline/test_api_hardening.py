@@ -206,8 +206,8 @@ async def test_an_error_after_the_stream_headers_ends_the_stream_cleanly(client:
     finally:
         await redis.aclose()
     async with asyncio.timeout(15):
-        while b'"id": "after"' not in await first.content.readuntil(b"\n\n"):
-            pass
+        while b'"id": "after"' not in (block := await first.content.readuntil(b"\n\n")):
+            assert block, "the stream ended"
     first.close()
 
 
@@ -240,6 +240,7 @@ async def test_many_streams_share_one_reader_are_capped_and_starve_nothing(redis
             url = str(client.make_url("/alerts/stream"))
             first = await asyncio.gather(*(open_stream(s, url, TOKENS[0]) for _ in range(60)))
             assert [r.status for r in first] == [200] * 60
+            refused = {why: telemetry.API_STREAMS_LIMITED.labels(why)._value.get() for why in ("token", "server")}
             over = await open_stream(s, url, TOKENS[0])  # the 61st for one token
             assert over.status == 429 and "for this token" in (await over.json())["error"]
             assert over.headers["Retry-After"]
@@ -247,6 +248,8 @@ async def test_many_streams_share_one_reader_are_capped_and_starve_nothing(redis
             assert [r.status for r in second] == [200] * 50
             full = await open_stream(s, url, TOKENS[1])  # the 111th in all
             assert full.status == 503 and "on this server" in (await full.json())["error"]
+            for why in ("token", "server"):  # operators see the caps being hit
+                assert telemetry.API_STREAMS_LIMITED.labels(why)._value.get() == refused[why] + 1
             # 110 streams open: every data endpoint and /readyz still answer, at once
             for path in ("/readyz", "/customers/C0001", "/customers/C0001/history", "/alerts", "/tiers", "/metrics"):
                 async with asyncio.timeout(5):
@@ -284,6 +287,7 @@ async def test_live_findings_reach_every_stream_from_the_one_reader(redis_url: s
             async with asyncio.timeout(10):
                 while len(seen) < 3:
                     block = await stream.content.readuntil(b"\n\n")
+                    assert block, "the stream ended"
                     seen.extend(line for line in block.split(b"\n") if line.startswith(b"data: "))
             assert seen == [b'data: {"id": "live-%d", "rule": "r"}' % i for i in range(3)]
             stream.close()
@@ -360,6 +364,7 @@ async def test_a_resumed_stream_has_no_gap_and_no_repeat_while_the_feed_grows(re
             async with asyncio.timeout(20):
                 while len(seen) < 750:
                     block = await stream.content.readuntil(b"\n\n")
+                    assert block, "the stream ended"
                     seen.extend(line[4:].decode() for line in block.split(b"\n") if line.startswith(b"id: "))
             await producing
             expected = [entry_id.decode() for entry_id, _ in await redis.xrange(feed)]
@@ -368,3 +373,36 @@ async def test_a_resumed_stream_has_no_gap_and_no_repeat_while_the_feed_grows(re
             keeper.close()
         finally:
             await redis.aclose()
+
+
+async def test_a_client_that_does_not_read_is_ended_and_holds_nothing(redis_url: str) -> None:
+    """Its queue fills (the one reader never waits for it): the stream ends with
+    ``event: error`` and the client resumes by id; a client that reads gets everything."""
+    feed = Keys(PREFIX).feed
+    slow_before = telemetry.API_STREAMS_LIMITED.labels("slow")._value.get()
+    async with serving(redis_url, api_stream_heartbeat_seconds=0.5) as client:
+        sleeper = await client.get("/alerts/stream", headers=AUTH)  # never read until the end
+        reader = await client.get("/alerts/stream", headers=AUTH)
+
+        async def read_all(wanted: int) -> int:
+            count = 0
+            while count < wanted:
+                block = await reader.content.readuntil(b"\n\n")
+                assert block, "the reading client's stream ended"
+                count += block.startswith(b"id: ")
+            return count
+
+        reading = asyncio.create_task(read_all(2500))
+        redis = aioredis.Redis.from_url(redis_url)
+        padding = b"x" * 16_000
+        try:
+            for i in range(2500):  # 40 MB: more than socket buffers hold, 2.5 queues full
+                await redis.xadd(feed, {"v": b'{"id": "e%d", "pad": "%s"}' % (i, padding)})
+        finally:
+            await redis.aclose()
+        async with asyncio.timeout(60):
+            assert await reading == 2500
+            rest = await sleeper.content.read()  # the server ended it: this reads to the end
+        assert rest.rstrip().endswith(b'"error":"the client reads too slowly; resume with Last-Event-ID"}')
+        assert telemetry.API_STREAMS_LIMITED.labels("slow")._value.get() == slow_before + 1
+        reader.close()
