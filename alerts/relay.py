@@ -10,12 +10,16 @@ Guarantees:
 - no duplicates from us: a delivered (receiver, id) pair is remembered in Redis
   (``{p}:webhook:{receiver}:{id}``, for ``webhook_dedupe_days``), so a replay
   of the topic, a redelivery or a rebalance does not POST the same finding to
-  the same receiver twice. Receivers should still dedupe on ``X-FundFlow-Id``
+  the same receiver twice. Receivers should still dedupe on the finding's ``id``
   (the gap between a 2xx and our note of it is never zero);
 - nothing silently lost: a finding a receiver will not take, after the retry
   policy, becomes a DeadLetter on ``fundflow.dlq.v1`` with reason
   ``webhook_undeliverable``, the receiver (without credentials) and the last
-  error, and is counted in ``fundflow_webhook_deliveries_total``.
+  error, and is counted in ``fundflow_webhook_deliveries_total``;
+- no credential in a log line or dead letter: receivers are named by
+  ``safe_url`` and error texts are redacted (``alerts.webhook.redact``);
+- start-up refuses an empty secret or a receiver URL without a host
+  (``relay_secret``).
 
 What can go wrong: Redis down -> the batch waits and retries with backoff
 (deliveries are not made without the dedupe check). A receiver down -> its
@@ -31,6 +35,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -39,9 +44,10 @@ from redis.exceptions import RedisError
 from alerts.webhook import Delivery, RetryPolicy, WebhookSender
 from streams import telemetry
 from streams.deadletter import RawRecord, dead_letter
+from streams.errors import ConfigError
 from streams.keys import Keys
 from streams.retry import backoff_seconds
-from streams.settings import Settings
+from streams.settings import Settings, safe_url
 from streams.topics import ALERTS, DLQ, MARKETING, RECOMMENDATIONS
 
 log = logging.getLogger(__name__)
@@ -165,7 +171,42 @@ def _finding_id(value: bytes | None) -> str | None:
     except orjson.JSONDecodeError:
         return None
     finding_id = payload.get("id") if isinstance(payload, dict) else None
-    return finding_id if isinstance(finding_id, str) and 0 < len(finding_id) <= 200 else None
+    if not isinstance(finding_id, str) or not 0 < len(finding_id) <= 200:
+        return None
+    return finding_id if finding_id.isascii() and finding_id.isprintable() else None  # it goes into a header
+
+
+def relay_secret(settings: Settings, urls: Sequence[str]) -> bytes:
+    """The relay's start-up checks; the HMAC key. A ``ConfigError`` (one line, never a
+    credential) for a missing or empty secret, or a receiver URL that is not http(s)
+    with a host: such a URL would fail on every POST, and the error text would carry
+    the URL's password and query into logs and dead letters."""
+    if not urls:
+        raise ConfigError("no receivers: give --url URL or set FUNDFLOW_WEBHOOK_URLS")
+    for url in urls:
+        problem = _receiver_problem(url)
+        if problem:
+            scheme = urlsplit(url).scheme if "://" in url else ""
+            shown = safe_url(url) if problem == "has no host" else f"{scheme}://…"
+            raise ConfigError(f"receiver URL {problem}: {shown!r}")
+    secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
+    if not secret:
+        raise ConfigError("FUNDFLOW_WEBHOOK_SECRET not set or empty: receivers could not verify who is calling")
+    return secret.encode()
+
+
+def _receiver_problem(url: str) -> str:
+    """Why ``url`` cannot be a receiver ("" when it can)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # out of range: ValueError
+    except ValueError:
+        return "is malformed"
+    if parts.scheme not in ("http", "https"):
+        return "must be http:// or https://"
+    if not parts.hostname:
+        return "has no host"
+    return "" if port != 0 else "is malformed"
 
 
 def _now_ms() -> int:
@@ -197,7 +238,7 @@ async def run_relay(
     from streams.clients import connect, kafka_client_kwargs
 
     stop = stop or asyncio.Event()
-    secret = settings.webhook_secret.get_secret_value().encode() if settings.webhook_secret else None
+    secret = relay_secret(settings, urls)
     redis = connect(redis_url, settings.redis_cluster)
     consumer = AIOKafkaConsumer(
         *topics,

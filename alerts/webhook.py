@@ -5,15 +5,26 @@ these headers:
 
 | header | value |
 | --- | --- |
-| ``X-FundFlow-Id`` | the finding's deterministic id (receivers dedupe on it) |
+| ``X-FundFlow-Id`` | the finding's deterministic id (the ``id`` in the body; receivers dedupe on it) |
 | ``X-FundFlow-Topic`` | the topic it came from (alerts, recommendations, marketing) |
 | ``X-FundFlow-Timestamp`` | unix seconds when this attempt was signed |
-| ``X-FundFlow-Signature`` | ``sha256=`` + hex HMAC-SHA256 over ``"{timestamp}." + body`` |
+| ``X-FundFlow-Signature`` | ``sha256=`` + hex HMAC-SHA256 of the signed string below |
 
-The timestamp is inside the MAC, so a captured request cannot be replayed
-later than the receiver's tolerance (``verify_signature``, five minutes by
-default); the id lets a receiver drop the copies that at-least-once delivery
-may bring.
+The signed string is every value a receiver acts on, one per line, then the body
+exactly as sent::
+
+    {X-FundFlow-Timestamp} "\n" {X-FundFlow-Id} "\n" {X-FundFlow-Topic} "\n" {body bytes}
+
+(ASCII header values; the id and topic never contain a line break, the sender
+refuses to sign one that does). The timestamp is inside the MAC, so a captured
+request cannot be replayed later than the receiver's tolerance
+(``verify_signature``, five minutes by default); the id and topic are inside it,
+so a replay with another ``X-FundFlow-Id`` (to slip past a receiver's dedupe)
+fails verification. Receivers should still dedupe on the ``id`` in the body.
+
+Redirects are not followed (a 3xx is a refusal: the signed request is not sent on
+to another address), and no error text carries the receiver URL's credentials,
+query or fragment (``redact``): it goes to logs and dead letters.
 
 Retry policy: connection errors, timeouts, 408, 429 and 5xx are retried with
 exponential backoff and jitter (``streams.retry``), up to ``max_attempts``; any other 4xx
@@ -27,9 +38,11 @@ import asyncio
 import hashlib
 import hmac
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -42,11 +55,20 @@ ID_HEADER = "X-FundFlow-Id"
 TOPIC_HEADER = "X-FundFlow-Topic"
 DEFAULT_TOLERANCE_SECONDS = 300
 _RETRYABLE_STATUS = frozenset({408, 429})
+_USERINFO = re.compile(r"(?<=://)[^/\s'\"@]*@")
 
 
-def sign(secret: bytes, timestamp: int, body: bytes) -> str:
-    """The signature header value for ``body`` sent at ``timestamp``."""
-    mac = hmac.new(secret, str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
+def signed_string(timestamp: int, finding_id: str, topic: str, body: bytes) -> bytes:
+    """What the signature covers: timestamp, id and topic, one per line, then the body."""
+    for name, value in (("id", finding_id), ("topic", topic)):
+        if not value.isascii() or not value.isprintable():
+            raise ValueError(f"webhook {name} must be printable ASCII (no line breaks)")
+    return f"{timestamp}\n{finding_id}\n{topic}\n".encode() + body
+
+
+def sign(secret: bytes, timestamp: int, finding_id: str, topic: str, body: bytes) -> str:
+    """The signature header value for ``body`` (finding ``finding_id`` from ``topic``) sent at ``timestamp``."""
+    mac = hmac.new(secret, signed_string(timestamp, finding_id, topic, body), hashlib.sha256).hexdigest()
     return f"sha256={mac}"
 
 
@@ -58,20 +80,36 @@ def verify_signature(
     now: float | None = None,
     tolerance_seconds: float = DEFAULT_TOLERANCE_SECONDS,
 ) -> bool:
-    """True when ``headers`` hold a valid, fresh signature of ``body``.
+    """True when ``headers`` hold a valid, fresh signature of ``body`` and of the id,
+    topic and timestamp headers.
 
     Constant-time comparison; a timestamp further than ``tolerance_seconds``
     from ``now`` (either way) is refused, which bounds replays.
     """
     stamp = headers.get(TIMESTAMP_HEADER, "")
     given = headers.get(SIGNATURE_HEADER, "")
-    if not stamp.isdigit() or not given:
+    finding_id, topic = headers.get(ID_HEADER, ""), headers.get(TOPIC_HEADER, "")
+    if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= 12) or not given or not finding_id or not topic:
         return False
     timestamp = int(stamp)
     current = time.time() if now is None else now
     if abs(current - timestamp) > tolerance_seconds:
         return False
-    return hmac.compare_digest(given.encode(), sign(secret, timestamp, body).encode())
+    try:
+        expected = sign(secret, timestamp, finding_id, topic, body)
+    except ValueError:
+        return False
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode())
+
+
+def redact(text: str, url: str) -> str:
+    """``text`` (an error message) without ``url``'s credentials, query or fragment."""
+    parts = urlsplit(url)
+    text = text.replace(url, safe_url(url))
+    secrets = [parts.query, parts.fragment, parts.netloc if "@" in parts.netloc else "", parts.password or ""]
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return _USERINFO.sub("", text)  # any other URL's user:password@ (another spelling, a redirect)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +147,8 @@ class WebhookSender:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
     ) -> None:
+        if secret is not None and not secret:
+            raise ValueError("an empty webhook secret signs nothing")
         self.session = session
         self.url = url
         self.label = safe_url(url)
@@ -123,7 +163,7 @@ class WebhookSender:
         if self.secret is not None:
             timestamp = int(self.clock())
             headers[TIMESTAMP_HEADER] = str(timestamp)
-            headers[SIGNATURE_HEADER] = sign(self.secret, timestamp, body)
+            headers[SIGNATURE_HEADER] = sign(self.secret, timestamp, finding_id, topic, body)
         return headers
 
     async def deliver(self, finding_id: str, topic: str, body: bytes) -> Delivery:
@@ -133,7 +173,11 @@ class WebhookSender:
         for attempt in range(1, self.policy.max_attempts + 1):
             try:
                 async with self.session.post(
-                    self.url, data=body, headers=self.headers(finding_id, topic, body), timeout=timeout
+                    self.url,
+                    data=body,
+                    headers=self.headers(finding_id, topic, body),
+                    timeout=timeout,
+                    allow_redirects=False,
                 ) as response:
                     status = response.status
                     await response.read()
@@ -144,8 +188,8 @@ class WebhookSender:
                     return Delivery(self.label, False, attempt, status, f"{error}: refused by the receiver")
             except TimeoutError:
                 status, error = None, f"no answer within {self.policy.timeout_seconds:g}s"
-            except aiohttp.ClientError as exc:
-                status, error = None, f"{type(exc).__name__}: {exc}"
+            except (aiohttp.ClientError, ValueError) as exc:  # yarl/aiohttp raise ValueError for some URLs
+                status, error = None, redact(f"{type(exc).__name__}: {exc}", self.url)
             if attempt < self.policy.max_attempts:
                 await self.sleep(self.policy.backoff(attempt, self.rng))
         return Delivery(self.label, False, self.policy.max_attempts, status, f"{error} after {attempt} attempts")

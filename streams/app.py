@@ -143,7 +143,14 @@ def faust_app(settings: Settings, bootstrap: str, *, fast_drain: bool = True) ->
         value_serializer="raw",
         key_serializer="raw",
         web_port=settings.web_port,
+        web_bind=settings.web_host,
         web_enabled=True,
+        # none of Faust's own pages (cluster topology, table contents, statistics): only ours
+        web_router_enabled=False,
+        web_tables_enabled=False,
+        web_stats_enabled=False,
+        web_graph_enabled=False,
+        web_metrics_enabled=False,
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         topic_allow_declare=True,
@@ -261,6 +268,7 @@ def create_app(
         on_commit=_with_crash_hook(tiers.changed, settings.crash_after_commits),
     )
     tiers.state_of = processor.cached_state
+    patches.drop_faust_pages(app)  # the web port serves /healthz, /readyz and /metrics only
     app.fundflow_tiers = tiers  # type: ignore[attr-defined]
     app.fundflow_processor = processor  # type: ignore[attr-defined]
 

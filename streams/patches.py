@@ -10,6 +10,7 @@ cannot silently undo it (and bring back 1.5 s latencies or per-record tasks).
    accessor.
 4. ``BatchIntake``: a channel that takes the records Faust's conductor hands over straight
    into FundFlow's batcher, with no stream and no event object per record.
+5. ``drop_faust_pages``: Faust's web server serves none of its own pages, only ours.
 
 ## 1. Fast drain
 Faust hands every record it fetched to the streams through one call per record:
@@ -194,3 +195,25 @@ class BatchIntake(faust.Topic):
 
     async def put(self, value: Any) -> None:
         await self.batcher.put(value)
+
+
+FAUST_PAGES = "faust.web.apps."  # where faust-streaming keeps its built-in blueprints
+
+
+def drop_faust_pages(app: faust.App) -> None:
+    """Faust's web server mounts its own blueprints next to the app's pages: ``/router/``
+    and ``/table/`` (cluster topology and table contents, unauthenticated), ``/graph/``,
+    the statistics at ``/``, ``/performance/``, and, with statistics off, a production
+    index at ``/``. Settings turn off all but that index (``streams.app`` sets them too);
+    this empties the list of built-ins the web driver will apply when it starts (the
+    private ``BlueprintManager._enabled``), so the worker serves only what FundFlow
+    documents: ``/healthz``, ``/readyz``, ``/metrics``. Call before the worker starts."""
+    manager = app.web.blueprints
+    if manager.applied:
+        raise RuntimeError("Faust's web server already applied its blueprints")
+    manager._enabled = [
+        (prefix, blueprint)
+        for prefix, blueprint in manager._enabled
+        if not (isinstance(blueprint, str) and blueprint.startswith(FAUST_PAGES))
+        and not getattr(blueprint, "__module__", "").startswith(FAUST_PAGES)
+    ]

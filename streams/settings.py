@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     app_id: str = "fundflow"
     key_prefix: str = Field(default="ff", pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="Redis key namespace")
     web_port: int = Field(default=6066, ge=0, le=65535)
+    web_host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="address the worker's --web-port and the relay's --metrics-port listen on "
+        "(the pod IP or 0.0.0.0 to be scraped from another host)",
+    )
     batch_max_events: int = Field(default=500, ge=1, le=100_000)
     batch_within_seconds: float = Field(
         default=0.005, gt=0, le=10, description="longest a batch waits to fill while records queue (idle: no wait)"
@@ -117,6 +123,11 @@ class Settings(BaseSettings):
     webhook_concurrency: int = Field(default=16, ge=1, le=1000, description="POSTs in flight per relay")
     webhook_dedupe_days: int = Field(default=14, ge=1, le=365, description="delivered ids are remembered this long")
     api_tokens: tuple[SecretStr, ...] = ()
+    api_max_streams: int = Field(default=200, ge=1, le=100_000, description="open /alerts/stream per API process")
+    api_max_streams_per_token: int = Field(default=20, ge=1, le=100_000, description="open streams per bearer token")
+    api_stream_heartbeat_seconds: float = Field(
+        default=5.0, gt=0, le=60, description="a comment on a quiet stream this often: a client that left is noticed"
+    )
 
     # --- fault injection (reliability tests; never set in production) -------
     crash_after_commits: int = Field(
@@ -162,6 +173,8 @@ def safe_url(url: str) -> str:
     """``url`` without credentials, query or fragment: fit for logs and dead letters."""
     parts = urlsplit(url)
     host = parts.hostname or ""
+    if ":" in host:  # an IPv6 address keeps its brackets
+        host = f"[{host}]"
     if parts.port:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))

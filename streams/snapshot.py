@@ -60,10 +60,29 @@ def customer_row(state: CustomerState, as_of_us: int, settings: Settings) -> dic
     }
 
 
+AS_OF_YEARS = (1970, 2100)  # the years an as_of may name (UTC and in its own offset)
+
+
 def parse_as_of(text: str) -> int:
-    moment = dt.datetime.fromisoformat(text)
+    """An RFC 3339 time with an offset, in ``AS_OF_YEARS``, as epoch microseconds.
+    Anything else is a ``ValueError`` with one line that says why without quoting the
+    input (it goes to API clients and logs), never an ``OverflowError`` later."""
+    shape = "as_of must be an RFC 3339 time with an offset, e.g. 1994-03-31T23:59:59+08:00"
+    if not text.isascii():
+        raise ValueError(shape)
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(shape) from None
     if moment.tzinfo is None:
-        raise ValueError("--as-of needs an offset, e.g. 1994-03-31T23:59:59+08:00")
+        raise ValueError(shape)
+    first, last = AS_OF_YEARS
+    try:
+        utc_year = moment.astimezone(dt.UTC).year
+    except OverflowError:
+        utc_year = 0
+    if not (first <= moment.year <= last and first <= utc_year <= last):
+        raise ValueError(f"as_of must be in the years {first} to {last}")
     return to_us(moment)
 
 

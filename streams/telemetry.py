@@ -8,9 +8,9 @@ on ``/metrics``.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 if TYPE_CHECKING:
     from streams.pipeline import BatchReport
@@ -54,6 +54,11 @@ API_SECONDS = Histogram(
     "fundflow_api_request_seconds", "API request time by route pattern", ["route"], buckets=LATENCY_BUCKETS_S
 )
 API_STREAMS = Gauge("fundflow_api_open_streams", "Open /alerts/stream connections")
+API_STREAMS_LIMITED = Counter(
+    "fundflow_api_streams_limited_total",
+    "Live streams refused at a cap (token: per-token cap, server: total cap) or ended for reading too slowly (slow)",
+    ["why"],
+)
 API_READY = Gauge("fundflow_api_ready", "1 when the last /readyz found Kafka and Redis reachable")
 DEPENDENCY_UP = Gauge("fundflow_dependency_up", "1 when the last check reached it (redis, kafka)", ["dependency"])
 TIER_CUSTOMERS = Gauge("fundflow_tier_customers", "Customers per contribution tier", ["tier"])
@@ -79,3 +84,11 @@ def record_batch(report: BatchReport) -> None:
 def observe_latencies(latencies_ms: Iterable[int]) -> None:
     for ms in latencies_ms:
         E2E_LATENCY.observe(ms / 1000)
+
+
+def serve_metrics(port: int, host: str) -> Any:
+    """``/metrics`` on ``host:port`` in a daemon thread (the relay's ``--metrics-port``).
+    ``host`` is ``FUNDFLOW_WEB_HOST``: 127.0.0.1 unless told (prometheus_client's own
+    default is every interface). Returns the server (``server_address``, ``shutdown()``)."""
+    server, _ = start_http_server(port, addr=host)
+    return server

@@ -165,7 +165,12 @@ async def distribution(redis: aioredis.Redis, keys: Any, top: int = 10) -> dict[
     """Tier counts, cut points and the top customers by contribution (for ``fundflow tiers`` and the API)."""
     cuts, info = await read_cuts(redis, keys)
     n = int(await redis.zcard(keys.tiers))
-    leaders = cast(list[tuple[bytes, float]], await redis.zrevrange(keys.tiers, 0, top - 1, withscores=True))
+    # top <= 0 lists nobody (ZREVRANGE 0 -1 would be every customer)
+    leaders = (
+        cast(list[tuple[bytes, float]], await redis.zrevrange(keys.tiers, 0, top - 1, withscores=True))
+        if top > 0
+        else []
+    )
     exact = cast(list[bytes | None], await redis.hmget(keys.tier_values, [m for m, _ in leaders]) if leaders else [])
     counts = await tier_counts(redis, keys, cuts)
     return {

@@ -176,25 +176,44 @@ def openapi_document(version: str) -> dict[str, Any]:
         }
 
     customer = {"name": "customer_id", "in": "path", "required": True, "schema": {"type": "string"}}
-    as_of = {"name": "as_of", "in": "query", "schema": {"type": "string"}, "description": "RFC 3339, >= last event"}
+    as_of = {
+        "name": "as_of",
+        "in": "query",
+        "schema": {"type": "string"},
+        "description": "RFC 3339 with an offset, >= the last event, years 1970..2100",
+    }
+    bad = {"400": {"description": "a parameter out of its documented range", "content": _error}}
     filters = [
         {"name": name, "in": "query", "schema": {"type": "string"}}
         for name in ("rule", "category", "customer", "severity", "type")
     ]
     limit = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}
+    stream_id = {
+        "type": "string",
+        "pattern": r"^[0-9]{1,20}(-[0-9]{1,20})?$",
+        "description": "a feed id, <= 2^64-1 each",
+    }
     customer_paths = {
         "/customers/{customer_id}": {
             "get": {
                 "summary": "a customer's live metrics, segments, contribution and tier",
                 "parameters": [customer, as_of],
-                "responses": {**ok("Customer", "the customer"), "404": {"description": "unknown", "content": _error}},
+                "responses": {
+                    **ok("Customer", "the customer"),
+                    **bad,
+                    "404": {"description": "unknown", "content": _error},
+                },
             }
         },
         "/customers/{customer_id}/history": {
             "get": {
                 "summary": "end-of-day balance and flows for each kept day (up to 90)",
                 "parameters": [customer, as_of],
-                "responses": {**ok("History", "one row per day"), "404": {"description": "unknown", "content": _error}},
+                "responses": {
+                    **ok("History", "one row per day"),
+                    **bad,
+                    "404": {"description": "unknown", "content": _error},
+                },
             }
         },
     }
@@ -212,7 +231,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                 "get": {
                     "summary": "recent findings, newest first",
                     "parameters": [*filters, limit],
-                    "responses": ok("Alerts", "matching findings"),
+                    "responses": {**ok("Alerts", "matching findings"), **bad},
                 }
             },
             "/alerts/stream": {
@@ -220,17 +239,32 @@ def openapi_document(version: str) -> dict[str, Any]:
                     "summary": "live findings as Server-Sent Events (event: finding, data: a Finding)",
                     "parameters": [
                         *filters,
-                        {"name": "since", "in": "query", "schema": {"type": "string"}},
-                        {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
+                        {"name": "since", "in": "query", "schema": stream_id},
+                        {"name": "Last-Event-ID", "in": "header", "schema": stream_id},
                     ],
-                    "responses": {"200": {"description": "text/event-stream of Finding objects"}},
+                    "responses": {
+                        "200": {
+                            "description": "text/event-stream of Finding objects (event: finding); a failure "
+                            "after the headers ends it with one event: error"
+                        },
+                        **bad,
+                        "429": {"description": "too many open streams for this token", "content": _error},
+                        "503": {"description": "too many open streams on this server", "content": _error},
+                    },
                 }
             },
             "/tiers": {
                 "get": {
                     "summary": "客户分层: tier counts, cut points, top customers",
-                    "parameters": [{"name": "top", "in": "query", "schema": {"type": "integer"}}],
-                    "responses": ok("Tiers", "the distribution"),
+                    "parameters": [
+                        {
+                            "name": "top",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 0, "maximum": 100, "default": 10},
+                            "description": "how many top customers to list; 0 lists none",
+                        }
+                    ],
+                    "responses": {**ok("Tiers", "the distribution"), **bad},
                 }
             },
             "/healthz": {

@@ -20,15 +20,29 @@ tokens never travel in URLs or logs).
 | ``GET /metrics`` | Prometheus |
 | ``GET /openapi.json`` | the OpenAPI document (``streams.api.models``) |
 
+Query parameters are validated in one place (``streams.api.params``): a value
+outside the documented range is a 400 with one line. Live streams share one Redis
+reader per process (``streams.api.feed``) and are capped per token
+(``FUNDFLOW_API_MAX_STREAMS_PER_TOKEN``, 429) and in total
+(``FUNDFLOW_API_MAX_STREAMS``, 503); a client that left is noticed at the next
+heartbeat (``FUNDFLOW_API_STREAM_HEARTBEAT_SECONDS``).
+
 What can go wrong: Redis down -> data endpoints answer 503 with one line,
-``/readyz`` says which dependency failed; the process stays up.
+``/readyz`` says which dependency failed; the process stays up. Anything
+unexpected is ONE error path (``guard``): logged with a request id, answered 500
+with that id and no traceback; after a stream's headers were sent it ends the
+stream with ``event: error`` instead (never a second response inside the first).
+Every response carries ``X-Request-Id``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
+import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
@@ -44,13 +58,15 @@ from rules.metrics import daily_history
 from rules.money import money
 from rules.state import CustomerState
 from streams import __version__, telemetry
+from streams.api import params
+from streams.api.feed import READ_COUNT, FeedHub, Subscription, TooManyStreams
 from streams.api.models import openapi_document
 from streams.clients import connect
 from streams.errors import ConfigError
 from streams.health import readiness
 from streams.keys import Keys
 from streams.settings import Settings
-from streams.snapshot import customer_row, iso, parse_as_of
+from streams.snapshot import customer_row, iso
 from streams.store import StateStore
 from streams.tiers import distribution, read_cuts
 
@@ -58,13 +74,18 @@ CONSOLE_DIR = Path(__file__).parent / "console"
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/", "/favicon.ico"})
 FILTERS = ("rule", "category", "customer_id", "severity", "type")
 FEED_SCAN = 5000  # newest feed entries /alerts looks through when filtering
-STREAM_BLOCK_MS = 2000
-KEEPALIVE_SECONDS = 15.0
+ANONYMOUS = "anonymous"  # the stream quota's name for requests without a token (--demo)
+
+log = logging.getLogger(__name__)
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", StateStore)
 TOKENS = web.AppKey("tokens", tuple)
 BOOTSTRAP = web.AppKey("bootstrap", str)
+HUB = web.AppKey("hub", FeedHub)
+REQUEST_ID = web.RequestKey("request_id", str)
+TOKEN_NAME = web.RequestKey("token", str)  # which configured token (by position) authenticated the request
+STREAM = web.RequestKey("stream", web.StreamResponse)  # the StreamResponse of /alerts/stream
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -84,58 +105,79 @@ def _route(request: web.Request) -> str:
 
 
 @web.middleware
-async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one error path and the request metrics: 400 for a refused parameter, 503 for
+    Redis, a logged 500 with a request id (and no traceback) for anything else."""
     started = time.perf_counter()
-    status = 500
+    request_id = uuid.uuid4().hex[:16]
+    request[REQUEST_ID] = request_id
+    response: web.StreamResponse
     try:
         response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
+    except web.HTTPException as exc:  # aiohttp's own: 404 for an unknown path, 405
+        exc.headers["X-Request-Id"] = request_id
+        _count(request, exc.status, started)
         raise
+    except params.BadRequest as exc:
+        log.info("request %s %s: 400 %s", request_id, _route(request), exc)
+        response = _error(400, str(exc))
     except RedisError as exc:
-        status = 503
         telemetry.REDIS_ERRORS.labels("api").inc()
-        return _error(503, f"Redis unavailable: {type(exc).__name__}")
-    finally:
-        route = _route(request)
-        telemetry.API_REQUESTS.labels(route, str(status)).inc()
-        telemetry.API_SECONDS.labels(route).observe(time.perf_counter() - started)
+        log.warning("request %s %s: Redis unavailable: %s", request_id, _route(request), type(exc).__name__)
+        response = await _failed(request, 503, f"Redis unavailable: {type(exc).__name__}")
+    except Exception:
+        log.exception("request %s %s failed", request_id, _route(request))
+        response = await _failed(request, 500, "internal error")
+    if not response.prepared:
+        response.headers["X-Request-Id"] = request_id
+    _count(request, response.status, started)
+    return response
+
+
+def _count(request: web.Request, status: int, started: float) -> None:
+    route = _route(request)
+    telemetry.API_REQUESTS.labels(route, str(status)).inc()
+    telemetry.API_SECONDS.labels(route).observe(time.perf_counter() - started)
+
+
+async def _failed(request: web.Request, status: int, message: str) -> web.StreamResponse:
+    """The answer to a failure: a JSON error, or, when a stream already sent its headers,
+    an ``event: error`` that ends it (a second status line would corrupt the response)."""
+    request_id = request[REQUEST_ID]
+    stream = cast(web.StreamResponse | None, request.get(STREAM))
+    if stream is not None and stream.prepared:
+        data = orjson.dumps({"error": message, "request_id": request_id})
+        with contextlib.suppress(ConnectionError, RuntimeError):  # the client may be gone already
+            await stream.write(b"event: error\ndata: %s\n\n" % data)
+        return stream
+    return _json({"error": message, "request_id": request_id}, status)
 
 
 @web.middleware
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     tokens: tuple[bytes, ...] = request.app[TOKENS]
     if not tokens or request.path in OPEN_PATHS or request.path.startswith("/console/"):
+        request[TOKEN_NAME] = ANONYMOUS
         return await handler(request)
-    header = request.headers.get("Authorization", "")
-    given = header[7:].strip().encode() if header[:7].lower() == "bearer " else b""
-    match = False
-    for token in tokens:  # every token compared, in constant time: no early exit to time
-        match |= hmac.compare_digest(given, token)
-    if not match:
+    given = params.bearer(request.headers.get("Authorization", "")) or b""
+    matched = -1
+    for i, token in enumerate(tokens):  # every token compared, in constant time: no early exit to time
+        if hmac.compare_digest(given, token):
+            matched = i
+    if matched < 0:
         response = _error(401, "missing or wrong bearer token")
         response.headers["WWW-Authenticate"] = 'Bearer realm="fundflow"'
         return response
+    request[TOKEN_NAME] = f"token-{matched}"
     return await handler(request)
 
 
 def _as_of(request: web.Request, last_us: int | None) -> int:
-    text = request.query.get("as_of")
-    if not text:
+    as_of = params.as_of(request.query)
+    if as_of is None:
         return last_us or 0
-    try:
-        as_of = parse_as_of(text)
-    except ValueError as exc:
-        raise web.HTTPBadRequest(
-            text=orjson.dumps({"error": f"as_of: {exc}"}).decode(), content_type="application/json"
-        ) from None
     if last_us is not None and as_of < last_us:
-        raise web.HTTPBadRequest(
-            text=orjson.dumps({"error": "as_of is before the customer's latest event"}).decode(),
-            content_type="application/json",
-        )
+        raise params.BadRequest("as_of is before the customer's latest event")
     return as_of
 
 
@@ -173,7 +215,6 @@ async def get_history(request: web.Request) -> web.Response:
         }
         for row in daily_history(state, as_of, settings.zone)
     ]
-
     return _json({"customer_id": state.customer_id, "as_of": iso(as_of, settings), "days": days})
 
 
@@ -188,18 +229,9 @@ def _matches(finding: dict[str, Any], wanted: dict[str, str]) -> bool:
     return all(finding.get(name) == value for name, value in wanted.items())
 
 
-def _limit(request: web.Request, default: int = 100, most: int = 1000) -> int:
-    text = request.query.get("limit", str(default))
-    if not text.isdigit() or not 1 <= int(text) <= most:
-        raise web.HTTPBadRequest(
-            text=orjson.dumps({"error": f"limit must be 1..{most}"}).decode(), content_type="application/json"
-        )
-    return int(text)
-
-
 async def get_alerts(request: web.Request) -> web.Response:
     store = request.app[STORE]
-    wanted, limit = _wanted(request), _limit(request)
+    wanted, limit = _wanted(request), params.integer(request.query, "limit", params.LIMIT)
     found: list[dict[str, Any]] = []
     cursor: str | None = None
     redis = store.redis
@@ -233,64 +265,93 @@ def _loads(raw: bytes) -> dict[str, Any] | None:
 
 
 async def stream_alerts(request: web.Request) -> web.StreamResponse:
-    store = request.app[STORE]
+    settings, hub = request.app[SETTINGS], request.app[HUB]
     wanted = _wanted(request)
-    last = request.headers.get("Last-Event-ID") or request.query.get("since") or "$"
-    if last != "$" and not _valid_stream_id(last):
-        return _error(400, "since / Last-Event-ID must be a feed id like 1700000000000-0")
+    given = request.headers.get("Last-Event-ID") or request.query.get("since")
+    since = params.stream_id(given) if given else None
+    try:
+        subscription = await hub.subscribe(request[TOKEN_NAME])
+    except TooManyStreams as exc:
+        log.info("request %s: stream refused: %s", request[REQUEST_ID], exc)
+        telemetry.API_STREAMS_LIMITED.labels("token" if exc.per_token else "server").inc()
+        refused = _error(429 if exc.per_token else 503, str(exc))
+        refused.headers["Retry-After"] = "5"
+        return refused
     response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    )
-    await response.prepare(request)
-    if last == "$":  # pin "now" to a concrete id so nothing between two reads is skipped
-        newest = cast(list[Any], await store.redis.xrevrange(store.keys.feed, count=1))
-        last = newest[0][0].decode() if newest else "0-0"
-    await response.write(b"retry: 2000\n: connected\n\n")
-    quiet_since = time.monotonic()
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+                 "X-Request-Id": request[REQUEST_ID]}
+    )  # fmt: skip
+    request[STREAM] = response
     telemetry.API_STREAMS.inc()
     try:
-        while True:
-            try:
-                replies = cast(
-                    list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]],
-                    await store.redis.xread({store.keys.feed: last}, count=200, block=STREAM_BLOCK_MS),
-                )
-            except RedisError:
-                await response.write(b": redis unavailable, retrying\n\n")
-                await asyncio.sleep(1)
-                continue
-            chunks = []
-            for _, entries in replies or []:
-                for entry_id, fields in entries:
-                    last = entry_id.decode()
-                    raw = fields.get(b"v", b"")
-                    finding = _loads(raw)
-                    if finding is not None and _matches(finding, wanted):
-                        chunks.append(b"id: %s\nevent: finding\ndata: %s\n\n" % (entry_id, raw))
-            if chunks:
-                await response.write(b"".join(chunks))
-                quiet_since = time.monotonic()
-            elif time.monotonic() - quiet_since > KEEPALIVE_SECONDS:
-                await response.write(b": keepalive\n\n")
-                quiet_since = time.monotonic()
-    except (ConnectionResetError, asyncio.CancelledError):
+        await response.prepare(request)
+        await response.write(b"retry: 2000\n: connected\n\n")
+        await _follow(response, hub, subscription, since, wanted, settings.api_stream_heartbeat_seconds)
+    except ConnectionResetError:  # the client left: noticed at the latest by the next heartbeat
         pass
     finally:
+        hub.unsubscribe(subscription)
         telemetry.API_STREAMS.dec()
     return response
 
 
-def _valid_stream_id(text: str) -> bool:
-    head, _, tail = text.partition("-")
-    return head.isdigit() and (tail == "" or tail.isdigit()) and len(text) <= 41
+async def _follow(
+    response: web.StreamResponse,
+    hub: FeedHub,
+    subscription: Subscription,
+    since: str | None,
+    wanted: dict[str, str],
+    heartbeat: float,
+) -> None:
+    """Write the feed after ``since`` (read back with paged XRANGE up to where the live
+    subscription began), then the live entries, with a comment every ``heartbeat``
+    seconds of silence: a write to a client that left fails, and that ends the stream."""
+    position = params.parse_stream_id(since or subscription.start)
+    if since is not None:
+        after = since
+        while True:
+            entries = await hub.history(after, subscription.start)
+            await response.write(_events(entries, wanted, position))
+            if len(entries) < READ_COUNT:
+                break
+            after = entries[-1][0].decode()
+            position = params.parse_stream_id(after)
+    written = time.monotonic()
+    while not (subscription.overflowed and subscription.queue.empty()):
+        try:
+            entries = [await asyncio.wait_for(subscription.queue.get(), heartbeat)]
+        except TimeoutError:
+            entries = []
+        while not subscription.queue.empty():
+            entries.append(subscription.queue.get_nowait())
+        chunk = _events(entries, wanted, position)
+        if entries:
+            position = max(position, params.parse_stream_id(entries[-1][0].decode()))
+        if not chunk and time.monotonic() - written >= heartbeat:
+            chunk = b": keepalive\n\n"
+        if chunk:
+            await response.write(chunk)
+            written = time.monotonic()
+    telemetry.API_STREAMS_LIMITED.labels("slow").inc()
+    error = orjson.dumps({"error": "the client reads too slowly; resume with Last-Event-ID"})
+    await response.write(b"event: error\ndata: %s\n\n" % error)
+
+
+def _events(entries: list[tuple[bytes, bytes]], wanted: dict[str, str], after: tuple[int, int]) -> bytes:
+    """The SSE text of the entries past ``after`` that match the filters."""
+    chunks = []
+    for entry_id, raw in entries:
+        if params.parse_stream_id(entry_id.decode()) <= after:
+            continue
+        finding = _loads(raw)
+        if finding is not None and _matches(finding, wanted):
+            chunks.append(b"id: %s\nevent: finding\ndata: %s\n\n" % (entry_id, raw))
+    return b"".join(chunks)
 
 
 async def get_tiers(request: web.Request) -> web.Response:
     store = request.app[STORE]
-    text = request.query.get("top", "10")
-    if not text.isdigit() or not 0 <= int(text) <= 100:
-        return _error(400, "top must be 0..100")
-    top = int(text)
+    top = params.integer(request.query, "top", params.TOP)
     return _json(await distribution(store.redis, store.keys, top))
 
 
@@ -325,13 +386,21 @@ def create_api(settings: Settings, redis_url: str, bootstrap: str, *, demo: bool
     if not tokens and not demo:
         raise ConfigError("no FUNDFLOW_API_TOKENS configured: refusing to serve customer data without access control "
                           "(pass --demo for a local demo)")  # fmt: skip
-    app = web.Application(middlewares=[observe, authenticate], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[guard, authenticate], client_max_size=64 * 1024)
     app[SETTINGS] = settings
     app[TOKENS] = tokens
     app[BOOTSTRAP] = bootstrap
-    app[STORE] = StateStore(connect(redis_url, settings.redis_cluster), Keys(settings.key_prefix))
+    store = StateStore(connect(redis_url, settings.redis_cluster), Keys(settings.key_prefix))
+    app[STORE] = store
+    app[HUB] = FeedHub(
+        store.redis,
+        store.keys.feed,
+        max_streams=settings.api_max_streams,
+        max_per_token=settings.api_max_streams_per_token,
+    )
 
     async def close_redis(app: web.Application) -> None:
+        await app[HUB].close()
         await app[STORE].redis.aclose()
 
     app.on_cleanup.append(close_redis)
@@ -355,6 +424,9 @@ def create_api(settings: Settings, redis_url: str, bootstrap: str, *, demo: bool
 
 def run_api(settings: Settings, redis_url: str, bootstrap: str, host: str, port: int, demo: bool) -> int:
     app = create_api(settings, redis_url, bootstrap, demo=demo)
+    # refused parameters and streams (INFO), Redis failures (WARNING), 500s with their
+    # traceback (ERROR), each with its request id; never a token, never a query value
+    logging.getLogger(__name__).setLevel(logging.INFO)
     print(f"FundFlow API and console on http://{host}:{port}/  (API docs: /openapi.json)", flush=True)
     web.run_app(app, host=host, port=port, print=None, access_log=None)
     return 0

@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-from prometheus_client import start_http_server
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from alerts.relay import run_relay
+from alerts.relay import relay_secret, run_relay
 from alerts.tail import TailFilter, tail
 from rules.config import RulesConfig, load_rules
 from streams import topics
@@ -33,6 +32,7 @@ from streams.cli.commands import run_snapshot, show_customer, show_tiers
 from streams.errors import ConfigError, FundFlowError
 from streams.local.servers import run_stack
 from streams.settings import Settings, safe_url
+from streams.telemetry import serve_metrics
 from streams.tools.backtest import run_backtest
 from streams.tools.berka import convert_berka
 from streams.tools.demo import run_demo
@@ -235,15 +235,9 @@ def webhook(urls: tuple[str, ...], topic: str, group: str | None, metrics_port: 
     config = settings()
     bootstrap, redis_url = servers(config)
     receivers = list(urls or config.webhook_urls)
-    if not receivers:
-        raise ConfigError("no receivers: give --url URL or set FUNDFLOW_WEBHOOK_URLS")
-    for url in receivers:
-        if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"receiver URL must be http:// or https://: {safe_url(url)!r}")
-    if config.webhook_secret is None:
-        raise ConfigError("FUNDFLOW_WEBHOOK_SECRET not set: receivers could not verify who is calling")
+    relay_secret(config, receivers)  # start-up checks: receivers, secret (one line, no credential)
     if metrics_port:
-        start_http_server(metrics_port)
+        serve_metrics(metrics_port, config.web_host)
     logging.getLogger("alerts").setLevel(logging.WARNING)
     chosen = finding_topics(topic)
     click.echo(f"relaying {', '.join(chosen)} to {', '.join(safe_url(u) for u in receivers)}")

@@ -197,6 +197,17 @@ async def test_customer_show_and_tiers_read_live_state(redis_url: str, tmp_path:
     assert len((tmp_path / "s.jsonl").read_text().splitlines()) == 8
 
 
+async def test_an_as_of_out_of_range_is_one_line_not_a_traceback(redis_url: str, tmp_path: Path) -> None:
+    """Issue 20 row 11: year 9999 (or 1) used to overflow in the bank's zone: a traceback."""
+    await _store_customers(redis_url, "cli")
+    env = {"FUNDFLOW_REDIS_URL": redis_url, "FUNDFLOW_KEY_PREFIX": "cli"}
+    for as_of in ("9999-12-31T16:00:00+00:00", "0001-01-01T00:00:00+08:00"):
+        shown = fundflow("customer", "show", "C0003", "--as-of", as_of, **env)
+        assert_one_line_error(shown, 1, "as_of must be in the years 1970 to 2100")
+        snapshot = fundflow("snapshot", "--out", str(tmp_path / "s.jsonl"), "--as-of", as_of, **env)
+        assert_one_line_error(snapshot, 1, "as_of must be in the years 1970 to 2100")
+
+
 @pytest.mark.parametrize("arg", ["--rounds", "--events"])
 def test_bench_refuses_zero_rounds_or_events(tmp_path: Path, arg: str) -> None:
     result = subprocess.run(

@@ -167,3 +167,15 @@ def test_k8s_rules_are_the_repo_rules_and_secrets_hold_no_values() -> None:
     assert "secret.example.yaml" not in kustomization["resources"]
     for value in example["stringData"].values():
         assert "<" in value, "the example Secret must hold placeholders only"
+
+
+def test_non_api_ports_are_told_where_to_listen() -> None:
+    """Issue 20 row 13: the worker's web port and the relay's metrics port bind 127.0.0.1
+    by default; the manifests that are scraped from elsewhere set FUNDFLOW_WEB_HOST."""
+    for name in ("worker-1", "worker-2", "webhook"):
+        assert SERVICES[name]["environment"]["FUNDFLOW_WEB_HOST"] == "0.0.0.0", name
+    deployments = {d["metadata"]["name"]: d for d in k8s_documents() if d["kind"] == "Deployment"}
+    for name in ("fundflow-worker", "fundflow-webhook"):
+        (container,) = deployments[name]["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e for e in container.get("env", [])}
+        assert env["FUNDFLOW_WEB_HOST"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP", name

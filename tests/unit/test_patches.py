@@ -22,6 +22,7 @@ from faust.transport.conductor import ConductorCompiler
 from faust.transport.consumer import Consumer
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage, Message
+from faust.web import base as web_base
 from mode import Service
 from mode.utils.queues import FlowControlEvent
 
@@ -198,3 +199,47 @@ def test_faust_still_hands_records_to_channels_as_the_intake_assumes() -> None:
     assert "self.clear()" in inspect.getsource(FlowControlEvent.resume)
     assert "on_final_ack" in inspect.getsource(Message.ack)
     assert "consumer.ack(self)" in inspect.getsource(ConsumerMessage.on_final_ack)
+
+
+def test_faust_still_lists_its_own_pages_where_drop_faust_pages_looks() -> None:
+    """``drop_faust_pages`` empties the private ``BlueprintManager._enabled`` of every built-in
+    blueprint (all named under ``faust.web.apps.``) before the web driver applies it. An
+    upgrade that renames, moves or adds a built-in page elsewhere must fail here."""
+    built_in = [
+        *web_base.DEFAULT_BLUEPRINTS,
+        *web_base.PRODUCTION_BLUEPRINTS,
+        *web_base.DEBUG_BLUEPRINTS,
+        *web_base.OPTIONAL_BLUEPRINTS,
+    ]
+    assert {bp for _, bp in built_in} == {
+        "faust.web.apps.router:blueprint",
+        "faust.web.apps.tables.blueprint",
+        "faust.web.apps.production_index:blueprint",
+        "faust.web.apps.graph:blueprint",
+        "faust.web.apps.stats:blueprint",
+        "faust.web.apps.metrics:blueprint",
+    }
+    assert all(isinstance(bp, str) and bp.startswith(patches.FAUST_PAGES) for _, bp in built_in)
+    source = inspect.getsource(web_base.BlueprintManager.apply)
+    assert "for prefix, blueprint in self._enabled:" in source
+
+
+def test_drop_faust_pages_leaves_no_built_in_page_and_refuses_once_applied() -> None:
+    app = faust_app(Settings(), "127.0.0.1:1")
+    stock = app.web.blueprints._enabled
+    assert ("", "faust.web.apps.production_index:blueprint") in stock  # no setting turns this one off
+    app.web.blueprints.add("/ours", "tests.unit.test_patches:OURS")  # a blueprint of our own would stay
+    patches.drop_faust_pages(app)
+    assert app.web.blueprints._enabled == [("/ours", "tests.unit.test_patches:OURS")]
+    app.web.blueprints.applied = True
+    with pytest.raises(RuntimeError, match="already applied"):
+        patches.drop_faust_pages(app)
+
+
+def test_the_worker_app_turns_faust_pages_off_and_binds_loopback() -> None:
+    conf = faust_app(Settings(), "127.0.0.1:1").conf
+    assert conf.web_bind == "127.0.0.1"
+    assert not any(
+        (conf.web_router_enabled, conf.web_tables_enabled, conf.web_stats_enabled, conf.web_graph_enabled,
+         conf.web_metrics_enabled)
+    )  # fmt: skip

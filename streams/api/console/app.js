@@ -98,13 +98,15 @@ async function follow(since) {
         while ((cut = buffer.indexOf("\n\n")) >= 0) {
           const block = buffer.slice(0, cut);
           buffer = buffer.slice(cut + 2);
-          let data = null, id = null;
+          let data = null, id = null, event = "message";
           for (const line of block.split("\n")) {
             if (line.startsWith("data: ")) data = line.slice(6);
             else if (line.startsWith("id: ")) id = line.slice(4);
+            else if (line.startsWith("event: ")) event = line.slice(7);
           }
           if (id) last = id;
-          if (data) addLive(JSON.parse(data));
+          if (data && event === "finding") addLive(JSON.parse(data));
+          // event: error ends the stream; the loop below reconnects from `last`
         }
       }
     } catch (err) {
