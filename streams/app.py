@@ -30,6 +30,7 @@ from streams import patches, telemetry
 from streams.batcher import run_batched
 from streams.clients import connect
 from streams.deadletter import RawRecord
+from streams.decode import TimeBounds
 from streams.errors import TransientError
 from streams.health import readiness
 from streams.keys import Keys
@@ -213,9 +214,11 @@ def create_app(
         step,
         emitter or FaustEmitter(app),
         max_event_bytes=settings.max_event_bytes,
+        bounds=TimeBounds(settings.event_time_earliest, settings.event_time_max_skew_seconds),
         cache_size=settings.cache_customers,
         retry_initial=settings.retry_initial_seconds,
         retry_max=settings.retry_max_seconds,
+        stalled_after_seconds=settings.stalled_after_seconds,
         on_commit=_with_crash_hook(tiers.changed, settings.crash_after_commits),
     )
     tiers.state_of = processor.cached_state
@@ -262,9 +265,14 @@ def create_app(
 
     @app.page("/readyz")
     async def _readyz(web: Any, request: Any) -> Any:
-        """Kafka and Redis reachable (503 and which one, if not): an outage shows here and in
-        fundflow_dependency_up while the agent waits and retries."""
+        """Kafka and Redis reachable, and no input partition stalled (503 and which, if
+        not): an outage shows here and in fundflow_dependency_up while the agent waits and
+        retries, a batch retried for FUNDFLOW_STALLED_AFTER_SECONDS also in
+        fundflow_partition_stalled."""
         ready, checks = await readiness(redis, bootstrap)
+        stalled = processor.stalled_partitions()
+        checks["progress"] = f"stalled: {', '.join(stalled)}" if stalled else "ok"
+        ready = ready and not stalled
         return web.json({"status": "ready" if ready else "not_ready", "checks": checks}, status=200 if ready else 503)
 
     @app.timer(5.0)  # type: ignore[untyped-decorator]
