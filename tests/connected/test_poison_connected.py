@@ -1,0 +1,66 @@
+"""Issue 20, end to end: a real ``fundflow worker`` process fed two poison pills amid
+valid traffic (a 1,000,000-byte record of valid JSON plus padding, and a ts in year 1
+that the state step cannot convert to the bank's time zone) applies every valid event,
+dead-letters the two in publishable dead letters, keeps its consumer lag at zero, stays
+ready, and stops within 10 s on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from streams.local.orchestra import read_topic
+from streams.topics import DLQ
+from tests import eventgen
+from tests.connected.test_reliability import Scenario, http_get
+
+pytestmark = [pytest.mark.slow, pytest.mark.connected]
+
+
+def poison_pills() -> list[bytes]:
+    base = {
+        "customer_id": "C0003",
+        "account_id": "A0003",
+        "direction": "credit",
+        "amount": "10.00",
+    }
+    oversized = orjson.dumps({**base, "txn_id": "P-big", "ts": "2024-01-05T09:00:00+08:00", "pad": ""})
+    oversized = oversized[:-2] + b"x" * (1_000_000 - len(oversized)) + b'"}'
+    assert len(oversized) == 1_000_000 and isinstance(orjson.loads(oversized), dict)
+    year_one = orjson.dumps({**base, "txn_id": "P-year-1", "ts": "0001-01-01T00:00:00+08:00"})
+    return [oversized, year_one]
+
+
+def test_poison_pills_are_dead_letters_and_the_worker_keeps_going_and_stops_cleanly(tmp_path: Path) -> None:
+    workload = eventgen.lines(eventgen.transactions(customers=12, per_customer=25, seed=20))
+    pills = poison_pills()
+    third = len(workload) // 3
+    mixed = [*workload[:third], pills[0], *workload[third : 2 * third], pills[1], *workload[2 * third :]]
+    with Scenario(tmp_path) as scenario:
+        worker = scenario.run.start_worker()
+        asyncio.run(scenario.produce(mixed))
+        asyncio.run(scenario.run.wait_caught_up(len(mixed), timeout=120))  # every offset committed: lag 0
+        lags = asyncio.run(scenario.run.lag())
+        assert lags and all(v == 0 for v in lags.values())
+        assert scenario.applied_total() == len(workload)  # every valid event, once
+
+        letters = asyncio.run(read_topic(scenario.settings, scenario.run.bootstrap, DLQ))
+        assert sorted(orjson.loads(v)["reason"] for v in letters) == ["implausible_timestamp", "too_large"]
+        assert all(len(v) < 100_000 for v in letters)  # far under any topic's 1 MiB
+        big = next(orjson.loads(v) for v in letters if orjson.loads(v)["reason"] == "too_large")
+        assert big["value_bytes"] == 1_000_000 and big["value_truncated"] is True
+
+        status, body = http_get(f"http://127.0.0.1:{scenario.run.web_ports[0]}/readyz")
+        assert status == 200 and body["checks"]["progress"] == "ok", body
+        _, metrics = http_get(f"http://127.0.0.1:{scenario.run.web_ports[0]}/metrics")
+        assert 'fundflow_dead_letters_total{reason="too_large"} 1.0' in metrics
+        assert 'fundflow_dead_letters_total{reason="implausible_timestamp"} 1.0' in metrics
+
+        started = time.monotonic()
+        scenario.run.stop_worker(worker, timeout=30)
+        assert time.monotonic() - started < 10, "SIGTERM took too long"
+        assert worker.returncode is not None and worker.returncode != -9
