@@ -109,8 +109,11 @@ def _surely_unique_keys(value: bytes, obj: dict[str, Any]) -> bool:
     (~0.2 µs); otherwise a flat object whose every key is followed directly by ``:``
     writes ``":`` at least once per key token, so as often as it has distinct keys only
     if no key repeats (~1 µs)."""
-    if orjson.dumps(obj) == value:
-        return True
+    try:
+        if orjson.dumps(obj) == value:
+            return True
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes (it reads deeper): be exact
+        return False
     return (
         value.count(b'":') == len(obj)
         and value.count(b"{") == 1

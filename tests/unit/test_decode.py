@@ -19,7 +19,9 @@ from rules.events import LoanEvent, TransactionEvent
 from streams.deadletter import MAX_DEAD_LETTER_BYTES, VALUE_PREFIX_BYTES, RawRecord, dead_letter
 from streams.decode import TimeBounds, decode
 from streams.errors import InvalidEvent
+from streams.tools.replay import route
 from streams.topics import LOANS, TRANSACTIONS
+from tests import eventgen, malformed
 
 GOOD = {
     "txn_id": "t-1",
@@ -307,3 +309,18 @@ def test_a_dead_letter_is_bounded_whatever_the_record() -> None:
     assert (letter["topic"], letter["partition"], letter["offset"], letter["timestamp_ms"]) == (TRANSACTIONS, 3, 7, 5)
     small = orjson.loads(dead_letter(RawRecord(TRANSACTIONS, 0, 1, None, b"{}", None), "not_an_object", "x", 1))
     assert small["value_truncated"] is False and small["key_b64"] is None and small["key_bytes"] is None
+
+
+def test_every_record_of_the_malformed_catalogue_is_an_invalid_event() -> None:
+    """tests/malformed.py, as the replay tool keys it: each one raises InvalidEvent with a
+    reason, nothing else (a deep object orjson reads but cannot write back included)."""
+    good = eventgen.lines(eventgen.transactions(customers=5, per_customer=10, seed=1))
+    seen: set[str] = set()
+    for category, raw in malformed.corrupt(good, 2 * len(malformed.CATEGORIES) * 10):
+        if category == "conflicting_duplicate":
+            continue  # well formed: refused by the state, not at the edge
+        topic, key, _ = route(raw)
+        with pytest.raises(InvalidEvent):
+            decode(RawRecord(topic, 0, 0, key, raw, None), 65536)
+        seen.add(category)
+    assert seen == set(malformed.CATEGORIES) - {"conflicting_duplicate"}
