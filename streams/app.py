@@ -278,6 +278,7 @@ def create_app(
     @app.timer(5.0)  # type: ignore[untyped-decorator]
     async def _check_dependencies() -> None:
         await readiness(redis, bootstrap)
+        processor.stalled_partitions()  # (keeps fundflow_partition_stalled current between retries)
 
     @app.timer(5.0)  # type: ignore[untyped-decorator]
     async def _report_lag() -> None:

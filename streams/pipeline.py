@@ -214,20 +214,22 @@ class BatchProcessor:
 
     def stalled_partitions(self) -> list[str]:
         """``topic:partition`` of every input partition whose batch has been retried for
-        ``stalled_after_seconds`` or more (no progress there until Redis or Kafka is back)."""
+        ``stalled_after_seconds`` or more (no progress there until Redis or Kafka is back);
+        also sets ``fundflow_partition_stalled`` for them (asked by /readyz, a timer and
+        every retry, so the gauge follows within seconds)."""
         since = self._failing_since
         if since is None or self.monotonic() - since < self.stalled_after_seconds:
             return []
+        for topic, partition in self._failing - self._flagged:
+            telemetry.PARTITION_STALLED.labels(topic, str(partition)).set(1)
+        self._flagged |= self._failing
         return sorted(f"{topic}:{partition}" for topic, partition in self._failing)
 
     def _note_failing(self, records: Sequence[RawRecord]) -> None:
         if self._failing_since is None:
             self._failing_since = self.monotonic()
             self._failing = {(r.topic, r.partition) for r in records}
-        if self.stalled_partitions():
-            for topic, partition in self._failing - self._flagged:
-                telemetry.PARTITION_STALLED.labels(topic, str(partition)).set(1)
-            self._flagged |= self._failing
+        self.stalled_partitions()
 
     def _note_progress(self) -> None:
         for topic, partition in self._flagged:

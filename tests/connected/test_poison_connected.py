@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -64,3 +66,52 @@ def test_poison_pills_are_dead_letters_and_the_worker_keeps_going_and_stops_clea
         scenario.run.stop_worker(worker, timeout=30)
         assert time.monotonic() - started < 10, "SIGTERM took too long"
         assert worker.returncode is not None and worker.returncode != -9
+
+
+def test_a_worker_that_cannot_progress_says_so_until_it_can(tmp_path: Path) -> None:
+    """Redis gone: the batch is retried (never dropped); after FUNDFLOW_STALLED_AFTER_SECONDS
+    its partitions are reported stalled in /readyz and in fundflow_partition_stalled; once
+    Redis is back the batch goes through, every event is applied and the report clears."""
+    workload = eventgen.lines(eventgen.transactions(customers=8, per_customer=20, seed=21))
+    with Scenario(tmp_path, persistent_redis=True) as scenario:
+        assert scenario.run.stack is not None and scenario.run.stack.redis is not None
+        worker = scenario.run.start_worker(FUNDFLOW_STALLED_AFTER_SECONDS="2")
+        ready = f"http://127.0.0.1:{scenario.run.web_ports[0]}/readyz"
+        metrics = f"http://127.0.0.1:{scenario.run.web_ports[0]}/metrics"
+        asyncio.run(scenario.produce(workload[:40]))
+        scenario.wait_applied(40)
+        valkey = scenario.run.stack.redis
+        valkey.stop()
+        try:
+            asyncio.run(scenario.produce(workload[40:]))
+            body = poll(ready, lambda status, body: body["checks"].get("progress", "").startswith("stalled: "))
+            assert "fundflow.transactions.v1:" in body["checks"]["progress"]
+            assert http_get(ready)[0] == 503
+            assert stalled_lines(http_get(metrics)[1]), "fundflow_partition_stalled is not 1 for any partition"
+        finally:
+            valkey.start()
+        poll(ready, lambda status, body: status == 200 and body["checks"]["progress"] == "ok")
+        asyncio.run(scenario.run.wait_caught_up(len(workload), timeout=60))
+        assert scenario.applied_total() == len(workload)
+        assert not stalled_lines(http_get(metrics)[1])
+        started = time.monotonic()
+        scenario.run.stop_worker(worker, timeout=30)
+        assert time.monotonic() - started < 10, "SIGTERM took too long"
+
+
+def poll(url: str, done: Callable[[int, Any], bool], timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body = http_get(url)
+        if isinstance(body, dict) and done(status, body):
+            return body
+        assert time.monotonic() < deadline, (status, body)
+        time.sleep(0.5)
+
+
+def stalled_lines(metrics: str) -> list[str]:
+    return [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("fundflow_partition_stalled{") and line.endswith(" 1.0")
+    ]
