@@ -8,8 +8,12 @@ customer_id, so one customer is owned by one worker at a time; the version
 check in Redis covers the moments of a rebalance when two might think so.
 
 What can go wrong: Redis down -> the batch is retried with backoff inside
-``process`` (the agent waits; lag grows; nothing is dropped). Kafka publish
-failure -> same. A crash -> the uncommitted batch is redelivered and is a
+``process`` (the agent waits; lag grows; nothing is dropped; after
+``FUNDFLOW_STALLED_AFTER_SECONDS`` ``/readyz`` says which partitions are stalled).
+Kafka publish failure -> same. SIGTERM meanwhile -> the batch is abandoned unacked
+and Faust is told to stop waiting for it (``patches.give_back_unacked``): the
+worker stops, the next owner gets the records again. One bad record -> its dead
+letter (``streams.pipeline``), never a stall. A crash -> the uncommitted batch is redelivered and is a
 no-op for state (txn_ids), its findings are re-sent from the outbox.
 """
 
@@ -31,7 +35,7 @@ from streams.batcher import run_batched
 from streams.clients import connect
 from streams.deadletter import RawRecord
 from streams.decode import TimeBounds
-from streams.errors import TransientError
+from streams.errors import Abandoned, TransientError
 from streams.health import readiness
 from streams.keys import Keys
 from streams.pipeline import BatchProcessor, Emitter, Message, Step
@@ -220,6 +224,7 @@ def create_app(
         retry_max=settings.retry_max_seconds,
         stalled_after_seconds=settings.stalled_after_seconds,
         on_commit=_with_crash_hook(tiers.changed, settings.crash_after_commits),
+        should_stop=lambda: bool(app.should_stop),
     )
     tiers.state_of = processor.cached_state
     app.fundflow_tiers = tiers  # type: ignore[attr-defined]
@@ -237,8 +242,15 @@ def create_app(
             )
             for e in events
         ]
-        with telemetry.BATCH_SECONDS.time():
-            await processor.process(records)
+        try:
+            with telemetry.BATCH_SECONDS.time():
+                await processor.process(records)
+        except Abandoned:
+            # stopping mid-outage: nothing of this batch (or buffered after it) is acked, so
+            # all of it is redelivered; without this Faust waits for the acks (stream_wait_empty)
+            given_back = patches.give_back_unacked(app.consumer)
+            log.warning("stopping: %d unprocessed records given back for redelivery", given_back)
+            raise
 
     @app.agent(source, name="fundflow-process")
     async def process(stream: Any) -> None:  # faust.StreamT

@@ -7,6 +7,7 @@ cannot silently undo it (and bring back 1.5 s latencies or per-record tasks).
 1. ``install_fast_drain``: Faust's consumer's ``wait_first`` with the delivery run inline.
 2. ``set_fetch_max_wait``: the fetch max wait Faust hard-codes for its consumer.
 3. ``committed_offset``: the last offset Faust committed for a partition (no public accessor).
+4. ``give_back_unacked``: lets a stopping worker leave records unprocessed (no public way).
 
 ## 1. Fast drain
 Faust hands every record it fetched to the streams through one call per record:
@@ -136,3 +137,16 @@ def highwater(consumer: Any, tp: Any) -> int | None:
     except (AssertionError, AttributeError, ConsumerNotStarted):
         return None
     return None if high is None else int(high)
+
+
+def give_back_unacked(consumer: Any) -> int:
+    """Forget every record Faust's consumer handed to the streams and saw no ack for; returns
+    how many. With ``stream_wait_empty`` a stopping worker waits (``Consumer.wait_empty``)
+    until every such record is acked, and a batch that cannot be finished (Redis down) is
+    never acked: SIGTERM would wait for the outage to end. A worker that gives its batch up
+    (``streams.errors.Abandoned``) forgets them instead: offsets are committed only up to
+    acked records, so the ones given back are redelivered to the partition's next owner."""
+    unacked = consumer._unacked_messages
+    count = len(unacked)
+    unacked.clear()
+    return count

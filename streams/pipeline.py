@@ -48,7 +48,7 @@ from streams import telemetry
 from streams.codec import encode_state
 from streams.deadletter import RawRecord, dead_letter
 from streams.decode import DEFAULT_BOUNDS, TimeBounds, decode
-from streams.errors import InvalidEvent, TransientError
+from streams.errors import Abandoned, InvalidEvent, TransientError
 from streams.retry import backoff_seconds
 from streams.store import Commit, StateStore, Tally
 from streams.topics import DLQ
@@ -185,6 +185,7 @@ class BatchProcessor:
         wall_clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         monotonic: Callable[[], float] = time.monotonic,
         on_commit: Callable[[list[CustomerState]], None] | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
     ) -> None:
         self.store = store
         self.step = step
@@ -198,6 +199,7 @@ class BatchProcessor:
         self.wall_clock_ms = wall_clock_ms
         self.monotonic = monotonic
         self.on_commit = on_commit  # told which states were committed (live tiers)
+        self.should_stop = should_stop  # the worker is shutting down: stop retrying
         self.cache: OrderedDict[str, tuple[int, CustomerState]] = OrderedDict()
         # the batch being retried: since when (monotonic), and its input partitions
         self._failing_since: float | None = None
@@ -273,8 +275,8 @@ class BatchProcessor:
                     for cid in by_customer:
                         self.cache.pop(cid, None)
                     delay = backoff_seconds(retries, self.retry_initial, self.retry_max)
-                    log.warning("batch of %d records will be retried in %.2fs: %s", len(records), delay, exc)
-                    await asyncio.sleep(delay)
+                    if self.should_stop() or not await self._pause(delay, len(records), exc):
+                        raise Abandoned(f"stopping with a batch of {len(records)} records unfinished: {exc}") from exc
         finally:
             self._note_progress()
         # An event a failed attempt committed comes back as a duplicate: it was applied once.
@@ -283,6 +285,16 @@ class BatchProcessor:
         report.duplicates -= len(again)
         telemetry.record_batch(report)
         return report
+
+    async def _pause(self, delay: float, records: int, exc: Exception) -> bool:
+        """Wait ``delay`` before the retry; False if the worker began to stop meanwhile."""
+        log.warning("batch of %d records will be retried in %.2fs: %s", records, delay, exc)
+        until = self.monotonic() + delay
+        while (left := until - self.monotonic()) > 0:
+            await asyncio.sleep(min(left, 0.25))
+            if self.should_stop():
+                return False
+        return True
 
     def _letter(self, record: RawRecord, reason: str, error: str, report: BatchReport) -> Message:
         report.dead_letters[reason] = report.dead_letters.get(reason, 0) + 1

@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from streams.local.orchestra import read_topic
+from streams.local.servers import EmbeddedRedis
 from streams.topics import DLQ
 from tests import eventgen
 from tests.connected.test_reliability import Scenario, http_get
@@ -74,16 +75,10 @@ def test_a_worker_that_cannot_progress_says_so_until_it_can(tmp_path: Path) -> N
     Redis is back the batch goes through, every event is applied and the report clears."""
     workload = eventgen.lines(eventgen.transactions(customers=8, per_customer=20, seed=21))
     with Scenario(tmp_path, persistent_redis=True) as scenario:
-        assert scenario.run.stack is not None and scenario.run.stack.redis is not None
-        worker = scenario.run.start_worker(FUNDFLOW_STALLED_AFTER_SECONDS="2")
+        worker, valkey = start_then_lose_redis(scenario, workload, FUNDFLOW_STALLED_AFTER_SECONDS="2")
         ready = f"http://127.0.0.1:{scenario.run.web_ports[0]}/readyz"
         metrics = f"http://127.0.0.1:{scenario.run.web_ports[0]}/metrics"
-        asyncio.run(scenario.produce(workload[:40]))
-        scenario.wait_applied(40)
-        valkey = scenario.run.stack.redis
-        valkey.stop()
         try:
-            asyncio.run(scenario.produce(workload[40:]))
             body = poll(ready, lambda status, body: body["checks"].get("progress", "").startswith("stalled: "))
             assert "fundflow.transactions.v1:" in body["checks"]["progress"]
             assert http_get(ready)[0] == 503
@@ -97,6 +92,18 @@ def test_a_worker_that_cannot_progress_says_so_until_it_can(tmp_path: Path) -> N
         started = time.monotonic()
         scenario.run.stop_worker(worker, timeout=30)
         assert time.monotonic() - started < 10, "SIGTERM took too long"
+
+
+def start_then_lose_redis(scenario: Scenario, workload: list[bytes], **env: str) -> tuple[Any, EmbeddedRedis]:
+    """A worker applies the first 40 events; then Redis stops and the rest are produced."""
+    assert scenario.run.stack is not None and scenario.run.stack.redis is not None
+    worker = scenario.run.start_worker(**env)
+    asyncio.run(scenario.produce(workload[:40]))
+    scenario.wait_applied(40)
+    valkey = scenario.run.stack.redis
+    valkey.stop()
+    asyncio.run(scenario.produce(workload[40:]))
+    return worker, valkey
 
 
 def poll(url: str, done: Callable[[int, Any], bool], timeout: float = 30) -> Any:
@@ -115,3 +122,22 @@ def stalled_lines(metrics: str) -> list[str]:
         for line in metrics.splitlines()
         if line.startswith("fundflow_partition_stalled{") and line.endswith(" 1.0")
     ]
+
+
+def test_sigterm_during_an_outage_gives_the_batch_back_and_stops(tmp_path: Path) -> None:
+    """A worker retrying a batch while Redis is down stops within 10 s on SIGTERM: the batch
+    is abandoned unacked, and the next worker applies every event of it."""
+    workload = eventgen.lines(eventgen.transactions(customers=8, per_customer=20, seed=22))
+    with Scenario(tmp_path, persistent_redis=True) as scenario:
+        worker, valkey = start_then_lose_redis(scenario, workload)
+        try:
+            time.sleep(3)  # retrying now
+            started = time.monotonic()
+            scenario.run.stop_worker(worker, timeout=30)
+            assert time.monotonic() - started < 10, "SIGTERM during an outage took too long"
+        finally:
+            valkey.start()
+        scenario.run.workers.remove(worker)
+        scenario.run.start_worker()
+        asyncio.run(scenario.run.wait_caught_up(len(workload), timeout=60))
+        assert scenario.applied_total() == len(workload)

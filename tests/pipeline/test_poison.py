@@ -9,6 +9,7 @@ Kafka failures are retried, and a batch retried too long says so.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import json
@@ -26,6 +27,7 @@ from streams.clients import connect
 from streams.codec import encode_state
 from streams.deadletter import MAX_DEAD_LETTER_BYTES, RawRecord
 from streams.decode import TimeBounds
+from streams.errors import Abandoned
 from streams.keys import Keys
 from streams.pipeline import BatchProcessor, Message, Step, outbox_entry, outbox_message
 from streams.store import StateStore
@@ -297,3 +299,21 @@ async def test_the_gauge_shows_a_stall_while_it_lasts(store: StateStore) -> None
     broker.worker = worker
     await worker.process([record(1, event("t1", "max", "1.00"), b"max", partition=5), record(2, b"?", None, 5)])
     assert gauge_values[1:] == [1.0, 1.0] and stalled_gauge(5) == 0.0
+
+
+async def test_a_stopping_worker_gives_up_a_batch_it_cannot_finish(store: StateStore) -> None:
+    """Kafka down and the worker asked to stop: the retries end (Abandoned) instead of
+    holding the shutdown until Kafka is back; nothing was acked, so the batch comes back."""
+    stopping = False
+    broker = FlakyBroker(times=1_000_000)
+    worker = processor(store, broker, should_stop=lambda: stopping)
+    broker.worker = worker
+    task = asyncio.create_task(worker.process([txn(1, "ned", "1.00"), record(2, b"?", None)]))
+    await asyncio.sleep(0.2)
+    assert not task.done()  # retrying
+    stopping = True
+    with pytest.raises(Abandoned):
+        await asyncio.wait_for(task, timeout=2)
+    assert worker.stalled_partitions() == []
+    again = await processor(store, Sink()).process([txn(1, "ned", "1.00"), record(2, b"?", None)])
+    assert again.applied + again.duplicates == 1 and again.dead_letters == {"not_json": 1}
