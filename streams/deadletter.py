@@ -37,6 +37,14 @@ class RawRecord:
     timestamp_ms: int | None = None
 
 
+def dead_letter_key(record: RawRecord) -> bytes | None:
+    """The Kafka key of ``record``'s dead letter: its own key (so the dead letters of one
+    customer share a partition), cut to ``KEY_PREFIX_BYTES`` so that a huge key cannot make
+    the dead letter too big to publish either."""
+    key = record.key
+    return key if key is None or len(key) <= KEY_PREFIX_BYTES else key[:KEY_PREFIX_BYTES]
+
+
 def _b64(data: bytes | None, limit: int) -> str | None:
     return base64.b64encode(data[:limit]).decode() if data is not None else None
 

@@ -46,7 +46,7 @@ from rules.events import Event, LoanEvent
 from rules.state import CustomerState, Outcome, StateConfig, apply_loan, apply_transaction
 from streams import telemetry
 from streams.codec import encode_state
-from streams.deadletter import RawRecord, dead_letter
+from streams.deadletter import RawRecord, dead_letter, dead_letter_key
 from streams.decode import DEFAULT_BOUNDS, TimeBounds, decode
 from streams.errors import Abandoned, InvalidEvent, TransientError
 from streams.retry import backoff_seconds
@@ -299,7 +299,7 @@ class BatchProcessor:
     def _letter(self, record: RawRecord, reason: str, error: str, report: BatchReport) -> Message:
         report.dead_letters[reason] = report.dead_letters.get(reason, 0) + 1
         log.info("dead letter %s[%d]@%d: %s: %s", *_coordinates(record), reason, error)
-        return DLQ, record.key, dead_letter(record, reason, error, self.wall_clock_ms())
+        return DLQ, dead_letter_key(record), dead_letter(record, reason, error, self.wall_clock_ms())
 
     async def _apply(
         self,

@@ -211,6 +211,13 @@ async def test_an_oversized_record_makes_a_bounded_dead_letter_and_the_batch_goe
     letter = orjson.loads(message[2])
     assert letter["value_bytes"] == len(huge.value or b"") and letter["value_truncated"] is True
     assert letter["value_sha256"] == hashlib.sha256(huge.value or b"").hexdigest()
+    # a record whose key is what is huge: its dead letter's Kafka key is bounded too
+    sink = Sink()
+    big_key = record(4, event("k", "gus", "1.00"), b"g" * 900_000)
+    report = await processor(store, sink).process([big_key])
+    assert report.dead_letters == {"key_mismatch": 1}
+    ((_, key, value),) = sink.sent
+    assert key is not None and len(key) + len(value) <= MAX_DEAD_LETTER_BYTES + 1024
 
 
 async def test_a_mis_keyed_record_is_a_dead_letter_not_a_silent_apply(store: StateStore) -> None:
