@@ -324,3 +324,19 @@ async def test_a_stopping_worker_gives_up_a_batch_it_cannot_finish(store: StateS
     assert worker.stalled_partitions() == []
     again = await processor(store, Sink()).process([txn(1, "ned", "1.00"), record(2, b"?", None)])
     assert again.applied + again.duplicates == 1 and again.dead_letters == {"not_json": 1}
+
+
+async def test_an_unreadable_stored_state_is_a_visible_stall_not_a_crash(store: StateStore) -> None:
+    """A state blob this version cannot read (newer format, damaged): the batch is retried
+    and reported stalled (never a crash of the agent that would leave a silent stall)."""
+    await store.redis.hset(store.keys.state("ola"), mapping={"v": 1, "s": b"\x00 not a state"})
+    stopping = False
+    worker = processor(store, Sink(), stalled_after_seconds=0.0, should_stop=lambda: stopping)
+    task = asyncio.create_task(worker.process([txn(1, "ola", "1.00"), txn(2, "pia", "2.00")]))
+    await asyncio.sleep(0.2)
+    assert not task.done() and worker.stalled_partitions() == [f"{TRANSACTIONS}:0"]
+    stopping = True
+    with pytest.raises(Abandoned):
+        await asyncio.wait_for(task, timeout=2)
+    await store.redis.delete(store.keys.state("ola"))  # the operator repairs it
+    assert (await processor(store, Sink()).process([txn(1, "ola", "1.00")])).applied == 1
