@@ -17,8 +17,10 @@ Memory and per-event cost are bounded by the windows, not by the history:
 - a streak of net-outflow days that runs past the kept days is carried in
   ``carry_day`` / ``carry_streak``.
 
-What can go wrong here: nothing raises on valid events. A repeat returns
-``DUPLICATE``; the same txn_id with other content returns ``CONFLICT``.
+What can go wrong here: nothing raises on valid events (``streams.decode``
+bounds event time; a ``ts`` at the edge of the calendar would raise
+``OverflowError`` before the state changes). A repeat returns ``DUPLICATE``;
+the same txn_id with other content returns ``CONFLICT``.
 """
 
 from __future__ import annotations
@@ -206,11 +208,13 @@ def apply_transaction(
         return Outcome.DUPLICATE if known[0] == fingerprint else Outcome.CONFLICT
     if state.last_txn_us is not None and ts_us <= state.last_txn_us - config.dedup_horizon_us:
         return Outcome.TOO_LATE
+    # (before any change: at the edges of the calendar this raises OverflowError, which
+    # streams.decode's time bounds keep away; the state is then still untouched)
+    day = event.ts.astimezone(config.zone).date().toordinal()
     state.seen[event.txn_id] = (fingerprint, ts_us)
 
     credit = event.direction == "credit"
     amount = event.amount
-    day = event.ts.astimezone(config.zone).date().toordinal()
     flags = (CREDIT if credit else 0) | _KIND_FLAGS.get(event.kind, 0)
     bank = None
     if event.external:

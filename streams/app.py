@@ -8,8 +8,12 @@ customer_id, so one customer is owned by one worker at a time; the version
 check in Redis covers the moments of a rebalance when two might think so.
 
 What can go wrong: Redis down -> the batch is retried with backoff inside
-``process`` (the agent waits; lag grows; nothing is dropped). Kafka publish
-failure -> same. A crash -> the uncommitted batch is redelivered and is a
+``process`` (the agent waits; lag grows; nothing is dropped; after
+``FUNDFLOW_STALLED_AFTER_SECONDS`` ``/readyz`` says which partitions are stalled).
+Kafka publish failure -> same. SIGTERM meanwhile -> the batch is abandoned unacked
+and Faust is told to stop waiting for it (``patches.give_back_unacked``): the
+worker stops, the next owner gets the records again. One bad record -> its dead
+letter (``streams.pipeline``), never a stall. A crash -> the uncommitted batch is redelivered and is a
 no-op for state (txn_ids), its findings are re-sent from the outbox.
 """
 
@@ -33,7 +37,8 @@ from streams import patches, telemetry
 from streams.batcher import Batcher, drain
 from streams.clients import connect
 from streams.deadletter import RawRecord
-from streams.errors import TransientError
+from streams.decode import TimeBounds
+from streams.errors import Abandoned, TransientError
 from streams.health import readiness
 from streams.keys import Keys
 from streams.pipeline import BatchProcessor, Emitter, Message, Step
@@ -238,6 +243,8 @@ class BatchReader:
             )
         except asyncio.CancelledError:
             raise
+        except Abandoned:
+            return  # the worker is stopping; the batch was given back for redelivery
         except BaseException as exc:
             self.batcher.fail(exc)
             log.exception("the batch drain failed; stopping the worker")
@@ -262,10 +269,13 @@ def create_app(
         step,
         emitter or FaustEmitter(app),
         max_event_bytes=settings.max_event_bytes,
+        bounds=TimeBounds(settings.event_time_earliest, settings.event_time_max_skew_seconds),
         cache_size=settings.cache_customers,
         retry_initial=settings.retry_initial_seconds,
         retry_max=settings.retry_max_seconds,
+        stalled_after_seconds=settings.stalled_after_seconds,
         on_commit=_with_crash_hook(tiers.changed, settings.crash_after_commits),
+        should_stop=lambda: bool(app.should_stop),
     )
     tiers.state_of = processor.cached_state
     patches.drop_faust_pages(app)  # the web port serves /healthz, /readyz and /metrics only
@@ -273,8 +283,15 @@ def create_app(
     app.fundflow_processor = processor  # type: ignore[attr-defined]
 
     async def handle(records: list[RawRecord]) -> None:
-        with telemetry.BATCH_SECONDS.time():
-            await processor.process(records)
+        try:
+            with telemetry.BATCH_SECONDS.time():
+                await processor.process(records)
+        except Abandoned:
+            # stopping mid-outage: nothing of this batch (or buffered after it) is acked, so
+            # all of it is redelivered; without this Faust waits for the acks (stream_wait_empty)
+            given_back = patches.give_back_unacked(app.consumer)
+            log.warning("stopping: %d unprocessed records given back for redelivery", given_back)
+            raise
 
     app.fundflow_reader = BatchReader(app, settings, handle)  # type: ignore[attr-defined]
 
@@ -298,14 +315,20 @@ def create_app(
 
     @app.page("/readyz")
     async def _readyz(web: Any, request: Any) -> Any:
-        """Kafka and Redis reachable (503 and which one, if not): an outage shows here and in
-        fundflow_dependency_up while the agent waits and retries."""
+        """Kafka and Redis reachable, and no input partition stalled (503 and which, if
+        not): an outage shows here and in fundflow_dependency_up while the agent waits and
+        retries, a batch retried for FUNDFLOW_STALLED_AFTER_SECONDS also in
+        fundflow_partition_stalled."""
         ready, checks = await readiness(redis, bootstrap)
+        stalled = processor.stalled_partitions()
+        checks["progress"] = f"stalled: {', '.join(stalled)}" if stalled else "ok"
+        ready = ready and not stalled
         return web.json({"status": "ready" if ready else "not_ready", "checks": checks}, status=200 if ready else 503)
 
     @app.timer(5.0)  # type: ignore[untyped-decorator]
     async def _check_dependencies() -> None:
         await readiness(redis, bootstrap)
+        processor.stalled_partitions()  # (keeps fundflow_partition_stalled current between retries)
 
     @app.timer(5.0)  # type: ignore[untyped-decorator]
     async def _report_lag() -> None:

@@ -26,5 +26,10 @@ class TransientError(FundFlowError):
     """A dependency failed in a way that retrying can fix."""
 
 
+class Abandoned(FundFlowError):
+    """The worker is stopping while a batch cannot be finished (Redis or Kafka down): the
+    batch is given up unacked, so its records are redelivered to the next owner."""
+
+
 class ConfigError(FundFlowError):
     """A setting, a rules file or a command-line argument is unusable."""

@@ -1,8 +1,14 @@
 """Every Redis key FundFlow uses, in one place.
 
-A customer's keys share the hash tag ``{customer_id}``, so all of them live on
-one Redis Cluster slot and the per-customer atomic commit (a Lua script over
-that customer's keys only) runs unchanged on Redis Cluster.
+A customer's keys share the hash tag ``{C}``, so all of them live on one Redis
+Cluster slot and the per-customer atomic commit (a Lua script over that
+customer's keys only) runs unchanged on Redis Cluster. ``C`` is the customer_id
+itself when it has no brace (every ordinary id: keys unchanged since the first
+version); an id with ``{`` or ``}`` would cut the tag short or leave it empty
+(``ff:{}x}:state`` hashes the whole key, so a customer's keys would land on
+different slots and its commit fail with CROSSSLOT), so it is written ``{`` plus
+its UTF-8 in unpadded base64url: ``ff:{{fXg}:state``. That tag is never empty,
+holds no ``}``, and no ordinary id starts with ``{``, so the encoding is one-to-one.
 
 | key | type | what |
 | --- | --- | --- |
@@ -22,7 +28,28 @@ servers uses its own prefix so it never touches live state.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass
+
+
+def hash_tag(customer_id: str) -> str:
+    """What stands between the braces of a customer's keys: the id, or (when it has a
+    brace) ``{`` + its base64url; never empty, never with a ``}``."""
+    if "{" not in customer_id and "}" not in customer_id:
+        return customer_id
+    return "{" + base64.urlsafe_b64encode(customer_id.encode()).decode().rstrip("=")
+
+
+def customer_of_tag(tag: str) -> str:
+    """The customer_id whose ``hash_tag`` is ``tag``."""
+    if not tag.startswith("{"):
+        return tag
+    encoded = tag[1:]
+    try:
+        return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise ValueError(f"not an encoded hash tag: {tag!r}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,13 +57,13 @@ class Keys:
     prefix: str = "ff"
 
     def state(self, customer_id: str) -> str:
-        return f"{self.prefix}:{{{customer_id}}}:state"
+        return f"{self.prefix}:{{{hash_tag(customer_id)}}}:state"
 
     def outbox(self, customer_id: str) -> str:
-        return f"{self.prefix}:{{{customer_id}}}:outbox"
+        return f"{self.prefix}:{{{hash_tag(customer_id)}}}:outbox"
 
     def alerts(self, customer_id: str) -> str:
-        return f"{self.prefix}:{{{customer_id}}}:alerts"
+        return f"{self.prefix}:{{{hash_tag(customer_id)}}}:alerts"
 
     @property
     def state_pattern(self) -> str:
@@ -46,7 +73,7 @@ class Keys:
         head, tail = f"{self.prefix}:{{", "}:state"
         if not (key.startswith(head) and key.endswith(tail)):
             raise ValueError(f"not a state key: {key!r}")
-        return key[len(head) : -len(tail)]
+        return customer_of_tag(key[len(head) : -len(tail)])
 
     @property
     def stats(self) -> str:

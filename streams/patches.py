@@ -11,6 +11,7 @@ cannot silently undo it (and bring back 1.5 s latencies or per-record tasks).
 4. ``BatchIntake``: a channel that takes the records Faust's conductor hands over straight
    into FundFlow's batcher, with no stream and no event object per record.
 5. ``drop_faust_pages``: Faust's web server serves none of its own pages, only ours.
+6. ``give_back_unacked``: lets a stopping worker leave records unprocessed (no public way).
 
 ## 1. Fast drain
 Faust hands every record it fetched to the streams through one call per record:
@@ -217,3 +218,16 @@ def drop_faust_pages(app: faust.App) -> None:
         if not (isinstance(blueprint, str) and blueprint.startswith(FAUST_PAGES))
         and not getattr(blueprint, "__module__", "").startswith(FAUST_PAGES)
     ]
+
+
+def give_back_unacked(consumer: Any) -> int:
+    """Forget every record Faust's consumer handed to the streams and saw no ack for; returns
+    how many. With ``stream_wait_empty`` a stopping worker waits (``Consumer.wait_empty``)
+    until every such record is acked, and a batch that cannot be finished (Redis down) is
+    never acked: SIGTERM would wait for the outage to end. A worker that gives its batch up
+    (``streams.errors.Abandoned``) forgets them instead: offsets are committed only up to
+    acked records, so the ones given back are redelivered to the partition's next owner."""
+    unacked = consumer._unacked_messages
+    count = len(unacked)
+    unacked.clear()
+    return count

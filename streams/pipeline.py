@@ -4,7 +4,10 @@ The order of effects is what makes a crash anywhere harmless:
 
 1. decode every record once; bad ones become dead letters (never retried);
 2. load the states this worker has not cached (one Redis round trip);
-3. apply the pure step per customer, in partition order (``rules/``);
+3. apply the pure step per customer, in partition order (``rules/``); a record
+   the step fails on (it raises, or leaves a state that cannot be encoded)
+   becomes a dead letter (``step_failed`` / ``encode_failed``), and its customer
+   is redone from Redis without it: a half-applied step is never committed;
 4. commit all customers' new states + findings atomically per customer,
    with a version check (one round trip, which also carries the batch's
    statistics); a customer whose version moved (another owner wrote it) is
@@ -17,8 +20,12 @@ offsets are committed after step 6. A crash before that redelivers the batch:
 the txn_ids in the stored state make every event a no-op, and the outbox a
 predecessor left behind is found at load time and published again (same
 deterministic ids, so downstream drops the repeat). Redis or Kafka failures
-raise ``TransientError`` inside; the batch is retried with capped exponential
-backoff and never dropped.
+raise ``TransientError`` inside (Redis errors of any kind are treated alike);
+the batch is retried with capped exponential backoff and never dropped. Only
+those are retried: one record never stops a batch (a poison pill is a dead
+letter, never a stall). A batch retried longer than ``stalled_after_seconds``
+marks its partitions stalled (``stalled_partitions``: ``/readyz`` and
+``fundflow_partition_stalled``).
 """
 
 from __future__ import annotations
@@ -26,17 +33,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import orjson
+from redis.exceptions import RedisError
+
 from rules.events import Event, LoanEvent
 from rules.state import CustomerState, Outcome, StateConfig, apply_loan, apply_transaction
 from streams import telemetry
-from streams.deadletter import RawRecord, dead_letter
-from streams.decode import decode
-from streams.errors import InvalidEvent, TransientError
+from streams.codec import encode_state
+from streams.deadletter import RawRecord, dead_letter, dead_letter_key
+from streams.decode import DEFAULT_BOUNDS, TimeBounds, decode
+from streams.errors import Abandoned, InvalidEvent, TransientError
 from streams.retry import backoff_seconds
 from streams.store import Commit, StateStore, Tally
 from streams.topics import DLQ
@@ -58,13 +70,28 @@ class Emitter(Protocol):
 
 
 def outbox_entry(topic: str, key: str, value: bytes) -> bytes:
-    """An outbox entry: the topic and key travel with the finding."""
-    return b"%s\n%s\n%s" % (topic.encode(), key.encode(), value)
+    """An outbox entry: the topic and key travel with the finding, one line each, then
+    the value. The key line is the key as a JSON string, so no key can add a line (a
+    ``\n`` in a customer_id is written ``\\n``) and every reader that takes the topic
+    from the first line and the value after the second still reads them right."""
+    return b"%s\n%s\n%s" % (topic.encode(), orjson.dumps(key), value)
 
 
 def outbox_message(entry: bytes) -> Message:
     topic, key, value = entry.split(b"\n", 2)
-    return topic.decode(), key, value
+    if key[:1] == b'"':
+        try:
+            text = orjson.loads(key)
+        except orjson.JSONDecodeError:
+            pass  # an entry of an earlier version, whose key begins with a quote
+        else:
+            if isinstance(text, str):
+                return topic.decode(), text.encode(), value
+    return topic.decode(), key, value  # an entry of an earlier version: the key as it was
+
+
+def _coordinates(record: RawRecord) -> tuple[str, int, int]:
+    return record.topic, record.partition, record.offset
 
 
 def _redelivered(state: CustomerState, record: RawRecord) -> bool:
@@ -119,6 +146,29 @@ class BatchReport:
     duplicate_records: set[int] = field(default_factory=set)
 
 
+STEP_FAILED = "step_failed"  # the pure step raised on this event
+ENCODE_FAILED = "encode_failed"  # the step left a state that cannot be stored
+DECODE_FAILED = "decode_failed"  # decoding raised something other than InvalidEvent (a bug)
+
+
+def _where(exc: BaseException) -> str:
+    """Where ``exc`` was raised (file:line in function), for a log line: the message of an
+    exception may quote input values, the place never does."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "?"
+    last = frames[-1]
+    return f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno} in {last.name}"
+
+
+def _encodes(state: CustomerState) -> bool:
+    try:
+        encode_state(state)
+    except Exception:
+        return False
+    return True
+
+
 class BatchProcessor:
     def __init__(
         self,
@@ -127,22 +177,34 @@ class BatchProcessor:
         emitter: Emitter,
         *,
         max_event_bytes: int = 64 * 1024,
+        bounds: TimeBounds = DEFAULT_BOUNDS,
         cache_size: int = 200_000,
         retry_initial: float = 0.05,
         retry_max: float = 5.0,
+        stalled_after_seconds: float = 30.0,
         wall_clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        monotonic: Callable[[], float] = time.monotonic,
         on_commit: Callable[[list[CustomerState]], None] | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
     ) -> None:
         self.store = store
         self.step = step
         self.emitter = emitter
         self.max_event_bytes = max_event_bytes
+        self.bounds = bounds
         self.cache_size = cache_size
         self.retry_initial = retry_initial
         self.retry_max = retry_max
+        self.stalled_after_seconds = stalled_after_seconds
         self.wall_clock_ms = wall_clock_ms
+        self.monotonic = monotonic
         self.on_commit = on_commit  # told which states were committed (live tiers)
+        self.should_stop = should_stop  # the worker is shutting down: stop retrying
         self.cache: OrderedDict[str, tuple[int, CustomerState]] = OrderedDict()
+        # the batch being retried: since when (monotonic), and its input partitions
+        self._failing_since: float | None = None
+        self._failing: set[tuple[str, int]] = set()
+        self._flagged: set[tuple[str, int]] = set()  # partitions fundflow_partition_stalled shows as 1
 
     def cached_state(self, customer_id: str) -> CustomerState | None:
         entry = self.cache.get(customer_id)
@@ -152,37 +214,71 @@ class BatchProcessor:
         """Drop every cached state (on rebalance: Redis is the truth)."""
         self.cache.clear()
 
+    def stalled_partitions(self) -> list[str]:
+        """``topic:partition`` of every input partition whose batch has been retried for
+        ``stalled_after_seconds`` or more (no progress there until Redis or Kafka is back);
+        also sets ``fundflow_partition_stalled`` for them (asked by /readyz, a timer and
+        every retry, so the gauge follows within seconds)."""
+        since = self._failing_since
+        if since is None or self.monotonic() - since < self.stalled_after_seconds:
+            return []
+        for topic, partition in self._failing - self._flagged:
+            telemetry.PARTITION_STALLED.labels(topic, str(partition)).set(1)
+        self._flagged |= self._failing
+        return sorted(f"{topic}:{partition}" for topic, partition in self._failing)
+
+    def _note_failing(self, records: Sequence[RawRecord]) -> None:
+        if self._failing_since is None:
+            self._failing_since = self.monotonic()
+            self._failing = {(r.topic, r.partition) for r in records}
+        self.stalled_partitions()
+
+    def _note_progress(self) -> None:
+        for topic, partition in self._flagged:
+            telemetry.PARTITION_STALLED.labels(topic, str(partition)).set(0)
+        self._failing_since, self._failing, self._flagged = None, set(), set()
+
     async def process(self, records: Sequence[RawRecord]) -> BatchReport:
-        decoded_letters: list[tuple[RawRecord, str, str]] = []
+        rejected: list[tuple[RawRecord, str, str]] = []  # records given up on: (record, reason, error)
         by_customer: dict[str, list[tuple[RawRecord, Event]]] = {}
+        now_ms = self.wall_clock_ms()
         for record in records:
             try:
-                event = decode(record, self.max_event_bytes)
+                event = decode(record, self.max_event_bytes, self.bounds, now_ms)
             except InvalidEvent as exc:
-                decoded_letters.append((record, exc.reason, exc.error))
+                rejected.append((record, exc.reason, exc.error))
+                continue
+            except Exception as exc:  # a bug met by one record: that record's dead letter, not the batch's end
+                where = _where(exc)
+                log.warning("decoding %s[%d]@%d raised %s at %s", *_coordinates(record), type(exc).__name__, where)
+                rejected.append((record, DECODE_FAILED, f"decoding raised {type(exc).__name__}"))
                 continue
             by_customer.setdefault(event.customer_id, []).append((record, event))
 
         retries = 0
         applied_before: set[int] = set()  # committed by an attempt that failed later (e.g. publishing)
-        while True:
-            # Each attempt starts from Redis' truth: after a failure, what was committed
-            # is now a duplicate and its findings come back from the outbox.
-            report = BatchReport(records=len(records), retries=retries)
-            letters = [self._letter(r, reason, error, report) for r, reason, error in decoded_letters]
-            try:
-                findings = await self._apply(by_customer, letters, report)
-                await self._publish(findings, letters)
-                break
-            except TransientError as exc:
-                applied_before |= report.applied_records
-                retries += 1
-                telemetry.TRANSIENT_RETRIES.inc()
-                for cid in by_customer:
-                    self.cache.pop(cid, None)
-                delay = backoff_seconds(retries, self.retry_initial, self.retry_max)
-                log.warning("batch of %d records will be retried in %.2fs: %s", len(records), delay, exc)
-                await asyncio.sleep(delay)
+        try:
+            while True:
+                # Each attempt starts from Redis' truth: after a failure, what was committed
+                # is now a duplicate and its findings come back from the outbox.
+                report = BatchReport(records=len(records), retries=retries)
+                letters = [self._letter(r, reason, error, report) for r, reason, error in rejected]
+                try:
+                    findings = await self._apply(by_customer, letters, rejected, report)
+                    await self._publish(findings, letters)
+                    break
+                except (TransientError, RedisError) as exc:
+                    applied_before |= report.applied_records
+                    retries += 1
+                    telemetry.TRANSIENT_RETRIES.inc()
+                    self._note_failing(records)
+                    for cid in by_customer:
+                        self.cache.pop(cid, None)
+                    delay = backoff_seconds(retries, self.retry_initial, self.retry_max)
+                    if self.should_stop() or not await self._pause(delay, len(records), exc):
+                        raise Abandoned(f"stopping with a batch of {len(records)} records unfinished: {exc}") from exc
+        finally:
+            self._note_progress()
         # An event a failed attempt committed comes back as a duplicate: it was applied once.
         again = applied_before & report.duplicate_records
         report.applied += len(again)
@@ -190,32 +286,51 @@ class BatchProcessor:
         telemetry.record_batch(report)
         return report
 
+    async def _pause(self, delay: float, records: int, exc: Exception) -> bool:
+        """Wait ``delay`` before the retry; False if the worker began to stop meanwhile."""
+        log.warning("batch of %d records will be retried in %.2fs: %s", records, delay, exc)
+        until = self.monotonic() + delay
+        while (left := until - self.monotonic()) > 0:
+            await asyncio.sleep(min(left, 0.25))
+            if self.should_stop():
+                return False
+        return True
+
     def _letter(self, record: RawRecord, reason: str, error: str, report: BatchReport) -> Message:
         report.dead_letters[reason] = report.dead_letters.get(reason, 0) + 1
-        log.info("dead letter %s[%d]@%d: %s: %s", record.topic, record.partition, record.offset, reason, error)
-        return DLQ, record.key, dead_letter(record, reason, error, self.wall_clock_ms())
+        log.info("dead letter %s[%d]@%d: %s: %s", *_coordinates(record), reason, error)
+        return DLQ, dead_letter_key(record), dead_letter(record, reason, error, self.wall_clock_ms())
 
     async def _apply(
         self,
         by_customer: dict[str, list[tuple[RawRecord, Event]]],
         letters: list[Message],
+        rejected: list[tuple[RawRecord, str, str]],
         report: BatchReport,
     ) -> dict[str, list[bytes]]:
-        """Steps 2-4: returns each customer's findings still to publish (new and left over)."""
+        """Steps 2-4: returns each customer's findings still to publish (new and left over).
+
+        A record the step fails on is taken out of ``by_customer`` and added to ``rejected``
+        (and its dead letter to ``letters``); its customer's state, which the step may have
+        changed half-way, is dropped and the customer redone from Redis without it."""
         to_publish: dict[str, list[bytes]] = {}
         pending = list(by_customer)
+        careful: set[str] = set()  # customers whose state failed to encode: check after every step
         outcome_letters: list[Message] = []
         latencies: list[int] = []
         while pending:
             missing = [cid for cid in pending if cid not in self.cache]
             for cid, loaded in (await self.store.load(missing)).items():
                 self.cache[cid] = (loaded.version, loaded.state or CustomerState(cid))
-                if loaded.outbox:
-                    to_publish.setdefault(cid, []).extend(loaded.outbox)
-                    report.republished += len(loaded.outbox)
+                if loaded.outbox:  # (loaded again after a redo: each entry is published once)
+                    queued = to_publish.setdefault(cid, [])
+                    left_over = [entry for entry in loaded.outbox if entry not in queued]
+                    queued.extend(left_over)
+                    report.republished += len(left_over)
             commits: list[Commit] = []
             staged: dict[str, tuple[list[tuple[RawRecord, str]], int, int, list[int], list[int]]] = {}
             tally = Tally(0, [], self.wall_clock_ms)
+            redo: list[str] = []
             for cid in pending:
                 version, state = self.cache[cid]
                 found: list[bytes] = []
@@ -223,8 +338,19 @@ class BatchProcessor:
                 applied = duplicates = 0
                 applied_ids: list[int] = []
                 duplicate_ids: list[int] = []
+                produced: list[int] = []
                 for record, event in by_customer[cid]:
-                    outcome, findings = self.step(state, event)
+                    try:
+                        outcome, findings = self.step(state, event)
+                        if cid in careful and outcome is Outcome.APPLIED:
+                            encode_state(state)
+                    except Exception as exc:
+                        reason = ENCODE_FAILED if cid in careful else STEP_FAILED
+                        self._reject(record, exc, reason, letters, rejected, report)
+                        by_customer[cid] = [(r, e) for r, e in by_customer[cid] if r is not record]
+                        self.cache.pop(cid, None)  # half-applied: never committed, never reused
+                        redo.append(cid)
+                        break
                     if outcome is Outcome.TOO_LATE and _redelivered(state, record):
                         # a record this customer's state already went past, back after a crash,
                         # its txn_id aged out of the dedup horizon meanwhile: a repeat, not late input
@@ -235,17 +361,34 @@ class BatchProcessor:
                         applied_ids.append(id(record))
                         found.extend(findings)
                         if record.timestamp_ms is not None:
-                            tally.produced_ms.append(record.timestamp_ms)
+                            produced.append(record.timestamp_ms)
                     elif outcome is Outcome.DUPLICATE:
                         duplicates += 1
                         duplicate_ids.append(id(record))
                     else:
                         mine.append((record, outcome.value))
-                staged[cid] = (mine, applied, duplicates, applied_ids, duplicate_ids)
-                if applied:
-                    commits.append(Commit(cid, version, state, found))
-                    tally.applied += applied
-            failed = await self.store.commit(commits, tally)
+                else:
+                    staged[cid] = (mine, applied, duplicates, applied_ids, duplicate_ids)
+                    if applied:
+                        commits.append(Commit(cid, version, state, found))
+                        tally.applied += applied
+                        tally.produced_ms.extend(produced)
+            try:
+                failed = await self.store.commit(commits, tally)
+            except (TransientError, RedisError):
+                raise
+            except Exception as exc:
+                # A state that cannot be encoded (nothing was sent): redo every customer of
+                # the round from Redis, those states checked after each step to find the record.
+                unencodable = {c.customer_id for c in commits if not _encodes(c.state)}
+                if not unencodable or unencodable <= careful:
+                    raise
+                where = _where(exc)
+                log.warning("%d states could not be encoded (%s at %s)", len(unencodable), type(exc).__name__, where)
+                careful |= unencodable
+                for cid in pending:
+                    self.cache.pop(cid, None)
+                continue
             latencies.extend(tally.latencies_ms)
             report.conflicts += len(failed)
             if failed:  # counted as applied in the commit's round trip; they will be redone
@@ -271,12 +414,28 @@ class BatchProcessor:
                 report.duplicate_records.update(duplicate_ids)
                 for record, reason in mine:
                     outcome_letters.append(self._letter(record, reason, _OUTCOME_ERRORS[Outcome(reason)], report))
-            pending = [cid for cid in pending if cid in failed]
+            pending = [cid for cid in pending if cid in failed] + redo
         letters.extend(outcome_letters)
         while len(self.cache) > self.cache_size:
             self.cache.popitem(last=False)
         telemetry.observe_latencies(latencies)
         return to_publish
+
+    def _reject(
+        self,
+        record: RawRecord,
+        exc: Exception,
+        reason: str,
+        letters: list[Message],
+        rejected: list[tuple[RawRecord, str, str]],
+        report: BatchReport,
+    ) -> None:
+        """``record`` failed in the step: its dead letter now, and in every retry of the batch."""
+        what = "the rules step raised" if reason == STEP_FAILED else "the state after it cannot be encoded:"
+        error = f"{what} {type(exc).__name__}"
+        log.warning("%s[%d]@%d: %s at %s; dead-lettered", *_coordinates(record), error, _where(exc))
+        rejected.append((record, reason, error))
+        letters.append(self._letter(record, reason, error, report))
 
     async def _publish(self, findings: dict[str, list[bytes]], letters: list[Message]) -> None:
         messages: list[Message] = [outbox_message(e) for entries in findings.values() for e in entries]

@@ -13,6 +13,7 @@ start-up; the CLI turns it into one line and a non-zero exit.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import functools
 from decimal import Decimal
 from pathlib import Path
@@ -79,6 +80,24 @@ class Settings(BaseSettings):
     retry_initial_seconds: float = Field(default=0.05, gt=0)
     retry_max_seconds: float = Field(default=5.0, gt=0)
     max_event_bytes: int = Field(default=64 * 1024, ge=256, description="larger records are dead-lettered")
+    event_time_earliest: dt.date = Field(
+        default=dt.date(1970, 1, 1),
+        ge=dt.date(1900, 1, 1),
+        le=dt.date(8999, 1, 1),
+        description="events (and loan due dates) before this date are dead-lettered implausible_timestamp",
+    )
+    event_time_max_skew_seconds: float = Field(
+        default=86_400.0,
+        ge=0,
+        le=10_000 * 366 * 86_400,
+        description="how far event time may run ahead of its Kafka record's timestamp (of the wall clock when "
+        "the record has none) before it is dead-lettered implausible_timestamp",
+    )
+    stalled_after_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="a batch retried this long marks its partitions stalled: /readyz 503, fundflow_partition_stalled",
+    )
     compress_state: bool = Field(default=True, description="zstd-compress the state blobs in Redis (~2.5x less memory)")
     cache_customers: int = Field(default=200_000, ge=0, description="states a worker keeps in memory")
     gc_threshold: tuple[NonNegativeInt, NonNegativeInt, NonNegativeInt] = Field(

@@ -4,12 +4,15 @@ The format of ``state.jsonl`` (backtest) and ``fundflow snapshot``: one JSON
 object per customer, sorted by customer_id, with the fields of ``metrics.md``
 (amounts as decimal strings rounded half-up to the cent). ``as_of`` defaults to
 the latest event time of any customer, so two runs over the same events give
-byte-identical files whatever the wall clock says.
+byte-identical files whatever the wall clock says. A state that cannot be
+evaluated (stored before event time had bounds, with a clock in year 9999, say)
+is left out and logged: it never fails the snapshot of everyone else.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Iterable
 from decimal import Decimal
 from pathlib import Path
@@ -21,8 +24,11 @@ from rules.contribution import contribution, indirect_contributions, quartile_cu
 from rules.metrics import evaluate, present
 from rules.money import money
 from rules.state import CustomerState, from_us, latest_loans, to_us
+from streams.decode import LATEST_SUPPORTED_US
 from streams.settings import Settings, rates, state_config, thresholds
 from streams.store import StateStore
+
+log = logging.getLogger(__name__)
 
 
 def iso(ts_us: int, settings: Settings) -> str:
@@ -93,18 +99,28 @@ async def load_all(store: StateStore) -> list[CustomerState]:
 
 
 def rows(states: Iterable[CustomerState], as_of_us: int | None, settings: Settings) -> list[dict[str, Any]]:
-    states = list(states)
+    every = list(states)
+    usable = [s for s in every if s.last_us is None or s.last_us <= LATEST_SUPPORTED_US]
+    left_out = ["a clock past the supported range"] * (len(every) - len(usable))
     if as_of_us is None:
-        as_of_us = max((s.last_us for s in states if s.last_us is not None), default=0)
+        as_of_us = max((s.last_us for s in usable if s.last_us is not None), default=0)
     result = []
-    for state in states:
+    kept = []
+    for state in usable:
         if state.last_us is not None and as_of_us < state.last_us:
             raise ValueError(
                 f"--as-of is before the latest event of customer {state.customer_id}: "
                 "state is kept for as_of at or after each customer's last event"
             )
-        result.append(customer_row(state, as_of_us, settings))
-    add_tiers(result, {s.customer_id: s.salary_payer for s in states})
+        try:
+            result.append(customer_row(state, as_of_us, settings))
+        except (ArithmeticError, ValueError) as exc:  # (OverflowError: a date out of range)
+            left_out.append(type(exc).__name__)
+        else:
+            kept.append(state)
+    if left_out:
+        log.warning("snapshot: %d customers left out, their state cannot be evaluated (%s)", len(left_out), left_out[0])
+    add_tiers(result, {s.customer_id: s.salary_payer for s in kept})
     return result
 
 

@@ -177,7 +177,13 @@ class StateStore:
         result: dict[str, Loaded] = {}
         for i, cid in enumerate(customer_ids):
             (version, blob), outbox = replies[2 * i], replies[2 * i + 1]
-            state = decode_state(blob) if blob is not None else None
+            try:
+                state = decode_state(blob) if blob is not None else None
+            except ValueError as exc:
+                # (a newer format, a dictionary this version lacks, a damaged blob): the worker
+                # cannot go on for this customer without losing its history; it retries and
+                # says it is stalled, until an operator (or the right version) can read it
+                raise TransientError(f"state of a customer cannot be read: {exc}") from exc
             result[cid] = Loaded(int(version) if version is not None else 0, state, list(outbox))
         return result
 

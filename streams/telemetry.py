@@ -43,6 +43,11 @@ REDIS_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS_S,
 )
 REDIS_ERRORS = Counter("fundflow_redis_errors_total", "Redis errors by operation", ["operation"])
+PARTITION_STALLED = Gauge(
+    "fundflow_partition_stalled",
+    "1 while a batch of this input partition has been retried for FUNDFLOW_STALLED_AFTER_SECONDS or more",
+    ["topic", "partition"],
+)
 CONSUMER_LAG = Gauge("fundflow_consumer_lag", "Records behind the end of the partition", ["topic", "partition"])
 WEBHOOK_DELIVERIES = Counter("fundflow_webhook_deliveries_total", "Webhook delivery outcomes", ["outcome"])
 WEBHOOK_SECONDS = Histogram(

@@ -14,7 +14,9 @@ Finding the cut points reads only the ranks the interpolation needs
 A worker refreshes what it changed every ``FUNDFLOW_TIER_REFRESH_SECONDS``;
 ``fundflow tiers --refresh`` rebuilds everything from the stored states.
 Tiers may lag the newest events by one refresh interval (metrics.md allows it);
-a backtest snapshot computes them exactly.
+a backtest snapshot computes them exactly. A state whose contribution cannot be
+computed (one stored before event time had bounds, say) is left out and logged:
+it never stops the refresh for everyone else, nor moves their ``as_of``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from rules.metrics import SegmentThresholds, evaluate
 from rules.money import to_cent
 from rules.state import CustomerState, StateConfig
 from streams import telemetry
+from streams.decode import LATEST_SUPPORTED_US
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +90,9 @@ class TierBook:
     def changed(self, states: Iterable[CustomerState]) -> None:
         for state in states:
             self.dirty[state.customer_id] = state
-            if state.last_us is not None and state.last_us > self.watermark_us:
-                self.watermark_us = state.last_us
+            last = state.last_us
+            if last is not None and self.watermark_us < last <= LATEST_SUPPORTED_US:
+                self.watermark_us = last
 
     def tier_of(self, customer_id: str) -> str | None:
         """The customer's tier with the current cut points (None before the first refresh)."""
@@ -107,7 +111,15 @@ class TierBook:
         """Write the changed customers' contributions, then recompute the cut points."""
         dirty, self.dirty = self.dirty, {}
         as_of = self.watermark_us
-        values = {cid: self.contribution_of(s, max(as_of, s.last_us or 0)) for cid, s in dirty.items()}
+        values: dict[str, Decimal] = {}
+        failed: list[str] = []
+        for cid, state in dirty.items():
+            try:
+                values[cid] = self.contribution_of(state, max(as_of, state.last_us or 0))
+            except Exception as exc:  # one unusable state must not stop everyone's tiers
+                failed.append(type(exc).__name__)
+        if failed:
+            log.warning("live tiers: %d customers left out: state cannot be evaluated (%s)", len(failed), failed[0])
         self.known.update(values)
         await write_contributions(self.redis, self.keys, values)
         self.cuts = await recompute_cuts(self.redis, self.keys, as_of)

@@ -27,6 +27,17 @@ CATEGORIES = (
     "top_level_array",
     "null",
     "conflicting_duplicate",
+    # issue 20: what Python's Decimal() or a JSON parser would have let through, and the
+    # edges of the calendar the state step cannot convert
+    "underscore_amount",
+    "fullwidth_amount",
+    "spaced_amount",
+    "exponent_amount",
+    "repeated_key",
+    "control_in_id",
+    "year_one",
+    "year_9999",
+    "far_future",
 )
 
 
@@ -59,6 +70,26 @@ def _mutate(obj: dict[str, object], category: str, rng: random.Random, n: int) -
         bad["direction"] = rng.choice(["sideways", "", "CREDIT ", None])
     elif category == "missing_field":
         del bad[rng.choice(["txn_id", "customer_id", "account_id", "ts", "direction", "amount"])]
+    elif category == "underscore_amount":
+        bad["amount"] = "1_000"
+    elif category == "fullwidth_amount":
+        bad["amount"] = "１００"
+    elif category == "spaced_amount":
+        bad["amount"] = rng.choice([" 100", "100 ", " 100 "])
+    elif category == "exponent_amount":
+        bad["amount"] = rng.choice(["1e2", "1E2"])
+    elif category == "repeated_key":
+        text = json.dumps(bad, separators=(",", ":"))
+        return (text[:-1] + ',"amount":"900000.00"}').encode()
+    elif category == "control_in_id":
+        field = rng.choice(["txn_id", "account_id"])
+        bad[field] = str(bad[field]) + rng.choice(["\n", "\x00", "\x1b"])
+    elif category == "year_one":
+        bad["ts"] = "0001-01-01T00:00:00+08:00"
+    elif category == "year_9999":
+        bad["ts"] = "9999-12-31T16:00:00Z"
+    elif category == "far_future":
+        bad["ts"] = "2999-01-01T00:00:00+08:00"
     elif category == "conflicting_duplicate":
         bad = dict(obj)  # the same txn_id as an applied event, with different content
         bad["amount"] = f"{float(str(obj['amount'])) + 1:.2f}"

@@ -58,7 +58,7 @@ from streams.rulestep import build_step
 from streams.settings import Settings
 from streams.tools.berka import berka_lines
 from streams.tools.measure import percentiles
-from streams.tools.replay import loop_shift_days, replay, route, with_fresh_ids
+from streams.tools.replay import SYNTHETIC_SKEW_SECONDS, loop_shift_days, replay, route, with_fresh_ids
 from streams.topics import ALERTS, INPUT_TOPICS
 
 LIGHT_LOAD = 100.0  # events/s: the latency floor, when nothing queues
@@ -435,7 +435,9 @@ def run_bench(settings: Settings, berka: Path, events: int, smoke: bool, out: Pa
     generator = fresh_loops(source)
     data = list(islice(generator, events))
     timeout = 60.0 if smoke else 900.0
-    settings = settings.model_copy(update={"partitions": max(settings.partitions, 2)})
+    settings = settings.model_copy(
+        update={"partitions": max(settings.partitions, 2), "event_time_max_skew_seconds": SYNTHETIC_SKEW_SECONDS}
+    )
     with tempfile.TemporaryDirectory(prefix="fundflow-bench-") as tmp:
         log_dir = Path(tmp)
         with LocalRun(settings.model_copy(update={"app_id": "bench-full-1", "key_prefix": "bench1"}), log_dir) as run:

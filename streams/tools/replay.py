@@ -34,6 +34,11 @@ from streams.topics import LOANS, TRANSACTIONS
 
 Line = bytes
 
+# Looped synthetic loads (bench, soak) move event time a Berka span (~6 years) ahead per
+# loop, past the wall clock after a few loops: their workers accept event time this far
+# ahead of the records (FUNDFLOW_EVENT_TIME_MAX_SKEW_SECONDS; the default is one day).
+SYNTHETIC_SKEW_SECONDS = 1000 * 366 * 86_400.0
+
 
 @dataclass(slots=True)
 class ReplayStats:

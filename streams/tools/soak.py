@@ -29,7 +29,7 @@ from streams.errors import ConfigError
 from streams.local.orchestra import LocalRun, committed_offsets, group_lag
 from streams.settings import Settings
 from streams.tools.berka import berka_lines
-from streams.tools.replay import loop_shift_days, replay, with_fresh_ids
+from streams.tools.replay import SYNTHETIC_SKEW_SECONDS, loop_shift_days, replay, with_fresh_ids
 from streams.topics import INPUT_TOPICS
 
 MIB = 1024 * 1024
@@ -180,7 +180,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.minutes <= 0 or args.interval <= 0 or not 0 < args.rate_fraction <= 1:
         parser.error("--minutes and --interval must be > 0, --rate-fraction in (0, 1]")
-    settings = Settings(kafka_bootstrap=None, redis_url=None, var_dir=args.var, partitions=4)
+    settings = Settings(
+        kafka_bootstrap=None,
+        redis_url=None,
+        var_dir=args.var,
+        partitions=4,
+        event_time_max_skew_seconds=SYNTHETIC_SKEW_SECONDS,
+    )
     try:
         lines = berka_lines(args.berka, settings.zone)
         with LocalRun(settings, args.var) as run:

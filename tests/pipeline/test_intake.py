@@ -20,6 +20,9 @@ from streams.topics import DLQ, TRANSACTIONS
 from tests.fakes import Sink
 
 
+PRODUCED = 1_704_070_860.0  # the records' Kafka timestamp: a minute after the event time
+
+
 async def test_records_through_faust_conductor_are_applied_dead_lettered_and_acked(redis_url: str) -> None:
     """Faust's own conductor callback (no broker) hands records to the worker's intake:
     state lands in Redis, bad input goes to the dead-letter emitter, and every record is
@@ -44,7 +47,7 @@ async def test_records_through_faust_conductor_are_applied_dead_lettered_and_ack
         "amount": "5.00",
     }
     values = [json.dumps(event).encode(), json.dumps(event).encode(), b"{broken"]  # a redelivery, then junk
-    messages = [Message(TRANSACTIONS, 0, i, 1.7e9, 0, [], b"zz", v, None, tp=tp) for i, v in enumerate(values)]
+    messages = [Message(TRANSACTIONS, 0, i, PRODUCED, 0, [], b"zz", v, None, tp=tp) for i, v in enumerate(values)]
     drain = asyncio.ensure_future(reader.run())
     try:
         for message in messages:

@@ -135,7 +135,7 @@ async def test_stale_owner_loses_the_version_check_and_recomputes(store: StateSt
 
 
 async def test_statistics_ride_with_the_commit_and_stay_exact_through_a_version_conflict(store: StateStore) -> None:
-    now = 1_700_000_000_000
+    now = 1_750_000_000_000  # after the events (2024-03): their time is plausible
     clock = lambda: now  # noqa: E731
     old_owner = BatchProcessor(store, big_credit_step(), Sink(), wall_clock_ms=clock)
     new_owner = BatchProcessor(store, big_credit_step(), Sink(), wall_clock_ms=clock)
@@ -210,8 +210,9 @@ async def test_a_redelivery_older_than_the_dedup_horizon_is_a_repeat_not_a_dead_
     report = await processor(store, again, plain()).process([new_but_old])
     assert report.dead_letters == {"too_late_to_deduplicate": 1}
     # a broker that lost its topics restarts offsets at 0; what is sent anew is produced later
-    resent = RawRecord(TRANSACTIONS, 0, 1, b"carol", early.value.replace(b'"t1"', b'"t8"'), 10_000)  # type: ignore[union-attr]
-    resent_too = RawRecord(TRANSACTIONS, 0, 2, b"carol", early.value.replace(b'"t1"', b'"t7"'), 10_000)  # type: ignore[union-attr]
+    # (stamped at a real time: event time may not run ahead of its record's timestamp)
+    resent = RawRecord(TRANSACTIONS, 0, 1, b"carol", early.value.replace(b'"t1"', b'"t8"'), 1_750_000_000_000)  # type: ignore[union-attr]
+    resent_too = RawRecord(TRANSACTIONS, 0, 2, b"carol", early.value.replace(b'"t1"', b'"t7"'), 1_750_000_000_000)  # type: ignore[union-attr]
     report = await processor(store, again, plain()).process([resent, resent_too])
     assert report.dead_letters == {"too_late_to_deduplicate": 2}
     # (a refused record changes no state, so nothing remembers it: were it redelivered, it

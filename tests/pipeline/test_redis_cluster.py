@@ -81,6 +81,29 @@ async def test_a_batch_of_many_slots_commits_publishes_and_reads_back(cluster_st
     assert (again.applied, again.duplicates) == (0, 2 * len(CUSTOMERS))
 
 
+BRACED = ["}x", "}", "{", "{}", "a}b{c", "{y}", "客户}1"]  # issue 20 row 7b: "}x" made an empty hash tag
+
+
+async def test_ids_with_braces_keep_one_slot_per_customer_on_the_cluster(cluster_store: StateStore) -> None:
+    keys = cluster_store.keys
+    for customer in BRACED:
+        slots = {key_slot(k.encode()) for k in (keys.state(customer), keys.outbox(customer), keys.alerts(customer))}
+        assert len(slots) == 1, customer
+        assert keys.customer_of_state_key(keys.state(customer)) == customer
+    assert keys.state("cl07") == "cl:{cl07}:state"  # ordinary ids: the keys of every earlier version
+    batch = [txn(i, customer, "credit", "250.00") for i, customer in enumerate(BRACED)]
+    sink = Sink()
+    report = await processor(cluster_store, sink, big_credit_step()).process(batch)
+    assert (report.applied, report.dead_letters) == (len(BRACED), {})
+    assert sorted(key for _, key, _ in sink.sent) == sorted(c.encode() for c in BRACED)  # alerts keyed right
+    for customer in BRACED:
+        state = await cluster_store.read(customer)
+        assert state is not None and state.customer_id == customer and state.balance == Decimal("250.00")
+        assert len(await cluster_store.recent_findings(customer)) == 1
+        assert await cluster_store.redis.llen(keys.outbox(customer)) == 0
+    assert sorted([s.customer_id async for s in cluster_store.scan_states()]) == sorted(BRACED)
+
+
 async def test_without_grouping_by_slot_the_cluster_refuses_the_commit(cluster_store: StateStore) -> None:
     """What the grouping is for: one script call with customers of several slots (what a
     single Redis gets) is refused, and nothing is written."""

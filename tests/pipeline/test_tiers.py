@@ -91,3 +91,26 @@ async def test_tiers_follow_balances(redis_url: str) -> None:
         assert book.tier_of("C1") == "IV"
     finally:
         await client.aclose()
+
+
+async def test_one_unusable_state_never_stops_the_tiers_of_everyone_else(redis_url: str) -> None:
+    """Issue 20: a state stored with a year-9999 clock (before event time had bounds) made
+    every refresh fail, for every customer. It is left out; the others get their tiers."""
+    config = StateConfig(zone=ZONE)
+    client = connect(redis_url)
+    book = TierBook(client, Keys("t9"), config, SegmentThresholds(), ContributionRates())
+    states = []
+    for i in range(4):
+        state = CustomerState(f"C{i}")
+        apply_transaction(state, _credit(state.customer_id, 0, str(1000 * (i + 1)), 1), config)
+        states.append(state)
+    broken = CustomerState("BROKEN")
+    apply_transaction(broken, _credit("BROKEN", 0, "5", 1), config)
+    broken.last_us = broken.last_txn_us = int(dt.datetime(9999, 12, 31, 16, tzinfo=dt.UTC).timestamp() * 1e6)
+    try:
+        book.changed([*states, broken])
+        assert await book.refresh() == 4
+        assert book.tier_of("C3") == "I" and book.tier_of("C0") == "IV"
+        assert await client.hget(Keys("t9").tier_values, "BROKEN") is None
+    finally:
+        await client.aclose()

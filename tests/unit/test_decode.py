@@ -4,6 +4,9 @@ clear, bounded reason and no personal data in the error text."""
 from __future__ import annotations
 
 import base64
+import dataclasses
+import datetime as dt
+import hashlib
 import json
 from decimal import Decimal
 
@@ -13,10 +16,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rules.events import LoanEvent, TransactionEvent
-from streams.deadletter import RawRecord, dead_letter
-from streams.decode import decode
+from streams.deadletter import MAX_DEAD_LETTER_BYTES, VALUE_PREFIX_BYTES, RawRecord, dead_letter
+from streams.decode import TimeBounds, decode
 from streams.errors import InvalidEvent
+from streams.tools.replay import route
 from streams.topics import LOANS, TRANSACTIONS
+from tests import eventgen, malformed
 
 GOOD = {
     "txn_id": "t-1",
@@ -41,7 +46,15 @@ LOAN = {
 
 
 def record(value: bytes | None, topic: str = TRANSACTIONS) -> RawRecord:
-    return RawRecord(topic=topic, partition=1, offset=42, key=b"k", value=value, timestamp_ms=1)
+    """A record keyed as producers must key it: by the event's customer_id (when it has one)."""
+    key = b"k"
+    try:
+        customer = json.loads(value or b"").get("customer_id")
+    except (ValueError, AttributeError, RecursionError):
+        customer = None
+    if isinstance(customer, str):
+        key = customer.encode(errors="surrogatepass")
+    return RawRecord(topic=topic, partition=1, offset=42, key=key, value=value, timestamp_ms=None)
 
 
 def bad(payload: object, reason: str, topic: str = TRANSACTIONS) -> InvalidEvent:
@@ -162,3 +175,152 @@ def test_any_field_replaced_by_any_json_is_an_event_or_a_dead_letter(field: str,
         if isinstance(event, TransactionEvent):
             assert event.amount > 0 and event.amount == event.amount.quantize(Decimal("0.01"))
             assert event.ts.tzinfo is not None
+
+
+# --- issue 20: the strict wire format, event-time bounds and the Kafka key -----------------
+
+
+@pytest.mark.parametrize(
+    "amount", ["1_000", "１００", " 100", "100 ", " 100 ", "1e2", "1E2", "+5", "0x10", "1.", ".5", "١٠٠", "10\n"]
+)
+def test_an_amount_is_ascii_digits_with_an_optional_point(amount: str) -> None:
+    bad({**GOOD, "amount": amount}, "invalid_amount")
+
+
+def test_an_amount_written_as_a_number_with_an_exponent_is_refused() -> None:
+    bad(json.dumps(GOOD).replace('"1234.50"', "1e2").encode(), "invalid_amount")
+    bad(json.dumps(LOAN).replace('"90000.00"', "9E+4").encode(), "invalid_outstanding", topic=LOANS)
+
+
+def test_balances_rates_and_loan_amounts_are_strict_too() -> None:
+    event = decode(record(json.dumps({**GOOD, "balance_after": "-12.50"}).encode()), 65536)
+    assert isinstance(event, TransactionEvent) and event.balance_after == Decimal("-12.50")
+    bad({**GOOD, "balance_after": "1_0"}, "invalid_balance_after")
+    bad({**LOAN, "annual_rate": "٠.٠٤"}, "invalid_annual_rate", topic=LOANS)
+    bad({**LOAN, "principal": " 100"}, "invalid_principal", topic=LOANS)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"txn_id":"t-1","customer_id":"C","account_id":"A","ts":"2024-01-31T23:59:59+08:00",'
+        b'"direction":"credit","amount":"1.00","amount":"900.00"}',
+        b'{"txn_id": "t-1", "customer_id": "C", "account_id": "A", "ts": "2024-01-31T23:59:59+08:00", '
+        b'"direction": "credit", "amount": "1.00", "amount": "900.00"}',
+        # whitespace before a colon, and a repeated key balanced by a missing `":`
+        b'{"txn_id" : "t-1","txn_id":"t-2","customer_id":"C","account_id":"A","ts":"2024-01-31T23:59:59+08:00",'
+        b'"direction":"credit","amount":"1.00"}',
+        b'{"txn_id":"t-1","customer_id":"C","account_id":"A","ts":"2024-01-31T23:59:59+08:00",'
+        b'"direction":"credit","amount":1.5,"amount":2}',
+        b'{"txn_id":"t-1","customer_id":"C","account_id":"A","ts":"2024-01-31T23:59:59+08:00",'
+        b'"direction":"credit","amount":"1.00","x":{"a":1,"a":2}}',
+    ],
+)
+def test_an_object_with_a_repeated_key_is_refused(text: bytes) -> None:
+    with pytest.raises(InvalidEvent) as caught:
+        decode(RawRecord(TRANSACTIONS, 0, 0, b"C", text, None), 65536)
+    assert caught.value.reason == "duplicate_key"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"txn_id" : "t-1" , "customer_id" : "C","account_id":"A","ts":"2024-01-31T23:59:59+08:00",'
+        b'"direction":"credit","amount":"1.00","note":"a \\":\\" b","x":{"k":[1,{"k":2}]}}',
+        b'{"txn_id":"t-1","customer_id":"C","account_id":"A","ts":"2024-01-31T23:59:59+08:00",'
+        b'"direction":"credit","amount":"1.00","note":"\\u00e9"}',
+    ],
+)
+def test_unusual_but_unique_keys_are_accepted(text: bytes) -> None:
+    assert isinstance(decode(RawRecord(TRANSACTIONS, 0, 0, b"C", text, None), 65536), TransactionEvent)
+
+
+@pytest.mark.parametrize("field", ["txn_id", "customer_id", "account_id", "counterparty_bank", "payer_customer_id"])
+@pytest.mark.parametrize("control", ["\n", "\x00", "\x1b", "\x7f", "\x85", "\u2028"])
+def test_identifiers_carry_no_control_characters(field: str, control: str) -> None:
+    bad({**GOOD, field: f"probe{control}x"}, f"invalid_{field}")
+
+
+def test_loan_identifiers_carry_no_control_characters() -> None:
+    bad({**LOAN, "loan_id": "L\n1"}, "invalid_loan_id", topic=LOANS)
+
+
+def test_the_kafka_key_must_be_the_customer_id() -> None:
+    for key in (None, b"", b"someone-else", b"C-SECRET-NAME "):
+        with pytest.raises(InvalidEvent) as caught:
+            decode(dataclasses.replace(record(json.dumps(GOOD).encode()), key=key), 65536)
+        assert caught.value.reason == "key_mismatch"
+        assert "C-SECRET-NAME" not in caught.value.error
+    unicode = {**GOOD, "customer_id": "客户-7"}
+    assert decode(record(json.dumps(unicode).encode()), 65536).customer_id == "客户-7"
+
+
+NOW_MS = 1_780_000_000_000  # 2026-05-28T20:26:40Z
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [
+        "0001-01-01T00:00:00+08:00",
+        "9999-12-31T16:00:00Z",
+        "9999-12-31T23:59:59-12:00",
+        "1969-12-31T23:59:59Z",
+        "2026-05-30T00:00:00Z",  # 1 day and more ahead of the record
+    ],
+)
+def test_an_event_time_out_of_bounds_is_implausible(ts: str) -> None:
+    value = json.dumps({**GOOD, "ts": ts}).encode()
+    with pytest.raises(InvalidEvent) as caught:
+        decode(dataclasses.replace(record(value), timestamp_ms=NOW_MS), 65536)
+    assert caught.value.reason == "implausible_timestamp"
+    with pytest.raises(InvalidEvent) as caught:  # no record timestamp: the wall clock decides
+        decode(record(value), 65536, now_ms=NOW_MS)
+    assert caught.value.reason == "implausible_timestamp"
+
+
+def test_event_time_bounds_follow_the_record_timestamp_and_the_settings() -> None:
+    value = json.dumps({**GOOD, "ts": "2026-05-29T06:00:00Z"}).encode()
+    ahead = dataclasses.replace(record(value), timestamp_ms=NOW_MS)
+    assert decode(ahead, 65536).ts.year == 2026  # 10 h ahead of its record: within the default day
+    with pytest.raises(InvalidEvent):
+        decode(ahead, 65536, TimeBounds(max_skew_seconds=3600))
+    historical = dataclasses.replace(record(json.dumps({**GOOD, "ts": "1993-01-05T10:00:00+01:00"}).encode()))
+    assert decode(historical, 65536, now_ms=NOW_MS).ts.year == 1993  # a replay of old data
+    with pytest.raises(InvalidEvent):
+        decode(historical, 65536, TimeBounds(earliest=dt.date(2000, 1, 1)), now_ms=NOW_MS)
+    # a record stamped 0 or -1 has no timestamp: the wall clock decides, not 1970
+    assert decode(dataclasses.replace(ahead, timestamp_ms=0), 65536, now_ms=NOW_MS).ts.year == 2026
+    with pytest.raises(InvalidEvent) as caught:
+        decode(record(json.dumps({**LOAN, "next_due": "0001-01-01"}).encode(), LOANS), 65536)
+    assert caught.value.reason == "implausible_timestamp"
+
+
+def test_a_dead_letter_is_bounded_whatever_the_record() -> None:
+    original = b'{"customer_id":"C","pad":"' + b"x" * 1_000_000 + b'"}'
+    key = b"K" * 100_000
+    raw = RawRecord(TRANSACTIONS, 3, 7, key, original, 5)
+    letter_bytes = dead_letter(raw, "too_large", "e" * 50_000, 99)
+    assert len(letter_bytes) <= MAX_DEAD_LETTER_BYTES < 1024 * 1024 // 4
+    letter = orjson.loads(letter_bytes)
+    assert base64.b64decode(letter["value_b64"]) == original[:VALUE_PREFIX_BYTES]
+    assert letter["value_bytes"] == len(original) and letter["value_truncated"] is True
+    assert letter["value_sha256"] == hashlib.sha256(original).hexdigest()
+    assert letter["key_bytes"] == len(key) and letter["key_truncated"] is True
+    assert (letter["topic"], letter["partition"], letter["offset"], letter["timestamp_ms"]) == (TRANSACTIONS, 3, 7, 5)
+    small = orjson.loads(dead_letter(RawRecord(TRANSACTIONS, 0, 1, None, b"{}", None), "not_an_object", "x", 1))
+    assert small["value_truncated"] is False and small["key_b64"] is None and small["key_bytes"] is None
+
+
+def test_every_record_of_the_malformed_catalogue_is_an_invalid_event() -> None:
+    """tests/malformed.py, as the replay tool keys it: each one raises InvalidEvent with a
+    reason, nothing else (a deep object orjson reads but cannot write back included)."""
+    good = eventgen.lines(eventgen.transactions(customers=5, per_customer=10, seed=1))
+    seen: set[str] = set()
+    for category, raw in malformed.corrupt(good, 2 * len(malformed.CATEGORIES) * 10):
+        if category == "conflicting_duplicate":
+            continue  # well formed: refused by the state, not at the edge
+        topic, key, _ = route(raw)
+        with pytest.raises(InvalidEvent):
+            decode(RawRecord(topic, 0, 0, key, raw, None), 65536)
+        seen.add(category)
+    assert seen == set(malformed.CATEGORIES) - {"conflicting_duplicate"}

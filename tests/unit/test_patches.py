@@ -243,3 +243,24 @@ def test_the_worker_app_turns_faust_pages_off_and_binds_loopback() -> None:
         (conf.web_router_enabled, conf.web_tables_enabled, conf.web_stats_enabled, conf.web_graph_enabled,
          conf.web_metrics_enabled)
     )  # fmt: skip
+
+
+def test_a_stopping_worker_can_give_back_what_it_never_acked() -> None:
+    """Faust's wait_empty waits while ``_unacked_messages`` holds anything, and commits
+    from the acked offsets only: forgetting the unacked ends the wait, commits nothing more."""
+    source = inspect.getsource(Consumer.wait_empty)
+    assert "while not self.should_stop and self._unacked_messages:" in source
+    assert "_unacked_messages" not in inspect.getsource(Consumer._new_offset)
+    settings = Settings(kafka_bootstrap="127.0.0.1:1", redis_url="redis://127.0.0.1:1")
+    app = faust_app(settings, "127.0.0.1:1")
+    try:
+
+        class Message:  # (a WeakSet holds only what can be weakly referenced)
+            pass
+
+        held = [Message(), Message()]
+        app.consumer._unacked_messages.update(held)
+        assert patches.give_back_unacked(app.consumer) == 2
+        assert not app.consumer._unacked_messages
+    finally:
+        app.consumer._thread.thread_loop.close()

@@ -260,3 +260,18 @@ def test_daily_history_matches_a_forward_replay(case: tuple[list[TransactionEven
         assert row.inflow == sum((e.amount for e in today if e.direction == "credit"), Decimal(0))
         assert row.outflow == sum((e.amount for e in today if e.direction == "debit"), Decimal(0))
         assert row.txn_count == len(today)
+
+
+def test_a_timestamp_at_the_edge_of_the_calendar_raises_before_the_state_changes() -> None:
+    """Issue 20: 0001-01-01T00:00:00+08:00 raised OverflowError after the txn_id was already
+    remembered, leaving a half-applied state. (The edge's time bounds keep it away now.)"""
+    config = StateConfig(ZoneInfo("Asia/Shanghai"))
+    for ts in ("0001-01-01T00:00:00+08:00", "9999-12-31T16:00:00Z"):
+        state = CustomerState("c")
+        before = encode_state(state)
+        event = TransactionEvent.model_validate(
+            {"txn_id": "t", "customer_id": "c", "account_id": "a", "ts": ts, "direction": "credit", "amount": "1"}
+        )
+        with pytest.raises(OverflowError):
+            apply_transaction(state, event, config)
+        assert encode_state(state) == before and not state.seen
