@@ -48,6 +48,8 @@ from rules.state import (
     CREDIT,
     EXTERNAL,
     LOAN_REPAYMENT,
+    LOT_AMOUNT,
+    LOT_TS,
     US_PER_DAY,
     ZERO,
     CustomerState,
@@ -422,7 +424,7 @@ def _collection(j: _Judge, event: TransactionEvent) -> None:
     inflow_before = metrics["inflow_90d"] - event.amount
     rate: Decimal | None = None
     if inflow_before > 0:
-        remaining = sum((lot[0] for lot in j.state.lots if lot[1] > j.ts - 90 * US_PER_DAY), ZERO)
+        remaining = sum((lot[LOT_AMOUNT] for lot in j.state.lots if lot[LOT_TS] > j.ts - 90 * US_PER_DAY), ZERO)
         newest = j.state.lots[-1] if j.state.lots else None
         if newest is not None and newest[1] == j.ts and newest[0] <= event.amount:
             remaining -= newest[0]  # the lot this credit just formed is not the customer's habit

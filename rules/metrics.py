@@ -19,6 +19,8 @@ from rules.state import (
     EXTERNAL,
     FEE,
     LOAN_REPAYMENT,
+    LOT_AMOUNT,
+    LOT_TS,
     US_PER_DAY,
     ZERO,
     CustomerState,
@@ -117,7 +119,7 @@ def evaluate(
         avg_txn_per_day = Decimal(txn_count_30d) / 30
         retention = weighted_90d / consumed_90d / US_PER_DAY if consumed_90d else None
         remaining_90d = sum(
-            (lot[0] for lot in state.lots if lot[1] > start_90d),
+            (lot[LOT_AMOUNT] for lot in state.lots if lot[LOT_TS] > start_90d),
             ZERO,
         )
         collection_rate = remaining_90d / inflow_90d if inflow_90d else None

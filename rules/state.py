@@ -32,7 +32,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 from rules.events import LoanEvent, TransactionEvent
@@ -107,6 +107,15 @@ class LoanPoint:
     account_id: str
 
 
+# Positions in the hot-path records (mutable lists and tuples, not objects: measured, a lot is
+# touched by every debit and a remembered txn_id by every event; see docs/performance.md).
+LOT_AMOUNT: Final = 0  # a FIFO lot: the amount of it still in the account,
+LOT_TS: Final = 1  # when it came in (event time, µs),
+LOT_WIRE: Final = 2  # its stored form cached by streams.codec (None: changed since)
+SEEN_HASH: Final = 0  # a remembered txn_id: its content hash,
+SEEN_TS: Final = 1  # its event time (µs)
+
+
 @dataclass(slots=True)
 class CustomerState:
     customer_id: str
@@ -118,8 +127,8 @@ class CustomerState:
     # LoanEvents, which arrive on their own topic in no fixed order with the transactions
     last_txn_us: int | None = None
     events: list[EventRecord] = field(default_factory=list)  # sorted by ts_us
-    seen: dict[str, tuple[str, int]] = field(default_factory=dict)  # txn_id -> (content hash, ts_us)
-    # [remaining amount: Decimal, ts_us: int, stored form cached by streams.codec or None]
+    seen: dict[str, tuple[str, int]] = field(default_factory=dict)  # txn_id -> (SEEN_HASH, SEEN_TS)
+    # FIFO lots, each [LOT_AMOUNT remaining: Decimal, LOT_TS: int, LOT_WIRE: stored form or None]
     lots: deque[list[Any]] = field(default_factory=deque)
     overdraft: Decimal = ZERO
     ledger: dict[str, tuple[int, Decimal]] = field(default_factory=dict)  # account -> (ts_us, balance_after)
@@ -292,16 +301,16 @@ def _debit_lots(state: CustomerState, record: EventRecord) -> None:
     weighted = ZERO
     while wanted and lots:
         lot = lots[0]
-        remaining: Decimal = lot[0]
+        remaining: Decimal = lot[LOT_AMOUNT]
         piece = remaining if remaining <= wanted else wanted
         consumed += piece
-        weighted += piece * (record.ts_us - lot[1])
+        weighted += piece * (record.ts_us - lot[LOT_TS])
         wanted -= piece
         if piece == remaining:
             lots.popleft()
         else:
-            lot[0] = remaining - piece
-            lot[2] = None  # changed: its stored form is stale
+            lot[LOT_AMOUNT] = remaining - piece
+            lot[LOT_WIRE] = None  # changed: its stored form is stale
     if wanted:
         state.overdraft += wanted
     record.consumed = consumed
@@ -330,7 +339,7 @@ def _prune(state: CustomerState, config: StateConfig) -> None:
     seen = state.seen
     while seen:
         oldest = next(iter(seen))
-        if seen[oldest][1] > horizon_us:
+        if seen[oldest][SEEN_TS] > horizon_us:
             break
         del seen[oldest]
         state.seen_wire = None  # its stored form is stale

@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 import zstandard
 
-from rules.state import ZERO, CustomerState, EventRecord, LoanPoint
+from rules.state import LOT_AMOUNT, LOT_TS, LOT_WIRE, ZERO, CustomerState, EventRecord, LoanPoint
 
 FORMAT = 1
 ZSTD_LEVEL = 1
@@ -107,7 +107,7 @@ def _event_row(r: EventRecord) -> list[Any]:
 
 
 def _lot_wire(lot: list[Any]) -> orjson.Fragment:
-    wire = lot[2] = orjson.Fragment(b'["%s",%d]' % (str(lot[0]).encode(), lot[1]))
+    wire = lot[LOT_WIRE] = orjson.Fragment(b'["%s",%d]' % (str(lot[LOT_AMOUNT]).encode(), lot[LOT_TS]))
     return wire
 
 
@@ -148,7 +148,7 @@ def encode_state(state: CustomerState, *, compress: bool = False) -> bytes:
         "lt": state.last_txn_us,
         "e": events,
         "s": orjson.Fragment(_seen_wire(state)),  # txn_id -> (hash, ts) as {"id":["hash",ts],...}
-        "l": [lot[2] or _lot_wire(lot) for lot in state.lots],
+        "l": [lot[LOT_WIRE] or _lot_wire(lot) for lot in state.lots],
         "t": state.applied_total,
     }
     if state.overdraft:

@@ -37,7 +37,7 @@ import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol
 
 import orjson
 from redis.exceptions import RedisError
@@ -94,6 +94,10 @@ def _coordinates(record: RawRecord) -> tuple[str, int, int]:
     return record.topic, record.partition, record.offset
 
 
+SEEN_OFFSET: Final = 0  # a customer's position in a partition: [highest offset seen,
+SEEN_STAMP: Final = 1  # latest Kafka timestamp seen]
+
+
 def _redelivered(state: CustomerState, record: RawRecord) -> bool:
     """The same record again: at or below the highest offset of its partition this customer
     has seen, and produced no later than the latest record seen there. A topic recreated
@@ -102,9 +106,9 @@ def _redelivered(state: CustomerState, record: RawRecord) -> bool:
     seen = state.offsets.get(f"{record.topic}:{record.partition}")
     return (
         seen is not None
-        and record.offset <= seen[0]
+        and record.offset <= seen[SEEN_OFFSET]
         and record.timestamp_ms is not None
-        and record.timestamp_ms <= seen[1]
+        and record.timestamp_ms <= seen[SEEN_STAMP]
     )
 
 
@@ -112,13 +116,13 @@ def _note_position(state: CustomerState, record: RawRecord) -> None:
     where = f"{record.topic}:{record.partition}"
     seen = state.offsets.get(where)
     stamp = record.timestamp_ms if record.timestamp_ms is not None else -1
-    if seen is None or (record.offset <= seen[0] and stamp > seen[1]):
+    if seen is None or (record.offset <= seen[SEEN_OFFSET] and stamp > seen[SEEN_STAMP]):
         # first record here, or offsets went back while time went on: a new incarnation of
         # the topic (broker loss); positions of the old one mean nothing any more
         state.offsets[where] = [record.offset, stamp]
     else:
-        seen[0] = max(seen[0], record.offset)
-        seen[1] = max(seen[1], stamp)
+        seen[SEEN_OFFSET] = max(seen[SEEN_OFFSET], record.offset)
+        seen[SEEN_STAMP] = max(seen[SEEN_STAMP], stamp)
 
 
 def plain_step(config: StateConfig) -> Step:
@@ -167,6 +171,33 @@ def _encodes(state: CustomerState) -> bool:
     except Exception:
         return False
     return True
+
+
+@dataclass(slots=True)
+class CustomerRun:
+    """One customer's part of a batch attempt, between the step and the commit."""
+
+    version: int  # the state's version when loaded: the commit's compare-and-set
+    state: CustomerState
+    findings: list[bytes] = field(default_factory=list)
+    applied_ids: list[int] = field(default_factory=list)  # id() of the records applied
+    duplicate_ids: list[int] = field(default_factory=list)
+    refused: list[tuple[RawRecord, Outcome]] = field(default_factory=list)  # conflict / too late
+    produced_ms: list[int] = field(default_factory=list)  # Kafka timestamps of the applied records
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """What one attempt at a batch carries between its stages."""
+
+    by_customer: dict[str, list[tuple[RawRecord, Event]]]
+    letters: list[Message]
+    rejected: list[tuple[RawRecord, str, str]]
+    report: BatchReport
+    to_publish: dict[str, list[bytes]] = field(default_factory=dict)
+    careful: set[str] = field(default_factory=set)  # states that failed to encode: checked after every step
+    outcome_letters: list[Message] = field(default_factory=list)
+    latencies: list[int] = field(default_factory=list)
 
 
 class BatchProcessor:
@@ -308,134 +339,144 @@ class BatchProcessor:
         rejected: list[tuple[RawRecord, str, str]],
         report: BatchReport,
     ) -> dict[str, list[bytes]]:
-        """Steps 2-4: returns each customer's findings still to publish (new and left over).
+        """Steps 2-4, in rounds until every customer is committed: load what is not cached,
+        run each customer's records through the step, commit, settle. Returns each customer's
+        findings still to publish (new and left over from a predecessor's outbox).
 
-        A record the step fails on is taken out of ``by_customer`` and added to ``rejected``
-        (and its dead letter to ``letters``); its customer's state, which the step may have
-        changed half-way, is dropped and the customer redone from Redis without it."""
-        to_publish: dict[str, list[bytes]] = {}
+        A customer leaves a round unfinished when its commit lost the version check (another
+        owner wrote it: re-read and recompute), when the step failed on one of its records
+        (that record is dead-lettered and the customer redone from Redis without it), or when
+        its state cannot be encoded (the round is redone with the state checked after every
+        step, to find the record)."""
+        attempt = _Attempt(by_customer, letters, rejected, report)
         pending = list(by_customer)
-        careful: set[str] = set()  # customers whose state failed to encode: check after every step
-        outcome_letters: list[Message] = []
-        latencies: list[int] = []
         while pending:
-            missing = [cid for cid in pending if cid not in self.cache]
-            for cid, loaded in (await self.store.load(missing)).items():
-                self.cache[cid] = (loaded.version, loaded.state or CustomerState(cid))
-                if loaded.outbox:  # (loaded again after a redo: each entry is published once)
-                    queued = to_publish.setdefault(cid, [])
-                    left_over = [entry for entry in loaded.outbox if entry not in queued]
-                    queued.extend(left_over)
-                    report.republished += len(left_over)
-            commits: list[Commit] = []
-            staged: dict[str, tuple[list[tuple[RawRecord, str]], int, int, list[int], list[int]]] = {}
-            tally = Tally(0, [], self.wall_clock_ms)
+            await self._load_missing(pending, attempt)
+            runs: dict[str, CustomerRun] = {}
             redo: list[str] = []
             for cid in pending:
-                version, state = self.cache[cid]
-                found: list[bytes] = []
-                mine: list[tuple[RawRecord, str]] = []
-                applied = duplicates = 0
-                applied_ids: list[int] = []
-                duplicate_ids: list[int] = []
-                produced: list[int] = []
-                for record, event in by_customer[cid]:
-                    try:
-                        outcome, findings = self.step(state, event)
-                        if cid in careful and outcome is Outcome.APPLIED:
-                            encode_state(state)
-                    except Exception as exc:
-                        reason = ENCODE_FAILED if cid in careful else STEP_FAILED
-                        self._reject(record, exc, reason, letters, rejected, report)
-                        by_customer[cid] = [(r, e) for r, e in by_customer[cid] if r is not record]
-                        self.cache.pop(cid, None)  # half-applied: never committed, never reused
-                        redo.append(cid)
-                        break
-                    if outcome is Outcome.TOO_LATE and _redelivered(state, record):
-                        # a record this customer's state already went past, back after a crash,
-                        # its txn_id aged out of the dedup horizon meanwhile: a repeat, not late input
-                        outcome = Outcome.DUPLICATE
-                    _note_position(state, record)
-                    if outcome is Outcome.APPLIED:
-                        applied += 1
-                        applied_ids.append(id(record))
-                        found.extend(findings)
-                        if record.timestamp_ms is not None:
-                            produced.append(record.timestamp_ms)
-                    elif outcome is Outcome.DUPLICATE:
-                        duplicates += 1
-                        duplicate_ids.append(id(record))
-                    else:
-                        mine.append((record, outcome.value))
+                run = self._run_customer(cid, attempt)
+                if run is None:
+                    redo.append(cid)
                 else:
-                    staged[cid] = (mine, applied, duplicates, applied_ids, duplicate_ids)
-                    if applied:
-                        commits.append(Commit(cid, version, state, found))
-                        tally.applied += applied
-                        tally.produced_ms.extend(produced)
-            try:
-                failed = await self.store.commit(commits, tally)
-            except (TransientError, RedisError):
-                raise
-            except Exception as exc:
-                # A state that cannot be encoded (nothing was sent): redo every customer of
-                # the round from Redis, those states checked after each step to find the record.
-                unencodable = {c.customer_id for c in commits if not _encodes(c.state)}
-                if not unencodable or unencodable <= careful:
-                    raise
-                where = _where(exc)
-                log.warning("%d states could not be encoded (%s at %s)", len(unencodable), type(exc).__name__, where)
-                careful |= unencodable
-                for cid in pending:
-                    self.cache.pop(cid, None)
+                    runs[cid] = run
+            failed = await self._commit(runs, pending, attempt)
+            if failed is None:  # a state could not be encoded: every customer of the round again
                 continue
-            latencies.extend(tally.latencies_ms)
-            report.conflicts += len(failed)
-            if failed:  # counted as applied in the commit's round trip; they will be redone
-                lost = sum(staged[cid][1] for cid in failed)
-                await self.store.count(Tally(-lost, [], self.wall_clock_ms))
-            if self.on_commit is not None:
-                self.on_commit([c.state for c in commits if c.customer_id not in failed])
-            for commit in commits:
-                if commit.customer_id in failed:
-                    self.cache.pop(commit.customer_id, None)
-                else:
-                    self.cache[commit.customer_id] = (commit.expected_version + 1, commit.state)
-                    self.cache.move_to_end(commit.customer_id)
-                    if commit.findings:
-                        to_publish.setdefault(commit.customer_id, []).extend(commit.findings)
-                        report.findings += len(commit.findings)
-            for cid, (mine, applied, duplicates, applied_ids, duplicate_ids) in staged.items():
-                if cid in failed:
-                    continue
-                report.applied += applied
-                report.duplicates += duplicates
-                report.applied_records.update(applied_ids)
-                report.duplicate_records.update(duplicate_ids)
-                for record, reason in mine:
-                    outcome_letters.append(self._letter(record, reason, _OUTCOME_ERRORS[Outcome(reason)], report))
+            self._settle(runs, failed, attempt)
             pending = [cid for cid in pending if cid in failed] + redo
-        letters.extend(outcome_letters)
+        letters.extend(attempt.outcome_letters)
         while len(self.cache) > self.cache_size:
             self.cache.popitem(last=False)
-        telemetry.observe_latencies(latencies)
-        return to_publish
+        telemetry.observe_latencies(attempt.latencies)
+        return attempt.to_publish
 
-    def _reject(
-        self,
-        record: RawRecord,
-        exc: Exception,
-        reason: str,
-        letters: list[Message],
-        rejected: list[tuple[RawRecord, str, str]],
-        report: BatchReport,
-    ) -> None:
+    async def _load_missing(self, pending: list[str], attempt: _Attempt) -> None:
+        """Step 2: one round trip for the customers not cached; an outbox a predecessor left
+        behind is published again (each entry once, also when loaded again after a redo)."""
+        missing = [cid for cid in pending if cid not in self.cache]
+        for cid, loaded in (await self.store.load(missing)).items():
+            self.cache[cid] = (loaded.version, loaded.state or CustomerState(cid))
+            if loaded.outbox:
+                queued = attempt.to_publish.setdefault(cid, [])
+                left_over = [entry for entry in loaded.outbox if entry not in queued]
+                queued.extend(left_over)
+                attempt.report.republished += len(left_over)
+
+    def _run_customer(self, cid: str, attempt: _Attempt) -> CustomerRun | None:
+        """Step 3 for one customer: the pure step over its records, in partition order, on
+        the cached state. ``None`` when the step failed on a record: that record is
+        dead-lettered and taken out, and the half-applied state dropped from the cache."""
+        version, state = self.cache[cid]
+        run = CustomerRun(version, state)
+        careful = cid in attempt.careful
+        for record, event in attempt.by_customer[cid]:
+            try:
+                outcome, findings = self.step(state, event)
+                if careful and outcome is Outcome.APPLIED:
+                    encode_state(state)
+            except Exception as exc:
+                self._reject(record, exc, ENCODE_FAILED if careful else STEP_FAILED, attempt)
+                attempt.by_customer[cid] = [(r, e) for r, e in attempt.by_customer[cid] if r is not record]
+                self.cache.pop(cid, None)  # half-applied: never committed, never reused
+                return None
+            if outcome is Outcome.TOO_LATE and _redelivered(state, record):
+                # a record this customer's state already went past, back after a crash,
+                # its txn_id aged out of the dedup horizon meanwhile: a repeat, not late input
+                outcome = Outcome.DUPLICATE
+            _note_position(state, record)
+            if outcome is Outcome.APPLIED:
+                run.applied_ids.append(id(record))
+                run.findings.extend(findings)
+                if record.timestamp_ms is not None:
+                    run.produced_ms.append(record.timestamp_ms)
+            elif outcome is Outcome.DUPLICATE:
+                run.duplicate_ids.append(id(record))
+            else:
+                run.refused.append((record, outcome))
+        return run
+
+    async def _commit(self, runs: dict[str, CustomerRun], pending: list[str], attempt: _Attempt) -> set[str] | None:
+        """Step 4: one atomic compare-and-set per changed customer, all in one round trip
+        that also counts the applied events. Returns the customers whose version moved, or
+        ``None`` when a state could not be encoded (nothing was sent): those customers are
+        marked careful and the round's customers dropped from the cache, to be redone."""
+        commits = [Commit(cid, run.version, run.state, run.findings) for cid, run in runs.items() if run.applied_ids]
+        tally = Tally(0, [], self.wall_clock_ms)
+        for run in runs.values():
+            if run.applied_ids:
+                tally.applied += len(run.applied_ids)
+                tally.produced_ms.extend(run.produced_ms)
+        try:
+            failed = await self.store.commit(commits, tally)
+        except (TransientError, RedisError):
+            raise
+        except Exception as exc:
+            unencodable = {c.customer_id for c in commits if not _encodes(c.state)}
+            if not unencodable or unencodable <= attempt.careful:
+                raise
+            log.warning("%d states could not be encoded (%s at %s)", len(unencodable), type(exc).__name__, _where(exc))
+            attempt.careful |= unencodable
+            for cid in pending:
+                self.cache.pop(cid, None)
+            return None
+        attempt.latencies.extend(tally.latencies_ms)
+        attempt.report.conflicts += len(failed)
+        if failed:  # counted as applied in the commit's round trip; they will be redone
+            lost = sum(len(runs[cid].applied_ids) for cid in failed)
+            await self.store.count(Tally(-lost, [], self.wall_clock_ms))
+        if self.on_commit is not None:
+            self.on_commit([c.state for c in commits if c.customer_id not in failed])
+        return failed
+
+    def _settle(self, runs: dict[str, CustomerRun], failed: set[str], attempt: _Attempt) -> None:
+        """After the commit: committed states become the cache's truth and their findings go
+        to publishing; a customer that lost the version check leaves the cache (redone)."""
+        report = attempt.report
+        for cid, run in runs.items():
+            if cid in failed:
+                self.cache.pop(cid, None)
+                continue
+            if run.applied_ids:
+                self.cache[cid] = (run.version + 1, run.state)
+                self.cache.move_to_end(cid)
+                if run.findings:
+                    attempt.to_publish.setdefault(cid, []).extend(run.findings)
+                    report.findings += len(run.findings)
+            report.applied += len(run.applied_ids)
+            report.duplicates += len(run.duplicate_ids)
+            report.applied_records.update(run.applied_ids)
+            report.duplicate_records.update(run.duplicate_ids)
+            for record, outcome in run.refused:
+                attempt.outcome_letters.append(self._letter(record, outcome.value, _OUTCOME_ERRORS[outcome], report))
+
+    def _reject(self, record: RawRecord, exc: Exception, reason: str, attempt: _Attempt) -> None:
         """``record`` failed in the step: its dead letter now, and in every retry of the batch."""
         what = "the rules step raised" if reason == STEP_FAILED else "the state after it cannot be encoded:"
         error = f"{what} {type(exc).__name__}"
         log.warning("%s[%d]@%d: %s at %s; dead-lettered", *_coordinates(record), error, _where(exc))
-        rejected.append((record, reason, error))
-        letters.append(self._letter(record, reason, error, report))
+        attempt.rejected.append((record, reason, error))
+        attempt.letters.append(self._letter(record, reason, error, attempt.report))
 
     async def _publish(self, findings: dict[str, list[bytes]], letters: list[Message]) -> None:
         messages: list[Message] = [outbox_message(e) for entries in findings.values() for e in entries]
