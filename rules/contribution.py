@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from decimal import Decimal, localcontext
 from typing import Any
 
+from rules.metrics import Metrics
 from rules.state import ZERO, CustomerState, LoanPoint, local_day
 
 TIERS = ("I", "II", "III", "IV")
@@ -48,7 +49,7 @@ def _open(point: LoanPoint | None) -> bool:
 
 
 def contribution(
-    state: CustomerState, metrics: Mapping[str, Any], as_of_us: int, zone: Any, rates: ContributionRates
+    state: CustomerState, metrics: Metrics, as_of_us: int, zone: Any, rates: ContributionRates
 ) -> dict[str, Decimal]:
     """The parts and the total of the customer's yearly contribution at ``as_of_us``."""
     as_of_day = local_day(as_of_us, zone)
@@ -57,7 +58,7 @@ def contribution(
     one_minus_vat = 1 - rates.vat_rate
     with localcontext() as ctx:
         ctx.prec = 34
-        deposit = max(metrics["avg_balance_30d"], ZERO) * (rates.ftp_deposit_price - rates.deposit_rate_paid)
+        deposit = max(metrics.avg_balance_30d, ZERO) * (rates.ftp_deposit_price - rates.deposit_rate_paid)
         loan = ZERO
         outstanding = ZERO
         for points in state.loans.values():
@@ -68,7 +69,7 @@ def contribution(
             avg_outstanding = sum((p.outstanding for p in daily if p is not None and _open(p)), ZERO) / len(days)
             if avg_outstanding:
                 loan += avg_outstanding * (latest.annual_rate * one_minus_vat - rates.ftp_loan_price)
-        fee = metrics.get("fee_debits_30d", ZERO) * 12 * one_minus_vat
+        fee = metrics.fee_debits_30d * 12 * one_minus_vat
         gross = deposit + loan + fee
         risk_cost = outstanding * rates.risk_cost_rate
         income_tax = rates.income_tax_rate * max(gross - risk_cost, ZERO)

@@ -42,7 +42,7 @@ from zoneinfo import ZoneInfo
 
 from rules.config import SEVERITIES, MarketingConfig, RulesConfig, Severity
 from rules.events import LoanEvent, TransactionEvent
-from rules.metrics import evaluate
+from rules.metrics import Metrics, evaluate
 from rules.money import money, rounded, to_cent
 from rules.state import (
     CREDIT,
@@ -142,14 +142,14 @@ class _Judge:
             self.trigger = event.txn_id
         else:
             self.trigger = f"loan:{event.loan_id}@{event.ts.isoformat()}"
-        self._metrics: dict[str, Any] | None = None
+        self._metrics: Metrics | None = None
         # What "now" is for this customer: its newest transaction (LoanEvents come on their own
         # topic in no fixed order with the transactions, so they must not move it).
         newest = state.last_txn_us if isinstance(event, TransactionEvent) else state.last_us
         self.newest = max(newest or self.ts, self.ts)
 
     # --- memory -----------------------------------------------------------------
-    def metrics(self) -> dict[str, Any]:
+    def metrics(self) -> Metrics:
         if self._metrics is None:
             self._metrics = evaluate(self.state, max(self.newest, self.state.last_txn_us or 0), self.state_config)
         return self._metrics
@@ -421,7 +421,7 @@ def _collection(j: _Judge, event: TransactionEvent) -> None:
     if usual and event.amount < rule.usual_inflow_multiple * usual:
         return
     metrics = j.metrics()
-    inflow_before = metrics["inflow_90d"] - event.amount
+    inflow_before = metrics.inflow_90d - event.amount
     rate: Decimal | None = None
     if inflow_before > 0:
         remaining = sum((lot[LOT_AMOUNT] for lot in j.state.lots if lot[LOT_TS] > j.ts - 90 * US_PER_DAY), ZERO)
@@ -429,7 +429,7 @@ def _collection(j: _Judge, event: TransactionEvent) -> None:
         if newest is not None and newest[1] == j.ts and newest[0] <= event.amount:
             remaining -= newest[0]  # the lot this credit just formed is not the customer's habit
         rate = remaining / inflow_before
-    retention = metrics["retention_days_avg_90d"]
+    retention = metrics.retention_days_avg_90d
     leaves = rate is not None and rate < rule.max_collection_rate
     quick = retention is not None and retention < rule.max_retention_days
     if not (leaves or quick):

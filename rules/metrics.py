@@ -8,6 +8,7 @@ rounding to 2 decimals happens only where they are shown (``present``).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal, localcontext
@@ -44,12 +45,50 @@ class SegmentThresholds:
     dispersed_funds_banks_90d: int = 3
 
 
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    """One customer's metrics as of a moment, named and defined exactly as in
+    ``docs/metrics.md``; amounts exact (``Decimal``, unrounded: ``present`` rounds them
+    for people)."""
+
+    balance: Decimal
+    ledger_balance: Decimal | None
+    ledger_drift: Decimal | None
+    daily_avg_balance_mtd: Decimal
+    avg_balance_30d: Decimal
+    balance_volatility_30d: Decimal
+    inflow_24h: Decimal
+    inflow_7d: Decimal
+    inflow_30d: Decimal
+    inflow_90d: Decimal
+    outflow_24h: Decimal
+    outflow_7d: Decimal
+    outflow_30d: Decimal
+    external_outflow_30d: Decimal
+    external_outflow_share_30d: Decimal
+    txn_count_30d: int
+    avg_txn_per_day_30d: Decimal
+    loan_repaid_30d: Decimal
+    fee_debits_30d: Decimal
+    external_banks_90d: int
+    net_outflow_streak_days: int
+    retention_days_avg_90d: Decimal | None
+    collection_rate_90d: Decimal | None
+    segments: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in METRIC_NAMES}
+
+
+METRIC_NAMES = tuple(field.name for field in dataclasses.fields(Metrics))
+
+
 def evaluate(
     state: CustomerState,
     as_of_us: int,
     config: StateConfig,
     thresholds: SegmentThresholds = SegmentThresholds(),
-) -> dict[str, Any]:
+) -> Metrics:
     """Every metric of the customer at ``as_of_us`` (µs since the epoch, >= its last event)."""
     if state.last_txn_us is not None and as_of_us < state.last_txn_us:
         raise ValueError("as_of is before the customer's latest transaction")
@@ -135,32 +174,32 @@ def evaluate(
     if len(banks_90d) > thresholds.dispersed_funds_banks_90d:
         segments.append("dispersed_funds")
 
-    return {
-        "balance": state.balance,
-        "ledger_balance": ledger_balance,
-        "ledger_drift": state.balance - ledger_balance if ledger_balance is not None else None,
-        "daily_avg_balance_mtd": daily_avg_mtd,
-        "avg_balance_30d": avg_30d,
-        "balance_volatility_30d": volatility,
-        "inflow_24h": inflow_24h,
-        "inflow_7d": inflow_7d,
-        "inflow_30d": inflow_30d,
-        "inflow_90d": inflow_90d,
-        "outflow_24h": outflow_24h,
-        "outflow_7d": outflow_7d,
-        "outflow_30d": outflow_30d,
-        "external_outflow_30d": external_outflow_30d,
-        "external_outflow_share_30d": external_share,
-        "txn_count_30d": txn_count_30d,
-        "avg_txn_per_day_30d": avg_txn_per_day,
-        "loan_repaid_30d": loan_repaid_30d,
-        "fee_debits_30d": fee_30d,
-        "external_banks_90d": len(banks_90d),
-        "net_outflow_streak_days": _streak(state, day_net, as_of_day),
-        "retention_days_avg_90d": retention,
-        "collection_rate_90d": collection_rate,
-        "segments": segments,
-    }
+    return Metrics(
+        balance=state.balance,
+        ledger_balance=ledger_balance,
+        ledger_drift=state.balance - ledger_balance if ledger_balance is not None else None,
+        daily_avg_balance_mtd=daily_avg_mtd,
+        avg_balance_30d=avg_30d,
+        balance_volatility_30d=volatility,
+        inflow_24h=inflow_24h,
+        inflow_7d=inflow_7d,
+        inflow_30d=inflow_30d,
+        inflow_90d=inflow_90d,
+        outflow_24h=outflow_24h,
+        outflow_7d=outflow_7d,
+        outflow_30d=outflow_30d,
+        external_outflow_30d=external_outflow_30d,
+        external_outflow_share_30d=external_share,
+        txn_count_30d=txn_count_30d,
+        avg_txn_per_day_30d=avg_txn_per_day,
+        loan_repaid_30d=loan_repaid_30d,
+        fee_debits_30d=fee_30d,
+        external_banks_90d=len(banks_90d),
+        net_outflow_streak_days=_streak(state, day_net, as_of_day),
+        retention_days_avg_90d=retention,
+        collection_rate_90d=collection_rate,
+        segments=segments,
+    )
 
 
 def _end_of_day_balances(
@@ -234,11 +273,11 @@ def _streak(state: CustomerState, day_net: dict[int, Decimal], as_of_day: int) -
 PERCENT_FIELDS = ("external_outflow_share_30d", "collection_rate_90d")
 
 
-def present(metrics: dict[str, Any]) -> dict[str, Any]:
+def present(metrics: Metrics) -> dict[str, Any]:
     """The metrics as shown to people and written to ``state.jsonl``: amounts as
     strings rounded half-up to the cent, ratios to 6 decimals, days to 4."""
     shown: dict[str, Any] = {}
-    for name, value in metrics.items():
+    for name, value in metrics.as_dict().items():
         if isinstance(value, Decimal):
             if name in PERCENT_FIELDS:
                 value = rounded(value, 6)

@@ -19,7 +19,6 @@ from streams.settings import Settings
 from streams.topics import DLQ, TRANSACTIONS
 from tests.fakes import Sink
 
-
 PRODUCED = 1_704_070_860.0  # the records' Kafka timestamp: a minute after the event time
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from rules import engine, metrics, money
+from rules.events import TransactionEvent
+from rules.state import CustomerState, StateConfig, apply_transaction
 from streams import snapshot
 
 
@@ -40,4 +44,16 @@ def test_every_layer_shows_amounts_through_the_one_function() -> None:
     metrics (rules.metrics.present) all round the same way."""
     assert engine.money is money.money
     assert snapshot.money is money.money
-    assert metrics.present({"balance": Decimal("0.125")})["balance"] == "0.13"
+    shown = metrics.present(dataclasses.replace(one_customer_metrics(), balance=Decimal("0.125")))
+    assert shown["balance"] == "0.13"
+
+
+def one_customer_metrics() -> metrics.Metrics:
+    config = StateConfig(zone=ZoneInfo("Asia/Shanghai"))
+    state = CustomerState("c1")
+    event = TransactionEvent.model_validate(
+        {"txn_id": "t1", "customer_id": "c1", "account_id": "a1", "ts": "2024-01-01T09:00:00+08:00",
+         "direction": "credit", "amount": "10.00"}
+    )  # fmt: skip
+    apply_transaction(state, event, config)
+    return metrics.evaluate(state, state.last_us or 0, config)

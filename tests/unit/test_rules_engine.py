@@ -396,7 +396,7 @@ def test_the_churn_rules_own_walk_equals_the_spec_metrics(case: tuple[list[Trans
         assert state.last_txn_us is not None
         for moment in (state.last_txn_us, max(to_us(as_of), state.last_txn_us)):
             metrics = evaluate(state, moment, CONFIG)
-            want = (metrics["external_outflow_share_30d"], metrics["external_banks_90d"])
+            want = (metrics.external_outflow_share_30d, metrics.external_banks_90d)
             assert external_drift(state, moment) == want
 
 

@@ -68,7 +68,7 @@ def assert_matches(
     config: StateConfig,
     lot_cap: int | None = None,
 ) -> None:
-    got = evaluate(state, to_us(as_of), config)
+    got = evaluate(state, to_us(as_of), config).as_dict()
     want = reference_state(events, as_of, ZONE, lot_cap=lot_cap)
     for name in FIELDS:
         assert close(got[name], want[name]), f"{name}: incremental {got[name]!r} != reference {want[name]!r}"
@@ -231,7 +231,7 @@ def test_a_loan_event_from_later_does_not_age_out_older_transactions() -> None:
              "direction": "credit", "amount": "10.00"})  # fmt: skip
         assert apply_transaction(state, event, config) is Outcome.APPLIED
     got = evaluate(state, to_us(dt.datetime(2024, 2, 28, 12, tzinfo=ZONE)), config)
-    assert got["inflow_30d"] == Decimal("280.00") and got["txn_count_30d"] == 28
+    assert got.inflow_30d == Decimal("280.00") and got.txn_count_30d == 28
 
 
 @settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
