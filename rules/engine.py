@@ -55,6 +55,7 @@ from rules.state import (
     CustomerState,
     StateConfig,
     local_day,
+    remaining_since,
     to_us,
 )
 
@@ -424,10 +425,10 @@ def _collection(j: _Judge, event: TransactionEvent) -> None:
     inflow_before = metrics.inflow_90d - event.amount
     rate: Decimal | None = None
     if inflow_before > 0:
-        remaining = sum((lot[LOT_AMOUNT] for lot in j.state.lots if lot[LOT_TS] > j.ts - 90 * US_PER_DAY), ZERO)
+        remaining = remaining_since(j.state, j.ts - 90 * US_PER_DAY)
         newest = j.state.lots[-1] if j.state.lots else None
-        if newest is not None and newest[1] == j.ts and newest[0] <= event.amount:
-            remaining -= newest[0]  # the lot this credit just formed is not the customer's habit
+        if newest is not None and newest[LOT_TS] == j.ts and newest[LOT_AMOUNT] <= event.amount:
+            remaining -= newest[LOT_AMOUNT]  # the lot this credit just formed is not the customer's habit
         rate = remaining / inflow_before
     retention = metrics.retention_days_avg_90d
     leaves = rate is not None and rate < rule.max_collection_rate

@@ -20,13 +20,12 @@ from rules.state import (
     EXTERNAL,
     FEE,
     LOAN_REPAYMENT,
-    LOT_AMOUNT,
-    LOT_TS,
     US_PER_DAY,
     ZERO,
     CustomerState,
     StateConfig,
     local_day,
+    remaining_since,
 )
 
 WINDOW_24H = US_PER_DAY
@@ -157,10 +156,7 @@ def evaluate(
         external_share = external_outflow_30d / outflow_30d if outflow_30d else ZERO
         avg_txn_per_day = Decimal(txn_count_30d) / 30
         retention = weighted_90d / consumed_90d / US_PER_DAY if consumed_90d else None
-        remaining_90d = sum(
-            (lot[LOT_AMOUNT] for lot in state.lots if lot[LOT_TS] > start_90d),
-            ZERO,
-        )
+        remaining_90d = remaining_since(state, start_90d)
         collection_rate = remaining_90d / inflow_90d if inflow_90d else None
 
     ledger_balance = sum((entry[1] for entry in state.ledger.values()), ZERO) if state.ledger else None

@@ -398,3 +398,9 @@ def apply_loan(state: CustomerState, event: LoanEvent, config: StateConfig) -> O
 def latest_loans(state: CustomerState) -> dict[str, LoanPoint]:
     """Each loan's latest state (by ts; for equal ts, the later arrival)."""
     return {loan_id: points[-1] for loan_id, points in state.loans.items() if points}
+
+
+def remaining_since(state: CustomerState, start_us: int) -> Decimal:
+    """What is still in the account of the money that came in after ``start_us`` (the FIFO
+    lots formed after it: the numerator of ``collection_rate_90d``)."""
+    return sum((lot[LOT_AMOUNT] for lot in state.lots if lot[LOT_TS] > start_us), ZERO)
