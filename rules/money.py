@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal
 
+
 def rounded(value: Decimal, places: int) -> Decimal:
     """``value`` half-up to ``places`` decimals; a result of zero is never shown as ``-0``."""
     result = value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)

@@ -80,7 +80,7 @@ class Settings(BaseSettings):
         description="the worker's garbage-collector thresholds (gc.set_threshold, 0 turns it off); a JSON list",
     )
 
-    # --- metrics (../shared/spec/metrics.md) -------------------------------
+    # --- metrics (docs/metrics.md) -------------------------------
     bank_tz: str = "Asia/Shanghai"
     lot_cap: int = Field(default=256, ge=2, le=100_000)
     dedup_horizon_days: int = Field(

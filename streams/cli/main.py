@@ -22,6 +22,12 @@ from pydantic import ValidationError
 
 from streams.errors import ConfigError, FundFlowError
 
+SHIPPED = Path("<shipped>")  # ``replay --berka`` with no DIR: the Berka copy shipped with FundFlow
+
+
+def _shipped(path: Path | None) -> Path | None:
+    return None if path == SHIPPED else path
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
@@ -52,13 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
     replay = sub.add_parser("replay", help="produce events to the input topics")
     source = replay.add_mutually_exclusive_group(required=True)
     source.add_argument("file", nargs="?", type=Path, help="JSONL of TransactionEvents / LoanEvents")
-    source.add_argument("--berka", type=Path, metavar="DIR", help="convert and replay the Berka data set")
+    source.add_argument(
+        "--berka",
+        type=Path,
+        nargs="?",
+        const=SHIPPED,
+        metavar="DIR",
+        help="convert and replay the Berka data set (default: the copy shipped with FundFlow)",
+    )
     replay.add_argument("--rate", type=_positive(float), help="at most N events per second")
     replay.add_argument("--speedup", type=_positive(float), help="event time X times faster than real time")
     replay.add_argument("--loops", type=_positive(int), default=1, help="replay N times (fresh ids per loop)")
 
     convert = sub.add_parser("convert-berka", help="convert the Berka files to events JSONL")
-    convert.add_argument("dir", type=Path)
+    convert.add_argument("dir", type=Path, nargs="?", help="Berka data directory (default: the shipped copy)")
     convert.add_argument("out", type=Path)
 
     backtest = sub.add_parser("backtest", help="run the real pipeline over a file and write the results")
@@ -113,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("stack", help="run the embedded broker and Redis in the foreground")
 
     demo = sub.add_parser("demo", help="embedded stack + worker + Berka replay with a live view")
-    demo.add_argument("--berka", type=Path, default=None, metavar="DIR")
+    demo.add_argument("--berka", type=Path, default=None, metavar="DIR", help="another Berka copy (default: shipped)")
     demo.add_argument("--rate", type=_positive(float), default=2000.0, help="events per second")
     return parser
 
@@ -247,7 +260,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         if not settings.kafka_bootstrap:
             raise ConfigError("FUNDFLOW_KAFKA_BOOTSTRAP not set: run `fundflow stack` and export its lines")
         return asyncio.run(
-            run_replay(settings, settings.kafka_bootstrap, args.file, args.berka, args.rate, args.speedup, args.loops)
+            run_replay(
+                settings,
+                settings.kafka_bootstrap,
+                args.file,
+                _shipped(args.berka),
+                args.rate,
+                args.speedup,
+                args.loops,
+            )
         )
     if command == "customer":
         from streams.cli.commands import show_customer

@@ -48,7 +48,7 @@ from streams.errors import ConfigError
 from streams.local.orchestra import LocalRun
 from streams.local.servers import free_port
 from streams.settings import Settings
-from streams.tools.berka import berka_lines
+from streams.tools.berka import SHIPPED_BERKA, berka_lines
 from streams.tools.measure import percentiles
 from streams.tools.replay import loop_shift_days, replay, route, with_fresh_ids
 from streams.topics import ALERTS, INPUT_TOPICS
@@ -600,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         mode, expected, result, port = argv[1], int(argv[2]), Path(argv[3]), int(argv[4])
         return noop_agent_main(mode, expected, result, port)
     parser = argparse.ArgumentParser(prog="make bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--berka", type=Path, required=True)
+    parser.add_argument("--berka", type=Path, default=SHIPPED_BERKA, help="Berka data directory (default: shipped)")
     parser.add_argument("--events", type=int, default=None, help="records per stage (default 100000; smoke 3000)")
     parser.add_argument("--smoke", action="store_true", help="every stage on a few thousand records")
     parser.add_argument("--out", type=Path, default=Path("var/bench/results.json"))

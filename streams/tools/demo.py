@@ -20,27 +20,16 @@ from typing import Any
 import orjson
 
 from streams.clients import connect, start_producer
-from streams.errors import ConfigError
 from streams.keys import Keys
 from streams.local.orchestra import LocalRun
 from streams.local.servers import free_port
 from streams.settings import Settings
 from streams.snapshot import customer_row
 from streams.store import StateStore
-from streams.tools.berka import berka_lines
+from streams.tools.berka import SHIPPED_BERKA, berka_lines
 from streams.tools.replay import replay, route
 
 WATCHED = 4
-
-
-def default_berka_dir() -> Path:
-    for candidate in (
-        Path("../shared/data/berka"),
-        Path(__file__).resolve().parents[2] / "shared/data/berka",
-    ):
-        if (candidate / "trans.asc").is_file():
-            return candidate
-    raise ConfigError("Berka data not found; pass --berka DIR (the folder with trans.asc)")
 
 
 def busiest_customers(lines: list[bytes], count: int) -> list[str]:
@@ -53,8 +42,7 @@ def busiest_customers(lines: list[bytes], count: int) -> list[str]:
 
 
 def run_demo(settings: Settings, berka_dir: Path | None, rate: float) -> int:
-    berka_dir = berka_dir or default_berka_dir()
-    print(f"converting the Berka data set in {berka_dir} ...", flush=True)
+    print(f"converting the Berka data set in {berka_dir or SHIPPED_BERKA} ...", flush=True)
     lines = berka_lines(berka_dir, settings.zone)
     watched = busiest_customers(lines, WATCHED)
     log_dir = settings.var_dir / "demo"

@@ -162,9 +162,9 @@ async def replay(
 
 
 def source_lines(settings: Settings, file: Path | None, berka: Path | None) -> list[bytes]:
-    if berka is not None:
+    """The lines of ``file``; with no file, the Berka data in ``berka`` (None: the shipped copy)."""
+    if file is None:
         return berka_lines(berka, settings.zone)
-    assert file is not None
     if not file.is_file():
         raise ConfigError(f"no such file: {file}")
     return [line for line in file.read_bytes().splitlines() if line.strip()]

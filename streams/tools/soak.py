@@ -28,7 +28,7 @@ from streams.clients import connect, start_producer
 from streams.errors import ConfigError
 from streams.local.orchestra import LocalRun, committed_offsets, group_lag
 from streams.settings import Settings
-from streams.tools.berka import berka_lines
+from streams.tools.berka import SHIPPED_BERKA, berka_lines
 from streams.tools.replay import loop_shift_days, replay, with_fresh_ids
 from streams.topics import INPUT_TOPICS
 
@@ -171,7 +171,7 @@ def judge(samples: list[Sample], rate: float, batch: int) -> Verdict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m streams.tools.soak", description=__doc__.splitlines()[0])
-    parser.add_argument("--berka", type=Path, default=Path("../shared/data/berka"))
+    parser.add_argument("--berka", type=Path, default=SHIPPED_BERKA, help="Berka data directory (default: shipped)")
     parser.add_argument("--minutes", type=float, default=15.0)
     parser.add_argument("--interval", type=float, default=60.0, help="seconds between reports")
     parser.add_argument("--rate-fraction", type=float, default=0.7, help="of the measured maximum rate")

@@ -12,7 +12,7 @@ blobs exist: ``streams/zdict/`` keeps every shipped one (``state-<id>.zdict``,
 the id zstd writes into each frame), and ``streams.codec.WRITE_DICTIONARY``
 names the one new blobs are written with. To ship a new one:
 
-    python -m streams.tools.statedict --berka ../shared/data/berka
+    python -m streams.tools.statedict
 
 adds ``streams/zdict/state-<id>.zdict``; point ``WRITE_DICTIONARY`` at it and
 keep the old files.
@@ -78,10 +78,10 @@ def train(samples: list[tuple[str, bytes]]) -> tuple[zstandard.ZstdCompressionDi
 
 def main(argv: list[str] | None = None) -> int:
     from streams.errors import ConfigError
-    from streams.tools.berka import berka_lines
+    from streams.tools.berka import SHIPPED_BERKA, berka_lines
 
     parser = argparse.ArgumentParser(prog="python -m streams.tools.statedict", description=__doc__.splitlines()[0])
-    parser.add_argument("--berka", type=Path, required=True, help="the Berka data directory")
+    parser.add_argument("--berka", type=Path, default=SHIPPED_BERKA, help="Berka data directory (default: shipped)")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("zdict"))
     args = parser.parse_args(argv)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import lzma
 import os
 import subprocess
 import sys
@@ -9,6 +10,8 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+
+from streams.tools.berka import SHIPPED_BERKA
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -206,3 +209,17 @@ def test_bench_refuses_zero_rounds_or_events(tmp_path: Path, arg: str) -> None:
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == f"make bench: error: {arg} must be > 0"
+
+
+def test_convert_berka_uses_the_shipped_copy_and_takes_another(tmp_path: Path) -> None:
+    """With no DIR the shipped (compressed) files; with DIR a plain copy: the same events."""
+    copy = tmp_path / "berka"
+    copy.mkdir()
+    for name in ("trans.asc", "loan.asc"):
+        (copy / name).write_bytes(lzma.decompress((SHIPPED_BERKA / f"{name}.xz").read_bytes()))
+    shipped = fundflow("convert-berka", str(tmp_path / "shipped.jsonl"))
+    assert shipped.returncode == 0, shipped.stderr
+    other = fundflow("convert-berka", str(copy), str(tmp_path / "copy.jsonl"))
+    assert other.returncode == 0, other.stderr
+    events = (tmp_path / "shipped.jsonl").read_bytes()
+    assert events == (tmp_path / "copy.jsonl").read_bytes() and events.count(b"\n") == 49_102 + 161

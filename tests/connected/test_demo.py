@@ -21,7 +21,6 @@ from tests.connected.test_connected import _alive
 pytestmark = [pytest.mark.slow, pytest.mark.connected]
 
 ROOT = Path(__file__).resolve().parents[2]
-BERKA = ROOT.parent / "shared" / "data" / "berka"
 
 
 def children_of(pid: int) -> set[int]:
@@ -41,12 +40,11 @@ def children_of(pid: int) -> set[int]:
     return found
 
 
-@pytest.mark.skipif(not BERKA.is_dir(), reason="the Berka data set is not next to the project")
 def test_demo_shows_live_numbers_serves_the_console_and_stops_cleanly(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FUNDFLOW_")}
     env["FUNDFLOW_VAR_DIR"] = str(tmp_path)
     demo = subprocess.Popen(
-        [sys.executable, "-m", "streams.cli.main", "demo", "--berka", str(BERKA), "--rate", "3000"],
+        [sys.executable, "-m", "streams.cli.main", "demo", "--rate", "3000"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
