@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
+from streams import stopping
 from streams.errors import ConfigError, FundFlowError
 
 SHIPPED = Path("<shipped>")  # ``replay --berka`` with no DIR: the Berka copy shipped with FundFlow
@@ -148,8 +149,15 @@ def _servers(settings: Any, need_kafka: bool = True) -> tuple[str, str]:
     return settings.kafka_bootstrap or "", settings.redis_url
 
 
+# Commands that run until stopped: SIGINT and SIGTERM stop them within a bound, exit 0.
+LONG_RUNNING = {"worker", "api", "stack", "demo", "replay", "alerts webhook"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    command = " ".join(filter(None, (args.command, getattr(args, "alerts_command", None))))
+    if command in LONG_RUNNING:
+        stopping.install(f"fundflow {command}")
     if args.command != "worker":
         # Client libraries log connection retries as warnings; the CLI reports
         # the failure itself, in one line (the worker configures its own logging).
@@ -159,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except KeyboardInterrupt:
-        return 130
+        return 0 if stopping.requested() else 130
     except (FundFlowError, ValidationError, OSError, ValueError) as exc:
         if os.environ.get("FUNDFLOW_DEBUG"):
             raise

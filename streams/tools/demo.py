@@ -22,7 +22,7 @@ import orjson
 from streams.clients import connect, start_producer
 from streams.keys import Keys
 from streams.local.orchestra import LocalRun
-from streams.local.servers import free_port
+from streams.local.servers import die_with_parent, free_port
 from streams.settings import Settings
 from streams.snapshot import customer_row
 from streams.store import StateStore
@@ -57,11 +57,9 @@ def run_demo(settings: Settings, berka_dir: Path | None, rate: float) -> int:
         run.start_worker()
         console = _start_console(run, log_dir)
         print(f"  web console: {console}   (live alerts, customer pages, tiers; no token in demo mode)", flush=True)
-        try:
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C or SIGTERM: streams.stopping printed the line
             asyncio.run(_live(run, lines, rate, watched))
-        except KeyboardInterrupt:
-            print("\nstopping: worker, broker, Redis ...", flush=True)
-    print("stopped.")
+    print("stopped: worker, console, broker and Redis.", flush=True)
     return 0
 
 
@@ -80,7 +78,7 @@ def _start_console(run: LocalRun, log_dir: Path) -> str:
             env=run.env(),
             stdout=log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
+            preexec_fn=die_with_parent,
         )
     run.workers.append(process)
     return f"http://127.0.0.1:{port}/"
