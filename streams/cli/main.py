@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="embedded stack + worker + Berka replay with a live view")
     demo.add_argument("--berka", type=Path, default=None, metavar="DIR", help="another Berka copy (default: shipped)")
-    demo.add_argument("--rate", type=_positive(float), default=2000.0, help="events per second")
+    demo.add_argument("--rate", type=_positive(float), default=300.0, help="at most N events per second (default 300)")
+    demo.add_argument("--speedup", type=_positive(float), help="event time X times faster than real time")
     return parser
 
 
@@ -318,7 +319,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if command == "demo":
         from streams.tools.demo import run_demo
 
-        return run_demo(settings, args.berka, args.rate)
+        return run_demo(settings, args.berka, args.rate, args.speedup)
     raise ConfigError(f"unknown command {command}")
 
 

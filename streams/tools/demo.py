@@ -1,10 +1,20 @@
 """``fundflow demo`` (``make demo``): the whole product on one machine, live.
 
 Starts the embedded broker and Redis (or uses the configured ones), a worker
-process, and replays the real Berka transactions at ``--rate`` events/s,
-redrawing once a second: throughput, consumer lag, a progress bar and a few
-customers' balance / 日均余额 / 归集率 as they move. Ctrl-C stops the replay,
-the worker and the servers, in that order, and leaves no process behind.
+process and the web console, and replays the real Berka transactions at
+``--rate`` events/s (default ``DEMO_RATE``, a pace a person can follow) until
+stopped: after the last record it starts again, event time moved on by the
+data's span, with new txn_ids and the ledger carried on (``replay.endless``),
+so state, windows and alerts keep advancing for as long as it runs. It redraws
+once a second: throughput, consumer lag, the loop's progress and a few
+customers' balance / 日均余额 / 归集率 as they move. Ctrl-C (or SIGTERM) stops
+the replay, the worker, the console and the servers, and leaves no process
+behind (``streams.stopping``).
+
+The pace also keeps the embedded broker healthy: Tansu's fetch cost grows with
+the batches stored in a partition (see ``streams.tools.fetchcost`` and
+docs/demo.md), and the producer's linger (``streams.clients``) keeps a few
+hundred events/s to a few batches per second.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ from typing import Any
 import orjson
 
 from streams.clients import connect, start_producer
+from streams.errors import ConfigError
 from streams.keys import Keys
 from streams.local.orchestra import LocalRun
 from streams.local.servers import die_with_parent, free_port
@@ -27,9 +38,10 @@ from streams.settings import Settings
 from streams.snapshot import customer_row
 from streams.store import StateStore
 from streams.tools.berka import SHIPPED_BERKA, berka_lines
-from streams.tools.replay import replay, route
+from streams.tools.replay import endless, replay, route
 
 WATCHED = 4
+DEMO_RATE = 300.0  # events/s: readable on screen, and hours inside the embedded broker's fetch curve
 
 
 def busiest_customers(lines: list[bytes], count: int) -> list[str]:
@@ -41,7 +53,7 @@ def busiest_customers(lines: list[bytes], count: int) -> list[str]:
     return [customer for customer, _ in tally.most_common(count)]
 
 
-def run_demo(settings: Settings, berka_dir: Path | None, rate: float) -> int:
+def run_demo(settings: Settings, berka_dir: Path | None, rate: float, speedup: float | None = None) -> int:
     print(f"converting the Berka data set in {berka_dir or SHIPPED_BERKA} ...", flush=True)
     lines = berka_lines(berka_dir, settings.zone)
     watched = busiest_customers(lines, WATCHED)
@@ -57,9 +69,11 @@ def run_demo(settings: Settings, berka_dir: Path | None, rate: float) -> int:
         run.start_worker()
         console = _start_console(run, log_dir)
         print(f"  web console: {console}   (live alerts, customer pages, tiers; no token in demo mode)", flush=True)
+        headline = f"FundFlow demo: open {console} in a browser; Ctrl-C stops everything"
+        print(headline, flush=True)
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C or SIGTERM: streams.stopping printed the line
-            asyncio.run(_live(run, lines, rate, watched))
-    print("stopped: worker, console, broker and Redis.", flush=True)
+            asyncio.run(_live(run, lines, rate, speedup, watched, headline))
+    print("worker, console, broker and Redis: everything stopped.", flush=True)
     return 0
 
 
@@ -84,14 +98,18 @@ def _start_console(run: LocalRun, log_dir: Path) -> str:
     return f"http://127.0.0.1:{port}/"
 
 
-async def _live(run: LocalRun, lines: list[bytes], rate: float, watched: list[str]) -> None:
+async def _live(
+    run: LocalRun, lines: list[bytes], rate: float, speedup: float | None, watched: list[str], headline: str
+) -> None:
     settings = run.settings
     producer = await start_producer(settings, run.bootstrap)
     sent = [0]
-    replay_task = asyncio.create_task(replay(lines, producer, rate=rate, progress=lambda n: sent.__setitem__(0, n)))
+    replay_task = asyncio.create_task(
+        replay(endless(lines), producer, rate=rate, speedup=speedup, progress=lambda n: sent.__setitem__(0, n))
+    )
     client = connect(run.redis_url, settings.redis_cluster)
     store = StateStore(client, Keys(settings.key_prefix))
-    view = _View(len(lines))
+    view = _View(len(lines), headline)
     started = time.monotonic()
     last_applied, last_time = 0, started
     try:
@@ -108,11 +126,10 @@ async def _live(run: LocalRun, lines: list[bytes], rate: float, watched: list[st
                 state = await store.read(customer)
                 if state is not None and state.last_us is not None:
                     customers.append(customer_row(state, state.last_us, settings))
-            done = replay_task.done()
             alerts = await _latest_alert(client, store.keys)
-            view.draw(applied, sent[0], speed, lag, customers, now - started, done and lag == 0, alerts)
-            if done and replay_task.exception():
-                raise replay_task.exception()  # type: ignore[misc]
+            view.draw(applied, sent[0], speed, lag, customers, now - started, alerts)
+            if replay_task.done():  # endless: it only ends by failing
+                raise replay_task.exception() or ConfigError("the replay stopped")
     finally:
         replay_task.cancel()
         with contextlib.suppress(BaseException):
@@ -134,8 +151,9 @@ async def _latest_alert(redis: Any, keys: Keys) -> str:
 
 
 class _View:
-    def __init__(self, total: int) -> None:
-        self.total = total
+    def __init__(self, total: int, headline: str) -> None:
+        self.total = total  # records per loop
+        self.headline = headline
         self.tty = sys.stdout.isatty()
         self.drawn = 0
         self.ticks = 0
@@ -148,16 +166,17 @@ class _View:
         lag: int,
         customers: list[dict[str, object]],
         elapsed: float,
-        finished: bool,
         alerts: str = "",
     ) -> None:
         self.ticks += 1
-        share = min(applied / self.total, 1.0) if self.total else 0.0
+        loop, position = divmod(applied, self.total) if self.total else (0, 0)
+        share = position / self.total if self.total else 0.0
         bar = "#" * int(share * 40)
         out = [
-            f"FundFlow demo  {elapsed:6.0f}s   sent {sent}/{self.total}   processed {applied}   "
-            f"{speed:7.0f} events/s   lag {lag}",
-            f"[{bar:<40}] {share:6.1%}",
+            self.headline,
+            f"{elapsed:6.0f}s   sent {sent}   processed {applied}   {speed:7.0f} events/s   lag {lag}",
+            f"loop {loop + 1} [{bar:<40}] {share:6.1%} of the {self.total} Berka events"
+            + ("" if loop == 0 else "  (event time moved on, new txn_ids)"),
             f"{'customer':>10} {'余额 balance':>14} {'日均余额 MTD':>14} {'归集率 90d':>10} {'流入 30d':>12} "
             f"{'流出 30d':>12} segments",
         ]
@@ -171,13 +190,12 @@ class _View:
             )
         if alerts:
             out.append(alerts)
-        out.append("replay finished: everything processed. Ctrl-C to stop." if finished else "Ctrl-C to stop.")
         if self.tty:
             if self.drawn:
                 sys.stdout.write(f"\x1b[{self.drawn}F\x1b[J")
             sys.stdout.write("\n".join(out) + "\n")
             self.drawn = len(out)
-        elif self.ticks % 5 == 1 or finished:
+        elif self.ticks % 5 == 1:
             sys.stdout.write("\n".join(out) + "\n\n")
         sys.stdout.flush()
 
