@@ -42,6 +42,19 @@ from streams.tools.replay import endless, replay, route
 
 WATCHED = 4
 DEMO_RATE = 300.0  # events/s: readable on screen, and hours inside the embedded broker's fetch curve
+# The replay's producer linger: at most one stored batch per partition per second, whatever
+# the rate (up to ~3,000 events/s, where 256 KiB batches fill first). Tansu's fetch at the end
+# of a partition stays under ~20 ms up to ~15,000 stored batches and stalls past ~20,000
+# (docs/demo.md): one a second is over four hours healthy; at the default 5 ms, 300 events/s
+# over 4 partitions made ~75 batches/s each and reached the stall in about four minutes.
+DEMO_LINGER_MS = 1000
+
+
+def replay_settings(settings: Settings) -> Settings:
+    """The demo's producer lingers ``DEMO_LINGER_MS`` unless FUNDFLOW_PRODUCER_LINGER_MS says otherwise."""
+    if "producer_linger_ms" in settings.model_fields_set:
+        return settings
+    return settings.model_copy(update={"producer_linger_ms": DEMO_LINGER_MS})
 
 
 def busiest_customers(lines: list[bytes], count: int) -> list[str]:
@@ -102,7 +115,7 @@ async def _live(
     run: LocalRun, lines: list[bytes], rate: float, speedup: float | None, watched: list[str], headline: str
 ) -> None:
     settings = run.settings
-    producer = await start_producer(settings, run.bootstrap)
+    producer = await start_producer(replay_settings(settings), run.bootstrap)
     sent = [0]
     replay_task = asyncio.create_task(
         replay(endless(lines), producer, rate=rate, speedup=speedup, progress=lambda n: sent.__setitem__(0, n))
