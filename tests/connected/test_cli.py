@@ -223,3 +223,9 @@ def test_convert_berka_uses_the_shipped_copy_and_takes_another(tmp_path: Path) -
     assert other.returncode == 0, other.stderr
     events = (tmp_path / "shipped.jsonl").read_bytes()
     assert events == (tmp_path / "copy.jsonl").read_bytes() and events.count(b"\n") == 49_102 + 161
+
+
+def test_replay_berka_without_a_dir_converts_the_shipped_copy() -> None:
+    """``--berka`` alone: the shipped data convert (else "no such directory"), then the broker is missing."""
+    result = fundflow("replay", "--berka", "--rate", "10", FUNDFLOW_KAFKA_BOOTSTRAP="127.0.0.1:1")
+    assert_one_line_error(result, 1, "127.0.0.1:1")
