@@ -6,7 +6,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-BERKA ?= ../shared/data/berka
+# The Berka data ship in streams/tools/berka_data; BERKA=DIR uses another copy.
+BERKA ?=
+BERKA_ARG := $(if $(BERKA),--berka $(BERKA))
 
 .PHONY: install demo test test-fast lint bench bench-smoke soak soak-smoke browser-deps tool-deps clean
 
@@ -19,7 +21,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	@$(VENV)/bin/fundflow demo --berka $(BERKA)
+	@$(VENV)/bin/fundflow demo $(BERKA_ARG)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check streams rules alerts tests
@@ -48,16 +50,16 @@ tool-deps:
 	  else echo "make: promtool not installed; its checks will be skipped"; fi; }
 
 bench: $(STAMP)
-	$(PY) -m streams.tools.bench --berka $(BERKA)
+	$(VENV)/bin/fundflow bench $(BERKA_ARG)
 
 bench-smoke: $(STAMP)
-	$(PY) -m streams.tools.bench --berka $(BERKA) --smoke
+	$(VENV)/bin/fundflow bench $(BERKA_ARG) --smoke
 
 soak: $(STAMP)
-	$(PY) -m streams.tools.soak --berka $(BERKA) --minutes $${MINUTES:-15}
+	$(VENV)/bin/fundflow soak $(BERKA_ARG) --minutes $${MINUTES:-15}
 
 soak-smoke: $(STAMP)
-	$(PY) -m streams.tools.soak --berka $(BERKA) --minutes 1 --interval 15
+	$(VENV)/bin/fundflow soak $(BERKA_ARG) --minutes 1 --interval 15
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,4 +1,4 @@
-"""The wire contracts of ``../shared/spec/events.md`` as frozen pydantic models.
+"""The wire contracts of ``docs/events.md`` as frozen pydantic models.
 
 These are the only event types past the decoding edge. Validation is strict
 where the contract is strict (amount > 0 with at most 2 decimals, timestamps

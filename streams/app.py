@@ -23,6 +23,7 @@ import asyncio
 import gc
 import logging
 import os
+import signal
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -33,7 +34,7 @@ from faust.worker import Worker
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from rules.state import CustomerState
-from streams import patches, telemetry
+from streams import patches, stopping, telemetry
 from streams.batcher import Batcher, drain
 from streams.clients import connect
 from streams.deadletter import RawRecord
@@ -123,12 +124,29 @@ def tune_gc(settings: Settings) -> None:
     gc.set_threshold(*settings.gc_threshold)
 
 
+class StoppingWorker(Worker):
+    """Faust's worker, stopping within ``stopping.GRACE_SECONDS`` of SIGINT / SIGTERM.
+
+    ``mode.Worker`` answers a signal by awaiting ``Service.stop`` of the whole app; with
+    the broker gone that stop waits on the consumer, which keeps asking for a group
+    coordinator, and SIGTERM was ignored for as long as the broker stayed away. Here the
+    signal also arms ``streams.stopping``'s watchdog, which exits (status 0) if Faust's
+    orderly stop has not finished in time."""
+
+    def _on_sigint(self) -> None:
+        stopping.begin(signal.SIGINT)
+        super()._on_sigint()
+
+    def _on_sigterm(self) -> None:
+        stopping.begin(signal.SIGTERM)
+        super()._on_sigterm()
+
+
 def run_faust_worker(app: faust.App, settings: Settings, loglevel: str) -> None:
     """Run ``app`` in this process as a Faust worker, the garbage collector tuned once it
     is built: FundFlow's worker and the do-nothing agent of ``make bench`` both start here,
     so the floor the benchmark compares against runs with the same process settings."""
-
-    worker = Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker = StoppingWorker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     tune_gc(settings)
     worker.execute_from_commandline()
 

@@ -71,14 +71,14 @@ async def ensure_topics(bootstrap: str, topics: Mapping[str, int], settings: Set
         await admin.close()
 
 
+def producer_options(settings: Settings) -> dict[str, Any]:
+    """How the replay and tool producers batch: ``producer_linger_ms`` (on the embedded
+    broker every batch is a stored object that later fetches pay for: docs/demo.md)."""
+    return {"linger_ms": settings.producer_linger_ms, "max_batch_size": 256 * 1024, "acks": "all"}
+
+
 def kafka_producer(settings: Settings, bootstrap: str) -> AIOKafkaProducer:
-    return AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        linger_ms=5,
-        max_batch_size=256 * 1024,
-        acks="all",
-        **kafka_client_kwargs(settings),
-    )
+    return AIOKafkaProducer(bootstrap_servers=bootstrap, **producer_options(settings), **kafka_client_kwargs(settings))
 
 
 async def start_producer(settings: Settings, bootstrap: str) -> AIOKafkaProducer:

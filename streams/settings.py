@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     fetch_max_wait_ms: int = Field(
         default=100, ge=1, le=5000, description="longest a fetch waits for records (latency floor on some brokers)"
     )
+    producer_linger_ms: int = Field(
+        default=5,
+        ge=0,
+        le=10_000,
+        description="replay/tool producers: how long a batch waits to fill (the demo: 1000, see docs/demo.md)",
+    )
     retry_initial_seconds: float = Field(default=0.05, gt=0)
     retry_max_seconds: float = Field(default=5.0, gt=0)
     max_event_bytes: int = Field(default=64 * 1024, ge=256, description="larger records are dead-lettered")
@@ -105,7 +111,7 @@ class Settings(BaseSettings):
         description="the worker's garbage-collector thresholds (gc.set_threshold, 0 turns it off); a JSON list",
     )
 
-    # --- metrics (../shared/spec/metrics.md) -------------------------------
+    # --- metrics (docs/metrics.md) -------------------------------
     bank_tz: str = "Asia/Shanghai"
     lot_cap: int = Field(default=256, ge=2, le=100_000)
     dedup_horizon_days: int = Field(

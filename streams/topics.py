@@ -1,4 +1,4 @@
-"""Kafka topic names, from ``../shared/spec/events.md``.
+"""Kafka topic names, from ``docs/events.md``.
 
 Every topic is keyed by customer_id and created with the same partition count,
 so the input topics are co-partitioned: one worker owns a customer's

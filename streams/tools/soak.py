@@ -9,18 +9,16 @@ deployments most often get wrong:
 * committed offsets keep advancing — commits never stall;
 * memory stays flat — worker RSS and Redis memory stop growing once warm.
 
-Exit code 0 when all three hold, 1 otherwise. ``python -m streams.tools.soak --help``.
+Exit code 0 when all three hold, 1 otherwise. ``fundflow soak --help``.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import itertools
-import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -169,43 +167,30 @@ def judge(samples: list[Sample], rate: float, batch: int) -> Verdict:
     return verdict
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m streams.tools.soak", description=__doc__.splitlines()[0])
-    parser.add_argument("--berka", type=Path, default=Path("../shared/data/berka"))
-    parser.add_argument("--minutes", type=float, default=15.0)
-    parser.add_argument("--interval", type=float, default=60.0, help="seconds between reports")
-    parser.add_argument("--rate-fraction", type=float, default=0.7, help="of the measured maximum rate")
-    parser.add_argument("--rate", type=float, help="events/s (skips measuring the maximum)")
-    parser.add_argument("--var", type=Path, default=Path("var/soak"))
-    args = parser.parse_args(argv)
-    if args.minutes <= 0 or args.interval <= 0 or not 0 < args.rate_fraction <= 1:
-        parser.error("--minutes and --interval must be > 0, --rate-fraction in (0, 1]")
+def run_soak_command(
+    berka: Path | None, minutes: float, interval: float, rate_fraction: float, rate: float | None, var: Path
+) -> int:
+    """``fundflow soak`` (``make soak``): exit 0 when the three checks above hold, 1 otherwise."""
+    if not 0 < rate_fraction <= 1:
+        raise ConfigError("--rate-fraction must be in (0, 1]")
     settings = Settings(
         kafka_bootstrap=None,
         redis_url=None,
-        var_dir=args.var,
+        var_dir=var,
         partitions=4,
         event_time_max_skew_seconds=SYNTHETIC_SKEW_SECONDS,
     )
-    try:
-        lines = berka_lines(args.berka, settings.zone)
-        with LocalRun(settings, args.var) as run:
-            run.start_worker()
-            shift = loop_shift_days(lines)
-            if args.rate:
-                rate, loops_used = args.rate, 0
-            else:
-                maximum, loops_used = asyncio.run(measure_max_rate(run, lines, shift))
-                rate = maximum * args.rate_fraction
-                print(f"measured maximum {maximum:.0f} events/s; soaking at {rate:.0f} events/s", flush=True)
-            samples = asyncio.run(soak(run, lines, args.minutes, rate, args.interval, loops_used))
-    except ConfigError as exc:
-        print(f"soak: error: {exc}", file=sys.stderr)
-        return 1
+    lines = berka_lines(berka, settings.zone)
+    with LocalRun(settings, var) as run:
+        run.start_worker()
+        shift = loop_shift_days(lines)
+        if rate:
+            loops_used = 0
+        else:
+            maximum, loops_used = asyncio.run(measure_max_rate(run, lines, shift))
+            rate = maximum * rate_fraction
+            print(f"measured maximum {maximum:.0f} events/s; soaking at {rate:.0f} events/s", flush=True)
+        samples = asyncio.run(soak(run, lines, minutes, rate, interval, loops_used))
     verdict = judge(samples, rate, settings.batch_max_events)
     print("\n".join(verdict.lines))
     return 0 if verdict.ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,7 +12,7 @@ blobs exist: ``streams/zdict/`` keeps every shipped one (``state-<id>.zdict``,
 the id zstd writes into each frame), and ``streams.codec.WRITE_DICTIONARY``
 names the one new blobs are written with. To ship a new one:
 
-    python -m streams.tools.statedict --berka ../shared/data/berka
+    fundflow train-dictionary
 
 adds ``streams/zdict/state-<id>.zdict``; point ``WRITE_DICTIONARY`` at it and
 keep the old files.
@@ -20,9 +20,7 @@ keep the old files.
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import sys
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -33,7 +31,6 @@ from rules.state import CustomerState
 from streams.codec import ZSTD_LEVEL, encode_state
 from streams.deadletter import RawRecord
 from streams.decode import decode
-from streams.errors import ConfigError
 from streams.rulestep import build_step
 from streams.settings import Settings
 from streams.tools.berka import berka_lines
@@ -78,24 +75,15 @@ def train(samples: list[tuple[str, bytes]]) -> tuple[zstandard.ZstdCompressionDi
     return dictionary, report
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m streams.tools.statedict", description=__doc__.splitlines()[0])
-    parser.add_argument("--berka", type=Path, required=True, help="the Berka data directory")
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("zdict"))
-    args = parser.parse_args(argv)
-    try:
-        settings = Settings()
-        lines = berka_lines(args.berka, settings.zone)
-    except (ConfigError, OSError, ValueError) as exc:  # (pydantic's ValidationError is a ValueError)
-        print(f"statedict: error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
+def run_train_command(berka: Path | None, out: Path | None) -> int:
+    """``fundflow train-dictionary``: train on the Berka states, write ``state-<id>.zdict``
+    into ``out`` (default: the shipped dictionaries' folder)."""
+    settings = Settings()
+    lines = berka_lines(berka, settings.zone)
     dictionary, report = train(list(sample_states(lines, settings)))
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"state-{dictionary.dict_id()}.zdict"
+    out = Path(__file__).parents[1] / "zdict" if out is None else out
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"state-{dictionary.dict_id()}.zdict"
     path.write_bytes(dictionary.as_bytes())
     print(f"{path}: {report}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,10 +15,8 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.connected]
 
 ROOT = Path(__file__).resolve().parents[2]
-BERKA = ROOT.parent / "shared" / "data" / "berka"
 
 
-@pytest.mark.skipif(not BERKA.is_dir(), reason="the Berka data set is not next to the project")
 def test_bench_smoke_reports_every_stage(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FUNDFLOW_")}
@@ -27,9 +25,8 @@ def test_bench_smoke_reports_every_stage(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "streams.tools.bench",
-            "--berka",
-            str(BERKA),
+            "streams.cli",
+            "bench",
             "--smoke",
             "--events",
             "2000",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import lzma
 import os
 import subprocess
 import sys
@@ -9,6 +10,8 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+
+from streams.tools.berka import SHIPPED_BERKA
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -132,16 +135,9 @@ def test_missing_backtest_file_is_one_line(tmp_path: Path) -> None:
 
 
 def test_dictionary_trainer_without_the_data_is_one_line(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "streams.tools.statedict", "--berka", str(tmp_path / "nope"), "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
-    assert result.stderr.startswith("statedict: error: no such directory") and not list(tmp_path.iterdir())
+    result = fundflow("train-dictionary", "--berka", str(tmp_path / "nope"), "--out", str(tmp_path))
+    assert_one_line_error(result, 1, "no such directory")
+    assert not list(tmp_path.iterdir())
 
 
 def test_bad_as_of_is_one_line() -> None:
@@ -210,12 +206,38 @@ async def test_an_as_of_out_of_range_is_one_line_not_a_traceback(redis_url: str,
 
 @pytest.mark.parametrize("arg", ["--rounds", "--events"])
 def test_bench_refuses_zero_rounds_or_events(tmp_path: Path, arg: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "streams.tools.bench", "--berka", str(tmp_path), arg, "0"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == f"make bench: error: {arg} must be > 0"
+    assert_one_line_error(fundflow("bench", "--berka", str(tmp_path), arg, "0"), 2, "'0' must be > 0")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("soak", "--rate-fraction", "1.5"), "--rate-fraction must be in (0, 1]"),
+        (("fetch-cost", "--batches", "10,x"), "not a comma-separated list of numbers"),
+        (("bench", "--berka", "/nonexistent/berka"), "no Berka data at /nonexistent/berka"),
+    ],
+)
+def test_maintainer_tools_answer_bad_arguments_in_one_line(args: tuple[str, ...], fragment: str) -> None:
+    result = fundflow(*args)
+    assert result.returncode in (1, 2)
+    assert_one_line_error(result, result.returncode, fragment)
+
+
+def test_convert_berka_uses_the_shipped_copy_and_takes_another(tmp_path: Path) -> None:
+    """With no DIR the shipped (compressed) files; with DIR a plain copy: the same events."""
+    copy = tmp_path / "berka"
+    copy.mkdir()
+    for name in ("trans.asc", "loan.asc"):
+        (copy / name).write_bytes(lzma.decompress((SHIPPED_BERKA / f"{name}.xz").read_bytes()))
+    shipped = fundflow("convert-berka", str(tmp_path / "shipped.jsonl"))
+    assert shipped.returncode == 0, shipped.stderr
+    other = fundflow("convert-berka", str(copy), str(tmp_path / "copy.jsonl"))
+    assert other.returncode == 0, other.stderr
+    events = (tmp_path / "shipped.jsonl").read_bytes()
+    assert events == (tmp_path / "copy.jsonl").read_bytes() and events.count(b"\n") == 49_102 + 161
+
+
+def test_replay_berka_without_a_dir_converts_the_shipped_copy() -> None:
+    """``--berka`` alone: the shipped data convert (else "no such directory"), then the broker is missing."""
+    result = fundflow("replay", "--berka", "--rate", "10", FUNDFLOW_KAFKA_BOOTSTRAP="127.0.0.1:1")
+    assert_one_line_error(result, 1, "127.0.0.1:1")

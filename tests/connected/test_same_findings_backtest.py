@@ -21,9 +21,6 @@ from streams.tools.berka import convert_berka
 
 pytestmark = pytest.mark.connected
 
-ROOT = Path(__file__).resolve().parents[2]
-# The one place that says where the Berka files are (they are moving into the repository).
-BERKA_DIR = Path(os.environ.get("FUNDFLOW_TEST_BERKA_DIR", ROOT.parent / "shared" / "data" / "berka"))
 OTHER_CUSTOMERS = 250  # besides every customer with a loan: enough for every rule, small enough to run fast
 
 
@@ -31,7 +28,7 @@ def berka_slice(out: Path) -> tuple[Path, Path]:
     """Every customer with a loan, and the first ``OTHER_CUSTOMERS`` others: in file order,
     and with the LoanEvents first."""
     converted = out / "berka.jsonl"
-    convert_berka(BERKA_DIR, converted, ZoneInfo("Asia/Shanghai"))
+    convert_berka(None, converted, ZoneInfo("Asia/Shanghai"))  # the copy shipped with FundFlow
     lines = converted.read_bytes().splitlines()
     objects = [orjson.loads(line) for line in lines]
     with_loans = {o["customer_id"] for o in objects if "loan_id" in o}
@@ -49,7 +46,7 @@ def backtest(events: Path, work: Path) -> Path:
     env.update(FUNDFLOW_VAR_DIR=str(work / "var"), FUNDFLOW_PARTITIONS="2")
     result = subprocess.run(
         [sys.executable, "-m", "streams.cli.main", "backtest", str(events), "--out", str(work / "out")],
-        cwd=ROOT,
+        cwd=Path(__file__).resolve().parents[2],
         env=env,
         capture_output=True,
         timeout=180,
@@ -58,7 +55,6 @@ def backtest(events: Path, work: Path) -> Path:
     return work / "out"
 
 
-@pytest.mark.skipif(not (BERKA_DIR / "trans.asc").is_file(), reason=f"no Berka data at {BERKA_DIR}")
 def test_two_backtests_of_one_history_publish_the_same_records(tmp_path: Path) -> None:
     in_order, loans_first = berka_slice(tmp_path)
     first, second = backtest(in_order, tmp_path / "first"), backtest(loans_first, tmp_path / "second")

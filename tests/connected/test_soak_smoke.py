@@ -9,16 +9,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-BERKA = ROOT.parent / "shared" / "data" / "berka"
 
 pytestmark = [pytest.mark.slow, pytest.mark.connected]
 
 
-@pytest.mark.skipif(not (BERKA / "trans.asc").exists(), reason="the Berka data set is not next to the checkout")
 def test_one_minute_soak_keeps_up_commits_and_stays_flat(tmp_path: Path) -> None:
     result = subprocess.run(
         [
-            sys.executable, "-m", "streams.tools.soak", "--berka", str(BERKA), "--minutes", "1", "--interval", "15",
+            sys.executable, "-m", "streams.cli", "soak", "--minutes", "1", "--interval", "15",
             "--rate", "800", "--var", str(tmp_path / "soak"),
         ],
         cwd=ROOT, capture_output=True, text=True, timeout=240,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import lzma
 from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -11,10 +13,10 @@ import pytest
 
 from rules.events import LoanEvent, TransactionEvent
 from streams.errors import ConfigError
-from streams.tools.berka import convert_berka
+from streams.tools.berka import SHIPPED_BERKA, berka_lines, convert_berka
 
 ZONE = ZoneInfo("Asia/Shanghai")
-BERKA = Path(__file__).resolve().parents[3] / "shared" / "data" / "berka"
+BERKA = SHIPPED_BERKA
 HEADER = '"trans_id";"account_id";"date";"type";"operation";"amount";"balance";"k_symbol";"bank";"account"\n'
 LOAN_HEADER = '"loan_id";"account_id";"date";"amount";"duration";"payments";"status"\n'
 
@@ -116,10 +118,26 @@ def test_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
         convert_berka(tmp_path, tmp_path / "o.jsonl", ZONE)
 
 
-@pytest.mark.skipif(not (BERKA / "trans.asc").exists(), reason="the Berka data set is not next to the checkout")
+def test_compressed_and_plain_copies_convert_alike(tmp_path: Path) -> None:
+    rows = [
+        '"1";"7";"930101";"PRIJEM";"VKLAD";"100.0";"100.0";"";"";""',
+        '"2";"7";"930102";"VYDAJ";"PREVOD NA UCET";"40.0";"60.0";"";"AB";"123"',
+    ]
+    loans = ['"5";"7";"930101";"1200";"12";"100.00";"A"']
+    (tmp_path / "plain").mkdir()
+    plain, _ = convert(write(tmp_path / "plain", rows, loans))
+    for suffix, compress in ((".xz", lzma.compress), (".gz", gzip.compress)):
+        packed = tmp_path / suffix[1:]
+        packed.mkdir()
+        for name in ("trans.asc", "loan.asc"):
+            (packed / f"{name}{suffix}").write_bytes(compress((tmp_path / "plain" / name).read_bytes()))
+        again, _ = convert(packed)
+        assert again == plain and any("loan_id" in obj for obj in again)
+
+
 def test_the_real_data_set(tmp_path: Path) -> None:
     out = tmp_path / "berka.jsonl"
-    stats = convert_berka(BERKA, out, ZONE).as_dict()
+    stats = convert_berka(None, out, ZONE).as_dict()  # None: the copy shipped in the package
     assert stats["transactions"] == 49_102 and stats["accounts"] == 1_229 and stats["days"] == 39_960
     assert stats["ambiguous_days"] <= 40 and stats["skipped"] == {}
     lines = out.read_bytes().splitlines()
@@ -146,7 +164,6 @@ def test_the_real_data_set(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.skipif(not (BERKA / "trans.asc").exists(), reason="the Berka data set is not next to the checkout")
 def test_the_shipped_state_dictionary_earns_its_place_on_customers_it_never_saw() -> None:
     """The dictionary in ``streams/zdict`` was trained on half the Berka customers
     (``streams.tools.statedict``); on the states of the other half, as today's code writes
@@ -157,7 +174,6 @@ def test_the_shipped_state_dictionary_earns_its_place_on_customers_it_never_saw(
 
     from streams.codec import WRITE_DICTIONARY, ZSTD_LEVEL, dictionaries
     from streams.settings import Settings
-    from streams.tools.berka import berka_lines
     from streams.tools.statedict import sample_states
 
     settings = Settings(bank_tz="Asia/Shanghai")
