@@ -151,7 +151,7 @@ def _servers(settings: Any, need_kafka: bool = True) -> tuple[str, str]:
 
 
 # Commands that run until stopped: SIGINT and SIGTERM stop them within a bound, exit 0.
-LONG_RUNNING = {"worker", "api", "stack", "demo", "replay", "alerts webhook"}
+LONG_RUNNING = {"worker", "api", "stack", "demo", "replay", "alerts webhook", "alerts tail"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

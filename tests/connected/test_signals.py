@@ -174,6 +174,18 @@ def test_webhook_relay_stops_on_sigterm_with_the_broker_gone(
     relay.assert_stops(signal.SIGTERM)
 
 
+def test_alerts_tail_stops_on_sigterm_with_the_broker_gone(
+    own_stack: Stack, tmp_path: Path, processes: list[Process]
+) -> None:
+    tail = Process(["alerts", "tail", "--json"], own_stack.env(), tmp_path / "tail.log")
+    processes.append(tail)
+    time.sleep(5)  # subscribed and waiting for findings
+    assert tail.popen.poll() is None, tail.text()
+    kill(own_stack.broker)
+    time.sleep(3)
+    tail.assert_stops(signal.SIGTERM)
+
+
 def test_replay_stops_on_sigterm_with_no_broker(own_stack: Stack, tmp_path: Path, processes: list[Process]) -> None:
     replay = Process(["replay", str(events_file(tmp_path)), "--rate", "200"], own_stack.env(), tmp_path / "r.log")
     processes.append(replay)
