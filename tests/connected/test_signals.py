@@ -22,7 +22,6 @@ from tests.eventgen import lines, transactions
 
 pytestmark = [pytest.mark.slow, pytest.mark.connected]
 
-ROOT = Path(__file__).resolve().parents[2]
 STOP_BOUND = 10.0
 
 
@@ -43,7 +42,7 @@ class Process:
         with log.open("wb") as out:
             self.popen = subprocess.Popen(
                 [sys.executable, "-m", "streams.cli.main", *args],
-                cwd=ROOT,
+                cwd=log.parent,  # (Faust makes an {app_id}-data folder in its cwd)
                 env=clean,
                 stdout=out,
                 stderr=subprocess.STDOUT,
