@@ -214,3 +214,20 @@ def test_demo_stops_on_sigterm_with_its_broker_gone(tmp_path: Path, processes: l
     os.kill(tansu[0], signal.SIGKILL)
     time.sleep(2)
     demo.assert_stops(signal.SIGTERM)
+
+
+def test_a_second_signal_exits_at_once(own_stack: Stack, tmp_path: Path, processes: list[Process]) -> None:
+    """With Redis gone the first SIGTERM starts a stop that only the watchdog ends; a second one ends it now."""
+    worker = ready_worker(own_stack, tmp_path, processes)
+    replay = Process(["replay", str(events_file(tmp_path, 20, 50)), "--rate", "500"], own_stack.env(), tmp_path / "r")
+    processes.append(replay)
+    time.sleep(3)
+    kill(own_stack.redis)
+    time.sleep(3)
+    worker.popen.send_signal(signal.SIGTERM)
+    time.sleep(1)
+    started = time.monotonic()
+    worker.popen.send_signal(signal.SIGTERM)
+    assert worker.popen.wait(timeout=30) == 0
+    assert time.monotonic() - started < 3
+    assert "second SIGTERM, exiting now" in worker.text()
