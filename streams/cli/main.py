@@ -91,7 +91,7 @@ POSITIVE_INT = Positive(int)
 PATH = click.Path(path_type=Path)
 SHIPPED = Path("<shipped>")  # ``replay --berka`` with no DIR: the Berka copy shipped with FundFlow
 # Commands that run until stopped: SIGINT and SIGTERM stop them within a bound, exit 0 (streams.stopping).
-LONG_RUNNING = {"worker", "api", "stack", "demo", "replay", "alerts webhook"}
+LONG_RUNNING = {"worker", "api", "stack", "demo", "replay", "alerts webhook", "alerts tail"}
 TOPIC_CHOICE = click.Choice(["alerts", "recommendations", "marketing", "all"])
 
 

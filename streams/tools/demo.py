@@ -24,6 +24,7 @@ import contextlib
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +93,7 @@ def run_demo(settings: Settings, berka_dir: Path | None, rate: float, speedup: f
         run.start_worker()
         console = _start_console(run, log_dir)
         print(f"  web console: {console}   (live alerts, customer pages, tiers; no token in demo mode)", flush=True)
-        headline = f"FundFlow demo: open {console} in a browser; Ctrl-C stops everything"
-        print(headline, flush=True)
+        headline = f"FundFlow demo: open {console} in a browser; Ctrl-C stops everything"  # tops every screen
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C or SIGTERM: streams.stopping printed the line
             asyncio.run(_live(run, lines, rate, speedup, watched, headline))
     print("worker, console, broker and Redis: everything stopped.", flush=True)
@@ -127,9 +127,13 @@ async def _live(
     settings = run.settings
     producer = await start_producer(replay_settings(settings), run.bootstrap)
     sent = [0]
-    replay_task = asyncio.create_task(
-        replay(endless(lines), producer, rate=rate, speedup=speedup, progress=lambda n: sent.__setitem__(0, n))
-    )
+
+    def counted() -> Iterator[bytes]:  # handed to the producer so far (replay's progress comes per 2,000)
+        for line in endless(lines):
+            sent[0] += 1
+            yield line
+
+    replay_task = asyncio.create_task(replay(counted(), producer, rate=rate, speedup=speedup))
     client = connect(run.redis_url, settings.redis_cluster)
     store = StateStore(client, Keys(settings.key_prefix))
     view = _View(len(lines), headline)

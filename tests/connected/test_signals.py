@@ -22,7 +22,6 @@ from tests.eventgen import lines, transactions
 
 pytestmark = [pytest.mark.slow, pytest.mark.connected]
 
-ROOT = Path(__file__).resolve().parents[2]
 STOP_BOUND = 10.0
 
 
@@ -43,7 +42,7 @@ class Process:
         with log.open("wb") as out:
             self.popen = subprocess.Popen(
                 [sys.executable, "-m", "streams.cli.main", *args],
-                cwd=ROOT,
+                cwd=log.parent,  # (Faust makes an {app_id}-data folder in its cwd)
                 env=clean,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -174,6 +173,18 @@ def test_webhook_relay_stops_on_sigterm_with_the_broker_gone(
     relay.assert_stops(signal.SIGTERM)
 
 
+def test_alerts_tail_stops_on_sigterm_with_the_broker_gone(
+    own_stack: Stack, tmp_path: Path, processes: list[Process]
+) -> None:
+    tail = Process(["alerts", "tail", "--json"], own_stack.env(), tmp_path / "tail.log")
+    processes.append(tail)
+    time.sleep(5)  # subscribed and waiting for findings
+    assert tail.popen.poll() is None, tail.text()
+    kill(own_stack.broker)
+    time.sleep(3)
+    tail.assert_stops(signal.SIGTERM)
+
+
 def test_replay_stops_on_sigterm_with_no_broker(own_stack: Stack, tmp_path: Path, processes: list[Process]) -> None:
     replay = Process(["replay", str(events_file(tmp_path)), "--rate", "200"], own_stack.env(), tmp_path / "r.log")
     processes.append(replay)
@@ -203,3 +214,20 @@ def test_demo_stops_on_sigterm_with_its_broker_gone(tmp_path: Path, processes: l
     os.kill(tansu[0], signal.SIGKILL)
     time.sleep(2)
     demo.assert_stops(signal.SIGTERM)
+
+
+def test_a_second_signal_exits_at_once(own_stack: Stack, tmp_path: Path, processes: list[Process]) -> None:
+    """With Redis gone the first SIGTERM starts a stop that only the watchdog ends; a second one ends it now."""
+    worker = ready_worker(own_stack, tmp_path, processes)
+    replay = Process(["replay", str(events_file(tmp_path, 20, 50)), "--rate", "500"], own_stack.env(), tmp_path / "r")
+    processes.append(replay)
+    time.sleep(3)
+    kill(own_stack.redis)
+    time.sleep(3)
+    worker.popen.send_signal(signal.SIGTERM)
+    time.sleep(1)
+    started = time.monotonic()
+    worker.popen.send_signal(signal.SIGTERM)
+    assert worker.popen.wait(timeout=30) == 0
+    assert time.monotonic() - started < 3
+    assert "second SIGTERM, exiting now" in worker.text()
