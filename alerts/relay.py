@@ -39,10 +39,12 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.exceptions import RedisError
 
 from alerts.webhook import Delivery, RetryPolicy, WebhookSender
 from streams import telemetry
+from streams.clients import connect, kafka_client_kwargs
 from streams.deadletter import RawRecord, dead_letter
 from streams.errors import ConfigError
 from streams.keys import Keys
@@ -233,9 +235,6 @@ async def run_relay(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Relay until ``stop`` is set (or forever)."""
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-
-    from streams.clients import connect, kafka_client_kwargs
 
     stop = stop or asyncio.Event()
     secret = relay_secret(settings, urls)

@@ -15,7 +15,10 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 import orjson
+from aiokafka import AIOKafkaConsumer
 
+from streams.clients import kafka_client_kwargs
+from streams.errors import ConfigError
 from streams.settings import Settings
 
 SEVERITY_MARK = {"high": "HIGH", "medium": "MED ", "low": "LOW ", "info": "INFO"}
@@ -69,10 +72,6 @@ async def tail(
     out: TextIO = sys.stdout,
 ) -> int:
     """Print matching findings until interrupted, or until ``limit`` were printed."""
-    from aiokafka import AIOKafkaConsumer
-
-    from streams.clients import kafka_client_kwargs
-
     consumer = AIOKafkaConsumer(
         *topics,
         bootstrap_servers=bootstrap,
@@ -85,8 +84,6 @@ async def tail(
         await consumer.start()
     except Exception as exc:
         await consumer.stop()
-        from streams.errors import ConfigError
-
         raise ConfigError(f"Kafka at {bootstrap} does not answer: {exc}") from None
     printed = 0
     try:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -102,8 +104,6 @@ def run_demo(settings: Settings, berka_dir: Path | None, rate: float, speedup: f
 
 def _start_console(run: LocalRun, log_dir: Path) -> str:
     """``fundflow api --demo`` beside the worker; stopped with it (it is in ``run.workers``)."""
-    import socket
-    import subprocess
 
     port = 8080
     with socket.socket() as probe:
