@@ -35,7 +35,7 @@ from enum import StrEnum
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
-from rules.events import LoanEvent, TransactionEvent
+from rules.events import Event, LoanEvent, TransactionEvent
 
 ZERO = Decimal(0)
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -404,3 +404,10 @@ def remaining_since(state: CustomerState, start_us: int) -> Decimal:
     """What is still in the account of the money that came in after ``start_us`` (the FIFO
     lots formed after it: the numerator of ``collection_rate_90d``)."""
     return sum((lot[LOT_AMOUNT] for lot in state.lots if lot[LOT_TS] > start_us), ZERO)
+
+
+def apply_event(state: CustomerState, event: Event, config: StateConfig) -> Outcome:
+    """One event of either topic: ``apply_loan`` for a LoanEvent, else ``apply_transaction``."""
+    if isinstance(event, LoanEvent):
+        return apply_loan(state, event, config)
+    return apply_transaction(state, event, config)

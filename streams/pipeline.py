@@ -42,8 +42,8 @@ from typing import Final, Protocol
 import orjson
 from redis.exceptions import RedisError
 
-from rules.events import Event, LoanEvent
-from rules.state import CustomerState, Outcome, StateConfig, apply_loan, apply_transaction
+from rules.events import Event
+from rules.state import CustomerState, Outcome, StateConfig, apply_event
 from streams import telemetry
 from streams.codec import encode_state
 from streams.deadletter import RawRecord, dead_letter, dead_letter_key
@@ -129,9 +129,7 @@ def plain_step(config: StateConfig) -> Step:
     """The state step with no business rules attached."""
 
     def step(state: CustomerState, event: Event) -> tuple[Outcome, list[bytes]]:
-        if isinstance(event, LoanEvent):
-            return apply_loan(state, event, config), []
-        return apply_transaction(state, event, config), []
+        return apply_event(state, event, config), []
 
     return step
 

@@ -14,15 +14,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from decimal import Decimal
 from pathlib import Path
 
 import orjson
 
 from rules.config import RulesConfig, RulesConfigError, load_rules
 from rules.engine import Finding, judge
-from rules.events import Event, LoanEvent
-from rules.state import CustomerState, Outcome, StateConfig, apply_loan, apply_transaction
+from rules.events import Event
+from rules.state import CustomerState, Outcome, StateConfig, apply_event
 from streams import telemetry
 from streams.errors import ConfigError
 from streams.pipeline import Step, outbox_entry
@@ -87,13 +86,8 @@ def rules_step(config: StateConfig, provider: RulesProvider) -> Step:
     (docs/findings.md), never on the live tier, which a wall-clock timer refreshes."""
 
     def step(state: CustomerState, event: Event) -> tuple[Outcome, list[bytes]]:
-        if isinstance(event, LoanEvent):
-            balance_before = state.balance
-            outcome = apply_loan(state, event, config)
-        else:
-            signed: Decimal = event.amount if event.direction == "credit" else -event.amount
-            outcome = apply_transaction(state, event, config)
-            balance_before = state.balance - signed
+        balance_before = state.balance
+        outcome = apply_event(state, event, config)
         if outcome is not Outcome.APPLIED:
             return outcome, []
         judgement = judge(state, event, balance_before, provider.current(), config)
