@@ -65,7 +65,7 @@ class Settings(BaseSettings):
         default=0.005, gt=0, le=10, description="longest a batch waits to fill while records queue (idle: no wait)"
     )
     batch_busy_linger_seconds: float = Field(
-        default=0.1,
+        default=0.0,
         ge=0,
         le=10,
         description="longest a batch waits for the records Kafka already holds for it (a worker behind); 0: off",
