@@ -79,16 +79,15 @@ class Batcher(Generic[T]):
         self._full.clear()
         self._room.set()
 
-    async def put(self, item: T) -> None:
+    async def wait_for_room(self) -> None:
         while len(self._items) >= self.max_events:
             self._raise_if_failed()
             self._room.clear()
             await self._room.wait()
-        self._raise_if_failed()
-        self._items.append(item)
-        self._ready.set()
-        if len(self._items) >= self._want:
-            self._full.set()
+
+    async def put(self, item: T) -> None:
+        await self.wait_for_room()
+        self.put_nowait(item)
 
     async def take(self, linger: float = 0.0, want: int | None = None) -> list[T]:
         """The next batch (at most ``max_events``): at once when the buffer was empty

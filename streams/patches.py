@@ -33,7 +33,7 @@ goes to the original ``wait_first`` unchanged, so a rebalance interrupts it as b
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Generator, Sequence
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from typing import Any
 
 import faust
@@ -150,14 +150,16 @@ class _IntakeQueue:
     """What Faust's conductor and flow control use of a channel's queue
     (``full``, ``put_nowait_enhanced``, ``clear``), delivering into a ``Batcher``."""
 
-    def __init__(self, batcher: Batcher[Any]) -> None:
+    def __init__(self, batcher: Batcher[Any], admit: Callable[[Any], bool]) -> None:
         self.batcher = batcher
+        self.admit = admit
 
     def full(self) -> bool:
         return self.batcher.full()
 
     def put_nowait_enhanced(self, value: Any, *, on_pressure_high: Any, on_pressure_drop: Any) -> bool:
-        self.batcher.put_nowait(value)
+        if self.admit(value):
+            self.batcher.put_nowait(value)
         return True
 
     def clear(self) -> None:
@@ -176,16 +178,30 @@ class BatchIntake(faust.Topic):
     ``drain`` acks each record with ``Message.ack`` after its batch's effects, which is
     what a stream's ack does.
 
-    Rebalances: the queue is managed by the app's flow control like a stream's
-    (``clear_on_resume``), so records buffered when partitions are revoked are dropped
-    (never processed, never acked: Kafka redelivers them), and Faust's ``wait_empty``
-    waits for the batch in flight to be acked, as it waits for a stream's events."""
+    Rebalances, as a stream does them (``faust.Stream._py_aiter``): a record is admitted
+    only while flow control is active and its ``generation_id`` is the consumer's current
+    one (a record fetched before a rebalance and handed over after it is dropped: Kafka
+    redelivers it from the committed offset, in order); an admitted record is tracked as
+    unacked (``Consumer.track_message``), so ``wait_empty`` waits for the batch in flight
+    before a rebalance commits and hands partitions over; and the queue is managed by the
+    app's flow control (``clear_on_resume``), so records buffered when partitions are
+    revoked are dropped (never processed, never acked: redelivered)."""
 
     def __init__(self, app: faust.App, topics: Sequence[str], batcher: Batcher[Any]) -> None:
-        queue: Any = _IntakeQueue(batcher)  # duck-typed: the three methods Faust calls
+        queue: Any = _IntakeQueue(batcher, self.admit)  # duck-typed: the three methods Faust calls
         super().__init__(app, topics=list(topics), key_serializer="raw", value_serializer="raw", queue=queue)
         app.flow_control.manage_queue(queue)
         self.batcher = batcher
+
+    def admit(self, message: Any) -> bool:
+        """False for a record from before a rebalance; else track it as unacked."""
+        app = self.app
+        if not app.flow_control.is_active() or message.generation_id != app.consumer_generation_id:
+            return False
+        if not message.tracked:
+            message.tracked = True
+            app.consumer.track_message(message)
+        return True
 
     def _compile_decode(self) -> None:
         # faust.Topic.__init__ binds ``self.decode`` to its schema's compiled decoder here
@@ -195,7 +211,9 @@ class BatchIntake(faust.Topic):
         return message
 
     async def put(self, value: Any) -> None:
-        await self.batcher.put(value)
+        await self.batcher.wait_for_room()  # the conductor waits here while the batcher is full
+        if self.admit(value):  # judged after the wait: a rebalance may have come meanwhile
+            self.batcher.put_nowait(value)
 
 
 FAUST_PAGES = "faust.web.apps."  # where faust-streaming keeps its built-in blueprints

@@ -46,7 +46,11 @@ async def test_records_through_faust_conductor_are_applied_dead_lettered_and_ack
         "amount": "5.00",
     }
     values = [json.dumps(event).encode(), json.dumps(event).encode(), b"{broken"]  # a redelivery, then junk
-    messages = [Message(TRANSACTIONS, 0, i, PRODUCED, 0, [], b"zz", v, None, tp=tp) for i, v in enumerate(values)]
+    generation = app.consumer_generation_id
+    messages = [
+        Message(TRANSACTIONS, 0, i, PRODUCED, 0, [], b"zz", v, None, tp=tp, generation_id=generation)
+        for i, v in enumerate(values)
+    ]
     drain = asyncio.ensure_future(reader.run())
     try:
         for message in messages:
@@ -84,10 +88,45 @@ async def test_a_rebalance_drops_buffered_records_unacked() -> None:
 
     reader = BatchReader(app, settings, handle)
     tp = TP(TRANSACTIONS, 0)
-    await reader.intake.put(Message(TRANSACTIONS, 0, 7, 1.7e9, 0, [], b"k", b"{}", None, tp=tp))
+    app.flow_control.resume()
+    await reader.intake.put(Message(TRANSACTIONS, 0, 7, 1.7e9, 0, [], b"k", b"{}", None, tp=tp, generation_id=0))
     assert len(reader.batcher) == 1
     app.flow_control.clear()  # what App._on_partitions_revoked does
     assert len(reader.batcher) == 0 and not handled
+    app.consumer._thread.thread_loop.close()  # never started: its private loop is ours to close
+
+
+async def test_records_from_before_a_rebalance_are_dropped_and_admitted_ones_tracked() -> None:
+    """As a Faust stream does: a record fetched in an older consumer generation, or handed
+    over while flow control is suspended (a rebalance), is dropped unacked (Kafka redelivers
+    it from the committed offset, in order); an admitted one is tracked as unacked, so a
+    rebalance's wait_empty waits for its batch before handing the partition over."""
+    settings = Settings(key_prefix="ffagent", kafka_bootstrap="127.0.0.1:1", redis_url="redis://127.0.0.1:1")
+    app = faust_app(settings, "127.0.0.1:1")
+
+    async def handle(records: list[RawRecord]) -> None:
+        pass
+
+    reader = BatchReader(app, settings, handle)
+    tp = TP(TRANSACTIONS, 0)
+    app.consumer_generation_id = 3
+
+    def message(offset: int, generation: int) -> Message:
+        return Message(TRANSACTIONS, 0, offset, 1.7e9, 0, [], b"k", b"{}", None, tp=tp, generation_id=generation)
+
+    app.flow_control.suspend()  # a rebalance is under way
+    await reader.intake.put(message(1, 3))
+    reader.intake.queue.put_nowait_enhanced(message(2, 3), on_pressure_high=None, on_pressure_drop=None)
+    app.flow_control.resume()
+    stale = message(3, 2)  # fetched in the generation before the rebalance
+    await reader.intake.put(stale)
+    reader.intake.queue.put_nowait_enhanced(message(4, 2), on_pressure_high=None, on_pressure_drop=None)
+    assert len(reader.batcher) == 0 and not stale.tracked
+    current = message(5, 3)
+    await reader.intake.put(current)
+    assert reader.batcher.buffered() == [current]
+    assert current.tracked and current in app.consumer._unacked_messages
+    app.consumer._thread.thread_loop.close()
 
 
 def test_the_worker_tunes_the_garbage_collector_from_its_settings() -> None:

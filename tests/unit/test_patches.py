@@ -198,6 +198,11 @@ def test_faust_still_hands_records_to_channels_as_the_intake_assumes() -> None:
     assert "queue.clear()" in inspect.getsource(FlowControlEvent.clear)
     assert "self.clear()" in inspect.getsource(FlowControlEvent.resume)
     assert "on_final_ack" in inspect.getsource(Message.ack)
+    stream = inspect.getsource(faust.Stream._py_aiter)  # what the intake does as a stream does
+    assert "message.generation_id != self.app.consumer_generation_id" in stream
+    assert "not self.app.flow_control.is_active()" in stream
+    assert "add_unacked(message)" in stream
+    assert "self._unacked_messages.add(message)" in inspect.getsource(Consumer.track_message)
     assert "consumer.ack(self)" in inspect.getsource(ConsumerMessage.on_final_ack)
 
 
