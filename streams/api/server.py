@@ -27,7 +27,6 @@ What can go wrong: Redis down -> data endpoints answer 503 with one line,
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
@@ -45,6 +44,7 @@ from rules.money import money
 from rules.state import CustomerState
 from streams import __version__, telemetry
 from streams.api.models import openapi_document
+from streams.api.roles import DEMO, PRINCIPAL, Principal, identify, principals
 from streams.clients import connect
 from streams.health import readiness
 from streams.keys import Keys
@@ -105,18 +105,19 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 @web.middleware
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-    tokens: tuple[bytes, ...] = request.app[TOKENS]
+    tokens: tuple[tuple[bytes, Principal], ...] = request.app[TOKENS]
+    if not tokens:
+        request[PRINCIPAL] = DEMO
     if not tokens or request.path in OPEN_PATHS or request.path.startswith("/console/"):
         return await handler(request)
     header = request.headers.get("Authorization", "")
     given = header[7:].strip().encode() if header[:7].lower() == "bearer " else b""
-    match = False
-    for token in tokens:  # every token compared, in constant time: no early exit to time
-        match |= hmac.compare_digest(given, token)
-    if not match:
+    principal = identify(given, tokens)  # every token compared, in constant time
+    if principal is None:
         response = _error(401, "missing or wrong bearer token")
         response.headers["WWW-Authenticate"] = 'Bearer realm="fundflow"'
         return response
+    request[PRINCIPAL] = principal
     return await handler(request)
 
 
@@ -321,7 +322,7 @@ async def favicon(request: web.Request) -> web.Response:
 
 
 def create_api(settings: Settings, redis_url: str, bootstrap: str, *, demo: bool = False) -> web.Application:
-    tokens = tuple(t.get_secret_value().encode() for t in settings.api_tokens if t.get_secret_value())
+    tokens = principals(settings)
     if not tokens and not demo:
         from streams.errors import ConfigError
 
