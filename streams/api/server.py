@@ -16,6 +16,7 @@ tokens never travel in URLs or logs).
 | ``GET /alerts`` | recent findings (the ``{p}:feed`` stream, or the customer's list), filtered |
 | ``GET /alerts/stream`` | Server-Sent Events from the feed, resumable with ``Last-Event-ID`` |
 | ``GET /tiers`` | tier counts, cut points, top customers |
+| ``/cases``, ``/rules/precision`` | the analyst's desk (``streams.api.cases``) |
 | ``GET /healthz``, ``GET /readyz`` | up; Kafka and Redis reachable (503 and why, if not) |
 | ``GET /metrics`` | Prometheus |
 | ``GET /openapi.json`` | the OpenAPI document (``streams.api.models``) |
@@ -43,6 +44,8 @@ from rules.metrics import daily_history
 from rules.money import money
 from rules.state import CustomerState
 from streams import __version__, telemetry
+from streams.api.case_models import case_openapi
+from streams.api.cases import setup_cases
 from streams.api.models import openapi_document
 from streams.api.roles import DEMO, PRINCIPAL, Principal, identify, principals
 from streams.clients import connect
@@ -310,7 +313,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return _json(openapi_document(__version__))
+    return _json(case_openapi(openapi_document(__version__)))
 
 
 async def console_index(request: web.Request) -> web.FileResponse:
@@ -338,6 +341,7 @@ def create_api(settings: Settings, redis_url: str, bootstrap: str, *, demo: bool
         await app[STORE].redis.aclose()
 
     app.on_cleanup.append(close_redis)
+    setup_cases(app, app[STORE].redis, app[STORE].keys, settings, tuple(p for _, p in tokens) or (DEMO,))
     for path, handler in (
         ("/customers/{customer_id}", get_customer),
         ("/customers/{customer_id}/history", get_history),
