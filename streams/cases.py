@@ -636,6 +636,12 @@ class CaseStore:
         indexes = [self.key(index(name, getattr(wanted, name))) for name in INDEXED if getattr(wanted, name)]
         if not indexes:
             indexes = [self.key(index("all", "cases"))]
+        if len(indexes) == 1 and not wanted.needs_cases:  # one index: read just the page
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zcard(indexes[0])
+                pipe.zrevrange(indexes[0], offset, offset + limit - 1)
+                total, page = await pipe.execute()
+            return await self.many([int(m) for m in page]), int(total)
         if len(indexes) == 1:
             members = cast(list[bytes], await self.redis.zrevrange(indexes[0], 0, -1))
         else:
