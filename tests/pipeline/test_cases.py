@@ -26,6 +26,7 @@ from streams.rulestep import TOPIC_OF_KIND
 from streams.settings import ApiToken, Settings
 from streams.store import StateStore
 from tests.pipeline.test_api import seed
+from tests.pipeline.test_redis_cluster import cluster_url  # noqa: F401  (the fixture)
 
 PREFIX = "desk"
 PEOPLE = {
@@ -368,3 +369,21 @@ async def test_outcomes_become_rule_precision(desk: Client) -> None:
     assert 'fundflow_rule_precision{rule="large_external_outflow"} 0.6667' in metrics
     assert 'fundflow_rule_resolved_cases{rule="large_external_outflow"} 3.0' in metrics
     assert not [line for line in metrics if "fundflow_rule" in line and "C0" in line]
+
+
+async def test_cases_work_on_redis_cluster(cluster_url: str) -> None:  # noqa: F811  (the fixture)
+    """Every case script keeps to the one slot of ``{cases}``: a cluster refuses anything else."""
+    settings = Settings(**{**SETTINGS.model_dump(), "redis_cluster": True})
+    app = create_api(settings, cluster_url, f"127.0.0.1:{free_port()}")
+    async with TestClient(TestServer(app)) as client:
+        await publish(client, finding("K1"), finding("K1", rule="net_outflow_streak"), finding("K2"))
+        case = await case_of(client, "K1", status="open")
+        assert case["count"] == 2
+        await post(client, "li", f"/cases/{case['id']}/comment", {"text": "on a cluster"}, key="c-1")
+        await post(client, "li", f"/cases/{case['id']}/comment", {"text": "on a cluster"}, key="c-1")
+        await post(client, "li", f"/cases/{case['id']}/transition", {"to": "resolved", "outcome": "confirmed_outflow"})
+        await post(client, "boss", "/cases/bulk/dismiss", {"ids": [(await case_of(client, "K2"))["id"]]})
+        detail = CaseDetail.model_validate(await get(client, f"/cases/{case['id']}"))
+        assert [c.text for c in detail.comments] == ["on a cluster"] and detail.case.status == "resolved"
+        report = RulesPrecision.model_validate(await get(client, "/rules/precision"))
+        assert {r.rule: r.precision for r in report.rules}["large_external_outflow"] == 1.0
