@@ -113,6 +113,12 @@ class RulesPrecision(_Strict):
     confirming: list[str] = Field(description="outcomes that count as the rule being right")
 
 
+class WhoAmI(_Strict):
+    name: str
+    role: Literal["viewer", "analyst", "supervisor"]
+    assignable: list[str] = Field(description="names of analyst and supervisor tokens")
+
+
 class AssignBody(_Strict):
     assignee: Name | None = Field(description="a token's name; null unassigns")
 
@@ -139,7 +145,7 @@ class BulkDismissBody(_Strict):
 
 
 MODELS: list[type[BaseModel]] = [
-    CaseOut, CaseDetail, CaseList, BulkReply, RulesPrecision,
+    CaseOut, CaseDetail, CaseList, BulkReply, RulesPrecision, WhoAmI,
     AssignBody, CommentBody, TransitionBody, BulkAssignBody, BulkDismissBody,
 ]  # fmt: skip
 
@@ -265,6 +271,7 @@ def case_openapi(document: dict[str, Any]) -> dict[str, Any]:
                 422,
                 path=False,
             ),
+            "/whoami": {"get": {"summary": "the caller's name and role", "responses": answers("WhoAmI")}},
             "/rules/precision": {
                 "get": {
                     "summary": "per rule, from the cases: precision (confirmed / resolved), volume, median times",

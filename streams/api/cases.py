@@ -10,6 +10,7 @@
 | ``POST /cases/bulk/assign`` | supervisor | ``{"ids": [...], "assignee": ...}`` |
 | ``POST /cases/bulk/dismiss`` | supervisor | ``{"ids": [...], "note": ...}`` |
 | ``GET /rules/precision`` | everyone | per rule: precision, volume, median times |
+| ``GET /whoami`` | everyone | the caller's name and role, and the names cases can be assigned to |
 
 Every POST needs an ``Idempotency-Key`` header (unique per intended change):
 the first request's answer is stored with the change in one atomic step, and
@@ -81,7 +82,7 @@ from streams.settings import Role, Settings
 log = logging.getLogger(__name__)
 
 CASES = web.AppKey("cases", CaseStore)
-ASSIGNABLE = web.AppKey("assignable", frozenset)
+ASSIGNABLE: web.AppKey[frozenset[str]] = web.AppKey("assignable", frozenset)
 ZONE = web.AppKey("zone", ZoneInfo)
 GAUGES_EVERY_SECONDS = 30.0
 INTAKE_BLOCK_MS = 1000
@@ -345,6 +346,12 @@ async def rules_precision(request: web.Request) -> web.Response:
     )
 
 
+async def whoami(request: web.Request) -> web.Response:
+    """The caller's name and role, and who can be assigned cases (the console shows only what the role allows)."""
+    actor, names = caller(request), request.app[ASSIGNABLE]
+    return _json({"name": actor.name, "role": actor.role, "assignable": sorted(names)})
+
+
 async def run_intake(store: CaseStore, block_ms: int = INTAKE_BLOCK_MS) -> None:
     """Forever: take new feed entries into cases; refresh the case gauges now and then."""
     next_gauges = 0.0
@@ -392,3 +399,4 @@ def setup_cases(
     app.router.add_post("/cases/{case_id}/comment", comment_case)
     app.router.add_post("/cases/{case_id}/transition", transition_case)
     app.router.add_get("/rules/precision", rules_precision)
+    app.router.add_get("/whoami", whoami)

@@ -16,7 +16,7 @@ from pydantic import SecretStr
 
 from rules.config import Severity
 from rules.engine import Finding as RuleFinding
-from streams.api.case_models import BulkReply, CaseDetail, CaseList, CaseOut, RulesPrecision
+from streams.api.case_models import BulkReply, CaseDetail, CaseList, CaseOut, RulesPrecision, WhoAmI
 from streams.api.cases import CASES
 from streams.api.server import create_api
 from streams.keys import Keys
@@ -141,6 +141,15 @@ async def test_every_alert_of_the_real_pipeline_is_in_a_case(redis_url: str, des
     cases = CaseList.model_validate(await get(desk, "/cases?type=alert&limit=1000"))
     assert sum(c.count for c in cases.cases) == len(alerts)
     assert len(cases.cases) == len({(f["customer_id"], f["category"]) for f in alerts})
+
+
+async def test_whoami_names_the_caller_and_role(desk: Client) -> None:
+    assert WhoAmI.model_validate(await get(desk, "/whoami", "li")) == WhoAmI(
+        name="li.wei", role="analyst", assignable=["li.wei", "token-5", "wang", "zhang"]
+    )
+    assert (await get(desk, "/whoami", "viewer"))["role"] == "viewer"
+    assert (await get(desk, "/whoami", "plain"))["name"] == "token-5"
+    assert (await desk.get("/whoami")).status == 401
 
 
 async def test_a_viewer_changes_nothing(desk: Client) -> None:
