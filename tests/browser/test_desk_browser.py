@@ -6,8 +6,6 @@ both and is offered no action, and the rule precision moves.
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ from streams.api.server import create_api
 from streams.cases import CaseFilter
 from streams.local.servers import free_port
 from streams.settings import ApiToken, Settings
-from tests.browser.test_console_browser import CHROMIUM, FLAGS, ROOT
+from tests.browser.test_console_browser import CHROMIUM, FLAGS, screenshot
 from tests.pipeline.test_cases import finding, publish
 
 pytestmark = pytest.mark.browser
@@ -111,14 +109,11 @@ async def test_supervisor_assigns_analyst_works_viewer_watches(redis_url: str, t
             await expect(viewer.locator('#precision tr[data-rule="large_external_outflow"] td.precision')).to_have_text(
                 "100.0% (1/1)"
             )
-            shot = tmp_path / "desk.png"
             await boss.reload()
             await boss.select_option("#f-status", "")
             await boss.click(f'#cases tr[data-case="{first}"]')
             await expect(boss.locator("#k-audit li")).to_have_count(5)
-            await boss.screenshot(path=str(shot), full_page=True)
-            if os.environ.get("FUNDFLOW_UPDATE_SCREENSHOT"):
-                shutil.copy(shot, ROOT / "docs" / "desk.png")
+            await screenshot(boss, tmp_path / "desk.png")
             assert errors == []
             await browser.close()
     finally:

@@ -3,8 +3,7 @@
 // caller's role allows are shown; the API refuses the rest anyway (403).
 "use strict";
 
-const state = { token: sessionStorage.getItem("fundflow.token") || "", me: null, cases: [], current: null, picked: new Set() };
-const $ = (id) => document.getElementById(id);
+const state = { me: null, cases: [], current: null, picked: new Set() };
 const STATUS = { open: "待处理 open", in_progress: "处理中 in progress", resolved: "已结案 resolved", dismissed: "已忽略 dismissed" };
 const OUTCOME = {
   confirmed_outflow: "确认流出 confirmed outflow", retained_after_contact: "联系后留存 retained after contact",
@@ -12,22 +11,13 @@ const OUTCOME = {
   funds_left: "资金流出 funds left", confirmed: "确认 confirmed", other: "其他 other (note)",
 };
 
-function el(tag, attrs, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) {
-    if (k === "class") node.className = v; else if (k.startsWith("on")) node.addEventListener(k.slice(2), v); else node.setAttribute(k, v);
-  }
-  for (const child of children) if (child !== null && child !== undefined) node.append(child instanceof Node ? child : String(child));
-  return node;
-}
-
 function newKey() {
   if (crypto.randomUUID) return crypto.randomUUID();
   return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 async function api(path, body) {
-  const headers = state.token ? { Authorization: "Bearer " + state.token } : {};
+  const headers = authHeaders();
   const options = { headers };
   if (body !== undefined) {
     // one key per click: a retried request is answered, never applied twice
@@ -47,15 +37,8 @@ function notify(text, ok) {
   $("notice").textContent = text;
 }
 
-function askToken() { $("token-box").hidden = false; $("token").focus(); }
-
-$("token-form").addEventListener("submit", (e) => {
-  e.preventDefault();
-  state.token = $("token").value.trim();
-  sessionStorage.setItem("fundflow.token", state.token);
-  $("token-box").hidden = true;
-  start();
-});
+tokenPrompt(() => start());
+addCategories($("f-category"));
 
 const supervisor = () => state.me && state.me.role === "supervisor";
 const mayWork = (c) => supervisor() || (state.me && state.me.role === "analyst" && (!c.assignee || c.assignee === state.me.name));
