@@ -206,3 +206,10 @@ def test_bench_refuses_zero_rounds_or_events(tmp_path: Path, arg: str) -> None:
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == f"make bench: error: {arg} must be > 0"
+
+
+def test_a_wrong_token_role_is_one_line() -> None:
+    tokens = '["a", {"token": "t", "role": "admin", "name": "li.wei"}]'
+    result = fundflow("api", FUNDFLOW_API_TOKENS=tokens, **KAFKA_REDIS)
+    assert_one_line_error(result, 1, "FUNDFLOW_API_TOKENS: Value error, token 2: role: Input should be 'viewer'")
+    assert "admin" not in result.stderr and '"t"' not in result.stderr  # no token in the message
