@@ -375,7 +375,11 @@ def rule_precision(
 INTAKE_LUA = """
 local base, now = ARGV[1], ARGV[2]
 local opened, joined = 0, 0
-local function index(name, value, id) redis.call('ZADD', base .. ':ix:' .. name .. ':' .. value, id, id) end
+local function ix(name, value) if value == '' then value = '-' end return base .. ':ix:' .. name .. ':' .. value end
+local function index(name, value, id) redis.call('ZADD', ix(name, value), id, id) end
+local function move(name, old, new, id)
+  if old ~= new then redis.call('ZREM', ix(name, old), id); index(name, new, id) end
+end
 local function audit(case, entry) redis.call('RPUSH', case .. ':audit', cjson.encode(entry)) end
 for i = 4, #ARGV, 10 do
   local fid, kind, cust, cat, rule = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
@@ -390,8 +394,10 @@ for i = 4, #ARGV, 10 do
       redis.call('HINCRBY', case, 'count', 1)
       redis.call('HINCRBY', case, 'v', 1)
       if tonumber(rank) > tonumber(redis.call('HGET', case, 'severity_rank')) then
+        move('severity', redis.call('HGET', case, 'severity'), sev, id)
         redis.call('HSET', case, 'severity', sev, 'severity_rank', rank)
       end
+      move('tier', redis.call('HGET', case, 'tier'), tier, id)
       if tonumber(prio) < tonumber(redis.call('HGET', case, 'priority')) then
         redis.call('HSET', case, 'priority', prio)
       end
@@ -421,7 +427,10 @@ for i = 4, #ARGV, 10 do
       index('rule', rule, id)
       index('category', cat, id)
       index('type', kind, id)
+      index('severity', sev, id)
+      index('tier', tier, id)
       index('all', 'cases', id)
+      redis.call('ZADD', base .. ':ix:opened', now, id)
       audit(case, {at = tonumber(now), actor = 'system', action = 'opened', finding_id = fid, rule = rule})
       opened = opened + 1
     end
@@ -478,7 +487,7 @@ if ARGV[2] ~= '' then redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3]) end
 return {1, ''}
 """
 
-INDEXED = ("customer", "assignee", "rule", "status", "category", "type")  # most selective first
+INDEXED = ("customer", "assignee", "rule", "status", "category", "severity", "tier", "type")
 
 
 @dataclass(frozen=True, slots=True)
@@ -494,19 +503,9 @@ class CaseFilter:
     min_age_ms: int | None = None
     max_age_ms: int | None = None
 
-    def matches(self, case: Case, now_ms: int) -> bool:
-        age = now_ms - case.opened_at_ms
-        return (
-            (self.severity is None or case.severity == self.severity)
-            and (self.tier is None or case.tier == self.tier)
-            and (self.min_age_ms is None or age >= self.min_age_ms)
-            and (self.max_age_ms is None or age <= self.max_age_ms)
-        )
-
     @property
-    def needs_cases(self) -> bool:
-        """Some filter is not an index: the cases must be read to filter."""
-        return any(v is not None for v in (self.severity, self.tier, self.min_age_ms, self.max_age_ms))
+    def aged(self) -> bool:
+        return self.min_age_ms is not None or self.max_age_ms is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -636,7 +635,7 @@ class CaseStore:
         indexes = [self.key(index(name, getattr(wanted, name))) for name in INDEXED if getattr(wanted, name)]
         if not indexes:
             indexes = [self.key(index("all", "cases"))]
-        if len(indexes) == 1 and not wanted.needs_cases:  # one index: read just the page
+        if len(indexes) == 1 and not wanted.aged:  # one index: read just the page
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.zcard(indexes[0])
                 pipe.zrevrange(indexes[0], offset, offset + limit - 1)
@@ -647,11 +646,14 @@ class CaseStore:
         else:
             members = list(reversed(cast(list[bytes], await self.redis.zinter(indexes))))
         ids = [int(m) for m in members]
-        if not wanted.needs_cases:
-            return await self.many(ids[offset : offset + limit]), len(ids)
-        now = self.clock_ms()
-        matching = [c for c in await self.many(ids) if wanted.matches(c, now)]
-        return matching[offset : offset + limit], len(matching)
+        if wanted.aged:  # opened between now - max_age and now - min_age
+            now = self.clock_ms()
+            oldest = now - wanted.max_age_ms if wanted.max_age_ms is not None else "-inf"
+            newest = now - wanted.min_age_ms if wanted.min_age_ms is not None else "+inf"
+            within = cast(list[bytes], await self.redis.zrangebyscore(self.key("ix:opened"), oldest, newest))
+            allowed = {int(m) for m in within}
+            ids = [i for i in ids if i in allowed]
+        return await self.many(ids[offset : offset + limit]), len(ids)
 
     async def closed(self) -> list[Case]:
         ids: list[int] = []

@@ -22,7 +22,8 @@ that customer's keys only) runs unchanged on Redis Cluster.
 | ``{p}:{cases}:open`` | hash | ``type|customer|category`` -> the open case of that customer and family |
 | ``{p}:{cases}:by_finding`` | hash | finding id -> its case (intake is exactly-once per finding) |
 | ``{p}:{cases}:cursor`` | string | the feed id the case intake has read up to |
-| ``{p}:{cases}:ix:{field}:{value}`` | sorted set | case numbers by status, assignee, customer, rule, category, type |
+| ``{p}:{cases}:ix:{field}:{value}`` | sorted set | case numbers per value of each list filter (``-``: none) |
+| ``{p}:{cases}:ix:opened`` | sorted set | case number -> when it was opened (ms), for the age filters |
 | ``{p}:{cases}:rules`` | hash | rule -> findings taken into cases (the rules seen) |
 | ``{p}:{cases}:idem:{name}:{key}`` | string | a mutating request's stored response for its ``Idempotency-Key`` (24 h) |
 

@@ -118,6 +118,9 @@ async def test_a_second_finding_joins_the_open_case_of_its_customer_and_family(d
     assert outflow["count"] == 2 and outflow["rules"] == ["large_external_outflow", "net_outflow_streak"]
     assert outflow["severity"] == "high" and outflow["tier"] == "I" and outflow["priority"] == 1
     assert outflow["status"] == "open" and outflow["assignee"] is None
+    for query, total in (("severity=high", 1), ("severity=medium", 0), ("tier=I", 1), ("tier=III", 0)):  # indexes moved
+        listed = CaseList.model_validate(await get(desk, f"/cases?customer=C1&category=outflow_risk&{query}"))
+        assert listed.total == total, query
     detail = CaseDetail.model_validate(await get(desk, f"/cases/{outflow['id']}"))
     assert [f.id for f in detail.findings] == [second["id"], first["id"]]
     assert [(e.actor, e.action) for e in detail.audit] == [("system", "opened"), ("system", "finding_added")]
