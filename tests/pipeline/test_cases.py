@@ -4,6 +4,7 @@ is idempotent and audited, and a fresh API over the same Redis sees it all."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import uuid
 from collections.abc import AsyncIterator
@@ -399,3 +400,27 @@ async def test_cases_work_on_redis_cluster(cluster_url: str) -> None:  # noqa: F
         assert [c.text for c in detail.comments] == ["on a cluster"] and detail.case.status == "resolved"
         report = RulesPrecision.model_validate(await get(client, "/rules/precision"))
         assert {r.rule: r.precision for r in report.rules}["large_external_outflow"] == 1.0
+
+
+async def test_concurrent_intakes_and_clicks_apply_once(desk: Client) -> None:
+    """Several API replicas taking the same feed, two analysts grabbing the same case at once."""
+    store = desk.app[CASES]
+    findings = [finding(f"C{i % 7}", rule=f"rule_{i % 3}") for i in range(60)]
+    await asyncio.gather(*(store.intake(findings) for _ in range(5)))
+    listed = CaseList.model_validate(await get(desk, "/cases?limit=100"))
+    assert listed.total == 7 and sum(c.count for c in listed.cases) == 60
+    case = listed.cases[0].id
+    takes = await asyncio.gather(
+        *(
+            desk.post(f"/cases/{case}/assign", json={"assignee": name}, headers={**auth(who), "Idempotency-Key": who})
+            for who, name in (("li", "li.wei"), ("wang", "wang"))
+        )
+    )
+    assert sorted(r.status for r in takes) == [200, 403]
+    detail = CaseDetail.model_validate(await get(desk, f"/cases/{case}"))
+    assert [e.action for e in detail.audit].count("assign") == 1
+    comments = [{"text": f"note {i}"} for i in range(10)]
+    await asyncio.gather(*(post(desk, "boss", f"/cases/{case}/comment", c, key=f"same-{i % 2}-{c['text'][-1]}")
+                           for i, c in enumerate(comments * 2)))  # fmt: skip
+    detail = CaseDetail.model_validate(await get(desk, f"/cases/{case}"))
+    assert sorted(c.text for c in detail.comments) == sorted(c["text"] for c in comments)
