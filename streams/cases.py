@@ -236,8 +236,8 @@ def decide(case: Case, actor: Actor, action: Action, now_ms: int, assignable: fr
         change.moves += [("zrem", index("assignee", case.assignee)), ("zadd", index("assignee", to))]
 
     if isinstance(action, Comment):
-        text = _text(action.text, "comment text", required=True)
         _may_work(case, actor, "comment on it")
+        text = _text(action.text, "comment text", required=True)
         change.audit.append({"at": now_ms, "actor": actor.name, "role": actor.role, "action": "comment", "text": text})
     elif isinstance(action, Assign):
         to = action.assignee

@@ -318,6 +318,10 @@ async def test_bad_input_is_a_clear_4xx(desk: Client) -> None:
     cases = [
         (f"/cases/{case}/comment", b"not json", 400, "JSON"),
         (f"/cases/{case}/comment", b"[1]", 400, "body"),
+        (f"/cases/{case}/comment", b"\xff\xfe", 400, "JSON"),
+        (f"/cases/{case}/comment", b"", 400, "JSON"),
+        (f"/cases/{case}/comment", {"text": None}, 400, "text"),
+        (f"/cases/{case}/comment", {"text": "x" * 5000}, 400, "text"),
         (f"/cases/{case}/comment", {"text": ""}, 400, "text"),
         (f"/cases/{case}/comment", {"text": "x", "colour": 1}, 400, "colour"),
         (f"/cases/{case}/transition", {"to": "closed"}, 400, "to"),

@@ -48,7 +48,7 @@ def test_priority_from_severity_and_tier() -> None:
 
 
 def test_viewer_changes_nothing() -> None:
-    for action in (Comment("hi"), Assign("li.wei"), Transition("in_progress"), Transition("dismissed")):
+    for action in (Comment("hi"), Comment(""), Assign("li.wei"), Transition("in_progress"), Transition("dismissed")):
         refused(403, case(), VIEWER, action, "viewer")
 
 
