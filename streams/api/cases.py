@@ -352,10 +352,13 @@ async def whoami(request: web.Request) -> web.Response:
     return _json({"name": actor.name, "role": actor.role, "assignable": sorted(names)})
 
 
-async def run_intake(store: CaseStore, block_ms: int = INTAKE_BLOCK_MS) -> None:
-    """Forever: take new feed entries into cases; refresh the case gauges now and then."""
+async def run_intake(store: CaseStore, stop: asyncio.Event, block_ms: int = INTAKE_BLOCK_MS) -> None:
+    """Until ``stop``: take new feed entries into cases; refresh the case gauges now and then.
+
+    Stopped by the event, never by cancelling: a blocking XREAD that is cancelled can
+    leave redis-py waiting forever (seen in tests), so each read ends within ``block_ms``."""
     next_gauges = 0.0
-    while True:
+    while not stop.is_set():
         try:
             await store.intake_feed(block_ms=block_ms)
             if time.monotonic() >= next_gauges:
@@ -363,15 +366,18 @@ async def run_intake(store: CaseStore, block_ms: int = INTAKE_BLOCK_MS) -> None:
                 await store.precision()
                 for status, count in (await store.status_counts()).items():
                     telemetry.CASES.labels(status).set(count)
-        except asyncio.CancelledError:
-            raise
         except (RedisError, OSError) as exc:
             telemetry.REDIS_ERRORS.labels("case_intake").inc()
             log.warning("case intake: Redis unavailable (%s); retrying", type(exc).__name__)
-            await asyncio.sleep(1)
+            await _pause(stop, 1.0)
         except Exception:  # a bug must not end the intake silently
             log.exception("case intake failed; retrying")
-            await asyncio.sleep(1)
+            await _pause(stop, 1.0)
+
+
+async def _pause(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
 
 
 def setup_cases(
@@ -384,11 +390,14 @@ def setup_cases(
     app[ASSIGNABLE] = frozenset(p.name for p in people if p.at_least("analyst"))
 
     async def intake(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(run_intake(store))
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_intake(store, stop))
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        stop.set()
+        done, _ = await asyncio.wait({task}, timeout=INTAKE_BLOCK_MS / 1000 + 5)
+        if not done:  # a Redis that does not answer: give up on the read, never hang the shutdown
+            task.cancel()
+            await asyncio.wait({task}, timeout=1)
 
     app.cleanup_ctx.append(intake)
     app.router.add_get("/cases", list_cases)
