@@ -96,9 +96,6 @@ class Actor:
         return RANK[self.role] >= RANK[role]
 
 
-SYSTEM = "system"
-
-
 class Refused(Exception):
     """A request the case rules refuse: ``status`` is the HTTP status to answer."""
 
