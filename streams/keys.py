@@ -21,6 +21,20 @@ holds no ``}``, and no ordinary id starts with ``{``, so the encoding is one-to-
 | ``{p}:tiers`` | sorted set | customer -> contribution (cent-rounded), for live quartile tiers |
 | ``{p}:tiers:value`` | hash | customer -> the exact contribution (decimal string) |
 | ``{p}:tiers:cuts`` | hash | the current quartile cut points q1,q2,q3 and when they were computed |
+| ``{p}:{cases}:case:{N}`` | hash | case N (``streams.cases``): status, assignee, outcome, ``v`` = version |
+| ``{p}:{cases}:case:{N}:audit`` | list | case N's append-only audit trail (JSON entries, oldest first) |
+| ``{p}:{cases}:case:{N}:findings`` | list | the findings that opened or joined case N (JSON, oldest first) |
+| ``{p}:{cases}:seq`` | string | the last case number given out |
+| ``{p}:{cases}:open`` | hash | ``type|customer|category`` -> the open case of that customer and family |
+| ``{p}:{cases}:by_finding`` | hash | finding id -> its case (intake is exactly-once per finding) |
+| ``{p}:{cases}:cursor`` | string | the feed id the case intake has read up to |
+| ``{p}:{cases}:ix:{field}:{value}`` | sorted set | case numbers per value of each list filter (``-``: none) |
+| ``{p}:{cases}:ix:opened`` | sorted set | case number -> when it was opened (ms), for the age filters |
+| ``{p}:{cases}:rules`` | hash | rule -> findings taken into cases (the rules seen) |
+| ``{p}:{cases}:idem:{name}:{key}`` | string | a mutating request's stored response for its ``Idempotency-Key`` (24 h) |
+
+Every case key carries the hash tag ``{cases}``: they live in one Redis Cluster slot,
+so each case write is one atomic script over them.
 
 ``{p}`` is ``Settings.key_prefix`` (default ``ff``); a backtest against shared
 servers uses its own prefix so it never touches live state.
@@ -98,3 +112,8 @@ class Keys:
     @property
     def tier_cuts(self) -> str:
         return f"{self.prefix}:tiers:cuts"
+
+    @property
+    def cases(self) -> str:
+        """The common head of every case key (``streams.cases`` builds the rest)."""
+        return f"{self.prefix}:{{cases}}"

@@ -17,10 +17,11 @@ import datetime as dt
 import functools
 from decimal import Decimal
 from pathlib import Path
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
 
-from pydantic import Field, NonNegativeInt, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rules.contribution import ContributionRates
@@ -29,6 +30,22 @@ from rules.state import StateConfig
 
 _SEGMENTS = SegmentThresholds()
 _RATES = ContributionRates()
+
+Role = Literal["viewer", "analyst", "supervisor"]
+NAME_PATTERN = r"^[A-Za-z0-9_.@-]{1,64}$"  # a person's name in tokens, assignments and the audit trail
+
+
+class ApiToken(BaseModel):
+    """One API token with its role and the name the case audit trail records.
+
+    ``FUNDFLOW_API_TOKENS='[{"token": "…", "role": "analyst", "name": "li.wei"}]'``;
+    a plain string in the list is a full-access token (``streams.api.roles``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    token: SecretStr = Field(min_length=1)
+    role: Role
+    name: str = Field(pattern=NAME_PATTERN, description="who the audit trail records")
 
 
 class Settings(BaseSettings):
@@ -147,7 +164,11 @@ class Settings(BaseSettings):
     webhook_backoff_max_seconds: float = Field(default=30.0, gt=0)
     webhook_concurrency: int = Field(default=16, ge=1, le=1000, description="POSTs in flight per relay")
     webhook_dedupe_days: int = Field(default=14, ge=1, le=365, description="delivered ids are remembered this long")
-    api_tokens: tuple[SecretStr, ...] = ()
+    api_tokens: tuple[SecretStr | ApiToken, ...] = Field(
+        default=(),
+        description='JSON list of tokens: "secret" (full access) or {"token","role","name"}; '
+        "role viewer | analyst | supervisor",
+    )
     api_max_streams: int = Field(default=200, ge=1, le=100_000, description="open /alerts/stream per API process")
     api_max_streams_per_token: int = Field(default=20, ge=1, le=100_000, description="open streams per bearer token")
     api_stream_heartbeat_seconds: float = Field(
@@ -169,6 +190,32 @@ class Settings(BaseSettings):
             ZoneInfo(value)
         except (KeyError, ValueError) as exc:  # ZoneInfoNotFoundError is a KeyError
             raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _token_entries(cls, value: Any) -> Any:
+        """Each entry a plain token or an ``ApiToken`` object; a bad one named in one line."""
+        if not isinstance(value, (list, tuple)):
+            return value
+        entries: list[Any] = []
+        for place, entry in enumerate(value, start=1):
+            if isinstance(entry, dict):
+                try:
+                    entry = ApiToken.model_validate(entry)
+                except ValidationError as exc:
+                    first = exc.errors(include_input=False, include_url=False)[0]
+                    where = ".".join(str(p) for p in first["loc"]) or "entry"
+                    raise ValueError(f"token {place}: {where}: {first['msg']}") from None
+            entries.append(entry)
+        return entries
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _distinct_tokens(cls, value: tuple[SecretStr | ApiToken, ...]) -> tuple[SecretStr | ApiToken, ...]:
+        secrets = [(t.token if isinstance(t, ApiToken) else t).get_secret_value() for t in value]
+        if len(set(secrets)) != len(secrets):
+            raise ValueError("the same token is listed twice")
         return value
 
     @property

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 if TYPE_CHECKING:
+    from streams.cases import RulePrecision
     from streams.pipeline import BatchReport
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -67,6 +68,23 @@ API_STREAMS_LIMITED = Counter(
 API_READY = Gauge("fundflow_api_ready", "1 when the last /readyz found Kafka and Redis reachable")
 DEPENDENCY_UP = Gauge("fundflow_dependency_up", "1 when the last check reached it (redis, kafka)", ["dependency"])
 TIER_CUSTOMERS = Gauge("fundflow_tier_customers", "Customers per contribution tier", ["tier"])
+CASES_OPENED = Counter("fundflow_cases_opened_total", "Cases opened by the case intake")
+CASE_FINDINGS_JOINED = Counter("fundflow_case_findings_joined_total", "Findings that joined an open case")
+CASE_INTAKE_GAPS = Counter(
+    "fundflow_case_intake_gaps_total", "Times the findings feed was trimmed past the case intake's cursor"
+)
+CASE_ACTIONS = Counter("fundflow_case_actions_total", "Case changes made by people", ["action"])
+CASES = Gauge("fundflow_cases", "Cases by status", ["status"])
+RULE_PRECISION = Gauge("fundflow_rule_precision", "Confirmed / resolved cases of a rule (NaN before any)", ["rule"])
+RULE_RESOLVED = Gauge("fundflow_rule_resolved_cases", "Resolved cases with a finding of the rule", ["rule"])
+RULE_CONFIRMED = Gauge("fundflow_rule_confirmed_cases", "Resolved cases of the rule the analyst confirmed", ["rule"])
+RULE_CASES = Gauge("fundflow_rule_cases", "Cases with a finding of the rule, any status", ["rule"])
+RULE_FIRST_ACTION = Gauge(
+    "fundflow_rule_median_first_action_seconds", "Median open -> first human action over resolved cases", ["rule"]
+)
+RULE_RESOLUTION = Gauge(
+    "fundflow_rule_median_resolution_seconds", "Median open -> resolution over resolved cases", ["rule"]
+)
 
 
 def record_batch(report: BatchReport) -> None:
@@ -97,3 +115,16 @@ def serve_metrics(port: int, host: str) -> Any:
     default is every interface). Returns the server (``server_address``, ``shutdown()``)."""
     server, _ = start_http_server(port, addr=host)
     return server
+
+
+def record_rule_precision(rows: Iterable[RulePrecision]) -> None:
+    """Per-rule outcome gauges (labels: the rule only, never a customer)."""
+    nan = float("nan")
+    for row in rows:
+        RULE_PRECISION.labels(row.rule).set(row.precision if row.precision is not None else nan)
+        RULE_RESOLVED.labels(row.rule).set(row.resolved)
+        RULE_CONFIRMED.labels(row.rule).set(row.confirmed)
+        RULE_CASES.labels(row.rule).set(row.cases)
+        first, resolution = row.median_first_action_seconds, row.median_resolution_seconds
+        RULE_FIRST_ACTION.labels(row.rule).set(first if first is not None else nan)
+        RULE_RESOLUTION.labels(row.rule).set(resolution if resolution is not None else nan)

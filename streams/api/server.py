@@ -16,6 +16,7 @@ tokens never travel in URLs or logs).
 | ``GET /alerts`` | recent findings (the ``{p}:feed`` stream, or the customer's list), filtered |
 | ``GET /alerts/stream`` | Server-Sent Events from the feed, resumable with ``Last-Event-ID`` |
 | ``GET /tiers`` | tier counts, cut points, top customers |
+| ``/cases``, ``/rules/precision`` | the analyst's desk (``streams.api.cases``) |
 | ``GET /healthz``, ``GET /readyz`` | up; Kafka and Redis reachable (503 and why, if not) |
 | ``GET /metrics`` | Prometheus |
 | ``GET /openapi.json`` | the OpenAPI document (``streams.api.models``) |
@@ -39,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import time
 import uuid
@@ -59,8 +59,11 @@ from rules.money import money
 from rules.state import CustomerState
 from streams import __version__, telemetry
 from streams.api import params
+from streams.api.case_models import case_openapi
+from streams.api.cases import setup_cases
 from streams.api.feed import READ_COUNT, FeedHub, Subscription, TooManyStreams
 from streams.api.models import openapi_document
+from streams.api.roles import DEMO, PRINCIPAL, Principal, identify, principals
 from streams.clients import connect
 from streams.errors import ConfigError
 from streams.health import readiness
@@ -155,20 +158,20 @@ async def _failed(request: web.Request, status: int, message: str) -> web.Stream
 
 @web.middleware
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-    tokens: tuple[bytes, ...] = request.app[TOKENS]
+    tokens: tuple[tuple[bytes, Principal], ...] = request.app[TOKENS]
+    if not tokens:
+        request[PRINCIPAL] = DEMO
     if not tokens or request.path in OPEN_PATHS or request.path.startswith("/console/"):
         request[TOKEN_NAME] = ANONYMOUS
         return await handler(request)
     given = params.bearer(request.headers.get("Authorization", "")) or b""
-    matched = -1
-    for i, token in enumerate(tokens):  # every token compared, in constant time: no early exit to time
-        if hmac.compare_digest(given, token):
-            matched = i
-    if matched < 0:
+    principal = identify(given, tokens)  # every token compared, in constant time
+    if principal is None:
         response = _error(401, "missing or wrong bearer token")
         response.headers["WWW-Authenticate"] = 'Bearer realm="fundflow"'
         return response
-    request[TOKEN_NAME] = f"token-{matched}"
+    request[PRINCIPAL] = principal
+    request[TOKEN_NAME] = principal.name
     return await handler(request)
 
 
@@ -370,7 +373,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return _json(openapi_document(__version__))
+    return _json(case_openapi(openapi_document(__version__)))
 
 
 async def console_index(request: web.Request) -> web.FileResponse:
@@ -382,7 +385,7 @@ async def favicon(request: web.Request) -> web.Response:
 
 
 def create_api(settings: Settings, redis_url: str, bootstrap: str, *, demo: bool = False) -> web.Application:
-    tokens = tuple(t.get_secret_value().encode() for t in settings.api_tokens if t.get_secret_value())
+    tokens = principals(settings)
     if not tokens and not demo:
         raise ConfigError("no FUNDFLOW_API_TOKENS configured: refusing to serve customer data without access control "
                           "(pass --demo for a local demo)")  # fmt: skip
@@ -404,6 +407,7 @@ def create_api(settings: Settings, redis_url: str, bootstrap: str, *, demo: bool
         await app[STORE].redis.aclose()
 
     app.on_cleanup.append(close_redis)
+    setup_cases(app, app[STORE].redis, app[STORE].keys, settings, tuple(p for _, p in tokens) or (DEMO,))
     for path, handler in (
         ("/customers/{customer_id}", get_customer),
         ("/customers/{customer_id}/history", get_history),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -37,6 +38,13 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+
+async def screenshot(page: Any, shot: Path) -> None:
+    """A full-page screenshot; with ``FUNDFLOW_UPDATE_SCREENSHOT=1`` also kept in docs/."""
+    await page.screenshot(path=str(shot), full_page=True)
+    if os.environ.get("FUNDFLOW_UPDATE_SCREENSHOT"):
+        shutil.copy(shot, ROOT / "docs" / shot.name)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (make test installs Debian's package)")
@@ -90,10 +98,7 @@ async def test_console_shows_live_alerts_and_a_customer_chart(redis_url: str, tm
             await expect(page.locator("#c-id")).to_have_text("C0001")
             points = await page.locator("#chart polyline").get_attribute("points")
             assert points is not None and len(points.split()) > 10
-            shot = tmp_path / "console.png"
-            await page.screenshot(path=str(shot), full_page=True)
-            if os.environ.get("FUNDFLOW_UPDATE_SCREENSHOT"):
-                shutil.copy(shot, ROOT / "docs" / "console.png")
+            await screenshot(page, tmp_path / "console.png")
             assert errors == []
             await browser.close()
     finally:

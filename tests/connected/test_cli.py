@@ -241,3 +241,10 @@ def test_replay_berka_without_a_dir_converts_the_shipped_copy() -> None:
     """``--berka`` alone: the shipped data convert (else "no such directory"), then the broker is missing."""
     result = fundflow("replay", "--berka", "--rate", "10", FUNDFLOW_KAFKA_BOOTSTRAP="127.0.0.1:1")
     assert_one_line_error(result, 1, "127.0.0.1:1")
+
+
+def test_a_wrong_token_role_is_one_line() -> None:
+    tokens = '["a", {"token": "t", "role": "admin", "name": "li.wei"}]'
+    result = fundflow("api", FUNDFLOW_API_TOKENS=tokens, **KAFKA_REDIS)
+    assert_one_line_error(result, 1, "FUNDFLOW_API_TOKENS: Value error, token 2: role: Input should be 'viewer'")
+    assert "admin" not in result.stderr and '"t"' not in result.stderr  # no token in the message

@@ -2,20 +2,10 @@
 // Every value from the API is set as text (never as HTML).
 "use strict";
 
-const state = { token: sessionStorage.getItem("fundflow.token") || "", customer: null, feed: [], stream: null };
+const state = { customer: null, feed: [], stream: null };
 const MAX_FEED = 200;
-const $ = (id) => document.getElementById(id);
 
-function el(tag, attrs, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) {
-    if (k === "class") node.className = v; else if (k.startsWith("on")) node.addEventListener(k.slice(2), v); else node.setAttribute(k, v);
-  }
-  for (const child of children) if (child !== null && child !== undefined) node.append(child instanceof Node ? child : String(child));
-  return node;
-}
-
-function headers() { return state.token ? { Authorization: "Bearer " + state.token } : {}; }
+function headers() { return authHeaders(); }
 
 async function api(path) {
   const response = await fetch(path, { headers: headers() });
@@ -24,18 +14,8 @@ async function api(path) {
   return response.json();
 }
 
-function askToken() {
-  $("token-box").hidden = false;
-  $("token").focus();
-}
-
-$("token-form").addEventListener("submit", (e) => {
-  e.preventDefault();
-  state.token = $("token").value.trim();
-  sessionStorage.setItem("fundflow.token", state.token);
-  $("token-box").hidden = true;
-  start();
-});
+tokenPrompt(() => start());
+addCategories($("f-category"));
 
 // ---- live alert feed -------------------------------------------------------
 const SEV = { high: "HIGH", medium: "MED", low: "LOW", info: "INFO" };

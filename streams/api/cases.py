@@ -1,0 +1,411 @@
+"""The analyst's desk over HTTP: list, read and work cases; rule precision.
+
+| endpoint | who | what |
+| --- | --- | --- |
+| ``GET /cases`` | everyone | filtered (status, assignee, rule, category, severity, tier, customer, type, age) |
+| ``GET /cases/{id}`` | everyone | the case, comments, audit trail, findings |
+| ``POST /cases/{id}/assign`` | analyst (self), supervisor | ``{"assignee": name or null}`` |
+| ``POST /cases/{id}/comment`` | analyst (own/unassigned), supervisor | ``{"text": ...}`` |
+| ``POST /cases/{id}/transition`` | analyst (own/unassigned), supervisor | ``{"to", "outcome", "note", "reason"}`` |
+| ``POST /cases/bulk/assign`` | supervisor | ``{"ids": [...], "assignee": ...}`` |
+| ``POST /cases/bulk/dismiss`` | supervisor | ``{"ids": [...], "note": ...}`` |
+| ``GET /rules/precision`` | everyone | per rule: precision, volume, median times |
+| ``GET /whoami`` | everyone | the caller's name and role, and the names cases can be assigned to |
+
+Every POST needs an ``Idempotency-Key`` header (unique per intended change):
+the first request's answer is stored with the change in one atomic step, and
+a retry with the same key (same caller, same request) gets that answer again
+without changing anything; the same key with another request is a 422.
+
+The API process also runs the case intake (``streams.cases``): a background
+task that reads the findings feed and opens or joins cases; every API replica
+may run it (the intake is exactly-once per finding id), and it refreshes the
+per-rule gauges every ``GAUGES_EVERY_SECONDS``.
+
+What can go wrong: Redis down -> 503 (the server's middleware); the intake
+waits and resumes from its stored cursor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+import orjson
+import redis.asyncio as aioredis
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+from redis.exceptions import RedisError
+
+from streams import telemetry
+from streams.api.case_models import (
+    AssignBody,
+    BulkAssignBody,
+    BulkDismissBody,
+    CommentBody,
+    TransitionBody,
+    all_outcomes,
+)
+from streams.api.roles import Principal, caller
+from streams.cases import (
+    CASE_TYPES,
+    CATEGORIES,
+    CONFIRMING,
+    SEVERITIES,
+    STATUSES,
+    TIERS,
+    Action,
+    Assign,
+    Case,
+    CaseFilter,
+    CaseStore,
+    Comment,
+    Idempotency,
+    Refused,
+    Stored,
+    Transition,
+    fingerprint,
+    outcomes_for,
+    valid_name,
+)
+from streams.keys import Keys
+from streams.settings import Role, Settings
+
+log = logging.getLogger(__name__)
+
+CASES = web.AppKey("cases", CaseStore)
+ASSIGNABLE: web.AppKey[frozenset[str]] = web.AppKey("assignable", frozenset)
+ZONE = web.AppKey("zone", ZoneInfo)
+GAUGES_EVERY_SECONDS = 30.0
+INTAKE_BLOCK_MS = 1000
+LIST_PARAMS = frozenset(
+    {"status", "assignee", "rule", "category", "severity", "tier", "customer", "type", "min_age", "max_age",
+     "limit", "offset"}
+)  # fmt: skip
+_DURATION = re.compile(r"^(\d{1,9})([smhd])$")
+_UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def _json(data: Any, status: int = 200, replayed: bool = False) -> web.Response:
+    response = web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+def _error(status: int, message: str) -> web.Response:
+    return _json({"error": message}, status)
+
+
+def _iso(ms: int | None, zone: ZoneInfo) -> str | None:
+    if ms is None:
+        return None
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).astimezone(zone).isoformat(timespec="milliseconds")
+
+
+def render(case: Case, zone: ZoneInfo) -> dict[str, Any]:
+    return {
+        "id": case.id,
+        "type": case.type,
+        "customer_id": case.customer_id,
+        "category": case.category,
+        "rule": case.rule,
+        "rules": list(case.rules),
+        "severity": case.severity,
+        "tier": case.tier,
+        "priority": case.priority,
+        "status": case.status,
+        "assignee": case.assignee,
+        "count": case.count,
+        "opened_at": _iso(case.opened_at_ms, zone),
+        "updated_at": _iso(case.updated_at_ms, zone),
+        "first_action_at": _iso(case.first_action_at_ms, zone),
+        "closed_at": _iso(case.closed_at_ms, zone),
+        "outcome": case.outcome,
+        "note": case.note,
+        "first_finding_ts": case.first_finding_ts,
+        "last_finding_ts": case.last_finding_ts,
+    }
+
+
+def _refusals(
+    handler: Callable[[web.Request], Awaitable[web.Response]],
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """A refusal of the case rules answers its status and message."""
+
+    async def wrapped(request: web.Request) -> web.Response:
+        try:
+            return await handler(request)
+        except Refused as exc:
+            return _error(exc.status, exc.message)
+
+    wrapped.__name__ = handler.__name__
+    return wrapped
+
+
+def _query_filter(request: web.Request) -> tuple[CaseFilter, int, int]:
+    query = request.query
+    unknown = sorted(set(query) - LIST_PARAMS)
+    if unknown:
+        raise Refused(400, f"unknown query parameter {unknown[0]!r}; filters: {', '.join(sorted(LIST_PARAMS))}")
+
+    def one_of(name: str, values: tuple[str, ...]) -> str | None:
+        value = query.get(name) or None
+        if value is not None and value not in values:
+            raise Refused(400, f"{name} must be one of {', '.join(values)}")
+        return value
+
+    def age(name: str) -> int | None:
+        text = query.get(name)
+        if not text:
+            return None
+        found = _DURATION.fullmatch(text)
+        if found is None:
+            raise Refused(400, f"{name} must be a number and a unit s, m, h or d, e.g. 4h")
+        return int(found.group(1)) * _UNIT_MS[found.group(2)]
+
+    def number(name: str, default: int, low: int, high: int) -> int:
+        text = query.get(name, str(default))
+        if not text.isdigit() or not low <= int(text) <= high:
+            raise Refused(400, f"{name} must be {low}..{high}")
+        return int(text)
+
+    assignee = query.get("assignee") or None
+    if assignee is not None and assignee != "-" and not valid_name(assignee):
+        raise Refused(400, "assignee must be a token's name, or - for unassigned")
+    wanted = CaseFilter(
+        status=one_of("status", STATUSES),
+        assignee=assignee,
+        rule=query.get("rule") or None,
+        category=one_of("category", CATEGORIES),
+        type=one_of("type", CASE_TYPES),
+        customer=query.get("customer") or None,
+        severity=one_of("severity", SEVERITIES),
+        tier=one_of("tier", TIERS),
+        min_age_ms=age("min_age"),
+        max_age_ms=age("max_age"),
+    )
+    return wanted, number("limit", 100, 1, 1000), number("offset", 0, 0, 10_000_000)
+
+
+@_refusals
+async def list_cases(request: web.Request) -> web.Response:
+    wanted, limit, offset = _query_filter(request)
+    found, total = await request.app[CASES].search(wanted, limit, offset)
+    zone = request.app[ZONE]
+    return _json({"cases": [render(c, zone) for c in found], "count": len(found), "total": total})
+
+
+def _case_id(request: web.Request) -> int:
+    text = request.match_info["case_id"]
+    if not text.isdigit() or len(text) > 18:
+        raise Refused(404, f"no case {text!r}")
+    return int(text)
+
+
+@_refusals
+async def get_case(request: web.Request) -> web.Response:
+    store, zone = request.app[CASES], request.app[ZONE]
+    case_id = _case_id(request)
+    case = await store.get(case_id)
+    if case is None:
+        raise Refused(404, f"no case {case_id}")
+    trail = [{**entry, "at": _iso(entry["at"], zone)} for entry in await store.trail(case_id)]
+    comments = [{"at": e["at"], "actor": e["actor"], "text": e["text"]} for e in trail if e["action"] == "comment"]
+    return _json(
+        {
+            "case": render(case, zone),
+            "comments": comments,
+            "audit": trail,
+            "findings": await store.findings(case_id),
+            "outcomes": list(outcomes_for(case.category)),
+        }
+    )
+
+
+async def _body(request: web.Request, model: type[Body]) -> tuple[Body, bytes]:
+    raw = await request.read()
+    try:
+        return model.model_validate_json(raw), raw
+    except ValidationError as exc:
+        first = exc.errors(include_input=False, include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "json_invalid":
+            raise Refused(400, "the body must be a JSON object") from None
+        raise Refused(400, f"{where or 'body'}: {first['msg']}") from None
+
+
+def _idempotency(request: web.Request, actor: Principal, raw: bytes) -> Idempotency:
+    key = request.headers.get("Idempotency-Key", "")
+    if not _KEY.fullmatch(key):
+        raise Refused(400, "Idempotency-Key header is required on every change: 1-200 visible characters, "
+                           "unique per intended change (e.g. a UUID per click)")  # fmt: skip
+    return Idempotency(actor.name, key, fingerprint(request.method, request.path, raw))
+
+
+def _may(request: web.Request, role: Role) -> Principal:
+    """The caller, if their role allows changes of this kind (checked before the body is read)."""
+    actor = caller(request)
+    if not actor.at_least(role):
+        what = "change cases" if role == "analyst" else "act on many cases at once (a supervisor does)"
+        raise Refused(403, f"a {actor.role} cannot {what}")
+    return actor
+
+
+async def _act(request: web.Request, action: Action, raw: bytes) -> web.Response:
+    actor = caller(request)
+    idem = _idempotency(request, actor, raw)
+    case_id = _case_id(request)
+    store, zone = request.app[CASES], request.app[ZONE]
+    replay = await store.stored(idem)
+    if replay is not None:
+        return _json(replay.body, replay.status, replayed=True)
+    answer = await store.act(case_id, actor, action, request.app[ASSIGNABLE], lambda c: render(c, zone), idem)
+    return _json(answer.body, answer.status)
+
+
+@_refusals
+async def assign_case(request: web.Request) -> web.Response:
+    _may(request, "analyst")
+    body, raw = await _body(request, AssignBody)
+    return await _act(request, Assign(body.assignee), raw)
+
+
+@_refusals
+async def comment_case(request: web.Request) -> web.Response:
+    _may(request, "analyst")
+    body, raw = await _body(request, CommentBody)
+    return await _act(request, Comment(body.text), raw)
+
+
+@_refusals
+async def transition_case(request: web.Request) -> web.Response:
+    _may(request, "analyst")
+    body, raw = await _body(request, TransitionBody)
+    return await _act(request, Transition(body.to, body.outcome, body.note, body.reason), raw)
+
+
+async def _bulk(request: web.Request, ids: list[int], action: Action, raw: bytes) -> web.Response:
+    actor = caller(request)
+    idem = _idempotency(request, actor, raw)
+    store, zone = request.app[CASES], request.app[ZONE]
+    replay = await store.stored(idem)
+    if replay is not None:
+        return _json(replay.body, replay.status, replayed=True)
+    results: list[dict[str, Any]] = []
+    for case_id in dict.fromkeys(ids):  # each case once, in the order given
+        try:  # each case under its own derived key: a retry after a crash mid-way redoes nothing
+            answer = await store.act(
+                case_id, actor, action, request.app[ASSIGNABLE], lambda c: render(c, zone), idem.scoped(str(case_id))
+            )
+        except Refused as exc:
+            results.append({"id": case_id, "status": exc.status, "error": exc.message, "case": None})
+        else:
+            results.append({"id": case_id, "status": answer.status, "error": None, "case": answer.body})
+    done = sum(1 for r in results if r["status"] == 200)
+    reply = Stored(200, {"results": results, "done": done, "refused": len(results) - done})
+    await store.remember(idem, reply)
+    return _json(reply.body)
+
+
+@_refusals
+async def bulk_assign(request: web.Request) -> web.Response:
+    _may(request, "supervisor")
+    body, raw = await _body(request, BulkAssignBody)
+    return await _bulk(request, body.ids, Assign(body.assignee), raw)
+
+
+@_refusals
+async def bulk_dismiss(request: web.Request) -> web.Response:
+    _may(request, "supervisor")
+    body, raw = await _body(request, BulkDismissBody)
+    return await _bulk(request, body.ids, Transition("dismissed", note=body.note), raw)
+
+
+async def rules_precision(request: web.Request) -> web.Response:
+    store = request.app[CASES]
+    rows = await store.precision()
+    counts = await store.status_counts()
+    return _json(
+        {
+            "rules": [asdict(row) for row in rows],
+            "cases_by_status": counts,
+            "outcomes": all_outcomes(),
+            "confirming": sorted(CONFIRMING),
+        }
+    )
+
+
+async def whoami(request: web.Request) -> web.Response:
+    """The caller's name and role, and who can be assigned cases (the console shows only what the role allows)."""
+    actor, names = caller(request), request.app[ASSIGNABLE]
+    return _json({"name": actor.name, "role": actor.role, "assignable": sorted(names)})
+
+
+async def run_intake(store: CaseStore, stop: asyncio.Event, block_ms: int = INTAKE_BLOCK_MS) -> None:
+    """Until ``stop``: take new feed entries into cases; refresh the case gauges now and then.
+
+    Stopped by the event, never by cancelling: a blocking XREAD that is cancelled can
+    leave redis-py waiting forever (seen in tests), so each read ends within ``block_ms``."""
+    next_gauges = 0.0
+    while not stop.is_set():
+        try:
+            await store.intake_feed(block_ms=block_ms)
+            if time.monotonic() >= next_gauges:
+                next_gauges = time.monotonic() + GAUGES_EVERY_SECONDS
+                await store.precision()
+                for status, count in (await store.status_counts()).items():
+                    telemetry.CASES.labels(status).set(count)
+        except (RedisError, OSError) as exc:
+            telemetry.REDIS_ERRORS.labels("case_intake").inc()
+            log.warning("case intake: Redis unavailable (%s); retrying", type(exc).__name__)
+            await _pause(stop, 1.0)
+        except Exception:  # a bug must not end the intake silently
+            log.exception("case intake failed; retrying")
+            await _pause(stop, 1.0)
+
+
+async def _pause(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+def setup_cases(
+    app: web.Application, client: aioredis.Redis, keys: Keys, settings: Settings, people: tuple[Principal, ...]
+) -> None:
+    """Register the case routes and the intake task on ``app``; ``people`` may be assigned cases."""
+    store = CaseStore(client, keys)
+    app[CASES] = store
+    app[ZONE] = settings.zone
+    app[ASSIGNABLE] = frozenset(p.name for p in people if p.at_least("analyst"))
+
+    async def intake(app: web.Application) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_intake(store, stop))
+        yield
+        stop.set()
+        done, _ = await asyncio.wait({task}, timeout=INTAKE_BLOCK_MS / 1000 + 5)
+        if not done:  # a Redis that does not answer: give up on the read, never hang the shutdown
+            task.cancel()
+            await asyncio.wait({task}, timeout=1)
+
+    app.cleanup_ctx.append(intake)
+    app.router.add_get("/cases", list_cases)
+    app.router.add_post("/cases/bulk/assign", bulk_assign)  # before /cases/{case_id}/...
+    app.router.add_post("/cases/bulk/dismiss", bulk_dismiss)
+    app.router.add_get("/cases/{case_id}", get_case)
+    app.router.add_post("/cases/{case_id}/assign", assign_case)
+    app.router.add_post("/cases/{case_id}/comment", comment_case)
+    app.router.add_post("/cases/{case_id}/transition", transition_case)
+    app.router.add_get("/rules/precision", rules_precision)
+    app.router.add_get("/whoami", whoami)

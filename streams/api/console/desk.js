@@ -1,0 +1,192 @@
+// FundFlow case desk: plain JavaScript, no build step, no third-party code.
+// Every value from the API is set as text (never as HTML). Only the actions the
+// caller's role allows are shown; the API refuses the rest anyway (403).
+"use strict";
+
+const state = { me: null, cases: [], current: null, picked: new Set() };
+const STATUS = { open: "待处理 open", in_progress: "处理中 in progress", resolved: "已结案 resolved", dismissed: "已忽略 dismissed" };
+const OUTCOME = {
+  confirmed_outflow: "确认流出 confirmed outflow", retained_after_contact: "联系后留存 retained after contact",
+  false_positive: "误报 false positive", not_actionable: "无法处理 not actionable", funds_retained: "资金留存 funds retained",
+  funds_left: "资金流出 funds left", confirmed: "确认 confirmed", other: "其他 other (note)",
+};
+
+function newKey() {
+  if (crypto.randomUUID) return crypto.randomUUID();
+  return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+async function api(path, body) {
+  const headers = authHeaders();
+  const options = { headers };
+  if (body !== undefined) {
+    // one key per click: a retried request is answered, never applied twice
+    Object.assign(headers, { "Content-Type": "application/json", "Idempotency-Key": newKey() });
+    Object.assign(options, { method: "POST", body: JSON.stringify(body) });
+  }
+  const response = await fetch(path, options);
+  if (response.status === 401) { askToken(); throw new Error("unauthorized"); }
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(data.error || response.statusText);
+  return data;
+}
+
+function notify(text, ok) {
+  $("notice").hidden = false;
+  $("notice").className = ok ? "ok" : "";
+  $("notice").textContent = text;
+}
+
+tokenPrompt(() => start());
+addCategories($("f-category"));
+
+const supervisor = () => state.me && state.me.role === "supervisor";
+const mayWork = (c) => supervisor() || (state.me && state.me.role === "analyst" && (!c.assignee || c.assignee === state.me.name));
+const isOpen = (c) => c.status === "open" || c.status === "in_progress";
+
+// ---- the list ---------------------------------------------------------------
+async function refreshList() {
+  const query = new URLSearchParams({ limit: "200" });
+  for (const name of ["status", "category", "type"]) if ($("f-" + name).value) query.set(name, $("f-" + name).value);
+  const who = $("f-assignee").value;
+  if (who) query.set("assignee", who === "@me" ? state.me.name : who);
+  try {
+    const listed = await api("/cases?" + query);
+    state.cases = listed.cases;
+    $("total").textContent = `${listed.count} / ${listed.total}`;
+    renderList();
+  } catch (err) { notify(err.message); }
+}
+
+function renderList() {
+  const rows = state.cases.map((c) => {
+    const pick = supervisor()
+      ? el("input", { type: "checkbox", "aria-label": `select case ${c.id}`, onclick: (e) => { e.stopPropagation(); togglePick(c.id, e.target.checked); } })
+      : null;
+    if (pick && state.picked.has(c.id)) pick.checked = true;
+    return el("tr", { "data-case": c.id, class: state.current === c.id ? "current" : "", onclick: () => showCase(c.id) },
+      el("td", { class: "pick" }, pick), el("td", {}, c.id), el("td", { class: "prio-" + c.priority }, "P" + c.priority),
+      el("td", {}, el("span", { class: "badge " + c.status }, STATUS[c.status] || c.status)),
+      el("td", {}, c.customer_id + (c.tier ? ` (${c.tier})` : "")), el("td", {}, c.category),
+      el("td", {}, c.rules.join(", ")), el("td", {}, c.count), el("td", { class: "assignee" }, c.assignee || "—"));
+  });
+  $("cases").tBodies[0].replaceChildren(...rows);
+}
+
+function togglePick(id, on) {
+  if (on) state.picked.add(id); else state.picked.delete(id);
+  $("bulk-count").textContent = `${state.picked.size} selected`;
+}
+
+for (const name of ["status", "assignee", "category", "type"]) $("f-" + name).addEventListener("change", refreshList);
+
+async function bulk(path, body) {
+  if (!state.picked.size) { notify("select cases first 请先选择案件"); return; }
+  try {
+    const reply = await api(path, { ids: [...state.picked], ...body });
+    notify(`${reply.done} done, ${reply.refused} refused` + reply.results.filter((r) => r.error).map((r) => ` · #${r.id}: ${r.error}`).join(""), !reply.refused);
+    state.picked.clear();
+    togglePick(0, false);
+    await refreshList();
+    if (state.current) showCase(state.current);
+  } catch (err) { notify(err.message); }
+}
+
+$("bulk-assign").addEventListener("click", () => bulk("/cases/bulk/assign", { assignee: $("bulk-assignee").value || null }));
+$("bulk-dismiss").addEventListener("click", () => bulk("/cases/bulk/dismiss", { note: "bulk dismissed" }));
+
+// ---- one case ---------------------------------------------------------------
+async function showCase(id) {
+  state.current = id;
+  try {
+    const d = await api(`/cases/${id}`);
+    if (state.current !== id) return;
+    const c = d.case;
+    $("case-empty").hidden = true;
+    $("case").hidden = false;
+    $("k-id").textContent = c.id;
+    $("k-status").className = "badge " + c.status;
+    $("k-status").textContent = STATUS[c.status] || c.status;
+    $("k-meta").textContent = `${c.customer_id} · ${c.type} · ${c.category} · ${c.severity} · P${c.priority} · ${c.count} finding(s) · `
+      + `assignee ${c.assignee || "—"} · opened ${c.opened_at}` + (c.outcome ? ` · outcome ${c.outcome}` : "") + (c.note ? ` · ${c.note}` : "");
+    $("actions").replaceChildren(...actions(c, d.outcomes));
+    $("k-comments").replaceChildren(...(d.comments.length ? d.comments.map((m) => el("li", {}, el("span", { class: "who" }, m.actor), ` ${m.at}: ${m.text}`)) : [el("li", { class: "hint" }, "no comments")]));
+    $("k-findings").replaceChildren(...d.findings.map((f) => el("li", {}, el("span", { class: "who" }, f.rule), ` ${f.ts}: ${f.message}`)));
+    $("k-audit").replaceChildren(...d.audit.map((a) => el("li", { "data-action": a.action }, el("span", { class: "who" }, a.actor), ` ${a.at} ${a.action}`
+      + (a.field ? ` ${a.field}: ${a.from ?? "—"} → ${a.to ?? "—"}` : "") + (a.text ? `: ${a.text}` : "") + (a.outcome ? ` (${a.outcome})` : "") + (a.reason ? ` — ${a.reason}` : ""))));
+    for (const row of $("cases").tBodies[0].rows) row.className = Number(row.dataset.case) === id ? "current" : "";
+  } catch (err) { notify(err.message); }
+}
+
+function act(path, body, done) {
+  return async (e) => {
+    if (e) e.preventDefault();
+    try {
+      await api(`/cases/${state.current}/${path}`, body());
+      notify(done, true);
+      await Promise.all([showCase(state.current), refreshList(), refreshPrecision()]);
+    } catch (err) { notify(err.message); }
+  };
+}
+
+function actions(c, outcomes) {
+  const me = state.me, found = [];
+  if (!me || me.role === "viewer") return found;
+  if (isOpen(c)) {
+    if (supervisor()) {
+      const who = el("select", { id: "a-assignee", "aria-label": "assignee" }, el("option", { value: "" }, "未分配 unassigned"),
+        ...me.assignable.map((n) => el("option", { value: n }, n)));
+      who.value = c.assignee || "";
+      found.push(el("form", { id: "assign-form", onsubmit: act("assign", () => ({ assignee: who.value || null }), "assigned 已分配") },
+        who, el("button", { type: "submit" }, "分配 Assign")));
+    } else if (!c.assignee) {
+      found.push(el("button", { id: "a-take", type: "button", onclick: act("assign", () => ({ assignee: me.name }), "taken 已认领") }, "认领 Take"));
+    } else if (c.assignee === me.name) {
+      found.push(el("button", { id: "a-release", type: "button", class: "quiet", onclick: act("assign", () => ({ assignee: null }), "released") }, "释放 Release"));
+    }
+  }
+  if (isOpen(c) && mayWork(c)) {
+    if (c.status === "open") found.push(el("button", { id: "a-start", type: "button", onclick: act("transition", () => ({ to: "in_progress" }), "started 开始处理") }, "开始 Start"));
+    const outcome = el("select", { id: "a-outcome", "aria-label": "outcome" }, ...outcomes.map((o) => el("option", { value: o }, OUTCOME[o] || o)));
+    const note = el("input", { id: "a-note", placeholder: "备注 note", "aria-label": "note" });
+    found.push(el("form", { id: "resolve-form", onsubmit: act("transition", () => ({ to: "resolved", outcome: outcome.value, note: note.value || null }), "resolved 已结案") },
+      outcome, note, el("button", { type: "submit" }, "结案 Resolve")));
+    found.push(el("button", { id: "a-dismiss", type: "button", class: "quiet", onclick: act("transition", () => ({ to: "dismissed", note: note.value || null }), "dismissed 已忽略") }, "忽略 Dismiss"));
+  }
+  if (!isOpen(c) && supervisor()) {
+    const reason = el("input", { id: "a-reason", placeholder: "原因 reason (required)", "aria-label": "reason" });
+    found.push(el("form", { id: "reopen-form", onsubmit: act("transition", () => ({ to: "open", reason: reason.value }), "reopened 已重新打开") },
+      reason, el("button", { type: "submit" }, "重新打开 Reopen")));
+  }
+  if (mayWork(c)) {
+    const text = el("input", { id: "a-comment", placeholder: "评论 comment", "aria-label": "comment" });
+    found.push(el("form", { id: "comment-form", onsubmit: act("comment", () => ({ text: text.value }), "comment added 已评论") },
+      text, el("button", { type: "submit" }, "评论 Comment")));
+  }
+  return found;
+}
+
+// ---- rule precision -----------------------------------------------------------
+const seconds = (s) => (s === null || s === undefined ? "—" : s < 120 ? `${Math.round(s)} s` : s < 7200 ? `${Math.round(s / 60)} min` : `${(s / 3600).toFixed(1)} h`);
+
+async function refreshPrecision() {
+  try {
+    const p = await api("/rules/precision");
+    $("precision").tBodies[0].replaceChildren(...p.rules.map((r) => el("tr", { "data-rule": r.rule },
+      el("td", {}, r.rule), el("td", {}, r.cases), el("td", {}, r.resolved),
+      el("td", { class: "precision" }, r.precision === null ? "—" : `${(r.precision * 100).toFixed(1)}% (${r.confirmed}/${r.resolved})`),
+      el("td", {}, seconds(r.median_first_action_seconds)), el("td", {}, seconds(r.median_resolution_seconds)))));
+  } catch (err) { /* shown by the token prompt or retried on the next tick */ }
+}
+
+// ---- start --------------------------------------------------------------------
+async function start() {
+  try { state.me = await api("/whoami"); } catch (err) { return; }
+  $("me").textContent = `${state.me.name} · ${state.me.role}`;
+  $("bulk").hidden = !supervisor();
+  $("bulk-assignee").replaceChildren(el("option", { value: "" }, "未分配 unassigned"), ...state.me.assignable.map((n) => el("option", { value: n }, n)));
+  await Promise.all([refreshList(), refreshPrecision()]);
+}
+
+setInterval(() => { if (state.me) { refreshList(); refreshPrecision(); } }, 10000);
+start();

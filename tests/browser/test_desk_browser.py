@@ -1,0 +1,120 @@
+"""The case desk in a real browser (headless Chromium, Playwright) against the real
+API on a real port and a real Redis: a supervisor assigns two cases, an analyst
+works one to ``retained_after_contact`` and dismisses the other, a viewer sees
+both and is offered no action, and the rule precision moves.
+``FUNDFLOW_UPDATE_SCREENSHOT=1`` refreshes ``docs/desk.png``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from pydantic import SecretStr
+
+from streams.api.cases import CASES
+from streams.api.server import create_api
+from streams.cases import CaseFilter
+from streams.local.servers import free_port
+from streams.settings import ApiToken, Settings
+from tests.browser.test_console_browser import CHROMIUM, FLAGS, screenshot
+from tests.pipeline.test_cases import finding, publish
+
+pytestmark = pytest.mark.browser
+
+SETTINGS = Settings(
+    key_prefix="desk",
+    api_tokens=(
+        ApiToken(token=SecretStr("t-boss"), role="supervisor", name="zhang"),
+        ApiToken(token=SecretStr("t-li"), role="analyst", name="li.wei"),
+        ApiToken(token=SecretStr("t-view"), role="viewer", name="kan"),
+    ),
+)
+
+
+class _Served:
+    """Enough of a test client for ``publish``: the running app."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+
+
+async def _open(browser: Any, port: int, token: str, errors: list[str]) -> Any:
+    page = await (await browser.new_context(viewport={"width": 1400, "height": 1000})).new_page()
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.goto(f"http://127.0.0.1:{port}/console/desk.html")
+    await page.fill("#token", token)
+    await page.click("#token-form button")
+    return page
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (make test installs Debian's package)")
+async def test_supervisor_assigns_analyst_works_viewer_watches(redis_url: str, tmp_path: Path) -> None:
+    from playwright.async_api import async_playwright, expect
+
+    app = create_api(SETTINGS, redis_url, "")
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        await publish(_Served(app), finding("C1", severity="high", tier="I"), finding("C2"))  # type: ignore[arg-type]
+        first, second = [c.id for c in (await app[CASES].search(CaseFilter(), 10, 0))[0]][::-1]
+        errors: list[str] = []
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+
+            boss = await _open(browser, port, "t-boss", errors)
+            await expect(boss.locator("#me")).to_have_text("zhang · supervisor")
+            await expect(boss.locator("#bulk")).to_be_visible()
+            for case in (first, second):
+                await boss.click(f'#cases tr[data-case="{case}"]')
+                await expect(boss.locator("#k-id")).to_have_text(str(case))
+                await boss.select_option("#a-assignee", "li.wei")
+                await boss.click("#assign-form button")
+                await expect(boss.locator(f'#cases tr[data-case="{case}"] td.assignee')).to_have_text("li.wei")
+
+            li = await _open(browser, port, "t-li", errors)
+            await expect(li.locator("#me")).to_have_text("li.wei · analyst")
+            await expect(li.locator("#bulk")).to_be_hidden()
+            await li.select_option("#f-assignee", "@me")
+            await expect(li.locator("#cases tbody tr")).to_have_count(2)
+            await li.click(f'#cases tr[data-case="{first}"]')
+            await li.click("#a-start")
+            await expect(li.locator("#k-status")).to_have_text("处理中 in progress")
+            await li.fill("#a-comment", "called the customer, money stays")
+            await li.click("#comment-form button")
+            await expect(li.locator("#k-comments li")).to_have_count(1)
+            await li.select_option("#a-outcome", "retained_after_contact")
+            await li.click("#resolve-form button")
+            await expect(li.locator("#k-status")).to_have_text("已结案 resolved")
+            await expect(li.locator("#actions button")).to_have_count(1)  # only commenting is left
+            await li.click(f'#cases tr[data-case="{second}"]')
+            await expect(li.locator("#k-id")).to_have_text(str(second))
+            await li.click("#a-dismiss")
+            await expect(li.locator("#k-status")).to_have_text("已忽略 dismissed")
+            precision = li.locator('#precision tr[data-rule="large_external_outflow"] td.precision')
+            await expect(precision).to_have_text("100.0% (1/1)")
+
+            viewer = await _open(browser, port, "t-view", errors)
+            await expect(viewer.locator("#me")).to_have_text("kan · viewer")
+            await viewer.select_option("#f-status", "")
+            await expect(viewer.locator("#cases tbody tr")).to_have_count(2)
+            await expect(viewer.locator("#bulk")).to_be_hidden()
+            await expect(viewer.locator("#cases input[type=checkbox]")).to_have_count(0)
+            await viewer.click(f'#cases tr[data-case="{first}"]')
+            await expect(viewer.locator("#k-audit li")).to_have_count(5)  # opened, assign, start, comment, resolve
+            await expect(viewer.locator("#actions > *")).to_have_count(0)
+            await expect(viewer.locator('#precision tr[data-rule="large_external_outflow"] td.precision')).to_have_text(
+                "100.0% (1/1)"
+            )
+            await boss.reload()
+            await boss.select_option("#f-status", "")
+            await boss.click(f'#cases tr[data-case="{first}"]')
+            await expect(boss.locator("#k-audit li")).to_have_count(5)
+            await screenshot(boss, tmp_path / "desk.png")
+            assert errors == []
+            await browser.close()
+    finally:
+        await runner.cleanup()
