@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 Entry = tuple[bytes, bytes]  # (feed id, the finding's JSON)
 BLOCK_MS = 2000
+CLOSE_SECONDS = 3.0  # longest close() waits for the reader to end
 READ_COUNT = 200
 QUEUE_ENTRIES = 1000
 HISTORY_READERS = 4  # streams catching up at once (each XRANGE takes a pooled connection briefly)
@@ -151,7 +152,12 @@ class FeedHub:
     async def close(self) -> None:
         self.subscribers.clear()
         self.per_token.clear()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        task = self._task
+        if task is not None:
+            task.cancel()
+            # bounded: a blocking XREAD that does not answer its cancellation (a Redis gone
+            # quiet) must never hang the API's shutdown (or a test's teardown)
+            await asyncio.wait({task}, timeout=CLOSE_SECONDS)
+            if task.done() and not task.cancelled():
+                with contextlib.suppress(Exception):
+                    task.result()

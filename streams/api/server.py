@@ -404,7 +404,9 @@ def create_api(settings: Settings, redis_url: str, bootstrap: str, *, demo: bool
 
     async def close_redis(app: web.Application) -> None:
         await app[HUB].close()
-        await app[STORE].redis.aclose()
+        # bounded too: closing waits for connections in use, and must not hang a shutdown
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(app[STORE].redis.aclose(), 5)
 
     app.on_cleanup.append(close_redis)
     setup_cases(app, app[STORE].redis, app[STORE].keys, settings, tuple(p for _, p in tokens) or (DEMO,))
