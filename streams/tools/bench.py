@@ -599,5 +599,8 @@ def run_bench_command(berka: Path | None, events: int | None, smoke: bool, out: 
 
 
 if __name__ == "__main__":  # the do-nothing agent of stage (b), run by noop_agent as its own process
+    if len(sys.argv) != 6 or sys.argv[1] != "noop":
+        print("bench: error: this module is make bench's own helper; run `fundflow bench`", file=sys.stderr)
+        sys.exit(2)
     mode, expected, result, port = sys.argv[2], int(sys.argv[3]), Path(sys.argv[4]), int(sys.argv[5])
     sys.exit(noop_agent_main(mode, expected, result, port))
