@@ -21,29 +21,14 @@ from typing import Any
 
 import click
 from pydantic import ValidationError
-from redis.exceptions import RedisError
 
-from alerts.relay import relay_secret, run_relay
-from alerts.tail import TailFilter, tail
-from rules.config import RulesConfig, load_rules
 from streams import stopping, topics
-from streams.api.server import run_api
-from streams.cli.commands import analysts_precision, run_snapshot, show_customer, show_tiers
 from streams.errors import ConfigError, FundFlowError
-from streams.local.servers import run_stack
 from streams.settings import Settings, safe_url
-from streams.telemetry import serve_metrics
-from streams.tools.backtest import run_backtest
-from streams.tools.bench import run_bench_command
-from streams.tools.berka import convert_berka
-from streams.tools.demo import run_demo
-from streams.tools.evaluate import render, run_evaluate, with_analysts
-from streams.tools.fetchcost import run_fetchcost_command
-from streams.tools.replay import run_replay
-from streams.tools.soak import run_soak_command
-from streams.tools.statedict import run_train_command
-from streams.tools.tune import run_tune_command
-from streams.worker import run_worker
+
+# Each command imports its body when it runs (below, in the command): `fundflow --help` and
+# a bad argument answer in a few tenths of a second instead of the second it takes to
+# import Faust, aiokafka, aiohttp and the tools that one command never uses.
 
 FINDING_TOPICS = {"alerts": topics.ALERTS, "recommendations": topics.RECOMMENDATIONS, "marketing": topics.MARKETING}
 
@@ -141,6 +126,8 @@ def cli(ctx: click.Context) -> None:
 @click.option("--web-port", type=int, help="HTTP port of this worker (one per worker on a host)")
 @click.option("--loglevel", type=click.Choice(["debug", "info", "warning", "error"]), default="warning")
 def worker(web_port: int | None, loglevel: str) -> int:
+    from streams.worker import run_worker
+
     config = settings()
     bootstrap, redis_url = servers(config)
     return run_worker(config, bootstrap, redis_url, web_port=web_port, loglevel=loglevel)
@@ -160,6 +147,8 @@ def worker(web_port: int | None, loglevel: str) -> int:
 @click.option("--speedup", type=POSITIVE_FLOAT, help="event time X times faster than real time")
 @click.option("--loops", type=POSITIVE_INT, default=1, show_default=True, help="replay N times (fresh ids per loop)")
 def replay(file: Path | None, berka: Path | None, rate: float | None, speedup: float | None, loops: int) -> int:
+    from streams.tools.replay import run_replay
+
     if (file is None) == (berka is None):
         raise click.UsageError("give one of FILE or --berka DIR" if file is None else "FILE and --berka are exclusive")
     config = settings()
@@ -172,6 +161,8 @@ def replay(file: Path | None, berka: Path | None, rate: float | None, speedup: f
 @cli.command("convert-berka", help="convert the Berka files to events JSONL: [DIR] OUT (no DIR: the shipped copy)")
 @click.argument("paths", type=PATH, nargs=-1, required=True, metavar="[DIR] OUT")
 def convert_berka_command(paths: tuple[Path, ...]) -> int:
+    from streams.tools.berka import convert_berka
+
     if len(paths) > 2:
         raise click.UsageError("give at most a Berka directory and an output file")
     directory, out = (None, paths[0]) if len(paths) == 1 else paths
@@ -185,6 +176,8 @@ def convert_berka_command(paths: tuple[Path, ...]) -> int:
 @click.option("--out", type=PATH, required=True)
 @click.option("--timeout", type=POSITIVE_FLOAT, default=900.0, show_default=True, help="seconds to wait")
 def backtest(events: Path, out: Path, timeout: float) -> int:
+    from streams.tools.backtest import run_backtest
+
     return run_backtest(settings(), events, out, timeout)
 
 
@@ -198,6 +191,8 @@ def customer() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--as-of", help="RFC 3339 time at or after the customer's last event")
 def show(customer_id: str, as_json: bool, as_of: str | None) -> int:
+    from streams.cli.commands import show_customer
+
     config = settings()
     _, redis_url = servers(config, need_kafka=False)
     return asyncio.run(show_customer(config, redis_url, customer_id, as_json, as_of))
@@ -207,6 +202,8 @@ def show(customer_id: str, as_json: bool, as_of: str | None) -> int:
 @click.option("--out", type=PATH, required=True)
 @click.option("--as-of", help="RFC 3339 time (default: the latest event time seen)")
 def snapshot(out: Path, as_of: str | None) -> int:
+    from streams.cli.commands import run_snapshot
+
     config = settings()
     _, redis_url = servers(config, need_kafka=False)
     return asyncio.run(run_snapshot(config, redis_url, out, as_of))
@@ -217,6 +214,8 @@ def snapshot(out: Path, as_of: str | None) -> int:
 @click.option("--top", type=POSITIVE_INT, default=10, show_default=True, help="how many top customers to list")
 @click.option("--json", "as_json", is_flag=True)
 def tiers(refresh: bool, top: int, as_json: bool) -> int:
+    from streams.cli.commands import show_tiers
+
     config = settings()
     _, redis_url = servers(config, need_kafka=False)
     return asyncio.run(show_tiers(config, redis_url, refresh, top, as_json))
@@ -248,6 +247,8 @@ def tail_command(
     as_json: bool,
     limit: int | None,
 ) -> int:
+    from alerts.tail import TailFilter, tail
+
     config = settings()
     if not config.kafka_bootstrap:
         raise ConfigError("FUNDFLOW_KAFKA_BOOTSTRAP not set: point at your Kafka or run `fundflow stack`")
@@ -271,6 +272,9 @@ def tail_command(
 @click.option("--group", help="consumer group (default: {app_id}-webhook)")
 @click.option("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
 def webhook(urls: tuple[str, ...], topic: str, group: str | None, metrics_port: int | None) -> int:
+    from alerts.relay import relay_secret, run_relay
+    from streams.telemetry import serve_metrics
+
     config = settings()
     bootstrap, redis_url = servers(config)
     receivers = list(urls or config.webhook_urls)
@@ -296,6 +300,10 @@ NO_CASES = click.option(
 @click.option("--json", "as_json", is_flag=True)
 @NO_CASES
 def evaluate_rules(events: Path, backtest_dir: Path, horizon_days: int, as_json: bool, no_cases: bool) -> int:
+    from rules.config import RulesConfig, load_rules
+    from streams.cli.commands import analysts_precision
+    from streams.tools.evaluate import render, run_evaluate, with_analysts
+
     config = settings()
     rules = load_rules(config.rules_file) if config.rules_file.exists() else RulesConfig()
     minimum = rules.collection.min_amount
@@ -323,6 +331,9 @@ def evaluate_rules(events: Path, backtest_dir: Path, horizon_days: int, as_json:
 )
 @NO_CASES
 def tune(events: Path, out: Path, max_share: float, min_precision: float, min_resolved: int, no_cases: bool) -> int:
+    from streams.cli.commands import analysts_precision
+    from streams.tools.tune import run_tune_command
+
     config = settings()
     analysts, source = analysts_precision(config, read=not no_cases)
     return run_tune_command(
@@ -335,6 +346,8 @@ def tune(events: Path, out: Path, max_share: float, min_precision: float, min_re
 @click.option("--port", type=int, default=8080, show_default=True)
 @click.option("--demo", is_flag=True, help="allow running without FUNDFLOW_API_TOKENS (local demo)")
 def api(host: str, port: int, demo: bool) -> int:
+    from streams.api.server import run_api
+
     config = settings()
     _, redis_url = servers(config, need_kafka=False)
     if not 0 < port < 65536:
@@ -344,6 +357,8 @@ def api(host: str, port: int, demo: bool) -> int:
 
 @cli.command(help="run the embedded broker and Redis in the foreground")
 def stack() -> int:
+    from streams.local.servers import run_stack
+
     return run_stack(settings())
 
 
@@ -352,6 +367,8 @@ def stack() -> int:
 @click.option("--rate", type=POSITIVE_FLOAT, default=300.0, show_default=True, help="at most N events per second")
 @click.option("--speedup", type=POSITIVE_FLOAT, help="event time X times faster than real time")
 def demo(berka: Path | None, rate: float, speedup: float | None) -> int:
+    from streams.tools.demo import run_demo
+
     return run_demo(settings(), berka, rate, speedup)
 
 
@@ -365,6 +382,8 @@ def demo(berka: Path | None, rate: float, speedup: float | None) -> int:
 @click.option("--out", type=PATH, default=Path("var/bench/results.json"), show_default=True)
 @click.option("--rounds", type=POSITIVE_INT, help="interleaved rounds of (b), (b'), (c) (default 3; smoke 1)")
 def bench(berka: Path | None, events: int | None, smoke: bool, out: Path, rounds: int | None) -> int:
+    from streams.tools.bench import run_bench_command
+
     return run_bench_command(berka, events, smoke, out, rounds)
 
 
@@ -378,6 +397,8 @@ def bench(berka: Path | None, events: int | None, smoke: bool, out: Path, rounds
 def soak(
     berka: Path | None, minutes: float, interval: float, rate_fraction: float, rate: float | None, var: Path
 ) -> int:
+    from streams.tools.soak import run_soak_command
+
     return run_soak_command(berka, minutes, interval, rate_fraction, rate, var)
 
 
@@ -385,6 +406,8 @@ def soak(
 @click.option("--berka", type=PATH, metavar="DIR", help="another Berka copy (default: the shipped one)")
 @click.option("--out", type=PATH, help="folder for state-<id>.zdict (default: the shipped dictionaries)")
 def train_dictionary(berka: Path | None, out: Path | None) -> int:
+    from streams.tools.statedict import run_train_command
+
     return run_train_command(berka, out)
 
 
@@ -392,6 +415,8 @@ def train_dictionary(berka: Path | None, out: Path | None) -> int:
 @click.option("--batches", type=BATCH_COUNTS, default="500,1000,2000,3000,5000,7500,10000,15000,20000")
 @click.option("--samples", type=POSITIVE_INT, default=5, show_default=True)
 def fetch_cost(batches: list[int], samples: int) -> int:
+    from streams.tools.fetchcost import run_fetchcost_command
+
     return run_fetchcost_command(batches, samples)
 
 
@@ -427,7 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if os.environ.get("FUNDFLOW_DEBUG"):
             raise
-        if isinstance(exc, RedisError) or type(exc).__module__.startswith(("aiokafka", "kafka")):
+        if type(exc).__module__.startswith(("redis", "aiokafka", "kafka")):  # RedisError and its kin
             print(f"fundflow: error: server unreachable or failing: {one_line(exc)}", file=sys.stderr)
             return 1
         raise
