@@ -41,23 +41,39 @@ def berka_slice(out: Path) -> tuple[Path, Path]:
     return in_order, loans_first
 
 
-def backtest(events: Path, work: Path) -> Path:
+def backtests(*runs: tuple[Path, Path]) -> list[Path]:
+    """``fundflow backtest EVENTS --out WORK/out`` for each (EVENTS, WORK), run side by side:
+    each starts its own embedded broker and Redis under its own var dir, so they are independent."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FUNDFLOW_")}
-    env.update(FUNDFLOW_VAR_DIR=str(work / "var"), FUNDFLOW_PARTITIONS="2")
-    result = subprocess.run(
-        [sys.executable, "-m", "streams.cli.main", "backtest", str(events), "--out", str(work / "out")],
-        cwd=Path(__file__).resolve().parents[2],
-        env=env,
-        capture_output=True,
-        timeout=180,
-    )
-    assert result.returncode == 0, result.stderr.decode()[-3000:]
-    return work / "out"
+    started = []
+    for events, work in runs:
+        work.mkdir(parents=True, exist_ok=True)
+        log = (work / "backtest.log").open("wb")
+        command = [sys.executable, "-m", "streams.cli.main", "backtest", str(events), "--out", str(work / "out")]
+        process = subprocess.Popen(
+            command,
+            cwd=Path(__file__).resolve().parents[2],
+            env={**env, "FUNDFLOW_VAR_DIR": str(work / "var"), "FUNDFLOW_PARTITIONS": "2"},
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+        started.append((process, log, work))
+    try:
+        for process, _, work in started:
+            code = process.wait(timeout=180)
+            assert code == 0, (work / "backtest.log").read_bytes().decode(errors="replace")[-3000:]
+    finally:
+        for process, log, _ in started:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            log.close()
+    return [work / "out" for _, work in runs]
 
 
 def test_two_backtests_of_one_history_publish_the_same_records(tmp_path: Path) -> None:
     in_order, loans_first = berka_slice(tmp_path)
-    first, second = backtest(in_order, tmp_path / "first"), backtest(loans_first, tmp_path / "second")
+    first, second = backtests((in_order, tmp_path / "first"), (loans_first, tmp_path / "second"))
     for filename in OUTPUT_FILES.values():
         ours, theirs = (sorted((run / filename).read_bytes().splitlines()) for run in (first, second))
         assert ours == theirs, f"{filename} differs between two backtests of the same file"
