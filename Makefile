@@ -27,11 +27,16 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check streams rules alerts tests
 	$(VENV)/bin/mypy
 
+# Two test processes (pytest-xdist), each test file whole in one of them (module fixtures stay
+# together; each process starts its own embedded servers): most of the suite waits on worker
+# processes, brokers and timers, not on the CPU: two cut the wall time by ~40% even on 2 cores.
+PYTEST_PARALLEL ?= -n 2 --dist loadfile
+
 test: $(STAMP) browser-deps tool-deps lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_PARALLEL)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow and not browser"
+	$(PY) -m pytest -q $(PYTEST_PARALLEL) -m "not slow and not browser"
 
 # Headless Chromium for the console tests (Debian's package; playwright drives it).
 browser-deps:
