@@ -21,6 +21,7 @@ it never stops the refresh for everyone else, nor moves their ``as_of``.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import time
@@ -40,6 +41,12 @@ from streams.decode import LATEST_SUPPORTED_US
 log = logging.getLogger(__name__)
 
 Cuts = tuple[Decimal, Decimal, Decimal]
+
+# A refresh evaluates every customer changed since the last one (~90 µs each on a 2-vCPU
+# machine: ~6,000 customers after 30 s at 6,000 events/s is half a second). The worker's
+# batches run on the same event loop, so the refresh gives the loop back after each slice
+# of this long: a batch waits at most one slice, never the whole refresh.
+REFRESH_SLICE_SECONDS = 0.005
 
 
 def cut_positions(n: int) -> list[tuple[int, int, Decimal]]:
@@ -113,7 +120,12 @@ class TierBook:
         as_of = self.watermark_us
         values: dict[str, Decimal] = {}
         failed: list[str] = []
+        slice_ends = time.perf_counter() + REFRESH_SLICE_SECONDS
         for cid, state in dirty.items():
+            if time.perf_counter() > slice_ends:
+                await asyncio.sleep(0)  # let a batch waiting on the loop run (a state changed
+                # meanwhile is in the next refresh's ``dirty`` too: tiers lag one interval)
+                slice_ends = time.perf_counter() + REFRESH_SLICE_SECONDS
             try:
                 values[cid] = self.contribution_of(state, max(as_of, state.last_us or 0))
             except Exception as exc:  # one unusable state must not stop everyone's tiers

@@ -114,3 +114,43 @@ async def test_one_unusable_state_never_stops_the_tiers_of_everyone_else(redis_u
         assert await client.hget(Keys("t9").tier_values, "BROKEN") is None
     finally:
         await client.aclose()
+
+
+async def test_a_long_refresh_gives_the_event_loop_back_between_slices(redis_url: str) -> None:
+    """The worker's batches share the event loop with the refresh: evaluating thousands of
+    changed customers in one go stalled every batch for half a second (make bench, 80% of
+    the catch-up rate). A concurrent task runs during the refresh, never waits a whole one."""
+    import asyncio
+    import time
+
+    from streams import tiers
+
+    config = StateConfig(zone=ZONE)
+    client = connect(redis_url)
+    book = TierBook(client, Keys("t10"), config, SegmentThresholds(), ContributionRates())
+    states = []
+    for i in range(1500):
+        state = CustomerState(f"C{i}")
+        apply_transaction(state, _credit(state.customer_id, 0, str(10 * (i + 1)), 1), config)
+        states.append(state)
+    gaps: list[float] = []
+
+    async def ticker() -> None:
+        while True:
+            last = time.perf_counter()
+            await asyncio.sleep(0)
+            gaps.append(time.perf_counter() - last)
+
+    try:
+        book.changed(states)
+        started = time.perf_counter()
+        task = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        assert await book.refresh() == 1500
+        took = time.perf_counter() - started
+        task.cancel()
+        assert book.tier_of("C1499") == "I"
+    finally:
+        await client.aclose()
+    assert max(gaps) < took / 3  # in one piece, the longest wait was nearly all of the refresh
+    assert took > 10 * tiers.REFRESH_SLICE_SECONDS  # (else there was nothing to slice)
