@@ -21,6 +21,8 @@ holds no ``}``, and no ordinary id starts with ``{``, so the encoding is one-to-
 | ``{p}:tiers`` | sorted set | customer -> contribution (cent-rounded), for live quartile tiers |
 | ``{p}:tiers:value`` | hash | customer -> the exact contribution (decimal string) |
 | ``{p}:tiers:cuts`` | hash | the current quartile cut points q1,q2,q3 and when they were computed |
+| ``{p}:tiers:last`` | hash | customer -> the tier the last refresh gave them (I..IV), for tier moves |
+| ``{p}:tiers:moved:{YYYY-Www}`` | set | customers whose tier changed in that ISO week (event time, bank zone; 14 days TTL) |
 | ``{p}:{cases}:case:{N}`` | hash | case N (``streams.cases``): status, assignee, outcome, ``v`` = version |
 | ``{p}:{cases}:case:{N}:audit`` | list | case N's append-only audit trail (JSON entries, oldest first) |
 | ``{p}:{cases}:case:{N}:findings`` | list | the findings that opened or joined case N (JSON, oldest first) |
@@ -112,6 +114,14 @@ class Keys:
     @property
     def tier_cuts(self) -> str:
         return f"{self.prefix}:tiers:cuts"
+
+    @property
+    def tier_last(self) -> str:
+        return f"{self.prefix}:tiers:last"
+
+    def tier_moved(self, iso_week: str) -> str:
+        """Customers whose tier changed in ``iso_week`` (``1998-W52``)."""
+        return f"{self.prefix}:tiers:moved:{iso_week}"
 
     @property
     def cases(self) -> str:
