@@ -32,10 +32,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, get_args
 from zoneinfo import ZoneInfo
 
-from rules.events import Event, LoanEvent, TransactionEvent
+from rules.events import Event, Kind, LoanEvent, TransactionEvent
 
 ZERO = Decimal(0)
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -55,6 +55,7 @@ SALARY = 16
 PENSION = 32
 
 _KIND_FLAGS = {"loan_repayment": LOAN_REPAYMENT, "fee": FEE, "salary": SALARY, "pension": PENSION}
+KINDS: Final[tuple[str, ...]] = get_args(Kind)  # every transaction kind of events.md, in its order
 
 
 class Outcome(StrEnum):
@@ -268,6 +269,16 @@ def apply_transaction(
     if state.last_txn_us >= state.next_prune_us:
         _prune(state, config)
     return Outcome.APPLIED
+
+
+def record_kind(record: EventRecord) -> str:
+    """The transaction kind of a kept event record (the 看板's "by kind"). The flags hold
+    only the kinds the windows need; every other kind reads as ``other``."""
+    flags = record.flags
+    for kind, flag in _KIND_FLAGS.items():
+        if flags & flag:
+            return kind
+    return "other"
 
 
 def _ts_of(record: EventRecord) -> int:
