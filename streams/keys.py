@@ -22,7 +22,7 @@ holds no ``}``, and no ordinary id starts with ``{``, so the encoding is one-to-
 | ``{p}:tiers:value`` | hash | customer -> the exact contribution (decimal string) |
 | ``{p}:tiers:cuts`` | hash | the current quartile cut points q1,q2,q3 and when they were computed |
 | ``{p}:tiers:last`` | hash | customer -> the tier the last refresh gave them (I..IV), for tier moves |
-| ``{p}:tiers:moved:{YYYY-Www}`` | set | customers whose tier changed in that ISO week (event time, bank zone; 14 days TTL) |
+| ``{p}:tiers:moved:{YYYY-Www}`` | set | customers whose tier changed in that ISO week (event time, bank zone), 14 d |
 | ``{p}:{cases}:case:{N}`` | hash | case N (``streams.cases``): status, assignee, outcome, ``v`` = version |
 | ``{p}:{cases}:case:{N}:audit`` | list | case N's append-only audit trail (JSON entries, oldest first) |
 | ``{p}:{cases}:case:{N}:findings`` | list | the findings that opened or joined case N (JSON, oldest first) |

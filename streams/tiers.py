@@ -222,7 +222,7 @@ async def record_moves(
     moved = [cid for (cid, tier), old in zip(tiers.items(), last, strict=True) if old and old != tier.encode()]
     if changed:
         async with redis.pipeline(transaction=False) as pipe:
-            pipe.hset(keys.tier_last, mapping=changed)
+            pipe.hset(keys.tier_last, mapping={cid: tier for cid, tier in changed.items()})
             if moved:
                 week = keys.tier_moved(iso_week(as_of_us, zone))
                 pipe.sadd(week, *moved)
