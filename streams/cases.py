@@ -458,7 +458,8 @@ return {opened, joined}
 # KEYS: ix:opened, then the status indexes in STATUSES order. ARGV: now (ms), then the age
 # bounds of AGE_BUCKETS after the first (ms, ascending). Case numbers are given out in the
 # order cases are opened, so "opened before T" is "number <= the last number opened before T",
-# found in ix:opened; each age bucket is then a ZCOUNT by number on the open statuses' indexes.
+# found in ix:opened (cases opened by one intake share a time: the highest number of that time,
+# O(one intake's cases)); each age bucket is then a ZCOUNT by number on the open statuses' indexes.
 # Returns the count of each status, then the open (open + in_progress) cases of each bucket.
 BOARD_LUA = """
 local now = tonumber(ARGV[1])
@@ -467,9 +468,15 @@ for i = 2, #KEYS do result[#result + 1] = redis.call('ZCARD', KEYS[i]) end
 local upper = '+inf'
 for i = 2, #ARGV + 1 do
   local lower = '-inf'
-  if i <= #ARGV then
-    local last = redis.call('ZREVRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[i]), '-inf', 'LIMIT', 0, 1)[1]
-    lower = '(' .. (last or '0')
+  if i <= #ARGV then  -- the highest number among the cases of the latest time at or before the edge
+    local latest = redis.call('ZREVRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[i]), '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    local last = 0
+    if latest[2] then  -- one intake opens many cases at one time; members order as text ('9' > '10')
+      for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], latest[2], latest[2])) do
+        if tonumber(id) > last then last = tonumber(id) end
+      end
+    end
+    lower = '(' .. last
   end
   result[#result + 1] = redis.call('ZCOUNT', KEYS[2], lower, upper) + redis.call('ZCOUNT', KEYS[3], lower, upper)
   if lower == '-inf' then upper = lower else upper = string.sub(lower, 2) end

@@ -82,6 +82,19 @@ async def test_cases_by_status_and_open_cases_by_age(desk: Client) -> None:  # n
     assert [a.count for a in later.cases.open_by_age] == [0, 0, 2, 1, 1, 1]  # 2h -> 5h joins 10h -> 13h
 
 
+async def test_cases_opened_together_are_aged_together(desk: Client) -> None:  # noqa: F811  (the fixture)
+    """One intake opens many cases at one time; ``ix:opened`` orders ties as text ("9" > "10"),
+    which must not split them across an age edge."""
+    store = desk.app[CASES]
+    store.clock_ms = lambda: NOW_MS - 2 * HOUR_MS
+    await publish(desk, *(finding(f"OLD{n}") for n in range(12)))  # cases 1..12, one time
+    store.clock_ms = lambda: NOW_MS - HOUR_MS // 6
+    await publish(desk, finding("NEW1"), finding("NEW2"))  # cases 13, 14
+    store.clock_ms = lambda: NOW_MS
+    board = Board.model_validate(await get(desk, "/board"))
+    assert [a.count for a in board.cases.open_by_age] == [2, 12, 0, 0, 0, 0]
+
+
 async def test_the_tier_part_counts_between_the_cut_points(redis_url: str) -> None:
     processor = await seed(redis_url, SETTINGS)  # the real pipeline's state, then a tier rebuild
     try:
