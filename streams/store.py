@@ -34,42 +34,80 @@ from redis.exceptions import ClusterError, NoScriptError, RedisError, TryAgainEr
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from rules.board import BoardDelta
 from rules.state import CustomerState
 from streams import telemetry
 from streams.codec import decode_state, encode_states
 from streams.errors import TransientError
-from streams.keys import Keys
+from streams.keys import BOARD, Keys, board_shard
 
 log = logging.getLogger(__name__)
 
 RECENT_ALERTS_KEPT = 200
 COMMIT_CHUNK = 256  # customers per commit script call (bounds one call's time in Redis)
 
-# The commit of many customers in one call, each customer atomic on its own keys.
-# KEYS: per customer: state, outbox, recent alerts.
-# ARGV: kept, then per customer: expected version, new version, blob, number of findings, findings...
-# Returns 1 (committed) or 0 (version moved: not written) per customer, in order.
+# The commit of many customers in one call, each customer atomic on its own keys, and the
+# 看板's aggregates moved by exactly the customers whose commit went through.
+# KEYS: the call's B board keys (1: latest, 2: collection, then per day flow/findings/net),
+#   then per customer: state, outbox, recent alerts.
+# ARGV: kept, B, latest event time (or ''), the type of each board key ('s', 'h' hash,
+#   'z' sorted set), then per customer: expected version, new version, blob, its 归集率
+#   bucket (or ''), number of findings, findings..., number of board cells, then per cell:
+#   board key index, field, integer increment.
+# Returns 1 (committed) or 0 (version moved: nothing written, nothing counted) per customer.
 COMMIT_LUA = """
 local kept = tonumber(ARGV[1])
+local nboard = tonumber(ARGV[2])
 local result = {}
-local a = 2
-for k = 1, #KEYS, 3 do
-  local n = tonumber(ARGV[a + 3])
-  local current = redis.call('HGET', KEYS[k], 'v') or '0'
-  if current == ARGV[a] then
-    redis.call('HSET', KEYS[k], 'v', ARGV[a + 1], 's', ARGV[a + 2])
+local add = {}
+for b = 1, nboard do add[b] = {} end
+local function bump(b, f, n)
+  add[b][f] = (add[b][f] or 0) + n
+end
+local a = 4 + nboard
+for k = nboard + 1, #KEYS, 3 do
+  local n = tonumber(ARGV[a + 4])
+  local m = tonumber(ARGV[a + 5 + n])
+  local held = redis.call('HMGET', KEYS[k], 'v', 'b')
+  if (held[1] or '0') == ARGV[a] then
+    local bucket = ARGV[a + 3]
+    if bucket ~= '' and bucket ~= held[2] then
+      redis.call('HSET', KEYS[k], 'v', ARGV[a + 1], 's', ARGV[a + 2], 'b', bucket)
+      if held[2] then bump(2, held[2], -1) end
+      bump(2, bucket, 1)
+    else
+      redis.call('HSET', KEYS[k], 'v', ARGV[a + 1], 's', ARGV[a + 2])
+    end
     if n > 0 then
-      for i = a + 4, a + 3 + n do
+      for i = a + 5, a + 4 + n do
         redis.call('RPUSH', KEYS[k + 1], ARGV[i])
         redis.call('LPUSH', KEYS[k + 2], ARGV[i])
       end
       redis.call('LTRIM', KEYS[k + 2], 0, kept - 1)
     end
+    for c = a + 6 + n, a + 5 + n + 3 * m, 3 do
+      bump(tonumber(ARGV[c]), ARGV[c + 1], tonumber(ARGV[c + 2]))
+    end
     result[#result + 1] = 1
   else
     result[#result + 1] = 0
   end
-  a = a + 4 + n
+  a = a + 6 + n + 3 * m
+end
+if ARGV[3] ~= '' then
+  local latest = tonumber(redis.call('GET', KEYS[1]) or '0')
+  if tonumber(ARGV[3]) > latest then redis.call('SET', KEYS[1], ARGV[3]) end
+end
+for b = 2, nboard do
+  local kind = ARGV[3 + b]
+  for f, n in pairs(add[b]) do
+    if n == 0 then
+    elseif kind == 'z' then
+      redis.call('ZINCRBY', KEYS[b], string.format('%.0f', n), f)
+    else
+      redis.call('HINCRBY', KEYS[b], f, string.format('%.0f', n))
+    end
+  end
 end
 return result
 """
@@ -110,6 +148,46 @@ class Commit:
     expected_version: int
     state: CustomerState
     findings: Sequence[bytes] = ()
+    board: BoardDelta | None = None  # what this commit adds to the 看板 (``rules.board``)
+    bucket: str = ""  # the customer's 归集率 bucket after it ('': not counted)
+
+
+class _BoardArgs:
+    """The board keys of one commit call and each customer's cells, by key index."""
+
+    def __init__(self, keys: Keys, shard: str) -> None:
+        self.keys = keys
+        self.shard = shard
+        self.names = [keys.board(shard, "latest"), keys.board(shard, "collection")]
+        self.kinds = ["s", "h"]
+        self.index: dict[str, int] = {}
+        self.latest: int | None = None
+
+    def _key(self, name: str, kind: str) -> int:
+        found = self.index.get(name)
+        if found is None:
+            self.names.append(self.keys.board(self.shard, name))
+            self.kinds.append(kind)
+            found = self.index[name] = len(self.names)
+        return found
+
+    def cells(self, customer_id: str, delta: BoardDelta | None) -> list[bytes | str | int]:
+        if not delta:
+            return [0]
+        out: list[bytes | str | int] = []
+        for day, row in delta.flows.items():
+            k = self._key(f"flow:{day}", "h")
+            for cell, value in row.items():
+                out += (k, cell, value)
+        for day, row in delta.findings.items():
+            k = self._key(f"findings:{day}", "h")
+            for cell, value in row.items():
+                out += (k, cell, value)
+        for day, value in delta.net.items():
+            out += (self._key(f"net:{day}", "z"), customer_id, value)
+        if delta.latest_us is not None and (self.latest is None or delta.latest_us > self.latest):
+            self.latest = delta.latest_us
+        return [len(out) // 3, *out]
 
 
 @contextlib.contextmanager
@@ -209,14 +287,18 @@ class StateStore:
             calls: list[tuple[Any, ...]] = []
             for group in groups:
                 keys: list[str] = []
-                args: list[bytes | str | int] = [RECENT_ALERTS_KEPT]
+                args: list[bytes | str | int] = []
+                board = _BoardArgs(self.keys, self._shard(group[0].customer_id))
                 blobs = encode_states([c.state for c in group], compress=compress)
                 for c, blob in zip(group, blobs, strict=True):
                     cid, version = c.customer_id, c.expected_version
                     keys += (state_key(cid), outbox_key(cid), alerts_key(cid))
-                    args += (version, version + 1, blob, len(c.findings))
+                    args += (version, version + 1, blob, c.bucket, len(c.findings))
                     args += c.findings
-                calls.append((sha, len(keys), *keys, *args))
+                    args += board.cells(cid, c.board)
+                latest = "" if board.latest is None else board.latest
+                head = (RECENT_ALERTS_KEPT, len(board.names), latest, *board.kinds)
+                calls.append((sha, len(board.names) + len(keys), *board.names, *keys, *head, *args))
             try:
                 if self.cluster:  # redis-py's cluster pipeline refuses scripts: concurrent calls, one per slot group
                     replies = await _bounded(self.redis.evalsha(*call) for call in calls)
@@ -265,6 +347,12 @@ class StateStore:
                 await pipe.execute()
         except Exception as exc:  # statistics must never stop the stream
             log.debug("statistics not recorded: %s", exc)
+
+    def _shard(self, customer_id: str) -> str:
+        """The 看板 hash tag a commit call of ``customer_id``'s slot writes to."""
+        if not self.cluster:
+            return BOARD
+        return board_shard(key_slot(self.keys.state(customer_id).encode()))
 
     def _groups(self, commits: Sequence[Commit]) -> list[Sequence[Commit]]:
         if not self.cluster:

@@ -20,46 +20,19 @@ Every role may read it (viewer included); parameters are checked by
 from __future__ import annotations
 
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import orjson
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from rules.state import KINDS
 from streams.api import params
 from streams.api.cases import CASES
+from streams.board import read_board
 from streams.keys import Keys
 from streams.settings import Settings
 from streams.tiers import moved_this_week, read_cuts, tier_counts
 
 BOARD_PARAMS = ("day", "top")
-ZERO = "0.00"
-
-
-async def read_board(
-    redis: aioredis.Redis, keys: Keys, zone: ZoneInfo, day: str | None = None, *, cluster: bool = False, top: int = 10
-) -> dict[str, Any]:
-    """ADAPTER until ``streams.board.read_board`` lands on main: its contract's shape, empty."""
-    return {
-        "day": day,
-        "latest": None,
-        "zone": zone.key,
-        "flows": {
-            "hours": [{"hour": h, "inflow": ZERO, "outflow": ZERO, "net": ZERO} for h in range(24)],
-            "by_kind": [{"kind": kind, "inflow": ZERO, "outflow": ZERO} for kind in KINDS],
-            "external": {"inflow": ZERO, "outflow": ZERO},
-            "internal": {"inflow": ZERO, "outflow": ZERO},
-            "total": {"inflow": ZERO, "outflow": ZERO, "net": ZERO},
-            "external_outflow_share": None,
-        },
-        "findings": {"last_24h": [], "last_30d": [], "by_day": []},
-        "collection_rate": [{"bucket": f"{d}-{d + 10}%", "customers": 0} for d in range(0, 100, 10)]
-        + [{"bucket": "none", "customers": 0}],
-        "top_net_outflow": [],
-    }
-
-
 REDIS = web.AppKey("board_redis", aioredis.Redis)
 KEYS = web.AppKey("board_keys", Keys)
 SETTINGS = web.AppKey("board_settings", Settings)

@@ -1,127 +1,176 @@
-"""``GET /board`` on a real Redis through the real API: who may read it, its parameters,
-its shape (the OpenAPI schema), the cases part (status and age, from the indexes) and
-the tiers part (ZCOUNT between the cut points, moves this week)."""
+"""The 看板's aggregates on a real Redis: moved by exactly the commits that went through.
+
+Redelivery, a stale owner losing the version check, and a replay of everything
+must leave the aggregates as one application of the events left them, equal to a
+recomputation from the stored states (``streams.board.check``)."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
 from decimal import Decimal
-from typing import Any
+from zoneinfo import ZoneInfo
 
-from aiohttp.test_utils import TestClient, TestServer
+import orjson
+import pytest
 
-from rules.contribution import tier_of
-from streams.api.board_models import Board
-from streams.api.cases import CASES
-from streams.api.server import create_api
-from streams.cases import AGE_BUCKETS, HOUR_MS
+from rules.board import Board, BoardDelta, collection_bucket
+from rules.events import TransactionEvent
+from rules.state import CustomerState, Outcome, StateConfig, to_us
+from streams.board import check, prune, read_board, stored
+from streams.clients import connect
+from streams.deadletter import RawRecord
 from streams.keys import Keys
-from streams.local.servers import free_port
-from streams.tiers import read_cuts
-from tests.pipeline.test_api import seed
-from tests.pipeline.test_cases import PREFIX, SETTINGS, desk, finding, get, post, publish  # noqa: F401  (desk: the fixture)
+from streams.pipeline import BatchProcessor, Step
+from streams.store import RECENT_ALERTS_KEPT, StateStore
+from streams.topics import TRANSACTIONS
+from tests.fakes import Sink
+from tests.pipeline.test_pipeline import big_credit_step
 
-Client = TestClient[Any, Any]
-NOW_MS = 1_900_000_000_000
-
-
-async def test_every_role_reads_the_board_and_nobody_without_a_token(desk: Client) -> None:  # noqa: F811  (the fixture)
-    for who in ("viewer", "li", "boss", "plain"):
-        Board.model_validate(await get(desk, "/board", who))
-    for headers in ({}, {"Authorization": "Bearer nope"}):
-        response = await desk.get("/board", headers=headers)
-        assert response.status == 401
-        assert (await response.json()) == {"error": "missing or wrong bearer token"}
+ZONE = ZoneInfo("Asia/Shanghai")
+CONFIG = StateConfig(ZONE)
 
 
-async def test_bad_parameters_are_a_400_that_says_what_is_accepted(desk: Client) -> None:  # noqa: F811  (the fixture)
-    for query, says in (
-        ("day=1998-13-01", "day must be a calendar day YYYY-MM-DD"),
-        ("day=1998-02-30", "day must be a calendar day"),
-        ("day=19981231", "day must be a calendar day"),
-        ("day=1969-12-31", "years 1970..2100"),
-        ("day=１９９８-01-01", "day must be"),
-        ("top=101", "top must be an integer 0..100"),
-        ("top=-1", "top must be an integer 0..100"),
-        ("top=x", "top must be"),
-        ("dya=1998-12-31", "unknown query parameter; accepted: day, top"),
-    ):
-        body = await get(desk, f"/board?{query}", status=400)
-        assert says in body["error"], query
-        assert "dya" not in body["error"] and "x" not in body["error"].split(";")[0]  # never echoed
-    Board.model_validate(await get(desk, "/board?day=1998-12-31&top=0"))
+def alert_of(event: TransactionEvent) -> dict[str, object]:
+    """A finding shaped like the real ones (the board counts type, category, rule, ts)."""
+    ts = event.ts.astimezone(ZONE).isoformat()
+    return {"id": f"big-{event.txn_id}", "type": "alert", "category": "collection", "rule": "big_credit", "ts": ts}
 
 
-async def test_cases_by_status_and_open_cases_by_age(desk: Client) -> None:  # noqa: F811  (the fixture)
-    store = desk.app[CASES]
-    ages_h = {"C-new": 0.5, "C-2h": 2, "C-10h": 10, "C-2d": 48, "C-5d": 120, "C-10d": 240, "C-30d": 720}
-    for customer, hours in sorted(ages_h.items(), key=lambda kv: -kv[1]):  # opened oldest first, as in life
-        store.clock_ms = lambda hours=hours: int(NOW_MS - hours * HOUR_MS)
-        await publish(desk, finding(customer))
-    store.clock_ms = lambda: NOW_MS
-    board = Board.model_validate(await get(desk, "/board"))
-    assert board.cases.by_status == {"open": 7, "in_progress": 0, "resolved": 0, "dismissed": 0}
-    assert [a.bucket for a in board.cases.open_by_age] == [name for name, _ in AGE_BUCKETS]
-    assert [a.count for a in board.cases.open_by_age] == [1, 1, 1, 1, 1, 2]
-
-    def case_id(customer: str) -> int:
-        return next(i for i, c in enumerate(sorted(ages_h, key=lambda k: -ages_h[k]), start=1) if c == customer)
-
-    # a viewer changes nothing (403) and the board says so
-    await post(desk, "viewer", f"/cases/{case_id('C-2h')}/transition", {"to": "in_progress"}, status=403)
-    assert (await get(desk, "/board"))["cases"] == board.model_dump()["cases"]
-    # in progress is still open work; resolved and dismissed leave the age buckets
-    await post(desk, "li", f"/cases/{case_id('C-2h')}/transition", {"to": "in_progress"})
-    await post(desk, "li", f"/cases/{case_id('C-10d')}/transition", {"to": "dismissed", "note": "known"})
-    await post(desk, "li", f"/cases/{case_id('C-new')}/transition", {"to": "resolved", "outcome": "false_positive"})
-    after = Board.model_validate(await get(desk, "/board"))
-    assert after.cases.by_status == {"open": 4, "in_progress": 1, "resolved": 1, "dismissed": 1}
-    assert [a.count for a in after.cases.open_by_age] == [0, 1, 1, 1, 1, 1]
-    # three hours later: a case moves to the next bucket when its age crosses an edge
-    store.clock_ms = lambda: NOW_MS + 3 * HOUR_MS
-    later = Board.model_validate(await get(desk, "/board"))
-    assert [a.count for a in later.cases.open_by_age] == [0, 0, 2, 1, 1, 1]  # 2h -> 5h joins 10h -> 13h
+def finding_step() -> Step:
+    """State step + a toy rule: every credit >= 100 is an alert."""
+    return big_credit_step(alert_of)
 
 
-async def test_cases_opened_together_are_aged_together(desk: Client) -> None:  # noqa: F811  (the fixture)
-    """One intake opens many cases at one time; ``ix:opened`` orders ties as text ("9" > "10"),
-    which must not split them across an age edge."""
-    store = desk.app[CASES]
-    store.clock_ms = lambda: NOW_MS - 2 * HOUR_MS
-    await publish(desk, *(finding(f"OLD{n}") for n in range(12)))  # cases 1..12, one time
-    store.clock_ms = lambda: NOW_MS - HOUR_MS // 6
-    await publish(desk, finding("NEW1"), finding("NEW2"))  # cases 13, 14
-    store.clock_ms = lambda: NOW_MS
-    board = Board.model_validate(await get(desk, "/board"))
-    assert [a.count for a in board.cases.open_by_age] == [2, 12, 0, 0, 0, 0]
+def txn(
+    i: int, customer: str, direction: str, amount: str, when: str, kind: str = "other", **extra: object
+) -> RawRecord:
+    event = {
+        "txn_id": f"t{i}",
+        "customer_id": customer,
+        "account_id": f"{customer}-acct",
+        "ts": when,
+        "direction": direction,
+        "amount": amount,
+        "kind": kind,
+        **extra,
+    }
+    return RawRecord(TRANSACTIONS, 0, i, customer.encode(), json.dumps(event).encode(), 0)
 
 
-async def test_the_tier_part_counts_between_the_cut_points(redis_url: str) -> None:
-    processor = await seed(redis_url, SETTINGS)  # the real pipeline's state, then a tier rebuild
-    try:
-        app = create_api(SETTINGS, redis_url, f"127.0.0.1:{free_port()}")
-        async with TestClient(TestServer(app)) as client:
-            board = Board.model_validate(await get(client, "/board"))
-            keys = Keys(PREFIX)
-            cuts, info = await read_cuts(processor.store.redis, keys)
-            values = await processor.store.redis.hgetall(keys.tier_values)
-            expected = {"I": 0, "II": 0, "III": 0, "IV": 0}
-            for value in values.values():
-                expected[tier_of(Decimal(value.decode()), cuts)] += 1
-            assert board.tiers.distribution == expected and sum(expected.values()) == len(values) > 4
-            assert board.tiers.moved_this_week == 0 and board.tiers.week is not None
-            assert board.tiers.refreshed_at == info["refreshed_at"]
-            # a move recorded in the week of the refresh shows up
-            await processor.store.redis.sadd(keys.tier_moved(board.tiers.week), "C0001", "C0002")
-            assert (await get(client, "/board", "li"))["tiers"]["moved_this_week"] == 2
-            document = await get(client, "/openapi.json")
-            assert "/board" in document["paths"] and "Board" in document["components"]["schemas"]
-    finally:
-        await processor.store.redis.aclose()
+def records() -> list[RawRecord]:
+    return [
+        txn(1, "alice", "credit", "1000.00", "2024-03-01T09:15:00+08:00", "salary"),
+        txn(2, "alice", "debit", "300.50", "2024-03-01T10:05:00+08:00", "fee"),
+        txn(3, "bob", "credit", "50.00", "2024-03-01T10:30:00+08:00"),
+        txn(4, "bob", "debit", "80.25", "2024-03-01T23:59:00+08:00", external=True, counterparty_bank="B2"),
+        txn(5, "carol", "debit", "20.00", "2024-03-02T00:30:00+08:00"),
+        txn(6, "carol", "credit", "200.00", "2024-02-29T08:00:00+08:00", "salary"),
+    ]
 
 
-async def test_an_empty_bank_has_an_empty_board(desk: Client) -> None:  # noqa: F811  (the fixture)
-    board = Board.model_validate(await get(desk, "/board"))
-    assert board.cases.by_status == dict.fromkeys(("open", "in_progress", "resolved", "dismissed"), 0)
-    assert all(a.count == 0 for a in board.cases.open_by_age)
-    assert board.tiers.distribution == {"I": 0, "II": 0, "III": 0, "IV": 0}
-    assert board.tiers.week is None and board.tiers.moved_this_week == 0
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[StateStore]:
+    client = connect(redis_url)
+    yield StateStore(client, Keys("fftest"))
+    await client.aclose()
+
+
+def processor(store: StateStore, sink: Sink | None = None) -> BatchProcessor:
+    return BatchProcessor(store, finding_step(), sink or Sink(), retry_initial=0.001, retry_max=0.01, zone=ZONE)
+
+
+def reference(batch: list[RawRecord]) -> Board:
+    """The board one application of ``batch`` gives: the pure step, event by event."""
+    states: dict[str, CustomerState] = {}
+    board = Board()
+    step = finding_step()
+    for record in batch:
+        event = TransactionEvent.model_validate_json(record.value)
+        state = states.setdefault(event.customer_id, CustomerState(event.customer_id))
+        outcome, findings = step(state, event)
+        assert outcome is Outcome.APPLIED
+        delta = BoardDelta()
+        delta.add_transaction(event, to_us(event.ts), ZONE)
+        for entry in findings:
+            delta.add_finding(orjson.loads(entry.split(b"\n", 2)[2]))
+        for day, row in delta.flows.items():
+            for cell, value in row.items():
+                board.flows.setdefault(day, {})[cell] = board.flows.get(day, {}).get(cell, 0) + value
+        for day, row in delta.findings.items():
+            for cell, value in row.items():
+                board.findings.setdefault(day, {})[cell] = board.findings.get(day, {}).get(cell, 0) + value
+        for day, value in delta.net.items():
+            board.net.setdefault(day, {})[event.customer_id] = board.net.get(day, {}).get(event.customer_id, 0) + value
+    for state in states.values():
+        bucket = collection_bucket(state)
+        board.collection[bucket] = board.collection.get(bucket, 0) + 1
+    return board
+
+
+async def test_the_board_counts_each_applied_event_once(store: StateStore) -> None:
+    batch = records()
+    await processor(store).process(batch)
+    first = await stored(store.redis, store.keys, cluster=False)
+    assert first == reference(batch)
+    assert await check(store, ZONE, RECENT_ALERTS_KEPT) == []
+
+    # redelivered (a crash before the offsets were committed), then replayed by a new worker
+    await processor(store).process(batch)
+    await processor(store).process(list(reversed(batch)))
+    assert await stored(store.redis, store.keys, cluster=False) == first
+    assert await check(store, ZONE, RECENT_ALERTS_KEPT) == []
+
+
+async def test_the_board_shows_the_day_of_the_latest_event(store: StateStore) -> None:
+    await processor(store).process(records())
+    board = await read_board(store.redis, store.keys, ZONE)
+    assert (board["day"], board["latest"]) == ("2024-03-02", "2024-03-02T00:30:00+08:00")
+    assert board["flows"]["total"] == {"inflow": "0.00", "outflow": "20.00", "net": "-20.00"}
+    assert board["top_net_outflow"] == [{"customer_id": "carol", "net_outflow": "20.00"}]
+
+    day = await read_board(store.redis, store.keys, ZONE, "2024-03-01")
+    flows = day["flows"]
+    assert flows["total"] == {"inflow": "1050.00", "outflow": "380.75", "net": "669.25"}
+    assert flows["external"] == {"inflow": "0.00", "outflow": "80.25"}
+    assert flows["external_outflow_share"] == str((Decimal("80.25") / Decimal("380.75")).quantize(Decimal("0.0001")))
+    assert flows["hours"][9] == {"hour": 9, "inflow": "1000.00", "outflow": "0.00", "net": "1000.00"}
+    assert flows["hours"][23]["outflow"] == "80.25"
+    by_kind = {row["kind"]: (row["inflow"], row["outflow"]) for row in flows["by_kind"]}
+    assert by_kind["salary"] == ("1000.00", "0.00") and by_kind["fee"] == ("0.00", "300.50")
+    assert len(by_kind) == 12  # every kind of events.md, zero where none
+    assert day["top_net_outflow"] == [{"customer_id": "bob", "net_outflow": "30.25"}]  # alice's net is inflow
+
+    # alerts of the last 24 h end at the latest event (00:30 on the 2nd): the 09:15 alert of
+    # the 1st is in; carol's salary alert of 29 Feb only in the 30 days
+    findings = board["findings"]
+    assert findings["last_24h"] == [{"kind": "alert", "category": "collection", "rule": "big_credit", "count": 1}]
+    assert findings["last_30d"][0]["count"] == 2
+    assert [d["alert"] for d in findings["by_day"][-3:]] == [1, 1, 0]
+    assert len(findings["by_day"]) == 30
+    buckets = {row["bucket"]: row["customers"] for row in board["collection_rate"] if row["customers"]}
+    # of 90 days' inflow still here: bob 0 of 50, alice 699.50 of 1000, carol 180 of 200
+    assert buckets == {"0-10%": 1, "60-70%": 1, "90-100%": 1}
+    assert [row["bucket"] for row in board["collection_rate"]][-1] == "none"
+
+
+async def test_a_stale_owner_moves_nothing(store: StateStore) -> None:
+    """The old owner of a customer, after a rebalance, commits from a stale cache: it loses
+    the version check and its cells are not counted; its redo counts them once."""
+    old_owner, new_owner = processor(store), processor(store)
+    first = [txn(1, "dave", "credit", "500.00", "2024-03-01T09:00:00+08:00")]
+    await old_owner.process(first)
+    await new_owner.process([txn(2, "dave", "debit", "100.00", "2024-03-01T10:00:00+08:00")])
+    report = await old_owner.process([txn(3, "dave", "debit", "30.00", "2024-03-01T11:00:00+08:00")])
+    assert report.conflicts == 1 and report.applied == 1
+    board = await read_board(store.redis, store.keys, ZONE)
+    assert board["flows"]["total"] == {"inflow": "500.00", "outflow": "130.00", "net": "370.00"}
+    assert await check(store, ZONE, RECENT_ALERTS_KEPT) == []
+
+
+async def test_prune_drops_days_past_the_retention_only(store: StateStore) -> None:
+    await processor(store).process(records())
+    assert await prune(store.redis, store.keys, ZONE, keep_days=1) == 3  # 29 Feb: flow, findings, net
+    kept = await stored(store.redis, store.keys, cluster=False)
+    assert sorted(kept.flows) == ["2024-03-01", "2024-03-02"]
+    assert await prune(store.redis, store.keys, ZONE, keep_days=1) == 0

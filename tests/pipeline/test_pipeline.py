@@ -7,7 +7,7 @@ import dataclasses
 import hashlib
 import json
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -30,8 +30,12 @@ ZONE = ZoneInfo("Asia/Shanghai")
 CONFIG = StateConfig(ZONE)
 
 
-def big_credit_step() -> Step:
-    """State step + a toy rule: every credit >= 100 is a finding."""
+def toy_finding(event: TransactionEvent) -> dict[str, object]:
+    return {"id": f"big-{event.txn_id}", "rule": "big"}
+
+
+def big_credit_step(finding: Callable[[TransactionEvent], dict[str, object]] = toy_finding) -> Step:
+    """State step + a toy rule: every credit >= 100 is a finding (``finding(event)``)."""
 
     def step(state: CustomerState, event: Event) -> tuple[Outcome, list[bytes]]:
         if not isinstance(event, TransactionEvent):
@@ -39,7 +43,7 @@ def big_credit_step() -> Step:
         outcome = apply_transaction(state, event, CONFIG)
         findings = []
         if outcome is Outcome.APPLIED and event.direction == "credit" and event.amount >= 100:
-            value = json.dumps({"id": f"big-{event.txn_id}", "rule": "big"}).encode()
+            value = json.dumps(finding(event)).encode()
             findings.append(outbox_entry(ALERTS, event.customer_id, value))
         return outcome, findings
 
