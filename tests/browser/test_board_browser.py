@@ -84,7 +84,7 @@ async def load_berka(redis_url: str, settings: Settings) -> None:
     refreshed after it, as a worker does."""
     store = StateStore(connect(redis_url), Keys(settings.key_prefix))
     try:
-        processor = BatchProcessor(store, build_step(settings), Sink())
+        processor = BatchProcessor(store, build_step(settings), Sink(), zone=settings.zone)
         events = berka_events()
         before = [e for e in events if e["ts"][:10] < WEEK_STARTS]
         week = [e for e in events if e["ts"][:10] >= WEEK_STARTS]

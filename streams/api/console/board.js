@@ -28,10 +28,10 @@ function compact(value) {  // axis labels: 1.2k, 3.4M
   if (a >= 1e3) return (value / 1e3).toFixed(a >= 1e4 ? 0 : 1) + "k";
   return String(Math.round(value));
 }
-function niceMax(value) {  // 1, 2, 2.5 or 5 times a power of ten, at least value
+function niceMax(value, whole) {  // 1, 2, 2.5 or 5 times a power of ten, at least value; whole: no 2.5, >= 1
   if (value <= 0) return 1;
   const step = 10 ** Math.floor(Math.log10(value));
-  for (const m of [1, 2, 2.5, 5, 10]) if (m * step >= value) return m * step;
+  for (const m of whole ? [1, 2, 5, 10] : [1, 2, 2.5, 5, 10]) if (m * step >= value) return Math.max(whole ? 1 : 0, m * step);
   return 10 * step;
 }
 
@@ -64,7 +64,7 @@ function columns(id, labels, series, opts) {
   const totals = labels.map((_, i) => series.map((s) => s.values[i] || 0));
   const high = Math.max(0, ...totals.map((v) => (o.stacked ? v.reduce((a, b) => a + b, 0) : Math.max(...v))), ...(o.line || []));
   const low = Math.min(0, ...(o.line || []));
-  const step = niceMax((high - low) / 4 || 0.25);
+  const step = niceMax((high - low) / 4 || 0.25, !o.money);
   const max = Math.max(step, Math.ceil(high / step) * step), min = Math.floor(low / step) * step;
   const y = (v) => top + plotH * (max - v) / (max - min);
   for (let v = min; v <= max + step / 2; v += step) {
