@@ -12,7 +12,7 @@ holds no ``}``, and no ordinary id starts with ``{``, so the encoding is one-to-
 
 | key | type | what |
 | --- | --- | --- |
-| ``{p}:{C}:state`` | hash | ``v`` = state version (compare-and-set), ``s`` = state blob (``streams.codec``) |
+| ``{p}:{C}:state`` | string | ``version:bucket:blob`` (compare-and-set version, 看板 bucket, ``streams.codec`` blob) |
 | ``{p}:{C}:outbox`` | list | findings committed with the state, not yet confirmed published |
 | ``{p}:{C}:alerts`` | list | the customer's recent findings (newest first, capped), for the API |
 | ``{p}:stats`` | hash | pipeline counters (processed, duplicates, dead letters by reason) |
@@ -43,8 +43,8 @@ holds no ``}``, and no ordinary id starts with ``{``, so the encoding is one-to-
 The 看板's keys are written by the commit script of the customers they count, so they
 share those customers' slot: ``S`` is ``board`` on a single Redis; on Redis Cluster it
 is ``board.N``, the first such tag that hashes to the slot of the commit's customers
-(``board_shard``), and a reader sums every shard. A customer's state hash also holds
-``b``, the 归集率 bucket it is counted in.
+(``board_shard``), and a reader sums every shard. A customer's state key also holds
+the 归集率 bucket it is counted in.
 
 Every case key carries the hash tag ``{cases}``: they live in one Redis Cluster slot,
 so each case write is one atomic script over them.

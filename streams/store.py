@@ -8,7 +8,13 @@ Lua script that, for each customer of the batch, in one atomic step
    rebalance, or a second worker, fails instead of overwriting;
 2. writes the new state (which carries the applied txn_ids, so the
    idempotency record and the state can never disagree);
-3. appends the batch's findings to the customer's outbox and recent-alerts list.
+3. appends the batch's findings to the customer's outbox and recent-alerts list;
+4. adds what the customer's applied events and findings add to the 看板's
+   bank-level cells (``rules.board``): exactly-once with the state.
+
+A state is one string, ``version:bucket:blob`` (a hash of ``v`` and ``s``, as
+versions before 2026-11 wrote it, costs ~200 B more per customer in Redis; it is
+still read, and its next commit replaces it with the string).
 
 A customer's keys share one hash tag. One script call carries many customers
 (the client's per-command cost, not Redis' work, limits a worker); on Redis
@@ -30,7 +36,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import ClusterError, NoScriptError, RedisError, TryAgainError
+from redis.exceptions import ClusterError, NoScriptError, RedisError, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -68,16 +74,27 @@ local a = 4 + nboard
 for k = nboard + 1, #KEYS, 3 do
   local n = tonumber(ARGV[a + 4])
   local m = tonumber(ARGV[a + 5 + n])
-  local held = redis.call('HMGET', KEYS[k], 'v', 'b')
-  if (held[1] or '0') == ARGV[a] then
+  local version, held, hashed = '0', false, false
+  local raw = redis.pcall('GET', KEYS[k])
+  if type(raw) == 'table' and raw.err then  -- a hash, as versions before 2026-11 wrote it
+    local old = redis.call('HMGET', KEYS[k], 'v', 'b')
+    version, held, hashed = old[1] or '0', old[2], true
+  elseif raw then
+    local i = string.find(raw, ':', 1, true)
+    local j = string.find(raw, ':', i + 1, true)
+    version = string.sub(raw, 1, i - 1)
+    if j > i + 1 then held = string.sub(raw, i + 1, j - 1) end
+  end
+  if version == ARGV[a] then
     local bucket = ARGV[a + 3]
-    if bucket ~= '' and bucket ~= held[2] then
-      redis.call('HSET', KEYS[k], 'v', ARGV[a + 1], 's', ARGV[a + 2], 'b', bucket)
-      if held[2] then bump(2, held[2], -1) end
+    if bucket ~= '' and bucket ~= held then
+      if held then bump(2, held, -1) end
       bump(2, bucket, 1)
-    else
-      redis.call('HSET', KEYS[k], 'v', ARGV[a + 1], 's', ARGV[a + 2])
+    elseif held then
+      bucket = held
     end
+    if hashed then redis.call('DEL', KEYS[k]) end
+    redis.call('SET', KEYS[k], ARGV[a + 1] .. ':' .. bucket .. ':' .. ARGV[a + 2])
     if n > 0 then
       for i = a + 5, a + 4 + n do
         redis.call('RPUSH', KEYS[k + 1], ARGV[i])
@@ -249,12 +266,14 @@ class StateStore:
         with _round_trip("load"):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for cid in customer_ids:
-                    pipe.hmget(self.keys.state(cid), "v", "s")
+                    pipe.get(self.keys.state(cid))
                     pipe.lrange(self.keys.outbox(cid), 0, -1)
-                replies = await pipe.execute()
+                replies = await pipe.execute(raise_on_error=False)
+            stored = await self._stored([self.keys.state(cid) for cid in customer_ids], replies[0::2])
         result: dict[str, Loaded] = {}
-        for i, cid in enumerate(customer_ids):
-            (version, blob), outbox = replies[2 * i], replies[2 * i + 1]
+        for cid, (version, blob), outbox in zip(customer_ids, stored, replies[1::2], strict=True):
+            if isinstance(outbox, Exception):
+                raise outbox
             try:
                 state = decode_state(blob) if blob is not None else None
             except ValueError as exc:
@@ -262,7 +281,32 @@ class StateStore:
                 # cannot go on for this customer without losing its history; it retries and
                 # says it is stalled, until an operator (or the right version) can read it
                 raise TransientError(f"state of a customer cannot be read: {exc}") from exc
-            result[cid] = Loaded(int(version) if version is not None else 0, state, list(outbox))
+            result[cid] = Loaded(version, state, list(outbox))
+        return result
+
+    async def _stored(self, keys: Sequence[str | bytes], replies: Sequence[Any]) -> list[tuple[int, bytes | None]]:
+        """(version, blob) of each state key from its GET reply: ``version:bucket:blob``, or
+        (a key an earlier version wrote as a hash: WRONGTYPE) the hash's ``v`` and ``s``."""
+        result: list[tuple[int, bytes | None]] = []
+        hashes: dict[int, str | bytes] = {}
+        for i, (key, raw) in enumerate(zip(keys, replies, strict=True)):
+            if isinstance(raw, ResponseError) and str(raw).startswith("WRONGTYPE"):
+                hashes[i] = key
+                result.append((0, None))
+            elif isinstance(raw, Exception):
+                raise raw
+            elif raw is None:
+                result.append((0, None))
+            else:
+                version, _, blob = raw.split(b":", 2)
+                result.append((int(version), blob))
+        if hashes:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in hashes.values():
+                    pipe.hmget(key, "v", "s")
+                old = await pipe.execute()
+            for i, (version, blob) in zip(hashes, old, strict=True):
+                result[i] = (int(version) if version is not None else 0, blob)
         return result
 
     async def commit(self, commits: Sequence[Commit], tally: Tally | None = None) -> set[str]:
@@ -382,15 +426,24 @@ class StateStore:
                 await pipe.execute()
 
     async def read(self, customer_id: str) -> CustomerState | None:
-        blob = cast(bytes | None, await self.redis.hget(self.keys.state(customer_id), "s"))
-        return decode_state(blob) if blob is not None else None
+        states = await self._fetch([self.keys.state(customer_id)])
+        return states[0] if states else None
+
+    async def stored(self, customer_id: str) -> tuple[int, bytes | None]:
+        """The version and the state blob as stored (``(0, None)``: no state)."""
+        key = self.keys.state(customer_id)
+        with _round_trip("load"):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.get(key)
+                replies = await pipe.execute(raise_on_error=False)
+            return (await self._stored([key], replies))[0]
 
     async def recent_findings(self, customer_id: str, limit: int = 50) -> list[bytes]:
         entries = cast(list[bytes], await self.redis.lrange(self.keys.alerts(customer_id), 0, limit - 1))
         return entries
 
     async def scan_states(self, batch: int = 500) -> AsyncIterator[CustomerState]:
-        """Every customer's state (SCAN + pipelined HGET: no blocking KEYS)."""
+        """Every customer's state (SCAN + pipelined GET: no blocking KEYS)."""
         pending: list[bytes] = []
         async for key in self.redis.scan_iter(match=self.keys.state_pattern, count=batch):
             pending.append(key)
@@ -402,9 +455,9 @@ class StateStore:
             for state in await self._fetch(pending):
                 yield state
 
-    async def _fetch(self, keys: list[bytes]) -> list[CustomerState]:
+    async def _fetch(self, keys: Sequence[str | bytes]) -> list[CustomerState]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for key in keys:
-                pipe.hget(key, "s")
-            blobs = await pipe.execute()
-        return [decode_state(blob) for blob in blobs if blob is not None]
+                pipe.get(key)
+            replies = await pipe.execute(raise_on_error=False)
+        return [decode_state(blob) for _, blob in await self._stored(keys, replies) if blob is not None]
