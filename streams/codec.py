@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import zlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from functools import cache
 from itertools import islice
@@ -30,13 +30,26 @@ from typing import Any
 import orjson
 import zstandard
 
-from rules.state import LOT_AMOUNT, LOT_TS, LOT_WIRE, ZERO, CustomerState, EventRecord, LoanPoint
+from rules.state import (
+    KIND_CODE,
+    LOT_AMOUNT,
+    LOT_TS,
+    LOT_WIRE,
+    SEEN_HASH,
+    SEEN_HASH_CHARS,
+    US_PER_DAY,
+    ZERO,
+    CustomerState,
+    EventRecord,
+    LoanPoint,
+    kind_of_flags,
+)
 
-FORMAT = 1
+FORMAT = 2  # 1: read (_decode_v1), no longer written
 ZSTD_LEVEL = 1
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 DICTIONARIES = Path(__file__).with_name("zdict")  # every dictionary ever shipped: state-<id>.zdict
-WRITE_DICTIONARY = 1362451315  # the one new blobs are written with (streams.tools.statedict)
+WRITE_DICTIONARY = 231719291  # the one new blobs are written with (streams.tools.statedict; format 2)
 _codecs = threading.local()  # zstd (de)compressors are not safe to share between threads
 
 
@@ -98,63 +111,178 @@ def _dec(value: Decimal) -> str:
     return str(value)
 
 
-def _event_row(r: EventRecord) -> list[Any]:
+# --- format 2 ------------------------------------------------------------------------
+# Numbers as the JSON takes them best (docs/performance.md, "What a state costs"):
+# - money with two decimals (``Decimal`` exponent -2, what every amount of Berka has) as an
+#   integer count of cents; any other exponent as its decimal string. Read back with
+#   ``scaleb(-2)``: the same value and the same exponent, exactly;
+# - a time or a span in µs as 2 * seconds when it is whole seconds, else as 2 * µs + 1;
+# - times in a list (events, lots, remembered ids) as the step from the one before;
+# - an event's local day as its offset from the UTC day of its ts (-1, 0 or +1: any
+#   zone), in two bits of its stored flags; the zone-free codec can still give it back.
+_INT64 = 1 << 63
+_US = 1_000_000
+_UTC_DAY0 = 719_163  # date(1970, 1, 1).toordinal()
+_DAY_SHIFT = 10  # stored flags only: above the flag bits and the kind code (rules.state)
+_DAY_CODE = {0: 0, 1: 1 << _DAY_SHIFT, -1: 2 << _DAY_SHIFT}
+_DAY_OFFSET = (0, 1, -1)
+_DAY_EXPLICIT = 3 << _DAY_SHIFT  # (never from a real zone) the day follows the flags
+_DAY_MASK = 3 << _DAY_SHIFT
+
+
+def _time(us: int) -> int:
+    seconds, rest = divmod(us, _US)
+    return seconds << 1 if not rest else (us << 1) | 1
+
+
+def _untime(value: int) -> int:
+    return value >> 1 if value & 1 else (value >> 1) * _US
+
+
+def _money(value: Decimal) -> int | str:
+    text = str(value)
+    if text[-3:-2] == ".":  # exponent -2 (no other finite decimal prints so)
+        cents = int(text[:-3] + text[-2:])
+        if -_INT64 <= cents < _INT64 and (cents or text[0] != "-"):
+            return cents
+    return text
+
+
+def _unmoney(value: int | str) -> Decimal:
+    return Decimal(value) if isinstance(value, str) else Decimal(value).scaleb(-2)
+
+
+def _age(value: Decimal) -> int | str:
+    """A debit's weighted age (cents x µs) as ``_time`` of its cents, or its decimal string."""
+    text = str(value)
+    if text[-3:-2] == ".":
+        cents = int(text[:-3] + text[-2:])
+        if cents or text[0] != "-":
+            coded = _time(cents)
+            if -_INT64 <= coded < _INT64:
+                return coded
+    return text
+
+
+def _unage(value: int | str) -> Decimal:
+    return Decimal(value) if isinstance(value, str) else Decimal(_untime(value)).scaleb(-2)
+
+
+def _event_row(r: EventRecord, before_us: int) -> list[Any]:
+    offset = r.day - (r.ts_us // US_PER_DAY + _UTC_DAY0)
+    day_code = _DAY_CODE.get(offset)
+    row: list[Any] = [_time(r.ts_us - before_us), _money(r.amount)]
+    if day_code is None:
+        row += [r.flags | _DAY_EXPLICIT, r.day]
+    else:
+        row.append(r.flags | day_code)
     if r.consumed or r.weighted_age_us:
-        return [r.ts_us, r.day, str(r.amount), r.flags, r.bank, str(r.consumed), str(r.weighted_age_us)]
-    if r.bank is not None:
-        return [r.ts_us, r.day, str(r.amount), r.flags, r.bank]
-    return [r.ts_us, r.day, str(r.amount), r.flags]
+        row.append(r.bank)
+        if str(r.consumed) != str(-r.amount):  # (not only equal: the same exponent)
+            row.append(_money(r.consumed))
+        row.append(_age(r.weighted_age_us))
+    elif r.bank is not None:
+        row.append(r.bank)
+    return row
 
 
-def _lot_wire(lot: list[Any]) -> orjson.Fragment:
-    wire = lot[LOT_WIRE] = orjson.Fragment(b'["%s",%d]' % (str(lot[LOT_AMOUNT]).encode(), lot[LOT_TS]))
-    return wire
+def _event_of(row: list[Any], before_us: int) -> EventRecord:
+    ts_us = before_us + _untime(row[0])
+    amount = _unmoney(row[1])
+    stored = row[2]
+    day_code = stored & _DAY_MASK
+    if day_code == _DAY_EXPLICIT:
+        day, rest = row[3], 4
+    else:
+        day, rest = ts_us // US_PER_DAY + _UTC_DAY0 + _DAY_OFFSET[day_code >> _DAY_SHIFT], 3
+    record = EventRecord(ts_us, day, amount, stored & ~_DAY_MASK, row[rest] if len(row) > rest else None)
+    more = len(row) - rest
+    if more == 2:
+        record.consumed = -amount
+        record.weighted_age_us = _unage(row[rest + 1])
+    elif more == 3:
+        record.consumed = _unmoney(row[rest + 1])
+        record.weighted_age_us = _unage(row[rest + 2])
+    return record
 
 
-def _seen_wire(state: CustomerState) -> bytes:
-    """``orjson.dumps(state.seen)``, byte for byte, from the last one written plus the ids
-    added since. The remembered ids are the largest part of a long-lived customer's state
-    (360 ids: 15 KB of 35 KB): re-encoding them all for every commit took ~25 µs of a
-    ~90 µs encode."""
+def _seen_wire(state: CustomerState) -> tuple[bytes, bytes, bytes]:
+    """The remembered ids as written: their ids, their hashes (one string of fixed-width
+    hex, or a list if any is not ``SEEN_HASH_CHARS`` wide) and their times (each the step
+    from the one before), from the last ones written plus the ids added since. The ids
+    are the largest part of a long-lived customer's state (360 of them); re-encoding them
+    all for every commit took ~25 µs of a ~90 µs encode."""
     seen = state.seen
     wire, wired, n = state.seen_wire, state.seen_wired, len(seen)
     if wire is None or n < wired:
-        wire = orjson.dumps(seen)
-    elif n > wired:
+        wire, wired = (b"[]", b"", b"[]", 0, True), 0
+    if n > wired:
+        ids_json, hashes, times_json, last_us, fixed = wire
         added = list(islice(reversed(seen.items()), n - wired))
         added.reverse()
-        tail = orjson.dumps(dict(added))
-        wire = wire[:-1] + b"," + tail[1:] if wired else tail
+        ids: list[str] = []
+        times: list[int] = []
+        tail = []
+        for txn, (digest, ts_us) in added:
+            ids.append(txn)
+            tail.append(digest)
+            times.append(_time(ts_us - last_us))
+            last_us = ts_us
+        fixed = fixed and all(len(d) == SEEN_HASH_CHARS for d in tail)
+        more_ids, more_times = orjson.dumps(ids), orjson.dumps(times)
+        ids_json = ids_json[:-1] + b"," + more_ids[1:] if wired else more_ids
+        times_json = times_json[:-1] + b"," + more_times[1:] if wired else more_times
+        hashes = hashes + "".join(tail).encode() if fixed else b""
+        wire = (ids_json, hashes, times_json, last_us, fixed)
     state.seen_wire, state.seen_wired = wire, n
-    return wire
+    ids_json, hashes, times_json, _, fixed = wire
+    hash_json = b'"%s"' % hashes if fixed else orjson.dumps([entry[SEEN_HASH] for entry in seen.values()])
+    return ids_json, hash_json, times_json
 
 
 def encode_state(state: CustomerState, *, compress: bool = False) -> bytes:
-    # The hot path of every commit: plain loops, no per-field helper calls.
+    # The hot path of every commit: plain loops, no per-field helper calls. Each event and
+    # lot keeps its stored form with the time it was written after (a step from it).
     events: list[orjson.Fragment] = []
     append = events.append
+    before = 0
     for r in state.events:
         wire = r.wire
-        if wire is None:
-            wire = r.wire = orjson.Fragment(orjson.dumps(_event_row(r)))
-        append(wire)
+        if wire is None or wire[0] != before:
+            wire = r.wire = (before, orjson.Fragment(orjson.dumps(_event_row(r, before))))
+        append(wire[1])
+        before = r.ts_us
+    lots: list[orjson.Fragment] = []
+    append = lots.append
+    before = 0
+    for lot in state.lots:
+        wire = lot[LOT_WIRE]
+        ts_us = lot[LOT_TS]
+        if wire is None or wire[0] != before:
+            fragment = b"[%s,%d]" % (orjson.dumps(_money(lot[LOT_AMOUNT])), _time(ts_us - before))
+            wire = lot[LOT_WIRE] = (before, orjson.Fragment(fragment))
+        append(wire[1])
+        before = ts_us
+    ids, hashes, times = _seen_wire(state)
     blob: dict[str, Any] = {
         "f": FORMAT,
         "c": state.customer_id,
-        "b": _dec(state.balance),
+        "b": _money(state.balance),
         "fu": state.first_us,
         "fd": state.first_day,
         "lu": state.last_us,
         "lt": state.last_txn_us,
         "e": events,
-        "s": orjson.Fragment(_seen_wire(state)),  # txn_id -> (hash, ts) as {"id":["hash",ts],...}
-        "l": [lot[LOT_WIRE] or _lot_wire(lot) for lot in state.lots],
+        "s": orjson.Fragment(ids),  # remembered txn_ids, oldest first
+        "h": orjson.Fragment(hashes),  # their content hashes
+        "st": orjson.Fragment(times),  # their event times
+        "l": lots,
         "t": state.applied_total,
     }
     if state.overdraft:
-        blob["o"] = _dec(state.overdraft)
+        blob["o"] = _money(state.overdraft)
     if state.ledger:
-        blob["g"] = {acct: [ts, _dec(bal)] for acct, (ts, bal) in state.ledger.items()}
+        blob["g"] = {acct: [ts, _money(bal)] for acct, (ts, bal) in state.ledger.items()}
     if state.kept_from_day is not None:
         blob["kd"] = state.kept_from_day
     if state.carry_day is not None:
@@ -164,10 +292,10 @@ def encode_state(state: CustomerState, *, compress: bool = False) -> bytes:
             loan_id: [
                 [
                     p.ts_us,
-                    _dec(p.principal),
-                    _dec(p.outstanding),
+                    _money(p.principal),
+                    _money(p.outstanding),
                     _dec(p.annual_rate),
-                    _dec(p.installment),
+                    _money(p.installment),
                     p.next_due,
                     p.status,
                     p.account_id,
@@ -179,7 +307,7 @@ def encode_state(state: CustomerState, *, compress: bool = False) -> bytes:
     if state.salary_payer_us >= 0:
         blob["sp"] = [state.salary_payer, state.salary_payer_us]
     if state.income_months:
-        blob["im"] = {str(month): _dec(total) for month, total in state.income_months.items()}
+        blob["im"] = {str(month): _money(total) for month, total in state.income_months.items()}
     if state.rule_state:
         blob["r"] = state.rule_state
     if state.offsets:
@@ -204,38 +332,74 @@ def decode_state(data: bytes) -> CustomerState:
     if data[:1] != b"{":
         data = _decompress(data)
     blob = orjson.loads(data)
-    if blob.get("f") != FORMAT:
-        raise ValueError(f"unknown state format {blob.get('f')!r}")
+    version = blob.get("f")
+    if version == 1:
+        return _decode_v1(blob)
+    if version != FORMAT:
+        raise ValueError(f"unknown state format {version!r}")
+    state = _common(blob, _unmoney)
+    before = 0
+    for row in blob["e"]:
+        record = _event_of(row, before)
+        state.events.append(record)
+        before = record.ts_us
+    hashes = blob["h"]
+    if isinstance(hashes, str):
+        hashes = [hashes[i : i + SEEN_HASH_CHARS] for i in range(0, len(hashes), SEEN_HASH_CHARS)]
+    seen = state.seen
+    before = 0
+    for txn, digest, step in zip(blob["s"], hashes, blob["st"], strict=True):
+        before += _untime(step)
+        seen[txn] = (digest, before)
+    lots = state.lots
+    before = 0
+    for amount, step in blob["l"]:
+        before += _untime(step)
+        lots.append([_unmoney(amount), before, None])
+    return state
+
+
+def _common(blob: dict[str, Any], money: Callable[[Any], Decimal]) -> CustomerState:
+    """What formats 1 and 2 write alike (money read with ``money``)."""
     state = CustomerState(
         customer_id=blob["c"],
-        balance=Decimal(blob["b"]),
+        balance=money(blob["b"]),
         first_us=blob["fu"],
         first_day=blob["fd"],
         last_us=blob["lu"],
         last_txn_us=blob.get("lt"),
         applied_total=blob["t"],
-        overdraft=Decimal(blob["o"]) if "o" in blob else ZERO,
+        overdraft=money(blob["o"]) if "o" in blob else ZERO,
         kept_from_day=blob.get("kd"),
     )
-    for row in blob["e"]:
-        record = EventRecord(row[0], row[1], Decimal(row[2]), row[3], row[4] if len(row) > 4 else None)
-        if len(row) > 5:
-            record.consumed = Decimal(row[5])
-            record.weighted_age_us = Decimal(row[6])
-        state.events.append(record)
-    state.seen = {txn: (entry[0], entry[1]) for txn, entry in blob["s"].items()}
-    state.lots = deque([Decimal(amount), ts, None] for amount, ts in blob["l"])
-    state.ledger = {acct: (entry[0], Decimal(entry[1])) for acct, entry in blob.get("g", {}).items()}
+    state.ledger = {acct: (entry[0], money(entry[1])) for acct, entry in blob.get("g", {}).items()}
     if "cd" in blob:
         state.carry_day, state.carry_streak = blob["cd"]
     for loan_id, points in blob.get("n", {}).items():
         state.loans[loan_id] = [
-            LoanPoint(p[0], Decimal(p[1]), Decimal(p[2]), Decimal(p[3]), Decimal(p[4]), p[5], p[6], p[7])
-            for p in points
+            LoanPoint(p[0], money(p[1]), money(p[2]), Decimal(p[3]), money(p[4]), p[5], p[6], p[7]) for p in points
         ]
     if "sp" in blob:
         state.salary_payer, state.salary_payer_us = blob["sp"]
-    state.income_months = {int(month): Decimal(total) for month, total in blob.get("im", {}).items()}
+    state.income_months = {int(month): money(total) for month, total in blob.get("im", {}).items()}
     state.rule_state = blob.get("r", {})
     state.offsets = {tp: seen if isinstance(seen, list) else [seen, -1] for tp, seen in blob.get("ko", {}).items()}
+    return state
+
+
+def _decode_v1(blob: dict[str, Any]) -> CustomerState:
+    """A state written by format 1 (money as strings, absolute times, a dict of ids). Its
+    records had no kind code: each gets the kind its flags tell (``kind_of_flags``); its
+    remembered hashes are cut to the width kept now (``content_hash``)."""
+    state = _common(blob, Decimal)
+    for row in blob["e"]:
+        flags = row[3]
+        flags |= KIND_CODE.get(kind_of_flags(flags), 0)
+        record = EventRecord(row[0], row[1], Decimal(row[2]), flags, row[4] if len(row) > 4 else None)
+        if len(row) > 5:
+            record.consumed = Decimal(row[5])
+            record.weighted_age_us = Decimal(row[6])
+        state.events.append(record)
+    state.seen = {txn: (entry[0][:SEEN_HASH_CHARS], entry[1]) for txn, entry in blob["s"].items()}
+    state.lots = deque([Decimal(amount), ts, None] for amount, ts in blob["l"])
     return state
