@@ -49,7 +49,7 @@ FORMAT = 2  # 1: read (_decode_v1), no longer written
 ZSTD_LEVEL = 1
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 DICTIONARIES = Path(__file__).with_name("zdict")  # every dictionary ever shipped: state-<id>.zdict
-WRITE_DICTIONARY = 231719291  # the one new blobs are written with (streams.tools.statedict; format 2)
+WRITE_DICTIONARY = 2004536733  # the one new blobs are written with (streams.tools.statedict; format 2)
 _codecs = threading.local()  # zstd (de)compressors are not safe to share between threads
 
 
@@ -168,10 +168,11 @@ def _unage(value: int | str) -> Decimal:
     return Decimal(value) if isinstance(value, str) else Decimal(_untime(value)).scaleb(-2)
 
 
-def _event_row(r: EventRecord, before_us: int) -> list[Any]:
+def _event_row(r: EventRecord) -> list[Any]:
+    """A record as stored, but for its time (``et``: the step from the record before)."""
     offset = r.day - (r.ts_us // US_PER_DAY + _UTC_DAY0)
     day_code = _DAY_CODE.get(offset)
-    row: list[Any] = [_time(r.ts_us - before_us), _money(r.amount)]
+    row: list[Any] = [_money(r.amount)]
     if day_code is None:
         row += [r.flags | _DAY_EXPLICIT, r.day]
     else:
@@ -186,15 +187,14 @@ def _event_row(r: EventRecord, before_us: int) -> list[Any]:
     return row
 
 
-def _event_of(row: list[Any], before_us: int) -> EventRecord:
-    ts_us = before_us + _untime(row[0])
-    amount = _unmoney(row[1])
-    stored = row[2]
+def _event_of(ts_us: int, row: list[Any]) -> EventRecord:
+    amount = _unmoney(row[0])
+    stored = row[1]
     day_code = stored & _DAY_MASK
     if day_code == _DAY_EXPLICIT:
-        day, rest = row[3], 4
+        day, rest = row[2], 3
     else:
-        day, rest = ts_us // US_PER_DAY + _UTC_DAY0 + _DAY_OFFSET[day_code >> _DAY_SHIFT], 3
+        day, rest = ts_us // US_PER_DAY + _UTC_DAY0 + _DAY_OFFSET[day_code >> _DAY_SHIFT], 2
     record = EventRecord(ts_us, day, amount, stored & ~_DAY_MASK, row[rest] if len(row) > rest else None)
     more = len(row) - rest
     if more == 2:
@@ -241,16 +241,21 @@ def _seen_wire(state: CustomerState) -> tuple[bytes, bytes, bytes]:
 
 
 def encode_state(state: CustomerState, *, compress: bool = False) -> bytes:
-    # The hot path of every commit: plain loops, no per-field helper calls. Each event and
-    # lot keeps its stored form with the time it was written after (a step from it).
+    # The hot path of every commit: plain loops, no per-field helper calls. Each event
+    # keeps its stored row and its time as a step from the record before (with that
+    # record's time); a lot keeps its stored form likewise.
     events: list[orjson.Fragment] = []
-    append = events.append
+    steps: list[int] = []
+    append, step = events.append, steps.append
     before = 0
     for r in state.events:
         wire = r.wire
-        if wire is None or wire[0] != before:
-            wire = r.wire = (before, orjson.Fragment(orjson.dumps(_event_row(r, before))))
-        append(wire[1])
+        if wire is None:
+            wire = r.wire = [before, _time(r.ts_us - before), orjson.Fragment(orjson.dumps(_event_row(r)))]
+        elif wire[0] != before:
+            wire[0], wire[1] = before, _time(r.ts_us - before)
+        step(wire[1])
+        append(wire[2])
         before = r.ts_us
     lots: list[orjson.Fragment] = []
     append = lots.append
@@ -272,6 +277,7 @@ def encode_state(state: CustomerState, *, compress: bool = False) -> bytes:
         "fd": state.first_day,
         "lu": state.last_us,
         "lt": state.last_txn_us,
+        "et": steps,  # the events' times (a column: it repeats much of "st", which zstd finds)
         "e": events,
         "s": orjson.Fragment(ids),  # remembered txn_ids, oldest first
         "h": orjson.Fragment(hashes),  # their content hashes
@@ -339,10 +345,9 @@ def decode_state(data: bytes) -> CustomerState:
         raise ValueError(f"unknown state format {version!r}")
     state = _common(blob, _unmoney)
     before = 0
-    for row in blob["e"]:
-        record = _event_of(row, before)
-        state.events.append(record)
-        before = record.ts_us
+    for step, row in zip(blob["et"], blob["e"], strict=True):
+        before += _untime(step)
+        state.events.append(_event_of(before, row))
     hashes = blob["h"]
     if isinstance(hashes, str):
         hashes = [hashes[i : i + SEEN_HASH_CHARS] for i in range(0, len(hashes), SEEN_HASH_CHARS)]
