@@ -163,3 +163,10 @@ def test_money_and_ages_are_stored_exactly(value: Decimal) -> None:
 @given(st.integers(-(2**62), 2**62) | st.integers(-(10**9), 10**9).map(lambda s: s * 1_000_000))
 def test_times_are_stored_exactly(us: int) -> None:
     assert _untime(orjson.loads(orjson.dumps(_time(us)))) == us
+
+
+def test_the_latest_transaction_time_reads_back_when_it_is_not_the_latest_event_time() -> None:
+    for last_us, last_txn_us in ((5, 5), (7, 5), (7, None), (None, None)):
+        state = CustomerState("c", last_us=last_us, last_txn_us=last_txn_us)
+        back = decode_state(encode_state(state))
+        assert (back.last_us, back.last_txn_us) == (last_us, last_txn_us)
