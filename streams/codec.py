@@ -19,6 +19,7 @@ frame by the dictionary id in its header (0: none), so blobs written any way, be
 or after a change of the setting or the version, stay readable; a frame that names
 a dictionary this version does not ship is refused, not misread.
 """
+
 from __future__ import annotations
 
 import threading
@@ -116,10 +117,10 @@ def _dec(value: Decimal) -> str:
 
 
 # --- format 2 ------------------------------------------------------------------------
-# Numbers as the JSON takes them best (docs/performance.md, "What a state costs"):
+# Numbers as the JSON takes them best (docs/performance.md, "what a customer costs in Redis"):
 # - money with two decimals (``Decimal`` exponent -2, what every amount of Berka has) as an
-#   integer count of cents; any other exponent as its decimal string. Read back with
-#   ``scaleb(-2)``: the same value and the same exponent, exactly;
+#   integer count of cents; any other exponent as its decimal string. Read back as
+#   ``Decimal("<cents>E-2")``: the same value and the same exponent, exactly;
 # - a time or a span in µs as 2 * seconds when it is whole seconds, else as 2 * µs + 1;
 # - times in a list (events, lots, remembered ids) as the step from the one before;
 # - an event's local day as its offset from the UTC day of its ts (-1, 0 or +1: any
@@ -240,7 +241,7 @@ def _seen_wire(state: CustomerState) -> tuple[bytes, bytes, bytes]:
             tail.append(digest)
             times.append(_time(ts_us - last_us))
             last_us = ts_us
-        fixed = fixed and all(len(d) == SEEN_HASH_CHARS for d in tail)
+        fixed = fixed and all(len(d) == SEEN_HASH_CHARS and d.isalnum() for d in tail)
         more_ids, more_times = orjson.dumps(ids), orjson.dumps(times)
         ids_json = ids_json[:-1] + b"," + more_ids[1:] if wired else more_ids
         times_json = times_json[:-1] + b"," + more_times[1:] if wired else more_times

@@ -19,6 +19,7 @@ from rules.state import (
     KIND_CODE,
     KIND_MASK,
     KINDS,
+    SEEN_HASH_CHARS,
     US_PER_DAY,
     CustomerState,
     EventRecord,
@@ -141,6 +142,10 @@ def test_odd_records_round_trip() -> None:
     assert back.seen == state.seen
     assert [(str(lot[0]), lot[1]) for lot in back.lots] == [(str(lot[0]), lot[1]) for lot in state.lots]
     assert (str(back.balance), str(back.overdraft)) == ("-0.00", "1E+3")
+    quoted = '"\\"\n""""'  # as wide as a content hash, but not one
+    assert len(quoted) == SEEN_HASH_CHARS
+    state.seen = {"a": ("0123abcd", 5), "q": (quoted, 6)}
+    assert decode_state(encode_state(state)).seen == state.seen
 
 
 def test_a_newer_format_is_refused() -> None:
