@@ -154,6 +154,7 @@ class Settings(BaseSettings):
     capital_ratio: Decimal = _RATES.capital_ratio
     hurdle_rate: Decimal = _RATES.hurdle_rate
     tier_refresh_seconds: float = Field(default=30.0, gt=0)
+    board_days_kept: int = Field(default=400, ge=31, description="看板 days kept before the latest event's day")
 
     # --- rules and delivery -------------------------------------------------
     rules_file: Path = Path("deploy/rules.yaml")

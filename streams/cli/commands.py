@@ -1,4 +1,5 @@
-"""Bodies of the read-side CLI commands: ``customer show``, ``snapshot``, ``tiers``.
+"""Bodies of the read-side CLI commands: ``customer show``, ``snapshot``, ``tiers``, ``board``,
+and the analysts' precision that ``evaluate-rules`` and ``tune`` show.
 
 They read Redis only (never a worker): what can go wrong is a Redis that does not
 answer (a one-line error from ``streams.cli.main``) or a customer with no state.
@@ -6,18 +7,21 @@ answer (a one-line error from ``streams.cli.main``) or a customer with no state.
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 from pathlib import Path
 
 import orjson
 
 from rules.contribution import tier_of
+from streams.board import check, read_board
+from streams.cases import CaseStore, RulePrecision
 from streams.clients import connect
 from streams.errors import ConfigError
 from streams.keys import Keys
-from streams.settings import Settings, rates, state_config, thresholds
+from streams.settings import Settings, rates, safe_url, state_config, thresholds
 from streams.snapshot import customer_row, load_all, parse_as_of, rows, write_jsonl
-from streams.store import StateStore
+from streams.store import RECENT_ALERTS_KEPT, StateStore
 from streams.tiers import TierBook, distribution, read_cuts, rebuild
 
 
@@ -152,3 +156,48 @@ async def show_tiers(settings: Settings, redis_url: str, refresh: bool, top: int
         for row in result["top"]:
             print(f"    {row['customer_id']:<16} {row['contribution']:>14}  {row['tier']}")
     return 0
+
+
+async def show_board(settings: Settings, redis_url: str, day: str | None, verify: bool) -> int:
+    """``fundflow board``: the 看板's numbers as JSON; ``--check``: 0 when they equal a
+    recomputation from the stored states, else 1 with one line per difference."""
+    client = connect(redis_url, settings.redis_cluster)
+    try:
+        keys = Keys(settings.key_prefix)
+        if not verify:
+            board = await read_board(client, keys, settings.zone, day, cluster=settings.redis_cluster)
+            print(orjson.dumps(board, option=orjson.OPT_INDENT_2).decode())
+            return 0
+        store = StateStore(client, keys)
+        differences = await check(store, settings.zone, RECENT_ALERTS_KEPT, settings.redis_cluster)
+    finally:
+        await client.aclose()
+    for line in differences:
+        print(line)
+    print(f"board: {len(differences)} differences from the recomputation" if differences else "board: agrees")
+    return 1 if differences else 0
+
+
+async def read_precision(settings: Settings, redis_url: str) -> list[RulePrecision]:
+    """Per rule, what the analysts concluded: ``CaseStore.precision``, the computation
+    behind ``GET /rules/precision``, over the cases in Redis."""
+    client = connect(redis_url, settings.redis_cluster)
+    try:
+        return await CaseStore(client, Keys(settings.key_prefix)).precision()
+    finally:
+        await client.aclose()
+
+
+def analysts_precision(settings: Settings, read: bool) -> tuple[list[RulePrecision] | None, str]:
+    """The analysts' precision for ``evaluate-rules`` and ``tune`` when cases can be read
+    (``FUNDFLOW_REDIS_URL`` set and ``read``), else None; and where it came from (or why not).
+
+    Read from Redis, the cases' system of record, rather than from a file saved from the
+    API: always current, no API token needed (these commands already read Redis), and the
+    same code as the API, so both show the same numbers."""
+    if not read:
+        return None, "not read (--no-cases)"
+    if not settings.redis_url:
+        return None, "not read: FUNDFLOW_REDIS_URL not set (the cases live in Redis)"
+    rows = asyncio.run(read_precision(settings, settings.redis_url))
+    return rows, f"{safe_url(settings.redis_url)} (prefix {settings.key_prefix})"

@@ -11,6 +11,7 @@ see them for any error).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ from alerts.tail import TailFilter, tail
 from rules.config import RulesConfig, load_rules
 from streams import stopping, topics
 from streams.api.server import run_api
-from streams.cli.commands import run_snapshot, show_customer, show_tiers
+from streams.cli.commands import analysts_precision, run_snapshot, show_board, show_customer, show_tiers
 from streams.errors import ConfigError, FundFlowError
 from streams.local.servers import run_stack
 from streams.settings import Settings, safe_url
@@ -37,7 +38,7 @@ from streams.tools.backtest import run_backtest
 from streams.tools.bench import run_bench_command
 from streams.tools.berka import convert_berka
 from streams.tools.demo import run_demo
-from streams.tools.evaluate import render, run_evaluate
+from streams.tools.evaluate import render, run_evaluate, with_analysts
 from streams.tools.fetchcost import run_fetchcost_command
 from streams.tools.replay import run_replay
 from streams.tools.soak import run_soak_command
@@ -212,6 +213,27 @@ def snapshot(out: Path, as_of: str | None) -> int:
     return asyncio.run(run_snapshot(config, redis_url, out, as_of))
 
 
+class IsoDay(click.ParamType):
+    """A calendar day written YYYY-MM-DD."""
+
+    name = "YYYY-MM-DD"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return dt.date.fromisoformat(str(value)).isoformat()
+        except ValueError:
+            self.fail(f"{value!r} is not a day written YYYY-MM-DD", param, ctx)
+
+
+@cli.command(help="看板: the bank's flows, findings and 归集率 distribution of a day")
+@click.option("--day", type=IsoDay(), help="the bank's local day (default: the day of the latest event)")
+@click.option("--check", is_flag=True, help="compare with a recomputation from stored states; exit 1 on a difference")
+def board(day: str | None, check: bool) -> int:
+    config = settings()
+    _, redis_url = servers(config, need_kafka=False)
+    return asyncio.run(show_board(config, redis_url, day, check))
+
+
 @cli.command(help="客户分层: tier distribution, cut points, top customers")
 @click.option("--refresh", is_flag=True, help="recompute every customer's contribution now")
 @click.option("--top", type=POSITIVE_INT, default=10, show_default=True, help="how many top customers to list")
@@ -284,16 +306,23 @@ def webhook(urls: tuple[str, ...], topic: str, group: str | None, metrics_port: 
     return 0
 
 
-@cli.command("evaluate-rules", help="hit rate of each rule vs the base rate, from a backtest")
+NO_CASES = click.option(
+    "--no-cases", is_flag=True, help="skip the analysts' precision (read from the cases in FUNDFLOW_REDIS_URL)"
+)
+
+
+@cli.command("evaluate-rules", help="hit rate of each rule vs the base rate, from a backtest; analysts' precision")
 @click.argument("events", type=PATH)
 @click.argument("backtest_dir", type=PATH)
 @click.option("--horizon-days", type=POSITIVE_INT, default=30, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def evaluate_rules(events: Path, backtest_dir: Path, horizon_days: int, as_json: bool) -> int:
+@NO_CASES
+def evaluate_rules(events: Path, backtest_dir: Path, horizon_days: int, as_json: bool, no_cases: bool) -> int:
     config = settings()
     rules = load_rules(config.rules_file) if config.rules_file.exists() else RulesConfig()
     minimum = rules.collection.min_amount
     result = run_evaluate(events, backtest_dir, horizon_days, minimum)
+    result = with_analysts(result, *analysts_precision(config, read=not no_cases))
     click.echo(json.dumps(result, indent=2, ensure_ascii=False) if as_json else render(result))
     return 0
 
@@ -304,8 +333,23 @@ def evaluate_rules(events: Path, backtest_dir: Path, horizon_days: int, as_json:
 @click.option(
     "--max-share", type=POSITIVE_FLOAT, default=0.05, show_default=True, help="alert-volume cap: share of customers"
 )
-def tune(events: Path, out: Path, max_share: float) -> int:
-    return run_tune_command(settings(), events, out, max_share)
+@click.option(
+    "--min-precision",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="mark a rule whose analysts confirm less than this share of its resolved cases",
+)
+@click.option(
+    "--min-resolved", type=POSITIVE_INT, default=20, show_default=True, help="resolved cases before a rule is marked"
+)
+@NO_CASES
+def tune(events: Path, out: Path, max_share: float, min_precision: float, min_resolved: int, no_cases: bool) -> int:
+    config = settings()
+    analysts, source = analysts_precision(config, read=not no_cases)
+    return run_tune_command(
+        config, events, out, max_share, analysts=analysts, source=source, low=(min_precision, min_resolved)
+    )
 
 
 @cli.command(help="the HTTP API and web console (reads Redis)")

@@ -10,7 +10,8 @@ with fresh ids until there are ``--events`` of them), measured side by side:
   end-to-end latency at light load (100/s) and at 50% and 80% of (c)'s rate (produce -> state committed,
   and produce -> alert on its topic); Redis memory per customer; the per-event
   cost of the pure step for a customer with a short and a very long history;
-  (c) with one and with two workers.
+  (c) with one and with two workers; the analyst's case list among 100,000 cases
+  (``streams.tools.casebench``).
 
 Each consumer is timed from its first record to its last, so group joins and
 process start-up are not counted. The speed of a shared 2-vCPU machine drifts
@@ -55,12 +56,14 @@ from streams.local.orchestra import LocalRun
 from streams.local.servers import free_port
 from streams.rulestep import build_step
 from streams.settings import Settings
+from streams.tools import casebench
 from streams.tools.berka import SHIPPED_BERKA, berka_lines
 from streams.tools.measure import percentiles
 from streams.tools.replay import SYNTHETIC_SKEW_SECONDS, loop_shift_days, replay, route, with_fresh_ids
 from streams.topics import ALERTS, INPUT_TOPICS
 
 LIGHT_LOAD = 100.0  # events/s: the latency floor, when nothing queues
+CASES, CASES_SMOKE = 100_000, 2_000  # the case-list stage (issue 19: "with 100,000 cases")
 
 
 @dataclass(slots=True)
@@ -72,6 +75,7 @@ class Results:
     latency: dict[str, dict[str, Any]] = field(default_factory=dict)
     memory: dict[str, Any] = field(default_factory=dict)
     history: dict[str, Any] = field(default_factory=dict)
+    cases: dict[str, Any] = field(default_factory=dict)  # the case list among many cases
     notes: list[str] = field(default_factory=list)
 
 
@@ -484,6 +488,9 @@ def run_bench(settings: Settings, berka: Path, events: int, smoke: bool, out: Pa
             results.rows["(c2) FundFlow full pipeline, 2 workers"] = asyncio.run(
                 pipeline_rate(run, "bench2", len(data), timeout)
             )
+            cases = CASES_SMOKE if smoke else CASES
+            step(f"case list among {cases:,} cases")
+            results.cases = casebench.case_list_speed(run, cases, 5 if smoke else 30)
     step("per-event cost vs history")
     results.history = history_cost(source, settings, 2_000 if smoke else 30_000, 200 if smoke else 2_000)
     results.notes.append(machine())
@@ -520,6 +527,7 @@ def results_dict(results: Results) -> dict[str, Any]:
         "latency": results.latency,
         "redis_memory_per_customer": results.memory,
         "per_event_cost_vs_history": results.history,
+        "case_list": results.cases,
         "machine": results.notes,
     }
 
@@ -582,6 +590,8 @@ def render(results: Results) -> str:
             f"per-event cost (step + state encode), one customer ({h['customer']}) as its history grows: {costs}; "
             f"{h['lots_kept']} FIFO lots kept (cap {h['lot_cap']})"
         )
+    if results.cases:
+        out += ["", *casebench.render(results.cases)]
     return "\n".join(out)
 
 

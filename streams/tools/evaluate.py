@@ -15,6 +15,12 @@ the data, beside the base rate over comparable events:
 Only triggers with a full horizon of data after them are judged; the rest are
 counted as "too recent". Pure computation over two files: the events JSONL the
 backtest ran on and its ``alerts.jsonl``.
+
+Beside the data's verdict, the analysts' (issue 19, "outcomes teach the rules"):
+per rule, the precision of its resolved cases (confirmed / resolved), volume and
+median times, as ``streams.cases.rule_precision`` computes them for
+``GET /rules/precision``. The command reads them from the cases in Redis
+(``streams.cli.commands.read_precision``); here they are only laid out.
 """
 
 from __future__ import annotations
@@ -22,14 +28,15 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from streams.cases import RulePrecision
 from streams.errors import ConfigError
 
 OUTFLOW_RULES = ("large_external_outflow", "fast_in_fast_out", "balance_drawdown", "net_outflow_streak", "churn_drift")
@@ -187,23 +194,82 @@ def _rates(outcomes: list[bool], base: list[bool]) -> dict[str, Any]:
     return {"judged": hit["n"], "hit_rate": hit["rate"], "base_rate": floor["rate"], "lift": lift}
 
 
+def with_analysts(result: dict[str, Any], rows: Sequence[RulePrecision] | None, source: str) -> dict[str, Any]:
+    """``result`` with the analysts' precision per rule beside it; ``rows`` None: not read
+    (``source`` says why), empty: no case in Redis yet."""
+    analysts = None
+    if rows is not None:
+        analysts = {row.rule: {k: v for k, v in asdict(row).items() if k != "rule"} for row in rows}
+    return {**result, "analysts": {"source": source, "rules": analysts}}
+
+
 def render(result: dict[str, Any]) -> str:
+    analysts = (result.get("analysts") or {}).get("rules")
     out = [
         f"rules judged against what happened in the next {result.get('horizon_days')} days "
         f"({result.get('customers')} customers; triggers up to {result.get('judged_until')})",
         "",
         f"{'rule':<26} {'fired':>6} {'customers':>10} {'share':>7} {'judged':>7} {'hit rate':>9} {'base':>7} "
-        f"{'lift':>6}  outcome",
+        f"{'lift':>6}{'  analysts' if analysts is not None else ''}  outcome",
     ]
     for rule, e in result.get("rules", {}).items():
         hit = "—" if e.get("hit_rate") is None else f"{e['hit_rate']:.1%}"
         base = "—" if e.get("base_rate") is None else f"{e['base_rate']:.1%}"
         lift = "—" if e.get("lift") is None else f"{e['lift']:.1f}×"
+        seen = "" if analysts is None else f"  {percent((analysts.get(rule) or {}).get('precision')):>8}"
         out.append(
             f"{rule:<26} {e['fired']:>6} {e['customers']:>10} {e['customer_share']:>7.1%} {e.get('judged', '—'):>7} "
-            f"{hit:>9} {base:>7} {lift:>6}  {e.get('outcome', '')}"
+            f"{hit:>9} {base:>7} {lift:>6}{seen}  {e.get('outcome', '')}"
         )
+    if "analysts" in result:
+        out += ["", *render_analysts(result["analysts"])]
     return "\n".join(out)
+
+
+def render_analysts(analysts: dict[str, Any]) -> list[str]:
+    """The analysts' table: what the people who worked the cases concluded, per rule."""
+    rules: dict[str, dict[str, Any]] | None = analysts.get("rules")
+    if rules is None:
+        return [f"analysts' precision: {analysts.get('source')}"]
+    if not rules:
+        return [f"analysts' precision: no case yet in {analysts.get('source')}"]
+    out = [
+        f"analysts' precision from the cases in {analysts.get('source')} "
+        "(confirmed / resolved; a case counts for every rule with a finding in it)",
+        "",
+        f"{'rule':<26} {'cases':>6} {'findings':>9} {'resolved':>9} {'confirmed':>10} {'dismissed':>10} "
+        f"{'precision':>10} {'1st action':>11} {'resolution':>11}",
+    ]
+    for rule, r in rules.items():
+        out.append(
+            f"{rule:<26} {r['cases']:>6} {r['findings']:>9} {r['resolved']:>9} {r['confirmed']:>10} "
+            f"{r['dismissed']:>10} {percent(r['precision']):>10} {duration(r['median_first_action_seconds']):>11} "
+            f"{duration(r['median_resolution_seconds']):>11}"
+        )
+    return out
+
+
+def percent(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1%}"
+
+
+def duration(seconds: float | None) -> str:
+    """A median time for people: ``45 s``, ``12 min``, ``3.5 h``, ``2.1 d``."""
+    if seconds is None:
+        return "—"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+def low_precision(rows: Sequence[RulePrecision], min_precision: float, min_resolved: int) -> list[RulePrecision]:
+    """Rules whose analysts confirm fewer than ``min_precision`` of at least ``min_resolved``
+    resolved cases: alerts that cost the analysts' time more often than they were right."""
+    return [r for r in rows if r.precision is not None and r.resolved >= min_resolved and r.precision < min_precision]
 
 
 def run_evaluate(events_path: Path, backtest_dir: Path, horizon: int, collection_min: Decimal) -> dict[str, Any]:

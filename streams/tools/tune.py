@@ -13,6 +13,12 @@ lift among those that fire on at least ``min_customers`` and at most ``max_share
 the customers; a rule with no such value above lift 1 is listed under ``disabled``.
 The suggested file is validated by the same loader ``fundflow worker`` uses.
 
+Given the analysts' precision per rule (from the cases, as ``fundflow evaluate-rules``
+shows it), ``tables.md`` opens with it and marks each rule whose analysts confirm fewer
+than ``min_precision`` of at least ``min_resolved`` resolved cases: the history may say
+the rule beats its base rate while the people who work its alerts find it mostly wrong.
+The mark informs; it does not change the suggested values.
+
 One grid pass sets every rule's knob at once: each rule reads only its own thresholds
 (their cool-downs and severities, which the grid never varies, are per rule), so a rule
 fires the same whatever the other rules' thresholds are. The passes are the grid's
@@ -22,7 +28,7 @@ length, not the sum of its lengths.
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -34,12 +40,13 @@ import yaml
 from rules.config import RulesConfig, RulesConfigError, load_rules, parse_rules
 from rules.events import Event
 from rules.state import CustomerState, StateConfig
+from streams.cases import RulePrecision
 from streams.deadletter import RawRecord
 from streams.decode import decode
 from streams.errors import ConfigError, InvalidEvent
 from streams.rulestep import RulesProvider, rules_step
 from streams.settings import Settings, state_config
-from streams.tools.evaluate import OUTFLOW_RULES, Outcomes, judge, outcomes
+from streams.tools.evaluate import OUTFLOW_RULES, Outcomes, duration, judge, low_precision, outcomes, percent
 from streams.tools.progress import Progress
 from streams.tools.replay import read_lines, route
 from streams.topics import ALERTS
@@ -65,6 +72,20 @@ KNOBS: tuple[Knob, ...] = (
     Knob("churn_drift", "outflow.churn_share", ("0.4", "0.5", "0.6", "0.7", "0.8")),
 )
 COLUMNS = ("value", "fired", "customers", "customer_share", "judged", "hit_rate", "base_rate", "lift")
+
+
+@dataclass(frozen=True, slots=True)
+class Analysts:
+    """What the analysts concluded per rule (None: not read, ``source`` says why) and
+    when a rule's precision counts as low."""
+
+    rows: tuple[RulePrecision, ...] | None = None
+    source: str = "not read"
+    min_precision: float = 0.5
+    min_resolved: int = 20
+
+    def low(self) -> dict[str, RulePrecision]:
+        return {r.rule: r for r in low_precision(self.rows or (), self.min_precision, self.min_resolved)}
 
 
 def load_events(path: Path) -> tuple[list[Event], list[dict[str, Any]], int]:
@@ -145,10 +166,14 @@ def run_tune(
     max_share: float = 0.05,
     min_customers: int = 3,
     horizon_days: int = 30,
+    analysts: Analysts | None = None,
 ) -> dict[str, Any]:
     """The body of ``fundflow tune``: tables and a suggested rules.yaml in ``out``."""
     if not 0 < max_share <= 1:
         raise ConfigError(f"--max-share {max_share} must be in (0, 1]")
+    analysts = analysts or Analysts()
+    if not 0 <= analysts.min_precision <= 1:
+        raise ConfigError(f"--min-precision {analysts.min_precision} must be in [0, 1]")
     events, objects, bad = load_events(events_path)
     base = base or RulesConfig()
     measured_rules = base.model_copy(update={"disabled": base.disabled - {k.rule for k in KNOBS}})
@@ -192,7 +217,7 @@ def run_tune(
             disabled.append(knob.rule)
         else:
             suggestion[knob.path] = pick["value"]
-    suggested = write_outputs(out, base, tables, suggestion, disabled, picks)
+    suggested = write_outputs(out, base, tables, suggestion, disabled, picks, analysts)
     return {
         "events": len(events),
         "unreadable_lines": bad,
@@ -200,6 +225,7 @@ def run_tune(
         "max_share": max_share,
         "suggested": suggestion,
         "disabled": disabled,
+        "analysts_low": {rule: row.precision for rule, row in analysts.low().items()},
         "rules_file": str(suggested),
     }
 
@@ -215,9 +241,12 @@ def write_outputs(
     suggestion: dict[str, str],
     disabled: list[str],
     picks: dict[str, dict[str, Any] | None],
+    analysts: Analysts,
 ) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    lines = ["# Rule thresholds measured on your history (`fundflow tune`)", ""]
+    lines = ["# Rule thresholds measured on your history (`fundflow tune`)", "", *analysts_table(analysts)]
+    seen = {r.rule: r for r in analysts.rows or ()}
+    low = analysts.low()
     for knob in KNOBS:
         rows = tables[knob.rule]
         with (out / f"{knob.rule}.csv").open("w", newline="", encoding="utf-8") as handle:
@@ -229,6 +258,7 @@ def write_outputs(
         lines += [
             f"## {knob.rule} — `{knob.path}` (hit = {outcome})",
             "",
+            *([analysts_line(seen.get(knob.rule), low, analysts), ""] if analysts.rows else []),
             "| value | fired | customers | share | judged | hit rate | base rate | lift |",
             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
@@ -256,6 +286,44 @@ def write_outputs(
     return target
 
 
+def analysts_table(analysts: Analysts) -> list[str]:
+    """The analysts' precision per rule, low ones marked, as the head of ``tables.md``."""
+    if analysts.rows is None:
+        return [f"Analysts' precision: {analysts.source}.", ""]
+    if not analysts.rows:
+        return [f"Analysts' precision: no case yet in {analysts.source}.", ""]
+    low = analysts.low()
+    lines = [
+        f"## What the analysts concluded (cases in {analysts.source})",
+        "",
+        f"Precision = confirmed / resolved cases. ⚠: below {analysts.min_precision:.0%} "
+        f"over at least {analysts.min_resolved} resolved cases.",
+        "",
+        "| rule | cases | resolved | confirmed | dismissed | precision | median first action | median resolution |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in analysts.rows:
+        mark = " ⚠" if r.rule in low else ""
+        lines.append(
+            f"| {r.rule}{mark} | {r.cases} | {r.resolved} | {r.confirmed} | {r.dismissed} | {percent(r.precision)} | "
+            f"{duration(r.median_first_action_seconds)} | {duration(r.median_resolution_seconds)} |"
+        )
+    return [*lines, ""]
+
+
+def analysts_line(row: RulePrecision | None, low: dict[str, RulePrecision], analysts: Analysts) -> str:
+    if row is None or row.precision is None:
+        return "Analysts' precision: — (no resolved case of this rule yet)"
+    text = f"Analysts' precision: {percent(row.precision)} of {row.resolved} resolved cases"
+    if row.rule in low:
+        return (
+            f"{text} ⚠ below {analysts.min_precision:.0%}: the analysts find this rule's alerts mostly wrong; "
+            "prefer a stricter value below, or disable it"
+        )
+    few = row.resolved < analysts.min_resolved
+    return text + (f" (fewer than {analysts.min_resolved}: not judged)" if few else "")
+
+
 def _number(value: str) -> int | float:
     number = Decimal(value)
     return int(number) if number == number.to_integral_value() else float(number)
@@ -269,18 +337,31 @@ def _lift(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}×"
 
 
-def run_tune_command(settings: Settings, events: Path, out: Path, max_share: float) -> int:
+def run_tune_command(
+    settings: Settings,
+    events: Path,
+    out: Path,
+    max_share: float,
+    *,
+    analysts: Sequence[RulePrecision] | None = None,
+    source: str = "not read",
+    low: tuple[float, int] = (0.5, 20),
+) -> int:
     """``fundflow tune EVENTS.jsonl --out DIR [--max-share 0.05]``: starts from the rules file
-    in force (``FUNDFLOW_RULES_FILE``) when there is one, else the defaults."""
+    in force (``FUNDFLOW_RULES_FILE``) when there is one, else the defaults; ``analysts``
+    (the analysts' precision per rule, from the cases) is shown and low ones marked."""
     try:
         base = load_rules(settings.rules_file) if settings.rules_file.exists() else None
     except RulesConfigError as exc:
         raise ConfigError(str(exc)) from None
-    summary = run_tune(events, out, state_config(settings), base=base, max_share=max_share)
+    seen = Analysts(None if analysts is None else tuple(analysts), source, *low)
+    summary = run_tune(events, out, state_config(settings), base=base, max_share=max_share, analysts=seen)
     chosen = ", ".join(f"{path}={value}" for path, value in summary["suggested"].items()) or "nothing"
     disabled = ", ".join(summary["disabled"]) or "none"
+    flagged = ", ".join(f"{rule} ({percent(p)})" for rule, p in summary["analysts_low"].items())
     print(
         f"tune: {summary['events']} events, {summary['customers']} customers; suggested {chosen}; "
         f"disabled {disabled} -> {summary['rules_file']} (tables in {out})"
+        + (f"; analysts' precision below {low[0]:.0%}: {flagged}" if flagged else "")
     )
     return 0

@@ -44,7 +44,7 @@ def test_bench_smoke_reports_every_stage(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     for line in ("(a) bare aiokafka", "(b) Faust agent doing nothing", "(c) FundFlow full pipeline, 1 worker",
                  "2 workers", "c/b", "c/a", "latency", "bare consumer p50", "Redis per customer",
-                 "per-event cost"):  # fmt: skip
+                 "per-event cost", "case list (2,000 cases"):  # fmt: skip
         assert line in result.stdout, line
     report = json.loads(out.read_text())
     rates = report["events_per_second"]
@@ -61,3 +61,6 @@ def test_bench_smoke_reports_every_stage(tmp_path: Path) -> None:
     history = report["per_event_cost_vs_history"]
     assert history["history_events"] == sorted(history["history_events"]) and len(history["us_per_event"]) == 3
     assert all(cost > 0 for cost in history["us_per_event"] + history["us_decode_on_cache_miss"])
+    cases = report["case_list"]  # the case list among many cases, through the store and GET /cases
+    assert cases["cases"] == 2000 and len(cases["queries"]) == 7
+    assert all(q["matching"] > 0 and q["http_ms"]["p50"] > 0 for q in cases["queries"].values())

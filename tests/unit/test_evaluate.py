@@ -6,7 +6,8 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any
 
-from streams.tools.evaluate import evaluate, render
+from streams.cases import RulePrecision
+from streams.tools.evaluate import duration, evaluate, low_precision, render
 
 ZONE = dt.timezone(dt.timedelta(hours=8))
 START = dt.datetime(2024, 1, 1, 9, 0, tzinfo=ZONE)
@@ -68,3 +69,14 @@ def test_triggers_without_a_full_horizon_are_not_judged() -> None:
     result = evaluate(events, [alert("balance_drawdown", "a", 20)], horizon=30, collection_min=Decimal(1))
     rule = result["rules"]["balance_drawdown"]
     assert rule["fired"] == 1 and rule["judged"] == 0 and rule["hit_rate"] is None
+
+
+def test_low_precision_needs_enough_resolved_cases_and_durations_read_well() -> None:
+    def row(rule: str, resolved: int, confirmed: int) -> RulePrecision:
+        precision = round(confirmed / resolved, 4) if resolved else None
+        return RulePrecision(rule, resolved, resolved, resolved, confirmed, 0, precision, None, None)
+
+    rows = [row("wrong", 20, 5), row("right", 20, 15), row("few", 3, 0), row("none", 0, 0), row("edge", 20, 10)]
+    assert [r.rule for r in low_precision(rows, 0.5, 20)] == ["wrong"]  # 0.5 itself is not below 0.5
+    assert [r.rule for r in low_precision(rows, 0.5, 3)] == ["wrong", "few"]
+    assert [duration(s) for s in (None, 42, 720, 5400, 3 * 86400)] == ["—", "42 s", "12 min", "1.5 h", "3.0 d"]
