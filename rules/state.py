@@ -163,6 +163,9 @@ class CustomerState:
     # entries). Ids are only ever added at the end and pruned from the front, so the next
     # write appends the new ones to it; a prune clears it.
     seen_wire: Any = field(default=None, compare=False, repr=False)
+    # Not stored: ``events`` as ``streams.codec`` last wrote them (it checks that they are
+    # still the same records before it appends the ones added since).
+    events_wire: Any = field(default=None, compare=False, repr=False)
     seen_wired: int = field(default=0, compare=False, repr=False)
 
 

@@ -22,6 +22,7 @@ a dictionary this version does not ship is refused, not misread.
 
 from __future__ import annotations
 
+import operator
 import threading
 import zlib
 from collections import deque
@@ -42,6 +43,7 @@ from rules.state import (
     LOT_WIRE,
     SEEN_HASH,
     SEEN_HASH_CHARS,
+    SEEN_TS,
     US_PER_DAY,
     ZERO,
     CustomerState,
@@ -140,6 +142,14 @@ def _time(us: int) -> int:
     return seconds << 1 if not rest else (us << 1) | 1
 
 
+def _steps(times: list[int], before: int) -> list[int]:
+    """``_time`` of each time's step from the one before it (the first: from ``before``)."""
+    return [
+        (step // _US) << 1 if not step % _US else (step << 1) | 1
+        for step in map(operator.sub, times, [before, *times[:-1]])
+    ]
+
+
 def _untime(value: int) -> int:
     return value >> 1 if value & 1 else (value >> 1) * _US
 
@@ -219,6 +229,44 @@ def _event_of(ts_us: int, row: list[Any]) -> EventRecord:
     return record
 
 
+def _row_wire(r: EventRecord) -> orjson.Fragment:
+    wire = r.wire = orjson.Fragment(orjson.dumps(_event_row(r)))
+    return wire
+
+
+def _events_wire(state: CustomerState) -> tuple[bytes, bytes]:
+    """The events' times (each the step from the one before) and rows as written last time,
+    plus the records appended since. Records are appended at the end; a late one inserted
+    before them or a prune changes the records at the front or at the last one written,
+    which starts the lists again (from each record's own cached row)."""
+    events = state.events
+    n = len(events)
+    wire = state.events_wire
+    if wire is not None:
+        wired, first, last, last_us, steps_json, rows_json = wire
+        if wired > n or events[0] is not first or events[wired - 1] is not last:
+            wire = None
+        elif wired == n:
+            return steps_json, rows_json
+    if wire is None:
+        if not n:
+            state.events_wire = None
+            return b"[]", b"[]"
+        wired, last_us = 0, 0
+    added = events[wired:] if wired else events
+    rows = [r.wire or _row_wire(r) for r in added]
+    more_steps = orjson.dumps(_steps([r.ts_us for r in added], last_us))
+    more_rows = orjson.dumps(rows)
+    last_us = added[-1].ts_us
+    if wired:
+        steps_json = steps_json[:-1] + b"," + more_steps[1:]
+        rows_json = rows_json[:-1] + b"," + more_rows[1:]
+    else:
+        steps_json, rows_json = more_steps, more_rows
+    state.events_wire = (n, events[0], events[-1], last_us, steps_json, rows_json)
+    return steps_json, rows_json
+
+
 def _seen_wire(state: CustomerState) -> tuple[bytes, bytes, bytes]:
     """The remembered ids as written: their ids, their hashes (one string of fixed-width
     hex, or a list if any is not ``SEEN_HASH_CHARS`` wide) and their times (each the step
@@ -231,22 +279,18 @@ def _seen_wire(state: CustomerState) -> tuple[bytes, bytes, bytes]:
         wire, wired = (b"[]", b"", b"[]", 0, True), 0
     if n > wired:
         ids_json, hashes, times_json, last_us, fixed = wire
-        added = list(islice(reversed(seen.items()), n - wired))
-        added.reverse()
-        ids: list[str] = []
-        times: list[int] = []
-        tail = []
-        for txn, (digest, ts_us) in added:
-            ids.append(txn)
-            tail.append(digest)
-            times.append(_time(ts_us - last_us))
-            last_us = ts_us
-        fixed = fixed and all(len(d) == SEEN_HASH_CHARS and d.isalnum() for d in tail)
-        more_ids, more_times = orjson.dumps(ids), orjson.dumps(times)
+        added = list(islice(reversed(seen.items()), n - wired)) if wired else list(seen.items())
+        if wired:
+            added.reverse()
+        ids = [txn for txn, _ in added]
+        tail = "".join([entry[SEEN_HASH] for _, entry in added])
+        times = [entry[SEEN_TS] for _, entry in added]
+        fixed = fixed and len(tail) == SEEN_HASH_CHARS * len(added) and tail.isalnum()
+        more_ids, more_times = orjson.dumps(ids), orjson.dumps(_steps(times, last_us))
         ids_json = ids_json[:-1] + b"," + more_ids[1:] if wired else more_ids
         times_json = times_json[:-1] + b"," + more_times[1:] if wired else more_times
-        hashes = hashes + "".join(tail).encode() if fixed else b""
-        wire = (ids_json, hashes, times_json, last_us, fixed)
+        hashes = hashes + tail.encode() if fixed else b""
+        wire = (ids_json, hashes, times_json, times[-1], fixed)
     state.seen_wire, state.seen_wired = wire, n
     ids_json, hashes, times_json, _, fixed = wire
     hash_json = b'"%s"' % hashes if fixed else orjson.dumps([entry[SEEN_HASH] for entry in seen.values()])
@@ -254,22 +298,10 @@ def _seen_wire(state: CustomerState) -> tuple[bytes, bytes, bytes]:
 
 
 def encode_state(state: CustomerState, *, compress: bool = False) -> bytes:
-    # The hot path of every commit: plain loops, no per-field helper calls. Each event
-    # keeps its stored row and its time as a step from the record before (with that
-    # record's time); a lot keeps its stored form likewise.
-    events: list[orjson.Fragment] = []
-    steps: list[int] = []
-    append, step = events.append, steps.append
-    before = 0
-    for r in state.events:
-        wire = r.wire
-        if wire is None:
-            wire = r.wire = [before, _time(r.ts_us - before), orjson.Fragment(orjson.dumps(_event_row(r)))]
-        elif wire[0] != before:
-            wire[0], wire[1] = before, _time(r.ts_us - before)
-        step(wire[1])
-        append(wire[2])
-        before = r.ts_us
+    # The hot path of every commit: the events and the remembered ids as written last time
+    # plus what was added since; each lot keeps its stored form with the time it was
+    # written after (a step from it; None: changed since).
+    steps, events = _events_wire(state)
     lots: list[orjson.Fragment] = []
     append = lots.append
     before = 0
@@ -289,8 +321,8 @@ def encode_state(state: CustomerState, *, compress: bool = False) -> bytes:
         "fu": state.first_us,
         "fd": state.first_day,
         "lu": state.last_us,
-        "et": steps,  # the events' times (a column: it repeats much of "st", which zstd finds)
-        "e": events,
+        "et": orjson.Fragment(steps),  # the events' times (a column: it repeats much of "st", which zstd finds)
+        "e": orjson.Fragment(events),
         "s": orjson.Fragment(ids),  # remembered txn_ids, oldest first
         "h": orjson.Fragment(hashes),  # their content hashes
         "st": orjson.Fragment(times),  # their event times

@@ -65,6 +65,7 @@ def encode_uncached(state: CustomerState) -> bytes:
         lots=deque([lot[LOT_AMOUNT], lot[LOT_TS], None] for lot in state.lots),
         seen_wire=None,
         seen_wired=0,
+        events_wire=None,
     )
     return encode_state(fresh)
 
