@@ -249,7 +249,7 @@ def test_a_loan_event_from_later_does_not_age_out_older_transactions() -> None:
     assert got.inflow_30d == Decimal("280.00") and got.txn_count_30d == 28
 
 
-@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(histories())
 def test_daily_history_matches_a_forward_replay(case: tuple[list[TransactionEvent], dt.datetime]) -> None:
     """End-of-day balances walked back from today equal the ones summed forward from day one."""
