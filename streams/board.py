@@ -79,8 +79,11 @@ async def latest_us(redis: aioredis.Redis, keys: Keys, found: Sequence[str]) -> 
     return max(present) if present else None
 
 
-async def _cells(redis: aioredis.Redis, keys: Keys, found: Sequence[str], name: str) -> Cells:
-    return _summed(await _hashes(redis, [keys.board(shard, name) for shard in found]))
+async def _cells(redis: aioredis.Redis, keys: Keys, found: Sequence[str], names: Sequence[str]) -> list[Cells]:
+    """The cells of each board hash ``names``, summed over the shards, in one round trip."""
+    rows = await _hashes(redis, [keys.board(shard, name) for name in names for shard in found])
+    width = len(found)
+    return [_summed(rows[i * width : (i + 1) * width]) for i in range(len(names))]
 
 
 def _flows(cells: Cells) -> dict[str, Any]:
@@ -140,9 +143,12 @@ async def read_board(
         "latest": latest.isoformat() if latest is not None else None,
         "zone": zone.key,
     }
-    board["flows"] = _flows(await _cells(redis, keys, found, f"flow:{day}") if day else {})
     days = _days_to(day)
-    history = [(d, await _cells(redis, keys, found, f"findings:{d}")) for d in days]
+    names = ["collection", *(f"flow:{d}" for d in days[-1:]), *(f"findings:{d}" for d in days)]
+    collection, *rest = await _cells(redis, keys, found, names)
+    flows, findings = (rest[0], rest[1:]) if days else ({}, [])
+    board["flows"] = _flows(flows)
+    history = list(zip(days, findings, strict=True))
     end_hour = latest.hour if latest is not None and latest.date().isoformat() == day else 23
     today, yesterday = (days[-1], days[-2]) if days else ("", "")
     board["findings"] = {
@@ -155,7 +161,6 @@ async def read_board(
             for d, cells in history
         ],
     }
-    collection = await _cells(redis, keys, found, "collection")
     board["collection_rate"] = [{"bucket": bucket_label(b), "customers": collection.get(b, 0)} for b in BUCKETS]
     board["top_net_outflow"] = await _top(redis, keys, found, day, top) if day else []
     return board
