@@ -32,10 +32,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, get_args
 from zoneinfo import ZoneInfo
 
-from rules.events import Event, LoanEvent, TransactionEvent
+from rules.events import Event, Kind, LoanEvent, TransactionEvent
 
 ZERO = Decimal(0)
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -55,6 +55,15 @@ SALARY = 16
 PENSION = 32
 
 _KIND_FLAGS = {"loan_repayment": LOAN_REPAYMENT, "fee": FEE, "salary": SALARY, "pension": PENSION}
+KINDS: Final[tuple[str, ...]] = get_args(Kind)  # every transaction kind of events.md, in its order
+# The exact kind rides in the flags too, as a code above the flag bits: 1 + its index in
+# KINDS; 0 (a record kept before the code existed, or built without it) reads from the flags.
+KIND_SHIFT: Final = 6
+KIND_MASK: Final = 0xF << KIND_SHIFT
+KIND_CODE: Final[dict[str, int]] = {kind: (i + 1) << KIND_SHIFT for i, kind in enumerate(KINDS)}
+_KIND_BITS = {kind: flag | KIND_CODE[kind] for kind, flag in _KIND_FLAGS.items()} | {
+    kind: code for kind, code in KIND_CODE.items() if kind not in _KIND_FLAGS
+}
 
 
 class Outcome(StrEnum):
@@ -84,7 +93,7 @@ class EventRecord:
     ts_us: int
     day: int  # proleptic ordinal of the local calendar day
     amount: Decimal  # signed: + credit, - debit
-    flags: int
+    flags: int  # CREDIT | EXTERNAL | the kind's flag, and its KIND_CODE
     bank: str | None  # counterparty bank when external
     consumed: Decimal = ZERO  # debit: lot amount this debit consumed (FIFO)
     weighted_age_us: Decimal = ZERO  # debit: sum of consumed piece * (debit ts - lot ts) in µs
@@ -114,6 +123,7 @@ LOT_TS: Final = 1  # when it came in (event time, µs),
 LOT_WIRE: Final = 2  # its stored form cached by streams.codec (None: changed since)
 SEEN_HASH: Final = 0  # a remembered txn_id: its content hash,
 SEEN_TS: Final = 1  # its event time (µs)
+SEEN_HASH_CHARS: Final = 8  # hex digits of the content hash kept (content_hash)
 
 
 @dataclass(slots=True)
@@ -149,10 +159,13 @@ class CustomerState:
     # a redelivered record is known as one even when its txn_id has aged out of ``seen``
     # (event time can run months ahead in a replay).
     offsets: dict[str, list[int]] = field(default_factory=dict)
-    # Not stored: ``seen`` as ``streams.codec`` last wrote it (JSON of its first ``seen_wired``
+    # Not stored: ``seen`` as ``streams.codec`` last wrote it (its first ``seen_wired``
     # entries). Ids are only ever added at the end and pruned from the front, so the next
     # write appends the new ones to it; a prune clears it.
-    seen_wire: bytes | None = field(default=None, compare=False, repr=False)
+    seen_wire: Any = field(default=None, compare=False, repr=False)
+    # Not stored: ``events`` as ``streams.codec`` last wrote them (it checks that they are
+    # still the same records before it appends the ones added since).
+    events_wire: Any = field(default=None, compare=False, repr=False)
     seen_wired: int = field(default=0, compare=False, repr=False)
 
 
@@ -174,7 +187,14 @@ def from_us(ts_us: int) -> dt.datetime:
 
 def content_hash(event: TransactionEvent | LoanEvent, ts_us: int | None = None) -> str:
     """A short fingerprint of what an event says, insensitive to formatting
-    (``1.5`` vs ``1.50``, ``+00:00`` vs ``+08:00`` for the same instant)."""
+    (``1.5`` vs ``1.50``, ``+00:00`` vs ``+08:00`` for the same instant).
+
+    32 bits (the first 8 hex digits of a 48-bit BLAKE2b, so the 12 digits that states
+    written before kept cut to these). The fingerprint is only ever compared with the one
+    remembered for the same txn_id of the same customer: it tells a redelivery
+    (DUPLICATE) from other content under a reused id (CONFLICT). A collision can only
+    turn such a conflict, itself an upstream error, into a duplicate with probability
+    2^-32 (2.3e-10) each; neither is applied, so money is never touched by it."""
     if isinstance(event, TransactionEvent):
         text = "\x1f".join(
             (
@@ -194,7 +214,7 @@ def content_hash(event: TransactionEvent | LoanEvent, ts_us: int | None = None) 
         )
     else:
         text = "\x1f".join(str(v.normalize() if isinstance(v, Decimal) else v) for _, v in event)
-    return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
+    return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()[:SEEN_HASH_CHARS]
 
 
 def _month_index(day: int) -> int:
@@ -224,7 +244,7 @@ def apply_transaction(
 
     credit = event.direction == "credit"
     amount = event.amount
-    flags = (CREDIT if credit else 0) | _KIND_FLAGS.get(event.kind, 0)
+    flags = (CREDIT if credit else 0) | _KIND_BITS.get(event.kind, 0)
     bank = None
     if event.external:
         flags |= EXTERNAL
@@ -268,6 +288,26 @@ def apply_transaction(
     if state.last_txn_us >= state.next_prune_us:
         _prune(state, config)
     return Outcome.APPLIED
+
+
+def record_kind(record: EventRecord) -> str:
+    """The transaction kind of a kept event record (the 看板's "by kind"), exact from its
+    kind code. A record without one (kept by a version before the code) has only the flags
+    of the kinds the windows need: those read as their kind, every other kind as ``other``."""
+    flags = record.flags
+    code = (flags & KIND_MASK) >> KIND_SHIFT
+    if code:
+        return KINDS[code - 1]
+    return kind_of_flags(flags)
+
+
+def kind_of_flags(flags: int) -> str:
+    """The kind that the flag bits alone tell (``salary``, ``pension``, ``loan_repayment``,
+    ``fee``), else ``other``: all a record written before the kind code can say."""
+    for kind, flag in _KIND_FLAGS.items():
+        if flags & flag:
+            return kind
+    return "other"
 
 
 def _ts_of(record: EventRecord) -> int:

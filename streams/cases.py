@@ -71,6 +71,10 @@ CONFIRMING = frozenset({"confirmed_outflow", "retained_after_contact", "funds_re
 MAX_TEXT = 4000
 IDEMPOTENCY_SECONDS = 24 * 3600
 RANK: dict[Role, int] = {"viewer": 0, "analyst": 1, "supervisor": 2}
+HOUR_MS = 3_600_000
+# The 看板's age buckets of open cases: (label, opened at least this long ago); the last one has no end.
+AGE_BUCKETS = (("<1h", 0), ("1-4h", HOUR_MS), ("4-24h", 4 * HOUR_MS), ("1-3d", 24 * HOUR_MS),
+               ("3-7d", 72 * HOUR_MS), (">7d", 168 * HOUR_MS))  # fmt: skip
 _NAME = re.compile(NAME_PATTERN)
 
 
@@ -450,6 +454,36 @@ end
 return {opened, joined}
 """
 
+# The 看板's case counts in one read (a consistent snapshot; writes nothing).
+# KEYS: ix:opened, then the status indexes in STATUSES order. ARGV: now (ms), then the age
+# bounds of AGE_BUCKETS after the first (ms, ascending). Case numbers are given out in the
+# order cases are opened, so "opened before T" is "number <= the last number opened before T",
+# found in ix:opened (cases opened by one intake share a time: the highest number of that time,
+# O(one intake's cases)); each age bucket is then a ZCOUNT by number on the open statuses' indexes.
+# Returns the count of each status, then the open (open + in_progress) cases of each bucket.
+BOARD_LUA = """
+local now = tonumber(ARGV[1])
+local result = {}
+for i = 2, #KEYS do result[#result + 1] = redis.call('ZCARD', KEYS[i]) end
+local upper = '+inf'
+for i = 2, #ARGV + 1 do
+  local lower = '-inf'
+  if i <= #ARGV then  -- the highest number among the cases of the latest time at or before the edge
+    local latest = redis.call('ZREVRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[i]), '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    local last = 0
+    if latest[2] then  -- one intake opens many cases at one time; members order as text ('9' > '10')
+      for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], latest[2], latest[2])) do
+        if tonumber(id) > last then last = tonumber(id) end
+      end
+    end
+    lower = '(' .. last
+  end
+  result[#result + 1] = redis.call('ZCOUNT', KEYS[2], lower, upper) + redis.call('ZCOUNT', KEYS[3], lower, upper)
+  if lower == '-inf' then upper = lower else upper = string.sub(lower, 2) end
+end
+return result
+"""
+
 # One mutation of one case, all or nothing.
 # KEYS: case, audit, idempotency record, open slots.
 # ARGV: expected version, idempotency record ('' = none), its ttl, slot op ('' | claim | release), slot, case id,
@@ -537,6 +571,7 @@ class CaseStore:
         self.clock_ms = clock_ms or (lambda: int(time.time() * 1000))
         self._intake = client.register_script(INTAKE_LUA)
         self._apply = client.register_script(APPLY_LUA)
+        self._board = client.register_script(BOARD_LUA)
 
     def key(self, name: str) -> str:
         return f"{self.base}:{name}"
@@ -678,6 +713,22 @@ class CaseStore:
                 pipe.zcard(self.key(index("status", status)))
             counts = await pipe.execute()
         return dict(zip(STATUSES, (int(c) for c in counts), strict=True))
+
+    async def board(self) -> dict[str, Any]:
+        """The 看板's case part: cases by status, and open cases (open or in progress) by age
+        (``AGE_BUCKETS``, from when the case was opened: the API's clock, not event time).
+        One read-only script over the indexes: O(log n), never a walk over the cases. An age
+        edge is as exact as the clocks of the API processes that opened the cases agree."""
+        statuses = [self.key(index("status", status)) for status in STATUSES]
+        bounds = [bound for _, bound in AGE_BUCKETS[1:]]
+        reply = cast(list[int], await self._board(keys=[self.key("ix:opened"), *statuses],
+                                                  args=[self.clock_ms(), *bounds]))  # fmt: skip
+        by_status = dict(zip(STATUSES, (int(n) for n in reply[: len(STATUSES)]), strict=True))
+        ages = reply[len(STATUSES) :]  # newest bucket first, as AGE_BUCKETS
+        return {
+            "by_status": by_status,
+            "open_by_age": [{"bucket": name, "count": int(n)} for (name, _), n in zip(AGE_BUCKETS, ages, strict=True)],
+        }
 
     # ---- writes
 

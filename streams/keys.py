@@ -12,7 +12,7 @@ holds no ``}``, and no ordinary id starts with ``{``, so the encoding is one-to-
 
 | key | type | what |
 | --- | --- | --- |
-| ``{p}:{C}:state`` | hash | ``v`` = state version (compare-and-set), ``s`` = state blob (``streams.codec``) |
+| ``{p}:{C}:state`` | string | ``version:bucket:blob`` (compare-and-set version, 看板 bucket, ``streams.codec`` blob) |
 | ``{p}:{C}:outbox`` | list | findings committed with the state, not yet confirmed published |
 | ``{p}:{C}:alerts`` | list | the customer's recent findings (newest first, capped), for the API |
 | ``{p}:stats`` | hash | pipeline counters (processed, duplicates, dead letters by reason) |
@@ -21,6 +21,13 @@ holds no ``}``, and no ordinary id starts with ``{``, so the encoding is one-to-
 | ``{p}:tiers`` | sorted set | customer -> contribution (cent-rounded), for live quartile tiers |
 | ``{p}:tiers:value`` | hash | customer -> the exact contribution (decimal string) |
 | ``{p}:tiers:cuts`` | hash | the current quartile cut points q1,q2,q3 and when they were computed |
+| ``{p}:tiers:last`` | hash | customer -> the tier the last refresh gave them (I..IV), for tier moves |
+| ``{p}:tiers:moved:{YYYY-Www}`` | set | customers whose tier changed in that ISO week (event time, bank zone), 14 d |
+| ``{p}:{S}:board:latest`` | string | the latest event time (µs) any commit carried: the 看板's "now" |
+| ``{p}:{S}:board:collection`` | hash | 归集率 bucket -> customers whose latest state is in it (``rules.board``) |
+| ``{p}:{S}:board:flow:{day}`` | hash | ``HH|in|kind|ext`` -> cents that flowed on that local day and hour |
+| ``{p}:{S}:board:findings:{day}`` | hash | ``HH|type|category|rule`` -> findings of that local day and hour |
+| ``{p}:{S}:board:net:{day}`` | sorted set | customer -> net outflow of that local day (cents) |
 | ``{p}:{cases}:case:{N}`` | hash | case N (``streams.cases``): status, assignee, outcome, ``v`` = version |
 | ``{p}:{cases}:case:{N}:audit`` | list | case N's append-only audit trail (JSON entries, oldest first) |
 | ``{p}:{cases}:case:{N}:findings`` | list | the findings that opened or joined case N (JSON, oldest first) |
@@ -33,6 +40,12 @@ holds no ``}``, and no ordinary id starts with ``{``, so the encoding is one-to-
 | ``{p}:{cases}:rules`` | hash | rule -> findings taken into cases (the rules seen) |
 | ``{p}:{cases}:idem:{name}:{key}`` | string | a mutating request's stored response for its ``Idempotency-Key`` (24 h) |
 
+The 看板's keys are written by the commit script of the customers they count, so they
+share those customers' slot: ``S`` is ``board`` on a single Redis; on Redis Cluster it
+is ``board.N``, the first such tag that hashes to the slot of the commit's customers
+(``board_shard``), and a reader sums every shard. A customer's state key also holds
+the 归集率 bucket it is counted in.
+
 Every case key carries the hash tag ``{cases}``: they live in one Redis Cluster slot,
 so each case write is one atomic script over them.
 
@@ -44,7 +57,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from dataclasses import dataclass
+
+from redis.crc import key_slot
 
 
 def hash_tag(customer_id: str) -> str:
@@ -53,6 +69,27 @@ def hash_tag(customer_id: str) -> str:
     if "{" not in customer_id and "}" not in customer_id:
         return customer_id
     return "{" + base64.urlsafe_b64encode(customer_id.encode()).decode().rstrip("=")
+
+
+BOARD = "board"  # the 看板's hash tag on a single Redis
+
+
+@functools.cache
+def _board_tags() -> dict[int, str]:
+    """For every Redis Cluster slot, the first tag ``board.N`` that hashes to it (found once,
+    ~160k CRC16s: every slot is met long before N reaches 200,000)."""
+    tags: dict[int, str] = {}
+    n = 0
+    while len(tags) < 16384:
+        tag = f"{BOARD}.{n}"
+        tags.setdefault(key_slot(tag.encode()), tag)
+        n += 1
+    return tags
+
+
+def board_shard(slot: int) -> str:
+    """The 看板 hash tag of a Redis Cluster slot: its keys live on that slot."""
+    return _board_tags()[slot]
 
 
 def customer_of_tag(tag: str) -> str:
@@ -112,6 +149,27 @@ class Keys:
     @property
     def tier_cuts(self) -> str:
         return f"{self.prefix}:tiers:cuts"
+
+    def board(self, shard: str, name: str) -> str:
+        """A 看板 key of ``shard`` (``board``, or on Redis Cluster ``board_shard(slot)``)."""
+        return f"{self.prefix}:{{{shard}}}:board:{name}"
+
+    def board_pattern(self, name: str) -> str:
+        return f"{self.prefix}:{{board*}}:board:{name}"
+
+    def shard_of_board_key(self, key: str) -> str:
+        head = f"{self.prefix}:{{"
+        if not key.startswith(head) or "}:board:" not in key:
+            raise ValueError(f"not a board key: {key!r}")
+        return key[len(head) : key.index("}:board:")]
+
+    @property
+    def tier_last(self) -> str:
+        return f"{self.prefix}:tiers:last"
+
+    def tier_moved(self, iso_week: str) -> str:
+        """Customers whose tier changed in ``iso_week`` (``1998-W52``)."""
+        return f"{self.prefix}:tiers:moved:{iso_week}"
 
     @property
     def cases(self) -> str:

@@ -38,12 +38,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
+from zoneinfo import ZoneInfo
 
 import orjson
 from redis.exceptions import RedisError
 
-from rules.events import Event
-from rules.state import CustomerState, Outcome, StateConfig, apply_event
+from rules.board import BoardDelta, collection_bucket
+from rules.events import Event, TransactionEvent
+from rules.state import CustomerState, Outcome, StateConfig, apply_event, to_us
 from streams import telemetry
 from streams.codec import encode_state
 from streams.deadletter import RawRecord, dead_letter, dead_letter_key
@@ -54,6 +56,7 @@ from streams.store import Commit, StateStore, Tally
 from streams.topics import DLQ
 
 log = logging.getLogger(__name__)
+UTC = ZoneInfo("UTC")
 
 Message = tuple[str, bytes | None, bytes]  # topic, key, value
 Step = Callable[[CustomerState, Event], tuple[Outcome, list[bytes]]]
@@ -125,6 +128,14 @@ def _note_position(state: CustomerState, record: RawRecord) -> None:
         seen[SEEN_STAMP] = max(seen[SEEN_STAMP], stamp)
 
 
+def _finding_of(entry: bytes) -> object:
+    """The JSON value of an outbox entry (None when it is not JSON)."""
+    try:
+        return orjson.loads(entry.split(b"\n", 2)[-1])
+    except orjson.JSONDecodeError:
+        return None
+
+
 def plain_step(config: StateConfig) -> Step:
     """The state step with no business rules attached."""
 
@@ -182,6 +193,7 @@ class CustomerRun:
     duplicate_ids: list[int] = field(default_factory=list)
     refused: list[tuple[RawRecord, Outcome]] = field(default_factory=list)  # conflict / too late
     produced_ms: list[int] = field(default_factory=list)  # Kafka timestamps of the applied records
+    board: BoardDelta = field(default_factory=BoardDelta)  # what the applied records add to the 看板
 
 
 @dataclass(slots=True)
@@ -215,8 +227,10 @@ class BatchProcessor:
         monotonic: Callable[[], float] = time.monotonic,
         on_commit: Callable[[list[CustomerState]], None] | None = None,
         should_stop: Callable[[], bool] = lambda: False,
+        zone: ZoneInfo = UTC,
     ) -> None:
         self.store = store
+        self.zone = zone  # the bank's: the 看板's days and hours
         self.step = step
         self.emitter = emitter
         self.max_event_bytes = max_event_bytes
@@ -406,6 +420,10 @@ class BatchProcessor:
             if outcome is Outcome.APPLIED:
                 run.applied_ids.append(id(record))
                 run.findings.extend(findings)
+                if isinstance(event, TransactionEvent):
+                    run.board.add_transaction(event, to_us(event.ts), self.zone)
+                for entry in findings:
+                    run.board.add_finding(_finding_of(entry))
                 if record.timestamp_ms is not None:
                     run.produced_ms.append(record.timestamp_ms)
             elif outcome is Outcome.DUPLICATE:
@@ -419,7 +437,11 @@ class BatchProcessor:
         that also counts the applied events. Returns the customers whose version moved, or
         ``None`` when a state could not be encoded (nothing was sent): those customers are
         marked careful and the round's customers dropped from the cache, to be redone."""
-        commits = [Commit(cid, run.version, run.state, run.findings) for cid, run in runs.items() if run.applied_ids]
+        commits = [
+            Commit(cid, run.version, run.state, run.findings, run.board, collection_bucket(run.state))
+            for cid, run in runs.items()
+            if run.applied_ids
+        ]
         tally = Tally(0, [], self.wall_clock_ms)
         for run in runs.values():
             if run.applied_ids:

@@ -124,8 +124,9 @@ class Settings(BaseSettings):
     compress_state: bool = Field(default=True, description="zstd-compress the state blobs in Redis (~2.5x less memory)")
     cache_customers: int = Field(default=200_000, ge=0, description="states a worker keeps in memory")
     gc_threshold: tuple[NonNegativeInt, NonNegativeInt, NonNegativeInt] = Field(
-        default=(50_000, 20, 100),
-        description="the worker's garbage-collector thresholds (gc.set_threshold, 0 turns it off); a JSON list",
+        default=(10_000, 2, 1_000),
+        description="the worker's garbage-collector thresholds (gc.set_threshold, 0 turns it off); a JSON list; "
+        "the first two bound the pauses, the third how often the whole heap is walked",
     )
 
     # --- metrics (docs/metrics.md) -------------------------------
@@ -153,6 +154,7 @@ class Settings(BaseSettings):
     capital_ratio: Decimal = _RATES.capital_ratio
     hurdle_rate: Decimal = _RATES.hurdle_rate
     tier_refresh_seconds: float = Field(default=30.0, gt=0)
+    board_days_kept: int = Field(default=400, ge=31, description="看板 days kept before the latest event's day")
 
     # --- rules and delivery -------------------------------------------------
     rules_file: Path = Path("deploy/rules.yaml")

@@ -8,7 +8,13 @@ Lua script that, for each customer of the batch, in one atomic step
    rebalance, or a second worker, fails instead of overwriting;
 2. writes the new state (which carries the applied txn_ids, so the
    idempotency record and the state can never disagree);
-3. appends the batch's findings to the customer's outbox and recent-alerts list.
+3. appends the batch's findings to the customer's outbox and recent-alerts list;
+4. adds what the customer's applied events and findings add to the 看板's
+   bank-level cells (``rules.board``): exactly-once with the state.
+
+A state is one string, ``version:bucket:blob`` (a hash of ``v`` and ``s``, as
+versions before 2026-11 wrote it, costs ~200 B more per customer in Redis; it is
+still read, and its next commit replaces it with the string).
 
 A customer's keys share one hash tag. One script call carries many customers
 (the client's per-command cost, not Redis' work, limits a worker); on Redis
@@ -30,46 +36,95 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import ClusterError, NoScriptError, RedisError, TryAgainError
+from redis.exceptions import ClusterError, NoScriptError, RedisError, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from rules.board import BoardDelta
 from rules.state import CustomerState
 from streams import telemetry
 from streams.codec import decode_state, encode_states
 from streams.errors import TransientError
-from streams.keys import Keys
+from streams.keys import BOARD, Keys, board_shard
 
 log = logging.getLogger(__name__)
 
 RECENT_ALERTS_KEPT = 200
 COMMIT_CHUNK = 256  # customers per commit script call (bounds one call's time in Redis)
 
-# The commit of many customers in one call, each customer atomic on its own keys.
-# KEYS: per customer: state, outbox, recent alerts.
-# ARGV: kept, then per customer: expected version, new version, blob, number of findings, findings...
-# Returns 1 (committed) or 0 (version moved: not written) per customer, in order.
+# The commit of many customers in one call, each customer atomic on its own keys, and the
+# 看板's aggregates moved by exactly the customers whose commit went through.
+# KEYS: the call's B board keys (1: latest, 2: collection, then per day flow/findings/net),
+#   then per customer: state, outbox, recent alerts.
+# ARGV: kept, B, latest event time (or ''), the type of each board key ('s', 'h' hash,
+#   'z' sorted set), then per customer: expected version, new version, blob, its 归集率
+#   bucket (or ''), number of findings, findings..., number of board cells, then per cell:
+#   board key index, field, integer increment.
+# Returns 1 (committed) or 0 (version moved: nothing written, nothing counted) per customer.
 COMMIT_LUA = """
 local kept = tonumber(ARGV[1])
+local nboard = tonumber(ARGV[2])
 local result = {}
-local a = 2
-for k = 1, #KEYS, 3 do
-  local n = tonumber(ARGV[a + 3])
-  local current = redis.call('HGET', KEYS[k], 'v') or '0'
-  if current == ARGV[a] then
-    redis.call('HSET', KEYS[k], 'v', ARGV[a + 1], 's', ARGV[a + 2])
+local add = {}
+for b = 1, nboard do add[b] = {} end
+local function bump(b, f, n)
+  add[b][f] = (add[b][f] or 0) + n
+end
+local a = 4 + nboard
+for k = nboard + 1, #KEYS, 3 do
+  local n = tonumber(ARGV[a + 4])
+  local m = tonumber(ARGV[a + 5 + n])
+  local version, held, hashed = '0', false, false
+  local raw = redis.pcall('GET', KEYS[k])
+  if type(raw) == 'table' and raw.err then  -- a hash, as versions before 2026-11 wrote it
+    local old = redis.call('HMGET', KEYS[k], 'v', 'b')
+    version, held, hashed = old[1] or '0', old[2], true
+  elseif raw then
+    local i = string.find(raw, ':', 1, true)
+    local j = string.find(raw, ':', i + 1, true)
+    version = string.sub(raw, 1, i - 1)
+    if j > i + 1 then held = string.sub(raw, i + 1, j - 1) end
+  end
+  if version == ARGV[a] then
+    local bucket = ARGV[a + 3]
+    if bucket ~= '' and bucket ~= held then
+      if held then bump(2, held, -1) end
+      bump(2, bucket, 1)
+    elseif held then
+      bucket = held
+    end
+    if hashed then redis.call('DEL', KEYS[k]) end
+    redis.call('SET', KEYS[k], ARGV[a + 1] .. ':' .. bucket .. ':' .. ARGV[a + 2])
     if n > 0 then
-      for i = a + 4, a + 3 + n do
+      for i = a + 5, a + 4 + n do
         redis.call('RPUSH', KEYS[k + 1], ARGV[i])
         redis.call('LPUSH', KEYS[k + 2], ARGV[i])
       end
       redis.call('LTRIM', KEYS[k + 2], 0, kept - 1)
     end
+    for c = a + 6 + n, a + 5 + n + 3 * m, 3 do
+      bump(tonumber(ARGV[c]), ARGV[c + 1], tonumber(ARGV[c + 2]))
+    end
     result[#result + 1] = 1
   else
     result[#result + 1] = 0
   end
-  a = a + 4 + n
+  a = a + 6 + n + 3 * m
+end
+if ARGV[3] ~= '' then
+  local latest = tonumber(redis.call('GET', KEYS[1]) or '0')
+  if tonumber(ARGV[3]) > latest then redis.call('SET', KEYS[1], ARGV[3]) end
+end
+for b = 2, nboard do
+  local kind = ARGV[3 + b]
+  for f, n in pairs(add[b]) do
+    if n == 0 then
+    elseif kind == 'z' then
+      redis.call('ZINCRBY', KEYS[b], string.format('%.0f', n), f)
+    else
+      redis.call('HINCRBY', KEYS[b], f, string.format('%.0f', n))
+    end
+  end
 end
 return result
 """
@@ -110,6 +165,46 @@ class Commit:
     expected_version: int
     state: CustomerState
     findings: Sequence[bytes] = ()
+    board: BoardDelta | None = None  # what this commit adds to the 看板 (``rules.board``)
+    bucket: str = ""  # the customer's 归集率 bucket after it ('': not counted)
+
+
+class _BoardArgs:
+    """The board keys of one commit call and each customer's cells, by key index."""
+
+    def __init__(self, keys: Keys, shard: str) -> None:
+        self.keys = keys
+        self.shard = shard
+        self.names = [keys.board(shard, "latest"), keys.board(shard, "collection")]
+        self.kinds = ["s", "h"]
+        self.index: dict[str, int] = {}
+        self.latest: int | None = None
+
+    def _key(self, name: str, kind: str) -> int:
+        found = self.index.get(name)
+        if found is None:
+            self.names.append(self.keys.board(self.shard, name))
+            self.kinds.append(kind)
+            found = self.index[name] = len(self.names)
+        return found
+
+    def cells(self, customer_id: str, delta: BoardDelta | None) -> list[bytes | str | int]:
+        if not delta:
+            return [0]
+        out: list[bytes | str | int] = []
+        for day, row in delta.flows.items():
+            k = self._key(f"flow:{day}", "h")
+            for cell, value in row.items():
+                out += (k, cell, value)
+        for day, row in delta.findings.items():
+            k = self._key(f"findings:{day}", "h")
+            for cell, value in row.items():
+                out += (k, cell, value)
+        for day, value in delta.net.items():
+            out += (self._key(f"net:{day}", "z"), customer_id, value)
+        if delta.latest_us is not None and (self.latest is None or delta.latest_us > self.latest):
+            self.latest = delta.latest_us
+        return [len(out) // 3, *out]
 
 
 @contextlib.contextmanager
@@ -171,12 +266,14 @@ class StateStore:
         with _round_trip("load"):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for cid in customer_ids:
-                    pipe.hmget(self.keys.state(cid), "v", "s")
+                    pipe.get(self.keys.state(cid))
                     pipe.lrange(self.keys.outbox(cid), 0, -1)
-                replies = await pipe.execute()
+                replies = await pipe.execute(raise_on_error=False)
+            stored = await self._stored([self.keys.state(cid) for cid in customer_ids], replies[0::2])
         result: dict[str, Loaded] = {}
-        for i, cid in enumerate(customer_ids):
-            (version, blob), outbox = replies[2 * i], replies[2 * i + 1]
+        for cid, (version, blob), outbox in zip(customer_ids, stored, replies[1::2], strict=True):
+            if isinstance(outbox, Exception):
+                raise outbox
             try:
                 state = decode_state(blob) if blob is not None else None
             except ValueError as exc:
@@ -184,7 +281,32 @@ class StateStore:
                 # cannot go on for this customer without losing its history; it retries and
                 # says it is stalled, until an operator (or the right version) can read it
                 raise TransientError(f"state of a customer cannot be read: {exc}") from exc
-            result[cid] = Loaded(int(version) if version is not None else 0, state, list(outbox))
+            result[cid] = Loaded(version, state, list(outbox))
+        return result
+
+    async def _stored(self, keys: Sequence[str | bytes], replies: Sequence[Any]) -> list[tuple[int, bytes | None]]:
+        """(version, blob) of each state key from its GET reply: ``version:bucket:blob``, or
+        (a key an earlier version wrote as a hash: WRONGTYPE) the hash's ``v`` and ``s``."""
+        result: list[tuple[int, bytes | None]] = []
+        hashes: dict[int, str | bytes] = {}
+        for i, (key, raw) in enumerate(zip(keys, replies, strict=True)):
+            if isinstance(raw, ResponseError) and str(raw).startswith("WRONGTYPE"):
+                hashes[i] = key
+                result.append((0, None))
+            elif isinstance(raw, Exception):
+                raise raw
+            elif raw is None:
+                result.append((0, None))
+            else:
+                version, _, blob = raw.split(b":", 2)
+                result.append((int(version), blob))
+        if hashes:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in hashes.values():
+                    pipe.hmget(key, "v", "s")
+                old = await pipe.execute()
+            for i, (version, blob) in zip(hashes, old, strict=True):
+                result[i] = (int(version) if version is not None else 0, blob)
         return result
 
     async def commit(self, commits: Sequence[Commit], tally: Tally | None = None) -> set[str]:
@@ -209,14 +331,18 @@ class StateStore:
             calls: list[tuple[Any, ...]] = []
             for group in groups:
                 keys: list[str] = []
-                args: list[bytes | str | int] = [RECENT_ALERTS_KEPT]
+                args: list[bytes | str | int] = []
+                board = _BoardArgs(self.keys, self._shard(group[0].customer_id))
                 blobs = encode_states([c.state for c in group], compress=compress)
                 for c, blob in zip(group, blobs, strict=True):
                     cid, version = c.customer_id, c.expected_version
                     keys += (state_key(cid), outbox_key(cid), alerts_key(cid))
-                    args += (version, version + 1, blob, len(c.findings))
+                    args += (version, version + 1, blob, c.bucket, len(c.findings))
                     args += c.findings
-                calls.append((sha, len(keys), *keys, *args))
+                    args += board.cells(cid, c.board)
+                latest = "" if board.latest is None else board.latest
+                head = (RECENT_ALERTS_KEPT, len(board.names), latest, *board.kinds)
+                calls.append((sha, len(board.names) + len(keys), *board.names, *keys, *head, *args))
             try:
                 if self.cluster:  # redis-py's cluster pipeline refuses scripts: concurrent calls, one per slot group
                     replies = await _bounded(self.redis.evalsha(*call) for call in calls)
@@ -266,6 +392,12 @@ class StateStore:
         except Exception as exc:  # statistics must never stop the stream
             log.debug("statistics not recorded: %s", exc)
 
+    def _shard(self, customer_id: str) -> str:
+        """The 看板 hash tag a commit call of ``customer_id``'s slot writes to."""
+        if not self.cluster:
+            return BOARD
+        return board_shard(key_slot(self.keys.state(customer_id).encode()))
+
     def _groups(self, commits: Sequence[Commit]) -> list[Sequence[Commit]]:
         if not self.cluster:
             return [commits[i : i + COMMIT_CHUNK] for i in range(0, len(commits), COMMIT_CHUNK)]
@@ -294,15 +426,24 @@ class StateStore:
                 await pipe.execute()
 
     async def read(self, customer_id: str) -> CustomerState | None:
-        blob = cast(bytes | None, await self.redis.hget(self.keys.state(customer_id), "s"))
-        return decode_state(blob) if blob is not None else None
+        states = await self._fetch([self.keys.state(customer_id)])
+        return states[0] if states else None
+
+    async def stored(self, customer_id: str) -> tuple[int, bytes | None]:
+        """The version and the state blob as stored (``(0, None)``: no state)."""
+        key = self.keys.state(customer_id)
+        with _round_trip("load"):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.get(key)
+                replies = await pipe.execute(raise_on_error=False)
+            return (await self._stored([key], replies))[0]
 
     async def recent_findings(self, customer_id: str, limit: int = 50) -> list[bytes]:
         entries = cast(list[bytes], await self.redis.lrange(self.keys.alerts(customer_id), 0, limit - 1))
         return entries
 
     async def scan_states(self, batch: int = 500) -> AsyncIterator[CustomerState]:
-        """Every customer's state (SCAN + pipelined HGET: no blocking KEYS)."""
+        """Every customer's state (SCAN + pipelined GET: no blocking KEYS)."""
         pending: list[bytes] = []
         async for key in self.redis.scan_iter(match=self.keys.state_pattern, count=batch):
             pending.append(key)
@@ -314,9 +455,9 @@ class StateStore:
             for state in await self._fetch(pending):
                 yield state
 
-    async def _fetch(self, keys: list[bytes]) -> list[CustomerState]:
+    async def _fetch(self, keys: Sequence[str | bytes]) -> list[CustomerState]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for key in keys:
-                pipe.hget(key, "s")
-            blobs = await pipe.execute()
-        return [decode_state(blob) for blob in blobs if blob is not None]
+                pipe.get(key)
+            replies = await pipe.execute(raise_on_error=False)
+        return [decode_state(blob) for _, blob in await self._stored(keys, replies) if blob is not None]

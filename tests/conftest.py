@@ -15,9 +15,15 @@ from pathlib import Path
 
 import pytest
 import redis
+from hypothesis import settings as hypothesis_settings
 
 from streams.local.servers import Stack
 from streams.settings import Settings
+
+# Property tests check values, not speed: hypothesis' default 200 ms deadline per example
+# fails them on a loaded CI machine (seen: 264 ms once), which says nothing about the code.
+hypothesis_settings.register_profile("fundflow", deadline=None)
+hypothesis_settings.load_profile("fundflow")
 
 # A worker a test kills -9 (or that dies in a crash test) holds its partitions until the
 # broker gives up on its heartbeats; the next worker's join waits for that. 4 s instead of

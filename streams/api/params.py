@@ -9,21 +9,24 @@ neither is used to decide what a number is.
 | parameter | where | accepted |
 | --- | --- | --- |
 | ``limit`` | ``/alerts`` | 1..1000 (default 100) |
-| ``top`` | ``/tiers`` | 0..100 (default 10); 0 lists no customers |
+| ``top`` | ``/tiers``, ``/board`` | 0..100 (default 10); 0 lists no customers |
+| ``day`` | ``/board`` | ``YYYY-MM-DD``, years 1970..2100 |
 | ``as_of`` | ``/customers/{id}``, ``/history`` | RFC 3339 with an offset, years 1970..2100 |
 | ``since``, ``Last-Event-ID`` | ``/alerts/stream`` | a feed id ``MS`` or ``MS-SEQ``, each 0..2^64-1 |
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from streams.snapshot import parse_as_of
 
 _DIGITS = re.compile(r"[0-9]{1,20}")
 _STREAM_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
 _U64 = (1 << 64) - 1
+_DAY = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
 
 LIMIT = (1, 1000, 100)  # low, high, default
 TOP = (0, 100, 10)
@@ -42,6 +45,29 @@ def integer(query: Mapping[str, str], name: str, bounds: tuple[int, int, int]) -
     if not _DIGITS.fullmatch(text) or not low <= int(text) <= high:
         raise BadRequest(f"{name} must be an integer {low}..{high} (ASCII digits)")
     return int(text)
+
+
+def known(query: Mapping[str, str], names: Collection[str]) -> None:
+    """Refuse a parameter the endpoint does not take (a misspelt filter must not be ignored)."""
+    unknown = sorted(set(query) - set(names))
+    if unknown:
+        accepted = ", ".join(sorted(names)) or "none"
+        raise BadRequest(f"unknown query parameter; accepted: {accepted}")
+
+
+def day(query: Mapping[str, str]) -> str | None:
+    """``day`` as ``YYYY-MM-DD`` (a real calendar day, years 1970..2100), or None when absent or empty."""
+    text = query.get("day")
+    if not text:
+        return None
+    found = _DAY.fullmatch(text)
+    try:
+        valid = found is not None and 1970 <= int(found[1]) <= 2100 and bool(dt.date.fromisoformat(text))
+    except ValueError:
+        valid = False
+    if not valid:
+        raise BadRequest("day must be a calendar day YYYY-MM-DD, years 1970..2100")
+    return text
 
 
 def as_of(query: Mapping[str, str]) -> int | None:

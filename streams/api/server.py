@@ -17,6 +17,7 @@ tokens never travel in URLs or logs).
 | ``GET /alerts/stream`` | Server-Sent Events from the feed, resumable with ``Last-Event-ID`` |
 | ``GET /tiers`` | tier counts, cut points, top customers |
 | ``/cases``, ``/rules/precision`` | the analyst's desk (``streams.api.cases``) |
+| ``GET /board`` | the 看板: the day's flows, findings, cases, tiers (``streams.api.board``) |
 | ``GET /healthz``, ``GET /readyz`` | up; Kafka and Redis reachable (503 and why, if not) |
 | ``GET /metrics`` | Prometheus |
 | ``GET /openapi.json`` | the OpenAPI document (``streams.api.models``) |
@@ -59,6 +60,8 @@ from rules.money import money
 from rules.state import CustomerState
 from streams import __version__, telemetry
 from streams.api import params
+from streams.api.board import setup_board
+from streams.api.board_models import board_openapi
 from streams.api.case_models import case_openapi
 from streams.api.cases import setup_cases
 from streams.api.feed import READ_COUNT, FeedHub, Subscription, TooManyStreams
@@ -373,7 +376,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return _json(case_openapi(openapi_document(__version__)))
+    return _json(board_openapi(case_openapi(openapi_document(__version__))))
 
 
 async def console_index(request: web.Request) -> web.FileResponse:
@@ -410,6 +413,7 @@ def create_api(settings: Settings, redis_url: str, bootstrap: str, *, demo: bool
 
     app.on_cleanup.append(close_redis)
     setup_cases(app, app[STORE].redis, app[STORE].keys, settings, tuple(p for _, p in tokens) or (DEMO,))
+    setup_board(app, app[STORE].redis, app[STORE].keys, settings)
     for path, handler in (
         ("/customers/{customer_id}", get_customer),
         ("/customers/{customer_id}/history", get_history),

@@ -1,5 +1,5 @@
-"""Bodies of the read-side CLI commands: ``customer show``, ``snapshot``, ``tiers``, and
-the analysts' precision that ``evaluate-rules`` and ``tune`` show.
+"""Bodies of the read-side CLI commands: ``customer show``, ``snapshot``, ``tiers``, ``board``,
+and the analysts' precision that ``evaluate-rules`` and ``tune`` show.
 
 They read Redis only (never a worker): what can go wrong is a Redis that does not
 answer (a one-line error from ``streams.cli.main``) or a customer with no state.
@@ -14,13 +14,14 @@ from pathlib import Path
 import orjson
 
 from rules.contribution import tier_of
+from streams.board import check, read_board
 from streams.cases import CaseStore, RulePrecision
 from streams.clients import connect
 from streams.errors import ConfigError
 from streams.keys import Keys
 from streams.settings import Settings, rates, safe_url, state_config, thresholds
 from streams.snapshot import customer_row, load_all, parse_as_of, rows, write_jsonl
-from streams.store import StateStore
+from streams.store import RECENT_ALERTS_KEPT, StateStore
 from streams.tiers import TierBook, distribution, read_cuts, rebuild
 
 
@@ -155,6 +156,26 @@ async def show_tiers(settings: Settings, redis_url: str, refresh: bool, top: int
         for row in result["top"]:
             print(f"    {row['customer_id']:<16} {row['contribution']:>14}  {row['tier']}")
     return 0
+
+
+async def show_board(settings: Settings, redis_url: str, day: str | None, verify: bool) -> int:
+    """``fundflow board``: the 看板's numbers as JSON; ``--check``: 0 when they equal a
+    recomputation from the stored states, else 1 with one line per difference."""
+    client = connect(redis_url, settings.redis_cluster)
+    try:
+        keys = Keys(settings.key_prefix)
+        if not verify:
+            board = await read_board(client, keys, settings.zone, day, cluster=settings.redis_cluster)
+            print(orjson.dumps(board, option=orjson.OPT_INDENT_2).decode())
+            return 0
+        store = StateStore(client, keys)
+        differences = await check(store, settings.zone, RECENT_ALERTS_KEPT, settings.redis_cluster)
+    finally:
+        await client.aclose()
+    for line in differences:
+        print(line)
+    print(f"board: {len(differences)} differences from the recomputation" if differences else "board: agrees")
+    return 1 if differences else 0
 
 
 async def read_precision(settings: Settings, redis_url: str) -> list[RulePrecision]:

@@ -11,6 +11,7 @@ see them for any error).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
 import os
@@ -207,6 +208,29 @@ def snapshot(out: Path, as_of: str | None) -> int:
     config = settings()
     _, redis_url = servers(config, need_kafka=False)
     return asyncio.run(run_snapshot(config, redis_url, out, as_of))
+
+
+class IsoDay(click.ParamType):
+    """A calendar day written YYYY-MM-DD."""
+
+    name = "YYYY-MM-DD"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return dt.date.fromisoformat(str(value)).isoformat()
+        except ValueError:
+            self.fail(f"{value!r} is not a day written YYYY-MM-DD", param, ctx)
+
+
+@cli.command(help="看板: the bank's flows, findings and 归集率 distribution of a day")
+@click.option("--day", type=IsoDay(), help="the bank's local day (default: the day of the latest event)")
+@click.option("--check", is_flag=True, help="compare with a recomputation from stored states; exit 1 on a difference")
+def board(day: str | None, check: bool) -> int:
+    from streams.cli.commands import show_board
+
+    config = settings()
+    _, redis_url = servers(config, need_kafka=False)
+    return asyncio.run(show_board(config, redis_url, day, check))
 
 
 @cli.command(help="客户分层: tier distribution, cut points, top customers")

@@ -5,7 +5,7 @@ keys, the same kinds of numbers, dates and ids. Compressed one by one, each
 frame relearns that shape; a dictionary trained on states gives it up front.
 On held-out Berka customers (half the customers trained, the other half
 measured, 16 KiB dictionary, level 1) blobs came out ~25% smaller and compressed
-~35% faster than without one.
+~35% faster than without one; format 2 blobs ~32% smaller (608 -> 415 B mean).
 
 A dictionary that has written blobs must stay readable for as long as such
 blobs exist: ``streams/zdict/`` keeps every shipped one (``state-<id>.zdict``,

@@ -55,6 +55,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, f
         (("alerts", "tail", "--max", "0"), "must be > 0"),
         (("backtest", "e.jsonl", "--out", "o", "--timeout", "soon"), "not a number"),
         (("tiers", "--frobnicate"), "No such option: --frobnicate"),
+        (("board", "--day", "2024-13-01"), "is not a day written YYYY-MM-DD"),
     ],
 )
 def test_bad_arguments_give_one_line_and_exit_2(args: tuple[str, ...], fragment: str) -> None:
@@ -248,3 +249,31 @@ def test_a_wrong_token_role_is_one_line() -> None:
     result = fundflow("api", FUNDFLOW_API_TOKENS=tokens, **KAFKA_REDIS)
     assert_one_line_error(result, 1, "FUNDFLOW_API_TOKENS: Value error, token 2: role: Input should be 'viewer'")
     assert "admin" not in result.stderr and '"t"' not in result.stderr  # no token in the message
+
+
+async def test_board_shows_the_day_and_check_finds_a_tampered_cell(redis_url: str) -> None:
+    """``fundflow board`` prints the 看板 of the latest day; ``--check`` agrees with a
+    recomputation from the states until a cell is changed behind the worker's back."""
+    import json
+
+    from streams.clients import connect
+    from streams.keys import Keys
+    from streams.store import StateStore
+    from tests.pipeline.test_board import processor, records
+
+    client = connect(redis_url)
+    try:
+        store = StateStore(client, Keys("cliboard"))
+        await processor(store).process(records())
+        env = {"FUNDFLOW_REDIS_URL": redis_url, "FUNDFLOW_KEY_PREFIX": "cliboard", "FUNDFLOW_BANK_TZ": "Asia/Shanghai"}
+        shown = fundflow("board", "--day", "2024-03-01", **env)
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout)["flows"]["total"] == {"inflow": "1050.00", "outflow": "380.75", "net": "669.25"}
+        checked = fundflow("board", "--check", **env)
+        assert (checked.returncode, checked.stdout.strip()) == (0, "board: agrees"), checked.stderr
+        await client.hincrby(store.keys.board("board", "flow:2024-03-01"), "09|in|salary|int", 1)
+        checked = fundflow("board", "--check", **env)
+        assert checked.returncode == 1
+        assert checked.stdout.splitlines()[0].startswith("flows of 2024-03-01: stored")
+    finally:
+        await client.aclose()

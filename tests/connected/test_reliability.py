@@ -23,8 +23,10 @@ import orjson
 import pytest
 import redis
 
+from rules.board import Board, BoardDelta, collection_bucket
 from rules.events import LoanEvent, TransactionEvent
 from rules.state import CustomerState, Outcome, to_us
+from streams.board import check, stored
 from streams.clients import connect, start_producer
 from streams.keys import Keys
 from streams.local.orchestra import LocalRun, read_topic
@@ -32,7 +34,7 @@ from streams.pipeline import outbox_message
 from streams.rulestep import build_step
 from streams.settings import Settings
 from streams.snapshot import load_all, rows
-from streams.store import StateStore
+from streams.store import RECENT_ALERTS_KEPT, StateStore
 from streams.tools.replay import replay
 from streams.topics import ALERTS, DLQ, MARKETING, RECOMMENDATIONS
 from tests import eventgen, malformed
@@ -77,6 +79,34 @@ def undisturbed(workload: list[bytes], tmp_path_factory: pytest.TempPathFactory)
             _, _, value = outbox_message(entry)
             findings[orjson.loads(value)["id"]] = value
     return snapshot_bytes(list(states.values()), settings, workload), findings
+
+
+@pytest.fixture(scope="module")
+def undisturbed_board(workload: list[bytes], tmp_path_factory: pytest.TempPathFactory) -> Board:
+    """The 看板's cells one application of the events in order gives (the pure step)."""
+    settings = settings_for(tmp_path_factory.mktemp("ref-board"))
+    step = build_step(settings)
+    states: dict[str, CustomerState] = {}
+    board = Board()
+    for line in workload:
+        event = TransactionEvent.model_validate(orjson.loads(line))
+        state = states.setdefault(event.customer_id, CustomerState(event.customer_id))
+        _, entries = step(state, event)
+        delta = BoardDelta()
+        delta.add_transaction(event, to_us(event.ts), settings.zone)
+        for entry in entries:
+            delta.add_finding(orjson.loads(outbox_message(entry)[2]))
+        for into, cells in ((board.flows, delta.flows), (board.findings, delta.findings)):
+            for day, row in cells.items():
+                for cell, value in row.items():
+                    into.setdefault(day, {})[cell] = into.get(day, {}).get(cell, 0) + value
+        for day, value in delta.net.items():
+            net = board.net.setdefault(day, {})
+            net[event.customer_id] = net.get(event.customer_id, 0) + value
+    for state in states.values():
+        bucket = collection_bucket(state)
+        board.collection[bucket] = board.collection.get(bucket, 0) + 1
+    return board
 
 
 def as_of(workload: list[bytes]) -> int:
@@ -170,6 +200,26 @@ class Scenario:
 
         return asyncio.run(read())
 
+    def assert_board(self, expected: Board) -> None:
+        """The 看板's cells equal one application of the events, and a recomputation from the
+        stored states (``fundflow board --check``) agrees with them."""
+
+        async def read() -> tuple[Board, list[str]]:
+            client = connect(self.run.redis_url)
+            try:
+                store = StateStore(client, Keys(self.settings.key_prefix))
+                return await stored(client, store.keys, cluster=False), await check(
+                    store, self.settings.zone, RECENT_ALERTS_KEPT
+                )
+            finally:
+                await client.aclose()
+
+        board, differences = asyncio.run(read())
+        assert differences == []
+        for field in ("flows", "findings", "net"):
+            assert _nonzero(getattr(board, field)) == _nonzero(getattr(expected, field)), field
+        assert {b: n for b, n in board.collection.items() if n} == expected.collection
+
     def remembered_ids(self) -> set[str]:
         """Every txn_id still in some customer's dedup memory."""
 
@@ -199,6 +249,10 @@ class Scenario:
 LAST_DEAD_REASONS: Counter[str] = Counter()
 
 
+def _nonzero(cells: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    return {day: {c: v for c, v in row.items() if v} for day, row in cells.items() if any(row.values())}
+
+
 def assert_same_outcome(
     result: tuple[bytes, list[str], int], undisturbed: tuple[bytes, dict[str, bytes]], *, exact_once: bool
 ) -> None:
@@ -218,7 +272,10 @@ def scenario(tmp_path: Path) -> Iterator[Scenario]:
 
 
 def test_kill_9_mid_stream_and_restart(
-    scenario: Scenario, workload: list[bytes], undisturbed: tuple[bytes, dict[str, bytes]]
+    scenario: Scenario,
+    workload: list[bytes],
+    undisturbed: tuple[bytes, dict[str, bytes]],
+    undisturbed_board: Board,
 ) -> None:
     first = scenario.run.start_worker()
     producer = scenario.produce_in_background(workload, rate=1500)
@@ -234,10 +291,14 @@ def test_kill_9_mid_stream_and_restart(
     # Findings committed by a killed worker but not yet confirmed may be published again
     # (same id: downstream drops it); the id set and the state must be exactly the same.
     assert_same_outcome(scenario.finish(workload), undisturbed, exact_once=False)
+    scenario.assert_board(undisturbed_board)
 
 
 def test_crash_between_state_write_and_offset_commit(
-    scenario: Scenario, workload: list[bytes], undisturbed: tuple[bytes, dict[str, bytes]]
+    scenario: Scenario,
+    workload: list[bytes],
+    undisturbed: tuple[bytes, dict[str, bytes]],
+    undisturbed_board: Board,
 ) -> None:
     """The worker dies right after a state commit, before publishing and before its
     offsets are committed: the batch is redelivered and must change nothing."""
@@ -250,6 +311,7 @@ def test_crash_between_state_write_and_offset_commit(
     result = scenario.finish(workload)
     assert scenario.applied_total() == len(workload), "an event was applied twice or never"
     assert_same_outcome(result, undisturbed, exact_once=False)
+    scenario.assert_board(undisturbed_board)  # the 看板 moved with the commits, once each
 
 
 def test_scale_out_then_stop_the_first_worker(
@@ -343,7 +405,10 @@ def test_malformed_records_at_scale_are_dead_lettered_and_never_stop_the_stream(
 
 
 def test_broker_loss_keeps_state_and_a_resend_changes_nothing(
-    scenario: Scenario, workload: list[bytes], undisturbed: tuple[bytes, dict[str, bytes]]
+    scenario: Scenario,
+    workload: list[bytes],
+    undisturbed: tuple[bytes, dict[str, bytes]],
+    undisturbed_board: Board,
 ) -> None:
     """The embedded broker keeps nothing across a restart (docs/reliability.md): what
     the product promises is that Redis state survives and re-sending the source
@@ -365,6 +430,7 @@ def test_broker_loss_keeps_state_and_a_resend_changes_nothing(
     state, ids, dead = scenario.finish(workload)
     assert state == undisturbed[0]
     assert ids == [], "a re-sent event fired a finding again"
+    scenario.assert_board(undisturbed_board)  # a replay of everything moves no aggregate
     # Events older than the dedup horizon (120 days before the customer's newest event)
     # whose txn_id the state no longer remembers cannot be told from new ones: they are
     # dead-lettered, never applied twice (an id still remembered is a plain repeat).

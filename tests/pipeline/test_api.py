@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
+from streams.api.board_models import board_openapi
 from streams.api.case_models import case_openapi
 from streams.api.models import Alerts, Customer, Finding, Health, History, Tiers, openapi_document
 from streams.api.server import create_api
@@ -152,7 +153,9 @@ async def test_tiers_and_openapi(served: tuple[TestClient[Any, Any], BatchProces
     assert len(tiers.top) == 3 and tiers.cuts is not None
     await get(client, "/tiers?top=x", 400)
     document = await get(client, "/openapi.json")
-    assert document == json.loads(json.dumps(case_openapi(openapi_document(document["info"]["version"]))))
+    assert document == json.loads(
+        json.dumps(board_openapi(case_openapi(openapi_document(document["info"]["version"]))))
+    )
     served_paths = {
         r.resource.canonical
         for r in client.app.router.routes()  # type: ignore[union-attr]

@@ -119,7 +119,7 @@ async def test_anything_unexpected_is_a_logged_500_with_a_request_id(
 ) -> None:
     redis = aioredis.Redis.from_url(redis_url)
     try:  # a state blob no decoder can read: a bug, or a corrupted Redis
-        await redis.hset(Keys(PREFIX).state("C0001"), "s", b"\x00not a state")
+        await redis.set(Keys(PREFIX).state("C0001"), b"1::\x00not a state")
     finally:
         await redis.aclose()
     with caplog.at_level(logging.INFO, logger="streams.api"):
@@ -334,7 +334,7 @@ async def seed_and_break(redis_url: str) -> str:
     settings = Settings(key_prefix=PREFIX)
     processor = await seed(redis_url, settings)
     try:
-        await processor.store.redis.hset(Keys(PREFIX).state("C0002"), "s", b"\x00not a state")
+        await processor.store.redis.set(Keys(PREFIX).state("C0002"), b"1::\x00not a state")
     finally:
         await processor.store.redis.aclose()
     return "C0002"

@@ -62,7 +62,7 @@ async def test_records_through_faust_conductor_are_applied_dead_lettered_and_ack
     finally:
         drain.cancel()
         await asyncio.gather(drain, return_exceptions=True)
-    blob = await processor.store.redis.hget("ffagent:{zz}:state", "s")
+    _, blob = await processor.store.stored("zz")
     await processor.store.redis.aclose()
     # never started, so the consumer thread's private loop is ours to close
     thread = getattr(app.consumer, "_thread", None)

@@ -7,7 +7,7 @@ import dataclasses
 import hashlib
 import json
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -30,8 +30,12 @@ ZONE = ZoneInfo("Asia/Shanghai")
 CONFIG = StateConfig(ZONE)
 
 
-def big_credit_step() -> Step:
-    """State step + a toy rule: every credit >= 100 is a finding."""
+def toy_finding(event: TransactionEvent) -> dict[str, object]:
+    return {"id": f"big-{event.txn_id}", "rule": "big"}
+
+
+def big_credit_step(finding: Callable[[TransactionEvent], dict[str, object]] = toy_finding) -> Step:
+    """State step + a toy rule: every credit >= 100 is a finding (``finding(event)``)."""
 
     def step(state: CustomerState, event: Event) -> tuple[Outcome, list[bytes]]:
         if not isinstance(event, TransactionEvent):
@@ -39,7 +43,7 @@ def big_credit_step() -> Step:
         outcome = apply_transaction(state, event, CONFIG)
         findings = []
         if outcome is Outcome.APPLIED and event.direction == "credit" and event.amount >= 100:
-            value = json.dumps({"id": f"big-{event.txn_id}", "rule": "big"}).encode()
+            value = json.dumps(finding(event)).encode()
             findings.append(outbox_entry(ALERTS, event.customer_id, value))
         return outcome, findings
 
@@ -224,7 +228,7 @@ async def test_a_redelivery_older_than_the_dedup_horizon_is_a_repeat_not_a_dead_
 async def test_state_blobs_are_compressed_and_older_blobs_still_read(store: StateStore) -> None:
     sink = Sink()
     await processor(store, sink).process(batch())
-    blob = await store.redis.hget(store.keys.state("alice"), "s")
+    version, blob = await store.stored("alice")
     assert blob is not None and blob[:4] == ZSTD_MAGIC  # zstd, as the worker writes by default
     alice = await store.read("alice")
     assert alice is not None
@@ -235,13 +239,15 @@ async def test_state_blobs_are_compressed_and_older_blobs_still_read(store: Stat
     assert len(blob) < len(no_dictionary)
     older_blobs = (plain_blob, zlib.compress(plain_blob, 1), no_dictionary)
     for older in older_blobs:
-        await store.redis.hset(store.keys.state("alice"), "s", older)
+        version, _ = await store.stored("alice")
+        await store.redis.set(store.keys.state("alice"), b"%d::%s" % (version, older))
         fresh = processor(store, Sink())
         report = await fresh.process([txn(9, "alice", "credit", "1.00", day=4)])
         assert report.applied == 1
         again = await store.read("alice")
         assert again is not None and again.balance == alice.balance + Decimal("1.00")
-        await store.redis.hset(store.keys.state("alice"), "s", blob)
+        version, _ = await store.stored("alice")
+        await store.redis.set(store.keys.state("alice"), b"%d::%s" % (version, blob))
     with pytest.raises(ValueError, match="neither JSON, zstd nor zlib"):
         decode_state(b"\x00 not a state")
     with pytest.raises(ValueError, match="broken zstd frame"):
@@ -282,7 +288,7 @@ async def test_one_commit_call_carries_many_customers_each_atomic_on_its_own(sto
     for i in (0, 299, 301, 599):
         state = await store.read(ids[i])
         assert state is not None and state.balance == Decimal(i) + 1
-        assert await store.redis.hget(store.keys.state(ids[i]), "v") == b"2"
+        assert (await store.stored(ids[i]))[0] == 2
         assert await store.redis.lrange(store.keys.outbox(ids[i]), 0, -1) == [b"x%d" % i, b"y%d" % i]
         assert await store.recent_findings(ids[i]) == [b"y%d" % i, b"x%d" % i]
     stale = await store.read("many300")
@@ -320,3 +326,25 @@ async def test_commands_are_packed_in_c_exactly_as_redis_py_packs_them(redis_url
         assert b"".join(fast.pack_command(*args)) == b"".join(plain.pack_command(*args))
     assert await client.ping()
     await client.aclose()
+
+
+async def test_a_state_an_earlier_version_stored_as_a_hash_is_read_and_rewritten(store: StateStore) -> None:
+    """Versions before 2026-11 kept a state in a hash (``v``, ``s`` and the 看板's ``b``); a
+    string costs ~200 B less per customer. Such a state is read, and its next commit
+    replaces the hash with the string, keeping its version sequence and 看板 bucket."""
+    await processor(store, Sink()).process(batch())
+    version, blob = await store.stored("alice")
+    key = store.keys.state("alice")
+    await store.redis.delete(key)
+    await store.redis.hset(key, mapping={"v": version, "s": blob or b"", "b": "3"})
+    assert await store.stored("alice") == (version, blob)
+    alice = await store.read("alice")
+    assert alice is not None and sorted([s.customer_id async for s in store.scan_states()]) == ["alice", "bob"]
+    report = await processor(store, Sink()).process([txn(9, "alice", "credit", "1.00", day=4)])
+    assert report.applied == 1
+    assert await store.redis.type(key) == b"string"
+    assert (await store.redis.get(key) or b"").startswith(b"%d:" % (version + 1))
+    again = await store.read("alice")
+    assert again is not None and again.balance == alice.balance + Decimal("1.00")
+    # duplicates of what the hash state already held are still duplicates
+    assert (await processor(store, Sink()).process(batch())).applied == 0

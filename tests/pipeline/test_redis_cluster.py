@@ -21,15 +21,20 @@ import redis
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, ResponseError
 
+from streams.board import check, read_board, shards, stored
 from streams.clients import connect, ensure_topics
 from streams.keys import Keys
 from streams.local.servers import EmbeddedRedis, Stack, free_port
 from streams.settings import Settings, rates, state_config, thresholds
-from streams.store import CLUSTER_CALLS_IN_FLIGHT, StateStore, _bounded
+from streams.store import CLUSTER_CALLS_IN_FLIGHT, RECENT_ALERTS_KEPT, StateStore, _bounded
 from streams.tiers import TierBook, distribution, rebuild
 from streams.topics import all_topics
 from tests.connected.test_alerts_connected import ROOT, env, produce, stop
 from tests.fakes import Sink
+from tests.pipeline.test_board import ZONE as BOARD_ZONE
+from tests.pipeline.test_board import processor as board_processor
+from tests.pipeline.test_board import reference as board_reference
+from tests.pipeline.test_board import txn as board_txn
 from tests.pipeline.test_pipeline import big_credit_step, processor, txn
 
 CUSTOMERS = [f"cl{i:02d}" for i in range(40)]  # spread over many hash slots
@@ -169,16 +174,22 @@ async def test_a_worker_runs_unchanged_on_redis_cluster(stack: Stack, cluster_ur
     try:
         await produce(stack.kafka_bootstrap, events)
         deadline = time.monotonic() + 90
-        balances: dict[str, str] = {}
-        while time.monotonic() < deadline and len(balances) < len(CUSTOMERS):
-            assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-2000:]
-            for c in CUSTOMERS:
-                if c not in balances:
-                    shown = cli(stack, tmp_path, cluster_url, "customer", "show", c, "--json")
-                    if shown.returncode == 0:
-                        balances[c] = orjson.loads(shown.stdout)["balance"]
-            await asyncio.sleep(0.5)
+        store = StateStore(connect(cluster_url, cluster=True), Keys("cl-e2e"))
+        try:
+            balances: dict[str, str] = {}
+            while time.monotonic() < deadline and len(balances) < len(CUSTOMERS):
+                assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-2000:]
+                for c in CUSTOMERS:
+                    if c not in balances and (state := await store.read(c)) is not None:
+                        balances[c] = f"{state.balance:.2f}"
+                await asyncio.sleep(0.5)
+        finally:
+            await store.redis.aclose()
         assert balances == {c: f"{1000 + i}.00" for i, c in enumerate(CUSTOMERS)}
+        for i in (0, len(CUSTOMERS) // 2, len(CUSTOMERS) - 1):  # the CLI reads them on the cluster
+            shown = cli(stack, tmp_path, cluster_url, "customer", "show", CUSTOMERS[i], "--json")
+            assert shown.returncode == 0, shown.stderr.decode()
+            assert orjson.loads(shown.stdout)["balance"] == f"{1000 + i}.00"
         # the worker's tier refresh puts every customer in the tier index (the stack's broker
         # also carries other tests' customers: this worker reads the topic from the start)
         client, keys = connect(cluster_url, cluster=True), Keys("cl-e2e")
@@ -219,3 +230,23 @@ async def test_cluster_calls_are_bounded_in_flight_and_keep_their_order() -> Non
     assert peak == CLUSTER_CALLS_IN_FLIGHT
     with pytest.raises(ResponseError, match="boom"):
         await _bounded(call(i) for i in [1, -1, 2])
+
+
+async def test_the_board_is_sharded_by_slot_and_read_whole_on_the_cluster(cluster_store: StateStore) -> None:
+    """Each commit call counts its customers in its own slot's 看板 shard (a script may only
+    touch keys of one slot); readers sum the shards to the board one Redis would hold."""
+    batch = [
+        board_txn(i, customer, "credit", "100.00", f"2024-03-01T{i % 24:02d}:00:00+08:00")
+        for i, customer in enumerate(CUSTOMERS)
+    ] + [
+        board_txn(100 + i, customer, "debit", f"{i + 1}.00", "2024-03-02T09:00:00+08:00")
+        for i, customer in enumerate(CUSTOMERS)
+    ]
+    await board_processor(cluster_store).process(batch)
+    found = await shards(cluster_store.redis, cluster_store.keys, cluster=True)
+    assert len(found) > 1
+    assert await stored(cluster_store.redis, cluster_store.keys, cluster=True) == board_reference(batch)
+    assert await check(cluster_store, BOARD_ZONE, RECENT_ALERTS_KEPT, cluster=True) == []
+    board = await read_board(cluster_store.redis, cluster_store.keys, BOARD_ZONE, cluster=True, top=3)
+    assert board["flows"]["total"]["outflow"] == f"{sum(range(1, len(CUSTOMERS) + 1))}.00"
+    assert [row["customer_id"] for row in board["top_net_outflow"]] == ["cl39", "cl38", "cl37"]

@@ -17,7 +17,17 @@ from rules.metrics import SegmentThresholds
 from rules.state import CustomerState, StateConfig, apply_transaction
 from streams.clients import connect
 from streams.keys import Keys
-from streams.tiers import TierBook, cut_positions, distribution, interpolate, recompute_cuts, write_contributions
+from streams.tiers import (
+    TierBook,
+    cut_positions,
+    distribution,
+    interpolate,
+    iso_week,
+    moved_this_week,
+    read_cuts,
+    recompute_cuts,
+    write_contributions,
+)
 
 ZONE = ZoneInfo("Asia/Shanghai")
 cents = st.integers(min_value=-(10**9), max_value=10**11).map(lambda c: Decimal(c) / 100)
@@ -114,3 +124,91 @@ async def test_one_unusable_state_never_stops_the_tiers_of_everyone_else(redis_u
         assert await client.hget(Keys("t9").tier_values, "BROKEN") is None
     finally:
         await client.aclose()
+
+
+async def test_a_long_refresh_gives_the_event_loop_back_between_slices(redis_url: str) -> None:
+    """The worker's batches share the event loop with the refresh: evaluating thousands of
+    changed customers in one go stalled every batch for half a second (make bench, 80% of
+    the catch-up rate). A concurrent task runs during the refresh, never waits a whole one."""
+    import asyncio
+    import time
+
+    from streams import tiers
+
+    config = StateConfig(zone=ZONE)
+    client = connect(redis_url)
+    book = TierBook(client, Keys("t10"), config, SegmentThresholds(), ContributionRates())
+    states = []
+    for i in range(1500):
+        state = CustomerState(f"C{i}")
+        apply_transaction(state, _credit(state.customer_id, 0, str(10 * (i + 1)), 1), config)
+        states.append(state)
+    gaps: list[float] = []
+
+    async def ticker() -> None:
+        while True:
+            last = time.perf_counter()
+            await asyncio.sleep(0)
+            gaps.append(time.perf_counter() - last)
+
+    try:
+        book.changed(states)
+        started = time.perf_counter()
+        task = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        assert await book.refresh() == 1500
+        took = time.perf_counter() - started
+        task.cancel()
+        assert book.tier_of("C1499") == "I"
+    finally:
+        await client.aclose()
+    assert max(gaps) < took / 3  # in one piece, the longest wait was nearly all of the refresh
+    assert took > 10 * tiers.REFRESH_SLICE_SECONDS  # (else there was nothing to slice)
+
+
+async def test_tier_moves_are_counted_per_iso_week_including_moves_by_the_cut_points(redis_url: str) -> None:
+    """One customer's fortune moves the cut points, so customers the refresh did not
+    re-evaluate change tier too: each customer whose tier changed is in the week's set once."""
+    config = StateConfig(zone=ZONE)
+    client = connect(redis_url)
+    keys = Keys("tm")
+    book = TierBook(client, keys, config, SegmentThresholds(), ContributionRates())
+    states = {}
+    for i in range(12):
+        state = CustomerState(f"C{i}")
+        apply_transaction(state, _credit(state.customer_id, 0, str(1000 * (i + 1)), 1), config)
+        states[state.customer_id] = state
+
+    async def tiers_now() -> dict[str, str]:
+        cuts, _ = await read_cuts(client, keys)
+        raw = await client.hgetall(keys.tier_values)
+        return {k.decode(): tier_of(Decimal(v.decode()), cuts) for k, v in raw.items()}
+
+    try:
+        book.changed(states.values())
+        await book.refresh()
+        assert await moved_this_week(client, keys, ZONE) == ("2024-W09", 0)  # a first tier is not a move
+        before = await tiers_now()
+        for n, name in enumerate(("C0", "C1", "C2")):  # three fortunes shift every cut point up
+            apply_transaction(states[name], _credit(name, 1, str(900_000 + n), 4), config)
+            book.changed([states[name]])
+        await book.refresh()
+        after = await tiers_now()
+        moved = {c for c in after if after[c] != before[c]}
+        assert moved - {"C0", "C1", "C2"}, "the cut points moved others too"
+        week, count = await moved_this_week(client, keys, ZONE)
+        assert (week, count) == ("2024-W10", len(moved))  # 2024-03-04 is the Monday of week 10
+        assert {m.decode() for m in await client.smembers(keys.tier_moved("2024-W10"))} == moved
+        assert 0 < await client.ttl(keys.tier_moved("2024-W10")) <= 14 * 86400
+        await book.refresh()  # nothing changed: nothing more moved
+        assert await moved_this_week(client, keys, ZONE) == ("2024-W10", len(moved))
+    finally:
+        await client.aclose()
+
+
+def test_iso_weeks_are_in_the_bank_zone() -> None:
+    sunday_late = int(dt.datetime(2024, 3, 3, 23, 30, tzinfo=ZONE).timestamp() * 1_000_000)
+    assert iso_week(sunday_late, ZONE) == "2024-W09"
+    assert iso_week(sunday_late, ZoneInfo("UTC")) == "2024-W09"
+    assert iso_week(sunday_late + 3_600_000_000, ZONE) == "2024-W10"
+    assert iso_week(int(dt.datetime(1998, 12, 31, 12, tzinfo=ZONE).timestamp() * 1_000_000), ZONE) == "1998-W53"

@@ -13,7 +13,15 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from rules.config import MarketingConfig, OutflowRule, RulesConfig
-from rules.engine import Finding, Judgement, _end_of_day, average_end_of_day, external_drift, judge
+from rules.engine import (
+    Finding,
+    Judgement,
+    _end_of_day,
+    average_end_of_day,
+    external_drift,
+    inflow_and_retention,
+    judge,
+)
 from rules.events import LoanEvent, TransactionEvent
 from rules.metrics import evaluate
 from rules.state import CustomerState, Outcome, StateConfig, apply_loan, apply_transaction, local_day, to_us
@@ -398,6 +406,24 @@ def test_the_churn_rules_own_walk_equals_the_spec_metrics(case: tuple[list[Trans
             metrics = evaluate(state, moment, CONFIG)
             want = (metrics.external_outflow_share_30d, metrics.external_banks_90d)
             assert external_drift(state, moment) == want
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories())
+def test_the_collection_rules_own_walk_equals_the_spec_metrics(
+    case: tuple[list[TransactionEvent], dt.datetime],
+) -> None:
+    """The collection check reads two metrics without a full evaluate(): they must be exactly
+    evaluate()'s inflow_90d and retention_days_avg_90d (value and exponent), after every event."""
+    events, as_of = case
+    state = CustomerState(events[0].customer_id)
+    for event in events:
+        apply_transaction(state, event, CONFIG)
+        assert state.last_txn_us is not None
+        for moment in (state.last_txn_us, max(to_us(as_of), state.last_txn_us)):
+            metrics = evaluate(state, moment, CONFIG)
+            inflow, retention = inflow_and_retention(state, moment)
+            assert (str(inflow), str(retention)) == (str(metrics.inflow_90d), str(metrics.retention_days_avg_90d))
 
 
 def _salary(txn_id: str, ts: dt.datetime) -> TransactionEvent:

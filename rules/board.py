@@ -1,0 +1,153 @@
+"""The 看板's bank-level numbers, as pure functions of what the worker applies.
+
+For every event it APPLIES and every finding it commits, the worker adds a
+``BoardDelta`` to the bank-level aggregates in the same atomic Redis step as the
+customer's state (``streams.store``). A redelivered event is a duplicate: it
+applies nothing, so it adds nothing, and the aggregates are exactly-once. The
+cells are integers (money in cents: amounts have at most two decimals, so this
+is exact) so that adding them in Redis is exact too.
+
+``recompute`` gives the same cells from stored states (``fundflow board
+--check``): flows and net outflow of the days every state still keeps (a state
+keeps whole days back to 90 days before its latest transaction), findings from
+the customers' recent-findings lists, and the 归集率 distribution from each
+state as of its latest event.
+
+Cells:
+
+- flows, per local day (bank zone): ``HH|in|kind|ext`` (or ``out``, ``int``) -> cents;
+- findings, per local day of their event time: ``HH|type|category|rule`` -> count;
+- net outflow, per local day: customer -> outflow minus inflow, in cents;
+- collection: the bucket of each customer's ``collection_rate_90d`` as of its
+  latest event (``0`` .. ``9`` for 0-10% .. 90-100%, ``none`` without inflow)
+  -> customers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from rules.events import TransactionEvent
+from rules.state import CREDIT, EXTERNAL, WINDOW_90D_US, ZERO, CustomerState, from_us, record_kind, remaining_since
+
+NO_RATE = "none"  # the collection bucket of a customer with no inflow in 90 days
+BUCKETS: tuple[str, ...] = (*(str(b) for b in range(10)), NO_RATE)
+
+Cells = dict[str, dict[str, int]]  # day (ISO) -> cell -> integer
+
+
+def cents(amount: Decimal) -> int:
+    """An amount of at most two decimals, in cents, exactly."""
+    return int(amount.scaleb(2))
+
+
+def flow_cell(hour: int, credit: bool, kind: str, external: bool) -> str:
+    return f"{hour:02d}|{'in' if credit else 'out'}|{kind}|{'ext' if external else 'int'}"
+
+
+def finding_cell(hour: int, kind: str, category: str, rule: str) -> str:
+    return f"{hour:02d}|{kind}|{category}|{rule}"
+
+
+def _add(cells: Cells, day: str, cell: str, value: int) -> None:
+    row = cells.setdefault(day, {})
+    row[cell] = row.get(cell, 0) + value
+
+
+@dataclass(slots=True)
+class BoardDelta:
+    """What one customer's applied events and committed findings of a batch add."""
+
+    flows: Cells = field(default_factory=dict)
+    findings: Cells = field(default_factory=dict)
+    net: dict[str, int] = field(default_factory=dict)  # day -> this customer's net outflow (cents)
+    latest_us: int | None = None  # the latest event time applied
+
+    def add_transaction(self, event: TransactionEvent, ts_us: int, zone: ZoneInfo) -> None:
+        local = event.ts.astimezone(zone)
+        day = local.date().isoformat()
+        credit = event.direction == "credit"
+        amount = cents(event.amount)
+        _add(self.flows, day, flow_cell(local.hour, credit, event.kind, event.external), amount)
+        self.net[day] = self.net.get(day, 0) + (-amount if credit else amount)
+        self.note_time(ts_us)
+
+    def note_time(self, ts_us: int) -> None:
+        if self.latest_us is None or ts_us > self.latest_us:
+            self.latest_us = ts_us
+
+    def add_finding(self, finding: Any) -> None:
+        """A finding as published (``type``, ``category``, ``rule``, ``ts`` in the bank zone);
+        anything else (a test's stand-in) is not counted."""
+        try:
+            ts = finding["ts"]
+            cell = finding_cell(int(ts[11:13]), finding["type"], finding["category"], finding["rule"])
+        except (KeyError, TypeError, ValueError):
+            return
+        _add(self.findings, ts[:10], cell, 1)
+
+    def __bool__(self) -> bool:
+        return bool(self.flows or self.findings or self.net)
+
+
+def collection_bucket(state: CustomerState) -> str:
+    """The bucket of ``collection_rate_90d`` as of the customer's latest event: what
+    ``rules.metrics.evaluate(state, state.last_us)`` gives, without the other metrics."""
+    if state.last_us is None:
+        return NO_RATE
+    start = state.last_us - WINDOW_90D_US
+    inflow = ZERO
+    for record in reversed(state.events):
+        if record.ts_us <= start:
+            break
+        if record.flags & CREDIT:
+            inflow += record.amount
+    if not inflow:
+        return NO_RATE
+    rate = remaining_since(state, start) / inflow
+    return str(min(9, max(0, int(rate * 10))))
+
+
+@dataclass(slots=True)
+class Board:
+    """Every aggregate cell, as stored (``streams.board``) or recomputed."""
+
+    flows: Cells = field(default_factory=dict)
+    findings: Cells = field(default_factory=dict)
+    net: dict[str, dict[str, int]] = field(default_factory=dict)  # day -> customer -> cents
+    collection: dict[str, int] = field(default_factory=dict)  # bucket -> customers
+
+
+def recompute(
+    states: Iterable[CustomerState],
+    findings: Iterable[Mapping[str, Any]],
+    zone: ZoneInfo,
+) -> tuple[Board, str | None]:
+    """The board from stored states and the findings kept with them, and the first day
+    whose flows are complete (every state keeps its events from that day on)."""
+    board = Board()
+    complete_from: int | None = None
+    for state in states:
+        if state.kept_from_day is not None:
+            complete_from = max(complete_from or state.kept_from_day, state.kept_from_day)
+        bucket = collection_bucket(state)
+        board.collection[bucket] = board.collection.get(bucket, 0) + 1
+        for record in state.events:
+            local = from_us(record.ts_us).astimezone(zone)
+            day = local.date().isoformat()
+            credit = bool(record.flags & CREDIT)
+            amount = abs(cents(record.amount))
+            cell = flow_cell(local.hour, credit, record_kind(record), bool(record.flags & EXTERNAL))
+            _add(board.flows, day, cell, amount)
+            _add(board.net, day, state.customer_id, -amount if credit else amount)
+    delta = BoardDelta()
+    for finding in findings:
+        delta.add_finding(finding)
+    board.findings = delta.findings
+    first = dt.date.fromordinal(complete_from).isoformat() if complete_from is not None else None
+    return board, first

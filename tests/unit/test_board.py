@@ -1,0 +1,86 @@
+"""rules.board: the 看板's cells, against slow and obvious references."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rules.board import NO_RATE, BoardDelta, cents, collection_bucket, recompute
+from rules.events import TransactionEvent
+from rules.metrics import evaluate
+from rules.state import CustomerState, Outcome, StateConfig, apply_transaction, to_us
+from tests.strategies import histories
+
+ZONE = ZoneInfo("Asia/Shanghai")
+CONFIG = StateConfig(ZONE)
+
+
+def applied(events: list[TransactionEvent]) -> tuple[CustomerState, list[TransactionEvent]]:
+    state = CustomerState(events[0].customer_id)
+    kept = [e for e in events if apply_transaction(state, e, CONFIG) is Outcome.APPLIED]
+    return state, kept
+
+
+@settings(deadline=None)
+@given(histories())
+def test_the_collection_bucket_is_the_bucket_of_the_metric(case: tuple[list[TransactionEvent], dt.datetime]) -> None:
+    state, _ = applied(case[0])
+    assert state.last_us is not None
+    rate = evaluate(state, state.last_us, CONFIG).collection_rate_90d
+    expected = NO_RATE if rate is None else str(min(9, max(0, int(rate * 10))))
+    assert collection_bucket(state) == expected
+
+
+@settings(deadline=None)
+@given(histories())
+def test_flows_recomputed_from_the_state_equal_the_deltas_of_the_events(
+    case: tuple[list[TransactionEvent], dt.datetime],
+) -> None:
+    """What the worker adds event by event equals what a recomputation from the stored state
+    finds, for the days the state still keeps (and, day by day, the plain sum of amounts)."""
+    state, kept = applied(case[0])
+    delta = BoardDelta()
+    for event in kept:
+        delta.add_transaction(event, to_us(event.ts), ZONE)
+    board, complete_from = recompute([state], [], ZONE)
+    days = {d for d in delta.flows if complete_from is None or d >= complete_from}
+    by_kind_flag = {d: _coarse(delta.flows[d]) for d in days}
+    assert {d: _coarse(board.flows[d]) for d in days} == by_kind_flag
+    for day in days:
+        inflow = sum(e.amount for e in kept if _day(e) == day and e.direction == "credit")
+        outflow = sum(e.amount for e in kept if _day(e) == day and e.direction == "debit")
+        assert sum(v for c, v in delta.flows[day].items() if "|in|" in c) == cents(Decimal(inflow))
+        assert delta.net[day] == cents(Decimal(outflow) - Decimal(inflow)) == board.net[day][state.customer_id]
+
+
+def _day(event: TransactionEvent) -> str:
+    return event.ts.astimezone(ZONE).date().isoformat()
+
+
+def _coarse(cells: dict[str, int]) -> dict[str, int]:
+    """Cells by hour, direction and place (the kind is checked where the state keeps it)."""
+    out: dict[str, int] = {}
+    for cell, value in cells.items():
+        hour, direction, _, place = cell.split("|")
+        out[f"{hour}|{direction}|{place}"] = out.get(f"{hour}|{direction}|{place}", 0) + value
+    return out
+
+
+def test_a_finding_counts_in_its_own_local_day_and_hour() -> None:
+    delta = BoardDelta()
+    delta.add_finding({"type": "alert", "category": "outflow_risk", "rule": "drain", "ts": "2024-03-01T23:59:59+08:00"})
+    delta.add_finding({"type": "push", "category": "sweep", "rule": "sweep", "ts": "2024-03-02T00:00:00+08:00"})
+    delta.add_finding({"id": "a stand-in without the fields"})
+    assert delta.findings == {
+        "2024-03-01": {"23|alert|outflow_risk|drain": 1},
+        "2024-03-02": {"00|push|sweep|sweep": 1},
+    }
+
+
+@given(st.decimals(min_value=Decimal("0.01"), max_value=Decimal("9999999999999999.99"), places=2))
+def test_cents_are_exact(amount: Decimal) -> None:
+    assert Decimal(cents(amount)) / 100 == amount
