@@ -54,9 +54,10 @@ from rules.state import (
     ZERO,
     CustomerState,
     StateConfig,
+    event_time,
     local_day,
+    midnight_us,
     remaining_since,
-    to_us,
 )
 
 HOUR_US = 3_600_000_000
@@ -135,8 +136,7 @@ class _Judge:
         self.state_config = state_config
         self.zone = state_config.zone
         self.tier = tier
-        self.ts = to_us(event.ts)
-        self.day = local_day(self.ts, self.zone)
+        self.ts, self.day = event_time(event, self.zone)
         self.memory: dict[str, Any] = state.rule_state
         self.out = Judgement()
         if isinstance(event, TransactionEvent):
@@ -692,14 +692,10 @@ REMIND, DUE, OVERDUE = "remind", "due", "overdue"
 PAID_FROM_DAYS = (31, 10)  # a repayment pays D from the report on, within these days before D
 
 
-def _midnight(day: int, zone: ZoneInfo) -> int:
-    return to_us(dt.datetime.combine(dt.date.fromordinal(day), dt.time(), zone))
-
-
 def _paid_from(entry: dict[str, Any], zone: ZoneInfo) -> int:
     """Where a repayment starts to count for this due date: the report that announced it,
     but not more than a month before the date, and always from 10 days before it."""
-    earliest, latest = (_midnight(entry["due"] - days, zone) for days in PAID_FROM_DAYS)
+    earliest, latest = (midnight_us(entry["due"] - days, zone) for days in PAID_FROM_DAYS)
     reported: int = entry["at"]
     return min(max(reported, earliest), latest)
 
@@ -708,9 +704,9 @@ def _points(due: int, config: RulesConfig, zone: ZoneInfo) -> list[tuple[str, in
     """(check, when it is judged) of one due date."""
     rule = config.repayment
     return [
-        (REMIND, _midnight(due - rule.reminder_days, zone)),
-        (DUE, _midnight(due, zone)),
-        (OVERDUE, _midnight(due + rule.overdue_days, zone)),
+        (REMIND, midnight_us(due - rule.reminder_days, zone)),
+        (DUE, midnight_us(due, zone)),
+        (OVERDUE, midnight_us(due + rule.overdue_days, zone)),
     ]
 
 
@@ -758,7 +754,7 @@ def _due_dates(j: _Judge) -> None:
     clock = j.state.last_txn_us
     if not dues or clock is None:
         return
-    kept_from = _midnight(j.state.kept_from_day, j.zone) if j.state.kept_from_day is not None else None
+    kept_from = midnight_us(j.state.kept_from_day, j.zone) if j.state.kept_from_day is not None else None
     for key, entry in sorted(dues.items(), key=lambda item: (item[1]["due"], item[1]["loan"])):
         since = _paid_from(entry, j.zone)
         for check, when in _points(entry["due"], j.config, j.zone):
@@ -777,7 +773,7 @@ def _due_dates(j: _Judge) -> None:
             elif _due_short(j, entry, when, check) and DUE not in entry["done"]:
                 entry["done"].append(DUE)  # one reminder per due date
         finished = {REMIND, DUE, OVERDUE} <= set(entry["done"])
-        if finished and kept_from is not None and _midnight(entry["due"], j.zone) < kept_from:
+        if finished and kept_from is not None and midnight_us(entry["due"], j.zone) < kept_from:
             del dues[key]  # every check of it is behind the kept window: a re-report is too late anyway
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import functools
 import hashlib
 from collections import deque
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from rules.events import Event, Kind, LoanEvent, TransactionEvent
 
 ZERO = Decimal(0)
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+ONE_US = dt.timedelta(microseconds=1)
 US_PER_SECOND = 1_000_000
 US_PER_DAY = 86_400 * US_PER_SECOND
 HOUR_US = 3600 * US_PER_SECOND
@@ -174,15 +176,40 @@ def local_day(ts_us: int, zone: ZoneInfo) -> int:
     return from_us(ts_us).astimezone(zone).date().toordinal()
 
 
+# (event, zone, ts_us, local day) of the transaction ``apply_transaction`` applied last:
+# the rules (``rules.engine.judge``) and the 看板 (``streams.pipeline``) ask ``event_time``
+# for the same event right after it, and an exact conversion of a pydantic-parsed time
+# costs ~1 µs each (issue 18). One tuple, replaced whole: safe to read from any thread.
+_LAST_TIME: tuple[object, ZoneInfo | None, int, int] = (None, None, 0, 0)
+
+
+def event_time(event: Event, zone: ZoneInfo) -> tuple[int, int]:
+    """``to_us(event.ts)`` and the ordinal of its local day in ``zone``: the values the step
+    computed when ``event`` is the transaction it applied last (events are frozen)."""
+    global _LAST_TIME
+    last = _LAST_TIME
+    if last[0] is event and last[1] is zone:
+        return last[2], last[3]
+    ts_us = to_us(event.ts)
+    day = event.ts.astimezone(zone).date().toordinal()
+    _LAST_TIME = (event, zone, ts_us, day)
+    return ts_us, day
+
+
+@functools.lru_cache(maxsize=1024)
+def midnight_us(day: int, zone: ZoneInfo) -> int:
+    """``to_us`` of the local midnight that starts ``day`` (an ordinal) in ``zone``."""
+    return to_us(dt.datetime.combine(dt.date.fromordinal(day), dt.time(), zone))
+
+
 def to_us(moment: dt.datetime) -> int:
     """Microseconds since the epoch of an aware datetime, exactly (no float)."""
-    delta = moment - EPOCH
-    return (delta.days * 86_400 + delta.seconds) * US_PER_SECOND + delta.microseconds
+    return (moment - EPOCH) // ONE_US  # (timedelta // timedelta: an exact int, in C)
 
 
 def from_us(ts_us: int) -> dt.datetime:
     """The aware UTC datetime of ``ts_us`` microseconds since the epoch."""
-    return EPOCH + dt.timedelta(microseconds=ts_us)
+    return EPOCH + ONE_US * ts_us  # (no keyword argument to parse: ~40% cheaper, as exact)
 
 
 def content_hash(event: TransactionEvent | LoanEvent, ts_us: int | None = None) -> str:
@@ -239,7 +266,10 @@ def apply_transaction(
         return Outcome.TOO_LATE
     # (before any change: at the edges of the calendar this raises OverflowError, which
     # streams.decode's time bounds keep away; the state is then still untouched)
-    day = event.ts.astimezone(config.zone).date().toordinal()
+    zone = config.zone
+    day = event.ts.astimezone(zone).date().toordinal()
+    global _LAST_TIME
+    _LAST_TIME = (event, zone, ts_us, day)
     state.seen[event.txn_id] = (fingerprint, ts_us)
 
     credit = event.direction == "credit"
@@ -362,8 +392,7 @@ def _prune(state: CustomerState, config: StateConfig) -> None:
     assert state.last_txn_us is not None and state.last_us is not None
     horizon = from_us(state.last_txn_us - WINDOW_90D_US).astimezone(config.zone)
     horizon_day = horizon.date().toordinal()
-    next_midnight = dt.datetime.combine(horizon.date() + dt.timedelta(days=1), dt.time(), config.zone)
-    state.next_prune_us = to_us(next_midnight) + WINDOW_90D_US  # when horizon_day moves on
+    state.next_prune_us = midnight_us(horizon_day + 1, config.zone) + WINDOW_90D_US  # when horizon_day moves on
     state.kept_from_day = horizon_day
     events = state.events
     if events and events[0].day < horizon_day:
@@ -443,7 +472,11 @@ def latest_loans(state: CustomerState) -> dict[str, LoanPoint]:
 def remaining_since(state: CustomerState, start_us: int) -> Decimal:
     """What is still in the account of the money that came in after ``start_us`` (the FIFO
     lots formed after it: the numerator of ``collection_rate_90d``)."""
-    return sum((lot[LOT_AMOUNT] for lot in state.lots if lot[LOT_TS] > start_us), ZERO)
+    total = ZERO  # (the same additions in the same order as sum() over a generator, without one)
+    for lot in state.lots:
+        if lot[LOT_TS] > start_us:
+            total += lot[LOT_AMOUNT]
+    return total
 
 
 def apply_event(state: CustomerState, event: Event, config: StateConfig) -> Outcome:

@@ -45,7 +45,7 @@ from redis.exceptions import RedisError
 
 from rules.board import BoardDelta, collection_bucket
 from rules.events import Event, TransactionEvent
-from rules.state import CustomerState, Outcome, StateConfig, apply_event, to_us
+from rules.state import CustomerState, Outcome, StateConfig, apply_event, event_time
 from streams import telemetry
 from streams.codec import encode_state
 from streams.deadletter import RawRecord, dead_letter, dead_letter_key
@@ -421,7 +421,7 @@ class BatchProcessor:
                 run.applied_ids.append(id(record))
                 run.findings.extend(findings)
                 if isinstance(event, TransactionEvent):
-                    run.board.add_transaction(event, to_us(event.ts), self.zone)
+                    run.board.add_transaction(event, event_time(event, self.zone)[0], self.zone)
                 for entry in findings:
                     run.board.add_finding(_finding_of(entry))
                 if record.timestamp_ms is not None:
