@@ -95,6 +95,7 @@ def run_demo(settings: Settings, berka_dir: Path | None, rate: float, speedup: f
         run.start_worker()
         console = _start_console(run, log_dir)
         print(f"  web console: {console}   (live alerts, customer pages, tiers; no token in demo mode)", flush=True)
+        print(f"  看板: {console}console/board.html   case desk: {console}console/desk.html", flush=True)
         headline = f"FundFlow demo: open {console} in a browser; Ctrl-C stops everything"  # tops every screen
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C or SIGTERM: streams.stopping printed the line
             asyncio.run(_live(run, lines, rate, speedup, watched, headline))
