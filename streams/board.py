@@ -31,6 +31,7 @@ from streams.keys import BOARD, Keys
 from streams.store import StateStore
 
 DAYS_SHOWN = 30  # the findings history of the board
+FIRST_PRUNE_LOOKBACK_DAYS = 31  # how far before the retention a shard's first prune looks
 Cells = dict[str, int]
 
 
@@ -43,11 +44,12 @@ def bucket_label(bucket: str) -> str:
 
 
 async def shards(redis: aioredis.Redis, keys: Keys, cluster: bool) -> list[str]:
-    """The board's shards: one on a single Redis; on Redis Cluster every one written."""
+    """The board's shards: one on a single Redis; on Redis Cluster every one the workers
+    registered (``StateStore`` adds a shard to ``{p}:board:shards`` when it first writes it),
+    so no reader ever scans the keyspace."""
     if not cluster:
         return [BOARD]
-    found = {keys.shard_of_board_key(_text(key)) async for key in redis.scan_iter(match=keys.board_pattern("latest"))}
-    return sorted(found)
+    return sorted(_text(m) for m in cast(set[bytes], await redis.smembers(keys.board_shards)))
 
 
 def _text(value: bytes | str) -> str:
@@ -256,18 +258,28 @@ async def check(store: StateStore, zone: ZoneInfo, kept: int, cluster: bool = Fa
 
 
 async def prune(redis: aioredis.Redis, keys: Keys, zone: ZoneInfo, keep_days: int, cluster: bool = False) -> int:
-    """Delete the day keys older than ``keep_days`` before the latest event's day; returns how many."""
+    """Delete the day keys older than ``keep_days`` before the latest event's day; returns how
+    many existed. Each shard remembers the first day it still keeps (``board:kept_from``), so
+    a prune deletes by name the days since the last one (never a scan of the keyspace); the
+    first prune of a shard goes back ``keep_days`` (at least 31) more."""
     found = await shards(redis, keys, cluster)
     newest = await latest_us(redis, keys, found)
     if newest is None:
         return 0
-    first = (from_us(newest).astimezone(zone).date() - dt.timedelta(days=keep_days)).isoformat()
-    old: list[str] = []
+    first = from_us(newest).astimezone(zone).date() - dt.timedelta(days=keep_days)
+    dropped = 0
     for shard in found:
-        for name in ("flow", "findings", "net"):
-            async for key in redis.scan_iter(match=keys.board(shard, f"{name}:*")):
-                if _text(key).rsplit(":", 1)[1] < first:
-                    old.append(_text(key))
-    for key in old:
-        await redis.delete(key)
-    return len(old)
+        marker = keys.board(shard, "kept_from")
+        kept_from = await redis.get(marker)
+        lookback = dt.timedelta(days=max(keep_days, FIRST_PRUNE_LOOKBACK_DAYS))
+        start = dt.date.fromisoformat(_text(kept_from)) if kept_from else first - lookback
+        day = start
+        while day < first:
+            batch: list[str] = []
+            while day < first and len(batch) < 300:
+                batch += [keys.board(shard, f"{name}:{day.isoformat()}") for name in ("flow", "findings", "net")]
+                day += dt.timedelta(days=1)
+            dropped += int(await redis.delete(*batch))  # (one shard: one slot, also on a cluster)
+        if start < first or kept_from is None:
+            await redis.set(marker, first.isoformat())
+    return dropped

@@ -28,6 +28,8 @@ holds no ``}``, and no ordinary id starts with ``{``, so the encoding is one-to-
 | ``{p}:{S}:board:flow:{day}`` | hash | ``HH|in|kind|ext`` -> cents that flowed on that local day and hour |
 | ``{p}:{S}:board:findings:{day}`` | hash | ``HH|type|category|rule`` -> findings of that local day and hour |
 | ``{p}:{S}:board:net:{day}`` | sorted set | customer -> net outflow of that local day (cents) |
+| ``{p}:{S}:board:kept_from`` | string | the first day the shard still keeps (``streams.board.prune``) |
+| ``{p}:board:shards`` | set | on Redis Cluster: the 看板 shards written (``S`` values) |
 | ``{p}:{cases}:case:{N}`` | hash | case N (``streams.cases``): status, assignee, outcome, ``v`` = version |
 | ``{p}:{cases}:case:{N}:audit`` | list | case N's append-only audit trail (JSON entries, oldest first) |
 | ``{p}:{cases}:case:{N}:findings`` | list | the findings that opened or joined case N (JSON, oldest first) |
@@ -154,14 +156,10 @@ class Keys:
         """A 看板 key of ``shard`` (``board``, or on Redis Cluster ``board_shard(slot)``)."""
         return f"{self.prefix}:{{{shard}}}:board:{name}"
 
-    def board_pattern(self, name: str) -> str:
-        return f"{self.prefix}:{{board*}}:board:{name}"
-
-    def shard_of_board_key(self, key: str) -> str:
-        head = f"{self.prefix}:{{"
-        if not key.startswith(head) or "}:board:" not in key:
-            raise ValueError(f"not a board key: {key!r}")
-        return key[len(head) : key.index("}:board:")]
+    @property
+    def board_shards(self) -> str:
+        """The 看板 shards written on Redis Cluster (a set: readers never scan for them)."""
+        return f"{self.prefix}:board:shards"
 
     @property
     def tier_last(self) -> str:

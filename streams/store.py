@@ -258,6 +258,7 @@ class StateStore:
         self._commit = client.register_script(COMMIT_LUA)
         self._confirm = client.register_script(CONFIRM_LUA)
         self._scripts_loaded = False  # SCRIPT LOAD once, then plain EVALSHA (a restarted Redis -> again)
+        self._shards_known: set[str] = set()  # 看板 shards this store registered (Redis Cluster)
 
     async def load(self, customer_ids: Sequence[str]) -> dict[str, Loaded]:
         """Version, state and pending outbox of each customer, in one round trip."""
@@ -328,6 +329,11 @@ class StateStore:
                 await self.redis.script_load(COMMIT_LUA)
                 self._scripts_loaded = True
             groups = self._groups(commits)
+            if self.cluster:  # readers find the shards in a set, never by a scan of the keyspace
+                new = {self._shard(group[0].customer_id) for group in groups} - self._shards_known
+                if new:
+                    await self.redis.sadd(self.keys.board_shards, *sorted(new))
+                    self._shards_known |= new
             calls: list[tuple[Any, ...]] = []
             for group in groups:
                 keys: list[str] = []

@@ -21,7 +21,7 @@ import redis
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, ResponseError
 
-from streams.board import check, read_board, shards, stored
+from streams.board import check, prune, read_board, shards, stored
 from streams.clients import connect, ensure_topics
 from streams.keys import Keys
 from streams.local.servers import EmbeddedRedis, Stack, free_port
@@ -250,3 +250,7 @@ async def test_the_board_is_sharded_by_slot_and_read_whole_on_the_cluster(cluste
     board = await read_board(cluster_store.redis, cluster_store.keys, BOARD_ZONE, cluster=True, top=3)
     assert board["flows"]["total"]["outflow"] == f"{sum(range(1, len(CUSTOMERS) + 1))}.00"
     assert [row["customer_id"] for row in board["top_net_outflow"]] == ["cl39", "cl38", "cl37"]
+    # pruning deletes by name in every registered shard (no scan of the keyspace)
+    assert await prune(cluster_store.redis, cluster_store.keys, BOARD_ZONE, keep_days=0, cluster=True) > 0
+    left = await stored(cluster_store.redis, cluster_store.keys, cluster=True)
+    assert sorted(left.flows) == ["2024-03-02"] and sorted(left.net) == ["2024-03-02"]
