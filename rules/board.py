@@ -32,8 +32,9 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from rules.engine import inflow_and_retention
 from rules.events import TransactionEvent
-from rules.state import CREDIT, EXTERNAL, WINDOW_90D_US, ZERO, CustomerState, from_us, record_kind, remaining_since
+from rules.state import CREDIT, EXTERNAL, WINDOW_90D_US, CustomerState, from_us, record_kind, remaining_since
 
 NO_RATE = "none"  # the collection bucket of a customer with no inflow in 90 days
 BUCKETS: tuple[str, ...] = (*(str(b) for b in range(10)), NO_RATE)
@@ -100,16 +101,10 @@ def collection_bucket(state: CustomerState) -> str:
     ``rules.metrics.evaluate(state, state.last_us)`` gives, without the other metrics."""
     if state.last_us is None:
         return NO_RATE
-    start = state.last_us - WINDOW_90D_US
-    inflow = ZERO
-    for record in reversed(state.events):
-        if record.ts_us <= start:
-            break
-        if record.flags & CREDIT:
-            inflow += record.amount
+    inflow, _ = inflow_and_retention(state, state.last_us)
     if not inflow:
         return NO_RATE
-    rate = remaining_since(state, start) / inflow
+    rate = remaining_since(state, state.last_us - WINDOW_90D_US) / inflow
     return str(min(9, max(0, int(rate * 10))))
 
 
@@ -121,6 +116,18 @@ class Board:
     findings: Cells = field(default_factory=dict)
     net: dict[str, dict[str, int]] = field(default_factory=dict)  # day -> customer -> cents
     collection: dict[str, int] = field(default_factory=dict)  # bucket -> customers
+
+    def add(self, customer_id: str, delta: BoardDelta) -> None:
+        """Count ``delta``, one customer's cells, as the commit script does."""
+        for into, cells in ((self.flows, delta.flows), (self.findings, delta.findings)):
+            for day, row in cells.items():
+                for cell, value in row.items():
+                    _add(into, day, cell, value)
+        for day, value in delta.net.items():
+            _add(self.net, day, customer_id, value)
+
+    def count(self, bucket: str) -> None:
+        self.collection[bucket] = self.collection.get(bucket, 0) + 1
 
 
 def recompute(
@@ -135,8 +142,7 @@ def recompute(
     for state in states:
         if state.kept_from_day is not None:
             complete_from = max(complete_from or state.kept_from_day, state.kept_from_day)
-        bucket = collection_bucket(state)
-        board.collection[bucket] = board.collection.get(bucket, 0) + 1
+        board.count(collection_bucket(state))
         for record in state.events:
             local = from_us(record.ts_us).astimezone(zone)
             day = local.date().isoformat()

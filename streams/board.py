@@ -28,6 +28,7 @@ from rules.board import BUCKETS, NO_RATE, Board, recompute
 from rules.money import rounded
 from rules.state import KINDS, from_us
 from streams.keys import BOARD, Keys
+from streams.pipeline import outbox_message
 from streams.store import StateStore
 
 DAYS_SHOWN = 30  # the findings history of the board
@@ -232,7 +233,7 @@ async def check(store: StateStore, zone: ZoneInfo, kept: int, cluster: bool = Fa
     findings_from: str | None = None
     for state in states:
         entries = await store.recent_findings(state.customer_id, kept)
-        values = [cast(dict[str, Any], orjson.loads(e.split(b"\n", 2)[-1])) for e in entries]
+        values = [cast(dict[str, Any], orjson.loads(outbox_message(e)[2])) for e in entries]
         findings += values
         if len(entries) >= kept and values:  # older ones were dropped: only later days are whole
             oldest = min(str(v["ts"])[:10] for v in values)

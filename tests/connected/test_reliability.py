@@ -96,16 +96,9 @@ def undisturbed_board(workload: list[bytes], tmp_path_factory: pytest.TempPathFa
         delta.add_transaction(event, to_us(event.ts), settings.zone)
         for entry in entries:
             delta.add_finding(orjson.loads(outbox_message(entry)[2]))
-        for into, cells in ((board.flows, delta.flows), (board.findings, delta.findings)):
-            for day, row in cells.items():
-                for cell, value in row.items():
-                    into.setdefault(day, {})[cell] = into.get(day, {}).get(cell, 0) + value
-        for day, value in delta.net.items():
-            net = board.net.setdefault(day, {})
-            net[event.customer_id] = net.get(event.customer_id, 0) + value
+        board.add(event.customer_id, delta)
     for state in states.values():
-        bucket = collection_bucket(state)
-        board.collection[bucket] = board.collection.get(bucket, 0) + 1
+        board.count(collection_bucket(state))
     return board
 
 

@@ -94,17 +94,9 @@ def reference(batch: list[RawRecord]) -> Board:
         delta.add_transaction(event, to_us(event.ts), ZONE)
         for entry in findings:
             delta.add_finding(orjson.loads(entry.split(b"\n", 2)[2]))
-        for day, row in delta.flows.items():
-            for cell, value in row.items():
-                board.flows.setdefault(day, {})[cell] = board.flows.get(day, {}).get(cell, 0) + value
-        for day, row in delta.findings.items():
-            for cell, value in row.items():
-                board.findings.setdefault(day, {})[cell] = board.findings.get(day, {}).get(cell, 0) + value
-        for day, value in delta.net.items():
-            board.net.setdefault(day, {})[event.customer_id] = board.net.get(day, {}).get(event.customer_id, 0) + value
+        board.add(event.customer_id, delta)
     for state in states.values():
-        bucket = collection_bucket(state)
-        board.collection[bucket] = board.collection.get(bucket, 0) + 1
+        board.count(collection_bucket(state))
     return board
 
 
