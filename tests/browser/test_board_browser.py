@@ -18,7 +18,6 @@ from typing import Any
 
 import orjson
 import pytest
-from aiohttp import web
 from pydantic import SecretStr
 
 from streams.api.cases import CASES
@@ -27,7 +26,6 @@ from streams.cases import HOUR_MS, CaseFilter, CaseStore
 from streams.clients import connect
 from streams.deadletter import RawRecord
 from streams.keys import Keys
-from streams.local.servers import free_port
 from streams.pipeline import BatchProcessor
 from streams.rulestep import build_step
 from streams.settings import ApiToken, Settings, rates, state_config, thresholds
@@ -36,7 +34,7 @@ from streams.store import StateStore
 from streams.tiers import TierBook, rebuild
 from streams.tools.berka import berka_lines
 from streams.topics import LOANS, TRANSACTIONS
-from tests.browser.test_console_browser import CHROMIUM, FLAGS, screenshot
+from tests.browser.test_console_browser import CHROMIUM, FLAGS, screenshot, serve
 from tests.fakes import Sink
 
 pytestmark = pytest.mark.browser
@@ -127,10 +125,7 @@ async def test_the_board_draws_every_chart_and_moves_when_a_case_is_resolved(red
     await load_berka(redis_url, SETTINGS)
     await take_cases(redis_url)
     app = create_api(SETTINGS, redis_url, "")
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, port = await serve(app)
     try:
         errors: list[str] = []
         async with async_playwright() as playwright:

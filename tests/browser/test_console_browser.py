@@ -40,6 +40,15 @@ FLAGS = [
 ]
 
 
+async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
+    """``app`` served on a free local port for the browser; ``runner.cleanup()`` stops it."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, port
+
+
 async def screenshot(page: Any, shot: Path) -> None:
     """A full-page screenshot; with ``FUNDFLOW_UPDATE_SCREENSHOT=1`` also kept in docs/."""
     await page.screenshot(path=str(shot), full_page=True)
@@ -53,10 +62,7 @@ async def test_console_shows_live_alerts_and_a_customer_chart(redis_url: str, tm
 
     settings = Settings(key_prefix=PREFIX, api_tokens=(SecretStr("console-token"),))
     processor = await seed(redis_url, settings)
-    runner = web.AppRunner(create_api(settings, redis_url, ""))
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, port = await serve(create_api(settings, redis_url, ""))
     try:
         async with async_playwright() as playwright:
             browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)

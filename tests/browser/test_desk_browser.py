@@ -16,9 +16,8 @@ from pydantic import SecretStr
 from streams.api.cases import CASES
 from streams.api.server import create_api
 from streams.cases import CaseFilter
-from streams.local.servers import free_port
 from streams.settings import ApiToken, Settings
-from tests.browser.test_console_browser import CHROMIUM, FLAGS, screenshot
+from tests.browser.test_console_browser import CHROMIUM, FLAGS, screenshot, serve
 from tests.pipeline.test_cases import finding, publish
 
 pytestmark = pytest.mark.browser
@@ -54,10 +53,7 @@ async def test_supervisor_assigns_analyst_works_viewer_watches(redis_url: str, t
     from playwright.async_api import async_playwright, expect
 
     app = create_api(SETTINGS, redis_url, "")
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, port = await serve(app)
     try:
         await publish(_Served(app), finding("C1", severity="high", tier="I"), finding("C2"))  # type: ignore[arg-type]
         first, second = [c.id for c in (await app[CASES].search(CaseFilter(), 10, 0))[0]][::-1]
