@@ -77,7 +77,13 @@ def _summed(rows: Sequence[Cells]) -> Cells:
 
 
 async def latest_us(redis: aioredis.Redis, keys: Keys, found: Sequence[str]) -> int | None:
-    values = [await redis.get(keys.board(shard, "latest")) for shard in found]
+    """The latest event time any shard's commits carried, in one round trip."""
+    if not found:
+        return None
+    async with redis.pipeline(transaction=False) as pipe:
+        for shard in found:
+            pipe.get(keys.board(shard, "latest"))
+        values = await pipe.execute()
     present = [int(v) for v in values if v is not None]
     return max(present) if present else None
 
