@@ -26,15 +26,24 @@ Cells:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from rules.engine import inflow_and_retention
 from rules.events import TransactionEvent
-from rules.state import CREDIT, EXTERNAL, WINDOW_90D_US, CustomerState, from_us, record_kind, remaining_since
+from rules.state import (
+    CREDIT,
+    EXTERNAL,
+    WINDOW_90D_US,
+    CustomerState,
+    inflow_since,
+    local_day_hour,
+    record_kind,
+    remaining_since,
+)
 
 NO_RATE = "none"  # the collection bucket of a customer with no inflow in 90 days
 BUCKETS: tuple[str, ...] = (*(str(b) for b in range(10)), NO_RATE)
@@ -55,6 +64,12 @@ def finding_cell(hour: int, kind: str, category: str, rule: str) -> str:
     return f"{hour:02d}|{kind}|{category}|{rule}"
 
 
+@functools.lru_cache(maxsize=1024)
+def iso_day(ordinal: int) -> str:
+    """``YYYY-MM-DD`` of a day ordinal (the 看板's day keys)."""
+    return dt.date.fromordinal(ordinal).isoformat()
+
+
 def _add(cells: Cells, day: str, cell: str, value: int) -> None:
     row = cells.setdefault(day, {})
     row[cell] = row.get(cell, 0) + value
@@ -70,11 +85,11 @@ class BoardDelta:
     latest_us: int | None = None  # the latest event time applied
 
     def add_transaction(self, event: TransactionEvent, ts_us: int, zone: ZoneInfo) -> None:
-        local = event.ts.astimezone(zone)
-        day = local.date().isoformat()
+        ordinal, hour = local_day_hour(ts_us, zone)
+        day = iso_day(ordinal)
         credit = event.direction == "credit"
         amount = cents(event.amount)
-        _add(self.flows, day, flow_cell(local.hour, credit, event.kind, event.external), amount)
+        _add(self.flows, day, flow_cell(hour, credit, event.kind, event.external), amount)
         self.net[day] = self.net.get(day, 0) + (-amount if credit else amount)
         self.note_time(ts_us)
 
@@ -101,10 +116,11 @@ def collection_bucket(state: CustomerState) -> str:
     ``rules.metrics.evaluate(state, state.last_us)`` gives, without the other metrics."""
     if state.last_us is None:
         return NO_RATE
-    inflow, _ = inflow_and_retention(state, state.last_us)
+    start_us = state.last_us - WINDOW_90D_US
+    inflow = inflow_since(state, start_us)
     if not inflow:
         return NO_RATE
-    rate = remaining_since(state, state.last_us - WINDOW_90D_US) / inflow
+    rate = remaining_since(state, start_us) / inflow
     return str(min(9, max(0, int(rate * 10))))
 
 
@@ -144,11 +160,11 @@ def recompute(
             complete_from = max(complete_from or state.kept_from_day, state.kept_from_day)
         board.count(collection_bucket(state))
         for record in state.events:
-            local = from_us(record.ts_us).astimezone(zone)
-            day = local.date().isoformat()
+            ordinal, hour = local_day_hour(record.ts_us, zone)
+            day = iso_day(ordinal)
             credit = bool(record.flags & CREDIT)
             amount = abs(cents(record.amount))
-            cell = flow_cell(local.hour, credit, record_kind(record), bool(record.flags & EXTERNAL))
+            cell = flow_cell(hour, credit, record_kind(record), bool(record.flags & EXTERNAL))
             _add(board.flows, day, cell, amount)
             _add(board.net, day, state.customer_id, -amount if credit else amount)
     delta = BoardDelta()

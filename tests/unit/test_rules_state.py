@@ -19,7 +19,19 @@ from hypothesis import strategies as st
 
 from rules.events import TransactionEvent
 from rules.metrics import evaluate
-from rules.state import LOT_AMOUNT, LOT_TS, CustomerState, Outcome, StateConfig, apply_transaction, content_hash, to_us
+from rules.state import (
+    LOT_AMOUNT,
+    LOT_TS,
+    CustomerState,
+    Outcome,
+    StateConfig,
+    apply_transaction,
+    content_hash,
+    from_us,
+    local_day,
+    local_day_hour,
+    to_us,
+)
 from streams.codec import decode_state, encode_state
 from tests.reference import reference_state
 from tests.strategies import event_sequences_for_cap, histories
@@ -290,3 +302,45 @@ def test_a_timestamp_at_the_edge_of_the_calendar_raises_before_the_state_changes
         with pytest.raises(OverflowError):
             apply_transaction(state, event, config)
         assert encode_state(state) == before and not state.seen
+
+
+# zones with DST, half- and quarter-hour offsets, a 30-minute DST shift, and offsets that
+# were not whole minutes (Monrovia until 1972, Amsterdam before 1937)
+ODD_ZONES = [
+    "Asia/Shanghai", "Europe/Prague", "America/New_York", "Asia/Kathmandu", "Asia/Kolkata",
+    "Australia/Lord_Howe", "America/St_Johns", "Africa/Monrovia", "Europe/Amsterdam", "Pacific/Chatham", "UTC",
+]  # fmt: skip
+
+
+@given(
+    ts_us=st.integers(to_us(dt.datetime(1900, 1, 2, tzinfo=dt.UTC)), to_us(dt.datetime(8999, 12, 31, tzinfo=dt.UTC))),
+    zone=st.sampled_from(ODD_ZONES),
+    near_transition=st.booleans(),
+    shift_us=st.integers(-2 * 3_600_000_000, 2 * 3_600_000_000),
+)
+def test_local_day_and_hour_by_cached_offset_equal_the_conversion(
+    ts_us: int, zone: str, near_transition: bool, shift_us: int
+) -> None:
+    tz = ZoneInfo(zone)
+    if near_transition:  # within two hours of a DST change of that zone's year
+        year = from_us(ts_us).year
+        probe = dt.datetime(year, 3, 31, 1, tzinfo=dt.UTC)
+        if probe.astimezone(tz).dst():
+            probe = dt.datetime(year, 10, 31, 1, tzinfo=dt.UTC)
+        ts_us = to_us(probe) + shift_us
+    exact = from_us(ts_us).astimezone(tz)
+    assert local_day_hour(ts_us, tz) == (exact.toordinal(), exact.hour)
+    assert local_day(ts_us, tz) == exact.date().toordinal()
+
+
+def test_local_day_and_hour_across_every_transition_of_a_year() -> None:
+    """Every 15 minutes of 2026 in zones with DST, among them Lord Howe's 30-minute shift
+    and St John's half-hour offset."""
+    for zone in ("Europe/Prague", "America/New_York", "Australia/Lord_Howe", "America/St_Johns", "Asia/Shanghai"):
+        tz = ZoneInfo(zone)
+        moment = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+        while moment.year == 2026:
+            ts_us = to_us(moment)
+            exact = from_us(ts_us).astimezone(tz)
+            assert local_day_hour(ts_us, tz) == (exact.toordinal(), exact.hour), (zone, moment)
+            moment += dt.timedelta(minutes=15)
