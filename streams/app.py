@@ -140,7 +140,17 @@ class StoppingWorker(Worker):
     the broker gone that stop waits on the consumer, which keeps asking for a group
     coordinator, and SIGTERM was ignored for as long as the broker stayed away. Here the
     signal also arms ``streams.stopping``'s watchdog, which exits (status 0) if Faust's
-    orderly stop has not finished in time."""
+    orderly stop has not finished in time.
+
+    No start-up spinner: to turn it for every log message, Faust's worker sets the root
+    logger to DEBUG and adds a handler that takes everything, for the life of the process,
+    whatever ``--loglevel`` says; then every ``log.debug`` in aiokafka, Faust and mode
+    (several per fetch and per produce) builds a record that no one shows, ~7% of a worker's
+    CPU at half load (py-spy). Without it, the root logger stays at ``--loglevel``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.spinner = None
 
     def _on_sigint(self) -> None:
         stopping.begin(signal.SIGINT)
