@@ -63,6 +63,14 @@ from streams.tools.replay import SYNTHETIC_SKEW_SECONDS, loop_shift_days, replay
 from streams.topics import ALERTS, INPUT_TOPICS
 
 LIGHT_LOAD = 100.0  # events/s: the latency floor, when nothing queues
+# The latency stages' producer waits this long to fill a batch (aiokafka's default is 0;
+# our tools' 5). Tansu, the embedded broker, lists every stored batch on each fetch: at
+# 5 ms, 80% of (c) wrote ~16,000 small batches in a stage, and by its end the broker took
+# ~60% of a core, on the two cores the worker shares with it (FundFlow's committed p99
+# at 80% 1,415 ms, beside 456 ms at 50 ms, same code). Both columns include the wait:
+# records are stamped as they are sent, so it is part of the bare consumer's latency too.
+LATENCY_PRODUCER_LINGER_MS = 50
+SHARE_TARGET_MS = 25  # FundFlow's share at 80% of (c): committed p99 - bare consumer p99 (issue 18)
 CASES, CASES_SMOKE = 100_000, 2_000  # the case-list stage (issue 19: "with 100,000 cases")
 
 
@@ -271,7 +279,9 @@ async def latency_at(
                         records.append((m.timestamp, m.value))
 
         floor_task = asyncio.create_task(in_hand())
-        producer = await start_producer(settings, run.bootstrap)
+        producer = await start_producer(
+            settings.model_copy(update={"producer_linger_ms": LATENCY_PRODUCER_LINGER_MS}), run.bootstrap
+        )
         try:
             await replay(batch, producer, rate=rate)
         finally:
@@ -565,12 +575,17 @@ def render(results: Results) -> str:
     for share, lat in results.latency.items():
         com, al, bare = lat["committed_ms"], lat["alert_ms"], lat["bare_consumer_ms"]
         where = "at light load     " if share == "light" else f"at {share} of (c) ="
+        both = com["p99"] is not None and bare["p99"] is not None
+        own = f" | FundFlow's share p99 {com['p99'] - bare['p99']}" if both else ""
         out.append(
             f"  {where} {lat['rate']:>6}/s: committed p50 {com['p50']} p95 {com['p95']} p99 {com['p99']}"
             f" (n={com['n']}) | alert p50 {al['p50']} p95 {al['p95']} p99 {al['p99']} (n={al['n']})"
-            f" | bare consumer p50 {bare['p50']} p95 {bare['p95']} p99 {bare['p99']}"
+            f" | bare consumer p50 {bare['p50']} p95 {bare['p95']} p99 {bare['p99']}{own}"
         )
-    out.append("   target at 80%: p50 <= 10, p99 <= 50")
+    out.append(
+        f"   target at 80%: FundFlow's share (committed p99 - bare consumer p99) <= {SHARE_TARGET_MS};"
+        f" the producer lingers {LATENCY_PRODUCER_LINGER_MS} ms (both columns include it)"
+    )
     mem = results.memory
     if mem.get("customers"):
         out.append("")
