@@ -24,6 +24,7 @@ import gc
 import logging
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -42,7 +43,7 @@ from streams.decode import TimeBounds
 from streams.errors import Abandoned, TransientError
 from streams.health import readiness
 from streams.keys import Keys
-from streams.pipeline import BatchProcessor, Emitter, Message, Step
+from streams.pipeline import BatchProcessor, Emitter, Message, Prepared, Step
 from streams.rulestep import build_step
 from streams.settings import Settings, rates, state_config, thresholds
 from streams.store import StateStore
@@ -226,29 +227,41 @@ def kafka_backlog(app: faust.App) -> Callable[[Sequence[Any]], int]:
     return backlog
 
 
+async def _as_is(records: list[RawRecord]) -> Any:
+    return records
+
+
 class BatchReader:
-    """The input topics' records to ``handle`` in adaptive batches (``streams.batcher``),
-    each record acked only after its batch was handled (its effects are safe), so Faust
-    commits offsets after the effects. Records reach the batcher straight from Faust's
-    conductor (``streams.patches.BatchIntake``); Faust keeps group membership, partition
-    assignment, rebalances and offset commits. FundFlow's worker and the batched
+    """The input topics' records in adaptive batches (``streams.batcher``), each batch
+    ``prepare``d, then ``complete``d, and its records acked only after that (its effects
+    are safe), so Faust commits offsets after the effects. A batch is prepared while the
+    one before it completes (``streams.batcher.drain``). Records reach the batcher straight from
+    Faust's conductor (``streams.patches.BatchIntake``); Faust keeps group membership,
+    partition assignment, rebalances and offset commits. FundFlow's worker and the batched
     do-nothing consumer of ``make bench`` both read here, so that floor stays fair.
 
     A failure of the drain (a bug: transient Redis/Kafka errors are retried inside the
     processor, bad records are dead letters) crashes the worker, so an orchestrator
     restarts it; nothing unprocessed was acked, so Kafka redelivers it."""
 
-    def __init__(self, app: faust.App, settings: Settings, handle: Callable[[list[RawRecord]], Awaitable[None]]):
+    def __init__(
+        self,
+        app: faust.App,
+        settings: Settings,
+        complete: Callable[[Any], Awaitable[None]],
+        prepare: Callable[[list[RawRecord]], Awaitable[Any]] = _as_is,
+    ):
         self.app = app
         self.settings = settings
-        self.handle = handle
+        self.complete = complete
+        self.prepare = prepare
         self.batcher: Batcher[Any] = Batcher(settings.batch_max_events)
         self.intake = patches.BatchIntake(app, INPUT_TOPICS, self.batcher)
         app.topics.add(self.intake)
         app.task(self.run)
 
-    async def _handle(self, messages: list[Any]) -> None:
-        await self.handle(
+    async def _prepare(self, messages: list[Any]) -> Any:
+        return await self.prepare(
             [
                 RawRecord(
                     topic=m.topic,
@@ -272,7 +285,8 @@ class BatchReader:
         try:
             await drain(
                 self.batcher,
-                self._handle,
+                self._prepare,
+                self.complete,
                 self._ack,
                 settings.batch_within_seconds,
                 kafka_backlog(self.app),
@@ -320,10 +334,10 @@ def create_app(
     app.fundflow_tiers = tiers  # type: ignore[attr-defined]
     app.fundflow_processor = processor  # type: ignore[attr-defined]
 
-    async def handle(records: list[RawRecord]) -> None:
+    async def complete(prepared: Prepared) -> None:
         try:
-            with telemetry.BATCH_SECONDS.time():
-                await processor.process(records)
+            await processor.complete(prepared)
+            telemetry.BATCH_SECONDS.observe(time.perf_counter() - prepared.started)
         except Abandoned:
             # stopping mid-outage: nothing of this batch (or buffered after it) is acked, so
             # all of it is redelivered; without this Faust waits for the acks (stream_wait_empty)
@@ -331,7 +345,7 @@ def create_app(
             log.warning("stopping: %d unprocessed records given back for redelivery", given_back)
             raise
 
-    app.fundflow_reader = BatchReader(app, settings, handle)  # type: ignore[attr-defined]
+    app.fundflow_reader = BatchReader(app, settings, complete, processor.prepare)  # type: ignore[attr-defined]
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust's stub wants keyword `signal`
     async def _revoked(sender: Any, *args: Any, **kwargs: Any) -> None:

@@ -24,6 +24,12 @@ light load (nothing more in Kafka) nothing changes. Records are acked, in order,
 after their batch is processed (state committed, findings published), so
 offsets are committed after the effects, exactly as before.
 
+Two stages overlap (``drain``): while batch N completes (its commit waits on Redis, its
+findings on Kafka's acks), batch N+1 is taken and prepared (decoded, and stepped for the
+customers N does not hold: ``streams.pipeline.BatchProcessor.prepare``); N+1 completes
+and is acked only after N is. A worker waited on each batch's round trips with nothing
+else to do but take records in.
+
 What can go wrong: the drain fails (a bug; transient Redis/Kafka errors are
 retried inside the processor) -> ``drain`` raises and the worker crashes (an
 orchestrator restarts it); nothing unprocessed was acked, so it is redelivered.
@@ -40,6 +46,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+P = TypeVar("P")
 
 
 class Batcher(Generic[T]):
@@ -85,6 +92,11 @@ class Batcher(Generic[T]):
             self._room.clear()
             await self._room.wait()
 
+    async def wait_for_items(self) -> None:
+        """Until something is buffered."""
+        while not self._items:
+            await self._ready.wait()
+
     async def put(self, item: T) -> None:
         await self.wait_for_room()
         self.put_nowait(item)
@@ -125,25 +137,70 @@ class Batcher(Generic[T]):
 Backlog = Callable[[Sequence[T]], int]  # given the buffered items: records known to wait beyond them
 
 
+async def _next_batch(
+    batcher: Batcher[T],
+    linger: float,
+    backlog: Backlog[T] | None,
+    busy_linger: float,
+    behind: asyncio.Task[None] | None,
+) -> list[T]:
+    """The next batch: while ``backlog`` says more records are already in Kafka, it may
+    fill with them (up to ``max_events``) for ``busy_linger``. While ``behind`` (the batch
+    before) still completes, the first record to arrive does not go alone: the batch fills
+    as a busy worker's does (as it would have, had the drain waited for that batch); and
+    if ``behind`` fails meanwhile, its error is raised at once."""
+    if behind is not None and not behind.done() and not len(batcher):
+        arrived = asyncio.ensure_future(batcher.wait_for_items())
+        try:
+            await asyncio.wait((arrived, behind), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            arrived.cancel()
+        if behind.done():
+            behind.result()  # (raises its error)
+    buffered = len(batcher)
+    waiting = backlog(batcher.buffered()) if backlog is not None and busy_linger > 0 and buffered else 0
+    if waiting:
+        return await batcher.take(max(busy_linger, linger), buffered + waiting)
+    return await batcher.take(linger)
+
+
+async def _acked(ack: Callable[[list[T]], Any], batch: list[T]) -> None:
+    result = ack(batch)
+    if asyncio.iscoroutine(result):
+        await result
+
+
 async def drain(
     batcher: Batcher[T],
-    handle: Callable[[list[T]], Awaitable[None]],
+    prepare: Callable[[list[T]], Awaitable[P]],
+    complete: Callable[[P], Awaitable[None]],
     ack: Callable[[list[T]], Any],
     linger: float,
     backlog: Backlog[T] | None = None,
     busy_linger: float = 0.0,
 ) -> None:
-    """Take batches for ever: handle each, then ack its items (``ack(batch)``, in order).
-    While ``backlog`` says more records are already in Kafka, a batch may fill with them
-    (up to ``max_events``) for ``busy_linger``."""
-    while True:
-        buffered = len(batcher)
-        waiting = backlog(batcher.buffered()) if backlog is not None and busy_linger > 0 and buffered else 0
-        if waiting:
-            batch = await batcher.take(max(busy_linger, linger), buffered + waiting)
-        else:
-            batch = await batcher.take(linger)
-        await handle(batch)
-        result = ack(batch)
-        if asyncio.iscoroutine(result):
-            await result
+    """Take batches for ever, in two stages that overlap: batch N+1 is taken and
+    ``prepare``d while batch N's ``complete`` and then its ack (``ack(batch)``) run; N+1's
+    ``complete`` starts only after N's ack, so batches complete and are acked one at a time,
+    in order, each only after its effects. What ``prepare`` may do while
+    the batch before completes is the caller's contract (``BatchProcessor.prepare``: only
+    what no customer of that batch touches). A ``complete`` that fails ends the drain with
+    its error, also while the drain waits for records."""
+    behind: asyncio.Task[None] | None = None
+
+    async def finish(prepared: P, batch: list[T]) -> None:
+        await complete(prepared)
+        await _acked(ack, batch)
+
+    try:
+        while True:
+            batch = await _next_batch(batcher, linger, backlog, busy_linger, behind)
+            prepared = await prepare(batch)
+            if behind is not None:
+                await behind
+            behind = asyncio.create_task(finish(prepared, batch))
+    finally:
+        if behind is not None and not behind.done():
+            behind.cancel()  # (the worker stops or crashed: unacked, so redelivered)
+            with contextlib.suppress(BaseException):
+                await behind

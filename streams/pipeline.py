@@ -210,6 +210,18 @@ class _Attempt:
     latencies: list[int] = field(default_factory=list)
 
 
+@dataclass(slots=True, eq=False)
+class Prepared:
+    """A batch after ``BatchProcessor.prepare``: decoded, and stepped but for ``later``."""
+
+    records: Sequence[RawRecord]
+    attempt: _Attempt
+    later: list[str]  # customers of the batch before it, stepped in ``complete``
+    started: float = field(default_factory=time.perf_counter)
+    runs: dict[str, CustomerRun] = field(default_factory=dict)
+    redo: list[str] = field(default_factory=list)  # a record failed in the step: redone
+
+
 class BatchProcessor:
     def __init__(
         self,
@@ -248,6 +260,7 @@ class BatchProcessor:
         self._failing_since: float | None = None
         self._failing: set[tuple[str, int]] = set()
         self._flagged: set[tuple[str, int]] = set()  # partitions fundflow_partition_stalled shows as 1
+        self._unfinished: list[Prepared] = []  # prepared, not yet completed (at most two: overlap)
 
     def cached_state(self, customer_id: str) -> CustomerState | None:
         entry = self.cache.get(customer_id)
@@ -282,6 +295,41 @@ class BatchProcessor:
         self._failing_since, self._failing, self._flagged = None, set(), set()
 
     async def process(self, records: Sequence[RawRecord]) -> BatchReport:
+        """Steps 1-6 for one batch (``prepare`` then ``complete``)."""
+        return await self.complete(await self.prepare(records))
+
+    async def prepare(self, records: Sequence[RawRecord]) -> Prepared:
+        """Steps 1-3 of a batch, as far as they can go while the batch before it completes:
+        decode every record; load and step the customers that batch does not hold. Its
+        customers' states are still being committed (a lost version check redoes them from
+        Redis), so their records wait for ``complete``, which runs them after it. A step
+        changes only its own customer's state, so the rest is the same as after that batch.
+        A load that fails here is left to ``complete``'s retries."""
+        by_customer, rejected = self._decode(records)
+        report = BatchReport(records=len(records))
+        letters = [self._letter(r, reason, error, report) for r, reason, error in rejected]
+        attempt = _Attempt(by_customer, letters, rejected, report)
+        busy: set[str] = set()
+        for unfinished in self._unfinished:
+            busy.update(unfinished.attempt.by_customer)
+        ready = [cid for cid in by_customer if cid not in busy]
+        prepared = Prepared(records, attempt, [cid for cid in by_customer if cid in busy])
+        self._unfinished.append(prepared)
+        try:
+            if ready:
+                await self._load_missing(ready, attempt)
+                prepared.runs, prepared.redo = self._run_all(ready, attempt)
+        except (TransientError, RedisError):
+            prepared.runs, prepared.redo, prepared.later = {}, [], list(by_customer)
+        except BaseException:
+            self._unfinished.remove(prepared)
+            raise
+        return prepared
+
+    def _decode(
+        self, records: Sequence[RawRecord]
+    ) -> tuple[dict[str, list[tuple[RawRecord, Event]]], list[tuple[RawRecord, str, str]]]:
+        """Step 1: each customer's events in partition order, and the records given up on."""
         rejected: list[tuple[RawRecord, str, str]] = []  # records given up on: (record, reason, error)
         by_customer: dict[str, list[tuple[RawRecord, Event]]] = {}
         now_ms = self.wall_clock_ms()
@@ -297,21 +345,31 @@ class BatchProcessor:
                 rejected.append((record, DECODE_FAILED, f"decoding raised {type(exc).__name__}"))
                 continue
             by_customer.setdefault(event.customer_id, []).append((record, event))
+        return by_customer, rejected
 
+    async def complete(self, prepared: Prepared) -> BatchReport:
+        """Steps 3-6 of a prepared batch: the customers ``prepare`` left, the commit, the
+        publish, with retries. Call in the order the batches were prepared, one at a time."""
+        try:
+            return await self._complete(prepared)
+        finally:
+            self._unfinished.remove(prepared)
+
+    async def _complete(self, prepared: Prepared) -> BatchReport:
+        records = prepared.records
+        attempt = prepared.attempt
+        by_customer, rejected = attempt.by_customer, attempt.rejected
+        first: Prepared | None = prepared
         retries = 0
         applied_before: set[int] = set()  # committed by an attempt that failed later (e.g. publishing)
         try:
             while True:
-                # Each attempt starts from Redis' truth: after a failure, what was committed
-                # is now a duplicate and its findings come back from the outbox.
-                report = BatchReport(records=len(records), retries=retries)
-                letters = [self._letter(r, reason, error, report) for r, reason, error in rejected]
                 try:
-                    findings = await self._apply(by_customer, letters, rejected, report)
-                    await self._publish(findings, letters)
+                    findings = await self._apply(attempt, first)
+                    await self._publish(findings, attempt.letters)
                     break
                 except (TransientError, RedisError) as exc:
-                    applied_before |= report.applied_records
+                    applied_before |= attempt.report.applied_records
                     retries += 1
                     telemetry.TRANSIENT_RETRIES.inc()
                     self._note_failing(records)
@@ -320,8 +378,15 @@ class BatchProcessor:
                     delay = backoff_seconds(retries, self.retry_initial, self.retry_max)
                     if self.should_stop() or not await self._pause(delay, len(records), exc):
                         raise Abandoned(f"stopping with a batch of {len(records)} records unfinished: {exc}") from exc
+                # Each attempt starts from Redis' truth: after a failure, what was committed
+                # is now a duplicate and its findings come back from the outbox.
+                first = None
+                report = BatchReport(records=len(records), retries=retries)
+                letters = [self._letter(r, reason, error, report) for r, reason, error in rejected]
+                attempt = _Attempt(by_customer, letters, rejected, report)
         finally:
             self._note_progress()
+        report = attempt.report
         # An event a failed attempt committed comes back as a duplicate: it was applied once.
         again = applied_before & report.duplicate_records
         report.applied += len(again)
@@ -344,13 +409,7 @@ class BatchProcessor:
         log.info("dead letter %s[%d]@%d: %s: %s", *_coordinates(record), reason, error)
         return DLQ, dead_letter_key(record), dead_letter(record, reason, error, self.wall_clock_ms())
 
-    async def _apply(
-        self,
-        by_customer: dict[str, list[tuple[RawRecord, Event]]],
-        letters: list[Message],
-        rejected: list[tuple[RawRecord, str, str]],
-        report: BatchReport,
-    ) -> dict[str, list[bytes]]:
+    async def _apply(self, attempt: _Attempt, prepared: Prepared | None = None) -> dict[str, list[bytes]]:
         """Steps 2-4, in rounds until every customer is committed: load what is not cached,
         run each customer's records through the step, commit, settle. Returns each customer's
         findings still to publish (new and left over from a predecessor's outbox).
@@ -359,25 +418,25 @@ class BatchProcessor:
         owner wrote it: re-read and recompute), when the step failed on one of its records
         (that record is dead-lettered and the customer redone from Redis without it), or when
         its state cannot be encoded (the round is redone with the state checked after every
-        step, to find the record)."""
-        attempt = _Attempt(by_customer, letters, rejected, report)
-        pending = list(by_customer)
+        step, to find the record). The first round's steps may be ``prepared`` already."""
+        pending = list(attempt.by_customer)
         while pending:
-            await self._load_missing(pending, attempt)
-            runs: dict[str, CustomerRun] = {}
-            redo: list[str] = []
-            for cid in pending:
-                run = self._run_customer(cid, attempt)
-                if run is None:
-                    redo.append(cid)
-                else:
-                    runs[cid] = run
+            if prepared is not None:  # the first round, stepped in ``prepare`` but for ``later``
+                runs, redo, later = prepared.runs, prepared.redo, prepared.later
+                prepared = None
+            else:
+                runs, redo, later = {}, [], pending
+            if later:
+                await self._load_missing(later, attempt)
+                more, more_redo = self._run_all(later, attempt)
+                runs.update(more)
+                redo += more_redo
             failed = await self._commit(runs, pending, attempt)
             if failed is None:  # a state could not be encoded: every customer of the round again
                 continue
             self._settle(runs, failed, attempt)
             pending = [cid for cid in pending if cid in failed] + redo
-        letters.extend(attempt.outcome_letters)
+        attempt.letters.extend(attempt.outcome_letters)
         while len(self.cache) > self.cache_size:
             self.cache.popitem(last=False)
         telemetry.observe_latencies(attempt.latencies)
@@ -394,6 +453,18 @@ class BatchProcessor:
                 left_over = [entry for entry in loaded.outbox if entry not in queued]
                 queued.extend(left_over)
                 attempt.report.republished += len(left_over)
+
+    def _run_all(self, customers: list[str], attempt: _Attempt) -> tuple[dict[str, CustomerRun], list[str]]:
+        """Step 3 for ``customers`` (loaded): their runs, and those to redo (a record failed)."""
+        runs: dict[str, CustomerRun] = {}
+        redo: list[str] = []
+        for cid in customers:
+            run = self._run_customer(cid, attempt)
+            if run is None:
+                redo.append(cid)
+            else:
+                runs[cid] = run
+        return runs, redo
 
     def _run_customer(self, cid: str, attempt: _Attempt) -> CustomerRun | None:
         """Step 3 for one customer: the pure step over its records, in partition order, on

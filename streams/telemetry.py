@@ -35,7 +35,9 @@ E2E_LATENCY = Histogram(
     buckets=LATENCY_BUCKETS_S,
 )
 BATCH_SECONDS = Histogram(
-    "fundflow_batch_processing_seconds", "Wall time to process one batch", buckets=LATENCY_BUCKETS_S
+    "fundflow_batch_processing_seconds",
+    "Wall time of one batch, from decoding to published (with the wait for the batch before it)",
+    buckets=LATENCY_BUCKETS_S,
 )
 REDIS_SECONDS = Histogram(
     "fundflow_redis_roundtrip_seconds",

@@ -3,6 +3,7 @@ owners, crashes between commit and publish, and Kafka publish failures."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import json
@@ -348,3 +349,62 @@ async def test_a_state_an_earlier_version_stored_as_a_hash_is_read_and_rewritten
     assert again is not None and again.balance == alice.balance + Decimal("1.00")
     # duplicates of what the hash state already held are still duplicates
     assert (await processor(store, Sink()).process(batch())).applied == 0
+
+
+async def stored_blobs(store: StateStore, customers: list[str]) -> dict[str, bytes]:
+    states = {c: await store.read(c) for c in customers}
+    return {c: encode_state(s) for c, s in states.items() if s is not None}
+
+
+async def test_a_batch_prepared_while_the_one_before_completes_leaves_that_ones_customers_for_later(
+    store: StateStore,
+) -> None:
+    """The worker prepares batch N+1 (decode, load, step) while batch N commits and
+    publishes. Had it stepped alice, whom N holds, on the state object N is about to
+    encode, N's commit would carry N+1's credit and N+1's own commit would find it a
+    duplicate: its finding lost. Her record waits for N+1's completion, after N's."""
+    warm = [txn(0, "alice", "credit", "1.00")]
+    first = [txn(1, "alice", "credit", "500.00"), txn(2, "bob", "credit", "50.00")]
+    second = [txn(3, "alice", "credit", "300.00", day=2)]
+    sink = Sink()
+    worker = processor(store, sink)
+    await worker.process(warm)  # alice is cached: preparing N+1 needs no round trip
+    before = await worker.prepare(first)
+    completing = asyncio.create_task(worker.complete(before))
+    after = await worker.prepare(second)
+    assert after.runs == {} and after.later == ["alice"]
+    await completing
+    await worker.complete(after)
+    assert [json.loads(v)["id"] for topic, _, v in sink.sent if topic == ALERTS] == ["big-t1", "big-t3"]
+
+    one_by_one = StateStore(store.redis, Keys("fftest-seq"))
+    sequential = processor(one_by_one, Sink())
+    for records in (warm, first, second):
+        await sequential.process(records)
+    assert await stored_blobs(store, ["alice", "bob"]) == await stored_blobs(one_by_one, ["alice", "bob"])
+
+
+async def test_a_customer_redone_in_the_batch_before_is_stepped_after_it_on_the_state_it_wrote(
+    store: StateStore,
+) -> None:
+    """Batch N loses the version check for carol (another owner wrote her) and redoes her
+    from Redis. Batch N+1, prepared while N completes, holds carol too: her record there
+    is applied after N's redo, on the state N wrote, never on the stale one N stepped."""
+    worker, other = processor(store, Sink()), processor(store, Sink())
+    await worker.process([txn(1, "carol", "credit", "100.00")])
+    await other.process([txn(2, "carol", "credit", "10.00", day=2)])  # the worker's cache is stale
+    before = await worker.prepare([txn(3, "carol", "debit", "30.00", day=3)])
+    completing = asyncio.create_task(worker.complete(before))
+    after = await worker.prepare([txn(4, "carol", "credit", "5.00", day=4), txn(5, "erin", "credit", "7.00", day=4)])
+    assert set(after.runs) == {"erin"} and after.later == ["carol"]
+    assert (await completing).conflicts == 1
+    assert (await worker.complete(after)).conflicts == 0
+
+    one_by_one = StateStore(store.redis, Keys("fftest-seq"))
+    sequential = processor(one_by_one, Sink())
+    for i, (direction, amount) in enumerate([("credit", "100.00"), ("credit", "10.00"), ("debit", "30.00")], 1):
+        await sequential.process([txn(i, "carol", direction, amount, day=i)])
+    await sequential.process([txn(4, "carol", "credit", "5.00", day=4), txn(5, "erin", "credit", "7.00", day=4)])
+    assert await stored_blobs(store, ["carol", "erin"]) == await stored_blobs(one_by_one, ["carol", "erin"])
+    carol = await store.read("carol")
+    assert carol is not None and carol.balance == Decimal("85.00") and carol.applied_total == 4

@@ -62,6 +62,10 @@ class Stream:
                 batcher.put_nowait(item)
 
 
+async def as_is(batch: list[int]) -> list[int]:
+    return batch
+
+
 async def run_batched(
     stream: Stream,
     max_events: int,
@@ -74,7 +78,7 @@ async def run_batched(
     """The drain beside a feeder; returns when the feed ends (after the last batch), or
     raises what the drain raised."""
     batcher: Batcher[int] = Batcher(max_events)
-    drainer = asyncio.ensure_future(drain(batcher, handle, ack, linger, backlog, busy_linger))
+    drainer = asyncio.ensure_future(drain(batcher, as_is, handle, ack, linger, backlog, busy_linger))
     feeder = asyncio.ensure_future(stream.feed(batcher))
     try:
         await asyncio.wait([drainer, feeder], return_when=asyncio.FIRST_COMPLETED)
@@ -204,3 +208,39 @@ async def test_a_cleared_batcher_drops_what_it_buffered_and_has_room() -> None:
     batcher.clear()
     await asyncio.wait_for(waiting, 1.0)
     assert await batcher.take() == [3]
+
+
+async def test_the_next_batch_is_prepared_while_one_completes_and_completes_only_after_its_ack() -> None:
+    """The overlap: batch 2's prepare runs while batch 1's complete waits (on Redis, in the
+    worker); batch 2's complete starts only once batch 1 is acked, so effects and acks
+    stay one batch at a time, in order."""
+    events: list[str] = []
+    release = asyncio.Event()
+    batcher: Batcher[int] = Batcher(max_events=10)
+
+    async def prepare(batch: list[int]) -> list[int]:
+        events.append(f"prepare {batch}")
+        return batch
+
+    async def complete(batch: list[int]) -> None:
+        events.append(f"complete {batch}")
+        if batch == [1]:
+            await release.wait()
+        events.append(f"completed {batch}")
+
+    def ack(batch: list[int]) -> None:
+        events.append(f"ack {batch}")
+
+    drainer = asyncio.ensure_future(drain(batcher, prepare, complete, ack, 0.001))
+    try:
+        await batcher.put(1)
+        await asyncio.sleep(0.01)
+        await batcher.put(2)
+        await asyncio.sleep(0.01)
+        assert events == ["prepare [1]", "complete [1]", "prepare [2]"]  # 2 waits for 1
+        release.set()
+        await asyncio.sleep(0.01)
+        assert events[3:] == ["completed [1]", "ack [1]", "complete [2]", "completed [2]", "ack [2]"]
+    finally:
+        drainer.cancel()
+        await asyncio.gather(drainer, return_exceptions=True)
