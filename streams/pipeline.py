@@ -15,7 +15,10 @@ The order of effects is what makes a crash anywhere harmless:
 5. publish findings and dead letters to Kafka and wait for the acks;
 6. remove the published findings from the outboxes.
 
-Only after ``process`` returns does the Faust agent ack the records, so
+Steps 1-3 (``prepare``) of the next batch may run while this one's steps 3-6
+(``complete``) are under way, for the customers this one does not hold; the
+rest wait for ``complete`` (``prepare`` says why that is safe). Only after
+``complete`` returns does the Faust agent ack the records, so
 offsets are committed after step 6. A crash before that redelivers the batch:
 the txn_ids in the stored state make every event a no-op, and the outbox a
 predecessor left behind is found at load time and published again (same
