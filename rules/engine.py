@@ -47,6 +47,7 @@ from rules.money import money, rounded, to_cent
 from rules.state import (
     CREDIT,
     EXTERNAL,
+    HOUR_US,
     LOAN_REPAYMENT,
     LOT_AMOUNT,
     LOT_TS,
@@ -60,7 +61,6 @@ from rules.state import (
     remaining_since,
 )
 
-HOUR_US = 3_600_000_000
 INSTALMENT_WINDOW_US = 28 * US_PER_DAY  # shorter than any month: one instalment per loan
 
 

@@ -309,9 +309,7 @@ class BatchProcessor:
         changes only its own customer's state, so the rest is the same as after that batch.
         A load that fails here is left to ``complete``'s retries."""
         by_customer, rejected = self._decode(records)
-        report = BatchReport(records=len(records))
-        letters = [self._letter(r, reason, error, report) for r, reason, error in rejected]
-        attempt = _Attempt(by_customer, letters, rejected, report)
+        attempt = self._attempt(len(records), by_customer, rejected, retries=0)
         busy: set[str] = set()
         for unfinished in self._unfinished:
             busy.update(unfinished.attempt.by_customer)
@@ -328,6 +326,18 @@ class BatchProcessor:
             self._unfinished.remove(prepared)
             raise
         return prepared
+
+    def _attempt(
+        self,
+        records: int,
+        by_customer: dict[str, list[tuple[RawRecord, Event]]],
+        rejected: list[tuple[RawRecord, str, str]],
+        retries: int,
+    ) -> _Attempt:
+        """A fresh attempt at a batch: its report, and a dead letter for each record given up on."""
+        report = BatchReport(records=records, retries=retries)
+        letters = [self._letter(r, reason, error, report) for r, reason, error in rejected]
+        return _Attempt(by_customer, letters, rejected, report)
 
     def _decode(
         self, records: Sequence[RawRecord]
@@ -384,9 +394,7 @@ class BatchProcessor:
                 # Each attempt starts from Redis' truth: after a failure, what was committed
                 # is now a duplicate and its findings come back from the outbox.
                 first = None
-                report = BatchReport(records=len(records), retries=retries)
-                letters = [self._letter(r, reason, error, report) for r, reason, error in rejected]
-                attempt = _Attempt(by_customer, letters, rejected, report)
+                attempt = self._attempt(len(records), by_customer, rejected, retries)
         finally:
             self._note_progress()
         report = attempt.report
