@@ -78,15 +78,21 @@ def _credit(customer: str, n: int, amount: str, day: int) -> TransactionEvent:
     )
 
 
+def _credited(count: int, step: int, config: StateConfig) -> dict[str, CustomerState]:
+    """Customers C0.. each with one credit on 1 March: C{i} holds step x (i + 1)."""
+    states = {}
+    for i in range(count):
+        state = CustomerState(f"C{i}")
+        apply_transaction(state, _credit(state.customer_id, 0, str(step * (i + 1)), 1), config)
+        states[state.customer_id] = state
+    return states
+
+
 async def test_tiers_follow_balances(redis_url: str) -> None:
     config = StateConfig(zone=ZONE)
     client = connect(redis_url)
     book = TierBook(client, Keys("t"), config, SegmentThresholds(), ContributionRates())
-    states = {}
-    for i in range(8):
-        state = CustomerState(f"C{i}")
-        apply_transaction(state, _credit(state.customer_id, 0, str(1000 * (i + 1)), 1), config)
-        states[state.customer_id] = state
+    states = _credited(8, 1000, config)
     try:
         book.changed(states.values())
         await book.refresh()
@@ -109,11 +115,7 @@ async def test_one_unusable_state_never_stops_the_tiers_of_everyone_else(redis_u
     config = StateConfig(zone=ZONE)
     client = connect(redis_url)
     book = TierBook(client, Keys("t9"), config, SegmentThresholds(), ContributionRates())
-    states = []
-    for i in range(4):
-        state = CustomerState(f"C{i}")
-        apply_transaction(state, _credit(state.customer_id, 0, str(1000 * (i + 1)), 1), config)
-        states.append(state)
+    states = list(_credited(4, 1000, config).values())
     broken = CustomerState("BROKEN")
     apply_transaction(broken, _credit("BROKEN", 0, "5", 1), config)
     broken.last_us = broken.last_txn_us = int(dt.datetime(9999, 12, 31, 16, tzinfo=dt.UTC).timestamp() * 1e6)
@@ -144,11 +146,7 @@ async def test_a_long_refresh_gives_the_event_loop_back_between_slices(
     config = StateConfig(zone=ZONE)
     client = connect(redis_url)
     book = TierBook(client, Keys("t10"), config, SegmentThresholds(), ContributionRates())
-    states = []
-    for i in range(1500):
-        state = CustomerState(f"C{i}")
-        apply_transaction(state, _credit(state.customer_id, 0, str(10 * (i + 1)), 1), config)
-        states.append(state)
+    states = list(_credited(1500, 10, config).values())
     gaps: list[float] = []
 
     async def ticker() -> None:
@@ -179,11 +177,7 @@ async def test_tier_moves_are_counted_per_iso_week_including_moves_by_the_cut_po
     client = connect(redis_url)
     keys = Keys("tm")
     book = TierBook(client, keys, config, SegmentThresholds(), ContributionRates())
-    states = {}
-    for i in range(12):
-        state = CustomerState(f"C{i}")
-        apply_transaction(state, _credit(state.customer_id, 0, str(1000 * (i + 1)), 1), config)
-        states[state.customer_id] = state
+    states = _credited(12, 1000, config)
 
     async def tiers_now() -> dict[str, str]:
         cuts, _ = await read_cuts(client, keys)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -23,7 +24,7 @@ from rules.engine import (
     judge,
 )
 from rules.events import LoanEvent, TransactionEvent
-from rules.metrics import evaluate
+from rules.metrics import Metrics, evaluate
 from rules.state import CustomerState, Outcome, StateConfig, apply_loan, apply_transaction, local_day, to_us
 from tests.strategies import histories
 
@@ -392,20 +393,26 @@ def test_opt_out_and_quiet_hours_are_refused_with_a_reason() -> None:
     assert push_refusal({}, "d", late_evening, "x", MarketingConfig(), ZONE) == "quiet_hours"
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(histories())
-def test_the_churn_rules_own_walk_equals_the_spec_metrics(case: tuple[list[TransactionEvent], dt.datetime]) -> None:
-    """The churn check reads two metrics without a full evaluate(): they must be exactly
-    evaluate()'s external_outflow_share_30d and external_banks_90d, after every event."""
+def after_every_event(case: tuple[list[TransactionEvent], dt.datetime]) -> Iterator[tuple[CustomerState, int, Metrics]]:
+    """The history applied one event at a time; after each, the state, and evaluate() at its
+    latest transaction and at the case's later moment."""
     events, as_of = case
     state = CustomerState(events[0].customer_id)
     for event in events:
         apply_transaction(state, event, CONFIG)
         assert state.last_txn_us is not None
         for moment in (state.last_txn_us, max(to_us(as_of), state.last_txn_us)):
-            metrics = evaluate(state, moment, CONFIG)
-            want = (metrics.external_outflow_share_30d, metrics.external_banks_90d)
-            assert external_drift(state, moment) == want
+            yield state, moment, evaluate(state, moment, CONFIG)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories())
+def test_the_churn_rules_own_walk_equals_the_spec_metrics(case: tuple[list[TransactionEvent], dt.datetime]) -> None:
+    """The churn check reads two metrics without a full evaluate(): they must be exactly
+    evaluate()'s external_outflow_share_30d and external_banks_90d, after every event."""
+    for state, moment, metrics in after_every_event(case):
+        want = (metrics.external_outflow_share_30d, metrics.external_banks_90d)
+        assert external_drift(state, moment) == want
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -415,15 +422,9 @@ def test_the_collection_rules_own_walk_equals_the_spec_metrics(
 ) -> None:
     """The collection check reads two metrics without a full evaluate(): they must be exactly
     evaluate()'s inflow_90d and retention_days_avg_90d (value and exponent), after every event."""
-    events, as_of = case
-    state = CustomerState(events[0].customer_id)
-    for event in events:
-        apply_transaction(state, event, CONFIG)
-        assert state.last_txn_us is not None
-        for moment in (state.last_txn_us, max(to_us(as_of), state.last_txn_us)):
-            metrics = evaluate(state, moment, CONFIG)
-            inflow, retention = inflow_and_retention(state, moment)
-            assert (str(inflow), str(retention)) == (str(metrics.inflow_90d), str(metrics.retention_days_avg_90d))
+    for state, moment, metrics in after_every_event(case):
+        inflow, retention = inflow_and_retention(state, moment)
+        assert (str(inflow), str(retention)) == (str(metrics.inflow_90d), str(metrics.retention_days_avg_90d))
 
 
 def _salary(txn_id: str, ts: dt.datetime) -> TransactionEvent:
