@@ -164,12 +164,6 @@ async def _next_batch(
     return await batcher.take(linger)
 
 
-async def _acked(ack: Callable[[list[T]], Any], batch: list[T]) -> None:
-    result = ack(batch)
-    if asyncio.iscoroutine(result):
-        await result
-
-
 async def drain(
     batcher: Batcher[T],
     prepare: Callable[[list[T]], Awaitable[P]],
@@ -190,7 +184,9 @@ async def drain(
 
     async def finish(prepared: P, batch: list[T]) -> None:
         await complete(prepared)
-        await _acked(ack, batch)
+        acked = ack(batch)
+        if asyncio.iscoroutine(acked):
+            await acked
 
     try:
         while True:
