@@ -18,7 +18,8 @@ from streams.settings import NAME_PATTERN
 Status = Literal["open", "in_progress", "resolved", "dismissed"]
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]
-CaseIds = Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1, max_length=500)]
+MAX_CASE_ID = 10**18 - 1  # 18 digits, as a path's case id: far below 2^63, what Redis and orjson hold
+CaseIds = Annotated[list[Annotated[int, Field(ge=1, le=MAX_CASE_ID)]], Field(min_length=1, max_length=500)]
 
 
 class _Strict(BaseModel):

@@ -90,7 +90,9 @@ LIST_PARAMS = frozenset(
     {"status", "assignee", "rule", "category", "severity", "tier", "customer", "type", "min_age", "max_age",
      "limit", "offset"}
 )  # fmt: skip
-_DURATION = re.compile(r"^(\d{1,9})([smhd])$")
+_DURATION = re.compile(r"^([0-9]{1,9})([smhd])$")  # ASCII digits: \d also takes "٣" (streams.api.params)
+_NUMBER = re.compile(r"[0-9]{1,20}")
+_CASE_ID = re.compile(r"[0-9]{1,18}")  # case_models.MAX_CASE_ID
 _UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 Body = TypeVar("Body", bound=BaseModel)
@@ -176,8 +178,8 @@ def _query_filter(request: web.Request) -> tuple[CaseFilter, int, int]:
 
     def number(name: str, default: int, low: int, high: int) -> int:
         text = query.get(name, str(default))
-        if not text.isdigit() or not low <= int(text) <= high:
-            raise Refused(400, f"{name} must be {low}..{high}")
+        if not _NUMBER.fullmatch(text) or not low <= int(text) <= high:
+            raise Refused(400, f"{name} must be an integer {low}..{high} (ASCII digits)")
         return int(text)
 
     assignee = query.get("assignee") or None
@@ -208,7 +210,7 @@ async def list_cases(request: web.Request) -> web.Response:
 
 def _case_id(request: web.Request) -> int:
     text = request.match_info["case_id"]
-    if not text.isdigit() or len(text) > 18:
+    if not _CASE_ID.fullmatch(text):
         raise Refused(404, f"no case {text!r}")
     return int(text)
 

@@ -333,11 +333,19 @@ async def test_bad_input_is_a_clear_4xx(desk: Client) -> None:
         ("/cases/999/comment", {"text": "x"}, 404, "no case 999"),
         ("/cases/abc/comment", {"text": "x"}, 404, "no case 'abc'"),
         ("/cases/bulk/assign", {"ids": ["x"], "assignee": None}, 400, "ids"),
+        ("/cases/\u00b2/comment", {"text": "x"}, 404, "no case"),  # str.isdigit() takes "²", int() does not
+        ("/cases/bulk/dismiss", b'{"ids": [100000000000000000000]}', 400, "ids"),  # past 64 bits
+        ("/cases/bulk/assign", {"ids": [2**63], "assignee": None}, 400, "ids"),
     ]
     for path, body, status, says in cases:
         assert says in (await post(desk, "boss", path, body, status))["error"], (path, body)
     assert "no case 999" in (await get(desk, "/cases/999", status=404))["error"]
     assert "no case" in (await get(desk, "/cases/-1", status=404))["error"]
+    assert "no case" in (await get(desk, "/cases/\u00b2", status=404))["error"]
+    for name in ("limit", "offset"):
+        for text in ("\u00b2", "\u0663", "-1", "1.0", "99999999999999999999999"):
+            assert name in (await get(desk, f"/cases?{name}={text}", status=400))["error"], (name, text)
+    assert "min_age" in (await get(desk, "/cases?min_age=\u0663h", status=400))["error"]  # an Arabic-Indic 3
 
 
 async def test_a_closed_case_is_not_reopened_over_an_open_one(desk: Client) -> None:
