@@ -1,7 +1,8 @@
 """The case desk in a real browser (headless Chromium, Playwright) against the real
 API on a real port and a real Redis: a supervisor assigns two cases, an analyst
 works one to ``retained_after_contact`` and dismisses the other, a viewer sees
-both and is offered no action, and the rule precision moves.
+both and is offered no action, and the rule precision and the 看板's case counts (a
+viewer's board page, left open through it all) move.
 ``FUNDFLOW_UPDATE_SCREENSHOT=1`` refreshes ``docs/desk.png``."""
 
 from __future__ import annotations
@@ -71,6 +72,21 @@ async def test_supervisor_assigns_analyst_works_viewer_watches(redis_url: str, t
                 await boss.click("#assign-form button")
                 await expect(boss.locator(f'#cases tr[data-case="{case}"] td.assignee')).to_have_text("li.wei")
 
+            # the viewer's 看板, open on the wall through what follows (refreshed every second)
+            wall = await (await browser.new_context(viewport={"width": 1600, "height": 1000})).new_page()
+            wall.on("pageerror", lambda exc: errors.append(str(exc)))
+            await wall.goto(f"http://127.0.0.1:{port}/console/board.html?every=1")
+            await wall.fill("#token", "t-view")
+            await wall.click("#token-form button")
+
+            def counted(status: str) -> Any:
+                return wall.locator(f'#case-status text.n[data-status="{status}"]')
+
+            await expect(wall.locator("#kpi-open")).to_have_text("2")
+            await expect(counted("open")).to_have_text("2")
+            for status in ("in_progress", "resolved", "dismissed"):
+                await expect(counted(status)).to_have_text("0")
+
             li = await _open(browser, port, "t-li", errors)
             await expect(li.locator("#me")).to_have_text("li.wei · analyst")
             await expect(li.locator("#bulk")).to_be_hidden()
@@ -81,10 +97,15 @@ async def test_supervisor_assigns_analyst_works_viewer_watches(redis_url: str, t
             await expect(li.locator("#k-status")).to_have_text("处理中 in progress")
             await li.fill("#a-comment", "called the customer, money stays")
             await li.click("#comment-form button")
-            await expect(li.locator("#k-comments li")).to_have_count(1)
+            # (before the comment the list holds one "no comments" line: wait for the comment itself,
+            # or the outcome below is picked in a form the comment's re-render then replaces)
+            await expect(li.locator("#k-comments li")).to_contain_text(["called the customer, money stays"])
             await li.select_option("#a-outcome", "retained_after_contact")
+            await expect(counted("in_progress")).to_have_text("1")
             await li.click("#resolve-form button")
             await expect(li.locator("#k-status")).to_have_text("已结案 resolved")
+            await expect(li.locator("#k-meta")).to_contain_text("outcome retained_after_contact")
+            await expect(wall.locator("#kpi-open")).to_have_text("1")
             await expect(li.locator("#actions button")).to_have_count(1)  # only commenting is left
             await li.click(f'#cases tr[data-case="{second}"]')
             await expect(li.locator("#k-id")).to_have_text(str(second))
@@ -92,6 +113,9 @@ async def test_supervisor_assigns_analyst_works_viewer_watches(redis_url: str, t
             await expect(li.locator("#k-status")).to_have_text("已忽略 dismissed")
             precision = li.locator('#precision tr[data-rule="large_external_outflow"] td.precision')
             await expect(precision).to_have_text("100.0% (1/1)")
+            await expect(wall.locator("#kpi-open")).to_have_text("0")
+            for status, count in (("open", "0"), ("in_progress", "0"), ("resolved", "1"), ("dismissed", "1")):
+                await expect(counted(status)).to_have_text(count)
 
             viewer = await _open(browser, port, "t-view", errors)
             await expect(viewer.locator("#me")).to_have_text("kan · viewer")
