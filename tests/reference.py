@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import datetime as dt
 import statistics
+from collections.abc import Iterable, Mapping
 from decimal import Decimal, localcontext
 from fractions import Fraction
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from rules.events import TransactionEvent
+from streams.cases import CONFIRMING, Case, RulePrecision
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 DAY_US = 86_400_000_000
@@ -179,3 +181,41 @@ def reference_state(
         segments.append("dispersed_funds")
     result["segments"] = segments
     return result
+
+
+# --- rule precision from analysts' outcomes (streams.cases.CaseStore.precision) ------
+
+
+def rule_precision(
+    closed: Iterable[Case], cases_per_rule: Mapping[str, int], findings_per_rule: Mapping[str, int]
+) -> list[RulePrecision]:
+    """Per rule, from its closed cases read whole: precision (confirmed / resolved), volume,
+    medians. What the store's tallies must equal."""
+    resolved: dict[str, list[Case]] = {}
+    dismissed: dict[str, int] = {}
+    for case in closed:
+        for rule in case.rules:
+            if case.status == "resolved":
+                resolved.setdefault(rule, []).append(case)
+            elif case.status == "dismissed":
+                dismissed[rule] = dismissed.get(rule, 0) + 1
+    rows = []
+    for rule in sorted(set(cases_per_rule) | set(findings_per_rule) | set(resolved) | set(dismissed)):
+        done = resolved.get(rule, [])
+        confirmed = sum(1 for c in done if c.outcome in CONFIRMING)
+        first = [(c.first_action_at_ms - c.opened_at_ms) / 1000 for c in done if c.first_action_at_ms is not None]
+        closing = [(c.closed_at_ms - c.opened_at_ms) / 1000 for c in done if c.closed_at_ms is not None]
+        rows.append(
+            RulePrecision(
+                rule=rule,
+                cases=cases_per_rule.get(rule, 0),
+                findings=findings_per_rule.get(rule, 0),
+                resolved=len(done),
+                confirmed=confirmed,
+                dismissed=dismissed.get(rule, 0),
+                precision=round(confirmed / len(done), 4) if done else None,
+                median_first_action_seconds=statistics.median(first) if first else None,
+                median_resolution_seconds=statistics.median(closing) if closing else None,
+            )
+        )
+    return rows

@@ -16,8 +16,8 @@ from streams.cases import (
     decide,
     outcomes_for,
     priority,
-    rule_precision,
 )
+from tests.reference import rule_precision
 
 LI, WANG = Actor("li.wei", "analyst"), Actor("wang", "analyst")
 BOSS, VIEWER = Actor("zhang", "supervisor"), Actor("v", "viewer")
