@@ -450,9 +450,10 @@ return result
 """
 
 # The rules' precision, kept as the cases close and reopen (``CaseStore.precision``): per
-# rule a hash ``prec:{rule}`` (resolved, confirmed, dismissed) and two sorted sets of its
-# resolved cases, ``prec:{rule}:first`` and ``:closing`` (score: ms from opening to the
-# first action / to the resolution), whose middle members are the medians. ``tally`` adds
+# rule a hash ``prec:n:{rule}`` (resolved, confirmed, dismissed) and two sorted sets of its
+# resolved cases, ``prec:first:{rule}`` and ``prec:closing:{rule}`` (score: ms from opening
+# to the first action / to the resolution), whose middle members are the medians. (The
+# rule comes last in each key, so no rule's name can be another's key.) ``tally`` adds
 # (sign 1) or takes back (-1) a closed case as it stands; a case that is not closed counts
 # nothing. ``prec:built`` says the tallies exist: ``TALLY_BUILD_LUA`` makes them once from
 # the cases closed before this version, a few thousand case numbers per call (so Redis is
@@ -468,16 +469,16 @@ local function tally(base, case, id, sign)
   local f = redis.call('HMGET', case, 'status', 'outcome', 'rules', 'opened_at', 'first_action_at', 'closed_at')
   if f[1] ~= 'resolved' and f[1] ~= 'dismissed' then return end
   for _, rule in ipairs(cjson.decode(f[3])) do
-    local p = base .. ':prec:' .. rule
+    local p = base .. ':prec:n:' .. rule
     if f[1] == 'dismissed' then
       redis.call('HINCRBY', p, 'dismissed', sign)
     else
       redis.call('HINCRBY', p, 'resolved', sign)
       if CONFIRMING[f[2]] then redis.call('HINCRBY', p, 'confirmed', sign) end
       for _, span in ipairs({{'first', f[5]}, {'closing', f[6]}}) do
-        local at = tonumber(span[2])
-        if at and sign > 0 then redis.call('ZADD', p .. ':' .. span[1], at - tonumber(f[4]), id) end
-        if sign < 0 then redis.call('ZREM', p .. ':' .. span[1], id) end
+        local z, at = base .. ':prec:' .. span[1] .. ':' .. rule, tonumber(span[2])
+        if at and sign > 0 then redis.call('ZADD', z, at - tonumber(f[4]), id) end
+        if sign < 0 then redis.call('ZREM', z, id) end
       end
     end
   end
@@ -561,12 +562,11 @@ local out = {}
 local rules = redis.call('HGETALL', base .. ':rules')
 for i = 1, #rules, 2 do
   local rule = rules[i]
-  local p = base .. ':prec:' .. rule
-  local c = redis.call('HMGET', p, 'resolved', 'confirmed', 'dismissed')
+  local c = redis.call('HMGET', base .. ':prec:n:' .. rule, 'resolved', 'confirmed', 'dismissed')
   local cases = redis.call('ZCARD', base .. ':ix:rule:' .. rule)
   local row = {rule, rules[i + 1], cases, c[1] or '0', c[2] or '0', c[3] or '0'}
   for _, span in ipairs({'first', 'closing'}) do
-    local z = p .. ':' .. span
+    local z = base .. ':prec:' .. span .. ':' .. rule
     local n = redis.call('ZCARD', z)
     if n == 0 then
       row[#row + 1], row[#row + 2] = '', ''
