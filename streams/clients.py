@@ -102,11 +102,14 @@ class _HiredisPacking:
             args = tuple(args[0].encode().split()) + args[1:]
         elif b" " in args[0]:
             args = tuple(args[0].split()) + args[1:]
-        plain: Any = tuple(bytes(a) if isinstance(a, (bytearray, memoryview)) else a for a in args)
         try:
-            return [hiredis.pack_command(plain)]
-        except TypeError as exc:
-            raise DataError(str(exc)) from None
+            return [hiredis.pack_command(args)]
+        except TypeError:  # a bytearray (hiredis takes str, int, float, bytes, memoryview): copy, once
+            plain: Any = tuple(bytes(a) if isinstance(a, (bytearray, memoryview)) else a for a in args)
+            try:
+                return [hiredis.pack_command(plain)]
+            except TypeError as exc:
+                raise DataError(str(exc)) from None
 
 
 def connect(url: str, cluster: bool = False) -> aioredis.Redis:
