@@ -79,7 +79,7 @@ async def _run(
                 await store._tally_build(args=[store.base, part_step])
             case = await _open_case(store, customer)
             if what == "finding" or case is None:
-                rule, category = RULES[choice % len(RULES)] if case is None or what == "finding" else RULES[0]
+                rule, category = RULES[choice % len(RULES)]
                 await store.intake([finding(customer, rule=rule, category=category)])
                 taken[rule] += 1
                 continue
