@@ -18,7 +18,7 @@ backtest ran on and its ``alerts.jsonl``.
 
 Beside the data's verdict, the analysts' (issue 19, "outcomes teach the rules"):
 per rule, the precision of its resolved cases (confirmed / resolved), volume and
-median times, as ``streams.cases.rule_precision`` computes them for
+median times, as ``streams.cases.CaseStore.precision`` reads them for
 ``GET /rules/precision``. The command reads them from the cases in Redis
 (``streams.cli.commands.read_precision``); here they are only laid out.
 """
