@@ -532,12 +532,21 @@ return {1, ''}
 
 # One step of making the tallies: the closed cases numbered after ``prec:upto`` up to
 # ARGV[2] more; returns the new ``upto``, or -1 once every case is tallied (``prec:built``).
+# The first step drops whatever tallies there are, so deleting ``prec:built`` makes them
+# again from the cases (docs/cases.md: after an API process of an older version changed
+# cases while a newer one kept tallies).
 TALLY_BUILD_LUA = (
     TALLY_LUA
     + """
 local base = ARGV[1]
 if redis.call('EXISTS', base .. ':prec:built') == 1 then return -1 end
-local upto = tonumber(redis.call('GET', base .. ':prec:upto') or '0')
+local upto = tonumber(redis.call('GET', base .. ':prec:upto') or '-1')
+if upto < 0 then  -- the first step (of all, or after prec:built was dropped to make them again): from nothing
+  for _, rule in ipairs(redis.call('HKEYS', base .. ':rules')) do
+    redis.call('DEL', base .. ':prec:n:' .. rule, base .. ':prec:first:' .. rule, base .. ':prec:closing:' .. rule)
+  end
+  upto = 0
+end
 local to = upto + tonumber(ARGV[2])
 for _, status in ipairs({'resolved', 'dismissed'}) do
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', base .. ':ix:status:' .. status, '(' .. upto, to)) do

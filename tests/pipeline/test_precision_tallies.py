@@ -134,3 +134,35 @@ def test_an_odd_and_an_even_count_give_the_middle_and_the_mean_of_the_two(redis_
         three, two = rows["large_external_outflow"], rows["fast_in_fast_out"]
         assert (three.resolved, three.median_resolution_seconds) == (3, 54.0)
         assert (two.resolved, two.median_resolution_seconds) == (2, 8.0)
+
+
+def test_dropping_built_makes_the_tallies_again_from_the_cases(redis_url: str) -> None:
+    """An operator's repair (docs/cases.md): tallies gone wrong (here: tampered with) are
+    made again from the cases once ``prec:built`` is deleted; nothing of the old ones stays."""
+    plan = [(c, "finding", 0, 0) for c in CUSTOMERS]
+    plan += [("C1", "resolve", 0, 5_000), ("C2", "dismiss", 0, 1_000), ("C3", "resolve", 2, 3_000)]
+
+    async def tamper_and_repair() -> None:
+        client = connect(redis_url)
+        store = CaseStore(client, Keys("prec-repair"), _Clock())
+        try:
+            for customer, *_ in plan[:3]:
+                await store.intake([finding(customer)])
+            await store.precision()
+            for customer, what, choice, _ in plan[3:]:
+                case = await _open_case(store, customer)
+                assert case is not None
+                outcome = outcomes_for(case.category)[choice] if what == "resolve" else None
+                to = Transition("resolved" if what == "resolve" else "dismissed", outcome)
+                await store.act(case.id, BOSS, to, frozenset({"zhang"}), lambda c: c.id)
+            right = await store.precision()
+            assert right == await _reference(store, Counter({"large_external_outflow": 3}))
+            await client.hincrby(store.key("prec:n:large_external_outflow"), "resolved", 5)
+            await client.zadd(store.key("prec:closing:large_external_outflow"), {"99": 1})
+            assert await store.precision() != right
+            await client.delete(store.key("prec:built"))
+            assert await store.precision() == right
+        finally:
+            await client.aclose()
+
+    asyncio.run(tamper_and_repair())
