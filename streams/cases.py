@@ -465,18 +465,19 @@ TALLY_LUA = (
     + ", ".join(f"{outcome} = true" for outcome in sorted(CONFIRMING))
     + "}\n"
     + """
+local function prec(base, what, rule) return base .. ':prec:' .. what .. ':' .. rule end  -- what: n, first, closing
 local function tally(base, case, id, sign)
   local f = redis.call('HMGET', case, 'status', 'outcome', 'rules', 'opened_at', 'first_action_at', 'closed_at')
   if f[1] ~= 'resolved' and f[1] ~= 'dismissed' then return end
   for _, rule in ipairs(cjson.decode(f[3])) do
-    local p = base .. ':prec:n:' .. rule
+    local p = prec(base, 'n', rule)
     if f[1] == 'dismissed' then
       redis.call('HINCRBY', p, 'dismissed', sign)
     else
       redis.call('HINCRBY', p, 'resolved', sign)
       if CONFIRMING[f[2]] then redis.call('HINCRBY', p, 'confirmed', sign) end
       for _, span in ipairs({{'first', f[5]}, {'closing', f[6]}}) do
-        local z, at = base .. ':prec:' .. span[1] .. ':' .. rule, tonumber(span[2])
+        local z, at = prec(base, span[1], rule), tonumber(span[2])
         if at and sign > 0 then redis.call('ZADD', z, at - tonumber(f[4]), id) end
         if sign < 0 then redis.call('ZREM', z, id) end
       end
@@ -543,7 +544,7 @@ if redis.call('EXISTS', base .. ':prec:built') == 1 then return -1 end
 local upto = tonumber(redis.call('GET', base .. ':prec:upto') or '-1')
 if upto < 0 then  -- the first step (of all, or after prec:built was dropped to make them again): from nothing
   for _, rule in ipairs(redis.call('HKEYS', base .. ':rules')) do
-    redis.call('DEL', base .. ':prec:n:' .. rule, base .. ':prec:first:' .. rule, base .. ':prec:closing:' .. rule)
+    redis.call('DEL', prec(base, 'n', rule), prec(base, 'first', rule), prec(base, 'closing', rule))
   end
   upto = 0
 end
@@ -564,18 +565,21 @@ return to
 )
 
 # Per rule: name, findings, cases, resolved, confirmed, dismissed, then for ``first`` and
-# ``closing`` the two middle scores ('' when none). Read-only: O(rules * log n).
-PRECISION_LUA = """
+# ``closing`` the two middle scores ('' when none). Read-only: O(rules * log n). (With
+# ``TALLY_LUA`` before it for the key names.)
+PRECISION_LUA = (
+    TALLY_LUA
+    + """
 local base = ARGV[1]
 local out = {}
 local rules = redis.call('HGETALL', base .. ':rules')
 for i = 1, #rules, 2 do
   local rule = rules[i]
-  local c = redis.call('HMGET', base .. ':prec:n:' .. rule, 'resolved', 'confirmed', 'dismissed')
+  local c = redis.call('HMGET', prec(base, 'n', rule), 'resolved', 'confirmed', 'dismissed')
   local cases = redis.call('ZCARD', base .. ':ix:rule:' .. rule)
   local row = {rule, rules[i + 1], cases, c[1] or '0', c[2] or '0', c[3] or '0'}
   for _, span in ipairs({'first', 'closing'}) do
-    local z = base .. ':prec:' .. span .. ':' .. rule
+    local z = prec(base, span, rule)
     local n = redis.call('ZCARD', z)
     if n == 0 then
       row[#row + 1], row[#row + 2] = '', ''
@@ -588,6 +592,7 @@ for i = 1, #rules, 2 do
 end
 return out
 """
+)
 
 
 TALLY_BUILD_STEP = 5_000  # case numbers per build call: ~40 ms of Redis at 50,000 closed cases in 100,000

@@ -46,16 +46,19 @@ class _Clock:
         return self.ms
 
 
+async def _every_case(store: CaseStore) -> list[Case]:
+    return await store.many(range(1, int(await store.redis.get(store.key("seq")) or 0) + 1))
+
+
 async def _reference(store: CaseStore, taken: Counter[str]) -> list[Any]:
-    cases: list[Case] = await store.many(range(1, int(await store.redis.get(store.key("seq")) or 0) + 1))
+    cases = await _every_case(store)
     per_rule = Counter(rule for case in cases for rule in case.rules)
     closed = [case for case in cases if case.status not in OPEN_STATUSES]
     return rule_precision(closed, per_rule, taken)
 
 
 async def _open_case(store: CaseStore, customer: str) -> Case | None:
-    cases = await store.many(range(1, int(await store.redis.get(store.key("seq")) or 0) + 1))
-    mine = [c for c in cases if c.customer_id == customer]
+    mine = [c for c in await _every_case(store) if c.customer_id == customer]
     return mine[-1] if mine else None
 
 
