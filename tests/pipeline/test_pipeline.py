@@ -357,6 +357,16 @@ async def stored_blobs(store: StateStore, customers: list[str]) -> dict[str, byt
     return {c: encode_state(s) for c, s in states.items() if s is not None}
 
 
+async def one_by_one(store: StateStore, batches: list[list[RawRecord]], customers: list[str]) -> dict[str, bytes]:
+    """What ``customers``' states are after ``batches``, each processed whole before the next
+    (under a prefix of its own beside ``store``'s): the reference for the overlap."""
+    alone = StateStore(store.redis, Keys("fftest-seq"))
+    sequential = processor(alone, Sink())
+    for records in batches:
+        await sequential.process(records)
+    return await stored_blobs(alone, customers)
+
+
 async def test_a_batch_prepared_while_the_one_before_completes_leaves_that_ones_customers_for_later(
     store: StateStore,
 ) -> None:
@@ -378,11 +388,8 @@ async def test_a_batch_prepared_while_the_one_before_completes_leaves_that_ones_
     await worker.complete(after)
     assert [json.loads(v)["id"] for topic, _, v in sink.sent if topic == ALERTS] == ["big-t1", "big-t3"]
 
-    one_by_one = StateStore(store.redis, Keys("fftest-seq"))
-    sequential = processor(one_by_one, Sink())
-    for records in (warm, first, second):
-        await sequential.process(records)
-    assert await stored_blobs(store, ["alice", "bob"]) == await stored_blobs(one_by_one, ["alice", "bob"])
+    both = ["alice", "bob"]
+    assert await stored_blobs(store, both) == await one_by_one(store, [warm, first, second], both)
 
 
 async def test_a_customer_redone_in_the_batch_before_is_stepped_after_it_on_the_state_it_wrote(
@@ -401,11 +408,9 @@ async def test_a_customer_redone_in_the_batch_before_is_stepped_after_it_on_the_
     assert (await completing).conflicts == 1
     assert (await worker.complete(after)).conflicts == 0
 
-    one_by_one = StateStore(store.redis, Keys("fftest-seq"))
-    sequential = processor(one_by_one, Sink())
-    for i, (direction, amount) in enumerate([("credit", "100.00"), ("credit", "10.00"), ("debit", "30.00")], 1):
-        await sequential.process([txn(i, "carol", direction, amount, day=i)])
-    await sequential.process([txn(4, "carol", "credit", "5.00", day=4), txn(5, "erin", "credit", "7.00", day=4)])
-    assert await stored_blobs(store, ["carol", "erin"]) == await stored_blobs(one_by_one, ["carol", "erin"])
+    moves = [("credit", "100.00"), ("credit", "10.00"), ("debit", "30.00")]
+    batches = [[txn(i, "carol", direction, amount, day=i)] for i, (direction, amount) in enumerate(moves, 1)]
+    batches.append([txn(4, "carol", "credit", "5.00", day=4), txn(5, "erin", "credit", "7.00", day=4)])
+    assert await stored_blobs(store, ["carol", "erin"]) == await one_by_one(store, batches, ["carol", "erin"])
     carol = await store.read("carol")
     assert carol is not None and carol.balance == Decimal("85.00") and carol.applied_total == 4
