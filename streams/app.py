@@ -316,7 +316,7 @@ def create_app(
     if step is None:
         step = build_step(settings)
     processor = BatchProcessor(
-        StateStore(redis, keys, compress=settings.compress_state),
+        StateStore(redis, keys, compress=settings.compress_state, config=state_config(settings)),
         step,
         emitter or FaustEmitter(app),
         max_event_bytes=settings.max_event_bytes,
@@ -328,6 +328,7 @@ def create_app(
         on_commit=_with_crash_hook(tiers.changed, settings.crash_after_commits),
         should_stop=lambda: bool(app.should_stop),
         zone=settings.zone,
+        snapshot_every=settings.snapshot_every,
     )
     tiers.state_of = processor.cached_state
     patches.drop_faust_pages(app)  # the web port serves /healthz, /readyz and /metrics only
@@ -402,6 +403,13 @@ def create_app(
             log.warning("live tiers not refreshed: %s", exc)
         else:
             log.debug("live tiers refreshed for %d customers", count)
+
+    @app.timer(min(settings.fold_idle_seconds, 5.0))  # type: ignore[untyped-decorator]
+    async def _fold_idle() -> None:
+        """An idle worker writes its customers' full states: their changelogs are dropped."""
+        folded = await processor.fold(settings.fold_idle_seconds)
+        if folded:
+            log.debug("folded %d changelogs into full states", folded)
 
     @app.timer(BOARD_PRUNE_SECONDS)  # type: ignore[untyped-decorator]
     async def _prune_board() -> None:

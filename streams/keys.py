@@ -12,12 +12,14 @@ holds no ``}``, and no ordinary id starts with ``{``, so the encoding is one-to-
 
 | key | type | what |
 | --- | --- | --- |
-| ``{p}:{C}:state`` | string | ``version:bucket:blob`` (compare-and-set version, 看板 bucket, ``streams.codec`` blob) |
+| ``{p}:{C}:state`` | string | ``version:bucket:blob``: the full state as last written (``streams.codec``) |
+| ``{p}:{C}:log`` | list | records committed since that state (``streams.changelog``): version = state's + length |
 | ``{p}:{C}:outbox`` | list | findings committed with the state, not yet confirmed published |
 | ``{p}:{C}:alerts`` | list | the customer's recent findings (newest first, capped), for the API |
 | ``{p}:stats`` | hash | pipeline counters (processed, duplicates, dead letters by reason) |
 | ``{p}:stats:latency_ms`` | list | recent end-to-end latencies in ms (capped), for backtest and bench |
 | ``{p}:feed`` | stream | published findings (JSON in field ``v``, topic in ``t``), capped; the API's feed |
+| ``{p}:rules:{F}`` | string | the rules a changelog entry ran under, by fingerprint ``F`` (JSON), for its replay |
 | ``{p}:tiers`` | sorted set | customer -> contribution (cent-rounded), for live quartile tiers |
 | ``{p}:tiers:value`` | hash | customer -> the exact contribution (decimal string) |
 | ``{p}:tiers:cuts`` | hash | the current quartile cut points q1,q2,q3 and when they were computed |
@@ -117,6 +119,12 @@ class Keys:
 
     def alerts(self, customer_id: str) -> str:
         return f"{self.prefix}:{{{hash_tag(customer_id)}}}:alerts"
+
+    def log(self, customer_id: str) -> str:
+        return f"{self.prefix}:{{{hash_tag(customer_id)}}}:log"
+
+    def rules(self, fingerprint: str) -> str:
+        return f"{self.prefix}:rules:{fingerprint}"
 
     @property
     def state_pattern(self) -> str:

@@ -40,7 +40,7 @@ import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -50,6 +50,7 @@ from rules.board import BoardDelta, collection_bucket
 from rules.events import Event, TransactionEvent
 from rules.state import CustomerState, Outcome, StateConfig, apply_event, event_time
 from streams import telemetry
+from streams.changelog import FixedRules, Rulebook, encode_entry, replay, step_record
 from streams.codec import encode_state
 from streams.deadletter import RawRecord, dead_letter, dead_letter_key
 from streams.decode import DEFAULT_BOUNDS, TimeBounds, decode
@@ -62,7 +63,7 @@ log = logging.getLogger(__name__)
 UTC = ZoneInfo("UTC")
 
 Message = tuple[str, bytes | None, bytes]  # topic, key, value
-Step = Callable[[CustomerState, Event], tuple[Outcome, list[bytes]]]
+Step = Callable[[CustomerState, Event], tuple[Outcome, list[bytes]]]  # (as streams.changelog.Step)
 
 _OUTCOME_ERRORS = {
     Outcome.CONFLICT: "txn_id was already applied with different content; refused",
@@ -98,37 +99,6 @@ def outbox_message(entry: bytes) -> Message:
 
 def _coordinates(record: RawRecord) -> tuple[str, int, int]:
     return record.topic, record.partition, record.offset
-
-
-SEEN_OFFSET: Final = 0  # a customer's position in a partition: [highest offset seen,
-SEEN_STAMP: Final = 1  # latest Kafka timestamp seen]
-
-
-def _redelivered(state: CustomerState, record: RawRecord) -> bool:
-    """The same record again: at or below the highest offset of its partition this customer
-    has seen, and produced no later than the latest record seen there. A topic recreated
-    after a broker loss restarts its offsets, but what is sent anew has later timestamps,
-    so it is judged as new input (a too-late one is still dead-lettered)."""
-    seen = state.offsets.get(f"{record.topic}:{record.partition}")
-    return (
-        seen is not None
-        and record.offset <= seen[SEEN_OFFSET]
-        and record.timestamp_ms is not None
-        and record.timestamp_ms <= seen[SEEN_STAMP]
-    )
-
-
-def _note_position(state: CustomerState, record: RawRecord) -> None:
-    where = f"{record.topic}:{record.partition}"
-    seen = state.offsets.get(where)
-    stamp = record.timestamp_ms if record.timestamp_ms is not None else -1
-    if seen is None or (record.offset <= seen[SEEN_OFFSET] and stamp > seen[SEEN_STAMP]):
-        # first record here, or offsets went back while time went on: a new incarnation of
-        # the topic (broker loss); positions of the old one mean nothing any more
-        state.offsets[where] = [record.offset, stamp]
-    else:
-        seen[SEEN_OFFSET] = max(seen[SEEN_OFFSET], record.offset)
-        seen[SEEN_STAMP] = max(seen[SEEN_STAMP], stamp)
 
 
 def _finding_of(entry: bytes) -> object:
@@ -197,6 +167,9 @@ class CustomerRun:
     refused: list[tuple[RawRecord, Outcome]] = field(default_factory=list)  # conflict / too late
     produced_ms: list[int] = field(default_factory=list)  # Kafka timestamps of the applied records
     board: BoardDelta = field(default_factory=BoardDelta)  # what the applied records add to the 看板
+    records: list[RawRecord] = field(default_factory=list)  # every record stepped, in order
+    tail: int = 0  # changelog entries after the full state stored (-1: none is stored)
+    rules: str = "-"  # the fingerprint of the rules the step ran under
 
 
 @dataclass(slots=True)
@@ -243,6 +216,8 @@ class BatchProcessor:
         on_commit: Callable[[list[CustomerState]], None] | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         zone: ZoneInfo = UTC,
+        snapshot_every: int = 1,
+        rulebook: Rulebook | None = None,
     ) -> None:
         self.store = store
         self.zone = zone  # the bank's: the 看板's days and hours
@@ -258,12 +233,32 @@ class BatchProcessor:
         self.monotonic = monotonic
         self.on_commit = on_commit  # told which states were committed (live tiers)
         self.should_stop = should_stop  # the worker is shutting down: stop retrying
-        self.cache: OrderedDict[str, tuple[int, CustomerState]] = OrderedDict()
+        # a customer's commits write its full state every ``snapshot_every``-th time (and the
+        # first, and when the worker folds it while idle); the others append the records to
+        # its changelog (``streams.changelog``). 1: always the full state.
+        self.snapshot_every = snapshot_every
+        # the rules the step runs under, by fingerprint (the step's own when it has them)
+        self.rulebook: Rulebook = rulebook or (step if isinstance(step, Rulebook) else FixedRules(step))
+        store.rulebook = self.rulebook  # (its readers replay a changelog as this processor wrote it)
+        self._rules_saved: set[str] = set()  # fingerprints known to be stored in Redis
+        # customer -> (version, state, changelog entries after its stored full state; -1: none stored)
+        self.cache: OrderedDict[str, tuple[int, CustomerState, int]] = OrderedDict()
+        self._logged: set[str] = set()  # cached customers that may have a changelog (``fold``)
+        self._last_batch = monotonic()  # when a batch was last prepared (``fold`` waits for quiet)
+        self._folding = asyncio.Lock()  # held by ``fold``: no batch is prepared meanwhile
         # the batch being retried: since when (monotonic), and its input partitions
         self._failing_since: float | None = None
         self._failing: set[tuple[str, int]] = set()
         self._flagged: set[tuple[str, int]] = set()  # partitions fundflow_partition_stalled shows as 1
         self._unfinished: list[Prepared] = []  # prepared, not yet completed (at most two: overlap)
+
+    def _appends(self, tail: int) -> bool:
+        """Whether the next commit of a customer with ``tail`` changelog entries appends one."""
+        return tail >= 0 and tail + 1 < self.snapshot_every
+
+    def _logs(self, run: CustomerRun, attempt: _Attempt) -> bool:
+        """Whether ``run``'s commit appends to the changelog (a careful state is written whole)."""
+        return self._appends(run.tail) and run.state.customer_id not in attempt.careful
 
     def cached_state(self, customer_id: str) -> CustomerState | None:
         entry = self.cache.get(customer_id)
@@ -272,6 +267,7 @@ class BatchProcessor:
     def forget_all(self) -> None:
         """Drop every cached state (on rebalance: Redis is the truth)."""
         self.cache.clear()
+        self._logged.clear()
 
     def stalled_partitions(self) -> list[str]:
         """``topic:partition`` of every input partition whose batch has been retried for
@@ -308,6 +304,10 @@ class BatchProcessor:
         Redis), so their records wait for ``complete``, which runs them after it. A step
         changes only its own customer's state, so the rest is the same as after that batch.
         A load that fails here is left to ``complete``'s retries."""
+        if self._folding.locked():  # (a fold writes states this batch may step: it goes first)
+            async with self._folding:
+                pass
+        self._last_batch = self.monotonic()
         by_customer, rejected = self._decode(records)
         attempt = self._attempt(len(records), by_customer, rejected, retries=0)
         busy: set[str] = set()
@@ -457,48 +457,67 @@ class BatchProcessor:
         """Step 2: one round trip for the customers not cached; an outbox a predecessor left
         behind is published again (each entry once, also when loaded again after a redo)."""
         missing = [cid for cid in pending if cid not in self.cache]
-        for cid, loaded in (await self.store.load(missing)).items():
-            self.cache[cid] = (loaded.version, loaded.state or CustomerState(cid))
+        loaded_all = await self.store.load(missing)
+        await self.store.learn_rules(entry for loaded in loaded_all.values() for entry in loaded.log)
+        for cid, loaded in loaded_all.items():
+            state = loaded.state or CustomerState(cid)
+            if loaded.log:
+                try:
+                    replay(state, loaded.log, self._replay_step)
+                except ValueError as exc:  # as for a state that cannot be read: retried, stalled, said
+                    raise TransientError(f"changelog of a customer cannot be replayed: {exc}") from exc
+                self._logged.add(cid)
+            self.cache[cid] = (loaded.version, state, len(loaded.log) if loaded.state is not None else -1)
             if loaded.outbox:
                 queued = attempt.to_publish.setdefault(cid, [])
                 left_over = [entry for entry in loaded.outbox if entry not in queued]
                 queued.extend(left_over)
                 attempt.report.republished += len(left_over)
 
+    def _replay_step(self, fp: str) -> Step:
+        step = self.rulebook.replay_step(fp)
+        if step is None:  # never stored (or removed): the rules in force are the best there is
+            log.warning("changelog names rules %s, which are not stored; replayed under the current rules", fp)
+            step = self.rulebook.replay_step(self.rulebook.refresh())
+        if step is None:
+            raise ValueError(f"no rules to replay a changelog under ({fp})")
+        return step
+
     def _run_all(self, customers: list[str], attempt: _Attempt) -> tuple[dict[str, CustomerRun], list[str]]:
         """Step 3 for ``customers`` (loaded): their runs, and those to redo (a record failed)."""
         runs: dict[str, CustomerRun] = {}
         redo: list[str] = []
+        rules = self.rulebook.refresh()  # (the rules change only here: one set for each run)
         for cid in customers:
-            run = self._run_customer(cid, attempt)
+            run = self._run_customer(cid, attempt, rules)
             if run is None:
                 redo.append(cid)
             else:
                 runs[cid] = run
         return runs, redo
 
-    def _run_customer(self, cid: str, attempt: _Attempt) -> CustomerRun | None:
+    def _run_customer(self, cid: str, attempt: _Attempt, rules: str) -> CustomerRun | None:
         """Step 3 for one customer: the pure step over its records, in partition order, on
         the cached state. ``None`` when the step failed on a record: that record is
         dead-lettered and taken out, and the half-applied state dropped from the cache."""
-        version, state = self.cache[cid]
-        run = CustomerRun(version, state)
+        version, state, tail = self.cache[cid]
+        run = CustomerRun(version, state, tail=tail, rules=rules)
         careful = cid in attempt.careful
+        logged = self._appends(tail)
         for record, event in attempt.by_customer[cid]:
             try:
-                outcome, findings = self.step(state, event)
-                if careful and outcome is Outcome.APPLIED:
-                    encode_state(state)
+                outcome, findings = step_record(state, record, event, self.step)
+                if outcome is Outcome.APPLIED and (careful or logged):
+                    if careful:
+                        encode_state(state)
+                    else:  # the rules' own part of the state: free-form, so checked (the rest is typed)
+                        orjson.dumps(state.rule_state)
             except Exception as exc:
                 self._reject(record, exc, ENCODE_FAILED if careful else STEP_FAILED, attempt)
                 attempt.by_customer[cid] = [(r, e) for r, e in attempt.by_customer[cid] if r is not record]
                 self.cache.pop(cid, None)  # half-applied: never committed, never reused
                 return None
-            if outcome is Outcome.TOO_LATE and _redelivered(state, record):
-                # a record this customer's state already went past, back after a crash,
-                # its txn_id aged out of the dedup horizon meanwhile: a repeat, not late input
-                outcome = Outcome.DUPLICATE
-            _note_position(state, record)
+            run.records.append(record)
             if outcome is Outcome.APPLIED:
                 run.applied_ids.append(id(record))
                 run.findings.extend(findings)
@@ -520,10 +539,19 @@ class BatchProcessor:
         ``None`` when a state could not be encoded (nothing was sent): those customers are
         marked careful and the round's customers dropped from the cache, to be redone."""
         commits = [
-            Commit(cid, run.version, run.state, run.findings, run.board, collection_bucket(run.state))
+            Commit(
+                cid,
+                run.version,
+                run.state,
+                run.findings,
+                run.board,
+                collection_bucket(run.state),
+                encode_entry(run.rules, run.records) if self._logs(run, attempt) else None,
+            )
             for cid, run in runs.items()
             if run.applied_ids
         ]
+        await self._save_rules({c.log.split(b"\n", 1)[0].decode() for c in commits if c.log is not None})
         tally = Tally(0, [], self.wall_clock_ms)
         for run in runs.values():
             if run.applied_ids:
@@ -560,8 +588,11 @@ class BatchProcessor:
                 self.cache.pop(cid, None)
                 continue
             if run.applied_ids:
-                self.cache[cid] = (run.version + 1, run.state)
+                tail = run.tail + 1 if self._logs(run, attempt) else 0
+                self.cache[cid] = (run.version + 1, run.state, tail)
                 self.cache.move_to_end(cid)
+                if tail:
+                    self._logged.add(cid)
                 if run.findings:
                     attempt.to_publish.setdefault(cid, []).extend(run.findings)
                     report.findings += len(run.findings)
@@ -571,6 +602,56 @@ class BatchProcessor:
             report.duplicate_records.update(run.duplicate_ids)
             for record, outcome in run.refused:
                 attempt.outcome_letters.append(self._letter(record, outcome.value, _OUTCOME_ERRORS[outcome], report))
+
+    async def _save_rules(self, fingerprints: set[str]) -> None:
+        """Store the rules that changelog entries about to be committed name, once per process."""
+        for fp in fingerprints - self._rules_saved:
+            text = self.rulebook.rules_json(fp)
+            if text is not None:
+                await self.store.save_rules(fp, text)
+            self._rules_saved.add(fp)
+
+    async def fold(self, quiet_seconds: float = 1.0, limit: int = 2048) -> int:
+        """Write the full state of up to ``limit`` cached customers that have a changelog,
+        when no batch was taken for ``quiet_seconds`` and none is in flight (the worker's
+        timer calls this): their logs are dropped, so an idle worker's customers cost Redis
+        their state alone. A batch that arrives meanwhile waits for the fold (one round
+        trip) before it is prepared: stepped during the encode, a state would carry records
+        it has not committed. Each write is a compare-and-set of the version cached, like a
+        batch's. Returns the customers folded. A failure is logged, never raised: the logs
+        stay, and are as good."""
+        async with self._folding:
+            if self._unfinished or self.monotonic() - self._last_batch < quiet_seconds:
+                return 0
+            return await self._fold(limit)
+
+    async def _fold(self, limit: int) -> int:
+        chosen: list[tuple[str, tuple[int, CustomerState, int]]] = []
+        for cid in list(self._logged):
+            entry = self.cache.get(cid)
+            if entry is None or entry[2] <= 0:
+                self._logged.discard(cid)
+            else:
+                chosen.append((cid, entry))
+                if len(chosen) >= limit:
+                    break
+        if not chosen:
+            return 0
+        commits = [Commit(cid, version, state) for cid, (version, state, _) in chosen]
+        try:
+            failed = await self.store.commit(commits)
+        except Exception as exc:  # (an encode failure included: the log stays, as good as a state)
+            log.warning("idle customers not folded into their states: %s", exc)
+            return 0
+        for cid, entry in chosen:
+            self._logged.discard(cid)
+            if self.cache.get(cid) is not entry:
+                continue  # a batch took the customer meanwhile: its commit decides
+            if cid in failed:
+                self.cache.pop(cid, None)
+            else:
+                self.cache[cid] = (entry[0] + 1, entry[1], 0)
+        return len(chosen) - len(failed)
 
     def _reject(self, record: RawRecord, exc: Exception, reason: str, attempt: _Attempt) -> None:
         """``record`` failed in the step: its dead letter now, and in every retry of the batch."""

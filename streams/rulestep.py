@@ -11,10 +11,12 @@ stays in force.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -24,8 +26,10 @@ from rules.events import Event
 from rules.state import CustomerState, Outcome, StateConfig, apply_event
 from streams import telemetry
 from streams.errors import ConfigError
+from streams.keys import Keys
 from streams.pipeline import Step, outbox_entry
 from streams.settings import Settings, state_config
+from streams.store import StateStore
 from streams.topics import ALERTS, MARKETING, RECOMMENDATIONS
 
 log = logging.getLogger(__name__)
@@ -86,23 +90,102 @@ def rules_step(config: StateConfig, provider: RulesProvider) -> Step:
     (docs/findings.md), never on the live tier, which a wall-clock timer refreshes."""
 
     def step(state: CustomerState, event: Event) -> tuple[Outcome, list[bytes]]:
-        balance_before = state.balance
-        outcome = apply_event(state, event, config)
-        if outcome is not Outcome.APPLIED:
-            return outcome, []
-        judgement = judge(state, event, balance_before, provider.current(), config)
-        for rule, why in judgement.suppressed:
-            telemetry.SUPPRESSED.labels(rule, why).inc()
-        entries = []
-        for finding in judgement.findings:
-            telemetry.FINDINGS_BY_RULE.labels(finding.rule, finding.severity).inc()
-            entries.append(finding_entry(finding, config))
-        return outcome, entries
+        return _judged(state, event, config, provider.current(), quiet=False)
 
     return step
 
 
-def build_step(settings: Settings) -> Step:
+def _judged(
+    state: CustomerState, event: Event, config: StateConfig, rules: RulesConfig, *, quiet: bool
+) -> tuple[Outcome, list[bytes]]:
+    balance_before = state.balance
+    outcome = apply_event(state, event, config)
+    if outcome is not Outcome.APPLIED:
+        return outcome, []
+    judgement = judge(state, event, balance_before, rules, config)
+    if quiet:  # a replay: these findings were counted (and committed) when first made
+        return outcome, []
+    for rule, why in judgement.suppressed:
+        telemetry.SUPPRESSED.labels(rule, why).inc()
+    entries = []
+    for finding in judgement.findings:
+        telemetry.FINDINGS_BY_RULE.labels(finding.rule, finding.severity).inc()
+        entries.append(finding_entry(finding, config))
+    return outcome, entries
+
+
+def fingerprint(rules: RulesConfig) -> tuple[str, bytes]:
+    """The rules' fingerprint (what a changelog entry names) and their JSON."""
+    text = rules.model_dump_json().encode()
+    return hashlib.sha256(text).hexdigest()[:16], text
+
+
+class RulesStep:
+    """The worker's step (``rules_step``) as a changelog's ``Rulebook`` (``streams.changelog``):
+    the rules change only at ``refresh`` (the processor calls it between customers, so all
+    of one customer's records in a batch run under one set, which its log entry names), and
+    every set of rules this process has run under can replay the entries made under it."""
+
+    def __init__(self, config: StateConfig, provider: RulesProvider) -> None:
+        self.config = config
+        self.provider = provider
+        self._known: dict[str, tuple[bytes, Step]] = {}
+        self._rules = provider.config
+        self._fingerprint = self._know(self._rules)
+
+    def __call__(self, state: CustomerState, event: Event) -> tuple[Outcome, list[bytes]]:
+        return _judged(state, event, self.config, self._rules, quiet=False)
+
+    def _know(self, rules: RulesConfig) -> str:
+        fp, text = fingerprint(rules)
+        if fp not in self._known:
+            config = self.config
+
+            def replay(state: CustomerState, event: Event) -> tuple[Outcome, list[bytes]]:
+                return _judged(state, event, config, rules, quiet=True)
+
+            self._known[fp] = (text, replay)
+        return fp
+
+    def refresh(self) -> str:
+        """The fingerprint of the rules the step runs under from now (reloaded if changed)."""
+        rules = self.provider.current()
+        if rules is not self._rules:
+            self._rules = rules
+            self._fingerprint = self._know(rules)
+        return self._fingerprint
+
+    def rules_json(self, fp: str) -> bytes | None:
+        known = self._known.get(fp)
+        return known[0] if known is not None else None
+
+    def replay_step(self, fp: str) -> Step | None:
+        known = self._known.get(fp)
+        return known[1] if known is not None else None
+
+    def learn(self, text: bytes) -> str:
+        """Rules another process ran under (their JSON, as stored by fingerprint)."""
+        try:
+            rules = RulesConfig.model_validate_json(text)
+        except ValueError as exc:
+            raise ValueError(f"stored rules cannot be read: {exc}") from None
+        return self._know(rules)
+
+
+def reader_rules(settings: Settings) -> RulesStep:
+    """A reader's rulebook (``StateStore(rulebook=...)``): it replays a changelog under the
+    rules each entry names, as the workers stored them; it needs no rules file."""
+    return RulesStep(state_config(settings), RulesProvider(None))
+
+
+def reader_store(client: Any, settings: Settings, keys: Keys | None = None) -> StateStore:
+    """A ``StateStore`` for reading states (the API, the CLI, tools): a changelog is replayed
+    under the state settings of ``settings`` and the rules each entry names."""
+    keys = keys if keys is not None else Keys(settings.key_prefix)
+    return StateStore(client, keys, config=state_config(settings), rulebook=reader_rules(settings))
+
+
+def build_step(settings: Settings) -> RulesStep:
     """The per-event step the worker runs: state plus the business rules when configured."""
     path = settings.rules_file if settings.rules_file.exists() else None
     if path is None:
@@ -111,4 +194,4 @@ def build_step(settings: Settings) -> Step:
         provider = RulesProvider(path)
     except RulesConfigError as exc:
         raise ConfigError(str(exc)) from None
-    return rules_step(state_config(settings), provider)
+    return RulesStep(state_config(settings), provider)

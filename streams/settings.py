@@ -123,6 +123,19 @@ class Settings(BaseSettings):
     )
     compress_state: bool = Field(default=True, description="zstd-compress the state blobs in Redis (~2.5x less memory)")
     cache_customers: int = Field(default=200_000, ge=0, description="states a worker keeps in memory")
+    snapshot_every: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="a customer's full state is written every Nth commit; the others append the batch's records "
+        "to its changelog, replayed on load (1: always the full state; docs/changelog.md)",
+    )
+    fold_idle_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="a worker that took no batch for this long writes the full state of its customers that "
+        "have a changelog (their logs are dropped)",
+    )
     gc_threshold: tuple[NonNegativeInt, NonNegativeInt, NonNegativeInt] = Field(
         default=(10_000, 2, 1_000),
         description="the worker's garbage-collector thresholds (gc.set_threshold, 0 turns it off); a JSON list; "

@@ -41,11 +41,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from rules.board import BoardDelta
-from rules.state import CustomerState
+from rules.events import Event
+from rules.state import CustomerState, Outcome, StateConfig, apply_event
 from streams import telemetry
+from streams.changelog import FixedRules, Rulebook, Step, replay
 from streams.codec import decode_state, encode_states
 from streams.errors import TransientError
 from streams.keys import BOARD, Keys, board_shard
+from streams.settings import Settings, state_config
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +58,14 @@ COMMIT_CHUNK = 256  # customers per commit script call (bounds one call's time i
 # The commit of many customers in one call, each customer atomic on its own keys, and the
 # 看板's aggregates moved by exactly the customers whose commit went through.
 # KEYS: the call's B board keys (1: latest, 2: collection, then per day flow/findings/net),
-#   then per customer: state, outbox, recent alerts.
+#   then per customer: state, outbox, recent alerts, changelog.
 # ARGV: kept, B, latest event time (or ''), the type of each board key ('s', 'h' hash,
-#   'z' sorted set), then per customer: expected version, new version, blob, its 归集率
-#   bucket (or ''), number of findings, findings..., number of board cells, then per cell:
-#   board key index, field, integer increment.
+#   'z' sorted set), then per customer: expected version, new version, blob ('': append
+#   the entry to the changelog instead), its 归集率 bucket (or ''), changelog entry (or ''),
+#   number of findings, findings..., number of board cells, then per cell: board key
+#   index, field, integer increment.
+# A customer's version is its full state's plus the length of its changelog; its bucket is
+# the last changelog entry's (before the entry's first newline), else the state's.
 # Returns 1 (committed) or 0 (version moved: nothing written, nothing counted) per customer.
 COMMIT_LUA = """
 local kept = tonumber(ARGV[1])
@@ -71,21 +77,28 @@ local function bump(b, f, n)
   add[b][f] = (add[b][f] or 0) + n
 end
 local a = 4 + nboard
-for k = nboard + 1, #KEYS, 3 do
-  local n = tonumber(ARGV[a + 4])
-  local m = tonumber(ARGV[a + 5 + n])
-  local version, held, hashed = '0', false, false
+for k = nboard + 1, #KEYS, 4 do
+  local n = tonumber(ARGV[a + 5])
+  local m = tonumber(ARGV[a + 6 + n])
+  local version, held, hashed = 0, false, false
   local raw = redis.pcall('GET', KEYS[k])
   if type(raw) == 'table' and raw.err then  -- a hash, as versions before 2026-11 wrote it
     local old = redis.call('HMGET', KEYS[k], 'v', 'b')
-    version, held, hashed = old[1] or '0', old[2], true
+    version, held, hashed = tonumber(old[1] or '0'), old[2], true
   elseif raw then
     local i = string.find(raw, ':', 1, true)
     local j = string.find(raw, ':', i + 1, true)
-    version = string.sub(raw, 1, i - 1)
+    version = tonumber(string.sub(raw, 1, i - 1))
     if j > i + 1 then held = string.sub(raw, i + 1, j - 1) end
   end
-  if version == ARGV[a] then
+  local logged = redis.call('LLEN', KEYS[k + 3])
+  if logged > 0 then
+    local last = redis.call('LINDEX', KEYS[k + 3], -1)
+    local nl = string.find(last, '\\n', 1, true)
+    held = false
+    if nl > 1 then held = string.sub(last, 1, nl - 1) end
+  end
+  if version + logged == tonumber(ARGV[a]) then
     local bucket = ARGV[a + 3]
     if bucket ~= '' and bucket ~= held then
       if held then bump(2, held, -1) end
@@ -93,23 +106,28 @@ for k = nboard + 1, #KEYS, 3 do
     elseif held then
       bucket = held
     end
-    if hashed then redis.call('DEL', KEYS[k]) end
-    redis.call('SET', KEYS[k], ARGV[a + 1] .. ':' .. bucket .. ':' .. ARGV[a + 2])
+    if ARGV[a + 2] ~= '' then
+      if hashed then redis.call('DEL', KEYS[k]) end
+      redis.call('SET', KEYS[k], ARGV[a + 1] .. ':' .. bucket .. ':' .. ARGV[a + 2])
+      if logged > 0 then redis.call('DEL', KEYS[k + 3]) end
+    else
+      redis.call('RPUSH', KEYS[k + 3], bucket .. '\\n' .. ARGV[a + 4])
+    end
     if n > 0 then
-      for i = a + 5, a + 4 + n do
+      for i = a + 6, a + 5 + n do
         redis.call('RPUSH', KEYS[k + 1], ARGV[i])
         redis.call('LPUSH', KEYS[k + 2], ARGV[i])
       end
       redis.call('LTRIM', KEYS[k + 2], 0, kept - 1)
     end
-    for c = a + 6 + n, a + 5 + n + 3 * m, 3 do
+    for c = a + 7 + n, a + 6 + n + 3 * m, 3 do
       bump(tonumber(ARGV[c]), ARGV[c + 1], tonumber(ARGV[c + 2]))
     end
     result[#result + 1] = 1
   else
     result[#result + 1] = 0
   end
-  a = a + 6 + n + 3 * m
+  a = a + 7 + n + 3 * m
 end
 if ARGV[3] ~= '' then
   local latest = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -142,9 +160,10 @@ LATENCY_SAMPLES_KEPT = 100_000  # recent end-to-end latencies kept for the backt
 
 @dataclass(slots=True)
 class Loaded:
-    version: int
-    state: CustomerState | None
+    version: int  # the full state's version plus the changelog's length
+    state: CustomerState | None  # the full state as stored (the changelog not yet replayed)
     outbox: list[bytes] = field(default_factory=list)
+    log: list[bytes] = field(default_factory=list)  # changelog entries since ``state``
 
 
 @dataclass(slots=True)
@@ -167,6 +186,14 @@ class Commit:
     findings: Sequence[bytes] = ()
     board: BoardDelta | None = None  # what this commit adds to the 看板 (``rules.board``)
     bucket: str = ""  # the customer's 归集率 bucket after it ('': not counted)
+    log: bytes | None = None  # a changelog entry to append instead of writing the full state
+
+
+def _plain(config: StateConfig) -> Step:
+    def step(state: CustomerState, event: Event) -> tuple[Outcome, list[bytes]]:
+        return apply_event(state, event, config), []
+
+    return step
 
 
 class _BoardArgs:
@@ -248,10 +275,23 @@ async def _bounded(calls: Iterable[Awaitable[Any]]) -> list[Any]:
 
 class StateStore:
     def __init__(
-        self, client: aioredis.Redis, keys: Keys, *, compress: bool = True, cluster: bool | None = None
+        self,
+        client: aioredis.Redis,
+        keys: Keys,
+        *,
+        compress: bool = True,
+        cluster: bool | None = None,
+        config: StateConfig | None = None,
+        rulebook: Rulebook | None = None,
     ) -> None:
         self.redis = client
         self.keys = keys
+        # readers (``read``, ``scan_states``) replay a changelog under the rules each entry
+        # names (``rulebook``: known here, else stored in Redis), and the state settings of
+        # the environment unless told; a ``BatchProcessor`` gives the store its own rulebook
+        self.config = config if config is not None else state_config(Settings())
+        self._plain = _plain(self.config)
+        self.rulebook: Rulebook = rulebook or FixedRules(self._plain)
         # Redis Cluster: one commit call per hash slot (None: whenever the client is a cluster client)
         self.cluster = isinstance(client, RedisCluster) if cluster is None else cluster
         self.compress = compress  # how new blobs are written; both kinds are always read
@@ -261,7 +301,7 @@ class StateStore:
         self._shards_known: set[str] = set()  # 看板 shards this store registered (Redis Cluster)
 
     async def load(self, customer_ids: Sequence[str]) -> dict[str, Loaded]:
-        """Version, state and pending outbox of each customer, in one round trip."""
+        """Version, full state, changelog and pending outbox of each customer, in one round trip."""
         if not customer_ids:
             return {}
         with _round_trip("load"):
@@ -269,12 +309,16 @@ class StateStore:
                 for cid in customer_ids:
                     pipe.get(self.keys.state(cid))
                     pipe.lrange(self.keys.outbox(cid), 0, -1)
+                    pipe.lrange(self.keys.log(cid), 0, -1)
                 replies = await pipe.execute(raise_on_error=False)
-            stored = await self._stored([self.keys.state(cid) for cid in customer_ids], replies[0::2])
+            stored = await self._stored([self.keys.state(cid) for cid in customer_ids], replies[0::3])
         result: dict[str, Loaded] = {}
-        for cid, (version, blob), outbox in zip(customer_ids, stored, replies[1::2], strict=True):
-            if isinstance(outbox, Exception):
-                raise outbox
+        for cid, (version, blob), outbox, log_entries in zip(
+            customer_ids, stored, replies[1::3], replies[2::3], strict=True
+        ):
+            for reply in (outbox, log_entries):
+                if isinstance(reply, Exception):
+                    raise reply
             try:
                 state = decode_state(blob) if blob is not None else None
             except ValueError as exc:
@@ -282,8 +326,26 @@ class StateStore:
                 # cannot go on for this customer without losing its history; it retries and
                 # says it is stalled, until an operator (or the right version) can read it
                 raise TransientError(f"state of a customer cannot be read: {exc}") from exc
-            result[cid] = Loaded(version, state, list(outbox))
+            result[cid] = Loaded(version + len(log_entries), state, list(outbox), list(log_entries))
         return result
+
+    async def rules_of(self, fingerprints: Iterable[str]) -> dict[str, bytes]:
+        """The stored JSON of each of these rules (``save_rules``) that Redis holds."""
+        wanted = sorted(set(fingerprints))
+        if not wanted:
+            return {}
+        with _round_trip("load"):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for fp in wanted:
+                    pipe.get(self.keys.rules(fp))
+                replies = await pipe.execute()
+        return {fp: text for fp, text in zip(wanted, replies, strict=True) if text is not None}
+
+    async def save_rules(self, fp: str, text: bytes) -> None:
+        """Keep the rules a changelog entry names, for any later replay of it (never expire:
+        a few KB per set of rules a worker ever ran under)."""
+        with _round_trip("commit"):
+            await self.redis.set(self.keys.rules(fp), text)
 
     async def _stored(self, keys: Sequence[str | bytes], replies: Sequence[Any]) -> list[tuple[int, bytes | None]]:
         """(version, blob) of each state key from its GET reply: ``version:bucket:blob``, or
@@ -322,7 +384,7 @@ class StateStore:
         if not commits:
             return set()
         sha = self._commit.sha
-        state_key, outbox_key, alerts_key = self.keys.state, self.keys.outbox, self.keys.alerts
+        state_key, outbox_key, alerts_key, log_key = self.keys.state, self.keys.outbox, self.keys.alerts, self.keys.log
         compress = self.compress
         with _round_trip("commit"):
             if not self._scripts_loaded:
@@ -339,11 +401,14 @@ class StateStore:
                 keys: list[str] = []
                 args: list[bytes | str | int] = []
                 board = _BoardArgs(self.keys, self._shard(group[0].customer_id))
-                blobs = encode_states([c.state for c in group], compress=compress)
-                for c, blob in zip(group, blobs, strict=True):
+                blobs = iter(encode_states([c.state for c in group if c.log is None], compress=compress))
+                for c in group:
                     cid, version = c.customer_id, c.expected_version
-                    keys += (state_key(cid), outbox_key(cid), alerts_key(cid))
-                    args += (version, version + 1, blob, c.bucket, len(c.findings))
+                    keys += (state_key(cid), outbox_key(cid), alerts_key(cid), log_key(cid))
+                    if c.log is None:
+                        args += (version, version + 1, next(blobs), c.bucket, b"", len(c.findings))
+                    else:
+                        args += (version, version + 1, b"", c.bucket, c.log, len(c.findings))
                     args += c.findings
                     args += board.cells(cid, c.board)
                 latest = "" if board.latest is None else board.latest
@@ -462,8 +527,44 @@ class StateStore:
                 yield state
 
     async def _fetch(self, keys: Sequence[str | bytes]) -> list[CustomerState]:
+        """The states of these state keys, each brought up to date with its changelog
+        (replayed with the plain state step: a reader wants the numbers, not the rules')."""
+        logs = [_log_key(key) for key in keys]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for key in keys:
+            for key, log_key in zip(keys, logs, strict=True):
                 pipe.get(key)
+                pipe.lrange(log_key, 0, -1)
             replies = await pipe.execute(raise_on_error=False)
-        return [decode_state(blob) for _, blob in await self._stored(keys, replies) if blob is not None]
+        for entries in replies[1::2]:
+            if isinstance(entries, Exception):
+                raise entries
+        await self.learn_rules(entry for entries in replies[1::2] for entry in entries)
+        states = []
+        for (_, blob), entries in zip(await self._stored(keys, replies[0::2]), replies[1::2], strict=True):
+            if blob is not None:
+                state = decode_state(blob)
+                states.append(replay(state, entries, self._reader_step) if entries else state)
+        return states
+
+    def _reader_step(self, fp: str) -> Step:
+        step = self.rulebook.replay_step(fp)
+        if step is None:  # (rules never stored: a reader still wants the numbers)
+            log.warning("changelog names rules %s, which are not stored; replayed without rules", fp)
+            return self._plain
+        return step
+
+    async def learn_rules(self, entries: Iterable[bytes]) -> None:
+        """Teach ``rulebook`` the stored rules that these changelog entries name and it does not know."""
+        unknown = {entry.split(b"\n", 2)[1].decode() for entry in entries}
+        unknown = {fp for fp in unknown if self.rulebook.replay_step(fp) is None}
+        for fp, text in (await self.rules_of(unknown)).items():
+            try:
+                if self.rulebook.learn(text) != fp:
+                    log.warning("stored rules %s do not match their fingerprint", fp)
+            except ValueError as exc:
+                log.warning("stored rules %s cannot be read: %s", fp, exc)
+
+
+def _log_key(state_key: str | bytes) -> str:
+    text = state_key.decode() if isinstance(state_key, bytes) else state_key
+    return text[: -len(":state")] + ":log"

@@ -70,7 +70,7 @@ from streams.api.roles import DEMO, PRINCIPAL, Principal, identify, principals
 from streams.clients import connect
 from streams.errors import ConfigError
 from streams.health import readiness
-from streams.keys import Keys
+from streams.rulestep import reader_store
 from streams.settings import Settings
 from streams.snapshot import customer_row, iso
 from streams.store import StateStore
@@ -396,7 +396,7 @@ def create_api(settings: Settings, redis_url: str, bootstrap: str, *, demo: bool
     app[SETTINGS] = settings
     app[TOKENS] = tokens
     app[BOOTSTRAP] = bootstrap
-    store = StateStore(connect(redis_url, settings.redis_cluster), Keys(settings.key_prefix))
+    store = reader_store(connect(redis_url, settings.redis_cluster), settings)
     app[STORE] = store
     app[HUB] = FeedHub(
         store.redis,

@@ -19,16 +19,17 @@ from streams.cases import CaseStore, RulePrecision
 from streams.clients import connect
 from streams.errors import ConfigError
 from streams.keys import Keys
+from streams.rulestep import reader_store
 from streams.settings import Settings, rates, safe_url, state_config, thresholds
 from streams.snapshot import customer_row, load_all, parse_as_of, rows, write_jsonl
-from streams.store import RECENT_ALERTS_KEPT, StateStore
+from streams.store import RECENT_ALERTS_KEPT
 from streams.tiers import TierBook, distribution, read_cuts, rebuild
 
 
 async def show_customer(settings: Settings, redis_url: str, customer_id: str, as_json: bool, as_of: str | None) -> int:
     client = connect(redis_url, settings.redis_cluster)
     try:
-        store = StateStore(client, Keys(settings.key_prefix))
+        store = reader_store(client, settings)
         state = await store.read(customer_id)
         if state is None:
             raise ConfigError(f"no customer {customer_id!r} in Redis")
@@ -122,7 +123,7 @@ def format_customer(row: dict[str, object], recent: list[bytes]) -> str:
 async def run_snapshot(settings: Settings, redis_url: str, out: Path, as_of: str | None) -> int:
     client = connect(redis_url, settings.redis_cluster)
     try:
-        states = await load_all(StateStore(client, Keys(settings.key_prefix)))
+        states = await load_all(reader_store(client, settings))
     finally:
         await client.aclose()
     count = write_jsonl(out, rows(states, parse_as_of(as_of) if as_of else None, settings))
@@ -135,7 +136,7 @@ async def show_tiers(settings: Settings, redis_url: str, refresh: bool, top: int
     keys = Keys(settings.key_prefix)
     try:
         if refresh:
-            states = await load_all(StateStore(client, keys))
+            states = await load_all(reader_store(client, settings, keys))
             book = TierBook(client, keys, state_config(settings), thresholds(settings), rates(settings))
             await rebuild(client, keys, states, book)
         result = await distribution(client, keys, top)
@@ -168,7 +169,7 @@ async def show_board(settings: Settings, redis_url: str, day: str | None, verify
             board = await read_board(client, keys, settings.zone, day, cluster=settings.redis_cluster)
             print(orjson.dumps(board, option=orjson.OPT_INDENT_2).decode())
             return 0
-        store = StateStore(client, keys)
+        store = reader_store(client, settings, keys)
         differences = await check(store, settings.zone, RECENT_ALERTS_KEPT, settings.redis_cluster)
     finally:
         await client.aclose()

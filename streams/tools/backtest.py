@@ -28,11 +28,10 @@ import orjson
 from rules.state import to_us
 from streams.clients import connect, start_producer
 from streams.errors import ConfigError
-from streams.keys import Keys
 from streams.local.orchestra import LocalRun, read_topic
+from streams.rulestep import reader_store
 from streams.settings import Settings
 from streams.snapshot import iso, load_all, rows, write_jsonl
-from streams.store import StateStore
 from streams.tools.measure import percentiles
 from streams.tools.progress import Progress
 from streams.tools.replay import read_lines, replay, route
@@ -104,7 +103,7 @@ async def _drive(
 
     client = connect(local.redis_url, local.settings.redis_cluster)
     try:
-        store = StateStore(client, Keys(settings.key_prefix))
+        store = reader_store(client, settings)
         states = await load_all(store)
         latencies = [int(x) for x in await client.lrange(store.keys.latency, 0, -1)]
     finally:

@@ -37,9 +37,9 @@ from streams.errors import ConfigError
 from streams.keys import Keys
 from streams.local.orchestra import LocalRun
 from streams.local.servers import die_with_parent, free_port
+from streams.rulestep import reader_store
 from streams.settings import Settings
 from streams.snapshot import customer_row
-from streams.store import StateStore
 from streams.tools.berka import SHIPPED_BERKA, berka_lines
 from streams.tools.replay import SYNTHETIC_SKEW_SECONDS, endless, replay, route
 
@@ -136,7 +136,7 @@ async def _live(
 
     replay_task = asyncio.create_task(replay(counted(), producer, rate=rate, speedup=speedup))
     client = connect(run.redis_url, settings.redis_cluster)
-    store = StateStore(client, Keys(settings.key_prefix))
+    store = reader_store(client, settings)
     view = _View(len(lines), headline)
     started = time.monotonic()
     last_applied, last_time = 0, started

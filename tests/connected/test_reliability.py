@@ -31,10 +31,10 @@ from streams.clients import connect, start_producer
 from streams.keys import Keys
 from streams.local.orchestra import LocalRun, read_topic
 from streams.pipeline import outbox_message
-from streams.rulestep import build_step
+from streams.rulestep import build_step, reader_store
 from streams.settings import Settings
 from streams.snapshot import load_all, rows
-from streams.store import RECENT_ALERTS_KEPT, StateStore
+from streams.store import RECENT_ALERTS_KEPT
 from streams.tools.replay import replay
 from streams.topics import ALERTS, DLQ, MARKETING, RECOMMENDATIONS
 from tests import eventgen, malformed
@@ -165,7 +165,7 @@ class Scenario:
     async def state(self, workload: list[bytes]) -> bytes:
         client = connect(self.run.redis_url)
         try:
-            states = await load_all(StateStore(client, Keys(self.settings.key_prefix)))
+            states = await load_all(reader_store(client, self.settings))
         finally:
             await client.aclose()
         return snapshot_bytes(states, self.settings, workload)
@@ -200,7 +200,7 @@ class Scenario:
         async def read() -> tuple[Board, list[str]]:
             client = connect(self.run.redis_url)
             try:
-                store = StateStore(client, Keys(self.settings.key_prefix))
+                store = reader_store(client, self.settings)
                 return await stored(client, store.keys, cluster=False), await check(
                     store, self.settings.zone, RECENT_ALERTS_KEPT
                 )
@@ -213,13 +213,25 @@ class Scenario:
             assert _nonzero(getattr(board, field)) == _nonzero(getattr(expected, field)), field
         assert {b: n for b, n in board.collection.items() if n} == expected.collection
 
+    def changelogs(self) -> int:
+        """Customers whose state in Redis is a full state plus a changelog (``streams.changelog``)."""
+
+        async def read() -> int:
+            client = connect(self.run.redis_url)
+            try:
+                return len([k async for k in client.scan_iter(match=f"{self.settings.key_prefix}:{{*}}:log")])
+            finally:
+                await client.aclose()
+
+        return asyncio.run(read())
+
     def remembered_ids(self) -> set[str]:
         """Every txn_id still in some customer's dedup memory."""
 
         async def read() -> set[str]:
             client = connect(self.run.redis_url)
             try:
-                states = await load_all(StateStore(client, Keys(self.settings.key_prefix)))
+                states = await load_all(reader_store(client, self.settings))
             finally:
                 await client.aclose()
             return {txn for state in states for txn in state.seen}
@@ -232,7 +244,7 @@ class Scenario:
         async def read() -> int:
             client = connect(self.run.redis_url)
             try:
-                return sum(s.applied_total for s in await load_all(StateStore(client, Keys(self.settings.key_prefix))))
+                return sum(s.applied_total for s in await load_all(reader_store(client, self.settings)))
             finally:
                 await client.aclose()
 
@@ -275,6 +287,7 @@ def test_kill_9_mid_stream_and_restart(
     scenario.wait_applied(len(workload) // 4)
     first.send_signal(signal.SIGKILL)
     first.wait()
+    assert scenario.changelogs() > 0  # the next worker must replay what the killed one logged
     second = scenario.run.start_worker()
     scenario.wait_applied(len(workload) // 2)
     second.send_signal(signal.SIGKILL)

@@ -1,0 +1,186 @@
+"""The changelog (``streams.changelog``) on a real Redis: a worker that writes a customer's
+full state only every Nth commit, appending the records in between, must leave exactly
+what a worker that writes the full state on every commit leaves (states, findings, the
+看板) however often its cache is lost, its process replaced, its rules reloaded, or its
+customers folded while idle."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from rules.state import CustomerState
+from streams.changelog import decode_entry, encode_entry
+from streams.clients import connect
+from streams.codec import encode_state
+from streams.deadletter import RawRecord
+from streams.keys import Keys
+from streams.pipeline import BatchProcessor
+from streams.rulestep import build_step, reader_store
+from streams.settings import Settings
+from streams.store import StateStore
+from streams.tools.berka import berka_lines
+from streams.tools.replay import route
+from tests.fakes import Sink
+
+BATCH = 250
+EVENTS = 5_000
+
+
+@pytest.fixture(scope="module")
+def records() -> list[RawRecord]:
+    """The first Berka events, as two partitions deliver them (each customer on one)."""
+    out = []
+    offsets = [0, 0]
+    for line in berka_lines(None, Settings().zone)[:EVENTS]:
+        topic, key, _ = route(line)
+        partition = (key or b"")[-1:] == b"7"
+        out.append(RawRecord(topic, int(partition), offsets[partition], key, line, 1_700_000_000_000))
+        offsets[partition] += 1
+    return out
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = connect(redis_url)
+    yield client
+    await client.aclose()
+
+
+def settings(prefix: str, rules: Path | None = None) -> Settings:
+    return Settings(key_prefix=prefix, **({"rules_file": rules} if rules else {}))
+
+
+def processor(client: aioredis.Redis, config: Settings, sink: Sink, snapshot_every: int) -> BatchProcessor:
+    store = StateStore(client, Keys(config.key_prefix))
+    return BatchProcessor(
+        store, build_step(config), sink, zone=config.zone, snapshot_every=snapshot_every, retry_initial=0.001
+    )
+
+
+def batches(records: list[RawRecord]) -> list[list[RawRecord]]:
+    return [records[i : i + BATCH] for i in range(0, len(records), BATCH)]
+
+
+async def states(store: StateStore, customers: set[str]) -> dict[str, bytes]:
+    found = {}
+    for cid in sorted(customers):
+        state = await store.read(cid)
+        assert state is not None, cid
+        found[cid] = encode_state(state)
+    return found
+
+
+async def board(client: aioredis.Redis, prefix: str) -> dict[str, Any]:
+    cells: dict[str, Any] = {}
+    async for key in client.scan_iter(match=f"{prefix}:{{board}}:board:*"):
+        name = key.decode().split(":board:", 1)[1]
+        kind = await client.type(key)
+        if kind == b"hash":
+            cells[name] = {k: int(v) for k, v in (await client.hgetall(key)).items() if int(v)}
+        elif kind == b"zset":
+            cells[name] = {k: int(v) for k, v in await client.zrange(key, 0, -1, withscores=True) if int(v)}
+        else:
+            cells[name] = await client.get(key)
+    return cells
+
+
+async def logged(client: aioredis.Redis, prefix: str) -> int:
+    return len([key async for key in client.scan_iter(match=f"{prefix}:{{*}}:log")])
+
+
+async def test_changelog_leaves_what_full_writes_leave(client: aioredis.Redis, records: list[RawRecord]) -> None:
+    customers = {r.key.decode() for r in records if r.key}
+    full_sink, log_sink = Sink(), Sink()
+    full = processor(client, settings("full"), full_sink, 1)
+    for batch in batches(records):
+        await full.process(batch)
+    assert await logged(client, "full") == 0
+
+    config = settings("log")
+    worker = processor(client, config, log_sink, 4)
+    most_logged = 0
+    for i, batch in enumerate(batches(records)):
+        await worker.process(batch)
+        most_logged = max(most_logged, await logged(client, "log"))
+        if i % 5 == 2:  # a rebalance: the cache is dropped, every state comes back from Redis
+            worker.forget_all()
+        if i % 7 == 5:  # a new process: nothing cached, and rules it knows only from Redis
+            worker = processor(client, config, log_sink, 4)
+        if i == 11:  # idle: the logs are folded into states
+            assert await worker.fold(quiet_seconds=0) > 0
+            assert await logged(client, "log") < most_logged
+    assert most_logged > len(customers) // 4  # the logs were there to be replayed
+
+    assert log_sink.sent == full_sink.sent  # the same findings, ids and contents, in order
+    assert await board(client, "log") == await board(client, "full")
+    expected = await states(full.store, customers)
+    assert await states(worker.store, customers) == expected  # replayed with the worker's rules
+    readers = reader_store(client, config)  # another process: the rules from Redis
+    assert await states(readers, customers) == expected
+    assert [s async for s in readers.scan_states()] and len([s async for s in readers.scan_states()]) == len(customers)
+
+
+async def test_entries_replay_under_the_rules_they_ran_under(
+    client: aioredis.Redis, records: list[RawRecord], tmp_path: Path
+) -> None:
+    """Rules reloaded between a commit and its replay: the entry is replayed under the rules
+    it ran under (stored in Redis by fingerprint), not the new ones. The new rules never
+    fire collection alerts, so replaying the old entries under them loses the cool-downs
+    the alerts left in the customers' states."""
+    text = Path("deploy/rules.yaml").read_text()
+    before, after = tmp_path / "before.yaml", tmp_path / "after.yaml"
+    before.write_text(text.replace("min_amount: 5000 ", "min_amount: 500 "))
+    after.write_text(text.replace("min_amount: 5000 ", "min_amount: 50000000 "))
+    half = len(records) // 2
+    customers = {r.key.decode() for r in records if r.key}
+    results = {}
+    for name, every in (("full", 1), ("log", 8)):
+        sink = Sink()
+        worker = processor(client, settings(name, before), sink, every)
+        for batch in batches(records[:half]):
+            await worker.process(batch)
+        if every > 1:
+            assert await logged(client, name) > 0
+        worker = processor(client, settings(name, after), sink, every)  # a restart with new rules
+        for batch in batches(records[half:]):
+            await worker.process(batch)
+        results[name] = (sink.sent, await states(worker.store, customers))
+    assert any(b'"collection' in value for _, _, value in results["full"][0])  # the old rules fired
+    assert results["log"] == results["full"]
+
+
+def test_an_entry_keeps_its_records_byte_for_byte() -> None:
+    records = [
+        RawRecord("transactions", 3, 17, b"c 1", b'{"a": "\\n \xe4\xb8\xad"}\n', 1_700_000_000_123),
+        RawRecord("loans", 0, 0, None, b"", None),
+    ]
+    entry = decode_entry(b"3\n" + encode_entry("abc", records))
+    assert entry.rules == "abc" and entry.records == records
+    with pytest.raises(ValueError, match="cannot be read"):
+        decode_entry(b"3\n" + encode_entry("abc", records)[:-3] + b"")
+
+
+async def test_a_customer_logged_by_a_worker_is_read_whole_by_the_api(
+    client: aioredis.Redis, records: list[RawRecord]
+) -> None:
+    """What the API and ``fundflow snapshot`` read (a reader store, no rules file of their
+    own) is the worker's state, not the state as last written whole."""
+    config = settings("api")
+    worker = processor(client, config, Sink(), 8)
+    for batch in batches(records[:1500]):
+        await worker.process(batch)
+    cid = next(r.key.decode() for r in reversed(records[:1500]) if r.key)
+    assert await client.llen(f"api:{{{cid}}}:log") > 0
+    cached = worker.cached_state(cid)
+    assert isinstance(cached, CustomerState)
+    read = await reader_store(client, config).read(cid)
+    assert read is not None and encode_state(read) == encode_state(cached)
+    version, _ = await worker.store.stored(cid)
+    assert worker.cache[cid][0] == version + await client.llen(f"api:{{{cid}}}:log")
+    assert orjson.loads(encode_state(read))["c"] == cid
