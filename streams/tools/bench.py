@@ -324,8 +324,11 @@ async def latency_at(
     }
 
 
+SUFFIXES = (":state", ":log", ":outbox", ":alerts")  # a customer's keys (streams.keys)
+
+
 async def redis_memory(run: LocalRun, prefix: str, wait: float = TIER_INDEX_WAIT_SECONDS) -> dict[str, Any]:
-    """Bytes per customer: MEMORY USAGE of each customer's keys (state, outbox, alerts) plus
+    """Bytes per customer: MEMORY USAGE of each customer's keys (state, changelog, outbox, alerts) plus
     their share of the tier index, once the worker's tier refresh (every 30 s) has written
     it: measured before, a run counted ~120 B per customer less than a worker keeps."""
 
@@ -335,6 +338,7 @@ async def redis_memory(run: LocalRun, prefix: str, wait: float = TIER_INDEX_WAIT
         while not await client.exists(f"{prefix}:tiers") and time.monotonic() < deadline:
             await asyncio.sleep(0.5)
         sizes: list[int] = []
+        logs: list[int] = []  # of which the changelog (0: none: folded, or never logged)
         pattern = f"{prefix}:{{*}}:state"
         keys = [key async for key in client.scan_iter(match=pattern, count=1000)]
         for start in range(0, len(keys), 500):
@@ -342,11 +346,13 @@ async def redis_memory(run: LocalRun, prefix: str, wait: float = TIER_INDEX_WAIT
             async with client.pipeline(transaction=False) as pipe:
                 for key in chunk:
                     base = key.decode()[: -len(":state")]
-                    for suffix in (":state", ":outbox", ":alerts"):
+                    for suffix in SUFFIXES:
                         pipe.memory_usage(base + suffix, samples=0)
                 replies = await pipe.execute()
+            n = len(SUFFIXES)
             for i in range(len(chunk)):
-                sizes.append(sum(int(r or 0) for r in replies[3 * i : 3 * i + 3]))
+                sizes.append(sum(int(r or 0) for r in replies[n * i : n * i + n]))
+                logs.append(int(replies[n * i + 1] or 0))
         index = 0
         for key in (f"{prefix}:tiers", f"{prefix}:tiers:value"):
             index += int(await client.memory_usage(key, samples=0) or 0)
@@ -362,6 +368,8 @@ async def redis_memory(run: LocalRun, prefix: str, wait: float = TIER_INDEX_WAIT
         "p50_bytes": sizes[len(sizes) // 2] + round(per_index),
         "p95_bytes": sizes[int(len(sizes) * 0.95)] + round(per_index),
         "max_bytes": sizes[-1] + round(per_index),
+        "with_changelog": sum(1 for n in logs if n),
+        "changelog_mean_bytes": round(statistics.mean(logs)),
     }
 
 
@@ -598,6 +606,11 @@ def render(results: Results) -> str:
             f"Redis per customer ({mem['customers']} customers): mean {mem['mean_bytes']} B, p50 {mem['p50_bytes']} B,"
             f" p95 {mem['p95_bytes']} B, max {mem['max_bytes']} B   target <= 2048 B"
         )
+        if "with_changelog" in mem:
+            out.append(
+                f"  of which changelogs (not yet folded by the idle worker): {mem['with_changelog']} customers,"
+                f" mean {mem['changelog_mean_bytes']} B over all"
+            )
     h = results.history
     if h:
         history_rows = zip(
