@@ -404,10 +404,10 @@ def create_app(
         else:
             log.debug("live tiers refreshed for %d customers", count)
 
-    @app.timer(min(settings.fold_idle_seconds, 5.0))  # type: ignore[untyped-decorator]
-    async def _fold_idle() -> None:
-        """An idle worker writes its customers' full states: their changelogs are dropped."""
-        folded = await processor.fold(settings.fold_idle_seconds)
+    @app.timer(1.0)  # type: ignore[untyped-decorator]
+    async def _fold_quiet() -> None:
+        """Customers whose changelog went quiet get their full state written, their log dropped."""
+        folded = await processor.fold(settings.fold_after_seconds)
         if folded:
             log.debug("folded %d changelogs into full states", folded)
 

@@ -130,11 +130,11 @@ class Settings(BaseSettings):
         description="a customer's full state is written every Nth commit; the others append the batch's records "
         "to its changelog, replayed on load (1: always the full state; docs/changelog.md)",
     )
-    fold_idle_seconds: float = Field(
-        default=2.0,
+    fold_after_seconds: float = Field(
+        default=10.0,
         gt=0,
-        description="a worker that took no batch for this long writes the full state of its customers that "
-        "have a changelog (their logs are dropped)",
+        description="a customer whose changelog has not grown for this long gets its full state written and its "
+        "log dropped (a worker folds up to 512 a second)",
     )
     gc_threshold: tuple[NonNegativeInt, NonNegativeInt, NonNegativeInt] = Field(
         default=(10_000, 2, 1_000),

@@ -608,7 +608,7 @@ def render(results: Results) -> str:
         )
         if "with_changelog" in mem:
             out.append(
-                f"  of which changelogs (not yet folded by the idle worker): {mem['with_changelog']} customers,"
+                f"  of which changelogs (not yet folded): {mem['with_changelog']} customers,"
                 f" mean {mem['changelog_mean_bytes']} B over all"
             )
     h = results.history

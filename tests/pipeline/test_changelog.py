@@ -2,10 +2,11 @@
 full state only every Nth commit, appending the records in between, must leave exactly
 what a worker that writes the full state on every commit leaves (states, findings, the
 看板) however often its cache is lost, its process replaced, its rules reloaded, or its
-customers folded while idle."""
+customers folded along the way."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,12 +16,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from rules.state import CustomerState
+from streams.batcher import Batcher, drain
 from streams.changelog import decode_entry, encode_entry
 from streams.clients import connect
 from streams.codec import encode_state
 from streams.deadletter import RawRecord
 from streams.keys import Keys
-from streams.pipeline import BatchProcessor
+from streams.pipeline import BatchProcessor, Prepared
 from streams.rulestep import build_step, reader_store
 from streams.settings import Settings
 from streams.store import StateStore
@@ -112,7 +114,7 @@ async def test_changelog_leaves_what_full_writes_leave(client: aioredis.Redis, r
             worker.forget_all()
         if i % 7 == 5:  # a new process: nothing cached, and rules it knows only from Redis
             worker = processor(client, config, log_sink, 4)
-        if i == 11:  # idle: the logs are folded into states
+        if i == 11:  # quiet customers: their logs are folded into states
             assert await worker.fold(quiet_seconds=0) > 0
             assert await logged(client, "log") < most_logged
     assert most_logged > len(customers) // 4  # the logs were there to be replayed
@@ -184,3 +186,54 @@ async def test_a_customer_logged_by_a_worker_is_read_whole_by_the_api(
     version, _ = await worker.store.stored(cid)
     assert worker.cache[cid][0] == version + await client.llen(f"api:{{{cid}}}:log")
     assert orjson.loads(encode_state(read))["c"] == cid
+
+
+async def test_folds_beside_the_batches_in_flight_change_nothing(
+    client: aioredis.Redis, records: list[RawRecord]
+) -> None:
+    """The worker's drain (two batches overlapping) with a fold after every step of the
+    event loop: a fold never writes a customer a batch in flight holds (it fails when one
+    does), so the outcome is that of full writes."""
+    full_sink, log_sink = Sink(), Sink()
+    full = processor(client, settings("full2"), full_sink, 1)
+    for batch in batches(records):
+        await full.process(batch)
+
+    worker = processor(client, settings("fold2"), log_sink, 3)
+    batcher: Batcher[RawRecord] = Batcher(BATCH)
+    acked: list[RawRecord] = []
+    folded = 0
+
+    async def complete(prepared: Prepared) -> None:
+        await worker.complete(prepared)
+
+    async def folds() -> None:
+        nonlocal folded
+        while True:
+            folded += await worker.fold(quiet_seconds=0, limit=7)
+            await asyncio.sleep(0)
+
+    drainer = asyncio.create_task(drain(batcher, worker.prepare, complete, acked.extend, 0.0))
+    folder = asyncio.create_task(folds())
+    try:
+        for batch in batches(records):  # (one batch at a time: the same batches as the full run)
+            while len(batcher) and not drainer.done():
+                await asyncio.sleep(0.001)
+            for record in batch:
+                await batcher.put(record)
+
+        async def all_acked() -> None:
+            while len(acked) < len(records) and not drainer.done():
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(all_acked(), 60)
+        assert not drainer.done(), drainer.exception()
+    finally:
+        for task in (drainer, folder):
+            task.cancel()
+        await asyncio.gather(drainer, folder, return_exceptions=True)
+    assert folded > 100
+    customers = {r.key.decode() for r in records if r.key}
+    assert sorted(log_sink.sent) == sorted(full_sink.sent)
+    assert await board(client, "fold2") == await board(client, "full2")
+    assert await states(worker.store, customers) == await states(full.store, customers)
