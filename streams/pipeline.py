@@ -599,6 +599,11 @@ class BatchProcessor:
                 if run.findings:
                     attempt.to_publish.setdefault(cid, []).extend(run.findings)
                     report.findings += len(run.findings)
+            elif run.records and cid in self.cache:
+                # stepped, nothing committed (duplicates, refusals): the partition positions
+                # they noted are in the cached state only, and in no log entry, so the next
+                # commit writes the state whole (a replay would miss them)
+                self.cache[cid] = (run.version, run.state, -1)
             report.applied += len(run.applied_ids)
             report.duplicates += len(run.duplicate_ids)
             report.applied_records.update(run.applied_ids)

@@ -31,6 +31,7 @@ from streams.tools.replay import route
 from tests.fakes import Sink
 
 BATCH = 250
+NOW_MS = 1_711_000_000_000  # (2024-03-21: record timestamps after the events' times)
 EVENTS = 5_000
 
 
@@ -237,3 +238,35 @@ async def test_folds_beside_the_batches_in_flight_change_nothing(
     assert sorted(log_sink.sent) == sorted(full_sink.sent)
     assert await board(client, "fold2") == await board(client, "full2")
     assert await states(worker.store, customers) == await states(full.store, customers)
+
+
+async def test_positions_a_batch_of_duplicates_noted_reach_redis(client: aioredis.Redis) -> None:
+    """A batch with nothing to commit (a redelivered record, here from a recreated topic:
+    offset 0, a later timestamp) still moves the customer's partition position in the
+    cache. A log entry of the next batch would not carry that move; the next commit
+    writes the state whole, so Redis holds what the cache holds."""
+
+    def txn(offset: int, stamp: int, txn_id: str, day: int) -> RawRecord:
+        value = orjson.dumps(
+            {
+                "txn_id": txn_id,
+                "customer_id": "pos",
+                "account_id": "pos-a",
+                "ts": f"2024-03-{day:02d}T09:00:00+08:00",
+                "direction": "credit",
+                "amount": "10.00",
+            }
+        )
+        return RawRecord("fundflow.transactions.v1", 0, offset, b"pos", value, NOW_MS + stamp)
+
+    config = settings("pos")
+    worker = processor(client, config, Sink(), 8)
+    await worker.process([txn(9, 1_000, "t0", 1)])
+    await worker.process([txn(10, 1_000, "t1", 2)])  # (a log entry)
+    assert await client.llen("pos:{pos}:log") == 1
+    await worker.process([txn(0, 2_000, "t1", 2)])  # the same event again, from a new incarnation
+    await worker.process([txn(5, 1_500, "t2", 3)])
+    cached = worker.cached_state("pos")
+    assert cached is not None and cached.offsets == {"fundflow.transactions.v1:0": [5, NOW_MS + 2_000]}
+    read = await reader_store(client, config).read("pos")
+    assert read is not None and encode_state(read) == encode_state(cached)
