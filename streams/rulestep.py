@@ -115,9 +115,19 @@ def _judged(
 
 
 def fingerprint(rules: RulesConfig) -> tuple[str, bytes]:
-    """The rules' fingerprint (what a changelog entry names) and their JSON."""
-    text = rules.model_dump_json().encode()
+    """The rules' fingerprint (what a changelog entry names) and their JSON, the same in
+    every process: keys sorted, and the sets (``disabled``, ``opt_out``...: the rules have
+    no ordered lists), which pydantic writes in the process's hash order, sorted."""
+    text = orjson.dumps(_canonical(rules.model_dump(mode="json")), option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(text).hexdigest()[:16], text
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _canonical(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return sorted((_canonical(item) for item in value), key=orjson.dumps)
+    return value
 
 
 class RulesStep:
