@@ -554,7 +554,7 @@ class BatchProcessor:
             for cid, run in runs.items()
             if run.applied_ids
         ]
-        await self._save_rules({c.log.split(b"\n", 1)[0].decode() for c in commits if c.log is not None})
+        await self._save_rules({runs[c.customer_id].rules for c in commits if c.log is not None})
         tally = Tally(0, [], self.wall_clock_ms)
         for run in runs.values():
             if run.applied_ids:
