@@ -11,7 +11,9 @@ The order of effects is what makes a crash anywhere harmless:
 4. commit all customers' new states + findings atomically per customer,
    with a version check (one round trip, which also carries the batch's
    statistics); a customer whose version moved (another owner wrote it) is
-   re-read and recomputed;
+   re-read and recomputed. Most commits append the customer's records to its
+   changelog instead of writing its whole state; a load replays them
+   (``streams.changelog``, docs/changelog.md);
 5. publish findings and dead letters to Kafka and wait for the acks;
 6. remove the published findings from the outboxes.
 

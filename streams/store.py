@@ -7,7 +7,9 @@ Lua script that, for each customer of the batch, in one atomic step
 1. checks the state version it read (compare-and-set): a stale owner after a
    rebalance, or a second worker, fails instead of overwriting;
 2. writes the new state (which carries the applied txn_ids, so the
-   idempotency record and the state can never disagree);
+   idempotency record and the state can never disagree), or, on most commits,
+   appends the batch's records to the customer's changelog, which a load
+   replays (``streams.changelog``);
 3. appends the batch's findings to the customer's outbox and recent-alerts list;
 4. adds what the customer's applied events and findings add to the 看板's
    bank-level cells (``rules.board``): exactly-once with the state.
@@ -528,7 +530,7 @@ class StateStore:
 
     async def _fetch(self, keys: Sequence[str | bytes]) -> list[CustomerState]:
         """The states of these state keys, each brought up to date with its changelog
-        (replayed with the plain state step: a reader wants the numbers, not the rules')."""
+        (each entry replayed under the rules it names, ``rulebook``)."""
         logs = [_log_key(key) for key in keys]
         async with self.redis.pipeline(transaction=False) as pipe:
             for key, log_key in zip(keys, logs, strict=True):
