@@ -130,10 +130,20 @@ class Keys:
     def state_pattern(self) -> str:
         return f"{self.prefix}:{{*}}:state"
 
+    @property
+    def log_pattern(self) -> str:
+        return f"{self.prefix}:{{*}}:log"
+
     def customer_of_state_key(self, key: str) -> str:
-        head, tail = f"{self.prefix}:{{", "}:state"
+        return self._customer_of(key, "state")
+
+    def customer_of_log_key(self, key: str) -> str:
+        return self._customer_of(key, "log")
+
+    def _customer_of(self, key: str, kind: str) -> str:
+        head, tail = f"{self.prefix}:{{", f"}}:{kind}"
         if not (key.startswith(head) and key.endswith(tail)):
-            raise ValueError(f"not a state key: {key!r}")
+            raise ValueError(f"not a {kind} key: {key!r}")
         return customer_of_tag(key[len(head) : -len(tail)])
 
     @property

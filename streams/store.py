@@ -511,6 +511,37 @@ class StateStore:
                 replies = await pipe.execute(raise_on_error=False)
             return (await self._stored([key], replies))[0]
 
+    async def fold_all(self, batch: int = 256) -> tuple[int, int]:
+        """Write the full state of every customer with a changelog and drop the log (``fundflow
+        fold``: before an earlier version, which knows no changelog, runs). Each write is a
+        compare-and-set of the version read: a customer a running worker changed meanwhile
+        is left, and counted. Returns (folded, left)."""
+        folded = left = 0
+        pending: list[str] = []
+        async for key in self.redis.scan_iter(match=self.keys.log_pattern, count=batch):
+            pending.append(self.keys.customer_of_log_key(key.decode() if isinstance(key, bytes) else key))
+            if len(pending) >= batch:
+                done, moved = await self._fold_some(pending)
+                folded, left, pending = folded + done, left + moved, []
+        if pending:
+            done, moved = await self._fold_some(pending)
+            folded, left = folded + done, left + moved
+        return folded, left
+
+    async def _fold_some(self, customers: list[str]) -> tuple[int, int]:
+        loaded = await self.load(customers)
+        await self.learn_rules(entry for one in loaded.values() for entry in one.log)
+        commits = []
+        for cid, one in loaded.items():
+            if one.log:  # (folded by a worker since the scan: nothing to do)
+                try:
+                    state = replay(one.state or CustomerState(cid), one.log, self._reader_step)
+                except ValueError as exc:
+                    raise TransientError(f"changelog of {cid!r} cannot be replayed: {exc}") from exc
+                commits.append(Commit(cid, one.version, state))
+        failed = await self.commit(commits)
+        return len(commits) - len(failed), len(failed)
+
     async def recent_findings(self, customer_id: str, limit: int = 50) -> list[bytes]:
         entries = cast(list[bytes], await self.redis.lrange(self.keys.alerts(customer_id), 0, limit - 1))
         return entries

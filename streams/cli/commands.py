@@ -131,6 +131,19 @@ async def run_snapshot(settings: Settings, redis_url: str, out: Path, as_of: str
     return 0
 
 
+async def fold_changelogs(settings: Settings, redis_url: str) -> int:
+    """``fundflow fold``: every customer's changelog folded into its full state."""
+    client = connect(redis_url, settings.redis_cluster)
+    try:
+        folded, left = await reader_store(client, settings).fold_all()
+    finally:
+        await client.aclose()
+    print(
+        f"folded {folded} changelogs into full states" + (f"; {left} changed meanwhile (run it again)" if left else "")
+    )
+    return 0 if not left else 1
+
+
 async def show_tiers(settings: Settings, redis_url: str, refresh: bool, top: int, as_json: bool) -> int:
     client = connect(redis_url, settings.redis_cluster)
     keys = Keys(settings.key_prefix)

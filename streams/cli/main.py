@@ -210,6 +210,17 @@ def snapshot(out: Path, as_of: str | None) -> int:
     return asyncio.run(run_snapshot(config, redis_url, out, as_of))
 
 
+@cli.command(
+    help="write the full state of every customer with a changelog and drop the logs (before an earlier version runs)"
+)
+def fold() -> int:
+    from streams.cli.commands import fold_changelogs
+
+    config = settings()
+    _, redis_url = servers(config, need_kafka=False)
+    return asyncio.run(fold_changelogs(config, redis_url))
+
+
 class IsoDay(click.ParamType):
     """A calendar day written YYYY-MM-DD."""
 

@@ -277,3 +277,44 @@ async def test_board_shows_the_day_and_check_finds_a_tampered_cell(redis_url: st
         assert checked.stdout.splitlines()[0].startswith("flows of 2024-03-01: stored")
     finally:
         await client.aclose()
+
+
+async def test_fold_writes_every_changelog_into_its_state(redis_url: str) -> None:
+    """``fundflow fold`` on customers a logging worker left with changelogs: exit 0, no log
+    left, and ``customer show`` gives the same numbers before and after."""
+    import orjson
+
+    from streams.clients import connect
+    from streams.deadletter import RawRecord
+    from streams.keys import Keys
+    from streams.pipeline import BatchProcessor
+    from streams.rulestep import build_step
+    from streams.settings import Settings
+    from streams.store import StateStore
+    from streams.topics import TRANSACTIONS
+    from tests import eventgen
+    from tests.fakes import Sink
+
+    settings = Settings(key_prefix="fold", bank_tz="Asia/Shanghai")
+    client = connect(redis_url)
+    try:
+        worker = BatchProcessor(StateStore(client, Keys("fold")), build_step(settings), Sink(), snapshot_every=8)
+        lines = eventgen.lines(eventgen.transactions(customers=5, per_customer=40))
+        records = [
+            RawRecord(TRANSACTIONS, 0, i, orjson.loads(line)["customer_id"].encode(), line, 1_900_000_000_000)
+            for i, line in enumerate(lines)
+        ]
+        for start in range(0, len(records), 20):
+            await worker.process(records[start : start + 20])
+        assert [k async for k in client.scan_iter(match="fold:{*}:log")]
+        env = {"FUNDFLOW_REDIS_URL": redis_url, "FUNDFLOW_KEY_PREFIX": "fold"}
+        before = fundflow("customer", "show", "C0003", "--json", **env)
+        assert before.returncode == 0, before.stderr
+        folded = fundflow("fold", **env)
+        assert folded.returncode == 0, folded.stderr
+        assert folded.stdout.startswith("folded ") and "folded 0 " not in folded.stdout
+        assert not [k async for k in client.scan_iter(match="fold:{*}:log")]
+        assert fundflow("customer", "show", "C0003", "--json", **env).stdout == before.stdout
+        assert fundflow("fold", **env).stdout.strip() == "folded 0 changelogs into full states"
+    finally:
+        await client.aclose()

@@ -19,7 +19,7 @@ from rules.state import CustomerState
 from streams.batcher import Batcher, drain
 from streams.changelog import decode_entry, encode_entry
 from streams.clients import connect
-from streams.codec import encode_state
+from streams.codec import decode_state, encode_state
 from streams.deadletter import RawRecord
 from streams.keys import Keys
 from streams.pipeline import BatchProcessor, Prepared
@@ -270,3 +270,35 @@ async def test_positions_a_batch_of_duplicates_noted_reach_redis(client: aioredi
     assert cached is not None and cached.offsets == {"fundflow.transactions.v1:0": [5, NOW_MS + 2_000]}
     read = await reader_store(client, config).read("pos")
     assert read is not None and encode_state(read) == encode_state(cached)
+
+
+async def test_fold_all_leaves_what_an_earlier_version_can_read(
+    client: aioredis.Redis, records: list[RawRecord]
+) -> None:
+    """``fundflow fold`` (``StateStore.fold_all``): afterwards every customer's state key
+    alone holds its whole state, as a version that knows no changelog reads it; and a
+    worker whose cache it made stale loses the version checks and redoes, exactly."""
+    half = 2_000
+    full_sink, log_sink = Sink(), Sink()
+    full = processor(client, settings("foldfull"), full_sink, 1)
+    for batch in batches(records):
+        await full.process(batch)
+    config = settings("foldall")
+    worker = processor(client, config, log_sink, 8)
+    for batch in batches(records[:half]):
+        await worker.process(batch)
+    customers = {r.key.decode() for r in records[:half] if r.key}
+    before = await states(reader_store(client, config), customers)
+    assert await logged(client, "foldall") > 0
+
+    folded, left = await reader_store(client, config).fold_all(batch=50)
+    assert folded > 0 and left == 0 and await logged(client, "foldall") == 0
+    for cid in customers:
+        _, blob = await worker.store.stored(cid)
+        assert blob is not None and encode_state(decode_state(blob)) == before[cid], cid
+
+    for batch in batches(records[half:]):
+        await worker.process(batch)
+    everyone = {r.key.decode() for r in records if r.key}
+    assert log_sink.sent == full_sink.sent
+    assert await states(worker.store, everyone) == await states(full.store, everyone)
