@@ -472,6 +472,7 @@ class BatchProcessor:
                 except ValueError as exc:  # as for a state that cannot be read: retried, stalled, said
                     raise TransientError(f"changelog of a customer cannot be replayed: {exc}") from exc
                 self._note_logged(cid)
+                telemetry.CHANGELOG_REPLAYED.inc(len(loaded.log))
             self.cache[cid] = (loaded.version, state, len(loaded.log) if loaded.state is not None else -1)
             if loaded.outbox:
                 queued = attempt.to_publish.setdefault(cid, [])
@@ -577,6 +578,9 @@ class BatchProcessor:
             return None
         attempt.latencies.extend(tally.latencies_ms)
         attempt.report.conflicts += len(failed)
+        appended = sum(1 for c in commits if c.log is not None and c.customer_id not in failed)
+        telemetry.CHANGELOG_COMMITS.labels("log").inc(appended)
+        telemetry.CHANGELOG_COMMITS.labels("state").inc(len(commits) - len(failed) - appended)
         if failed:  # counted as applied in the commit's round trip; they will be redone
             lost = sum(len(runs[cid].applied_ids) for cid in failed)
             await self.store.count(Tally(-lost, [], self.wall_clock_ms))
@@ -634,7 +638,9 @@ class BatchProcessor:
         as a batch's commit is. Returns the customers folded. A failure is logged, never
         raised: the logs stay, and are as good as a full state."""
         async with self._folding:
-            return await self._fold(self.monotonic() - quiet_seconds, limit)
+            folded = await self._fold(self.monotonic() - quiet_seconds, limit)
+        telemetry.CHANGELOG_HELD.set(len(self._logged))
+        return folded
 
     async def _fold(self, cutoff: float, limit: int) -> int:
         busy: set[str] = set()
@@ -665,6 +671,7 @@ class BatchProcessor:
                 self.cache.pop(cid, None)
             else:
                 self.cache[cid] = (entry[0] + 1, entry[1], 0)
+        telemetry.CHANGELOG_FOLDED.inc(len(chosen) - len(failed))
         return len(chosen) - len(failed)
 
     def _reject(self, record: RawRecord, exc: Exception, reason: str, attempt: _Attempt) -> None:

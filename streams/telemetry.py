@@ -26,6 +26,12 @@ SUPPRESSED = Counter("fundflow_alerts_suppressed_total", "Findings held back", [
 REPUBLISHED = Counter("fundflow_outbox_republished_total", "Outbox entries found after a crash and re-sent")
 TRANSIENT_RETRIES = Counter("fundflow_transient_retries_total", "Batches retried after a Redis/Kafka error")
 VERSION_CONFLICTS = Counter("fundflow_version_conflicts_total", "Commits refused by the version check")
+CHANGELOG_COMMITS = Counter(
+    "fundflow_changelog_commits_total", "Customer commits by what they wrote (state: whole; log: appended)", ["wrote"]
+)
+CHANGELOG_REPLAYED = Counter("fundflow_changelog_replayed_total", "Changelog entries replayed when states were loaded")
+CHANGELOG_FOLDED = Counter("fundflow_changelog_folded_total", "Customers whose quiet changelog a worker folded")
+CHANGELOG_HELD = Gauge("fundflow_changelog_customers", "Customers this worker caches with a changelog in Redis")
 BATCH_SIZE = Histogram(
     "fundflow_batch_size", "Records per processed batch", buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 5000)
 )

@@ -16,6 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from rules.state import CustomerState
+from streams import telemetry
 from streams.batcher import Batcher, drain
 from streams.changelog import decode_entry, encode_entry
 from streams.clients import connect
@@ -31,6 +32,12 @@ from streams.tools.replay import route
 from tests.fakes import Sink
 
 BATCH = 250
+COUNTERS = {  # what an operator sees of the changelog (docs/metrics.md)
+    "log": telemetry.CHANGELOG_COMMITS.labels("log"),
+    "state": telemetry.CHANGELOG_COMMITS.labels("state"),
+    "replayed": telemetry.CHANGELOG_REPLAYED,
+    "folded": telemetry.CHANGELOG_FOLDED,
+}
 NOW_MS = 1_711_000_000_000  # (2024-03-21: record timestamps after the events' times)
 EVENTS = 5_000
 
@@ -107,6 +114,7 @@ async def test_changelog_leaves_what_full_writes_leave(client: aioredis.Redis, r
 
     config = settings("log")
     worker = processor(client, config, log_sink, 4)
+    counted = {name: counter._value.get() for name, counter in COUNTERS.items()}
     most_logged = 0
     for i, batch in enumerate(batches(records)):
         await worker.process(batch)
@@ -119,6 +127,8 @@ async def test_changelog_leaves_what_full_writes_leave(client: aioredis.Redis, r
             assert await worker.fold(quiet_seconds=0) > 0
             assert await logged(client, "log") < most_logged
     assert most_logged > len(customers) // 4  # the logs were there to be replayed
+    moved = {name: counter._value.get() - counted[name] for name, counter in COUNTERS.items()}
+    assert moved["log"] > moved["state"] > 0 and moved["replayed"] > 0 and moved["folded"] > 0
 
     assert log_sink.sent == full_sink.sent  # the same findings, ids and contents, in order
     assert await board(client, "log") == await board(client, "full")
