@@ -511,15 +511,17 @@ class BatchProcessor:
         careful = cid in attempt.careful
         logged = self._appends(tail)
         for record, event in attempt.by_customer[cid]:
+            checking = careful  # (an exception now means the state cannot be encoded)
             try:
                 outcome, findings = step_record(state, record, event, self.step)
                 if outcome is Outcome.APPLIED and (careful or logged):
+                    checking = True
                     if careful:
                         encode_state(state)
                     else:  # the rules' own part of the state: free-form, so checked (the rest is typed)
                         orjson.dumps(state.rule_state)
             except Exception as exc:
-                self._reject(record, exc, ENCODE_FAILED if careful else STEP_FAILED, attempt)
+                self._reject(record, exc, ENCODE_FAILED if checking else STEP_FAILED, attempt)
                 attempt.by_customer[cid] = [(r, e) for r, e in attempt.by_customer[cid] if r is not record]
                 self.cache.pop(cid, None)  # half-applied: never committed, never reused
                 return None

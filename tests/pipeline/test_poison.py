@@ -186,6 +186,26 @@ async def test_with_the_default_bounds_calendar_edges_are_implausible_and_the_cl
     assert (await worker.process([txn(6, "dora", "3.00", day=20)])).applied == 1
 
 
+async def test_a_record_that_makes_the_state_unencodable_in_a_logged_commit_is_dead_lettered(
+    store: StateStore,
+) -> None:
+    """With the changelog (``streams.changelog``) a commit that appends does not encode the
+    state; the rules' free-form memory is serialised after each record instead, so the
+    record that breaks it is still the one dead-lettered, as ``encode_failed``."""
+    sink = Sink()
+    worker = processor(store, sink, poisoned("t3", corrupt_rule_state=True), snapshot_every=8)
+    first = [txn(1, "eve", "1.00"), txn(2, "fay", "2.00")]
+    await worker.process(first)  # (a first commit writes the whole state: the next ones append)
+    later = [txn(4, "eve", "4.00", day=4)]
+    report = await worker.process([txn(3, "eve", "3.00", day=3), *later])
+    assert await store.redis.llen(store.keys.log("eve")) == 1
+    assert report.applied == 1 and report.dead_letters == {"encode_failed": 1}
+    (letter,) = letters(sink)
+    assert letter["offset"] == 3 and "TypeError" in str(letter["error"])
+    expected = reference([*first, *later])
+    assert await stored(store, "eve") == comparable(expected["eve"])
+
+
 async def test_a_state_that_cannot_be_encoded_dead_letters_the_record_that_made_it(store: StateStore) -> None:
     sink = Sink()
     worker = processor(store, sink, poisoned("t3", corrupt_rule_state=True))
