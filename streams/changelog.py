@@ -3,17 +3,18 @@
 Encoding a customer's whole state (and compressing it) was a third of a worker's own
 CPU per event. So most commits write only what the batch brought: one log entry per
 customer per batch, the input records its step ran over, in partition order, exactly
-as Kafka delivered them (no encode at all). Every ``snapshot_every``-th commit of a
-customer, its first, and every commit of a customer the worker folds while idle, write
-the full state and drop the log (docs/changelog.md).
+as Kafka delivered them (no encode at all). A customer's first commit, every
+``snapshot_every``-th, and a fold once its log has been quiet (``BatchProcessor.fold``,
+``fundflow fold``) write the full state and drop the log (docs/changelog.md).
 
 A state is then the snapshot plus the log, replayed through the same pure step, with
 its findings dropped (they were committed to the outbox when the records were): the
 step is deterministic in the state, the event and the rules, so the replay gives the
 state the worker had. An entry names the rules its records ran under (their
 fingerprint): the worker stores each set of rules it commits under, by fingerprint,
-and replays an entry under its own rules after a reload. Readers that want the
-numbers only (the API, ``fundflow snapshot``) replay with the plain state step.
+and replays an entry under its own rules after a reload. Readers (the API, ``fundflow
+snapshot``) replay the same way, learning the rules from Redis
+(``streams.rulestep.reader_store``).
 
 An entry is ``rules-fingerprint\\n`` and then per record a header line
 ``topic partition offset timestamp key-length value-length\\n`` followed by the key and
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol, runtime_checkable
 
 from rules.events import Event
-from rules.state import CustomerState, Outcome
+from rules.state import CustomerState, Outcome, StateConfig, apply_event
 from streams.deadletter import RawRecord
 from streams.decode import TimeBounds, decode
 from streams.errors import InvalidEvent
@@ -85,6 +86,15 @@ class FixedRules:
 
     def learn(self, text: bytes) -> str:
         return "-"
+
+
+def plain_step(config: StateConfig) -> Step:
+    """The state step with no business rules attached."""
+
+    def step(state: CustomerState, event: Event) -> tuple[Outcome, list[bytes]]:
+        return apply_event(state, event, config), []
+
+    return step
 
 
 def redelivered(state: CustomerState, record: RawRecord) -> bool:

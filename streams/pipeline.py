@@ -50,7 +50,7 @@ from redis.exceptions import RedisError
 
 from rules.board import BoardDelta, collection_bucket
 from rules.events import Event, TransactionEvent
-from rules.state import CustomerState, Outcome, StateConfig, apply_event, event_time
+from rules.state import CustomerState, Outcome, event_time
 from streams import telemetry
 from streams.changelog import FixedRules, Rulebook, encode_entry, replay, step_record
 from streams.codec import encode_state
@@ -111,15 +111,6 @@ def _finding_of(entry: bytes) -> object:
         return None
 
 
-def plain_step(config: StateConfig) -> Step:
-    """The state step with no business rules attached."""
-
-    def step(state: CustomerState, event: Event) -> tuple[Outcome, list[bytes]]:
-        return apply_event(state, event, config), []
-
-    return step
-
-
 @dataclass(slots=True)
 class BatchReport:
     records: int = 0
@@ -172,6 +163,7 @@ class CustomerRun:
     records: list[RawRecord] = field(default_factory=list)  # every record stepped, in order
     tail: int = 0  # changelog entries after the full state stored (-1: none is stored)
     rules: str = "-"  # the fingerprint of the rules the step ran under
+    appends: bool = False  # its commit appends the records to the changelog (else: the whole state)
 
 
 @dataclass(slots=True)
@@ -257,10 +249,6 @@ class BatchProcessor:
     def _appends(self, tail: int) -> bool:
         """Whether the next commit of a customer with ``tail`` changelog entries appends one."""
         return tail >= 0 and tail + 1 < self.snapshot_every
-
-    def _logs(self, run: CustomerRun, attempt: _Attempt) -> bool:
-        """Whether ``run``'s commit appends to the changelog (a careful state is written whole)."""
-        return self._appends(run.tail) and run.state.customer_id not in attempt.careful
 
     def cached_state(self, customer_id: str) -> CustomerState | None:
         entry = self.cache.get(customer_id)
@@ -507,14 +495,14 @@ class BatchProcessor:
         the cached state. ``None`` when the step failed on a record: that record is
         dead-lettered and taken out, and the half-applied state dropped from the cache."""
         version, state, tail = self.cache[cid]
-        run = CustomerRun(version, state, tail=tail, rules=rules)
         careful = cid in attempt.careful
-        logged = self._appends(tail)
+        # the commit appends to the changelog (a careful state is written whole)
+        run = CustomerRun(version, state, tail=tail, rules=rules, appends=self._appends(tail) and not careful)
         for record, event in attempt.by_customer[cid]:
             checking = careful  # (an exception now means the state cannot be encoded)
             try:
                 outcome, findings = step_record(state, record, event, self.step)
-                if outcome is Outcome.APPLIED and (careful or logged):
+                if outcome is Outcome.APPLIED and (careful or run.appends):
                     checking = True
                     if careful:
                         encode_state(state)
@@ -554,7 +542,7 @@ class BatchProcessor:
                 run.findings,
                 run.board,
                 collection_bucket(run.state),
-                encode_entry(run.rules, run.records) if self._logs(run, attempt) else None,
+                encode_entry(run.rules, run.records) if run.appends else None,
             )
             for cid, run in runs.items()
             if run.applied_ids
@@ -599,7 +587,7 @@ class BatchProcessor:
                 self.cache.pop(cid, None)
                 continue
             if run.applied_ids:
-                tail = run.tail + 1 if self._logs(run, attempt) else 0
+                tail = run.tail + 1 if run.appends else 0
                 self.cache[cid] = (run.version + 1, run.state, tail)
                 self.cache.move_to_end(cid)
                 if tail:

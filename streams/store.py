@@ -43,10 +43,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from rules.board import BoardDelta
-from rules.events import Event
-from rules.state import CustomerState, Outcome, StateConfig, apply_event
+from rules.state import CustomerState, StateConfig
 from streams import telemetry
-from streams.changelog import FixedRules, Rulebook, Step, replay
+from streams.changelog import FixedRules, Rulebook, Step, plain_step, replay
 from streams.codec import decode_state, encode_states
 from streams.errors import TransientError
 from streams.keys import BOARD, Keys, board_shard
@@ -191,13 +190,6 @@ class Commit:
     log: bytes | None = None  # a changelog entry to append instead of writing the full state
 
 
-def _plain(config: StateConfig) -> Step:
-    def step(state: CustomerState, event: Event) -> tuple[Outcome, list[bytes]]:
-        return apply_event(state, event, config), []
-
-    return step
-
-
 class _BoardArgs:
     """The board keys of one commit call and each customer's cells, by key index."""
 
@@ -292,7 +284,7 @@ class StateStore:
         # names (``rulebook``: known here, else stored in Redis), and the state settings of
         # the environment unless told; a ``BatchProcessor`` gives the store its own rulebook
         self.config = config if config is not None else state_config(Settings())
-        self._plain = _plain(self.config)
+        self._plain = plain_step(self.config)
         self.rulebook: Rulebook = rulebook or FixedRules(self._plain)
         # Redis Cluster: one commit call per hash slot (None: whenever the client is a cluster client)
         self.cluster = isinstance(client, RedisCluster) if cluster is None else cluster
