@@ -53,6 +53,7 @@ from rules.events import Event, TransactionEvent
 from rules.state import CustomerState, Outcome, event_time
 from streams import telemetry
 from streams.changelog import FixedRules, Rulebook, encode_entry, replay, step_record
+from streams.changelog import Step as Step  # (re-exported: the step's type, where it always was)
 from streams.codec import encode_state
 from streams.deadletter import RawRecord, dead_letter, dead_letter_key
 from streams.decode import DEFAULT_BOUNDS, TimeBounds, decode
@@ -65,7 +66,6 @@ log = logging.getLogger(__name__)
 UTC = ZoneInfo("UTC")
 
 Message = tuple[str, bytes | None, bytes]  # topic, key, value
-Step = Callable[[CustomerState, Event], tuple[Outcome, list[bytes]]]  # (as streams.changelog.Step)
 
 _OUTCOME_ERRORS = {
     Outcome.CONFLICT: "txn_id was already applied with different content; refused",
@@ -246,6 +246,13 @@ class BatchProcessor:
         self._flagged: set[tuple[str, int]] = set()  # partitions fundflow_partition_stalled shows as 1
         self._unfinished: list[Prepared] = []  # prepared, not yet completed (at most two: overlap)
 
+    def _in_flight(self) -> set[str]:
+        """The customers of the batches prepared and not yet completed."""
+        busy: set[str] = set()
+        for unfinished in self._unfinished:
+            busy.update(unfinished.attempt.by_customer)
+        return busy
+
     def _appends(self, tail: int) -> bool:
         """Whether the next commit of a customer with ``tail`` changelog entries appends one."""
         return tail >= 0 and tail + 1 < self.snapshot_every
@@ -303,9 +310,7 @@ class BatchProcessor:
                 pass
         by_customer, rejected = self._decode(records)
         attempt = self._attempt(len(records), by_customer, rejected, retries=0)
-        busy: set[str] = set()
-        for unfinished in self._unfinished:
-            busy.update(unfinished.attempt.by_customer)
+        busy = self._in_flight()
         ready = [cid for cid in by_customer if cid not in busy]
         prepared = Prepared(records, attempt, [cid for cid in by_customer if cid in busy])
         self._unfinished.append(prepared)
@@ -633,9 +638,7 @@ class BatchProcessor:
         return folded
 
     async def _fold(self, cutoff: float, limit: int) -> int:
-        busy: set[str] = set()
-        for unfinished in self._unfinished:
-            busy.update(unfinished.attempt.by_customer)
+        busy = self._in_flight()
         chosen: list[tuple[str, tuple[int, CustomerState, int]]] = []
         for cid, when in list(self._logged.items()):
             if when > cutoff or len(chosen) >= limit:
