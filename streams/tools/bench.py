@@ -44,7 +44,8 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
 
 from rules.events import LoanEvent, TransactionEvent
 from rules.state import CustomerState
@@ -63,12 +64,12 @@ from streams.tools.replay import SYNTHETIC_SKEW_SECONDS, loop_shift_days, replay
 from streams.topics import ALERTS, INPUT_TOPICS
 
 LIGHT_LOAD = 100.0  # events/s: the latency floor, when nothing queues
-# The latency stages' producer waits this long to fill a batch (aiokafka's default is 0;
-# our tools' 5). Tansu, the embedded broker, lists every stored batch on each fetch: at
-# 5 ms, 80% of (c) wrote ~16,000 small batches in a stage, and by its end the broker took
-# ~60% of a core, on the two cores the worker shares with it (FundFlow's committed p99
-# at 80% 1,415 ms, beside 456 ms at 50 ms, same code). Both columns include the wait:
-# records are stamped as they are sent, so it is part of the bare consumer's latency too.
+# The latency stages' producer sends what came due every this many ms, each record stamped
+# with the moment it came due (a linger: aiokafka's default is 0, our tools' 5). Tansu, the
+# embedded broker, lists every stored batch on each fetch: at 5 ms, 80% of (c) wrote
+# ~16,000 small batches in a stage, and by its end the broker took ~60% of a core, on the
+# two cores the worker shares with it (FundFlow's committed p99 at 80% 1,415 ms, beside
+# 456 ms at 50 ms, same code). Both columns include the wait.
 LATENCY_PRODUCER_LINGER_MS = 50
 TIER_INDEX_WAIT_SECONDS = 60.0  # the memory stage waits for the first tier refresh (30 s)
 SHARE_TARGET_MS = 25  # FundFlow's share at 80% of (c): committed p99 - bare consumer p99 (issue 18)
@@ -280,11 +281,9 @@ async def latency_at(
                         records.append((m.timestamp, m.value))
 
         floor_task = asyncio.create_task(in_hand())
-        producer = await start_producer(
-            settings.model_copy(update={"producer_linger_ms": LATENCY_PRODUCER_LINGER_MS}), run.bootstrap
-        )
+        producer = await start_producer(settings.model_copy(update={"producer_linger_ms": 0}), run.bootstrap)
         try:
-            await replay(batch, producer, rate=rate)
+            await paced_send(batch, producer, rate, LATENCY_PRODUCER_LINGER_MS / 1000)
         finally:
             await producer.stop()
         deadline = time.monotonic() + 120
@@ -322,6 +321,45 @@ async def latency_at(
         "alert_ms": percentiles(alert_ms),
         "bare_consumer_ms": percentiles(in_hand_ms),
     }
+
+
+async def paced_send(lines: list[bytes], producer: AIOKafkaProducer, rate: float, tick: float) -> None:
+    """Send ``lines`` at ``rate``: every ``tick`` seconds, what came due meanwhile, in one
+    batch per partition, each record stamped with the moment it came due (so its wait for
+    the tick is in every latency measured from it, as a producer's linger is). The load
+    generator shares the machine's cores with the worker it measures: routed and placed
+    before the clock starts and appended by aiokafka's C batch builder, it takes about half
+    the CPU of ``streams.tools.replay.replay`` (a ``send`` per record), which on two cores
+    the worker felt (docs/performance.md, "The bench's load generator"). Records go to the
+    partition the producer's default partitioner would choose for their key."""
+    routed = [route(line) for line in lines]
+    partitions = {topic: sorted(await producer.partitions_for(topic)) for topic in {t for t, _, _ in routed}}
+    partitioner = DefaultPartitioner()
+    placed = [
+        (topic, partitioner(key, partitions[topic], partitions[topic]), key, line)
+        for (topic, key, _), line in zip(routed, lines, strict=True)
+    ]
+    loop = asyncio.get_running_loop()
+    started, wall = loop.time(), time.time()
+    sent: list[asyncio.Future[Any]] = []
+    i = 0
+    while i < len(placed):
+        due = min(len(placed), int((loop.time() - started) * rate) + 1)
+        batches: dict[tuple[str, int], Any] = {}
+        for j in range(i, due):
+            topic, partition, key, value = placed[j]
+            stamp = int((wall + j / rate) * 1000)
+            builder = batches.get((topic, partition))
+            if builder is None or builder.append(key=key, value=value, timestamp=stamp) is None:
+                if builder is not None:  # full: send it, start another
+                    sent.append(await producer.send_batch(builder, topic, partition=partition))
+                builder = batches[(topic, partition)] = producer.create_batch()
+                builder.append(key=key, value=value, timestamp=stamp)
+        for (topic, partition), builder in batches.items():
+            sent.append(await producer.send_batch(builder, topic, partition=partition))
+        i = due
+        await asyncio.sleep(tick)
+    await asyncio.gather(*sent)
 
 
 SUFFIXES = (":state", ":log", ":outbox", ":alerts")  # a customer's keys (streams.keys)
@@ -597,7 +635,7 @@ def render(results: Results) -> str:
         )
     out.append(
         f"   target at 80%: FundFlow's share (committed p99 - bare consumer p99) <= {SHARE_TARGET_MS};"
-        f" the producer lingers {LATENCY_PRODUCER_LINGER_MS} ms (both columns include it)"
+        f" the producer sends every {LATENCY_PRODUCER_LINGER_MS} ms (both columns include the wait)"
     )
     mem = results.memory
     if mem.get("customers"):
