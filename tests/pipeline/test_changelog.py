@@ -23,7 +23,7 @@ from streams.clients import connect
 from streams.codec import decode_state, encode_state
 from streams.deadletter import RawRecord
 from streams.keys import Keys
-from streams.pipeline import BatchProcessor, Prepared
+from streams.pipeline import FOLD_CHUNK, BatchProcessor, Prepared
 from streams.rulestep import build_step, reader_store
 from streams.settings import Settings
 from streams.store import StateStore
@@ -247,6 +247,34 @@ async def test_folds_beside_the_batches_in_flight_change_nothing(
     customers = {r.key.decode() for r in records if r.key}
     assert sorted(log_sink.sent) == sorted(full_sink.sent)
     assert await board(client, "fold2") == await board(client, "full2")
+    assert await states(worker.store, customers) == await states(full.store, customers)
+
+
+async def test_a_batch_waits_for_one_chunk_of_a_fold_not_for_all_of_it(
+    client: aioredis.Redis, records: list[RawRecord]
+) -> None:
+    """Under load, hundreds of customers go quiet together. A batch that arrives while
+    they are folded waits for the chunk being written, then goes first: written in one
+    go they held every batch back for 40-220 ms. It fails when the fold holds batches
+    back until it is done. The outcome is still that of full writes."""
+    first, second = records[:3000], records[3000:3250]
+    full = processor(client, settings("fullc"), Sink(), 1)
+    for batch in [*batches(first), second]:
+        await full.process(batch)
+
+    worker = processor(client, settings("chunk"), Sink(), 8)
+    for batch in batches(first):
+        await worker.process(batch)
+    logs = [key async for key in client.scan_iter(match="chunk:*:log")]
+    assert len(logs) > 8 * FOLD_CHUNK
+    fold = asyncio.create_task(worker.fold(quiet_seconds=0, limit=len(logs)))
+    await asyncio.sleep(0)  # (the fold takes the lock and starts its first chunk)
+    assert worker._folding.locked()
+    prepared = await worker.prepare(second)
+    assert not fold.done()  # the batch was prepared between two chunks
+    await worker.complete(prepared)
+    assert await fold > 4 * FOLD_CHUNK
+    customers = {r.key.decode() for r in [*first, *second] if r.key}
     assert await states(worker.store, customers) == await states(full.store, customers)
 
 
