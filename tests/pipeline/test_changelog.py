@@ -250,13 +250,14 @@ async def test_folds_beside_the_batches_in_flight_change_nothing(
     assert await states(worker.store, customers) == await states(full.store, customers)
 
 
-async def test_a_batch_waits_for_one_chunk_of_a_fold_not_for_all_of_it(
+async def test_a_fold_holds_back_only_the_customers_it_is_writing(
     client: aioredis.Redis, records: list[RawRecord]
 ) -> None:
     """Under load, hundreds of customers go quiet together. A batch that arrives while
-    they are folded waits for the chunk being written, then goes first: written in one
-    go they held every batch back for 40-220 ms. It fails when the fold holds batches
-    back until it is done. The outcome is still that of full writes."""
+    they are folded is prepared at once; only its customers the fold is writing wait, in
+    ``complete``, for their write. It fails when the batch waits for the fold (folded in
+    one go, all of them held every batch back for 40-220 ms at 80% load), and when a
+    customer is stepped before its fold is written. The outcome is that of full writes."""
     first, second = records[:3000], records[3000:3250]
     full = processor(client, settings("fullc"), Sink(), 1)
     for batch in [*batches(first), second]:
@@ -265,15 +266,17 @@ async def test_a_batch_waits_for_one_chunk_of_a_fold_not_for_all_of_it(
     worker = processor(client, settings("chunk"), Sink(), 8)
     for batch in batches(first):
         await worker.process(batch)
-    logs = [key async for key in client.scan_iter(match="chunk:*:log")]
-    assert len(logs) > 8 * FOLD_CHUNK
-    fold = asyncio.create_task(worker.fold(quiet_seconds=0, limit=len(logs)))
-    await asyncio.sleep(0)  # (the fold takes the lock and starts its first chunk)
-    assert worker._folding.locked()
-    prepared = await worker.prepare(second)
-    assert not fold.done()  # the batch was prepared between two chunks
-    await worker.complete(prepared)
-    assert await fold > 4 * FOLD_CHUNK
+    logged = {key.decode().split("{", 1)[1].split("}", 1)[0] async for key in client.scan_iter(match="chunk:*:log")}
+    assert len(logged) > 8 * FOLD_CHUNK
+    fold = asyncio.create_task(worker.fold(quiet_seconds=0, limit=len(logged), chunk=len(logged)))
+    await asyncio.sleep(0)  # (the fold chooses its customers, encodes them and waits for the write)
+    assert not fold.done()
+    prepared = await worker.prepare(second)  # (it decides what waits before its first await)
+    held = {r.key.decode() for r in second if r.key} & logged
+    assert held and held <= set(prepared.later)  # those wait for their write, in complete
+    assert prepared.runs  # the others were stepped at once
+    assert (await worker.complete(prepared)).conflicts == 0  # (stepped from what the fold wrote)
+    assert await fold == len(logged)
     customers = {r.key.decode() for r in [*first, *second] if r.key}
     assert await states(worker.store, customers) == await states(full.store, customers)
 
