@@ -398,7 +398,7 @@ def create_app(
     @app.timer(settings.tier_refresh_seconds)  # type: ignore[untyped-decorator]
     async def _refresh_tiers() -> None:
         try:
-            count = await tiers.refresh()
+            count = await tiers.refresh(within=settings.tier_refresh_seconds / 2)
         except Exception as exc:  # tiers are a view; never stop the stream for them
             log.warning("live tiers not refreshed: %s", exc)
         else:

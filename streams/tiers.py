@@ -61,8 +61,20 @@ MOVED_KEPT_SECONDS = 14 * 86400  # a week's set of tier moves outlives its week 
 # A refresh evaluates every customer changed since the last one (~90 µs each on a 2-vCPU
 # machine: ~6,000 customers after 30 s at 6,000 events/s is half a second). The worker's
 # batches run on the same event loop, so the refresh gives the loop back after each slice
-# of this long: a batch waits at most one slice, never the whole refresh.
+# of this long: a batch waits at most one slice, never the whole refresh. The worker's
+# refresh also spreads its slices over half its interval (``pause_after``): run back to
+# back they took the worker's spare capacity for a second (3,629 customers at 50% load:
+# the committed p99 went from ~100 to ~430 ms while the backlog they left drained).
 REFRESH_SLICE_SECONDS = 0.005
+
+
+def pause_after(started: float, now: float, done: int, total: int, within: float) -> float:
+    """How long a refresh that spreads ``total`` evaluations over ``within`` seconds from
+    ``started`` waits at ``now``, ``done`` of them done: until its next share is due, and
+    not at all when it is behind (or ``within`` is 0): it then only gives the loop back."""
+    if within <= 0 or total <= 0:
+        return 0.0
+    return max(0.0, started + within * done / total - now)
 
 
 def cut_positions(n: int) -> list[tuple[int, int, Decimal]]:
@@ -130,17 +142,20 @@ class TierBook:
             self.known[customer_id] = value
         return tier_of(value, self.cuts)
 
-    async def refresh(self) -> int:
-        """Write the changed customers' contributions, then recompute the cut points."""
+    async def refresh(self, within: float = 0.0) -> int:
+        """Write the changed customers' contributions, then recompute the cut points. The
+        evaluations are spread over ``within`` seconds (0: done as fast as slices allow)."""
         dirty, self.dirty = self.dirty, {}
         as_of = self.watermark_us
         values: dict[str, Decimal] = {}
         failed: list[str] = []
-        slice_ends = time.perf_counter() + REFRESH_SLICE_SECONDS
-        for cid, state in dirty.items():
-            if time.perf_counter() > slice_ends:
-                await asyncio.sleep(0)  # let a batch waiting on the loop run (a state changed
-                # meanwhile is in the next refresh's ``dirty`` too: tiers lag one interval)
+        started = time.perf_counter()
+        slice_ends = started + REFRESH_SLICE_SECONDS
+        for done, (cid, state) in enumerate(dirty.items()):
+            if (now := time.perf_counter()) > slice_ends:
+                # let the batches waiting on the loop run (a state changed meanwhile is in
+                # the next refresh's ``dirty`` too: tiers lag one interval)
+                await asyncio.sleep(pause_after(started, now, done, len(dirty), within))
                 slice_ends = time.perf_counter() + REFRESH_SLICE_SECONDS
             try:
                 values[cid] = self.contribution_of(state, max(as_of, state.last_us or 0))

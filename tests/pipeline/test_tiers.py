@@ -170,6 +170,41 @@ async def test_a_long_refresh_gives_the_event_loop_back_between_slices(
     assert took > 10 * tiers.REFRESH_SLICE_SECONDS  # (else there was nothing to slice)
 
 
+def test_a_paced_refresh_waits_until_its_share_is_due_and_never_when_behind() -> None:
+    from streams.tiers import pause_after
+
+    assert pause_after(10.0, 10.1, 50, 100, 1.0) == pytest.approx(0.4)  # half done: due at 10.5
+    assert pause_after(10.0, 10.7, 50, 100, 1.0) == 0.0  # behind: no pause
+    assert pause_after(10.0, 10.1, 50, 100, 0.0) == 0.0  # not paced
+    assert pause_after(10.0, 10.1, 0, 0, 1.0) == 0.0
+
+
+async def test_the_workers_refresh_spreads_its_work_over_the_time_it_is_given(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Back to back, a refresh's slices took all of a loaded worker's spare time for a
+    second (the committed p99 at 50% load went from ~100 to ~430 ms); the worker gives it
+    half its interval. It fails when the refresh runs its slices back to back; the tiers
+    are those of an unpaced refresh."""
+    import time
+
+    from streams import tiers
+
+    monkeypatch.setattr(tiers, "REFRESH_SLICE_SECONDS", 0.0002)
+    config = StateConfig(zone=ZONE)
+    client = connect(redis_url)
+    book = TierBook(client, Keys("t11"), config, SegmentThresholds(), ContributionRates())
+    try:
+        book.changed(list(_credited(1500, 10, config).values()))
+        started = time.perf_counter()
+        assert await book.refresh(within=0.5) == 1500
+        took = time.perf_counter() - started
+        assert book.tier_of("C1499") == "I"
+    finally:
+        await client.aclose()
+    assert took > 0.45
+
+
 async def test_tier_moves_are_counted_per_iso_week_including_moves_by_the_cut_points(redis_url: str) -> None:
     """One customer's fortune moves the cut points, so customers the refresh did not
     re-evaluate change tier too: each customer whose tier changed is in the week's set once."""
