@@ -679,6 +679,9 @@ class BatchProcessor:
             try:
                 failed = await self.store.commit(commits)
             except Exception as exc:  # (an encode failure included: the log stays, as good as a state)
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():  # (stopping: a cancelled round trip
+                    raise asyncio.CancelledError from exc  # can surface as a Redis timeout)
                 log.warning("quiet customers not folded into their states: %s", exc)
                 return len(chosen), -1
             for cid, entry in chosen:

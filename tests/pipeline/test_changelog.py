@@ -22,6 +22,7 @@ from streams.changelog import decode_entry, encode_entry
 from streams.clients import connect
 from streams.codec import decode_state, encode_state
 from streams.deadletter import RawRecord
+from streams.errors import TransientError
 from streams.keys import Keys
 from streams.pipeline import FOLD_CHUNK, BatchProcessor, Prepared
 from streams.rulestep import build_step, reader_store
@@ -279,6 +280,34 @@ async def test_a_fold_holds_back_only_the_customers_it_is_writing(
     assert await fold == len(logged)
     customers = {r.key.decode() for r in [*first, *second] if r.key}
     assert await states(worker.store, customers) == await states(full.store, customers)
+
+
+async def test_a_cancelled_fold_stops_when_the_cancel_surfaces_as_a_redis_error(
+    client: aioredis.Redis, records: list[RawRecord]
+) -> None:
+    """A fold logs a failed write and goes on; cancelled (the worker stops), it must stop,
+    also when the cancelled round trip surfaces as a Redis timeout (redis-py's socket
+    timeout can turn a cancellation into one). The drain-with-folds test hung in 1 of ~10
+    runs before: its fold task swallowed the cancel and folded for ever."""
+    worker = processor(client, settings("cancelled"), Sink(), 8)
+    for batch in batches(records[:1000]):
+        await worker.process(batch)
+    writing = asyncio.Event()
+
+    async def commit(commits: list[Any], tally: Any = None) -> set[str]:
+        writing.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise TransientError("redis commit failed: Timeout reading from socket") from None
+        return set()
+
+    worker.store.commit = commit  # type: ignore[method-assign]
+    fold = asyncio.create_task(worker.fold(quiet_seconds=0))
+    await writing.wait()
+    fold.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(fold, 5)
 
 
 async def test_positions_a_batch_of_duplicates_noted_reach_redis(client: aioredis.Redis) -> None:
