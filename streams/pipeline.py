@@ -653,6 +653,9 @@ class BatchProcessor:
                 chosen, written = await self._fold(cutoff, min(chunk, limit - tried))
             tried += chosen
             folded += written
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # (stopping: redis-py may have retried
+                raise asyncio.CancelledError  # the cancelled round trip, and the write landed)
             if chosen == 0 or written < 0:
                 break
         telemetry.CHANGELOG_HELD.set(len(self._logged))
