@@ -77,7 +77,12 @@ class Settings(BaseSettings):
         description="address the worker's --web-port and the relay's --metrics-port listen on "
         "(the pod IP or 0.0.0.0 to be scraped from another host)",
     )
-    batch_max_events: int = Field(default=500, ge=1, le=100_000)
+    # 1,000, not 500: a worker that fell behind catches up 5-9% faster (per-batch costs:
+    # round trips, the commit call, Faust's bookkeeping), and the batches of a worker that
+    # keeps up are smaller anyway (what arrived meanwhile: ~100-300 at 50-80% load)
+    batch_max_events: int = Field(
+        default=1000, ge=1, le=100_000, description="largest batch (a worker behind takes this many at once)"
+    )
     batch_within_seconds: float = Field(
         default=0.005, gt=0, le=10, description="longest a batch waits to fill while records queue (idle: no wait)"
     )
