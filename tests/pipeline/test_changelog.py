@@ -258,7 +258,8 @@ async def test_a_fold_holds_back_only_the_customers_it_is_writing(
     they are folded is prepared at once; only its customers the fold is writing wait, in
     ``complete``, for their write. It fails when the batch waits for the fold (folded in
     one go, all of them held every batch back for 40-220 ms at 80% load), and when a
-    customer is stepped before its fold is written. The outcome is that of full writes."""
+    customer the fold is writing is stepped in ``prepare``. The outcome is that of full
+    writes."""
     first, second = records[:3000], records[3000:3250]
     full = processor(client, settings("fullc"), Sink(), 1)
     for batch in [*batches(first), second]:
