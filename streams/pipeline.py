@@ -64,8 +64,9 @@ from streams.topics import DLQ
 
 log = logging.getLogger(__name__)
 UTC = ZoneInfo("UTC")
-# quiet customers are folded this many at a time: a batch that arrives waits for one chunk
-# (~2 ms of encoding and a round trip), not for all the customers that went quiet together
+# quiet customers are folded this many at a time: a batch with a customer in the chunk being
+# written waits for that chunk alone (its encodes and a round trip), not for all the
+# customers that went quiet together
 FOLD_CHUNK = 32
 
 Message = tuple[str, bytes | None, bytes]  # topic, key, value
