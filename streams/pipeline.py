@@ -107,6 +107,13 @@ def _coordinates(record: RawRecord) -> tuple[str, int, int]:
     return record.topic, record.partition, record.offset
 
 
+def _being_cancelled() -> bool:
+    """Whether the running task is asked to stop: redis-py can answer a cancelled round trip
+    with a timeout error, or retry it and return, so the cancel never reaches the caller."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 def _finding_of(entry: bytes) -> object:
     """The JSON value of an outbox entry (None when it is not JSON)."""
     try:
@@ -654,9 +661,8 @@ class BatchProcessor:
                 chosen, written = await self._fold(cutoff, min(chunk, limit - tried))
             tried += chosen
             folded += written
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():  # (stopping: redis-py may have retried
-                raise asyncio.CancelledError  # the cancelled round trip, and the write landed)
+            if _being_cancelled():  # (stopping: redis-py may have retried the cancelled round trip)
+                raise asyncio.CancelledError
             if chosen == 0 or written < 0:
                 break
         telemetry.CHANGELOG_HELD.set(len(self._logged))
@@ -683,9 +689,8 @@ class BatchProcessor:
             try:
                 failed = await self.store.commit(commits)
             except Exception as exc:  # (an encode failure included: the log stays, as good as a state)
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():  # (stopping: a cancelled round trip
-                    raise asyncio.CancelledError from exc  # can surface as a Redis timeout)
+                if _being_cancelled():  # (stopping: a cancelled round trip can surface as a Redis timeout)
+                    raise asyncio.CancelledError from exc
                 log.warning("quiet customers not folded into their states: %s", exc)
                 return len(chosen), -1
             for cid, entry in chosen:

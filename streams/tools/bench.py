@@ -330,7 +330,7 @@ async def paced_send(lines: list[bytes], producer: AIOKafkaProducer, rate: float
     generator shares the machine's cores with the worker it measures: routed and placed
     before the clock starts and appended by aiokafka's C batch builder, it takes about half
     the CPU of ``streams.tools.replay.replay`` (a ``send`` per record), which on two cores
-    the worker felt (docs/performance.md, "The bench's load generator"). Records go to the
+    the worker felt (docs/performance.md, sixth session, item 1). Records go to the
     partition the producer's default partitioner would choose for their key."""
     routed = [route(line) for line in lines]
     partitions = {topic: sorted(await producer.partitions_for(topic)) for topic in {t for t, _, _ in routed}}
@@ -387,10 +387,10 @@ async def redis_memory(run: LocalRun, prefix: str, wait: float = TIER_INDEX_WAIT
                     for suffix in SUFFIXES:
                         pipe.memory_usage(base + suffix, samples=0)
                 replies = await pipe.execute()
-            n = len(SUFFIXES)
+            n, log_at = len(SUFFIXES), SUFFIXES.index(":log")
             for i in range(len(chunk)):
                 sizes.append(sum(int(r or 0) for r in replies[n * i : n * i + n]))
-                logs.append(int(replies[n * i + 1] or 0))
+                logs.append(int(replies[n * i + log_at] or 0))
         index = 0
         for key in (f"{prefix}:tiers", f"{prefix}:tiers:value"):
             index += int(await client.memory_usage(key, samples=0) or 0)
