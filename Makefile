@@ -24,7 +24,7 @@ demo: $(STAMP)
 	@$(VENV)/bin/fundflow demo $(BERKA_ARG)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check streams rules alerts tests
+	$(VENV)/bin/ruff check streams rules alerts cases tests
 	$(VENV)/bin/mypy
 
 # Two test processes (pytest-xdist), each test file whole in one of them (module fixtures stay

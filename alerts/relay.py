@@ -47,9 +47,9 @@ from streams import telemetry
 from streams.clients import connect, kafka_client_kwargs
 from streams.deadletter import RawRecord, dead_letter
 from streams.errors import ConfigError
-from streams.keys import Keys
 from streams.retry import backoff_seconds
 from streams.settings import Settings, safe_url
+from streams.storage.keys import Keys
 from streams.topics import ALERTS, DLQ, MARKETING, RECOMMENDATIONS
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 For every event it APPLIES and every finding it commits, the worker adds a
 ``BoardDelta`` to the bank-level aggregates in the same atomic Redis step as the
-customer's state (``streams.store``). A redelivered event is a duplicate: it
+customer's state (``streams.storage.store``). A redelivered event is a duplicate: it
 applies nothing, so it adds nothing, and the aggregates are exactly-once. The
 cells are integers (money in cents: amounts have at most two decimals, so this
 is exact) so that adding them in Redis is exact too.

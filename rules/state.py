@@ -99,7 +99,7 @@ class EventRecord:
     bank: str | None  # counterparty bank when external
     consumed: Decimal = ZERO  # debit: lot amount this debit consumed (FIFO)
     weighted_age_us: Decimal = ZERO  # debit: sum of consumed piece * (debit ts - lot ts) in µs
-    # The stored form, cached by ``streams.codec`` (a record never changes once kept, and
+    # The stored form, cached by ``streams.storage.codec`` (a record never changes once kept, and
     # a state is written after every batch); not part of the record's value.
     wire: Any = field(default=None, compare=False, repr=False)
 
@@ -122,7 +122,7 @@ class LoanPoint:
 # touched by every debit and a remembered txn_id by every event; see docs/performance.md).
 LOT_AMOUNT: Final = 0  # a FIFO lot: the amount of it still in the account,
 LOT_TS: Final = 1  # when it came in (event time, µs),
-LOT_WIRE: Final = 2  # its stored form cached by streams.codec (None: changed since)
+LOT_WIRE: Final = 2  # its stored form cached by streams.storage.codec (None: changed since)
 SEEN_HASH: Final = 0  # a remembered txn_id: its content hash,
 SEEN_TS: Final = 1  # its event time (µs)
 SEEN_HASH_CHARS: Final = 8  # hex digits of the content hash kept (content_hash)
@@ -161,11 +161,11 @@ class CustomerState:
     # a redelivered record is known as one even when its txn_id has aged out of ``seen``
     # (event time can run months ahead in a replay).
     offsets: dict[str, list[int]] = field(default_factory=dict)
-    # Not stored: ``seen`` as ``streams.codec`` last wrote it (its first ``seen_wired``
+    # Not stored: ``seen`` as ``streams.storage.codec`` last wrote it (its first ``seen_wired``
     # entries). Ids are only ever added at the end and pruned from the front, so the next
     # write appends the new ones to it; a prune clears it.
     seen_wire: Any = field(default=None, compare=False, repr=False)
-    # Not stored: ``events`` as ``streams.codec`` last wrote them (it checks that they are
+    # Not stored: ``events`` as ``streams.storage.codec`` last wrote them (it checks that they are
     # still the same records before it appends the ones added since).
     events_wire: Any = field(default=None, compare=False, repr=False)
     seen_wired: int = field(default=0, compare=False, repr=False)

@@ -42,11 +42,11 @@ from streams.deadletter import RawRecord
 from streams.decode import TimeBounds
 from streams.errors import Abandoned, TransientError
 from streams.health import readiness
-from streams.keys import Keys
 from streams.pipeline import BatchProcessor, Emitter, Message, Prepared, Step
 from streams.rulestep import build_step
 from streams.settings import Settings, rates, state_config, thresholds
-from streams.store import StateStore
+from streams.storage.keys import Keys
+from streams.storage.store import StateStore
 from streams.tiers import TierBook
 from streams.topics import INPUT_TOPICS
 

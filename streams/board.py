@@ -1,11 +1,11 @@
 """The 看板 (overview): reading, checking and pruning the bank-level aggregates.
 
-The worker writes them in its commit script (``streams.store``), exactly-once with
+The worker writes them in its commit script (``streams.storage.store``), exactly-once with
 the customer states; this module only reads them (``read_board``, the API's
 ``GET /board``), compares them with a recomputation from the stored states
 (``check``: ``fundflow board --check``), and drops days older than the retention
 (``prune``, a worker timer). On Redis Cluster the aggregates are spread over one
-shard per slot (``streams.keys``): every reader sums the shards.
+shard per slot (``streams.storage.keys``): every reader sums the shards.
 
 What can go wrong: nothing here writes a customer's state; a Redis that does not
 answer raises (the API answers 503, the CLI one line). Days are the bank's local
@@ -27,9 +27,9 @@ import redis.asyncio as aioredis
 from rules.board import BUCKETS, NO_RATE, Board, recompute
 from rules.money import rounded
 from rules.state import KINDS, from_us
-from streams.keys import BOARD, Keys
 from streams.pipeline import outbox_message
-from streams.store import StateStore
+from streams.storage.keys import BOARD, Keys
+from streams.storage.store import StateStore
 
 DAYS_SHOWN = 30  # the findings history of the board
 FIRST_PRUNE_LOOKBACK_DAYS = 31  # how far before the retention a shard's first prune looks

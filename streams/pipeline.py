@@ -13,7 +13,7 @@ The order of effects is what makes a crash anywhere harmless:
    statistics); a customer whose version moved (another owner wrote it) is
    re-read and recomputed. Most commits append the customer's records to its
    changelog instead of writing its whole state; a load replays them
-   (``streams.changelog``, docs/changelog.md);
+   (``streams.storage.changelog``, docs/changelog.md);
 5. publish findings and dead letters to Kafka and wait for the acks;
 6. remove the published findings from the outboxes.
 
@@ -52,14 +52,14 @@ from rules.board import BoardDelta, collection_bucket
 from rules.events import Event, TransactionEvent
 from rules.state import CustomerState, Outcome, event_time
 from streams import telemetry
-from streams.changelog import FixedRules, Rulebook, encode_entry, replay, step_record
-from streams.changelog import Step as Step  # (re-exported: the step's type, where it always was)
-from streams.codec import encode_state
 from streams.deadletter import RawRecord, dead_letter, dead_letter_key
 from streams.decode import DEFAULT_BOUNDS, TimeBounds, decode
 from streams.errors import Abandoned, InvalidEvent, TransientError
 from streams.retry import backoff_seconds
-from streams.store import Commit, StateStore, Tally
+from streams.storage.changelog import FixedRules, Rulebook, encode_entry, replay, step_record
+from streams.storage.changelog import Step as Step  # (re-exported: the step's type, where it always was)
+from streams.storage.codec import encode_state
+from streams.storage.store import Commit, StateStore, Tally
 from streams.topics import DLQ
 
 log = logging.getLogger(__name__)
@@ -240,7 +240,7 @@ class BatchProcessor:
         self.should_stop = should_stop  # the worker is shutting down: stop retrying
         # a customer's commits write its full state every ``snapshot_every``-th time (and the
         # first, and when the worker folds it once it went quiet); the others append the records to
-        # its changelog (``streams.changelog``). 1: always the full state.
+        # its changelog (``streams.storage.changelog``). 1: always the full state.
         self.snapshot_every = snapshot_every
         # the rules the step runs under, by fingerprint (the step's own when it has them)
         self.rulebook: Rulebook = rulebook or (step if isinstance(step, Rulebook) else FixedRules(step))
@@ -418,7 +418,7 @@ class BatchProcessor:
         again = applied_before & report.duplicate_records
         report.applied += len(again)
         report.duplicates -= len(again)
-        telemetry.record_batch(report)
+        record_batch(report)
         return report
 
     async def _pause(self, delay: float, records: int, exc: Exception) -> bool:
@@ -721,3 +721,21 @@ class BatchProcessor:
         if messages:
             await self.emitter.send_all(messages)
         await self.store.confirm_published(findings)
+
+
+def record_batch(report: BatchReport) -> None:
+    """The batch's counts into the worker's Prometheus metrics."""
+    telemetry.BATCH_SIZE.observe(report.records)
+    if report.applied:
+        telemetry.EVENTS.labels("applied").inc(report.applied)
+    if report.duplicates:
+        telemetry.EVENTS.labels("duplicate").inc(report.duplicates)
+    for reason, count in report.dead_letters.items():
+        telemetry.DEAD_LETTERS.labels(reason).inc(count)
+        telemetry.EVENTS.labels("dead_letter").inc(count)
+    if report.findings:
+        telemetry.FINDINGS.inc(report.findings)
+    if report.republished:
+        telemetry.REPUBLISHED.inc(report.republished)
+    if report.conflicts:
+        telemetry.VERSION_CONFLICTS.inc(report.conflicts)

@@ -26,10 +26,10 @@ from rules.events import Event
 from rules.state import CustomerState, Outcome, StateConfig, apply_event
 from streams import telemetry
 from streams.errors import ConfigError
-from streams.keys import Keys
 from streams.pipeline import Step, outbox_entry
 from streams.settings import Settings, state_config
-from streams.store import StateStore
+from streams.storage.keys import Keys
+from streams.storage.store import StateStore
 from streams.topics import ALERTS, MARKETING, RECOMMENDATIONS
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def _canonical(value: Any) -> Any:
 
 
 class RulesStep:
-    """The worker's step (``rules_step``) as a changelog's ``Rulebook`` (``streams.changelog``):
+    """The worker's step (``rules_step``) as a changelog's ``Rulebook`` (``streams.storage.changelog``):
     the rules change only at ``refresh`` (the processor calls it between customers, so all
     of one customer's records in a batch run under one set, which its log entry names), and
     every set of rules this process has run under can replay the entries made under it."""

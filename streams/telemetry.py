@@ -8,13 +8,9 @@ on ``/metrics``.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
-
-if TYPE_CHECKING:
-    from streams.cases import RulePrecision
-    from streams.pipeline import BatchReport
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -95,23 +91,6 @@ RULE_RESOLUTION = Gauge(
 )
 
 
-def record_batch(report: BatchReport) -> None:
-    BATCH_SIZE.observe(report.records)
-    if report.applied:
-        EVENTS.labels("applied").inc(report.applied)
-    if report.duplicates:
-        EVENTS.labels("duplicate").inc(report.duplicates)
-    for reason, count in report.dead_letters.items():
-        DEAD_LETTERS.labels(reason).inc(count)
-        EVENTS.labels("dead_letter").inc(count)
-    if report.findings:
-        FINDINGS.inc(report.findings)
-    if report.republished:
-        REPUBLISHED.inc(report.republished)
-    if report.conflicts:
-        VERSION_CONFLICTS.inc(report.conflicts)
-
-
 def observe_latencies(latencies_ms: Iterable[int]) -> None:
     for ms in latencies_ms:
         E2E_LATENCY.observe(ms / 1000)
@@ -123,16 +102,3 @@ def serve_metrics(port: int, host: str) -> Any:
     default is every interface). Returns the server (``server_address``, ``shutdown()``)."""
     server, _ = start_http_server(port, addr=host)
     return server
-
-
-def record_rule_precision(rows: Iterable[RulePrecision]) -> None:
-    """Per-rule outcome gauges (labels: the rule only, never a customer)."""
-    nan = float("nan")
-    for row in rows:
-        RULE_PRECISION.labels(row.rule).set(row.precision if row.precision is not None else nan)
-        RULE_RESOLVED.labels(row.rule).set(row.resolved)
-        RULE_CONFIRMED.labels(row.rule).set(row.confirmed)
-        RULE_CASES.labels(row.rule).set(row.cases)
-        first, resolution = row.median_first_action_seconds, row.median_resolution_seconds
-        RULE_FIRST_ACTION.labels(row.rule).set(first if first is not None else nan)
-        RULE_RESOLUTION.labels(row.rule).set(resolution if resolution is not None else nan)

@@ -1,6 +1,6 @@
 """Live 客户分层: quartile tiers of contribution over all customers, kept in Redis.
 
-Layout (``streams.keys``):
+Layout (``streams.storage.keys``):
 
 * ``{p}:tiers`` — sorted set, member = customer_id, score = contribution
   (cent-rounded; a double holds every cent exactly up to ~10^13, so the order

@@ -33,8 +33,8 @@ from fractions import Fraction
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from cases.store import CONFIRMING, Case, RulePrecision
 from rules.events import TransactionEvent
-from streams.cases import CONFIRMING, Case, RulePrecision
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 DAY_US = 86_400_000_000
@@ -183,7 +183,7 @@ def reference_state(
     return result
 
 
-# --- rule precision from analysts' outcomes (streams.cases.CaseStore.precision) ------
+# --- rule precision from analysts' outcomes (cases.store.CaseStore.precision) ------
 
 
 def rule_precision(

@@ -28,8 +28,8 @@ from aiohttp import web
 from streams.api import params
 from streams.api.cases import CASES
 from streams.board import read_board
-from streams.keys import Keys
 from streams.settings import Settings
+from streams.storage.keys import Keys
 from streams.tiers import moved_this_week, read_cuts, tier_counts
 
 BOARD_PARAMS = ("day", "top")

@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cases.store import CASE_TYPES, CATEGORIES, GENERIC_OUTCOMES, MAX_TEXT, OUTCOMES, SEVERITIES, STATUSES
 from streams.api.models import Finding, TierName, Timestamp
-from streams.cases import CASE_TYPES, CATEGORIES, GENERIC_OUTCOMES, MAX_TEXT, OUTCOMES, SEVERITIES, STATUSES
 from streams.settings import NAME_PATTERN
 
 Status = Literal["open", "in_progress", "resolved", "dismissed"]

@@ -17,7 +17,7 @@ the first request's answer is stored with the change in one atomic step, and
 a retry with the same key (same caller, same request) gets that answer again
 without changing anything; the same key with another request is a 422.
 
-The API process also runs the case intake (``streams.cases``): a background
+The API process also runs the case intake (``cases.store``): a background
 task that reads the findings feed and opens or joins cases; every API replica
 may run it (the intake is exactly-once per finding id), and it refreshes the
 per-rule gauges every ``GAUGES_EVERY_SECONDS``.
@@ -45,17 +45,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
 
-from streams import telemetry
-from streams.api.case_models import (
-    AssignBody,
-    BulkAssignBody,
-    BulkDismissBody,
-    CommentBody,
-    TransitionBody,
-    all_outcomes,
-)
-from streams.api.roles import Principal, caller
-from streams.cases import (
+from cases.store import (
     CASE_TYPES,
     CATEGORIES,
     CONFIRMING,
@@ -76,8 +66,18 @@ from streams.cases import (
     outcomes_for,
     valid_name,
 )
-from streams.keys import Keys
+from streams import telemetry
+from streams.api.case_models import (
+    AssignBody,
+    BulkAssignBody,
+    BulkDismissBody,
+    CommentBody,
+    TransitionBody,
+    all_outcomes,
+)
+from streams.api.roles import Principal, caller
 from streams.settings import Role, Settings
+from streams.storage.keys import Keys
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import datetime as dt
 import re
 from collections.abc import Collection, Mapping
 
-from streams.snapshot import parse_as_of
+from streams.storage.snapshot import parse_as_of
 
 _DIGITS = re.compile(r"[0-9]{1,20}")
 _STREAM_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")

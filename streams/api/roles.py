@@ -21,7 +21,7 @@ import hmac
 from aiohttp import web
 from pydantic import SecretStr
 
-from streams.cases import Actor
+from cases.store import Actor
 from streams.settings import ApiToken, Settings
 
 Principal = Actor  # the authenticated caller is who acts on cases

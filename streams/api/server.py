@@ -72,8 +72,8 @@ from streams.errors import ConfigError
 from streams.health import readiness
 from streams.rulestep import reader_store
 from streams.settings import Settings
-from streams.snapshot import customer_row, iso
-from streams.store import StateStore
+from streams.storage.snapshot import customer_row, iso
+from streams.storage.store import StateStore
 from streams.tiers import distribution, read_cuts
 
 CONSOLE_DIR = Path(__file__).parent / "console"

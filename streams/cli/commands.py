@@ -13,16 +13,16 @@ from pathlib import Path
 
 import orjson
 
+from cases.store import CaseStore, RulePrecision
 from rules.contribution import tier_of
 from streams.board import check, read_board
-from streams.cases import CaseStore, RulePrecision
 from streams.clients import connect
 from streams.errors import ConfigError
-from streams.keys import Keys
 from streams.rulestep import reader_store
 from streams.settings import Settings, rates, safe_url, state_config, thresholds
-from streams.snapshot import customer_row, load_all, parse_as_of, rows, write_jsonl
-from streams.store import RECENT_ALERTS_KEPT
+from streams.storage.keys import Keys
+from streams.storage.snapshot import customer_row, load_all, parse_as_of, rows, write_jsonl
+from streams.storage.store import RECENT_ALERTS_KEPT
 from streams.tiers import TierBook, distribution, read_cuts, rebuild
 
 

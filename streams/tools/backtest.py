@@ -31,7 +31,7 @@ from streams.errors import ConfigError
 from streams.local.orchestra import LocalRun, read_topic
 from streams.rulestep import reader_store
 from streams.settings import Settings
-from streams.snapshot import iso, load_all, rows, write_jsonl
+from streams.storage.snapshot import iso, load_all, rows, write_jsonl
 from streams.tools.measure import percentiles
 from streams.tools.progress import Progress
 from streams.tools.replay import read_lines, replay, route

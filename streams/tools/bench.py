@@ -51,12 +51,12 @@ from rules.events import LoanEvent, TransactionEvent
 from rules.state import CustomerState
 from streams.app import BatchReader, faust_app, run_faust_worker
 from streams.clients import kafka_client_kwargs, start_producer
-from streams.codec import decode_state, encode_state
 from streams.errors import ConfigError
 from streams.local.orchestra import LocalRun
 from streams.local.servers import free_port
 from streams.rulestep import build_step
 from streams.settings import Settings
+from streams.storage.codec import decode_state, encode_state
 from streams.tools import casebench
 from streams.tools.berka import SHIPPED_BERKA, berka_lines
 from streams.tools.measure import percentiles
@@ -362,7 +362,7 @@ async def paced_send(lines: list[bytes], producer: AIOKafkaProducer, rate: float
     await asyncio.gather(*sent)
 
 
-SUFFIXES = (":state", ":log", ":outbox", ":alerts")  # a customer's keys (streams.keys)
+SUFFIXES = (":state", ":log", ":outbox", ":alerts")  # a customer's keys (streams.storage.keys)
 
 
 async def redis_memory(run: LocalRun, prefix: str, wait: float = TIER_INDEX_WAIT_SECONDS) -> dict[str, Any]:

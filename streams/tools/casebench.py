@@ -29,14 +29,14 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import orjson
 
+from cases.store import Action, Actor, Assign, Case, CaseFilter, CaseStore, Transition
 from rules.config import Severity
 from rules.engine import Finding
-from streams.cases import Action, Actor, Assign, Case, CaseFilter, CaseStore, Transition
 from streams.clients import connect
 from streams.errors import ConfigError
-from streams.keys import Keys
 from streams.local.orchestra import LocalRun
 from streams.local.servers import die_with_parent, free_port
+from streams.storage.keys import Keys
 from streams.tools.measure import percentiles
 
 PREFIX = "benchcases"

@@ -34,12 +34,12 @@ import orjson
 
 from streams.clients import connect, start_producer
 from streams.errors import ConfigError
-from streams.keys import Keys
 from streams.local.orchestra import LocalRun
 from streams.local.servers import die_with_parent, free_port
 from streams.rulestep import reader_store
 from streams.settings import Settings
-from streams.snapshot import customer_row
+from streams.storage.keys import Keys
+from streams.storage.snapshot import customer_row
 from streams.tools.berka import SHIPPED_BERKA, berka_lines
 from streams.tools.replay import SYNTHETIC_SKEW_SECONDS, endless, replay, route
 

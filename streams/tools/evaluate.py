@@ -18,7 +18,7 @@ backtest ran on and its ``alerts.jsonl``.
 
 Beside the data's verdict, the analysts' (issue 19, "outcomes teach the rules"):
 per rule, the precision of its resolved cases (confirmed / resolved), volume and
-median times, as ``streams.cases.CaseStore.precision`` reads them for
+median times, as ``cases.store.CaseStore.precision`` reads them for
 ``GET /rules/precision``. The command reads them from the cases in Redis
 (``streams.cli.commands.read_precision``); here they are only laid out.
 """
@@ -36,7 +36,7 @@ from typing import Any
 
 import orjson
 
-from streams.cases import RulePrecision
+from cases.store import RulePrecision
 from streams.errors import ConfigError
 
 OUTFLOW_RULES = ("large_external_outflow", "fast_in_fast_out", "balance_drawdown", "net_outflow_streak", "churn_drift")

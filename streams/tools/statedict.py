@@ -1,6 +1,6 @@
 """Train the zstd dictionary that state blobs are compressed with (a maintainer's tool).
 
-State blobs are small JSON documents of one shape (``streams.codec``): the same
+State blobs are small JSON documents of one shape (``streams.storage.codec``): the same
 keys, the same kinds of numbers, dates and ids. Compressed one by one, each
 frame relearns that shape; a dictionary trained on states gives it up front.
 On held-out Berka customers (half the customers trained, the other half
@@ -8,13 +8,13 @@ measured, 16 KiB dictionary, level 1) blobs came out ~25% smaller and compressed
 ~35% faster than without one; format 2 blobs ~32% smaller (608 -> 415 B mean).
 
 A dictionary that has written blobs must stay readable for as long as such
-blobs exist: ``streams/zdict/`` keeps every shipped one (``state-<id>.zdict``,
-the id zstd writes into each frame), and ``streams.codec.WRITE_DICTIONARY``
+blobs exist: ``streams/storage/zdict/`` keeps every shipped one (``state-<id>.zdict``,
+the id zstd writes into each frame), and ``streams.storage.codec.WRITE_DICTIONARY``
 names the one new blobs are written with. To ship a new one:
 
     fundflow train-dictionary
 
-adds ``streams/zdict/state-<id>.zdict``; point ``WRITE_DICTIONARY`` at it and
+adds ``streams/storage/zdict/state-<id>.zdict``; point ``WRITE_DICTIONARY`` at it and
 keep the old files.
 """
 
@@ -28,11 +28,11 @@ from pathlib import Path
 import zstandard
 
 from rules.state import CustomerState
-from streams.codec import ZSTD_LEVEL, encode_state
 from streams.deadletter import RawRecord
 from streams.decode import decode
 from streams.rulestep import build_step
 from streams.settings import Settings
+from streams.storage.codec import ZSTD_LEVEL, encode_state
 from streams.tools.berka import berka_lines
 from streams.tools.replay import route
 
@@ -81,7 +81,7 @@ def run_train_command(berka: Path | None, out: Path | None) -> int:
     settings = Settings()
     lines = berka_lines(berka, settings.zone)
     dictionary, report = train(list(sample_states(lines, settings)))
-    out = Path(__file__).parents[1] / "zdict" if out is None else out
+    out = Path(__file__).parents[1] / "storage" / "zdict" if out is None else out
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"state-{dictionary.dict_id()}.zdict"
     path.write_bytes(dictionary.as_bytes())

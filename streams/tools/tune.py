@@ -37,10 +37,10 @@ from typing import Any
 import orjson
 import yaml
 
+from cases.store import RulePrecision
 from rules.config import RulesConfig, RulesConfigError, load_rules, parse_rules
 from rules.events import Event
 from rules.state import CustomerState, StateConfig
-from streams.cases import RulePrecision
 from streams.deadletter import RawRecord
 from streams.decode import decode
 from streams.errors import ConfigError, InvalidEvent

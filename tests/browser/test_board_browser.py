@@ -20,17 +20,17 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
+from cases.store import HOUR_MS, CaseFilter, CaseStore
 from streams.api.cases import CASES
 from streams.api.server import create_api
-from streams.cases import HOUR_MS, CaseFilter, CaseStore
 from streams.clients import connect
 from streams.deadletter import RawRecord
-from streams.keys import Keys
 from streams.pipeline import BatchProcessor
 from streams.rulestep import build_step
 from streams.settings import ApiToken, Settings, rates, state_config, thresholds
-from streams.snapshot import load_all
-from streams.store import StateStore
+from streams.storage.keys import Keys
+from streams.storage.snapshot import load_all
+from streams.storage.store import StateStore
 from streams.tiers import TierBook, rebuild
 from streams.tools.berka import berka_lines
 from streams.topics import LOANS, TRANSACTIONS

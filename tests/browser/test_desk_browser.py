@@ -14,9 +14,9 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
+from cases.store import CaseFilter
 from streams.api.cases import CASES
 from streams.api.server import create_api
-from streams.cases import CaseFilter
 from streams.settings import ApiToken, Settings
 from tests.browser.test_console_browser import CHROMIUM, FLAGS, screenshot, serve
 from tests.pipeline.test_cases import finding, publish

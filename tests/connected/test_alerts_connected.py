@@ -22,10 +22,10 @@ from aiokafka import AIOKafkaProducer
 from alerts.receiver_example import RECEIVED, STATS, make_app
 from rules.contribution import tier_of
 from streams.clients import connect, ensure_topics
-from streams.keys import Keys
 from streams.local.orchestra import read_topic
 from streams.local.servers import Stack, free_port
 from streams.settings import Settings
+from streams.storage.keys import Keys
 from streams.tiers import read_cuts
 from streams.topics import ALERTS, MARKETING, RECOMMENDATIONS, TRANSACTIONS, all_topics
 from tests.pipeline.test_webhook import SECRET, Receiver

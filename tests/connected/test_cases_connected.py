@@ -22,10 +22,10 @@ import pytest
 import redis
 
 from streams.clients import connect
-from streams.keys import Keys
 from streams.local.servers import EmbeddedRedis, free_port
 from streams.pipeline import outbox_entry
-from streams.store import StateStore
+from streams.storage.keys import Keys
+from streams.storage.store import StateStore
 from streams.topics import ALERTS
 from tests.connected.test_alerts_connected import ROOT
 from tests.pipeline.test_cases import finding

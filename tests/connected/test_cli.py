@@ -156,8 +156,8 @@ async def _store_customers(redis_url: str, prefix: str) -> None:
     from rules.events import TransactionEvent
     from rules.state import CustomerState, StateConfig, apply_transaction
     from streams.clients import connect
-    from streams.keys import Keys
-    from streams.store import Commit, StateStore
+    from streams.storage.keys import Keys
+    from streams.storage.store import Commit, StateStore
     from tests import eventgen
 
     client = connect(redis_url)
@@ -257,8 +257,8 @@ async def test_board_shows_the_day_and_check_finds_a_tampered_cell(redis_url: st
     import json
 
     from streams.clients import connect
-    from streams.keys import Keys
-    from streams.store import StateStore
+    from streams.storage.keys import Keys
+    from streams.storage.store import StateStore
     from tests.pipeline.test_board import processor, records
 
     client = connect(redis_url)
@@ -286,11 +286,11 @@ async def test_fold_writes_every_changelog_into_its_state(redis_url: str) -> Non
 
     from streams.clients import connect
     from streams.deadletter import RawRecord
-    from streams.keys import Keys
     from streams.pipeline import BatchProcessor
     from streams.rulestep import build_step
     from streams.settings import Settings
-    from streams.store import StateStore
+    from streams.storage.keys import Keys
+    from streams.storage.store import StateStore
     from streams.topics import TRANSACTIONS
     from tests import eventgen
     from tests.fakes import Sink

@@ -15,10 +15,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streams.cases import Actor, CaseFilter, CaseStore, RulePrecision, Transition
+from cases.store import Actor, CaseFilter, CaseStore, RulePrecision, Transition
 from streams.cli.main import main
 from streams.clients import connect
-from streams.keys import Keys
+from streams.storage.keys import Keys
 from tests.connected.test_cli import assert_one_line_error, fundflow
 from tests.pipeline.test_cases import finding
 from tests.unit.test_evaluate import alert, txn

@@ -28,13 +28,13 @@ from rules.events import LoanEvent, TransactionEvent
 from rules.state import CustomerState, Outcome, to_us
 from streams.board import check, stored
 from streams.clients import connect, start_producer
-from streams.keys import Keys
 from streams.local.orchestra import LocalRun, read_topic
 from streams.pipeline import outbox_message
 from streams.rulestep import build_step, reader_store
 from streams.settings import Settings
-from streams.snapshot import load_all, rows
-from streams.store import RECENT_ALERTS_KEPT
+from streams.storage.keys import Keys
+from streams.storage.snapshot import load_all, rows
+from streams.storage.store import RECENT_ALERTS_KEPT
 from streams.tools.replay import replay
 from streams.topics import ALERTS, DLQ, MARKETING, RECOMMENDATIONS
 from tests import eventgen, malformed
@@ -214,7 +214,7 @@ class Scenario:
         assert {b: n for b, n in board.collection.items() if n} == expected.collection
 
     def changelogs(self) -> int:
-        """Customers whose state in Redis is a full state plus a changelog (``streams.changelog``)."""
+        """Customers whose state in Redis is a full state plus a changelog (``streams.storage.changelog``)."""
 
         async def read() -> int:
             client = connect(self.run.redis_url)

@@ -22,13 +22,13 @@ from streams.api.server import create_api
 from streams.clients import connect
 from streams.deadletter import RawRecord
 from streams.errors import ConfigError
-from streams.keys import Keys
 from streams.local.servers import free_port
 from streams.pipeline import BatchProcessor
 from streams.rulestep import build_step
 from streams.settings import Settings, rates, state_config, thresholds
-from streams.snapshot import load_all
-from streams.store import StateStore
+from streams.storage.keys import Keys
+from streams.storage.snapshot import load_all
+from streams.storage.store import StateStore
 from streams.tiers import TierBook, rebuild
 from streams.topics import TRANSACTIONS
 from tests import eventgen

@@ -24,9 +24,9 @@ from pydantic import SecretStr
 
 from streams import telemetry
 from streams.api.server import create_api
-from streams.keys import Keys
 from streams.local.servers import free_port
 from streams.settings import Settings
+from streams.storage.keys import Keys
 from tests.pipeline.test_api import AUTH, PREFIX, TOKENS, seed
 
 Client = TestClient[Any, Any]

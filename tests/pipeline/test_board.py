@@ -20,9 +20,9 @@ from rules.state import CustomerState, Outcome, StateConfig, to_us
 from streams.board import check, prune, read_board, stored
 from streams.clients import connect
 from streams.deadletter import RawRecord
-from streams.keys import Keys
 from streams.pipeline import BatchProcessor, Step
-from streams.store import RECENT_ALERTS_KEPT, StateStore
+from streams.storage.keys import Keys
+from streams.storage.store import RECENT_ALERTS_KEPT, StateStore
 from streams.topics import TRANSACTIONS
 from tests.fakes import Sink
 from tests.pipeline.test_pipeline import big_credit_step

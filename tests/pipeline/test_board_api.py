@@ -9,13 +9,13 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
+from cases.store import AGE_BUCKETS, HOUR_MS
 from rules.contribution import tier_of
 from streams.api.board_models import Board
 from streams.api.cases import CASES
 from streams.api.server import create_api
-from streams.cases import AGE_BUCKETS, HOUR_MS
-from streams.keys import Keys
 from streams.local.servers import free_port
+from streams.storage.keys import Keys
 from streams.tiers import read_cuts
 from tests.pipeline.test_api import seed
 from tests.pipeline.test_cases import PREFIX, SETTINGS, desk, finding, get, post, publish  # noqa: F401  (desk: the fixture)

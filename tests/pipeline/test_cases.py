@@ -20,12 +20,12 @@ from rules.engine import Finding as RuleFinding
 from streams.api.case_models import BulkReply, CaseDetail, CaseList, CaseOut, RulesPrecision, WhoAmI
 from streams.api.cases import CASES
 from streams.api.server import create_api
-from streams.keys import Keys
 from streams.local.servers import free_port
 from streams.pipeline import outbox_entry
 from streams.rulestep import TOPIC_OF_KIND
 from streams.settings import ApiToken, Settings
-from streams.store import StateStore
+from streams.storage.keys import Keys
+from streams.storage.store import StateStore
 from tests.pipeline.test_api import seed
 from tests.pipeline.test_redis_cluster import cluster_url  # noqa: F401  (the fixture)
 

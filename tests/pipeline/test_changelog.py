@@ -1,4 +1,4 @@
-"""The changelog (``streams.changelog``) on a real Redis: a worker that writes a customer's
+"""The changelog (``streams.storage.changelog``) on a real Redis: a worker that writes a customer's
 full state only every Nth commit, appending the records in between, must leave exactly
 what a worker that writes the full state on every commit leaves (states, findings, the
 看板) however often its cache is lost, its process replaced, its rules reloaded, or its
@@ -18,16 +18,16 @@ import redis.asyncio as aioredis
 from rules.state import CustomerState
 from streams import telemetry
 from streams.batcher import Batcher, drain
-from streams.changelog import decode_entry, encode_entry
 from streams.clients import connect
-from streams.codec import decode_state, encode_state
 from streams.deadletter import RawRecord
 from streams.errors import TransientError
-from streams.keys import Keys
 from streams.pipeline import FOLD_CHUNK, BatchProcessor, Prepared
 from streams.rulestep import build_step, reader_store
 from streams.settings import Settings
-from streams.store import StateStore
+from streams.storage.changelog import decode_entry, encode_entry
+from streams.storage.codec import decode_state, encode_state
+from streams.storage.keys import Keys
+from streams.storage.store import StateStore
 from streams.tools.berka import berka_lines
 from streams.tools.replay import route
 from tests.fakes import Sink

@@ -12,10 +12,10 @@ from faust.types import TP
 from faust.types.tuples import ConsumerMessage as Message  # what the consumer hands over
 
 from streams.app import BatchReader, create_app, faust_app, tune_gc
-from streams.codec import decode_state
 from streams.deadletter import RawRecord
 from streams.rulestep import build_step
 from streams.settings import Settings
+from streams.storage.codec import decode_state
 from streams.topics import DLQ, TRANSACTIONS
 from tests.fakes import Sink
 

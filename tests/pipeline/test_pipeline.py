@@ -19,11 +19,11 @@ from redis.crc import key_slot
 from rules.events import Event, TransactionEvent
 from rules.state import CustomerState, Outcome, StateConfig, apply_loan, apply_transaction
 from streams.clients import connect
-from streams.codec import WRITE_DICTIONARY, ZSTD_MAGIC, decode_state, dictionaries, encode_state, encode_states
 from streams.deadletter import RawRecord
-from streams.keys import Keys
 from streams.pipeline import BatchProcessor, Step, outbox_entry
-from streams.store import COMMIT_CHUNK, Commit, StateStore
+from streams.storage.codec import WRITE_DICTIONARY, ZSTD_MAGIC, decode_state, dictionaries, encode_state, encode_states
+from streams.storage.keys import Keys
+from streams.storage.store import COMMIT_CHUNK, Commit, StateStore
 from streams.topics import ALERTS, DLQ, TRANSACTIONS
 from tests.fakes import Sink
 

@@ -24,13 +24,13 @@ from prometheus_client import REGISTRY
 from rules.events import Event, TransactionEvent
 from rules.state import CustomerState, Outcome, StateConfig, apply_loan, apply_transaction
 from streams.clients import connect
-from streams.codec import encode_state
 from streams.deadletter import MAX_DEAD_LETTER_BYTES, RawRecord
 from streams.decode import TimeBounds
 from streams.errors import Abandoned
-from streams.keys import Keys
 from streams.pipeline import BatchProcessor, Message, Step, outbox_entry, outbox_message
-from streams.store import StateStore
+from streams.storage.codec import encode_state
+from streams.storage.keys import Keys
+from streams.storage.store import StateStore
 from streams.topics import ALERTS, DLQ, TRANSACTIONS
 from tests.fakes import Sink
 
@@ -189,7 +189,7 @@ async def test_with_the_default_bounds_calendar_edges_are_implausible_and_the_cl
 async def test_a_record_that_makes_the_state_unencodable_in_a_logged_commit_is_dead_lettered(
     store: StateStore,
 ) -> None:
-    """With the changelog (``streams.changelog``) a commit that appends does not encode the
+    """With the changelog (``streams.storage.changelog``) a commit that appends does not encode the
     state; the rules' free-form memory is serialised after each record instead, so the
     record that breaks it is still the one dead-lettered, as ``encode_failed``."""
     sink = Sink()

@@ -1,4 +1,4 @@
-"""The rules' precision from the tallies cases keep as they close (``streams.cases.TALLY_LUA``)
+"""The rules' precision from the tallies cases keep as they close (``cases.store.TALLY_LUA``)
 equals the definition computed from every closed case read whole (``tests.reference.rule_precision``),
 on a real Redis: after any sequence of resolutions, dismissals, reopenings and joins, and
 whether the tallies were made at the start or only later from cases closed before them
@@ -15,9 +15,9 @@ from typing import Any
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from streams.cases import OPEN_STATUSES, Actor, Case, CaseStore, Comment, Refused, Transition, outcomes_for
+from cases.store import OPEN_STATUSES, Actor, Case, CaseStore, Comment, Refused, Transition, outcomes_for
 from streams.clients import connect
-from streams.keys import Keys
+from streams.storage.keys import Keys
 from tests.pipeline.test_cases import finding
 from tests.reference import rule_precision
 

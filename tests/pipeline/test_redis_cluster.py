@@ -23,10 +23,10 @@ from redis.exceptions import RedisClusterException, ResponseError
 
 from streams.board import check, prune, read_board, shards, stored
 from streams.clients import connect, ensure_topics
-from streams.keys import Keys
 from streams.local.servers import EmbeddedRedis, Stack, free_port
 from streams.settings import Settings, rates, state_config, thresholds
-from streams.store import CLUSTER_CALLS_IN_FLIGHT, RECENT_ALERTS_KEPT, StateStore, _bounded
+from streams.storage.keys import Keys
+from streams.storage.store import CLUSTER_CALLS_IN_FLIGHT, RECENT_ALERTS_KEPT, StateStore, _bounded
 from streams.tiers import TierBook, distribution, rebuild
 from streams.topics import all_topics
 from tests.connected.test_alerts_connected import ROOT, env, produce, stop

@@ -16,7 +16,7 @@ from rules.events import TransactionEvent
 from rules.metrics import SegmentThresholds
 from rules.state import CustomerState, StateConfig, apply_transaction
 from streams.clients import connect
-from streams.keys import Keys
+from streams.storage.keys import Keys
 from streams.tiers import (
     TierBook,
     cut_positions,

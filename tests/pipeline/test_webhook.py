@@ -38,9 +38,9 @@ from streams.cli.main import main as fundflow
 from streams.clients import connect
 from streams.deadletter import RawRecord
 from streams.errors import ConfigError
-from streams.keys import Keys
 from streams.local.servers import free_port
 from streams.settings import Settings, safe_url
+from streams.storage.keys import Keys
 from streams.topics import ALERTS
 
 SECRET = b"s3cret-for-tests"

@@ -1,18 +1,23 @@
 """The folder list is the architecture, and imports run one way:
 
-    rules  <-  streams (worker path)  <-  {streams.api, alerts, streams.tools, streams.local}  <-  streams.cli
+    rules  <-  streams (worker path)  <-  {cases, alerts, streams.local}
+           <-  {streams.api, streams.tools}  <-  streams.cli
 
 * ``rules/`` is the pure core: it imports nothing of ours but itself.
-* ``streams/`` (its top-level modules) is the worker path: rules and itself only; no
-  HTTP, no tool, no embedded server, no command line.
+* ``streams/`` (its top-level modules and ``streams.storage``) is the worker path: rules
+  and itself only; no case desk, no HTTP, no tool, no embedded server, no command line.
+* ``cases/`` is the case desk: the worker path below it, nothing above it.
 * ``alerts/`` uses the small public surface of the worker path listed in
   ``ALERTS_SURFACE`` (settings, topics, errors, clients, retry, keys, metrics, the
   dead-letter format), never its internals.
-* ``streams.api`` and ``streams.local`` stand on the worker path; ``streams.tools``
-  also on ``streams.local`` (a tool may start the embedded servers).
+* ``streams.api`` stands on the worker path and the case desk; ``streams.local`` on the
+  worker path; ``streams.tools`` also on ``streams.local`` (a tool may start the embedded
+  servers) and on the case desk (precision from outcomes).
 * ``streams.cli`` wires everything together, and nothing imports it.
 
-Every import counts, function-level ones included (an AST walk, not an import hook).
+Every import counts, function-level ones included (an AST walk, not an import hook), and
+so do imports under ``if TYPE_CHECKING:``. No module imports itself back through others:
+the graph of our modules has no cycle.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("rules", "streams", "alerts")
+PACKAGES = ("rules", "streams", "alerts", "cases")
 SUBPACKAGES = ("streams.api", "streams.cli", "streams.local", "streams.tools")
+WORKER_SUBPACKAGES = ("streams.storage",)  # parts of the worker path, grouped for the reader
 ALERTS_SURFACE = {
     "streams",
     "streams.settings",
@@ -30,7 +36,7 @@ ALERTS_SURFACE = {
     "streams.errors",
     "streams.clients",
     "streams.retry",
-    "streams.keys",
+    "streams.storage.keys",
     "streams.telemetry",
     "streams.deadletter",
 }
@@ -47,10 +53,13 @@ ALLOWED = {
     "rules": {"rules"},
     "streams": {"rules", "streams"},
     "alerts": {"alerts"},  # plus ALERTS_SURFACE
-    "streams.api": {"rules", "streams", "streams.api"},
+    "cases": {"rules", "streams", "cases"},
+    "streams.api": {"rules", "streams", "cases", "streams.api"},
     "streams.local": {"streams", "streams.local"},
-    "streams.tools": {"rules", "streams", "streams.local", "streams.tools"},
-    "streams.cli": {"rules", "streams", "streams.api", "streams.local", "streams.tools", "streams.cli", "alerts"},
+    "streams.tools": {"rules", "streams", "cases", "streams.local", "streams.tools"},
+    "streams.cli": {
+        "rules", "streams", "cases", "alerts", "streams.api", "streams.local", "streams.tools", "streams.cli"
+    },
 }
 
 
@@ -110,4 +119,76 @@ def test_the_check_catches_a_wrong_way_import(tmp_path: Path) -> None:
 def test_every_package_is_a_known_layer() -> None:
     for path in (ROOT / "streams").iterdir():
         if path.is_dir() and (path / "__init__.py").exists():
-            assert f"streams.{path.name}" in SUBPACKAGES, f"new package streams/{path.name}: give it a layer here"
+            name = f"streams.{path.name}"
+            assert name in SUBPACKAGES + WORKER_SUBPACKAGES, f"new package streams/{path.name}: give it a layer here"
+
+
+MAX_WORKER_MODULES = 18
+
+
+def test_the_worker_path_fits_in_a_glance() -> None:
+    """``streams/`` holds the worker path and nothing else; past this many modules in one
+    folder a newcomer stops reading it: group them (as ``streams/storage`` does)."""
+    modules = [path.name for path in (ROOT / "streams").glob("*.py") if path.name != "__init__.py"]
+    assert len(modules) <= MAX_WORKER_MODULES, sorted(modules)
+
+
+def module_graph() -> dict[str, set[str]]:
+    """Our modules and the modules of ours each imports (a package import counts as its
+    ``__init__``, which is where such an import lands)."""
+    graph: dict[str, set[str]] = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            graph[module_name(path)] = set()
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            importer = module_name(path)
+            graph[importer] = {name for name in our_imports(path) if name in graph and name != importer}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected component of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph[node]):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_cycle() -> None:
+    """Counting imports under ``TYPE_CHECKING`` and inside functions: a cycle means two
+    modules that can only be understood together."""
+    assert cycles(module_graph()) == []
+
+
+def test_the_cycle_check_catches_a_cycle() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert cycles(graph) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []

@@ -165,15 +165,15 @@ def test_the_real_data_set(tmp_path: Path) -> None:
 
 
 def test_the_shipped_state_dictionary_earns_its_place_on_customers_it_never_saw() -> None:
-    """The dictionary in ``streams/zdict`` was trained on half the Berka customers
+    """The dictionary in ``streams/storage/zdict`` was trained on half the Berka customers
     (``streams.tools.statedict``); on the states of the other half, as today's code writes
     them, it must still make blobs clearly smaller than no dictionary does."""
     import zlib
 
     import zstandard
 
-    from streams.codec import WRITE_DICTIONARY, ZSTD_LEVEL, dictionaries
     from streams.settings import Settings
+    from streams.storage.codec import WRITE_DICTIONARY, ZSTD_LEVEL, dictionaries
     from streams.tools.statedict import sample_states
 
     settings = Settings(bank_tz="Asia/Shanghai")

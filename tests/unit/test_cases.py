@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from streams.cases import (
+from cases.store import (
     Actor,
     Assign,
     Case,

@@ -1,4 +1,4 @@
-"""The stored form of a state (``streams.codec``): format 2 round trips exactly, and the
+"""The stored form of a state (``streams.storage.codec``): format 2 round trips exactly, and the
 states that format 1 wrote (``data/state-v1``: written by the codec before format 2,
 from ``events.jsonl``) still read, as the same state."""
 
@@ -29,7 +29,7 @@ from rules.state import (
     kind_of_flags,
     record_kind,
 )
-from streams.codec import _age, _money, _time, _unage, _unmoney, _untime, decode_state, encode_state
+from streams.storage.codec import _age, _money, _time, _unage, _unmoney, _untime, decode_state, encode_state
 
 V1 = Path(__file__).with_name("data") / "state-v1"
 ZONE = ZoneInfo("Asia/Shanghai")

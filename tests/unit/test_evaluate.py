@@ -6,7 +6,7 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any
 
-from streams.cases import RulePrecision
+from cases.store import RulePrecision
 from streams.tools.evaluate import duration, evaluate, low_precision, render
 
 ZONE = dt.timezone(dt.timedelta(hours=8))

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from rules import engine, metrics, money
 from rules.events import TransactionEvent
 from rules.state import CustomerState, StateConfig, apply_transaction
-from streams import snapshot
+from streams.storage import snapshot
 
 
 def half_up_reference(value: Decimal, places: int) -> str:
@@ -40,7 +40,7 @@ def test_money_matches_the_reference(value: Decimal) -> None:
 
 
 def test_every_layer_shows_amounts_through_the_one_function() -> None:
-    """Findings' evidence (rules.engine), state rows (streams.snapshot) and the shown
+    """Findings' evidence (rules.engine), state rows (streams.storage.snapshot) and the shown
     metrics (rules.metrics.present) all round the same way."""
     assert engine.money is money.money
     assert snapshot.money is money.money

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from streams.api import params
-from streams.snapshot import parse_as_of
+from streams.storage.snapshot import parse_as_of
 
 
 @pytest.mark.parametrize("text", ["0", "1", "1000", "0001"])

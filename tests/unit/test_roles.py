@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from cases.store import Actor
 from streams.api.roles import identify, principals
-from streams.cases import Actor
 from streams.settings import ApiToken, Settings
 
 

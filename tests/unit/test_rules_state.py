@@ -32,7 +32,7 @@ from rules.state import (
     local_day_hour,
     to_us,
 )
-from streams.codec import decode_state, encode_state
+from streams.storage.codec import decode_state, encode_state
 from tests.reference import reference_state
 from tests.strategies import event_sequences_for_cap, histories
 

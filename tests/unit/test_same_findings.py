@@ -6,7 +6,7 @@ topic in its own fixed order. A delivery interleaves the two topics in any way t
 each topic's order, within the documented lateness bound (``docs/findings.md``: a LoanEvent
 may run any distance ahead of the customer's transactions, and up to
 ``RulesConfig.loan_lateness_days`` behind them), cuts it into batches at any points, and
-restarts the worker between batches (the state goes through ``streams.codec`` as it does
+restarts the worker between batches (the state goes through ``streams.storage.codec`` as it does
 through Redis). The findings are the outbox entries of ``streams.rulestep.rules_step``, the
 step the worker runs, compared byte for byte after sorting.
 """
@@ -24,8 +24,8 @@ from rules.config import RulesConfig
 from rules.events import Event, LoanEvent, TransactionEvent
 from rules.state import CustomerState, StateConfig, to_us
 from streams import telemetry
-from streams.codec import decode_state, encode_state
 from streams.rulestep import RulesProvider, rules_step
+from streams.storage.codec import decode_state, encode_state
 
 ZONE = ZoneInfo("Asia/Shanghai")
 CONFIG = StateConfig(ZONE)

@@ -1,4 +1,4 @@
-"""``streams.snapshot.rows``: one state that cannot be evaluated never fails everyone's snapshot."""
+"""``streams.storage.snapshot.rows``: one state that cannot be evaluated never fails everyone's snapshot."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 from rules.events import TransactionEvent
 from rules.state import CustomerState, StateConfig, apply_transaction, to_us
 from streams.settings import Settings
-from streams.snapshot import rows
+from streams.storage.snapshot import rows
 
 CONFIG = StateConfig(ZoneInfo("Asia/Shanghai"))
 

@@ -41,7 +41,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -49,8 +49,8 @@ import orjson
 import redis.asyncio as aioredis
 
 from streams import telemetry
-from streams.keys import Keys
 from streams.settings import NAME_PATTERN, Role
+from streams.storage.keys import Keys
 
 log = logging.getLogger(__name__)
 
@@ -803,7 +803,7 @@ class CaseStore:
                 )
             )
         rows.sort(key=lambda row: row.rule)
-        telemetry.record_rule_precision(rows)
+        record_rule_precision(rows)
         return rows
 
     async def status_counts(self) -> dict[str, int]:
@@ -893,3 +893,16 @@ class CaseStore:
                 holder = detail.decode() if isinstance(detail, bytes) else str(detail)
                 raise Refused(409, f"case {holder} is already open for this customer and category")
         raise Refused(409, f"case {case_id} keeps changing; try again")
+
+
+def record_rule_precision(rows: Iterable[RulePrecision]) -> None:
+    """Per-rule outcome gauges (labels: the rule only, never a customer)."""
+    nan = float("nan")
+    for row in rows:
+        telemetry.RULE_PRECISION.labels(row.rule).set(row.precision if row.precision is not None else nan)
+        telemetry.RULE_RESOLVED.labels(row.rule).set(row.resolved)
+        telemetry.RULE_CONFIRMED.labels(row.rule).set(row.confirmed)
+        telemetry.RULE_CASES.labels(row.rule).set(row.cases)
+        first, resolution = row.median_first_action_seconds, row.median_resolution_seconds
+        telemetry.RULE_FIRST_ACTION.labels(row.rule).set(first if first is not None else nan)
+        telemetry.RULE_RESOLUTION.labels(row.rule).set(resolution if resolution is not None else nan)

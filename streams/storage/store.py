@@ -9,7 +9,7 @@ Lua script that, for each customer of the batch, in one atomic step
 2. writes the new state (which carries the applied txn_ids, so the
    idempotency record and the state can never disagree), or, on most commits,
    appends the batch's records to the customer's changelog, which a load
-   replays (``streams.changelog``);
+   replays (``streams.storage.changelog``);
 3. appends the batch's findings to the customer's outbox and recent-alerts list;
 4. adds what the customer's applied events and findings add to the 看板's
    bank-level cells (``rules.board``): exactly-once with the state.
@@ -45,11 +45,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from rules.board import BoardDelta
 from rules.state import CustomerState, StateConfig
 from streams import telemetry
-from streams.changelog import FixedRules, Rulebook, Step, plain_step, replay
-from streams.codec import decode_state, encode_states
 from streams.errors import TransientError
-from streams.keys import BOARD, Keys, board_shard
 from streams.settings import Settings, state_config
+from streams.storage.changelog import FixedRules, Rulebook, Step, plain_step, replay
+from streams.storage.codec import decode_state, encode_states
+from streams.storage.keys import BOARD, Keys, board_shard
 
 log = logging.getLogger(__name__)
 

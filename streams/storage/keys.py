@@ -12,8 +12,8 @@ holds no ``}``, and no ordinary id starts with ``{``, so the encoding is one-to-
 
 | key | type | what |
 | --- | --- | --- |
-| ``{p}:{C}:state`` | string | ``version:bucket:blob``: the full state as last written (``streams.codec``) |
-| ``{p}:{C}:log`` | list | records committed since that state (``streams.changelog``): version = state's + length |
+| ``{p}:{C}:state`` | string | ``version:bucket:blob``: the full state as last written (``streams.storage.codec``) |
+| ``{p}:{C}:log`` | list | records since that state (``streams.storage.changelog``): version = state's + length |
 | ``{p}:{C}:outbox`` | list | findings committed with the state, not yet confirmed published |
 | ``{p}:{C}:alerts`` | list | the customer's recent findings (newest first, capped), for the API |
 | ``{p}:stats`` | hash | pipeline counters (processed, duplicates, dead letters by reason) |
@@ -32,7 +32,7 @@ holds no ``}``, and no ordinary id starts with ``{``, so the encoding is one-to-
 | ``{p}:{S}:board:net:{day}`` | sorted set | customer -> net outflow of that local day (cents) |
 | ``{p}:{S}:board:kept_from`` | string | the first day the shard still keeps (``streams.board.prune``) |
 | ``{p}:board:shards`` | set | on Redis Cluster: the 看板 shards written (``S`` values) |
-| ``{p}:{cases}:case:{N}`` | hash | case N (``streams.cases``): status, assignee, outcome, ``v`` = version |
+| ``{p}:{cases}:case:{N}`` | hash | case N (``cases.store``): status, assignee, outcome, ``v`` = version |
 | ``{p}:{cases}:case:{N}:audit`` | list | case N's append-only audit trail (JSON entries, oldest first) |
 | ``{p}:{cases}:case:{N}:findings`` | list | the findings that opened or joined case N (JSON, oldest first) |
 | ``{p}:{cases}:seq`` | string | the last case number given out |
@@ -189,5 +189,5 @@ class Keys:
 
     @property
     def cases(self) -> str:
-        """The common head of every case key (``streams.cases`` builds the rest)."""
+        """The common head of every case key (``cases.store`` builds the rest)."""
         return f"{self.prefix}:{{cases}}"

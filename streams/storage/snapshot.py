@@ -26,7 +26,7 @@ from rules.money import money
 from rules.state import CustomerState, from_us, latest_loans, to_us
 from streams.decode import LATEST_SUPPORTED_US
 from streams.settings import Settings, rates, state_config, thresholds
-from streams.store import StateStore
+from streams.storage.store import StateStore
 
 log = logging.getLogger(__name__)
 

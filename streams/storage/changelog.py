@@ -19,7 +19,7 @@ snapshot``) replay the same way, learning the rules from Redis
 An entry is ``rules-fingerprint\\n`` and then per record a header line
 ``topic partition offset timestamp key-length value-length\\n`` followed by the key and
 the value bytes (the commit script puts the customer's 归集率 bucket and a newline in
-front: ``streams.store``).
+front: ``streams.storage.store``).
 """
 
 from __future__ import annotations
