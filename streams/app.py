@@ -20,22 +20,24 @@ no-op for state (txn_ids), its findings are re-sent from the outbox.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import os
-import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import faust
+import redis.asyncio as aioredis
 from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
-from faust.worker import Worker
+from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from rules.state import CustomerState
-from streams import board, patches, stopping, telemetry
+from streams import board, patches, telemetry
 from streams.batcher import Batcher, drain
 from streams.clients import connect
 from streams.deadletter import RawRecord
@@ -47,7 +49,7 @@ from streams.rulestep import build_step
 from streams.settings import Settings, rates, state_config, thresholds
 from streams.storage.keys import Keys
 from streams.storage.store import StateStore
-from streams.tiers import TierBook
+from streams.tiers import Committed, TierBook
 from streams.topics import INPUT_TOPICS
 
 log = logging.getLogger(__name__)
@@ -117,56 +119,29 @@ def tune_gc(settings: Settings) -> None:
     """A worker's heap is mostly long-lived (its cache of customer states: ~27 tracked
     objects each) and every event allocates a few dozen short-lived ones in Faust and in
     the rules. With CPython's default thresholds (700, 10, 10) the young collections
-    alone cost ~9 µs per event, and every full collection walks the whole cache (150 ms
-    per 30,000 cached customers). Objects alive once the app is built are frozen (never
-    scanned again) and collections run far less often: reference counting frees almost
-    everything; the collector is only there for cycles.
+    alone are a measurable cost per event, and every full collection walks the whole
+    cache. Objects alive once the app is built are frozen (never scanned again) and
+    collections run far less often: reference counting frees almost everything; the
+    collector is only there for cycles.
 
     But what survives (a state's event records, lots, remembered ids: ~1.5 tracked objects
     per event) is scanned once in a young collection, and a collection is one pause of the
-    event loop, so its size is latency: at (50000, 20, 100) a young collection paused the
-    worker ~70-90 ms of CPU every ~37,000 events, and a middle one (every 20 of them) walks
-    everything that survived since, ~0.5 s. (10000, 2, 1000) bounds both to ~25-40 ms (at
-    80% load the backlog a pause leaves takes four times the pause to drain) for ~1 µs more
-    per event; the whole heap is walked every ~20 M allocations."""
+    event loop, so its size is latency: with much larger young generations a young
+    collection paused the worker for tens of ms, and a middle one, which walks everything
+    that survived since, for about half a second. (10000, 2, 1000) bounds both to a few
+    tens of ms (under load the backlog a pause leaves takes several times the pause to
+    drain) for a little more CPU per event. Every figure: docs/performance.md,
+    "Garbage-collector thresholds"."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(*settings.gc_threshold)
-
-
-class StoppingWorker(Worker):
-    """Faust's worker, stopping within ``stopping.GRACE_SECONDS`` of SIGINT / SIGTERM.
-
-    ``mode.Worker`` answers a signal by awaiting ``Service.stop`` of the whole app; with
-    the broker gone that stop waits on the consumer, which keeps asking for a group
-    coordinator, and SIGTERM was ignored for as long as the broker stayed away. Here the
-    signal also arms ``streams.stopping``'s watchdog, which exits (status 0) if Faust's
-    orderly stop has not finished in time.
-
-    No start-up spinner: to turn it for every log message, Faust's worker sets the root
-    logger to DEBUG and adds a handler that takes everything, for the life of the process,
-    whatever ``--loglevel`` says; then every ``log.debug`` in aiokafka, Faust and mode
-    (several per fetch and per produce) builds a record that no one shows, ~7% of a worker's
-    CPU at half load (py-spy). Without it, the root logger stays at ``--loglevel``."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.spinner = None
-
-    def _on_sigint(self) -> None:
-        stopping.begin(signal.SIGINT)
-        super()._on_sigint()
-
-    def _on_sigterm(self) -> None:
-        stopping.begin(signal.SIGTERM)
-        super()._on_sigterm()
 
 
 def run_faust_worker(app: faust.App, settings: Settings, loglevel: str) -> None:
     """Run ``app`` in this process as a Faust worker, the garbage collector tuned once it
     is built: FundFlow's worker and the do-nothing agent of ``make bench`` both start here,
     so the floor the benchmark compares against runs with the same process settings."""
-    worker = StoppingWorker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker = patches.StoppingWorker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     tune_gc(settings)
     worker.execute_from_commandline()
 
@@ -303,124 +278,199 @@ class BatchReader:
             raise
 
 
+@dataclass(frozen=True, eq=False)  # (one worker's: compared and hashed as itself)
+class WorkerParts:
+    """What one worker is made of (``build_parts``): the timers and pages below take it, and
+    tests reach it with ``parts_of(app)``."""
+
+    app: faust.App
+    settings: Settings
+    bootstrap: str
+    redis: aioredis.Redis
+    keys: Keys
+    store: StateStore
+    processor: BatchProcessor
+    tiers: TierBook
+    reader: BatchReader
+
+
+def build_parts(
+    app: faust.App, settings: Settings, bootstrap: str, redis_url: str, step: Step | None, emitter: Emitter | None
+) -> WorkerParts:
+    """The worker's Redis client, state store, batch processor, live tiers and batch reader
+    (which registers the input channel and the drain task with ``app``)."""
+    # redis-py connects on first use, inside the worker's event loop
+    redis = connect(redis_url, settings.redis_cluster)
+    keys = Keys(settings.key_prefix)
+    store = StateStore(redis, keys, compress=settings.compress_state, config=state_config(settings))
+    committed = Committed()  # the processor tells it its commits; the tier book refreshes from it
+    processor = BatchProcessor(
+        store,
+        build_step(settings) if step is None else step,
+        emitter or FaustEmitter(app),
+        max_event_bytes=settings.max_event_bytes,
+        bounds=TimeBounds(settings.event_time_earliest, settings.event_time_max_skew_seconds),
+        currency=settings.currency,
+        cache_size=settings.cache_customers,
+        retry_initial=settings.retry_initial_seconds,
+        retry_max=settings.retry_max_seconds,
+        stalled_after_seconds=settings.stalled_after_seconds,
+        on_commit=_with_crash_hook(committed.add, settings.crash_after_commits),
+        should_stop=lambda: bool(app.should_stop),
+        zone=settings.zone,
+        snapshot_every=settings.snapshot_every,
+    )
+    tiers = TierBook(
+        redis, keys, state_config(settings), thresholds(settings), rates(settings), processor.cached_state, committed
+    )
+    reader = BatchReader(app, settings, functools.partial(complete_batch, app, processor), processor.prepare)
+    return WorkerParts(app, settings, bootstrap, redis, keys, store, processor, tiers, reader)
+
+
+_PARTS = "_fundflow_parts"
+
+
+def parts_of(app: faust.App) -> WorkerParts:
+    """The parts of a worker app ``create_app`` built."""
+    parts = getattr(app, _PARTS, None)
+    if not isinstance(parts, WorkerParts):
+        raise TypeError(f"{app!r} was not built by streams.app.create_app")
+    return parts
+
+
 def create_app(
     settings: Settings, bootstrap: str, redis_url: str, step: Step | None = None, emitter: Emitter | None = None
 ) -> faust.App:
     """The Faust app of one worker. ``step`` defaults to ``streams.rulestep.build_step``
     (findings never carry the live tier: docs/findings.md); tests pass their own step and emitter."""
     app = faust_app(settings, bootstrap)
-    # redis-py connects on first use, inside the worker's event loop
-    redis = connect(redis_url, settings.redis_cluster)
-    keys = Keys(settings.key_prefix)
-    tiers = TierBook(redis, keys, state_config(settings), thresholds(settings), rates(settings))
-    if step is None:
-        step = build_step(settings)
-    processor = BatchProcessor(
-        StateStore(redis, keys, compress=settings.compress_state, config=state_config(settings)),
-        step,
-        emitter or FaustEmitter(app),
-        max_event_bytes=settings.max_event_bytes,
-        bounds=TimeBounds(settings.event_time_earliest, settings.event_time_max_skew_seconds),
-        cache_size=settings.cache_customers,
-        retry_initial=settings.retry_initial_seconds,
-        retry_max=settings.retry_max_seconds,
-        stalled_after_seconds=settings.stalled_after_seconds,
-        on_commit=_with_crash_hook(tiers.changed, settings.crash_after_commits),
-        should_stop=lambda: bool(app.should_stop),
-        zone=settings.zone,
-        snapshot_every=settings.snapshot_every,
-    )
-    tiers.state_of = processor.cached_state
     patches.drop_faust_pages(app)  # the web port serves /healthz, /readyz and /metrics only
-    app.fundflow_tiers = tiers  # type: ignore[attr-defined]
-    app.fundflow_processor = processor  # type: ignore[attr-defined]
-
-    async def complete(prepared: Prepared) -> None:
-        try:
-            await processor.complete(prepared)
-            telemetry.BATCH_SECONDS.observe(time.perf_counter() - prepared.started)
-        except Abandoned:
-            # stopping mid-outage: nothing of this batch (or buffered after it) is acked, so
-            # all of it is redelivered; without this Faust waits for the acks (stream_wait_empty)
-            given_back = patches.give_back_unacked(app.consumer)
-            log.warning("stopping: %d unprocessed records given back for redelivery", given_back)
-            raise
-
-    app.fundflow_reader = BatchReader(app, settings, complete, processor.prepare)  # type: ignore[attr-defined]
-
-    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust's stub wants keyword `signal`
-    async def _revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
-        processor.forget_all()
-
-    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
-    async def _assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
-        processor.forget_all()
-
-    @app.page("/metrics")
-    async def _metrics(web: Any, request: Any) -> Any:
-        """Prometheus exposition of everything declared in streams.telemetry."""
-
-        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
-
-    @app.page("/healthz")
-    async def _healthz(web: Any, request: Any) -> Any:
-        return web.json({"status": "ok", "checks": {}})
-
-    @app.page("/readyz")
-    async def _readyz(web: Any, request: Any) -> Any:
-        """Kafka and Redis reachable, and no input partition stalled (503 and which, if
-        not): an outage shows here and in fundflow_dependency_up while the agent waits and
-        retries, a batch retried for FUNDFLOW_STALLED_AFTER_SECONDS also in
-        fundflow_partition_stalled."""
-        ready, checks = await readiness(redis, bootstrap)
-        stalled = processor.stalled_partitions()
-        checks["progress"] = f"stalled: {', '.join(stalled)}" if stalled else "ok"
-        ready = ready and not stalled
-        return web.json({"status": "ready" if ready else "not_ready", "checks": checks}, status=200 if ready else 503)
-
-    @app.timer(5.0)  # type: ignore[untyped-decorator]
-    async def _check_dependencies() -> None:
-        await readiness(redis, bootstrap)
-        processor.stalled_partitions()  # (keeps fundflow_partition_stalled current between retries)
-
-    @app.timer(5.0)  # type: ignore[untyped-decorator]
-    async def _report_lag() -> None:
-        """fundflow_consumer_lag: high watermark minus committed offset, per owned input partition."""
-        consumer: Any = app.consumer
-        for tp in consumer.assignment():
-            if tp.topic not in INPUT_TOPICS:
-                continue
-            high = patches.highwater(consumer, tp)
-            committed = patches.committed_offset(consumer, tp)
-            if high is not None:
-                telemetry.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(high - (committed or 0), 0))
-
-    @app.timer(settings.tier_refresh_seconds)  # type: ignore[untyped-decorator]
-    async def _refresh_tiers() -> None:
-        try:
-            count = await tiers.refresh(within=settings.tier_refresh_seconds / 2)
-        except Exception as exc:  # tiers are a view; never stop the stream for them
-            log.warning("live tiers not refreshed: %s", exc)
-        else:
-            log.debug("live tiers refreshed for %d customers", count)
-
-    @app.timer(1.0)  # type: ignore[untyped-decorator]
-    async def _fold_quiet() -> None:
-        """Customers whose changelog went quiet get their full state written, their log dropped."""
-        folded = await processor.fold(settings.fold_after_seconds)
-        if folded:
-            log.debug("folded %d changelogs into full states", folded)
-
-    @app.timer(BOARD_PRUNE_SECONDS)  # type: ignore[untyped-decorator]
-    async def _prune_board() -> None:
-        """The 看板 keeps ``board_days_kept`` days before its latest event (every worker
-        prunes; deleting a day twice is harmless)."""
-        try:
-            dropped = await board.prune(redis, keys, settings.zone, settings.board_days_kept, settings.redis_cluster)
-        except Exception as exc:  # a view: never stop the stream for it
-            log.warning("看板 days not pruned: %s", exc)
-        else:
-            if dropped:
-                log.info("看板: dropped %d day keys older than %d days", dropped, settings.board_days_kept)
-
+    parts = build_parts(app, settings, bootstrap, redis_url, step, emitter)
+    setattr(app, _PARTS, parts)
+    for rebalance in (app.on_partitions_revoked, app.on_partitions_assigned):
+        rebalance.connect(functools.partial(forget_cached_states, parts))
+    for path, page in PAGES.items():
+        _serve(app, path, page, parts)
+    for seconds, timer in timers(settings):
+        # a partial takes no argument, so Faust calls it without the app
+        app.timer(seconds, name=f"{__name__}.{timer.__name__}")(functools.partial(timer, parts))
     return app
+
+
+async def complete_batch(app: faust.App, processor: BatchProcessor, prepared: Prepared) -> None:
+    """A prepared batch's effects (``BatchReader``'s ``complete``), timed."""
+    try:
+        await processor.complete(prepared)
+        telemetry.BATCH_SECONDS.observe(time.perf_counter() - prepared.started)
+    except Abandoned:
+        # stopping mid-outage: nothing of this batch (or buffered after it) is acked, so
+        # all of it is redelivered; without this Faust waits for the acks (stream_wait_empty)
+        given_back = patches.give_back_unacked(app.consumer)
+        log.warning("stopping: %d unprocessed records given back for redelivery", given_back)
+        raise
+
+
+async def forget_cached_states(parts: WorkerParts, sender: Any, *args: Any, **kwargs: Any) -> None:
+    """On a rebalance (partitions revoked or assigned): Redis is the truth."""
+    parts.processor.forget_all()
+
+
+# The worker's web pages: each takes the parts, Faust's view (``web``) and the request.
+Page = Callable[[WorkerParts, View, Request], Awaitable[Response]]
+
+
+async def serve_metrics(parts: WorkerParts, web: View, request: Request) -> Response:
+    """Prometheus exposition of everything declared in streams.telemetry."""
+    return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+
+async def serve_healthz(parts: WorkerParts, web: View, request: Request) -> Response:
+    return web.json({"status": "ok", "checks": {}})
+
+
+async def serve_readyz(parts: WorkerParts, web: View, request: Request) -> Response:
+    """Kafka and Redis reachable, and no input partition stalled (503 and which, if
+    not): an outage shows here and in fundflow_dependency_up while the agent waits and
+    retries, a batch retried for FUNDFLOW_STALLED_AFTER_SECONDS also in
+    fundflow_partition_stalled."""
+    ready, checks = await readiness(parts.redis, parts.bootstrap)
+    stalled = parts.processor.stalled_partitions()
+    checks["progress"] = f"stalled: {', '.join(stalled)}" if stalled else "ok"
+    ready = ready and not stalled
+    return web.json({"status": "ready" if ready else "not_ready", "checks": checks}, status=200 if ready else 503)
+
+
+PAGES: dict[str, Page] = {"/metrics": serve_metrics, "/healthz": serve_healthz, "/readyz": serve_readyz}
+
+
+def _serve(app: faust.App, path: str, page: Page, parts: WorkerParts) -> None:
+    """Serve ``page`` at ``path`` (a Faust view, named after the page)."""
+
+    async def get(web: View, request: Request) -> Response:
+        return await page(parts, web, request)
+
+    get.__name__, get.__doc__ = page.__name__, page.__doc__
+    app.page(path)(get)
+
+
+# The worker's timers: each takes the parts.
+Timer = Callable[[WorkerParts], Awaitable[None]]
+
+
+async def check_dependencies(parts: WorkerParts) -> None:
+    await readiness(parts.redis, parts.bootstrap)
+    parts.processor.stalled_partitions()  # (keeps fundflow_partition_stalled current between retries)
+
+
+async def report_lag(parts: WorkerParts) -> None:
+    """fundflow_consumer_lag: high watermark minus committed offset, per owned input partition."""
+    consumer: Any = parts.app.consumer
+    for tp in consumer.assignment():
+        if tp.topic not in INPUT_TOPICS:
+            continue
+        high = patches.highwater(consumer, tp)
+        committed = patches.committed_offset(consumer, tp)
+        if high is not None:
+            telemetry.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(high - (committed or 0), 0))
+
+
+async def refresh_tiers(parts: WorkerParts) -> None:
+    seconds = parts.settings.tier_refresh_seconds
+    try:
+        count = await parts.tiers.refresh(within=seconds / 2)
+    except Exception as exc:  # tiers are a view; never stop the stream for them
+        log.warning("live tiers not refreshed: %s", exc)
+    else:
+        log.debug("live tiers refreshed for %d customers", count)
+
+
+async def fold_quiet(parts: WorkerParts) -> None:
+    """Customers whose changelog went quiet get their full state written, their log dropped."""
+    folded = await parts.processor.fold(parts.settings.fold_after_seconds)
+    if folded:
+        log.debug("folded %d changelogs into full states", folded)
+
+
+async def prune_board(parts: WorkerParts) -> None:
+    """The 看板 keeps ``board_days_kept`` days before its latest event (every worker
+    prunes; deleting a day twice is harmless)."""
+    settings = parts.settings
+    days = settings.board_days_kept
+    try:
+        dropped = await board.prune(parts.redis, parts.keys, settings.zone, days, settings.redis_cluster)
+    except Exception as exc:  # a view: never stop the stream for it
+        log.warning("看板 days not pruned: %s", exc)
+    else:
+        if dropped:
+            log.info("看板: dropped %d day keys older than %d days", dropped, days)
+
+
+def timers(settings: Settings) -> list[tuple[float, Timer]]:
+    """Every timer of a worker, with its interval in seconds."""
+    return [
+        (5.0, check_dependencies),
+        (5.0, report_lag),
+        (settings.tier_refresh_seconds, refresh_tiers),
+        (1.0, fold_quiet),
+        (BOARD_PRUNE_SECONDS, prune_board),
+    ]

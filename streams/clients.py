@@ -1,6 +1,6 @@
 """The Kafka and Redis clients of every process: TLS/SASL from ``FUNDFLOW_KAFKA_*``,
 topic creation, the producer the tools and the relay use, and the Redis client
-(one server or a cluster) with commands packed by hiredis.
+(one server or a cluster) with commands packed by hiredis (``streams.patches``).
 
 What goes wrong here: a broker that does not answer (``ConfigError`` naming it, never a
 hang: every call has a timeout), or a topic another worker creates at the same moment
@@ -15,15 +15,14 @@ import time
 from collections.abc import Mapping
 from typing import Any, cast
 
-import hiredis
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import DataError
 
+from streams import patches
 from streams.errors import ConfigError
 from streams.settings import Settings
 
@@ -92,26 +91,6 @@ async def start_producer(settings: Settings, bootstrap: str) -> AIOKafkaProducer
     return producer
 
 
-class _HiredisPacking:
-    """redis-py's asyncio connections pack every command in Python, argument by argument
-    (its sync client uses hiredis when installed); a commit call has thousands of
-    arguments, so pack them in C, as ``redis.connection.HiredisRespSerializer`` does."""
-
-    def pack_command(self, *args: Any) -> list[bytes]:
-        if isinstance(args[0], str):
-            args = tuple(args[0].encode().split()) + args[1:]
-        elif b" " in args[0]:
-            args = tuple(args[0].split()) + args[1:]
-        try:
-            return [hiredis.pack_command(args)]
-        except TypeError:  # a bytearray (hiredis takes str, int, float, bytes, memoryview): copy, once
-            plain: Any = tuple(bytes(a) if isinstance(a, (bytearray, memoryview)) else a for a in args)
-            try:
-                return [hiredis.pack_command(plain)]
-            except TypeError as exc:
-                raise DataError(str(exc)) from None
-
-
 def connect(url: str, cluster: bool = False) -> aioredis.Redis:
     """A client for ``url``: one Redis, or with ``cluster`` (``FUNDFLOW_REDIS_CLUSTER``) a
     Redis Cluster client that finds the other nodes from this one and routes every
@@ -125,7 +104,5 @@ def connect(url: str, cluster: bool = False) -> aioredis.Redis:
     client = aioredis.Redis.from_url(
         url, decode_responses=False, socket_timeout=5, socket_connect_timeout=5, health_check_interval=10
     )
-    pool = client.connection_pool
-    base = pool.connection_class  # plain, TLS or unix socket, by the URL
-    pool.connection_class = type(f"Hiredis{base.__name__}", (_HiredisPacking, base), {})
+    patches.pack_commands_in_c(client)
     return client

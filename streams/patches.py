@@ -12,6 +12,10 @@ cannot silently undo it (and bring back 1.5 s latencies or per-record tasks).
    into FundFlow's batcher, with no stream and no event object per record.
 5. ``drop_faust_pages``: Faust's web server serves none of its own pages, only ours.
 6. ``give_back_unacked``: lets a stopping worker leave records unprocessed (no public way).
+7. ``pack_commands_in_c``: redis-py's asyncio connections pack commands with hiredis, each
+   argument handed to it as it is.
+8. ``StoppingWorker``: Faust's worker, with mode's signal handlers arming
+   ``streams.stopping``'s watchdog, and no start-up spinner.
 
 ## 1. Fast drain
 Faust hands every record it fetched to the streams through one call per record:
@@ -23,7 +27,8 @@ a delivery blocked on a full stream buffer. ``mode``'s ``Service.wait_first`` ma
 four tasks per record (the delivery, the flow flag, the service's stopped and crashed
 flags), waits for the first, and cancels three. A delivery almost never blocks: the
 buffer has room, the callback finishes without suspending, and the tasks are pure cost
-(a profile of a worker at 2,200 events/s: 13% of its main thread).
+(a large share of a loaded worker's main thread: docs/performance.md, "Faust's delivery:
+four tasks per record").
 
 ``install_fast_drain()`` gives Faust's consumer a ``wait_first`` that, when no flag is set, runs the
 delivery inline; if it finishes without suspending, that is the answer ``wait_first``
@@ -33,15 +38,21 @@ goes to the original ``wait_first`` unchanged, so a rebalance interrupts it as b
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Coroutine, Generator, Sequence
 from typing import Any
 
 import faust
+import hiredis
+import redis.asyncio as aioredis
 from faust.exceptions import ConsumerNotStarted
 from faust.transport.consumer import Consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.worker import Worker
 from mode.services import WaitResults
+from redis.exceptions import DataError
 
+from streams import stopping
 from streams.batcher import Batcher
 
 _INSTALLED = "__fundflow_fast__"
@@ -249,3 +260,69 @@ def give_back_unacked(consumer: Any) -> int:
     count = len(unacked)
     unacked.clear()
     return count
+
+
+class HiredisPacking:
+    """A redis-py asyncio connection that packs every command in one hiredis call. A commit
+    call has thousands of arguments; redis-py packs them in Python, or with hiredis installed
+    through ``redis.connection.HiredisRespSerializer``, which first copies every argument
+    through its encoder in a Python generator, and packs in Python whenever one argument is
+    a ``memoryview``. Here the arguments go to hiredis as they are (it takes str, int,
+    float, bytes and memoryview); only a ``bytearray``, which it refuses, is copied, and
+    then once. The command name is split as ``HiredisRespSerializer`` splits it."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        if isinstance(args[0], str):
+            args = tuple(args[0].encode().split()) + args[1:]
+        elif b" " in args[0]:
+            args = tuple(args[0].split()) + args[1:]
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError:  # a bytearray (hiredis takes str, int, float, bytes, memoryview): copy, once
+            plain: Any = tuple(bytes(a) if isinstance(a, (bytearray, memoryview)) else a for a in args)
+            try:
+                return [hiredis.pack_command(plain)]
+            except TypeError as exc:
+                raise DataError(str(exc)) from None
+
+
+def pack_commands_in_c(client: aioredis.Redis) -> None:
+    """Make the connections ``client``'s pool opens (plain, TLS or unix socket, by the URL)
+    pack with ``HiredisPacking``: redis-py's ``ConnectionPool.make_connection`` builds its
+    ``connection_class``, and both a single command (``send_command``) and a pipeline
+    (``pack_commands``) go through the connection's ``pack_command``."""
+    pool = client.connection_pool
+    base = pool.connection_class
+    pool.connection_class = type(f"Hiredis{base.__name__}", (HiredisPacking, base), {})
+
+
+class StoppingWorker(Worker):
+    """Faust's worker, stopping within ``stopping.GRACE_SECONDS`` of SIGINT / SIGTERM.
+
+    ``mode.Worker`` answers a signal by awaiting ``Service.stop`` of the whole app; with
+    the broker gone that stop waits on the consumer, which keeps asking for a group
+    coordinator, and SIGTERM was ignored for as long as the broker stayed away. Here the
+    signal also arms ``streams.stopping``'s watchdog, which exits (status 0) if Faust's
+    orderly stop has not finished in time. mode installs ``_on_sigint`` and ``_on_sigterm``
+    as the event loop's signal handlers (``Worker._install_signal_handlers_unix``); there is
+    no public hook.
+
+    No start-up spinner: to turn it for every log message, Faust's worker sets the root
+    logger to DEBUG and adds a handler that takes everything, for the life of the process,
+    whatever ``--loglevel`` says; then every ``log.debug`` in aiokafka, Faust and mode
+    (several per fetch and per produce) builds a record that no one shows, a noticeable
+    share of a worker's CPU (docs/performance.md, "Faust's log spinner"). Faust makes the spinner in ``__init__``
+    and sets up that logging only while ``self.spinner`` is set; without it, the root
+    logger stays at ``--loglevel``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.spinner = None
+
+    def _on_sigint(self) -> None:
+        stopping.begin(signal.SIGINT)
+        super()._on_sigint()
+
+    def _on_sigterm(self) -> None:
+        stopping.begin(signal.SIGTERM)
+        super()._on_sigterm()

@@ -11,7 +11,7 @@ that no longer answers, or a batch retrying a Redis that is down, must not hold 
   (``asyncio.run`` cancels its tasks and their ``finally`` blocks close clients, aiohttp
   closes its site, ``with Stack(...)`` stops its servers).
 * The Faust worker's own signal handlers (``mode.Worker``) call ``begin`` before they
-  start Faust's shutdown (``streams.app``).
+  start Faust's shutdown (``streams.patches.StoppingWorker``).
 * ``begin`` prints the one line ("fundflow worker: stopping on SIGTERM") and arms a
   watchdog: a shutdown still running ``GRACE_SECONDS`` later is cut short, and the
   process exits with status 0 anyway (uncommitted offsets are redelivered to the next

@@ -58,13 +58,13 @@ log = logging.getLogger(__name__)
 Cuts = tuple[Decimal, Decimal, Decimal]
 MOVED_KEPT_SECONDS = 14 * 86400  # a week's set of tier moves outlives its week by one more
 
-# A refresh evaluates every customer changed since the last one (~90 µs each on a 2-vCPU
-# machine: ~6,000 customers after 30 s at 6,000 events/s is half a second). The worker's
-# batches run on the same event loop, so the refresh gives the loop back after each slice
-# of this long: a batch waits at most one slice, never the whole refresh. The worker's
+# A refresh evaluates every customer changed since the last one, which at a bank's rates is
+# a fraction of a second of CPU or more (docs/performance.md, "The live-tier refresh"). The
+# worker's batches run on the same event loop, so the refresh gives the loop back after each
+# slice of this long: a batch waits at most one slice, never the whole refresh. The worker's
 # refresh also spreads its slices over half its interval (``pause_after``): run back to
-# back they took the worker's spare capacity for a second (3,629 customers at 50% load:
-# the committed p99 went from ~100 to ~430 ms while the backlog they left drained).
+# back they took the worker's spare capacity, and the backlog they left raised the
+# committed latency while it drained (same section).
 REFRESH_SLICE_SECONDS = 0.005
 
 
@@ -94,8 +94,33 @@ def interpolate(values_at: dict[int, Decimal], n: int) -> Cuts | None:
     return cuts[0], cuts[1], cuts[2]
 
 
+class Committed:
+    """What a worker committed since the tiers' last refresh: the states to re-evaluate
+    (the processor's ``on_commit`` adds them), and the latest event time among them. Its
+    own object so that the processor can be told of commits before the tier book, which
+    reads the processor's cached states, is built."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, CustomerState] = {}
+        self.watermark_us = 0
+
+    def add(self, states: Iterable[CustomerState]) -> None:
+        for state in states:
+            self.states[state.customer_id] = state
+            last = state.last_us
+            if last is not None and self.watermark_us < last <= LATEST_SUPPORTED_US:
+                self.watermark_us = last
+
+    def take(self) -> dict[str, CustomerState]:
+        """The states added since the last ``take``, forgotten here."""
+        taken, self.states = self.states, {}
+        return taken
+
+
 class TierBook:
-    """The worker's view of live tiers: what it changed, the cut points, tier lookups."""
+    """The worker's view of live tiers: what it changed, the cut points, tier lookups.
+    ``state_of`` finds the state of a customer the book has not evaluated (the worker's
+    cached state); ``committed`` is where the worker's commits arrive."""
 
     def __init__(
         self,
@@ -105,6 +130,7 @@ class TierBook:
         thresholds: SegmentThresholds,
         rates: ContributionRates,
         state_of: Callable[[str], CustomerState | None] = lambda cid: None,
+        committed: Committed | None = None,
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -112,10 +138,9 @@ class TierBook:
         self.thresholds = thresholds
         self.rates = rates
         self.state_of = state_of
-        self.dirty: dict[str, CustomerState] = {}
+        self.committed = committed if committed is not None else Committed()
         self.known: dict[str, Decimal] = {}
         self.cuts: Cuts | None = None
-        self.watermark_us = 0
 
     def contribution_of(self, state: CustomerState, as_of_us: int) -> Decimal:
         metrics = evaluate(state, as_of_us, self.config, self.thresholds)
@@ -123,11 +148,7 @@ class TierBook:
         return to_cent(value)
 
     def changed(self, states: Iterable[CustomerState]) -> None:
-        for state in states:
-            self.dirty[state.customer_id] = state
-            last = state.last_us
-            if last is not None and self.watermark_us < last <= LATEST_SUPPORTED_US:
-                self.watermark_us = last
+        self.committed.add(states)
 
     def tier_of(self, customer_id: str) -> str | None:
         """The customer's tier with the current cut points (None before the first refresh)."""
@@ -138,15 +159,15 @@ class TierBook:
             state = self.state_of(customer_id)
             if state is None or state.last_us is None:
                 return None
-            value = self.contribution_of(state, max(state.last_us, self.watermark_us))
+            value = self.contribution_of(state, max(state.last_us, self.committed.watermark_us))
             self.known[customer_id] = value
         return tier_of(value, self.cuts)
 
     async def refresh(self, within: float = 0.0) -> int:
         """Write the changed customers' contributions, then recompute the cut points. The
         evaluations are spread over ``within`` seconds (0: done as fast as slices allow)."""
-        dirty, self.dirty = self.dirty, {}
-        as_of = self.watermark_us
+        dirty = self.committed.take()
+        as_of = self.committed.watermark_us
         values: dict[str, Decimal] = {}
         failed: list[str] = []
         started = time.perf_counter()

@@ -11,13 +11,13 @@ from decimal import Decimal
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage as Message  # what the consumer hands over
 
-from streams.app import BatchReader, create_app, faust_app, tune_gc
+from streams.app import BatchReader, create_app, faust_app, parts_of, tune_gc
 from streams.deadletter import RawRecord
 from streams.rulestep import build_step
 from streams.settings import Settings
 from streams.storage.codec import decode_state
 from streams.topics import DLQ, TRANSACTIONS
-from tests.fakes import Sink
+from tests.support.fakes import Sink
 
 PRODUCED = 1_704_070_860.0  # the records' Kafka timestamp: a minute after the event time
 
@@ -29,8 +29,7 @@ async def test_records_through_faust_conductor_are_applied_dead_lettered_and_ack
     settings = Settings(key_prefix="ffagent")
     sink = Sink()
     app = create_app(settings, "127.0.0.1:1", redis_url, build_step(settings), emitter=sink)
-    reader = app.fundflow_reader  # type: ignore[attr-defined]
-    processor = app.fundflow_processor  # type: ignore[attr-defined]
+    reader, processor = parts_of(app).reader, parts_of(app).processor
     tp = TP(TRANSACTIONS, 0)
     conductor = app.topics
     await conductor._update_indices()

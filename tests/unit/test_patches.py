@@ -12,6 +12,7 @@ import asyncio
 import gc
 import inspect
 import re
+import signal
 import warnings
 from typing import Any
 
@@ -278,15 +279,83 @@ def test_the_worker_logs_at_its_loglevel_not_at_debug_for_a_spinner(loglevel: st
     mode built a record nobody saw (~7% of a worker's CPU at half load)."""
     import logging
 
-    from streams.app import StoppingWorker
-
     root = logging.getLogger()
     saved = (root.level, list(root.handlers))
     try:
-        worker = StoppingWorker(faust_app(Settings(), "localhost:9"), loglevel=loglevel, quiet=True)
+        worker = patches.StoppingWorker(faust_app(Settings(), "localhost:9"), loglevel=loglevel, quiet=True)
         worker._setup_logging()
         assert root.level == logging.getLevelName(loglevel.upper())
         assert not logging.getLogger("aiokafka.consumer.fetcher").isEnabledFor(logging.DEBUG)
     finally:
         root.setLevel(saved[0])
         root.handlers[:] = saved[1]
+
+
+def test_mode_still_stops_through_the_handlers_the_stopping_worker_overrides() -> None:
+    """``StoppingWorker`` arms the watchdog in ``_on_sigint`` / ``_on_sigterm``, the methods
+    mode installs as the event loop's signal handlers, and drops the spinner Faust's worker
+    makes in ``__init__``. An upgrade that renames them, installs other handlers, or makes
+    the spinner elsewhere must fail here (the end-to-end check is tests/connected/test_signals.py)."""
+    from faust.worker import Worker as FaustWorker
+    from mode.worker import Worker as ModeWorker
+
+    installed = inspect.getsource(ModeWorker._install_signal_handlers_unix)
+    assert "add_signal_handler(signal.SIGINT, self._on_sigint)" in installed
+    assert "add_signal_handler(signal.SIGTERM, self._on_sigterm)" in installed
+    for name in ("_on_sigint", "_on_sigterm"):
+        for worker in (ModeWorker, FaustWorker):
+            assert list(inspect.signature(getattr(worker, name)).parameters) == ["self"], (worker, name)
+        assert "self._schedule_shutdown(signal.SIG" in inspect.getsource(getattr(ModeWorker, name))
+    assert issubclass(patches.StoppingWorker, FaustWorker)
+    assert "self.spinner = terminal.Spinner(" in inspect.getsource(FaustWorker.__init__)
+    assert "if self.spinner:" in inspect.getsource(FaustWorker._setup_spinner_handler)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_arms_the_watchdog_then_starts_fausts_stop(signum: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mode.worker import Worker as ModeWorker
+
+    calls: list[tuple[str, int]] = []
+    # (the real ``begin`` arms a watchdog that ends the process; the real shutdown stops a loop)
+    monkeypatch.setattr(patches.stopping, "begin", lambda number: calls.append(("watchdog", number)))
+    monkeypatch.setattr(ModeWorker, "_schedule_shutdown", lambda self, number: calls.append(("shutdown", number)))
+    app = faust_app(Settings(), "localhost:9")
+    try:
+        worker = patches.StoppingWorker(app, loglevel="warning", quiet=True)
+        handler = worker._on_sigint if signum == signal.SIGINT else worker._on_sigterm
+        handler()
+        assert calls == [("watchdog", signum), ("shutdown", signum)]
+        assert worker.spinner is None
+    finally:
+        app.consumer._thread.thread_loop.close()
+
+
+def test_redis_py_still_packs_through_the_method_the_hiredis_packing_overrides() -> None:
+    """``pack_commands_in_c`` swaps the pool's ``connection_class`` for a subclass whose
+    ``pack_command`` calls hiredis. That holds while the pool builds its connections from
+    ``connection_class``, a command and a pipeline are both packed by ``pack_command(*args)``,
+    hiredis takes a tuple and refuses a ``bytearray`` with ``TypeError`` (the cue to copy),
+    and redis-py splits a command name as the patch does (tests/pipeline/test_pipeline.py
+    compares the bytes)."""
+    import hiredis
+    from redis.asyncio.connection import AbstractConnection, ConnectionPool
+    from redis.connection import HiredisRespSerializer
+
+    from streams.clients import connect
+
+    assert list(inspect.signature(AbstractConnection.pack_command).parameters) == ["self", "args"]
+    assert "self.pack_command(*args)" in inspect.getsource(AbstractConnection.send_command)
+    assert "self.pack_command(*cmd)" in inspect.getsource(AbstractConnection.pack_commands)
+    assert "self.connection_class(" in inspect.getsource(ConnectionPool.make_connection)
+    serializer = inspect.getsource(HiredisRespSerializer.pack)
+    assert "args = tuple(args[0].encode().split()) + args[1:]" in serializer
+    assert "args = tuple(args[0].split()) + args[1:]" in serializer
+    assert hiredis.pack_command(("SET", b"k", memoryview(b"v"), 1, 0.5)) == (
+        b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n$1\r\n1\r\n$3\r\n0.5\r\n"
+    )
+    with pytest.raises(TypeError):
+        hiredis.pack_command(("SET", bytearray(b"k")))
+    for url in ("redis://127.0.0.1:1/0", "rediss://127.0.0.1:1/0", "unix:///nonexistent.sock"):
+        pool = connect(url).connection_pool
+        assert issubclass(pool.connection_class, patches.HiredisPacking), url
+        assert isinstance(pool.make_connection(), patches.HiredisPacking), url
