@@ -21,9 +21,12 @@ Guarantees:
 - start-up refuses an empty secret or a receiver URL without a host
   (``relay_secret``).
 
-What can go wrong: Redis down -> the batch waits and retries with backoff
-(deliveries are not made without the dedupe check). A receiver down -> its
-findings wait out the retry policy, then go to the DLQ; the stream moves on.
+What can go wrong: Redis down -> the batch waits and retries with FundFlow's outage
+policy, as the worker does (``streams.retry.outage_policy``; deliveries are not made
+without the dedupe check). A receiver down -> its findings wait out the webhook policy
+(``alerts.webhook.WebhookPolicy``), then go to the DLQ; the stream moves on. Asked to
+stop (``stop``, SIGINT / SIGTERM) while either waits, the relay stops within a fraction
+of a second: the batch is left uncommitted and is delivered after the restart.
 """
 
 from __future__ import annotations
@@ -32,27 +35,30 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
+import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.exceptions import RedisError
 
-from alerts.webhook import Delivery, RetryPolicy, WebhookSender
+from alerts.webhook import Delivery, WebhookPolicy, WebhookSender
 from streams import telemetry
 from streams.clients import connect, kafka_client_kwargs
-from streams.deadletter import RawRecord, dead_letter
-from streams.errors import ConfigError
-from streams.retry import backoff_seconds
+from streams.deadletter import RawRecord, dead_letter, raw_records
+from streams.errors import Abandoned, ConfigError
+from streams.retry import Stop, outage_policy, retry, stop_requested
 from streams.settings import Settings, safe_url
 from streams.storage.keys import Keys
 from streams.topics import ALERTS, DLQ, MARKETING, RECOMMENDATIONS
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 FINDING_TOPICS = (ALERTS, RECOMMENDATIONS, MARKETING)
 UNDELIVERABLE = "webhook_undeliverable"
@@ -73,9 +79,18 @@ def receiver_tag(url: str) -> str:
 
 
 class Relay:
-    """Delivers batches of finding records; Kafka plumbing is the caller's (see ``run_relay``)."""
+    """Delivers batches of finding records; Kafka plumbing is the caller's (see ``run_relay``).
+    ``handle`` raises ``Abandoned`` when ``stop`` is asked while it waits for Redis."""
 
-    def __init__(self, senders: Sequence[WebhookSender], redis: Any, keys: Keys, settings: Settings) -> None:
+    def __init__(
+        self,
+        senders: Sequence[WebhookSender],
+        redis: aioredis.Redis,
+        keys: Keys,
+        settings: Settings,
+        *,
+        stop: Stop = None,
+    ) -> None:
         if not senders:
             raise ValueError("no webhook receivers configured")
         self.senders = list(senders)
@@ -83,8 +98,8 @@ class Relay:
         self.keys = keys
         self.ttl = settings.webhook_dedupe_days * 86_400
         self.limit = asyncio.Semaphore(settings.webhook_concurrency)
-        self.retry_initial = settings.retry_initial_seconds
-        self.retry_max = settings.retry_max_seconds
+        self.policy = outage_policy(settings)  # Redis down: as the worker waits it out
+        self.stop = stop
 
     def _key(self, sender: WebhookSender, finding_id: str) -> str:
         return f"{self.keys.prefix}:webhook:{receiver_tag(sender.url)}:{finding_id}"
@@ -110,7 +125,7 @@ class Relay:
                     telemetry.WEBHOOK_DELIVERIES.labels("duplicate").inc()
                 else:
                     pending.append(job)
-            outcomes = await asyncio.gather(*(self._deliver(*job) for job in pending))
+            outcomes = await _all(self._deliver(*job) for job in pending)
             delivered = []
             for (record, finding_id, sender), outcome in zip(pending, outcomes, strict=True):
                 if outcome.delivered:
@@ -152,17 +167,25 @@ class Relay:
                 pipe.set(key, b"1", ex=self.ttl)
             await pipe.execute()
 
-    async def _retrying(self, operation: Any, argument: Any) -> Any:
-        attempt = 0
-        while True:
-            try:
-                return await operation(argument)
-            except (RedisError, OSError) as exc:
-                attempt += 1
-                telemetry.REDIS_ERRORS.labels("webhook_dedupe").inc()
-                delay = backoff_seconds(attempt, self.retry_initial, self.retry_max)
-                log.warning("Redis failed (%s); retrying in %.2fs", exc, delay)
-                await asyncio.sleep(delay)
+    async def _retrying(self, operation: Callable[[list[str]], Awaitable[T]], keys: list[str]) -> T:
+        def failed(attempt: int, delay: float, exc: Exception) -> None:
+            telemetry.REDIS_ERRORS.labels("webhook_dedupe").inc()
+            log.warning("Redis failed (%s); retrying in %.2fs", exc, delay)
+
+        return await retry(
+            lambda: operation(keys), self.policy, transient=(RedisError, OSError), stop=self.stop, on_failure=failed
+        )
+
+
+async def _all(calls: Iterable[Awaitable[T]]) -> list[T]:
+    """``asyncio.gather``, except that one failing (``Abandoned``: stopping) cancels the rest."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
 
 
 def _finding_id(value: bytes | None) -> str | None:
@@ -215,8 +238,8 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def retry_policy(settings: Settings) -> RetryPolicy:
-    return RetryPolicy(
+def webhook_policy(settings: Settings) -> WebhookPolicy:
+    return WebhookPolicy(
         timeout_seconds=settings.webhook_timeout_seconds,
         max_attempts=settings.webhook_max_attempts,
         backoff_initial_seconds=settings.webhook_backoff_initial_seconds,
@@ -234,7 +257,7 @@ async def run_relay(
     group: str | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Relay until ``stop`` is set (or forever)."""
+    """Relay until ``stop`` is set or a stop signal arrives (``streams.retry.stop_requested``)."""
 
     stop = stop or asyncio.Event()
     secret = relay_secret(settings, urls)
@@ -252,22 +275,21 @@ async def run_relay(
     )
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **kafka_client_kwargs(settings))
     async with aiohttp.ClientSession() as session:
-        policy = retry_policy(settings)
-        senders = [WebhookSender(session, url, secret, policy) for url in urls]
-        relay = Relay(senders, redis, Keys(settings.key_prefix), settings)
+        policy = webhook_policy(settings)
+        senders = [WebhookSender(session, url, secret, policy, stop=stop) for url in urls]
+        relay = Relay(senders, redis, Keys(settings.key_prefix), settings, stop=stop)
         await producer.start()
         await consumer.start()
         try:
-            while not stop.is_set():
-                batches = await consumer.getmany(timeout_ms=500, max_records=200)
-                records = [
-                    RawRecord(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
-                    for messages in batches.values()
-                    for m in messages
-                ]
+            while not stop_requested(stop):
+                records = raw_records(await consumer.getmany(timeout_ms=500, max_records=200))
                 if not records:
                     continue
-                report = await relay.handle(records)
+                try:
+                    report = await relay.handle(records)
+                except Abandoned as exc:  # nothing committed: the batch comes back after the restart
+                    log.warning("stopping with %d findings undelivered: %s", len(records), exc)
+                    break
                 if report.dead_letters:
                     sent = [await producer.send(DLQ, letter, key=key) for key, letter in report.dead_letters]
                     await asyncio.gather(*sent)

@@ -26,15 +26,17 @@ Redirects are not followed (a 3xx is a refusal: the signed request is not sent o
 to another address), and no error text carries the receiver URL's credentials,
 query or fragment (``redact``): it goes to logs and dead letters.
 
-Retry policy: connection errors, timeouts, 408, 429 and 5xx are retried with
-exponential backoff and jitter (``streams.retry``), up to ``max_attempts``; any other 4xx
-means the receiver refuses this request (bad signature, bad URL) and retrying
-cannot help, so it fails at once. What fails is the caller's to dead-letter.
+Retry policy (``WebhookPolicy``): connection errors, timeouts, 408, 429 and 5xx are
+retried with FundFlow's one backoff (``streams.retry``), up to ``max_attempts``; any other
+4xx means the receiver refuses this request (bad signature, bad URL) and retrying cannot
+help, so it fails at once. What fails is the caller's to dead-letter. A stop asked while a
+delivery waits between attempts ends it with ``Abandoned`` (never a dead letter: the
+finding is not committed, so it is delivered after the restart).
 """
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import hashlib
 import hmac
 import random
@@ -46,7 +48,9 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from streams.retry import backoff_seconds
+import streams.retry
+from streams.errors import Abandoned
+from streams.retry import Stop, wait
 from streams.settings import safe_url
 
 SIGNATURE_HEADER = "X-FundFlow-Signature"
@@ -113,15 +117,27 @@ def redact(text: str, url: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class RetryPolicy:
+class WebhookPolicy:
+    """How one finding is POSTed to one receiver: each attempt bounded by ``timeout_seconds``,
+    the attempts spaced and counted by ``retry`` (``streams.retry.RetryPolicy``, FundFlow's one
+    policy). Unlike an outage of Redis or Kafka it gives up (``FUNDFLOW_WEBHOOK_*``): a
+    receiver that keeps failing gets the finding dead-lettered and the stream moves on."""
+
     timeout_seconds: float = 5.0
     max_attempts: int = 6
     backoff_initial_seconds: float = 0.5
     backoff_max_seconds: float = 30.0
 
+    @property
+    def retry(self) -> streams.retry.RetryPolicy:
+        return streams.retry.RetryPolicy(self.backoff_initial_seconds, self.backoff_max_seconds, self.max_attempts)
+
     def backoff(self, attempt: int, rng: random.Random) -> float:
-        """The wait before attempt ``attempt + 1`` (``streams.retry``, FundFlow's one policy)."""
-        return backoff_seconds(attempt, self.backoff_initial_seconds, self.backoff_max_seconds, rng)
+        """The wait before attempt ``attempt + 1``."""
+        return self.retry.backoff(attempt, rng)
+
+
+RetryPolicy = WebhookPolicy  # its former name, still used by tests/pipeline/test_webhook.py
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,12 +157,15 @@ class WebhookSender:
         session: aiohttp.ClientSession,
         url: str,
         secret: bytes | None,
-        policy: RetryPolicy,
+        policy: WebhookPolicy,
         *,
+        stop: Stop = None,
         clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        sleep: Callable[[float], Awaitable[bool | None]] | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        """``sleep(seconds)`` waits between attempts and returns whether a stop was asked
+        (default: ``streams.retry.wait`` on ``stop``)."""
         if secret is not None and not secret:
             raise ValueError("an empty webhook secret signs nothing")
         self.session = session
@@ -155,7 +174,7 @@ class WebhookSender:
         self.secret = secret
         self.policy = policy
         self.clock = clock
-        self.sleep = sleep
+        self.sleep = sleep or functools.partial(wait, stop=stop)
         self.rng = rng or random.Random()
 
     def headers(self, finding_id: str, topic: str, body: bytes) -> dict[str, str]:
@@ -190,6 +209,6 @@ class WebhookSender:
                 status, error = None, f"no answer within {self.policy.timeout_seconds:g}s"
             except (aiohttp.ClientError, ValueError) as exc:  # yarl/aiohttp raise ValueError for some URLs
                 status, error = None, redact(f"{type(exc).__name__}: {exc}", self.url)
-            if attempt < self.policy.max_attempts:
-                await self.sleep(self.policy.backoff(attempt, self.rng))
+            if attempt < self.policy.max_attempts and await self.sleep(self.policy.backoff(attempt, self.rng)):
+                raise Abandoned(f"stopping while {self.label} is retried ({error})")
         return Delivery(self.label, False, self.policy.max_attempts, status, f"{error} after {attempt} attempts")

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -35,6 +37,15 @@ class RawRecord:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int | None = None
+
+
+def raw_records(batches: Mapping[Any, Iterable[Any]]) -> list[RawRecord]:
+    """The records of an aiokafka ``getmany`` answer (partition -> messages), in its order."""
+    return [
+        RawRecord(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
+        for messages in batches.values()
+        for m in messages
+    ]
 
 
 def dead_letter_key(record: RawRecord) -> bytes | None:

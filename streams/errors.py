@@ -27,8 +27,8 @@ class TransientError(FundFlowError):
 
 
 class Abandoned(FundFlowError):
-    """The worker is stopping while a batch cannot be finished (Redis or Kafka down): the
-    batch is given up unacked, so its records are redelivered to the next owner."""
+    """The process (the worker, the relay) is stopping while a batch cannot be finished (Redis
+    or Kafka down): the batch is given up unacked, so its records are redelivered to the next owner."""
 
 
 class ConfigError(FundFlowError):

@@ -55,7 +55,7 @@ from streams import telemetry
 from streams.deadletter import RawRecord, dead_letter, dead_letter_key
 from streams.decode import DEFAULT_BOUNDS, TimeBounds, decode
 from streams.errors import Abandoned, InvalidEvent, TransientError
-from streams.retry import backoff_seconds
+from streams.retry import RetryPolicy, wait
 from streams.storage.changelog import FixedRules, Rulebook, encode_entry, replay, step_record
 from streams.storage.changelog import Step as Step  # (re-exported: the step's type, where it always was)
 from streams.storage.codec import encode_state
@@ -74,6 +74,8 @@ Message = tuple[str, bytes | None, bytes]  # topic, key, value
 _OUTCOME_ERRORS = {
     Outcome.CONFLICT: "txn_id was already applied with different content; refused",
     Outcome.TOO_LATE: "event is older than the customer's dedup horizon; cannot be applied exactly once",
+    Outcome.UNKNOWN_REVERSED: "reverses a txn_id this customer never applied, or applied past the dedup horizon",
+    Outcome.REVERSAL_MISMATCH: "does not undo the transaction it names (amount, direction, or it is a reversal)",
 }
 
 
@@ -212,6 +214,7 @@ class BatchProcessor:
         *,
         max_event_bytes: int = 64 * 1024,
         bounds: TimeBounds = DEFAULT_BOUNDS,
+        currency: str = "CNY",
         cache_size: int = 200_000,
         retry_initial: float = 0.05,
         retry_max: float = 5.0,
@@ -230,9 +233,9 @@ class BatchProcessor:
         self.emitter = emitter
         self.max_event_bytes = max_event_bytes
         self.bounds = bounds
+        self.currency = currency  # the deployment's one reporting currency (FUNDFLOW_CURRENCY)
         self.cache_size = cache_size
-        self.retry_initial = retry_initial
-        self.retry_max = retry_max
+        self.retry_policy = RetryPolicy(retry_initial, retry_max)  # the worker's: FUNDFLOW_RETRY_* (outage_policy)
         self.stalled_after_seconds = stalled_after_seconds
         self.wall_clock_ms = wall_clock_ms
         self.monotonic = monotonic
@@ -364,7 +367,7 @@ class BatchProcessor:
         now_ms = self.wall_clock_ms()
         for record in records:
             try:
-                event = decode(record, self.max_event_bytes, self.bounds, now_ms)
+                event = decode(record, self.max_event_bytes, self.bounds, now_ms, self.currency)
             except InvalidEvent as exc:
                 rejected.append((record, exc.reason, exc.error))
                 continue
@@ -404,8 +407,9 @@ class BatchProcessor:
                     self._note_failing(records)
                     for cid in by_customer:
                         self.cache.pop(cid, None)
-                    delay = backoff_seconds(retries, self.retry_initial, self.retry_max)
-                    if self.should_stop() or not await self._pause(delay, len(records), exc):
+                    delay = self.retry_policy.backoff(retries)
+                    log.warning("batch of %d records will be retried in %.2fs: %s", len(records), delay, exc)
+                    if await wait(delay, self.should_stop):
                         raise Abandoned(f"stopping with a batch of {len(records)} records unfinished: {exc}") from exc
                 # Each attempt starts from Redis' truth: after a failure, what was committed
                 # is now a duplicate and its findings come back from the outbox.
@@ -420,16 +424,6 @@ class BatchProcessor:
         report.duplicates -= len(again)
         record_batch(report)
         return report
-
-    async def _pause(self, delay: float, records: int, exc: Exception) -> bool:
-        """Wait ``delay`` before the retry; False if the worker began to stop meanwhile."""
-        log.warning("batch of %d records will be retried in %.2fs: %s", records, delay, exc)
-        until = self.monotonic() + delay
-        while (left := until - self.monotonic()) > 0:
-            await asyncio.sleep(min(left, 0.25))
-            if self.should_stop():
-                return False
-        return True
 
     def _letter(self, record: RawRecord, reason: str, error: str, report: BatchReport) -> Message:
         report.dead_letters[reason] = report.dead_letters.get(reason, 0) + 1
@@ -542,7 +536,7 @@ class BatchProcessor:
                 run.applied_ids.append(id(record))
                 run.findings.extend(findings)
                 if isinstance(event, TransactionEvent):
-                    run.board.add_transaction(event, event_time(event, self.zone)[0], self.zone)
+                    run.board.add_transaction(event, event_time(event, self.zone)[0], self.zone, state)
                 for entry in findings:
                     run.board.add_finding(_finding_of(entry))
                 if record.timestamp_ms is not None:
@@ -648,10 +642,10 @@ class BatchProcessor:
         They are written ``chunk`` at a time, and no batch steps a customer of the chunk being
         written before it is written: ``prepare`` leaves them to ``complete``, which waits for
         the chunk (only a batch with such a customer waits, and only for one chunk). Under
-        load, 250-500 customers of a burst go quiet together; folded in one go, every batch
-        arriving meanwhile waited for all of them (traced at 80% of catch-up: 40-220 ms),
-        and a chunk under the lock still held batches back up to 60-80 ms (its round trip
-        ends only when the event loop gets to it). Each write is a compare-and-set of the
+        load, the hundreds of customers of a burst go quiet together; folded in one go, every
+        batch arriving meanwhile waited for all of them, and a chunk under the lock still held
+        batches back (its round trip ends only when the event loop gets to it): traced in
+        docs/performance.md, "Folds beside batches". Each write is a compare-and-set of the
         version cached, as a batch's commit is. Returns the customers folded. A failure is
         logged, never raised: the logs stay, and are as good as a full state."""
         cutoff = self.monotonic() - quiet_seconds

@@ -15,9 +15,10 @@ Limits (``Settings``): at most ``api_max_streams`` open streams per process and
 subscriber whose queue fills (a client that does not read) is ended with
 ``overflowed`` set; it resumes with ``Last-Event-ID`` like after any disconnect.
 
-What can go wrong: Redis down -> the reader logs, waits with backoff
-(``streams.retry``) and goes on from the last id it fanned out; nothing is lost
-for the subscribers, they get keep-alive comments meanwhile.
+What can go wrong: Redis down -> the reader logs, waits out the outage as the worker
+does (``streams.retry.outage_policy``) and goes on from the last id it fanned out;
+nothing is lost for the subscribers, they get keep-alive comments meanwhile. A wait
+ends as soon as the last subscriber leaves or the process is asked to stop.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any, cast
 
 from redis.exceptions import RedisError
 
-from streams.retry import backoff_seconds
+from streams.retry import OUTAGES, RetryPolicy, wait
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,11 @@ class Subscription:
 class FeedHub:
     """One reader of ``feed`` (a Redis stream key) for every live stream of this process."""
 
-    def __init__(self, redis: Any, feed: str, *, max_streams: int, max_per_token: int) -> None:
+    def __init__(
+        self, redis: Any, feed: str, *, max_streams: int, max_per_token: int, policy: RetryPolicy = OUTAGES
+    ) -> None:
         self.redis = redis
+        self.policy = policy  # Redis down: ``streams.retry.outage_policy(settings)``
         self.feed = feed
         self.max_streams = max_streams
         self.max_per_token = max_per_token
@@ -128,18 +132,22 @@ class FeedHub:
                 )
             except Exception as exc:  # the one reader must outlive any failure, or every stream goes quiet
                 failures += 1
-                delay = backoff_seconds(failures, 0.2, 2.0)
+                delay = self.policy.backoff(failures)
                 if isinstance(exc, (RedisError, OSError)):
                     log.warning("live feed: Redis read failed (%s); retrying in %.1fs", type(exc).__name__, delay)
                 else:
                     log.exception("live feed: read failed; retrying in %.1fs", delay)
-                await asyncio.sleep(delay)
+                if await wait(delay, self._idle):
+                    return
                 continue
             failures = 0
             for _, entries in replies or []:
                 for entry_id, fields in entries:
                     self.last = entry_id.decode()
                     self._fan_out((entry_id, fields.get(b"v", b"")))
+
+    def _idle(self) -> bool:
+        return not self.subscribers
 
     def _fan_out(self, entry: Entry) -> None:
         for subscription in list(self.subscribers):

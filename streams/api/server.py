@@ -70,6 +70,7 @@ from streams.api.roles import DEMO, PRINCIPAL, Principal, identify, principals
 from streams.clients import connect
 from streams.errors import ConfigError
 from streams.health import readiness
+from streams.retry import outage_policy
 from streams.rulestep import reader_store
 from streams.settings import Settings
 from streams.storage.snapshot import customer_row, iso
@@ -403,6 +404,7 @@ def create_api(settings: Settings, redis_url: str, bootstrap: str, *, demo: bool
         store.keys.feed,
         max_streams=settings.api_max_streams,
         max_per_token=settings.api_max_streams_per_token,
+        policy=outage_policy(settings),
     )
 
     async def close_redis(app: web.Application) -> None:
