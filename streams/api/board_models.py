@@ -83,7 +83,7 @@ class NetOutflow(_Strict):
 
 
 class CaseAge(_Strict):
-    bucket: Literal["<1h", "1-4h", "4-24h", "1-3d", "3-7d", ">7d"] = Field(description="cases.store.AGE_BUCKETS")
+    bucket: Literal["<1h", "1-4h", "4-24h", "1-3d", "3-7d", ">7d"] = Field(description="cases.model.AGE_BUCKETS")
     count: Count
 
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cases.store import CASE_TYPES, CATEGORIES, GENERIC_OUTCOMES, MAX_TEXT, OUTCOMES, SEVERITIES, STATUSES
+from cases.model import CASE_TYPES, CATEGORIES, GENERIC_OUTCOMES, MAX_TEXT, OUTCOMES, SEVERITIES, STATUSES
 from streams.api.models import Finding, TierName, Timestamp
 from streams.settings import NAME_PATTERN
 
@@ -43,10 +43,14 @@ class CaseOut(_Strict):
     updated_at: Timestamp
     first_action_at: Timestamp | None
     closed_at: Timestamp | None
-    outcome: str | None
+    outcome: str | None = Field(description="the resolution's outcome; 'retracted': closed by a retraction")
     note: str | None
     first_finding_ts: str = Field(description="event time of the first finding")
     last_finding_ts: str
+    retracted: int = Field(default=0, description="its findings the monitor took back (retractions)")
+    history: bool = Field(
+        default=False, description="every finding in it is history (before the go-live; FUNDFLOW_CASES_FROM_HISTORY)"
+    )
 
 
 class AuditEntry(BaseModel):
@@ -56,7 +60,10 @@ class AuditEntry(BaseModel):
 
     at: Timestamp
     actor: str = Field(description="a token's name, or 'system' for the intake")
-    action: Literal["opened", "finding_added", "assign", "comment", "transition"]
+    action: Literal["opened", "finding_added", "finding_retracted", "assign", "comment", "transition"] = Field(
+        description="finding_retracted: the monitor took back finding_id (retraction_id, reason); a system "
+        "transition to dismissed with outcome 'retracted' closed the case when nothing else was in it"
+    )
     field: str | None = None
     from_: Any = Field(default=None, alias="from")
     to: Any = None

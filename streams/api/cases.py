@@ -17,6 +17,9 @@ the first request's answer is stored with the change in one atomic step, and
 a retry with the same key (same caller, same request) gets that answer again
 without changing anything; the same key with another request is a 422.
 
+Why a request is refused is the case desk's (``cases.model.Reason``); which HTTP status
+answers each reason is said here, in ``STATUS_OF``, and nowhere else.
+
 The API process also runs the case intake (``cases.store``): a background
 task that reads the findings feed and opens or joins cases; every API replica
 may run it (the intake is exactly-once per finding id), and it refreshes the
@@ -29,7 +32,6 @@ waits and resumes from its stored cursor.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import re
@@ -45,7 +47,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
 
-from cases.store import (
+from cases.model import (
     CASE_TYPES,
     CATEGORIES,
     CONFIRMING,
@@ -55,17 +57,14 @@ from cases.store import (
     Action,
     Assign,
     Case,
-    CaseFilter,
-    CaseStore,
     Comment,
-    Idempotency,
+    Reason,
     Refused,
-    Stored,
     Transition,
-    fingerprint,
     outcomes_for,
     valid_name,
 )
+from cases.store import CaseFilter, CaseStore, Idempotency, fingerprint
 from streams import telemetry
 from streams.api.case_models import (
     AssignBody,
@@ -76,6 +75,7 @@ from streams.api.case_models import (
     all_outcomes,
 )
 from streams.api.roles import Principal, caller
+from streams.retry import OUTAGES, RetryPolicy, outage_policy, stop_requested, wait
 from streams.settings import Role, Settings
 from streams.storage.keys import Keys
 
@@ -96,6 +96,14 @@ _CASE_ID = re.compile(r"[0-9]{1,18}")  # case_models.MAX_CASE_ID
 _UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 Body = TypeVar("Body", bound=BaseModel)
+OK = 200  # a change made (and the status its answer is kept with under its Idempotency-Key)
+STATUS_OF: dict[Reason, int] = {
+    Reason.MALFORMED: 400,
+    Reason.FORBIDDEN: 403,
+    Reason.NOT_FOUND: 404,
+    Reason.CONFLICT: 409,
+    Reason.INVALID: 422,
+}
 
 
 def _json(data: Any, status: int = 200, replayed: bool = False) -> web.Response:
@@ -137,19 +145,21 @@ def render(case: Case, zone: ZoneInfo) -> dict[str, Any]:
         "note": case.note,
         "first_finding_ts": case.first_finding_ts,
         "last_finding_ts": case.last_finding_ts,
+        "retracted": case.retracted,
+        "history": case.history,
     }
 
 
 def _refusals(
     handler: Callable[[web.Request], Awaitable[web.Response]],
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
-    """A refusal of the case rules answers its status and message."""
+    """A refusal answers its reason's status and its message."""
 
     async def wrapped(request: web.Request) -> web.Response:
         try:
             return await handler(request)
         except Refused as exc:
-            return _error(exc.status, exc.message)
+            return _error(STATUS_OF[exc.reason], exc.message)
 
     wrapped.__name__ = handler.__name__
     return wrapped
@@ -159,12 +169,13 @@ def _query_filter(request: web.Request) -> tuple[CaseFilter, int, int]:
     query = request.query
     unknown = sorted(set(query) - LIST_PARAMS)
     if unknown:
-        raise Refused(400, f"unknown query parameter {unknown[0]!r}; filters: {', '.join(sorted(LIST_PARAMS))}")
+        filters = ", ".join(sorted(LIST_PARAMS))
+        raise Refused(Reason.MALFORMED, f"unknown query parameter {unknown[0]!r}; filters: {filters}")
 
     def one_of(name: str, values: tuple[str, ...]) -> str | None:
         value = query.get(name) or None
         if value is not None and value not in values:
-            raise Refused(400, f"{name} must be one of {', '.join(values)}")
+            raise Refused(Reason.MALFORMED, f"{name} must be one of {', '.join(values)}")
         return value
 
     def age(name: str) -> int | None:
@@ -173,18 +184,18 @@ def _query_filter(request: web.Request) -> tuple[CaseFilter, int, int]:
             return None
         found = _DURATION.fullmatch(text)
         if found is None:
-            raise Refused(400, f"{name} must be a number and a unit s, m, h or d, e.g. 4h")
+            raise Refused(Reason.MALFORMED, f"{name} must be a number and a unit s, m, h or d, e.g. 4h")
         return int(found.group(1)) * _UNIT_MS[found.group(2)]
 
     def number(name: str, default: int, low: int, high: int) -> int:
         text = query.get(name, str(default))
         if not _NUMBER.fullmatch(text) or not low <= int(text) <= high:
-            raise Refused(400, f"{name} must be an integer {low}..{high} (ASCII digits)")
+            raise Refused(Reason.MALFORMED, f"{name} must be an integer {low}..{high} (ASCII digits)")
         return int(text)
 
     assignee = query.get("assignee") or None
     if assignee is not None and assignee != "-" and not valid_name(assignee):
-        raise Refused(400, "assignee must be a token's name, or - for unassigned")
+        raise Refused(Reason.MALFORMED, "assignee must be a token's name, or - for unassigned")
     wanted = CaseFilter(
         status=one_of("status", STATUSES),
         assignee=assignee,
@@ -211,7 +222,7 @@ async def list_cases(request: web.Request) -> web.Response:
 def _case_id(request: web.Request) -> int:
     text = request.match_info["case_id"]
     if not _CASE_ID.fullmatch(text):
-        raise Refused(404, f"no case {text!r}")
+        raise Refused(Reason.NOT_FOUND, f"no case {text!r}")
     return int(text)
 
 
@@ -221,7 +232,7 @@ async def get_case(request: web.Request) -> web.Response:
     case_id = _case_id(request)
     case = await store.get(case_id)
     if case is None:
-        raise Refused(404, f"no case {case_id}")
+        raise Refused(Reason.NOT_FOUND, f"no case {case_id}")
     trail = [{**entry, "at": _iso(entry["at"], zone)} for entry in await store.trail(case_id)]
     comments = [{"at": e["at"], "actor": e["actor"], "text": e["text"]} for e in trail if e["action"] == "comment"]
     return _json(
@@ -243,16 +254,16 @@ async def _body(request: web.Request, model: type[Body]) -> tuple[Body, bytes]:
         first = exc.errors(include_input=False, include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"])
         if first["type"] == "json_invalid":
-            raise Refused(400, "the body must be a JSON object") from None
-        raise Refused(400, f"{where or 'body'}: {first['msg']}") from None
+            raise Refused(Reason.MALFORMED, "the body must be a JSON object") from None
+        raise Refused(Reason.MALFORMED, f"{where or 'body'}: {first['msg']}") from None
 
 
 def _idempotency(request: web.Request, actor: Principal, raw: bytes) -> Idempotency:
     key = request.headers.get("Idempotency-Key", "")
     if not _KEY.fullmatch(key):
-        raise Refused(400, "Idempotency-Key header is required on every change: 1-200 visible characters, "
-                           "unique per intended change (e.g. a UUID per click)")  # fmt: skip
-    return Idempotency(actor.name, key, fingerprint(request.method, request.path, raw))
+        raise Refused(Reason.MALFORMED, "Idempotency-Key header is required on every change: 1-200 visible "
+                                        "characters, unique per intended change (e.g. a UUID per click)")  # fmt: skip
+    return Idempotency(actor.name, key, fingerprint(request.method, request.path, raw), OK)
 
 
 def _may(request: web.Request, role: Role) -> Principal:
@@ -260,7 +271,7 @@ def _may(request: web.Request, role: Role) -> Principal:
     actor = caller(request)
     if not actor.at_least(role):
         what = "change cases" if role == "analyst" else "act on many cases at once (a supervisor does)"
-        raise Refused(403, f"a {actor.role} cannot {what}")
+        raise Refused(Reason.FORBIDDEN, f"a {actor.role} cannot {what}")
     return actor
 
 
@@ -273,7 +284,7 @@ async def _act(request: web.Request, action: Action, raw: bytes) -> web.Response
     if replay is not None:
         return _json(replay.body, replay.status, replayed=True)
     answer = await store.act(case_id, actor, action, request.app[ASSIGNABLE], lambda c: render(c, zone), idem)
-    return _json(answer.body, answer.status)
+    return _json(answer, OK)
 
 
 @_refusals
@@ -311,13 +322,13 @@ async def _bulk(request: web.Request, ids: list[int], action: Action, raw: bytes
                 case_id, actor, action, request.app[ASSIGNABLE], lambda c: render(c, zone), idem.scoped(str(case_id))
             )
         except Refused as exc:
-            results.append({"id": case_id, "status": exc.status, "error": exc.message, "case": None})
+            results.append({"id": case_id, "status": STATUS_OF[exc.reason], "error": exc.message, "case": None})
         else:
-            results.append({"id": case_id, "status": answer.status, "error": None, "case": answer.body})
-    done = sum(1 for r in results if r["status"] == 200)
-    reply = Stored(200, {"results": results, "done": done, "refused": len(results) - done})
+            results.append({"id": case_id, "status": OK, "error": None, "case": answer})
+    done = sum(1 for r in results if r["status"] == OK)
+    reply = {"results": results, "done": done, "refused": len(results) - done}
     await store.remember(idem, reply)
-    return _json(reply.body)
+    return _json(reply, OK)
 
 
 @_refusals
@@ -354,13 +365,18 @@ async def whoami(request: web.Request) -> web.Response:
     return _json({"name": actor.name, "role": actor.role, "assignable": sorted(names)})
 
 
-async def run_intake(store: CaseStore, stop: asyncio.Event, block_ms: int = INTAKE_BLOCK_MS) -> None:
-    """Until ``stop``: take new feed entries into cases; refresh the case gauges now and then.
+async def run_intake(
+    store: CaseStore, stop: asyncio.Event, block_ms: int = INTAKE_BLOCK_MS, policy: RetryPolicy = OUTAGES
+) -> None:
+    """Until ``stop`` (or a stop signal): take new feed entries into cases; refresh the case
+    gauges now and then. Redis down: waits it out as the worker does (``policy``,
+    ``streams.retry``), and a wait ends as soon as ``stop`` is set.
 
     Stopped by the event, never by cancelling: a blocking XREAD that is cancelled can
     leave redis-py waiting forever (seen in tests), so each read ends within ``block_ms``."""
     next_gauges = 0.0
-    while not stop.is_set():
+    failures = 0
+    while not stop_requested(stop):
         try:
             await store.intake_feed(block_ms=block_ms)
             if time.monotonic() >= next_gauges:
@@ -368,32 +384,32 @@ async def run_intake(store: CaseStore, stop: asyncio.Event, block_ms: int = INTA
                 await store.precision()
                 for status, count in (await store.status_counts()).items():
                     telemetry.CASES.labels(status).set(count)
+            failures = 0
         except (RedisError, OSError) as exc:
+            failures += 1
+            delay = policy.backoff(failures)
             telemetry.REDIS_ERRORS.labels("case_intake").inc()
-            log.warning("case intake: Redis unavailable (%s); retrying", type(exc).__name__)
-            await _pause(stop, 1.0)
+            log.warning("case intake: Redis unavailable (%s); retrying in %.2fs", type(exc).__name__, delay)
+            await wait(delay, stop)
         except Exception:  # a bug must not end the intake silently
-            log.exception("case intake failed; retrying")
-            await _pause(stop, 1.0)
-
-
-async def _pause(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
+            failures += 1
+            delay = policy.backoff(failures)
+            log.exception("case intake failed; retrying in %.2fs", delay)
+            await wait(delay, stop)
 
 
 def setup_cases(
     app: web.Application, client: aioredis.Redis, keys: Keys, settings: Settings, people: tuple[Principal, ...]
 ) -> None:
     """Register the case routes and the intake task on ``app``; ``people`` may be assigned cases."""
-    store = CaseStore(client, keys)
+    store = CaseStore(client, keys, from_history=settings.cases_from_history)
     app[CASES] = store
     app[ZONE] = settings.zone
     app[ASSIGNABLE] = frozenset(p.name for p in people if p.at_least("analyst"))
 
     async def intake(app: web.Application) -> AsyncIterator[None]:
         stop = asyncio.Event()
-        task = asyncio.create_task(run_intake(store, stop))
+        task = asyncio.create_task(run_intake(store, stop, policy=outage_policy(settings)))
         yield
         stop.set()
         done, _ = await asyncio.wait({task}, timeout=INTAKE_BLOCK_MS / 1000 + 5)

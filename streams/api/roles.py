@@ -21,7 +21,7 @@ import hmac
 from aiohttp import web
 from pydantic import SecretStr
 
-from cases.store import Actor
+from cases.model import Actor
 from streams.settings import ApiToken, Settings
 
 Principal = Actor  # the authenticated caller is who acts on cases

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import orjson
 
-from cases.store import CaseStore, RulePrecision
+from cases.model import RulePrecision
+from cases.store import CaseStore
 from rules.contribution import tier_of
 from streams.board import check, read_board
 from streams.clients import connect

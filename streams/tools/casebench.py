@@ -29,7 +29,8 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import orjson
 
-from cases.store import Action, Actor, Assign, Case, CaseFilter, CaseStore, Transition
+from cases.model import Action, Actor, Assign, Case, Transition
+from cases.store import CaseFilter, CaseStore
 from rules.config import Severity
 from rules.engine import Finding
 from streams.clients import connect

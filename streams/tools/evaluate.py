@@ -36,7 +36,7 @@ from typing import Any
 
 import orjson
 
-from cases.store import RulePrecision
+from cases.model import RulePrecision
 from streams.errors import ConfigError
 
 OUTFLOW_RULES = ("large_external_outflow", "fast_in_fast_out", "balance_drawdown", "net_outflow_streak", "churn_drift")

@@ -37,7 +37,7 @@ from typing import Any
 import orjson
 import yaml
 
-from cases.store import RulePrecision
+from cases.model import RulePrecision
 from rules.config import RulesConfig, RulesConfigError, load_rules, parse_rules
 from rules.events import Event
 from rules.state import CustomerState, StateConfig

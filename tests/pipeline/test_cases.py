@@ -5,92 +5,19 @@ is idempotent and audited, and a fresh API over the same Redis sees it all."""
 from __future__ import annotations
 
 import asyncio
-import itertools
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import orjson
-import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from pydantic import SecretStr
 
-from rules.config import Severity
-from rules.engine import Finding as RuleFinding
 from streams.api.case_models import BulkReply, CaseDetail, CaseList, CaseOut, RulesPrecision, WhoAmI
 from streams.api.cases import CASES
 from streams.api.server import create_api
 from streams.local.servers import free_port
-from streams.pipeline import outbox_entry
-from streams.rulestep import TOPIC_OF_KIND
-from streams.settings import ApiToken, Settings
+from streams.settings import Settings
 from streams.storage.keys import Keys
-from streams.storage.store import StateStore
-from tests.pipeline.test_api import seed
-from tests.pipeline.test_redis_cluster import cluster_url  # noqa: F401  (the fixture)
-
-PREFIX = "desk"
-PEOPLE = {
-    "boss": ("t-boss", "supervisor", "zhang"),
-    "li": ("t-li", "analyst", "li.wei"),
-    "wang": ("t-wang", "analyst", "wang"),
-    "viewer": ("t-view", "viewer", "kan"),
-}
-SETTINGS = Settings(
-    key_prefix=PREFIX,
-    api_tokens=(
-        *(ApiToken(token=SecretStr(t), role=role, name=name) for t, role, name in PEOPLE.values()),  # type: ignore[arg-type]
-        SecretStr("t-plain"),
-    ),
-)
-_txn = itertools.count(1)
-
-Client = TestClient[Any, Any]
-
-
-def finding(
-    customer: str,
-    rule: str = "large_external_outflow",
-    category: str = "outflow_risk",
-    severity: Severity = "medium",
-    kind: str = "alert",
-    tier: str | None = "III",
-) -> dict[str, Any]:
-    """A finding exactly as the rules engine renders it for its topic."""
-    made = RuleFinding(kind, rule, category, severity, customer, tier, 1_700_000_000_000_000, f"T{next(_txn)}",
-                       {"amount": "1.00"}, f"{rule} for {customer}")  # fmt: skip
-    return made.as_dict(SETTINGS.zone)
-
-
-async def publish(client: Client, *findings: dict[str, Any]) -> None:
-    """Findings written to the feed by the workers' own code, then taken into cases."""
-    store = StateStore(client.app[CASES].redis, Keys(PREFIX))
-    published: dict[str, list[bytes]] = {}
-    for f in findings:
-        entry = outbox_entry(TOPIC_OF_KIND[f["type"]], f["customer_id"], orjson.dumps(f))
-        published.setdefault(f["customer_id"], []).append(entry)
-    await store.confirm_published(published)
-    while await client.app[CASES].intake_feed():
-        pass
-
-
-def auth(who: str) -> dict[str, str]:
-    token = "t-plain" if who == "plain" else PEOPLE[who][0]
-    return {"Authorization": f"Bearer {token}"}
-
-
-async def get(client: Client, path: str, who: str = "viewer", status: int = 200) -> Any:
-    response = await client.get(path, headers=auth(who))
-    assert response.status == status, await response.text()
-    return await response.json()
-
-
-async def post(client: Client, who: str, path: str, body: Any, status: int = 200, key: str | None = None) -> Any:
-    headers = {**auth(who), "Idempotency-Key": key or str(uuid.uuid4())}
-    response = await client.post(path, data=orjson.dumps(body) if not isinstance(body, bytes) else body,
-                                 headers=headers)  # fmt: skip
-    assert response.status == status, await response.text()
-    return await response.json()
+from tests.support.api import seed
+from tests.support.desk import PREFIX, SETTINGS, Client, auth, finding, get, post, publish
 
 
 async def case_of(client: Client, customer: str, **filters: str) -> dict[str, Any]:
@@ -98,13 +25,6 @@ async def case_of(client: Client, customer: str, **filters: str) -> dict[str, An
     listed = CaseList.model_validate(await get(client, f"/cases?{query}"))
     assert listed.total == 1, listed
     return listed.cases[0].model_dump()
-
-
-@pytest.fixture
-async def desk(redis_url: str) -> AsyncIterator[Client]:
-    app = create_api(SETTINGS, redis_url, f"127.0.0.1:{free_port()}")
-    async with TestClient(TestServer(app)) as client:
-        yield client
 
 
 async def test_a_second_finding_joins_the_open_case_of_its_customer_and_family(desk: Client) -> None:
@@ -232,6 +152,11 @@ async def test_a_retried_click_changes_nothing_twice(desk: Client) -> None:
     assert first.status == again.status == 200
     assert await first.json() == await again.json()
     assert "Idempotent-Replayed" not in first.headers and again.headers["Idempotent-Replayed"] == "true"
+    # the kept answer, as every version writes and replays it: fingerprint, the HTTP layer's status, body
+    store = desk.app[CASES]
+    kept = await store.redis.get(store.key("idem:li.wei:click-1"))
+    assert list(orjson.loads(kept)) == ["fingerprint", "status", "body"] and orjson.loads(kept)["status"] == 200
+    assert orjson.loads(kept)["body"] == await first.json()
     assert "different request" in (await post(desk, "li", path, {"text": "other"}, 422, key=key))["error"]
     await post(desk, "wang", path, {"text": "me too"}, key=key)  # another caller's key is their own
     missing = await desk.post(path, data=b'{"text": "x"}', headers=auth("li"))
@@ -396,7 +321,7 @@ async def test_outcomes_become_rule_precision(desk: Client) -> None:
     assert not [line for line in metrics if "fundflow_rule" in line and "C0" in line]
 
 
-async def test_cases_work_on_redis_cluster(cluster_url: str) -> None:  # noqa: F811  (the fixture)
+async def test_cases_work_on_redis_cluster(cluster_url: str) -> None:
     """Every case script keeps to the one slot of ``{cases}``: a cluster refuses anything else."""
     settings = Settings(**{**SETTINGS.model_dump(), "redis_cluster": True})
     app = create_api(settings, cluster_url, f"127.0.0.1:{free_port()}")

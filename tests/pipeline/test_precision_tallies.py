@@ -1,8 +1,8 @@
-"""The rules' precision from the tallies cases keep as they close (``cases.store.TALLY_LUA``)
+"""The rules' precision from the tallies cases keep as they close (``cases/lua/tally.lua``)
 equals the definition computed from every closed case read whole (``tests.reference.rule_precision``),
 on a real Redis: after any sequence of resolutions, dismissals, reopenings and joins, and
 whether the tallies were made at the start or only later from cases closed before them
-(an upgrade: ``TALLY_BUILD_LUA``)."""
+(an upgrade: ``cases/lua/tally_build.lua``)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,12 @@ from typing import Any
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from cases.store import OPEN_STATUSES, Actor, Case, CaseStore, Comment, Refused, Transition, outcomes_for
+from cases.model import OPEN_STATUSES, Actor, Case, Comment, Refused, Transition, outcomes_for
+from cases.store import CaseStore
 from streams.clients import connect
 from streams.storage.keys import Keys
-from tests.pipeline.test_cases import finding
-from tests.reference import rule_precision
+from tests.support.desk import finding
+from tests.support.reference import rule_precision
 
 BOSS = Actor("zhang", "supervisor")
 CUSTOMERS = ("C1", "C2", "C3")

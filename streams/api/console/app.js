@@ -4,6 +4,17 @@
 
 const state = { customer: null, feed: [], stream: null };
 const MAX_FEED = 200;
+// Findings a retraction took back (docs/events.md, "Retractions"): struck through wherever listed.
+const withdrawn = new Set();
+const MAX_WITHDRAWN = 5000;
+
+function noteRetractions(findings) {
+  for (const f of findings) {
+    if (!f.retracts) continue;
+    withdrawn.add(f.retracts);
+    if (withdrawn.size > MAX_WITHDRAWN) withdrawn.delete(withdrawn.values().next().value);
+  }
+}
 
 function headers() { return authHeaders(); }
 
@@ -23,11 +34,24 @@ const SEV = { high: "HIGH", medium: "MED", low: "LOW", info: "INFO" };
 function alertItem(f, fresh) {
   const who = el("a", { onclick: () => showCustomer(f.customer_id), "data-customer": f.customer_id }, f.customer_id);
   const extra = f.type === "recommendation" && f.amount ? ` · 建议归集 ${f.amount} → ${f.product}` : f.type === "push" ? ` · push ${f.channel}` : "";
-  return el("li", { class: `alert ${f.severity}${fresh ? " fresh" : ""}`, "data-id": f.id, "data-rule": f.rule },
-    el("div", {}, el("span", { class: `sev ${f.severity}` }, SEV[f.severity] || f.severity), el("span", { class: "rule" }, f.rule), " · ", who,
+  const retraction = typeof f.retracts === "string" && f.retracts !== "";
+  const classes = `alert ${f.severity}${fresh ? " fresh" : ""}${retraction ? " retraction" : ""}${withdrawn.has(f.id) ? " withdrawn" : ""}`;
+  const attrs = { class: classes, "data-id": f.id, "data-rule": f.rule };
+  if (retraction) attrs["data-retracts"] = f.retracts;
+  return el("li", attrs,
+    el("div", {}, el("span", { class: `sev ${f.severity}` }, SEV[f.severity] || f.severity),
+      retraction ? el("span", { class: "tag retracted" }, "撤回 retracted") : null,
+      f.history === true ? el("span", { class: "tag history" }, "历史 history") : null,
+      el("span", { class: "rule" }, f.rule), " · ", who,
       f.tier ? el("span", { class: "meta" }, ` · tier ${f.tier}`) : null),
-    el("div", {}, f.message + extra),
+    el("div", { class: "body" }, f.message + extra),
+    retraction ? el("div", { class: "meta retracts" }, `takes back ${f.type} ${f.rule} · finding ${f.retracts}${f.reason ? " · " + f.reason : ""}`) : null,
     el("div", { class: "meta" }, f.ts));
+}
+
+// A retraction arrived: strike through what it takes back where it is already shown.
+function markWithdrawn(id) {
+  for (const node of document.querySelectorAll("li.alert")) if (node.dataset.id === id) node.classList.add("withdrawn");
 }
 
 function passes(f) {
@@ -42,6 +66,8 @@ function renderFeed() {
 }
 
 function addLive(f) {
+  noteRetractions([f]);
+  if (f.retracts) markWithdrawn(f.retracts);
   state.feed.unshift(f);
   if (state.feed.length > MAX_FEED) state.feed.pop();
   if (passes(f)) {
@@ -127,6 +153,7 @@ async function showCustomer(id) {
     $("c-kpis").replaceChildren(...KPIS.map(([k, label]) =>
       el("div", { class: "kpi" }, el("div", { class: "label" }, label), el("div", { class: "value", "data-field": k }, c[k] ?? "—"))));
     drawChart(h.days);
+    noteRetractions(a.alerts);
     $("c-alerts").replaceChildren(...(a.alerts.length ? a.alerts.map((f) => alertItem(f, false)) : [el("li", { class: "hint" }, "no alerts")]));
   } catch (err) {
     $("customer-empty").hidden = false;
@@ -174,6 +201,7 @@ async function start() {
   try {
     const recent = await api("/alerts?limit=100");
     state.feed = recent.alerts;
+    noteRetractions(recent.alerts);
     renderFeed();
     follow(recent.cursor);
   } catch (err) { return; }

@@ -9,6 +9,7 @@ const OUTCOME = {
   confirmed_outflow: "确认流出 confirmed outflow", retained_after_contact: "联系后留存 retained after contact",
   false_positive: "误报 false positive", not_actionable: "无法处理 not actionable", funds_retained: "资金留存 funds retained",
   funds_left: "资金流出 funds left", confirmed: "确认 confirmed", other: "其他 other (note)",
+  retracted: "撤回 retracted (taken back by the monitor)",
 };
 
 function newKey() {
@@ -66,11 +67,20 @@ function renderList() {
     if (pick && state.picked.has(c.id)) pick.checked = true;
     return el("tr", { "data-case": c.id, class: state.current === c.id ? "current" : "", onclick: () => showCase(c.id) },
       el("td", { class: "pick" }, pick), el("td", {}, c.id), el("td", { class: "prio-" + c.priority }, "P" + c.priority),
-      el("td", {}, el("span", { class: "badge " + c.status }, STATUS[c.status] || c.status)),
+      el("td", {}, el("span", { class: "badge " + c.status }, STATUS[c.status] || c.status), ...marks(c)),
       el("td", {}, c.customer_id + (c.tier ? ` (${c.tier})` : "")), el("td", {}, c.category),
       el("td", {}, c.rules.join(", ")), el("td", {}, c.count), el("td", { class: "assignee" }, c.assignee || "—"));
   });
   $("cases").tBodies[0].replaceChildren(...rows);
+}
+
+// A case the monitor took findings back from, or made of history findings (docs/cases.md).
+function marks(c) {
+  const found = [];
+  if (c.outcome === "retracted") found.push(el("span", { class: "tag retracted" }, "撤回 retracted"));
+  else if (c.retracted) found.push(el("span", { class: "tag retracted", title: "findings taken back by the monitor" }, `撤回 ${c.retracted}`));
+  if (c.history) found.push(el("span", { class: "tag history" }, "历史 history"));
+  return found;
 }
 
 function togglePick(id, on) {
@@ -108,11 +118,15 @@ async function showCase(id) {
     $("k-status").className = "badge " + c.status;
     $("k-status").textContent = STATUS[c.status] || c.status;
     $("k-meta").textContent = `${c.customer_id} · ${c.type} · ${c.category} · ${c.severity} · P${c.priority} · ${c.count} finding(s) · `
-      + `assignee ${c.assignee || "—"} · opened ${c.opened_at}` + (c.outcome ? ` · outcome ${c.outcome}` : "") + (c.note ? ` · ${c.note}` : "");
+      + `assignee ${c.assignee || "—"} · opened ${c.opened_at}` + (c.outcome ? ` · outcome ${c.outcome}` : "") + (c.note ? ` · ${c.note}` : "")
+      + (c.retracted ? ` · ${c.retracted} taken back 撤回` : "") + (c.history ? " · history 历史" : "");
     $("actions").replaceChildren(...actions(c, d.outcomes));
     $("k-comments").replaceChildren(...(d.comments.length ? d.comments.map((m) => el("li", {}, el("span", { class: "who" }, m.actor), ` ${m.at}: ${m.text}`)) : [el("li", { class: "hint" }, "no comments")]));
-    $("k-findings").replaceChildren(...d.findings.map((f) => el("li", {}, el("span", { class: "who" }, f.rule), ` ${f.ts}: ${f.message}`)));
+    const gone = new Set(d.audit.filter((a) => a.action === "finding_retracted").map((a) => a.finding_id));
+    $("k-findings").replaceChildren(...d.findings.map((f) => el("li", { class: gone.has(f.id) ? "withdrawn" : "", "data-id": f.id },
+      el("span", { class: "who" }, f.rule), f.history === true ? el("span", { class: "tag history" }, "历史 history") : null, ` ${f.ts}: ${f.message}`)));
     $("k-audit").replaceChildren(...d.audit.map((a) => el("li", { "data-action": a.action }, el("span", { class: "who" }, a.actor), ` ${a.at} ${a.action}`
+      + (a.action === "finding_retracted" ? ` ${a.rule || ""} ${a.finding_id}` : "")
       + (a.field ? ` ${a.field}: ${a.from ?? "—"} → ${a.to ?? "—"}` : "") + (a.text ? `: ${a.text}` : "") + (a.outcome ? ` (${a.outcome})` : "") + (a.reason ? ` — ${a.reason}` : ""))));
     for (const row of $("cases").tBodies[0].rows) row.className = Number(row.dataset.case) === id ? "current" : "";
   } catch (err) { notify(err.message); }
