@@ -24,7 +24,7 @@ demo: $(STAMP)
 	@$(VENV)/bin/fundflow demo $(BERKA_ARG)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check streams rules alerts cases tests
+	$(VENV)/bin/ruff check streams rules alerts cases feeds tests
 	$(VENV)/bin/mypy
 
 # Two test processes (pytest-xdist), each test file whole in one of them (module fixtures stay
@@ -35,8 +35,10 @@ PYTEST_PARALLEL ?= -n 2 --dist loadfile
 test: $(STAMP) browser-deps tool-deps lint
 	$(PY) -m pytest -q $(PYTEST_PARALLEL)
 
+# The folder is the layer: unit (pure code) and pipeline (real Redis, in-process); no worker
+# processes, no broker scenarios, no browser (tests/connected, tests/browser).
 test-fast: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_PARALLEL) -m "not slow and not browser"
+	$(PY) -m pytest -q $(PYTEST_PARALLEL) tests/unit tests/pipeline
 
 # Headless Chromium for the console tests (Debian's package; playwright drives it).
 browser-deps:

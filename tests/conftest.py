@@ -1,4 +1,9 @@
-"""Shared fixtures: real servers, never mocks.
+"""Session-wide fixtures: real servers, never mocks.
+
+The folder is the test layer: ``unit`` (pure code), ``pipeline`` (our code in this process on a
+real Redis), ``connected`` (real ``fundflow`` processes, broker and Redis; marked ``connected``),
+``browser`` (headless Chromium; marked ``browser``). Each layer's ``conftest.py`` holds its own
+fixtures; shared helpers live in ``tests/support`` (no test module imports another).
 
 ``stack`` starts the embedded Kafka-protocol broker and Redis once per test
 session. To run the suite against other servers instead, set

@@ -20,7 +20,8 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from cases.store import HOUR_MS, CaseFilter, CaseStore
+from cases.model import HOUR_MS
+from cases.store import CaseFilter, CaseStore
 from streams.api.cases import CASES
 from streams.api.server import create_api
 from streams.clients import connect
@@ -34,8 +35,8 @@ from streams.storage.store import StateStore
 from streams.tiers import TierBook, rebuild
 from streams.tools.berka import berka_lines
 from streams.topics import LOANS, TRANSACTIONS
-from tests.browser.test_console_browser import CHROMIUM, FLAGS, screenshot, serve
-from tests.fakes import Sink
+from tests.support.browser import CHROMIUM, FLAGS, screenshot, serve
+from tests.support.fakes import Sink
 
 pytestmark = pytest.mark.browser
 

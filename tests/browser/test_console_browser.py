@@ -9,52 +9,18 @@ draws the balance chart. ``FUNDFLOW_UPDATE_SCREENSHOT=1`` refreshes
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
-from typing import Any
 
 import pytest
-from aiohttp import web
 from pydantic import SecretStr
 
 from streams.api.server import create_api
-from streams.local.servers import free_port
 from streams.settings import Settings
-from tests.connected.test_alerts_connected import CUSTOMERS, drain_events
-from tests.pipeline.test_api import PREFIX, records, seed
+from tests.support.api import PREFIX, records, seed
+from tests.support.browser import CHROMIUM, FLAGS, screenshot, serve
+from tests.support.drain import CUSTOMERS, drain_events
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-ROOT = Path(__file__).resolve().parents[2]
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
-    """``app`` served on a free local port for the browser; ``runner.cleanup()`` stops it."""
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner, port
-
-
-async def screenshot(page: Any, shot: Path) -> None:
-    """A full-page screenshot; with ``FUNDFLOW_UPDATE_SCREENSHOT=1`` also kept in docs/."""
-    await page.screenshot(path=str(shot), full_page=True)
-    if os.environ.get("FUNDFLOW_UPDATE_SCREENSHOT"):
-        shutil.copy(shot, ROOT / "docs" / shot.name)
-
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (make test installs Debian's package)")
 async def test_console_shows_live_alerts_and_a_customer_chart(redis_url: str, tmp_path: Path) -> None:

@@ -18,8 +18,8 @@ from cases.store import CaseFilter
 from streams.api.cases import CASES
 from streams.api.server import create_api
 from streams.settings import ApiToken, Settings
-from tests.browser.test_console_browser import CHROMIUM, FLAGS, screenshot, serve
-from tests.pipeline.test_cases import finding, publish
+from tests.support.browser import CHROMIUM, FLAGS, screenshot, serve
+from tests.support.desk import finding, publish
 
 pytestmark = pytest.mark.browser
 

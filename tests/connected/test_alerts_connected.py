@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
 import subprocess
 import sys
 import time
@@ -17,7 +16,6 @@ from typing import cast
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from alerts.receiver_example import RECEIVED, STATS, make_app
 from rules.contribution import tier_of
@@ -27,71 +25,14 @@ from streams.local.servers import Stack, free_port
 from streams.settings import Settings
 from streams.storage.keys import Keys
 from streams.tiers import read_cuts
-from streams.topics import ALERTS, MARKETING, RECOMMENDATIONS, TRANSACTIONS, all_topics
-from tests.pipeline.test_webhook import SECRET, Receiver
+from streams.topics import ALERTS, MARKETING, RECOMMENDATIONS, all_topics
+from tests.support.drain import CUSTOMERS, ZONE, drain_events
+from tests.support.processes import env, produce, stop
+from tests.support.webhook import SECRET, Receiver
 
 pytestmark = [pytest.mark.connected, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-CUSTOMERS = [f"WH{i:02d}" for i in range(6)]
-ZONE = dt.timezone(dt.timedelta(hours=8))
-
-
-def drain_events() -> list[dict[str, object]]:
-    """Each customer: a big credit, then most of it leaves to another bank an hour later."""
-    start = dt.datetime(2024, 3, 1, 9, 0, tzinfo=ZONE)
-    events: list[dict[str, object]] = []
-    for i, customer in enumerate(CUSTOMERS):
-        base = {"customer_id": customer, "account_id": f"A-{customer}"}
-        events.append(
-            {
-                **base,
-                "txn_id": f"{customer}-1",
-                "ts": (start + dt.timedelta(minutes=i)).isoformat(),
-                "direction": "credit",
-                "amount": "250000.00",
-                "kind": "transfer_in",
-            }
-        )
-        events.append(
-            {
-                **base,
-                "txn_id": f"{customer}-2",
-                "ts": (start + dt.timedelta(hours=1, minutes=i)).isoformat(),
-                "direction": "debit",
-                "amount": "240000.00",
-                "kind": "transfer_out",
-                "external": True,
-                "counterparty_bank": "B07",
-            }
-        )
-    return events
-
-
-def env(stack: Stack, tmp: Path, **extra: str) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("FUNDFLOW_")}
-    clean.update(
-        FUNDFLOW_KAFKA_BOOTSTRAP=stack.kafka_bootstrap,
-        FUNDFLOW_REDIS_URL=stack.redis_url,
-        FUNDFLOW_APP_ID="alerts-e2e",
-        FUNDFLOW_KEY_PREFIX="alerts-e2e",
-        FUNDFLOW_VAR_DIR=str(tmp),
-        FUNDFLOW_WEBHOOK_SECRET=SECRET.decode(),
-    )
-    clean.update(extra)
-    return clean
-
-
-async def produce(bootstrap: str, events: list[dict[str, object]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        for event in events:
-            await producer.send_and_wait(TRANSACTIONS, orjson.dumps(event), key=str(event["customer_id"]).encode())
-    finally:
-        await producer.stop()
-
-
 async def findings_on_topics(settings: Settings, bootstrap: str) -> dict[str, dict[str, object]]:
     found: dict[str, dict[str, object]] = {}
     for topic in (ALERTS, RECOMMENDATIONS, MARKETING):
@@ -123,15 +64,6 @@ def tier_events(phase: int) -> list[dict[str, object]]:
             txn("TC7", 2, 75, "credit", "1.00"),
         ]
     return [txn("TC0", 3, 76, "debit", "5000000.00", kind="transfer_out", external=True, counterparty_bank="B09")]
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def customer_tier(stack: Stack, tmp: Path, customer: str) -> str | None:

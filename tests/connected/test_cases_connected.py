@@ -27,8 +27,8 @@ from streams.pipeline import outbox_entry
 from streams.storage.keys import Keys
 from streams.storage.store import StateStore
 from streams.topics import ALERTS
-from tests.connected.test_alerts_connected import ROOT
-from tests.pipeline.test_cases import finding
+from tests.support import ROOT
+from tests.support.desk import finding
 
 PREFIX = "deskc"
 TOKENS = [

@@ -3,39 +3,13 @@
 from __future__ import annotations
 
 import lzma
-import os
-import subprocess
-import sys
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from streams.tools.berka import SHIPPED_BERKA
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def fundflow(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("FUNDFLOW_")}
-    clean.update(env)
-    return subprocess.run(
-        [sys.executable, "-m", "streams.cli.main", *args],
-        cwd=ROOT,
-        env=clean,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, fragment: str) -> None:
-    assert result.returncode == code, (result.returncode, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    assert lines[0].startswith("fundflow: error:"), lines[0]
-    assert fragment in lines[0], lines[0]
+from tests.support.processes import assert_one_line_error, fundflow
 
 
 @pytest.mark.parametrize(
@@ -158,7 +132,7 @@ async def _store_customers(redis_url: str, prefix: str) -> None:
     from streams.clients import connect
     from streams.storage.keys import Keys
     from streams.storage.store import Commit, StateStore
-    from tests import eventgen
+    from tests.support import eventgen
 
     client = connect(redis_url)
     store = StateStore(client, Keys(prefix))
@@ -259,7 +233,7 @@ async def test_board_shows_the_day_and_check_finds_a_tampered_cell(redis_url: st
     from streams.clients import connect
     from streams.storage.keys import Keys
     from streams.storage.store import StateStore
-    from tests.pipeline.test_board import processor, records
+    from tests.support.board import processor, records
 
     client = connect(redis_url)
     try:
@@ -292,8 +266,8 @@ async def test_fold_writes_every_changelog_into_its_state(redis_url: str) -> Non
     from streams.storage.keys import Keys
     from streams.storage.store import StateStore
     from streams.topics import TRANSACTIONS
-    from tests import eventgen
-    from tests.fakes import Sink
+    from tests.support import eventgen
+    from tests.support.fakes import Sink
 
     settings = Settings(key_prefix="fold", bank_tz="Asia/Shanghai")
     client = connect(redis_url)

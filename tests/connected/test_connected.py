@@ -20,7 +20,8 @@ from streams.clients import ensure_topics
 from streams.local.servers import Stack, free_port
 from streams.settings import Settings
 from streams.topics import all_topics
-from tests import eventgen
+from tests.support import eventgen
+from tests.support.processes import _alive
 
 pytestmark = pytest.mark.connected
 
@@ -91,18 +92,6 @@ def test_embedded_servers_die_with_their_parent(tmp_path: Path) -> None:
         alive = [pid for pid in pids if _alive(pid)]
         time.sleep(0.1)
     assert not alive, f"orphans left: {alive}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie of ours would still answer kill(0); reap it
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:
-        return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
 
 @pytest.fixture(scope="module")

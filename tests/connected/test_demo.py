@@ -19,28 +19,11 @@ from pathlib import Path
 import pytest
 
 from streams.tools.berka import SHIPPED_BERKA
-from tests.connected.test_connected import _alive
+from tests.support.processes import _alive, children_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.connected]
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def children_of(pid: int) -> set[int]:
-    """Every live descendant of ``pid`` (by /proc), however deep and whatever its session."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(fields[1])
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
 
 
 def small_berka(tmp_path: Path, rows: int) -> tuple[Path, int]:

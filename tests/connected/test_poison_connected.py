@@ -18,8 +18,8 @@ import pytest
 from streams.local.orchestra import read_topic
 from streams.local.servers import EmbeddedRedis
 from streams.topics import DLQ
-from tests import eventgen
-from tests.connected.test_reliability import Scenario, http_get
+from tests.support import eventgen
+from tests.support.scenario import Scenario, http_get
 
 pytestmark = [pytest.mark.slow, pytest.mark.connected]
 

@@ -15,14 +15,15 @@ from pathlib import Path
 import orjson
 import pytest
 
-from cases.store import Actor, CaseFilter, CaseStore, RulePrecision, Transition
+from cases.model import Actor, RulePrecision, Transition
+from cases.store import CaseFilter, CaseStore
 from streams.cli.main import main
 from streams.clients import connect
 from streams.storage.keys import Keys
-from tests.connected.test_cli import assert_one_line_error, fundflow
-from tests.pipeline.test_cases import finding
-from tests.unit.test_evaluate import alert, txn
-from tests.unit.test_tune import history, write
+from tests.support.desk import finding
+from tests.support.evaluation import alert, txn
+from tests.support.processes import assert_one_line_error, fundflow
+from tests.support.tuning import history, write
 
 PREFIX = "eval"
 # C0..C3 large_external_outflow: resolved confirmed, false positive, false positive; C3 dismissed.

@@ -1,117 +1,33 @@
 """Every long-running process stops when asked: SIGTERM or SIGINT -> a one-line message,
 exit status 0 within STOP_BOUND seconds, whether or not Kafka and Redis still answer,
-and nothing it started is left behind (``streams.stopping``)."""
+and nothing it started is left behind (``streams.stopping``).
+
+No test sleeps a fixed time: each waits for what it needs to be true (events applied, a
+connection to the broker open, the process's reaction to a server's loss in its log or in its
+sockets) and fails with the process's output if that does not happen in time."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from streams.local.servers import Stack, free_port
-from streams.settings import Settings
-from tests.connected.test_demo import children_of
-from tests.eventgen import lines, transactions
+from tests.support.eventgen import lines, transactions
+from tests.support.processes import Process, applied, children_of, kill, port_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.connected]
-
-STOP_BOUND = 10.0
-
-
-@pytest.fixture
-def own_stack(tmp_path: Path) -> Iterator[Stack]:
-    """A broker and a Redis of this test alone: the tests kill them."""
-    with Stack(Settings(kafka_bootstrap=None, redis_url=None, var_dir=tmp_path / "stack")) as stack:
-        yield stack
-
-
-class Process:
-    """``fundflow ARGS`` in its own session, output to a log; killed at the end of the test."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
-        clean = {k: v for k, v in os.environ.items() if not k.startswith("FUNDFLOW_")}
-        clean.update(env)
-        self.log = log
-        with log.open("wb") as out:
-            self.popen = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli.main", *args],
-                cwd=log.parent,  # (Faust makes an {app_id}-data folder in its cwd)
-                env=clean,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_for(self, marker: str, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while marker not in self.text():
-            assert self.popen.poll() is None, self.text()[-3000:]
-            assert time.monotonic() < deadline, f"no {marker!r} in {timeout}s: {self.text()[-3000:]}"
-            time.sleep(0.2)
-
-    def wait_ready(self, port: int, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.popen.poll() is None, self.text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError(f"not ready in {timeout}s: {self.text()[-3000:]}")
-
-    def assert_stops(self, signum: int = signal.SIGTERM) -> None:
-        """Signalled, it exits 0 within the bound, says so in one line, and leaves nothing."""
-        children = children_of(self.popen.pid)
-        started = time.monotonic()
-        self.popen.send_signal(signum)
-        try:
-            code = self.popen.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            code = -9
-        seconds = time.monotonic() - started
-        text = self.text()
-        assert code == 0 and seconds <= STOP_BOUND, f"exit {code} after {seconds:.1f}s:\n{text[-3000:]}"
-        name = signal.Signals(signum).name
-        assert f"stopping on {name}" in text, text[-2000:]
-        time.sleep(0.5)
-        assert not {pid for pid in children if Path(f"/proc/{pid}").exists()}, "a child was left behind"
-
-    def close(self) -> None:
-        if self.popen.poll() is None:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait()
-
-
-@pytest.fixture
-def processes() -> Iterator[list[Process]]:
-    started: list[Process] = []
-    yield started
-    for process in started:
-        process.close()
 
 
 def events_file(tmp_path: Path, customers: int = 50, per_customer: int = 200) -> Path:
     path = tmp_path / "events.jsonl"
     path.write_bytes(b"\n".join(lines(transactions(customers, per_customer))) + b"\n")
     return path
-
-
-def kill(server: object) -> None:
-    assert server is not None
-    server.kill()  # type: ignore[attr-defined]
 
 
 def ready_worker(stack: Stack, tmp_path: Path, processes: list[Process]) -> Process:
@@ -122,17 +38,22 @@ def ready_worker(stack: Stack, tmp_path: Path, processes: list[Process]) -> Proc
     return worker
 
 
+def busy_worker(stack: Stack, tmp_path: Path, processes: list[Process], events: Path, rate: int) -> Process:
+    """A ready worker with a replay feeding it: batches in flight, offsets not all committed."""
+    worker = ready_worker(stack, tmp_path, processes)
+    processes.append(Process(["replay", str(events), "--rate", str(rate)], stack.env(), tmp_path / "r.log"))
+    worker.wait_until(lambda: applied(stack.redis_url) > 0, "applying events")
+    return worker
+
+
 @pytest.mark.parametrize("dead", ["broker", "redis"])
 def test_worker_stops_on_sigterm_after_its_server_went_away(
     own_stack: Stack, tmp_path: Path, processes: list[Process], dead: str
 ) -> None:
-    worker = ready_worker(own_stack, tmp_path, processes)
-    # traffic in flight when the server goes: batches half done, offsets not yet committed
-    replay = Process(["replay", str(events_file(tmp_path)), "--rate", "1000"], own_stack.env(), tmp_path / "r.log")
-    processes.append(replay)
-    time.sleep(3)
+    worker = busy_worker(own_stack, tmp_path, processes, events_file(tmp_path), rate=1000)
     kill(own_stack.broker if dead == "broker" else own_stack.redis)
-    time.sleep(4)  # well inside its reconnect / coordinator / Redis retries
+    # inside its reconnect / coordinator retries (aiokafka's "Connect call failed"), or its Redis retries
+    worker.wait_for("will be retried" if dead == "redis" else "Connect call failed", timeout=30)
     assert worker.popen.poll() is None, worker.text()
     worker.assert_stops(signal.SIGTERM)
 
@@ -154,9 +75,8 @@ def test_api_stops_on_sigterm_with_both_servers_down(
     api.wait_for("console on")
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
         assert response.status == 200
-    kill(own_stack.broker)
+    kill(own_stack.broker)  # each returns once its server process is gone
     kill(own_stack.redis)
-    time.sleep(1)
     api.assert_stops(signal.SIGTERM)
 
 
@@ -166,10 +86,11 @@ def test_webhook_relay_stops_on_sigterm_with_the_broker_gone(
     env = {**own_stack.env(), "FUNDFLOW_WEBHOOK_SECRET": "s3cret"}
     relay = Process(["alerts", "webhook", "--url", "http://127.0.0.1:9/hook"], env, tmp_path / "relay.log")
     processes.append(relay)
+    broker = port_of(own_stack.kafka_bootstrap)
     relay.wait_for("relaying")
-    time.sleep(3)  # joined its group
+    relay.wait_until(lambda: relay.connected_to(broker), "connected to the broker")
     kill(own_stack.broker)
-    time.sleep(3)
+    relay.wait_until(lambda: relay.let_go_of(broker), "done with its broker connections", timeout=30)
     relay.assert_stops(signal.SIGTERM)
 
 
@@ -178,20 +99,20 @@ def test_alerts_tail_stops_on_sigterm_with_the_broker_gone(
 ) -> None:
     tail = Process(["alerts", "tail", "--json"], own_stack.env(), tmp_path / "tail.log")
     processes.append(tail)
-    time.sleep(5)  # subscribed and waiting for findings
-    assert tail.popen.poll() is None, tail.text()
+    broker = port_of(own_stack.kafka_bootstrap)
+    tail.wait_until(lambda: tail.connected_to(broker), "subscribed (connected to the broker)")
     kill(own_stack.broker)
-    time.sleep(3)
+    tail.wait_until(lambda: tail.let_go_of(broker), "done with its broker connections", timeout=30)
     tail.assert_stops(signal.SIGTERM)
 
 
 def test_replay_stops_on_sigterm_with_no_broker(own_stack: Stack, tmp_path: Path, processes: list[Process]) -> None:
     replay = Process(["replay", str(events_file(tmp_path)), "--rate", "200"], own_stack.env(), tmp_path / "r.log")
     processes.append(replay)
-    time.sleep(6)
+    broker = port_of(own_stack.kafka_bootstrap)
+    replay.wait_until(lambda: replay.connected_to(broker), "sending (connected to the broker)")
     kill(own_stack.broker)
-    time.sleep(2)
-    assert replay.popen.poll() is None, replay.text()
+    replay.wait_until(lambda: replay.let_go_of(broker), "done with its broker connections", timeout=30)
     replay.assert_stops(signal.SIGTERM)
 
 
@@ -208,24 +129,22 @@ def test_demo_stops_on_sigterm_with_its_broker_gone(tmp_path: Path, processes: l
     demo = Process(["demo", "--rate", "300"], {"FUNDFLOW_VAR_DIR": str(tmp_path)}, tmp_path / "demo.log")
     processes.append(demo)
     demo.wait_for("web console", timeout=120)
-    time.sleep(4)
+    broker = port_of(re.findall(r"FUNDFLOW_KAFKA_BOOTSTRAP=(\S+)", demo.text())[0])
+    demo.wait_until(lambda: demo.connected_to(broker), "running against its broker")
     tansu = [pid for pid in children_of(demo.popen.pid) if b"tansu" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     assert len(tansu) == 1
     os.kill(tansu[0], signal.SIGKILL)
-    time.sleep(2)
+    demo.wait_until(lambda: demo.let_go_of(broker), "done with its broker connections", timeout=30)
     demo.assert_stops(signal.SIGTERM)
 
 
 def test_a_second_signal_exits_at_once(own_stack: Stack, tmp_path: Path, processes: list[Process]) -> None:
     """With Redis gone the first SIGTERM starts a stop that only the watchdog ends; a second one ends it now."""
-    worker = ready_worker(own_stack, tmp_path, processes)
-    replay = Process(["replay", str(events_file(tmp_path, 20, 50)), "--rate", "500"], own_stack.env(), tmp_path / "r")
-    processes.append(replay)
-    time.sleep(3)
+    worker = busy_worker(own_stack, tmp_path, processes, events_file(tmp_path, 20, 50), rate=500)
     kill(own_stack.redis)
-    time.sleep(3)
+    worker.wait_for("will be retried", timeout=30)
     worker.popen.send_signal(signal.SIGTERM)
-    time.sleep(1)
+    worker.wait_for("stopping on SIGTERM")
     started = time.monotonic()
     worker.popen.send_signal(signal.SIGTERM)
     assert worker.popen.wait(timeout=30) == 0

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
-import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -19,43 +18,12 @@ from streams.api.board_models import board_openapi
 from streams.api.case_models import case_openapi
 from streams.api.models import Alerts, Customer, Finding, Health, History, Tiers, openapi_document
 from streams.api.server import create_api
-from streams.clients import connect
-from streams.deadletter import RawRecord
 from streams.errors import ConfigError
 from streams.local.servers import free_port
 from streams.pipeline import BatchProcessor
-from streams.rulestep import build_step
-from streams.settings import Settings, rates, state_config, thresholds
-from streams.storage.keys import Keys
-from streams.storage.snapshot import load_all
-from streams.storage.store import StateStore
-from streams.tiers import TierBook, rebuild
-from streams.topics import TRANSACTIONS
-from tests import eventgen
-from tests.connected.test_alerts_connected import CUSTOMERS, drain_events
-from tests.fakes import Sink
-
-PREFIX = "api"
-TOKENS = ("token-one", "token-two")
-AUTH = {"Authorization": f"Bearer {TOKENS[1]}"}
-
-
-def records(events: list[dict[str, object]], first_offset: int = 0) -> list[RawRecord]:
-    return [
-        RawRecord(TRANSACTIONS, 0, first_offset + i, str(e["customer_id"]).encode(), orjson.dumps(e), 0)
-        for i, e in enumerate(events)
-    ]
-
-
-async def seed(redis_url: str, settings: Settings) -> BatchProcessor:
-    """State, findings, feed and tiers written by the real pipeline code (rules on)."""
-    store = StateStore(connect(redis_url), Keys(settings.key_prefix))
-    processor = BatchProcessor(store, build_step(settings), Sink())
-    events = eventgen.transactions(customers=8, per_customer=30) + drain_events()[:-2]
-    await processor.process(records(events))
-    book = TierBook(store.redis, store.keys, state_config(settings), thresholds(settings), rates(settings))
-    await rebuild(store.redis, store.keys, await load_all(store), book)
-    return processor
+from streams.settings import Settings
+from tests.support.api import AUTH, PREFIX, TOKENS, records, seed
+from tests.support.drain import CUSTOMERS, drain_events
 
 
 @pytest.fixture

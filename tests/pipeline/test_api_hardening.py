@@ -27,7 +27,7 @@ from streams.api.server import create_api
 from streams.local.servers import free_port
 from streams.settings import Settings
 from streams.storage.keys import Keys
-from tests.pipeline.test_api import AUTH, PREFIX, TOKENS, seed
+from tests.support.api import AUTH, PREFIX, TOKENS, seed
 
 Client = TestClient[Any, Any]
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from cases.store import AGE_BUCKETS, HOUR_MS
+from cases.model import AGE_BUCKETS, HOUR_MS
 from rules.contribution import tier_of
 from streams.api.board_models import Board
 from streams.api.cases import CASES
@@ -17,14 +17,14 @@ from streams.api.server import create_api
 from streams.local.servers import free_port
 from streams.storage.keys import Keys
 from streams.tiers import read_cuts
-from tests.pipeline.test_api import seed
-from tests.pipeline.test_cases import PREFIX, SETTINGS, desk, finding, get, post, publish  # noqa: F401  (desk: the fixture)
+from tests.support.api import seed
+from tests.support.desk import PREFIX, SETTINGS, finding, get, post, publish
 
 Client = TestClient[Any, Any]
 NOW_MS = 1_900_000_000_000
 
 
-async def test_every_role_reads_the_board_and_nobody_without_a_token(desk: Client) -> None:  # noqa: F811  (the fixture)
+async def test_every_role_reads_the_board_and_nobody_without_a_token(desk: Client) -> None:
     for who in ("viewer", "li", "boss", "plain"):
         Board.model_validate(await get(desk, "/board", who))
     for headers in ({}, {"Authorization": "Bearer nope"}):
@@ -33,7 +33,7 @@ async def test_every_role_reads_the_board_and_nobody_without_a_token(desk: Clien
         assert (await response.json()) == {"error": "missing or wrong bearer token"}
 
 
-async def test_bad_parameters_are_a_400_that_says_what_is_accepted(desk: Client) -> None:  # noqa: F811  (the fixture)
+async def test_bad_parameters_are_a_400_that_says_what_is_accepted(desk: Client) -> None:
     for query, says in (
         ("day=1998-13-01", "day must be a calendar day YYYY-MM-DD"),
         ("day=1998-02-30", "day must be a calendar day"),
@@ -51,7 +51,7 @@ async def test_bad_parameters_are_a_400_that_says_what_is_accepted(desk: Client)
     Board.model_validate(await get(desk, "/board?day=1998-12-31&top=0"))
 
 
-async def test_cases_by_status_and_open_cases_by_age(desk: Client) -> None:  # noqa: F811  (the fixture)
+async def test_cases_by_status_and_open_cases_by_age(desk: Client) -> None:
     store = desk.app[CASES]
     ages_h = {"C-new": 0.5, "C-2h": 2, "C-10h": 10, "C-2d": 48, "C-5d": 120, "C-10d": 240, "C-30d": 720}
     for customer, hours in sorted(ages_h.items(), key=lambda kv: -kv[1]):  # opened oldest first, as in life
@@ -82,7 +82,7 @@ async def test_cases_by_status_and_open_cases_by_age(desk: Client) -> None:  # n
     assert [a.count for a in later.cases.open_by_age] == [0, 0, 2, 1, 1, 1]  # 2h -> 5h joins 10h -> 13h
 
 
-async def test_cases_opened_together_are_aged_together(desk: Client) -> None:  # noqa: F811  (the fixture)
+async def test_cases_opened_together_are_aged_together(desk: Client) -> None:
     """One intake opens many cases at one time; ``ix:opened`` orders ties as text ("9" > "10"),
     which must not split them across an age edge."""
     store = desk.app[CASES]
@@ -126,7 +126,7 @@ async def test_the_tier_part_counts_between_the_cut_points(redis_url: str) -> No
         await processor.store.redis.aclose()
 
 
-async def test_an_empty_bank_has_an_empty_board(desk: Client) -> None:  # noqa: F811  (the fixture)
+async def test_an_empty_bank_has_an_empty_board(desk: Client) -> None:
     board = Board.model_validate(await get(desk, "/board"))
     assert board.cases.by_status == dict.fromkeys(("open", "in_progress", "resolved", "dismissed"), 0)
     assert all(a.count == 0 for a in board.cases.open_by_age)

@@ -30,7 +30,7 @@ from streams.storage.keys import Keys
 from streams.storage.store import StateStore
 from streams.tools.berka import berka_lines
 from streams.tools.replay import route
-from tests.fakes import Sink
+from tests.support.fakes import Sink
 
 BATCH = 250
 COUNTERS = {  # what an operator sees of the changelog (docs/metrics.md)

@@ -8,59 +8,24 @@ import dataclasses
 import hashlib
 import json
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from decimal import Decimal
-from zoneinfo import ZoneInfo
 
 import pytest
 import zstandard
 from redis.crc import key_slot
 
 from rules.events import Event, TransactionEvent
-from rules.state import CustomerState, Outcome, StateConfig, apply_loan, apply_transaction
+from rules.state import CustomerState, Outcome, apply_loan, apply_transaction
 from streams.clients import connect
 from streams.deadletter import RawRecord
-from streams.pipeline import BatchProcessor, Step, outbox_entry
+from streams.pipeline import BatchProcessor, Step
 from streams.storage.codec import WRITE_DICTIONARY, ZSTD_MAGIC, decode_state, dictionaries, encode_state, encode_states
 from streams.storage.keys import Keys
 from streams.storage.store import COMMIT_CHUNK, Commit, StateStore
 from streams.topics import ALERTS, DLQ, TRANSACTIONS
-from tests.fakes import Sink
-
-ZONE = ZoneInfo("Asia/Shanghai")
-CONFIG = StateConfig(ZONE)
-
-
-def toy_finding(event: TransactionEvent) -> dict[str, object]:
-    return {"id": f"big-{event.txn_id}", "rule": "big"}
-
-
-def big_credit_step(finding: Callable[[TransactionEvent], dict[str, object]] = toy_finding) -> Step:
-    """State step + a toy rule: every credit >= 100 is a finding (``finding(event)``)."""
-
-    def step(state: CustomerState, event: Event) -> tuple[Outcome, list[bytes]]:
-        if not isinstance(event, TransactionEvent):
-            return apply_loan(state, event, CONFIG), []
-        outcome = apply_transaction(state, event, CONFIG)
-        findings = []
-        if outcome is Outcome.APPLIED and event.direction == "credit" and event.amount >= 100:
-            value = json.dumps(finding(event)).encode()
-            findings.append(outbox_entry(ALERTS, event.customer_id, value))
-        return outcome, findings
-
-    return step
-
-
-def txn(i: int, customer: str, direction: str, amount: str, day: int = 1) -> RawRecord:
-    event = {
-        "txn_id": f"t{i}",
-        "customer_id": customer,
-        "account_id": f"{customer}-acct",
-        "ts": f"2024-03-{day:02d}T09:00:{i % 60:02d}+08:00",
-        "direction": direction,
-        "amount": amount,
-    }
-    return RawRecord(TRANSACTIONS, 0, i, customer.encode(), json.dumps(event).encode(), 0)
+from tests.support.batches import CONFIG, big_credit_step, processor, txn
+from tests.support.fakes import Sink
 
 
 def batch() -> list[RawRecord]:
@@ -78,10 +43,6 @@ async def store(redis_url: str) -> AsyncIterator[StateStore]:
     client = connect(redis_url)
     yield StateStore(client, Keys("fftest"))
     await client.aclose()
-
-
-def processor(store: StateStore, sink: Sink, step: Step | None = None) -> BatchProcessor:
-    return BatchProcessor(store, step or big_credit_step(), sink, retry_initial=0.001, retry_max=0.01)
 
 
 async def test_batch_applies_dead_letters_and_publishes(store: StateStore) -> None:

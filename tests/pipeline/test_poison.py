@@ -32,7 +32,7 @@ from streams.storage.codec import encode_state
 from streams.storage.keys import Keys
 from streams.storage.store import StateStore
 from streams.topics import ALERTS, DLQ, TRANSACTIONS
-from tests.fakes import Sink
+from tests.support.fakes import Sink
 
 CONFIG = StateConfig(ZoneInfo("Asia/Shanghai"))
 PRODUCED_MS = 1_750_000_000_000  # 2025-06-15: after every event time below

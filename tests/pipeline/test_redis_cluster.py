@@ -10,7 +10,7 @@ import datetime as dt
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -23,31 +23,22 @@ from redis.exceptions import RedisClusterException, ResponseError
 
 from streams.board import check, prune, read_board, shards, stored
 from streams.clients import connect, ensure_topics
-from streams.local.servers import EmbeddedRedis, Stack, free_port
+from streams.local.servers import Stack, free_port
 from streams.settings import Settings, rates, state_config, thresholds
 from streams.storage.keys import Keys
 from streams.storage.store import CLUSTER_CALLS_IN_FLIGHT, RECENT_ALERTS_KEPT, StateStore, _bounded
 from streams.tiers import TierBook, distribution, rebuild
 from streams.topics import all_topics
-from tests.connected.test_alerts_connected import ROOT, env, produce, stop
-from tests.fakes import Sink
-from tests.pipeline.test_board import ZONE as BOARD_ZONE
-from tests.pipeline.test_board import processor as board_processor
-from tests.pipeline.test_board import reference as board_reference
-from tests.pipeline.test_board import txn as board_txn
-from tests.pipeline.test_pipeline import big_credit_step, processor, txn
+from tests.support import ROOT
+from tests.support.batches import big_credit_step, processor, txn
+from tests.support.board import ZONE as BOARD_ZONE
+from tests.support.board import processor as board_processor
+from tests.support.board import reference as board_reference
+from tests.support.board import txn as board_txn
+from tests.support.fakes import Sink
+from tests.support.processes import env, produce, stop
 
 CUSTOMERS = [f"cl{i:02d}" for i in range(40)]  # spread over many hash slots
-
-
-@pytest.fixture(scope="module")
-def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = EmbeddedRedis(free_port(), Path(tmp_path_factory.mktemp("cluster")), cluster=True)
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -42,8 +42,8 @@ from streams.local.servers import free_port
 from streams.settings import Settings, safe_url
 from streams.storage.keys import Keys
 from streams.topics import ALERTS
+from tests.support.webhook import SECRET, Receiver
 
-SECRET = b"s3cret-for-tests"
 NOW = 1_700_000_000
 
 
@@ -112,23 +112,6 @@ def test_safe_url_drops_credentials_and_query() -> None:
     )
     assert safe_url("http://u:pw@[fd00::1]:8080/hook?k=v") == "http://[fd00::1]:8080/hook"
     assert safe_url("http://user:pw@/hook?token=t") == "http:///hook"
-
-
-class Receiver:
-    """A real HTTP server on a free port; ``fail_first`` answers 503 that many times."""
-
-    def __init__(self, app: web.Application) -> None:
-        self.app = app
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/hook"
-        self.runner = web.AppRunner(app)
-
-    async def start(self) -> None:
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        await self.runner.cleanup()
 
 
 def flaky_app(fail_first: int) -> web.Application:

@@ -13,7 +13,7 @@ from rules.board import NO_RATE, BoardDelta, cents, collection_bucket, recompute
 from rules.events import TransactionEvent
 from rules.metrics import evaluate
 from rules.state import CustomerState, Outcome, StateConfig, apply_transaction, to_us
-from tests.strategies import histories
+from tests.support.strategies import histories
 
 ZONE = ZoneInfo("Asia/Shanghai")
 CONFIG = StateConfig(ZONE)

@@ -7,7 +7,7 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from rules.events import TransactionEvent
-from tests.reference import reference_state
+from tests.support.reference import reference_state
 
 ZONE = ZoneInfo("Asia/Shanghai")
 

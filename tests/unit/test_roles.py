@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from cases.store import Actor
+from cases.model import Actor
 from streams.api.roles import identify, principals
 from streams.settings import ApiToken, Settings
 

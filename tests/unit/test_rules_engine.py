@@ -26,7 +26,7 @@ from rules.engine import (
 from rules.events import LoanEvent, TransactionEvent
 from rules.metrics import Metrics, evaluate
 from rules.state import CustomerState, Outcome, StateConfig, apply_loan, apply_transaction, local_day, to_us
-from tests.strategies import histories
+from tests.support.strategies import histories
 
 ZONE = ZoneInfo("Asia/Shanghai")
 CONFIG = StateConfig(ZONE)

@@ -33,8 +33,8 @@ from rules.state import (
     to_us,
 )
 from streams.storage.codec import decode_state, encode_state
-from tests.reference import reference_state
-from tests.strategies import event_sequences_for_cap, histories
+from tests.support.reference import reference_state
+from tests.support.strategies import event_sequences_for_cap, histories
 
 ZONE = ZoneInfo("Asia/Shanghai")
 FIELDS = [
