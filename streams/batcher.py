@@ -15,10 +15,11 @@ while Faust keeps delivering, so the per-batch cost is spread over many
 records exactly when throughput matters. A worker that is behind (``backlog``:
 the consumer's latest fetches say Kafka already holds more records of these
 partitions) waits, up to ``busy_linger``, until those are in the batch too (at
-most ``max_events``): Faust hands records over on this same thread, ~25 in a
-5 ms linger on a slow core, so a worker catching up with the short linger ran
-batches of ~30 and paid the per-batch costs (round trips, the commit call,
-Faust's bookkeeping) ten times as often. A batch of what is already there is
+most ``max_events``): Faust hands records over on this same thread, only a few
+in a short linger, so a worker catching up with the short linger ran small
+batches and paid the per-batch costs (round trips, the commit call, Faust's
+bookkeeping) many times as often (docs/performance.md, "Batch size of a worker
+catching up"). A batch of what is already there is
 what group commit does: no record waits for one that has not arrived, and at
 light load (nothing more in Kafka) nothing changes. Records are acked, in order, only
 after their batch is processed (state committed, findings published), so

@@ -46,9 +46,10 @@ _PR_SET_PDEATHSIG = 1
 # a record waits half of it on average. But every fetch of a partition with new records
 # lists all of that partition's stored batches (one object per produced batch), so a
 # fetch costs in proportion to everything ever written, and a short wait multiplies it.
-# At 5 ms a worker one minute into an 800/s soak starved (fetches slow and empty while
-# the broker took the CPU) and fell behind; at 50 ms the same soak keeps up. The price:
-# a light-load p50 of ~20-30 ms instead of ~11 (``make bench`` shows the broker's share).
+# At 5 ms a worker in a soak starved (fetches slow and empty while the broker took the
+# CPU) and fell behind; at 50 ms the same soak keeps up. The price: a higher light-load
+# latency (docs/performance.md, "Fetch max wait on the embedded broker"; ``make bench``
+# shows the broker's share).
 EMBEDDED_FETCH_MAX_WAIT_MS = 50
 
 

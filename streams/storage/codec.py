@@ -5,15 +5,17 @@ decimals) or as its decimal string, and read back as that ``Decimal``, exponent 
 all: no float ever touches a stored amount. The blob carries a format number ``f``:
 this version writes 2 and reads 1 and 2; a reader that meets a newer format refuses
 it (``ValueError``) rather than misreading money. Format 2 (docs/performance.md,
-"What a customer costs in Redis") writes times as steps in whole seconds where it
+"State blob size and compression") writes times as steps in whole seconds where it
 can, an event's local day as its offset from the UTC day, the events' times and the
-remembered ids as columns, and only 32 bits of each id's content hash: on the Berka
-customers of ``make bench`` 454 B per compressed blob against format 1's 693.
+remembered ids as columns, and only 32 bits of each id's content hash: a third less
+per compressed blob than format 1.
 ``compress=True`` (what the worker writes, ``FUNDFLOW_COMPRESS_STATE``) stores the
 JSON as a Zstandard frame at level 1 with a dictionary trained on states
-(``streams.tools.statedict``): about 3x smaller than the JSON (2x without the
-dictionary) and ~35% faster to compress than without one (zlib, which earlier
-versions wrote, took 3x as long for a larger blob). The reader tells the kinds apart
+(``streams.tools.statedict``): a dictionary because each small blob compressed alone
+relearns the same shape, which makes it both smaller and faster to compress than
+without one, and Zstandard because zlib, which earlier versions wrote, was slower for
+a larger blob (figures: docs/performance.md, "State blob size and compression"). The
+reader tells the kinds apart
 by their first bytes (``{`` is JSON, the zstd frame magic, else zlib) and a zstd
 frame by the dictionary id in its header (0: none), so blobs written any way, before
 or after a change of the setting or the version, stay readable; a frame that names
@@ -119,7 +121,7 @@ def _dec(value: Decimal) -> str:
 
 
 # --- format 2 ------------------------------------------------------------------------
-# Numbers as the JSON takes them best (docs/performance.md, "what a customer costs in Redis"):
+# Numbers as the JSON takes them best (docs/performance.md, "State blob size and compression"):
 # - money with two decimals (``Decimal`` exponent -2, what every amount of Berka has) as an
 #   integer count of cents; any other exponent as its decimal string. Read back as
 #   ``Decimal("<cents>E-2")``: the same value and the same exponent, exactly;
@@ -164,7 +166,8 @@ def _money(value: Decimal) -> int | str:
 
 
 def _unmoney(value: int | str) -> Decimal:
-    return Decimal(value) if isinstance(value, str) else Decimal(f"{value}E-2")  # (scaleb: 2x slower)
+    # (not scaleb, which is slower: docs/performance.md, "State encode costs")
+    return Decimal(value) if isinstance(value, str) else Decimal(f"{value}E-2")
 
 
 def _age(value: Decimal) -> int | str:
@@ -271,8 +274,8 @@ def _seen_wire(state: CustomerState) -> tuple[bytes, bytes, bytes]:
     """The remembered ids as written: their ids, their hashes (one string of fixed-width
     hex, or a list if any is not ``SEEN_HASH_CHARS`` wide) and their times (each the step
     from the one before), from the last ones written plus the ids added since. The ids
-    are the largest part of a long-lived customer's state (360 of them); re-encoding them
-    all for every commit took ~25 µs of a ~90 µs encode."""
+    are the largest part of a long-lived customer's state; re-encoding them all for every
+    commit was a large part of an encode (docs/performance.md, "State encode costs")."""
     seen = state.seen
     wire, wired, n = state.seen_wire, state.seen_wired, len(seen)
     if wire is None or n < wired:
@@ -371,8 +374,8 @@ def encode_state(state: CustomerState, *, compress: bool = False) -> bytes:
 def encode_states(states: Sequence[CustomerState], *, compress: bool = False) -> list[bytes]:
     """Many states, as ``encode_state`` writes each, compressed in one call. A compressor
     releases the GIL while it works, and Faust's consumer thread takes it each time and
-    holds it until it blocks: once per blob, that stalled a worker by ~20%; once per batch
-    it costs nothing."""
+    holds it until it blocks: once per blob, that stalled a worker measurably; once per
+    batch it costs nothing (docs/performance.md, "State encode costs")."""
     plain: list[bytes | bytearray | memoryview] = [encode_state(state) for state in states]
     if not compress or not plain:
         return [bytes(blob) for blob in plain]

@@ -15,8 +15,10 @@ Lua script that, for each customer of the batch, in one atomic step
    bank-level cells (``rules.board``): exactly-once with the state.
 
 A state is one string, ``version:bucket:blob`` (a hash of ``v`` and ``s``, as
-versions before 2026-11 wrote it, costs ~200 B more per customer in Redis; it is
-still read, and its next commit replaces it with the string).
+versions before 2026-11 wrote it, costs more per customer in Redis, a blob being too
+large for a hash's compact encoding: docs/performance.md, "A state as a string,
+statistics in the commit"; it is still read, and its next commit replaces it with the
+string).
 
 A customer's keys share one hash tag. One script call carries many customers
 (the client's per-command cost, not Redis' work, limits a worker); on Redis
@@ -373,7 +375,8 @@ class StateStore:
         One script call carries up to ``COMMIT_CHUNK`` customers (per-command cost in the
         client, not Redis' work, is what limits a worker); with ``cluster=True`` a call only
         holds customers of one hash slot, as Redis Cluster requires. ``tally``'s statistics
-        ride in the same round trip (a round trip of their own cost a small batch ~10%);
+        ride in the same round trip (a round trip of their own was a noticeable share of
+        a small batch: docs/performance.md, "A state as a string, statistics in the commit");
         they are a view: a failure to write them is logged, never raised."""
         if not commits:
             return set()

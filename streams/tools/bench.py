@@ -66,10 +66,10 @@ from streams.topics import ALERTS, INPUT_TOPICS
 LIGHT_LOAD = 100.0  # events/s: the latency floor, when nothing queues
 # The latency stages' producer sends what came due every this many ms, each record stamped
 # with the moment it came due (a linger: aiokafka's default is 0, our tools' 5). Tansu, the
-# embedded broker, lists every stored batch on each fetch: at 5 ms, 80% of (c) wrote
-# ~16,000 small batches in a stage, and by its end the broker took ~60% of a core, on the
-# two cores the worker shares with it (FundFlow's committed p99 at 80% 1,415 ms, beside
-# 456 ms at 50 ms, same code). Both columns include the wait.
+# embedded broker, lists every stored batch on each fetch: at 5 ms, 80% of (c) wrote so
+# many small batches that by the stage's end the broker took the CPU of the two cores the
+# worker shares with it, and the committed p99 was the broker's, not FundFlow's
+# (docs/performance.md, "The latency stages' producer tick"). Both columns include the wait.
 LATENCY_PRODUCER_LINGER_MS = 50
 TIER_INDEX_WAIT_SECONDS = 60.0  # the memory stage waits for the first tier refresh (30 s)
 SHARE_TARGET_MS = 25  # FundFlow's share at 80% of (c): committed p99 - bare consumer p99 (issue 18)
@@ -368,7 +368,8 @@ SUFFIXES = (":state", ":log", ":outbox", ":alerts")  # a customer's keys (stream
 async def redis_memory(run: LocalRun, prefix: str, wait: float = TIER_INDEX_WAIT_SECONDS) -> dict[str, Any]:
     """Bytes per customer: MEMORY USAGE of each customer's keys (state, changelog, outbox, alerts) plus
     their share of the tier index, once the worker's tier refresh (every 30 s) has written
-    it: measured before, a run counted ~120 B per customer less than a worker keeps."""
+    it: measured before, a run counted less than a worker keeps (docs/performance.md, "The
+    memory stage and the tier index")."""
 
     client = aioredis.Redis.from_url(run.redis_url)
     try:

@@ -47,9 +47,10 @@ WATCHED = 4
 DEMO_RATE = 300.0  # events/s: readable on screen, and hours inside the embedded broker's fetch curve
 # The replay's producer linger: at most one stored batch per partition per second, whatever
 # the rate (up to ~3,000 events/s, where 256 KiB batches fill first). Tansu's fetch at the end
-# of a partition stays under ~20 ms up to ~15,000 stored batches and stalls past ~20,000
-# (docs/demo.md): one a second is over four hours healthy; at the default 5 ms, 300 events/s
-# over 4 partitions made ~75 batches/s each and reached the stall in about four minutes.
+# of a partition slows with every stored batch and then stalls (docs/demo.md, "The embedded
+# broker's fetch cost grows with the batches it stores"): at one a second the demo stays
+# healthy for hours; the default 5 ms linger reached the stall within minutes (docs/demo.md,
+# "What the demo does about it").
 DEMO_LINGER_MS = 1000
 
 

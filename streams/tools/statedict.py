@@ -2,10 +2,9 @@
 
 State blobs are small JSON documents of one shape (``streams.storage.codec``): the same
 keys, the same kinds of numbers, dates and ids. Compressed one by one, each
-frame relearns that shape; a dictionary trained on states gives it up front.
-On held-out Berka customers (half the customers trained, the other half
-measured, 16 KiB dictionary, level 1) blobs came out ~25% smaller and compressed
-~35% faster than without one; format 2 blobs ~32% smaller (608 -> 415 B mean).
+frame relearns that shape; a dictionary trained on states gives it up front, so
+blobs come out smaller and compress faster than without one (measured on held-out
+Berka customers, as ``train`` reports: docs/performance.md, "State blob size and compression").
 
 A dictionary that has written blobs must stay readable for as long as such
 blobs exist: ``streams/storage/zdict/`` keeps every shipped one (``state-<id>.zdict``,
@@ -36,7 +35,7 @@ from streams.storage.codec import ZSTD_LEVEL, encode_state
 from streams.tools.berka import berka_lines
 from streams.tools.replay import route
 
-DICTIONARY_BYTES = 16 * 1024  # 8 KiB compresses slower, 64 KiB too (cache); 16-32 KiB is the knee
+DICTIONARY_BYTES = 16 * 1024  # smaller compresses slower, larger too (cache): docs/performance.md
 SAMPLE_EVERY = 7  # a customer's state is sampled after every 7th applied event
 BASE_MS = 1_764_000_000_000
 

@@ -1,6 +1,6 @@
 """docs/events.md and docs/metrics.md are the contracts: everything the code defines
 on the wire or as a metric is documented there, and the documented metric fields are
-the ones the code computes."""
+the ones the code computes. The README's package table names the modules there are."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def topic_names() -> list[str]:
 
 def test_every_topic_is_in_events_md() -> None:
     names = topic_names()
-    assert len(names) == 6
+    assert len(names) == 7
     assert [t for t in names if f"`{t}`" not in EVENTS] == []
 
 
@@ -108,5 +108,89 @@ def test_nothing_refers_to_files_outside_the_checkout() -> None:
     root = DOCS.parent
     outside = ("../" + "shared", '/ "' + 'shared"')  # a path, or one built with pathlib
     sources = [*root.glob("streams/**/*.py"), *root.glob("rules/*.py"), *root.glob("alerts/*.py")]
+    sources += [*root.glob("cases/*.py"), *root.glob("feeds/*.py")]
     sources += [*root.glob("tests/**/*.py"), *root.glob("docs/*.md"), root / "Makefile", root / "pyproject.toml"]
     assert [str(p) for p in sources if any(o in p.read_text(encoding="utf-8") for o in outside)] == []
+
+
+ROOT = DOCS.parent
+CODE_PACKAGES = ("rules", "streams", "alerts", "cases", "feeds")  # tests/unit/test_architecture.py's PACKAGES
+
+
+def package_table(readme: str) -> dict[str, set[str]]:
+    """The README's package table (under "## Architecture", header ``| package | role | modules |``):
+    each row's folder, its first cell written as a backticked path with a trailing slash
+    (`` `streams/storage/` `` -> ``streams/storage``), and the modules the row names: every
+    backticked span that is exactly a file name ``name.py``. A span with a slash in it
+    (`` `streams/app.py` ``, `` `deploy/rules.yaml` ``) is a reference, not an entry, so a row
+    can point elsewhere without listing it."""
+    section = readme.split("\n## Architecture\n", 1)[1].split("\n## ", 1)[0]
+    table = section.split("| package | role | modules |\n", 1)[1].split("\n\n", 1)[0]
+    rows: dict[str, set[str]] = {}
+    for line in table.splitlines():
+        row = re.fullmatch(r"\| `([\w/]+)/` \|(.*)\|", line.strip())
+        if row:
+            rows[row.group(1)] = set(re.findall(r"`(\w+\.py)`", row.group(2)))
+    return rows
+
+
+def code_packages(root: Path) -> dict[str, set[str]]:
+    """Every package of our code (a folder with ``__init__.py`` under ``CODE_PACKAGES``) and its
+    modules: the ``*.py`` files directly in it, ``__init__.py`` excepted (a subpackage is its
+    own row)."""
+    found: dict[str, set[str]] = {}
+    for top in CODE_PACKAGES:
+        for init in sorted((root / top).rglob("__init__.py")):
+            modules = {path.name for path in init.parent.glob("*.py") if path.name != "__init__.py"}
+            found[init.parent.relative_to(root).as_posix()] = modules
+    return found
+
+
+def table_mismatches(rows: dict[str, set[str]], packages: dict[str, set[str]]) -> list[str]:
+    """Every package without a row, every module its row leaves out, and every module a row of
+    our code names that is not there. Rows for other folders (``tests/``, by layer) are not held
+    to modules."""
+    found = [f"{folder}/: no row" for folder in sorted(set(packages) - set(rows))]
+    for folder, named in sorted(rows.items()):
+        if folder.split("/")[0] not in CODE_PACKAGES:
+            continue
+        there = packages.get(folder, set())
+        found += [f"{folder}/{name}: not in the table" for name in sorted(there - named)]
+        found += [f"{folder}/{name}: in the table, not in the folder" for name in sorted(named - there)]
+    return found
+
+
+def test_the_readme_package_table_names_every_module_and_no_other() -> None:
+    rows = package_table((ROOT / "README.md").read_text(encoding="utf-8"))
+    assert {"rules", "streams", "streams/storage", "cases", "feeds", "tests"} <= set(rows)
+    assert table_mismatches(rows, code_packages(ROOT)) == []
+
+
+def test_the_package_table_check_catches_a_missing_and_a_stale_module() -> None:
+    readme = (
+        "# FundFlow\n\n## Architecture\n\n| package | role | modules |\n| --- | --- | --- |\n"
+        "| `rules/` | core | `state.py` (see `streams/app.py`), `gone.py` |\n"
+        "| `tests/` | by layer | `conftest.py` |\n\n## Next\n"
+    )
+    rows = package_table(readme)
+    assert rows == {"rules": {"state.py", "gone.py"}, "tests": {"conftest.py"}}
+    packages = {"rules": {"state.py", "money.py"}, "feeds": {"camt.py"}}
+    assert table_mismatches(rows, packages) == [
+        "feeds/: no row",
+        "rules/money.py: not in the table",
+        "rules/gone.py: in the table, not in the folder",
+    ]
+
+
+def test_every_figure_a_comment_points_to_is_in_performance_md() -> None:
+    """Numbers live in docs, reasons in code: a comment names the section that holds its
+    figure as ``docs/performance.md, "Section"`` (across comment lines too), and that section
+    must be a heading there."""
+    headings = set(re.findall(r"^#{2,3} (.+?)\s*$", (DOCS / "performance.md").read_text(encoding="utf-8"), re.M))
+    named: set[tuple[str, str]] = set()
+    for top in CODE_PACKAGES:
+        for path in (ROOT / top).rglob("*.py"):
+            flat = re.sub(r"\n\s*(?:#\s*)?", " ", path.read_text(encoding="utf-8"))
+            named |= {(path.name, m) for m in re.findall(r'performance\.md, "([^"]+)"', flat)}
+    assert len(named) > 10
+    assert sorted((file, name) for file, name in named if name not in headings) == []
