@@ -37,6 +37,7 @@ from rules.events import TransactionEvent
 from rules.state import (
     CREDIT,
     EXTERNAL,
+    NO_FLOW,
     WINDOW_90D_US,
     CustomerState,
     inflow_since,
@@ -52,7 +53,8 @@ Cells = dict[str, dict[str, int]]  # day (ISO) -> cell -> integer
 
 
 def cents(amount: Decimal) -> int:
-    """An amount of at most two decimals, in cents, exactly."""
+    """An amount in cents, exactly for a currency of at most two decimals (a three-decimal
+    currency's thousandths are cut: the cells are in cents, as stored since the start)."""
     return int(amount.scaleb(2))
 
 
@@ -84,14 +86,28 @@ class BoardDelta:
     net: dict[str, int] = field(default_factory=dict)  # day -> this customer's net outflow (cents)
     latest_us: int | None = None  # the latest event time applied
 
-    def add_transaction(self, event: TransactionEvent, ts_us: int, zone: ZoneInfo) -> None:
+    def add_transaction(
+        self, event: TransactionEvent, ts_us: int, zone: ZoneInfo, state: CustomerState | None = None
+    ) -> None:
+        """An applied transaction's flow (``state``: the customer's, just stepped by it). A
+        reversal is no flow, and takes the reversed transaction's flow out of its own day
+        (when the state still kept it: ``state.undone``); an own-account transfer is no flow."""
+        self.note_time(ts_us)
+        if event.reverses is not None:
+            undone = state.undone if state is not None else None
+            if undone is not None:
+                credit, external = bool(undone.flags & CREDIT), bool(undone.flags & EXTERNAL)
+                self._flow(undone.ts_us, credit, record_kind(undone), external, -abs(cents(undone.amount)), zone)
+            return
+        if event.counterparty_customer_id is not None and event.counterparty_customer_id == event.customer_id:
+            return
+        self._flow(ts_us, event.direction == "credit", event.kind, event.external, cents(event.amount), zone)
+
+    def _flow(self, ts_us: int, credit: bool, kind: str, external: bool, amount: int, zone: ZoneInfo) -> None:
         ordinal, hour = local_day_hour(ts_us, zone)
         day = iso_day(ordinal)
-        credit = event.direction == "credit"
-        amount = cents(event.amount)
-        _add(self.flows, day, flow_cell(hour, credit, event.kind, event.external), amount)
+        _add(self.flows, day, flow_cell(hour, credit, kind, external), amount)
         self.net[day] = self.net.get(day, 0) + (-amount if credit else amount)
-        self.note_time(ts_us)
 
     def note_time(self, ts_us: int) -> None:
         if self.latest_us is None or ts_us > self.latest_us:
@@ -99,7 +115,10 @@ class BoardDelta:
 
     def add_finding(self, finding: Any) -> None:
         """A finding as published (``type``, ``category``, ``rule``, ``ts`` in the bank zone);
-        anything else (a test's stand-in) is not counted."""
+        anything else (a test's stand-in) is not counted, nor is a retraction: the cells count
+        findings as they were made (docs/board.md)."""
+        if isinstance(finding, Mapping) and "retracts" in finding:
+            return
         try:
             ts = finding["ts"]
             cell = finding_cell(int(ts[11:13]), finding["type"], finding["category"], finding["rule"])
@@ -160,6 +179,8 @@ def recompute(
             complete_from = max(complete_from or state.kept_from_day, state.kept_from_day)
         board.count(collection_bucket(state))
         for record in state.events:
+            if record.flags & NO_FLOW:
+                continue
             ordinal, hour = local_day_hour(record.ts_us, zone)
             day = iso_day(ordinal)
             credit = bool(record.flags & CREDIT)

@@ -51,6 +51,7 @@ from rules.state import (
     LOAN_REPAYMENT,
     LOT_AMOUNT,
     LOT_TS,
+    NO_FLOW,
     US_PER_DAY,
     ZERO,
     CustomerState,
@@ -81,7 +82,7 @@ class Finding:
     @property
     def id(self) -> str:
         """Deterministic: the same trigger always gives the same id (replays are recognisable)."""
-        salt = self.extra.get("campaign", "")
+        salt = self.extra.get("campaign") or self.extra.get("retracts", "")
         text = f"{self.kind}|{self.rule}|{self.customer_id}|{self.trigger_txn_id}|{salt}"
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
@@ -300,17 +301,24 @@ def record_push(memory: dict[str, Any], ts_us: int, campaign: str, newest_us: in
 
 
 def _recent(state: CustomerState, since_us: int) -> Iterable[Any]:
+    """The flows after ``since_us``, newest first (a reversal, a reversed transaction or an
+    own-account transfer is none: docs/events.md)."""
     for record in reversed(state.events):
         if record.ts_us <= since_us:
             return
-        yield record
+        if not record.flags & NO_FLOW:
+            yield record
 
 
-def _day_nets(state: CustomerState, from_day: int) -> dict[int, Decimal]:
+def _day_nets(state: CustomerState, from_day: int, flows_only: bool = False) -> dict[int, Decimal]:
+    """Each day's net from ``from_day`` on: of every record (what moved the balance), or of
+    the flows alone (the net-outflow streak)."""
     nets: dict[int, Decimal] = {}
     for record in reversed(state.events):
         if record.day < from_day:
             break
+        if flows_only and record.flags & NO_FLOW:
+            continue
         nets[record.day] = nets.get(record.day, ZERO) + record.amount
     return nets
 
@@ -388,7 +396,7 @@ def inflow_and_retention(state: CustomerState, as_of_us: int) -> tuple[Decimal, 
 
 
 def _streak(state: CustomerState, today: int, limit: int) -> int:
-    nets = _day_nets(state, today - limit)
+    nets = _day_nets(state, today - limit, flows_only=True)
     streak = 0
     while streak < limit and nets.get(today - streak, ZERO) < 0 and (today - streak) in nets:
         streak += 1
@@ -412,20 +420,73 @@ def judge(
         _register_due(j, event)  # a LoanEvent fires nothing itself: it adds check points
         _due_dates(j)
         return j.out
+    if event.reverses is not None:
+        _retract(j, event.reverses)  # whatever its age: the findings it takes back went out
     if j.ts < j.newest - int(config.max_lateness_hours * HOUR_US):
         j.out.suppressed.append(("all", "stale"))
         return j.out
     _due_dates(j)
-    if event.direction == "credit":
-        _collection(j, event)
-    else:
-        _outflow(j, event, balance_before)
-        if event.kind == "loan_repayment":
-            _sweep(j, event)
+    # A reversal is never fresh money, and an own-account transfer never left: neither is a flow
+    flow = event.reverses is None and event.counterparty_customer_id != event.customer_id
+    if flow:
+        if event.direction == "credit":
+            _collection(j, event)
+        else:
+            _outflow(j, event, balance_before)
+            if event.kind == "loan_repayment":
+                _sweep(j, event)
     if event.balance_after is not None:
         _ledger(j)
-    _income(j)
+    if flow:
+        _income(j)
+    _remember_triggered(j)
     return j.out
+
+
+def _remember_triggered(j: _Judge) -> None:
+    """What this transaction triggered, so that its reversal can take it back: kept as long
+    as the transaction can be reversed (the dedup horizon), in the rules' memory."""
+    mine = [f for f in j.out.findings if f.trigger_txn_id == j.trigger and "retracts" not in f.extra]
+    triggered: dict[str, list[Any]] | None = j.memory.get("triggered")
+    if not mine and not triggered:
+        return
+    if triggered is None:
+        triggered = j.memory["triggered"] = {}
+    if mine:
+        triggered[j.trigger] = [j.ts, [[f.id, f.kind, f.rule, f.category, f.severity] for f in mine]]
+    horizon = j.newest - j.state_config.dedup_horizon_us
+    for txn in [txn for txn, (ts, _) in triggered.items() if ts <= horizon]:
+        del triggered[txn]
+    if not triggered:
+        del j.memory["triggered"]
+
+
+def _retract(j: _Judge, reversed_txn: str) -> None:
+    """A retraction for every finding the reversed transaction triggered (docs/events.md,
+    "Retractions"), each once: its memory goes with it. The rules' other memory (cool-downs,
+    push caps) stays as it is: a push that went out was a contact, taken back or not."""
+    triggered: dict[str, list[Any]] = j.memory.get("triggered", {})
+    entry = triggered.pop(reversed_txn, None)
+    if not triggered:
+        j.memory.pop("triggered", None)
+    if entry is None:
+        return
+    for finding_id, kind, rule, category, severity in entry[1]:
+        j.out.findings.append(
+            Finding(
+                kind=kind,
+                rule=rule,
+                category=category,
+                severity=severity,
+                customer_id=j.state.customer_id,
+                tier=j.tier,
+                ts_us=j.ts,
+                trigger_txn_id=j.trigger,
+                evidence={"retracts": finding_id, "reversed_txn_id": reversed_txn},
+                message=f"撤回: 触发交易已冲正 — taken back: the transaction that triggered {rule} was reversed",
+                extra={"retracts": finding_id, "reason": "trigger_reversed"},
+            )
+        )
 
 
 def _collection(j: _Judge, event: TransactionEvent) -> None:

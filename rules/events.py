@@ -19,7 +19,10 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
-MAX_AMOUNT_DIGITS = 18  # 16 integer digits + 2 decimals: far beyond any real balance
+MAX_AMOUNT_DIGITS = 19  # 16 integer digits and up to 3 decimals: far beyond any real balance
+# The most decimals any amount may carry here (BHD, KWD: 3). The deployment's currency
+# decides how many it really may (``rules.money.minor_digits``, checked by ``streams.decode``).
+MAX_MINOR_DIGITS = 3
 
 
 def _finite(value: Decimal) -> Decimal:
@@ -54,10 +57,11 @@ def _plain_decimal(value: object) -> object:
     return value
 
 
-# decimal_places=2 counts significant decimals: "1.50" and "1.500" pass, "1.505" does not.
+# decimal_places counts significant decimals: at 2, "1.50" and "1.500" pass, "1.505" does not.
 # (The text check comes last in each Annotated: before the constraints it would make
-# pydantic check them in Python, 2.5 µs more per event.)
-_Money = Annotated[Decimal, Field(allow_inf_nan=False, max_digits=MAX_AMOUNT_DIGITS, decimal_places=2)]
+# pydantic check them in Python, a cost on every event: docs/performance.md, "Money
+# validation order".)
+_Money = Annotated[Decimal, Field(allow_inf_nan=False, max_digits=MAX_AMOUNT_DIGITS, decimal_places=MAX_MINOR_DIGITS)]
 _PlainDecimal = BeforeValidator(_plain_decimal)
 Money = Annotated[_Money, _PlainDecimal]
 PositiveMoney = Annotated[_Money, Field(gt=0), _PlainDecimal]
@@ -111,12 +115,14 @@ class TransactionEvent(BaseModel):
     ts: Timestamp
     direction: Direction
     amount: PositiveMoney
-    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = "CNY"
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] | None = None  # None: the deployment's
     kind: Kind = "other"
     external: Annotated[bool, Field(strict=True)] = False
     counterparty_bank: Id64 | None = None
     balance_after: Money | None = None
     payer_customer_id: Id64 | None = None
+    reverses: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    counterparty_customer_id: Id64 | None = None
 
 
 class LoanEvent(BaseModel):

@@ -20,6 +20,7 @@ from rules.state import (
     EXTERNAL,
     FEE,
     LOAN_REPAYMENT,
+    NO_FLOW,
     US_PER_DAY,
     ZERO,
     CustomerState,
@@ -103,15 +104,19 @@ def evaluate(
     txn_count_30d = 0
     banks_90d: set[str] = set()
     consumed_90d = weighted_90d = ZERO
-    day_net: dict[int, Decimal] = {}
+    day_net: dict[int, Decimal] = {}  # every record's: the balances
+    flow_net: dict[int, Decimal] = {}  # the flows': the streak
 
     for record in reversed(state.events):
         ts = record.ts_us
         amount = record.amount
-        day_net[record.day] = day_net.get(record.day, ZERO) + amount  # balances and the streak
+        day_net[record.day] = day_net.get(record.day, ZERO) + amount
+        flags = record.flags
+        if flags & NO_FLOW:  # a reversal, a reversed transaction, an own-account transfer
+            continue
+        flow_net[record.day] = flow_net.get(record.day, ZERO) + amount
         if ts <= start_90d:
             continue
-        flags = record.flags
         if flags & EXTERNAL and record.bank is not None:
             banks_90d.add(record.bank)
         if flags & CREDIT:
@@ -191,7 +196,7 @@ def evaluate(
         loan_repaid_30d=loan_repaid_30d,
         fee_debits_30d=fee_30d,
         external_banks_90d=len(banks_90d),
-        net_outflow_streak_days=_streak(state, day_net, as_of_day),
+        net_outflow_streak_days=_streak(state, flow_net, as_of_day),
         retention_days_avg_90d=retention,
         collection_rate_90d=collection_rate,
         segments=segments,
@@ -237,6 +242,8 @@ def daily_history(state: CustomerState, as_of_us: int, zone: Any) -> list[DayRow
     count: dict[int, int] = {}
     for record in state.events:
         net[record.day] = net.get(record.day, ZERO) + record.amount
+        if record.flags & NO_FLOW:
+            continue
         count[record.day] = count.get(record.day, 0) + 1
         if record.amount > 0:
             inflow[record.day] = inflow.get(record.day, ZERO) + record.amount

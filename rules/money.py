@@ -27,3 +27,19 @@ def to_cent(value: Decimal) -> Decimal:
 def money(value: Decimal) -> str:
     """An amount as its wire/display string: half-up to the cent, e.g. ``"1234.57"``."""
     return str(rounded(value, 2))
+
+
+# ISO 4217 currencies whose minor unit is not the cent (the exponent: digits after the point).
+_MINOR_DIGITS: dict[str, int] = {
+    **dict.fromkeys(("BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI", "VND",
+                     "VUV", "XAF", "XOF", "XPF"), 0),
+    **dict.fromkeys(("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"), 3),
+    "CLF": 4,
+    "UYW": 4,
+}
+
+
+def minor_digits(currency: str) -> int:
+    """The ISO 4217 exponent of ``currency``: how many decimals its amounts may carry (2 for
+    CNY, 0 for JPY, 3 for BHD). A code the table does not name has 2, as most do."""
+    return _MINOR_DIGITS.get(currency, 2)

@@ -55,6 +55,14 @@ LOAN_REPAYMENT = 4
 FEE = 8
 SALARY = 16
 PENSION = 32
+# Above the kind code (bits 6-9) and the codec's day code (bits 10-11, stored form only):
+# a record that moves the balance but is no flow — a reversed transaction, the reversal
+# itself, a leg of an own-account transfer (docs/events.md). Every flow (windows, counts,
+# the 看板's flow cells, retention ages) skips it; the balance path keeps it, so the days
+# the money sat keep it.
+NO_FLOW = 1 << 12
+REVERSAL = 1 << 13  # (with NO_FLOW) the record of a reversal: it may not be reversed itself
+REVERSED = 1 << 14  # (with NO_FLOW) a transaction a reversal undid
 
 _KIND_FLAGS = {"loan_repayment": LOAN_REPAYMENT, "fee": FEE, "salary": SALARY, "pension": PENSION}
 KINDS: Final[tuple[str, ...]] = get_args(Kind)  # every transaction kind of events.md, in its order
@@ -73,6 +81,11 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"  # same txn_id, same content: changes nothing
     CONFLICT = "duplicate_txn_id_conflict"  # same txn_id, other content: refused, dead-lettered
     TOO_LATE = "too_late_to_deduplicate"  # older than the dedup horizon: refused, dead-lettered
+    UNKNOWN_REVERSED = "unknown_reversed_txn"  # reverses a txn_id never applied or past the horizon
+    REVERSAL_MISMATCH = "reversal_mismatch"  # does not undo what it names (amount, direction, a reversal)
+
+
+REVERSED_MARK: Final = "~"  # before a remembered txn_id's hash: it has been reversed
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +132,8 @@ class LoanPoint:
 
 
 # Positions in the hot-path records (mutable lists and tuples, not objects: measured, a lot is
-# touched by every debit and a remembered txn_id by every event; see docs/performance.md).
+# touched by every debit and a remembered txn_id by every event; docs/performance.md, "Hot-path
+# records as lists and tuples").
 LOT_AMOUNT: Final = 0  # a FIFO lot: the amount of it still in the account,
 LOT_TS: Final = 1  # when it came in (event time, µs),
 LOT_WIRE: Final = 2  # its stored form cached by streams.storage.codec (None: changed since)
@@ -169,6 +183,9 @@ class CustomerState:
     # still the same records before it appends the ones added since).
     events_wire: Any = field(default=None, compare=False, repr=False)
     seen_wired: int = field(default=0, compare=False, repr=False)
+    # Not stored: what the last reversal applied undid (the reversed transaction's record as
+    # it counted before, or None when it is no longer kept), for the 看板's delta.
+    undone: EventRecord | None = field(default=None, compare=False, repr=False)
 
 
 def local_day(ts_us: int, zone: ZoneInfo) -> int:
@@ -195,8 +212,9 @@ def _offset_through_hour(hour: int, zone: ZoneInfo) -> int | None:
 def local_day_hour(ts_us: int, zone: ZoneInfo) -> tuple[int, int]:
     """The ordinal of the local day and the local hour in ``zone`` of ``ts_us``: what
     ``from_us(ts_us).astimezone(zone)`` gives, from the zone's offset for that UTC hour
-    (cached) by integer arithmetic. Converting each time cost the step and the 看板 a few
-    µs per event; an hour with a transition in it, or a day past the calendar's ends
+    (cached) by integer arithmetic. Converting each time was a visible part of the step's
+    and the 看板's cost per event (docs/performance.md, "Time conversions in the step");
+    an hour with a transition in it, or a day past the calendar's ends
     (which raises, as the conversion does), takes the conversion."""
     offset = _offset_through_hour(ts_us // HOUR_US, zone)
     if offset is not None:
@@ -210,8 +228,9 @@ def local_day_hour(ts_us: int, zone: ZoneInfo) -> tuple[int, int]:
 
 # (event, zone, ts_us, local day) of the transaction ``apply_transaction`` applied last:
 # the rules (``rules.engine.judge``) and the 看板 (``streams.pipeline``) ask ``event_time``
-# for the same event right after it, and an exact conversion of a pydantic-parsed time
-# costs ~1 µs each (issue 18). One tuple, replaced whole: safe to read from any thread.
+# for the same event right after it, and an exact conversion of a pydantic-parsed time is
+# costly (its zone is called back for every offset: docs/performance.md, "Time conversions
+# in the step"). One tuple, replaced whole: safe to read from any thread.
 _LAST_TIME: tuple[object, ZoneInfo | None, int, int] = (None, None, 0, 0)
 
 
@@ -241,7 +260,7 @@ def to_us(moment: dt.datetime) -> int:
 
 def from_us(ts_us: int) -> dt.datetime:
     """The aware UTC datetime of ``ts_us`` microseconds since the epoch."""
-    return EPOCH + ONE_US * ts_us  # (no keyword argument to parse: ~40% cheaper, as exact)
+    return EPOCH + ONE_US * ts_us  # (no keyword argument to parse: cheaper, as exact; docs/performance.md)
 
 
 def content_hash(event: TransactionEvent | LoanEvent, ts_us: int | None = None) -> str:
@@ -263,7 +282,7 @@ def content_hash(event: TransactionEvent | LoanEvent, ts_us: int | None = None) 
                 str(ts_us if ts_us is not None else to_us(event.ts)),
                 event.direction,
                 str(event.amount.normalize()),
-                event.currency,
+                event.currency or "CNY",
                 event.kind,
                 "1" if event.external else "0",
                 event.counterparty_bank or "",
@@ -271,6 +290,9 @@ def content_hash(event: TransactionEvent | LoanEvent, ts_us: int | None = None) 
                 event.payer_customer_id or "",
             )
         )
+        if event.reverses is not None or event.counterparty_customer_id is not None:
+            # (only then: every hash remembered before these fields existed stays the same)
+            text += f"\x1fr{event.reverses or ''}\x1fc{event.counterparty_customer_id or ''}"
     else:
         text = "\x1f".join(str(v.normalize() if isinstance(v, Decimal) else v) for _, v in event)
     return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()[:SEEN_HASH_CHARS]
@@ -293,9 +315,14 @@ def apply_transaction(
     # remember, older than the horizon, is refused as too late to tell.
     known = state.seen.get(event.txn_id)
     if known is not None:
-        return Outcome.DUPLICATE if known[0] == fingerprint else Outcome.CONFLICT
+        remembered = known[SEEN_HASH]
+        if remembered == fingerprint or (remembered[1:] == fingerprint and remembered[0] == REVERSED_MARK):
+            return Outcome.DUPLICATE  # (a reversed transaction redelivered changes nothing either)
+        return Outcome.CONFLICT
     if state.last_txn_us is not None and ts_us <= state.last_txn_us - config.dedup_horizon_us:
         return Outcome.TOO_LATE
+    if event.reverses is not None:
+        return _apply_reversal(state, event, config, fingerprint, ts_us)
     # (before any change: at the edges of the calendar this raises OverflowError, which
     # streams.decode's time bounds keep away; the state is then still untouched)
     zone = config.zone
@@ -311,45 +338,177 @@ def apply_transaction(
     if event.external:
         flags |= EXTERNAL
         bank = event.counterparty_bank
+    own = event.counterparty_customer_id is not None and event.counterparty_customer_id == event.customer_id
+    if own:
+        flags |= NO_FLOW  # both legs are the customer's: its money moved between its accounts
     record = EventRecord(ts_us, day, amount if credit else -amount, flags, bank)
-
-    state.balance += record.amount
-    state.applied_total += 1
-    if state.first_us is None or ts_us < state.first_us:
-        state.first_us = ts_us
-        state.first_day = day
-    if state.last_us is None or ts_us > state.last_us:
-        state.last_us = ts_us
-    if state.last_txn_us is None or ts_us > state.last_txn_us:
-        state.last_txn_us = ts_us
-
-    if credit:
+    _book(state, event, record, config)
+    if own:
+        pass  # the money never left the customer: its lots (retention, 归集率) stay as they are
+    elif credit:
         _credit_lots(state, amount, ts_us, config.lot_cap)
     else:
         _debit_lots(state, record)
 
-    if event.balance_after is not None:
-        held = state.ledger.get(event.account_id)
-        if held is None or ts_us >= held[0]:
-            state.ledger[event.account_id] = (ts_us, event.balance_after)
-
-    if credit and event.kind in ("salary", "pension"):
+    if credit and not own and event.kind in ("salary", "pension"):
         month = _month_index(day)
         state.income_months[month] = state.income_months.get(month, ZERO) + amount
         if event.kind == "salary" and ts_us >= state.salary_payer_us:
             state.salary_payer = event.payer_customer_id
             state.salary_payer_us = ts_us
+    return _kept(state, record, config)
 
+
+def _book(state: CustomerState, event: TransactionEvent, record: EventRecord, config: StateConfig) -> None:
+    """What every applied transaction does: the balance, the clocks, the ledger."""
+    ts_us = record.ts_us
+    state.balance += record.amount
+    state.applied_total += 1
+    if state.first_us is None or ts_us < state.first_us:
+        state.first_us = ts_us
+        state.first_day = record.day
+    if state.last_us is None or ts_us > state.last_us:
+        state.last_us = ts_us
+    if state.last_txn_us is None or ts_us > state.last_txn_us:
+        state.last_txn_us = ts_us
+    if event.balance_after is not None:
+        held = state.ledger.get(event.account_id)
+        if held is None or ts_us >= held[0]:
+            state.ledger[event.account_id] = (ts_us, event.balance_after)
+
+
+def _kept(state: CustomerState, record: EventRecord, config: StateConfig) -> Outcome:
+    """Keep ``record`` among the events (in ts order) unless it is older than every window."""
     events = state.events
+    ts_us = record.ts_us
     if not events or ts_us >= events[-1].ts_us:
         events.append(record)
-    elif state.kept_from_day is None or day >= state.kept_from_day:
+    elif state.kept_from_day is None or record.day >= state.kept_from_day:
         events.insert(bisect.bisect_right(events, ts_us, key=_ts_of), record)
     # else: a late event older than every window moves balance and lots only
-
+    assert state.last_txn_us is not None
     if state.last_txn_us >= state.next_prune_us:
         _prune(state, config)
     return Outcome.APPLIED
+
+
+def reversed_record(state: CustomerState, ts_us: int, signed: Decimal, own: bool) -> EventRecord | None:
+    """The kept record of a transaction at ``ts_us`` whose signed amount is ``signed``, that
+    is neither a reversal nor reversed, and is an own-account leg or a flow as ``own`` says
+    (the first such, in ts order), or None."""
+    events = state.events
+    i = bisect.bisect_left(events, ts_us, key=_ts_of)
+    while i < len(events) and events[i].ts_us == ts_us:
+        record = events[i]
+        flags = record.flags
+        if not flags & (REVERSAL | REVERSED) and bool(flags & NO_FLOW) == own and record.amount == signed:
+            return record
+        i += 1
+    return None
+
+
+def _apply_reversal(
+    state: CustomerState, event: TransactionEvent, config: StateConfig, fingerprint: str, ts_us: int
+) -> Outcome:
+    """Undo the transaction ``event.reverses`` names (docs/events.md, "Reversals"): it stops
+    counting as a flow, the balance goes back from ``ts_us`` on, and the lots are as
+    metrics.md says. The record of the reversal itself moves the balance and nothing else."""
+    assert event.reverses is not None
+    target = event.reverses
+    known = state.seen.get(target)
+    if known is None:
+        return Outcome.UNKNOWN_REVERSED
+    if known[SEEN_HASH].startswith(REVERSED_MARK):
+        return Outcome.DUPLICATE  # reversed already: a second reversal changes nothing
+    credit = event.direction == "credit"
+    signed = event.amount if credit else -event.amount  # what the reversal moves
+    original_us = known[SEEN_TS]
+    zone = config.zone
+    original_day = local_day(original_us, zone)
+    kept = state.kept_from_day is None or original_day >= state.kept_from_day
+    # a reversal of an own-account leg is one itself (docs/events.md)
+    own = event.counterparty_customer_id is not None and event.counterparty_customer_id == event.customer_id
+    original = reversed_record(state, original_us, -signed, own) if kept else None
+    if kept and original is None:
+        # kept, yet no record there undoes to this: another amount or direction, or a reversal
+        return Outcome.REVERSAL_MISMATCH
+    day = local_day(ts_us, zone)
+    global _LAST_TIME
+    _LAST_TIME = (event, zone, ts_us, day)
+    state.seen[event.txn_id] = (fingerprint, ts_us)
+    state.seen[target] = (REVERSED_MARK + known[SEEN_HASH], original_us)
+    state.seen_wire = None  # an entry changed: its stored form is stale
+    state.undone = None
+    was_flow = not own
+    if original is not None:
+        flags = original.flags
+        if was_flow:
+            state.undone = EventRecord(original.ts_us, original.day, original.amount, flags, original.bank)
+            if flags & (SALARY | PENSION) and flags & CREDIT:
+                month = _month_index(original.day)
+                if month in state.income_months:
+                    state.income_months[month] -= original.amount
+        original.flags = flags | NO_FLOW | REVERSED
+        original.wire = None
+        state.events_wire = None
+    record = EventRecord(ts_us, day, signed, NO_FLOW | REVERSAL | (CREDIT if credit else 0), None)
+    _book(state, event, record, config)
+    if not was_flow:
+        pass  # an own-account leg never touched the lots
+    elif credit:
+        _return_lots(state, event.amount, original, original_us, config.lot_cap)
+    else:
+        _take_back_lots(state, event.amount, original_us)
+    return _kept(state, record, config)
+
+
+def _take_back_lots(state: CustomerState, amount: Decimal, original_us: int) -> None:
+    """A reversed credit's money leaves the lots as if it had never come (metrics.md): from
+    its own lot first (the oldest lot of its time), then from the lots formed after it,
+    oldest first; what they do not hold was spent, and becomes overdraft."""
+    lots = state.lots
+    start = 0
+    for i, lot in enumerate(lots):
+        if lot[LOT_TS] == original_us:
+            start = i
+            break
+    wanted = amount
+    i = start
+    while wanted and i < len(lots):
+        lot = lots[i]
+        remaining: Decimal = lot[LOT_AMOUNT]
+        piece = remaining if remaining <= wanted else wanted
+        wanted -= piece
+        if piece == remaining:
+            del lots[i]
+        else:
+            lot[LOT_AMOUNT] = remaining - piece
+            lot[LOT_WIRE] = None
+            i += 1
+    if wanted:
+        state.overdraft += wanted
+
+
+def _return_lots(
+    state: CustomerState, amount: Decimal, original: EventRecord | None, original_us: int, lot_cap: int
+) -> None:
+    """A reversed debit's money comes back (metrics.md): it repays any overdraft first, as
+    every credit does; the rest is old money again, one lot at the front of the queue, dated
+    at the mean time of the lots the debit had consumed (the debit's own time when it
+    consumed none, or when its record is no longer kept)."""
+    if state.overdraft:
+        repaid = min(state.overdraft, amount)
+        state.overdraft -= repaid
+        amount -= repaid
+        if not amount:
+            return
+    lot_us = original_us
+    if original is not None and original.consumed:
+        lot_us = original_us - int((original.weighted_age_us / original.consumed).to_integral_value())
+    lots = state.lots
+    lots.appendleft([amount, lot_us, None])
+    if len(lots) > lot_cap:
+        _merge_oldest(lots)
 
 
 def record_kind(record: EventRecord) -> str:
@@ -385,15 +544,20 @@ def _credit_lots(state: CustomerState, amount: Decimal, ts_us: int, lot_cap: int
             return
     lots = state.lots
     if len(lots) >= lot_cap:
-        first = lots.popleft()
-        first_amount, first_us = first[0], first[1]
-        second = lots[0]
-        total: Decimal = first_amount + second[0]
-        mean_us: Decimal = (first_amount * first_us + second[0] * second[1]) / total
-        second[0] = total
-        second[1] = int(mean_us.to_integral_value())
-        second[2] = None  # changed: its stored form is stale
+        _merge_oldest(lots)
     lots.append([amount, ts_us, None])
+
+
+def _merge_oldest(lots: deque[list[Any]]) -> None:
+    """The two oldest lots become one at their amount-weighted mean time (the lot cap)."""
+    first = lots.popleft()
+    first_amount, first_us = first[0], first[1]
+    second = lots[0]
+    total: Decimal = first_amount + second[0]
+    mean_us: Decimal = (first_amount * first_us + second[0] * second[1]) / total
+    second[0] = total
+    second[1] = int(mean_us.to_integral_value())
+    second[2] = None  # changed: its stored form is stale
 
 
 def _debit_lots(state: CustomerState, record: EventRecord) -> None:
@@ -459,7 +623,8 @@ def _carry_streak(state: CustomerState, pruned: list[EventRecord]) -> None:
     """Remember the net-outflow streak that ends on the last pruned day."""
     nets: dict[int, Decimal] = {}
     for record in pruned:
-        nets[record.day] = nets.get(record.day, ZERO) + record.amount
+        if not record.flags & NO_FLOW:
+            nets[record.day] = nets.get(record.day, ZERO) + record.amount
     for day in sorted(nets):
         if nets[day] < 0:
             contiguous = state.carry_day is not None and state.carry_day == day - 1
@@ -508,7 +673,7 @@ def inflow_since(state: CustomerState, start_us: int) -> Decimal:
     for record in reversed(state.events):
         if record.ts_us <= start_us:
             break
-        if record.flags & CREDIT:
+        if record.flags & CREDIT and not record.flags & NO_FLOW:
             total += record.amount
     return total
 

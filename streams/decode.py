@@ -29,6 +29,7 @@ import orjson
 from pydantic import ValidationError
 
 from rules.events import Event, ExponentDecimal, LoanEvent, TransactionEvent
+from rules.money import minor_digits
 from rules.state import to_us
 from streams.deadletter import RawRecord
 from streams.errors import InvalidEvent
@@ -37,7 +38,15 @@ from streams.topics import LOANS
 _TXN_FIELDS = frozenset(TransactionEvent.model_fields)
 _LOAN_FIELDS = frozenset(LoanEvent.model_fields)
 # Identifiers travel as keys (Kafka, Redis, outbox entries) and into logs.
-_TXN_IDS: tuple[str, ...] = ("txn_id", "customer_id", "account_id", "counterparty_bank", "payer_customer_id")
+_TXN_IDS: tuple[str, ...] = (
+    "txn_id",
+    "customer_id",
+    "account_id",
+    "counterparty_bank",
+    "payer_customer_id",
+    "reverses",
+    "counterparty_customer_id",
+)
 _LOAN_IDS: tuple[str, ...] = ("loan_id", "customer_id", "account_id")
 
 US_PER_MS = 1000
@@ -105,10 +114,11 @@ _EXACT = json.JSONDecoder(parse_float=_exact_number, parse_constant=_no_constant
 def _surely_unique_keys(value: bytes, obj: dict[str, Any]) -> bool:
     """True only if ``value`` (which orjson parsed into ``obj``) has no repeated key; False
     when that is not certain (then the exact, slower parser decides). Cheap: compact JSON
-    (what orjson, Jackson or ``separators=(",", ":")`` write) re-serialises to itself
-    (~0.2 µs); otherwise a flat object whose every key is followed directly by ``:``
-    writes ``":`` at least once per key token, so as often as it has distinct keys only
-    if no key repeats (~1 µs)."""
+    (what orjson, Jackson or ``separators=(",", ":")`` write) re-serialises to itself;
+    otherwise a flat object whose every key is followed directly by ``:`` writes ``":``
+    at least once per key token, so as often as it has distinct keys only if no key
+    repeats (each a fraction of the exact parser's cost: docs/performance.md, "Decode's
+    repeated-key check")."""
     try:
         if orjson.dumps(obj) == value:
             return True
@@ -177,9 +187,17 @@ def _wall_clock_ms() -> int:
 DEFAULT_BOUNDS = TimeBounds()
 
 
-def decode(record: RawRecord, max_bytes: int, bounds: TimeBounds = DEFAULT_BOUNDS, now_ms: int | None = None) -> Event:
+def decode(
+    record: RawRecord,
+    max_bytes: int,
+    bounds: TimeBounds = DEFAULT_BOUNDS,
+    now_ms: int | None = None,
+    currency: str | None = "CNY",
+) -> Event:
     """The event in ``record``, validated against its topic's contract, its Kafka key
-    and ``bounds`` (``now_ms``: the wall clock, for records without a timestamp)."""
+    and ``bounds`` (``now_ms``: the wall clock, for records without a timestamp), and its
+    money against the deployment's ``currency`` (``FUNDFLOW_CURRENCY``; None: a record that
+    was accepted before, replayed from a changelog)."""
     if record.value is None:
         raise InvalidEvent("empty", "record has no value")
     payload = parse_json(record.value, max_bytes)
@@ -200,7 +218,32 @@ def decode(record: RawRecord, max_bytes: int, bounds: TimeBounds = DEFAULT_BOUND
         if text is not None and not text.isprintable():
             raise InvalidEvent(f"invalid_{name}", f"{name}: contains a control or other non-printable character")
     bounds.check(event, record.timestamp_ms, now_ms if now_ms is not None else _wall_clock_ms())
+    if currency is not None:
+        check_money(event, currency)
     if record.key is None or record.key != event.customer_id.encode():
         missing = "has no key" if record.key is None else "key is not the event's customer_id"
         raise InvalidEvent("key_mismatch", f"the Kafka record {missing}")
     return event
+
+
+def check_money(event: Event, currency: str) -> None:
+    """One reporting currency per deployment (docs/events.md): another is refused, never
+    converted at a rate that is the bank's to choose; and no amount carries more decimals
+    than the currency's minor unit (ISO 4217: 2 for CNY, 0 for JPY, 3 for BHD)."""
+    if isinstance(event, TransactionEvent):
+        if event.currency is not None and event.currency != currency:
+            raise InvalidEvent("currency_mismatch", f"currency: not the deployment's currency {currency}")
+        amounts: tuple[tuple[str, Decimal | None], ...] = (
+            ("amount", event.amount),
+            ("balance_after", event.balance_after),
+        )
+    else:
+        amounts = (
+            ("principal", event.principal),
+            ("outstanding", event.outstanding),
+            ("installment", event.installment),
+        )
+    digits = minor_digits(currency)
+    for name, value in amounts:
+        if value is not None and value.normalize().as_tuple().exponent < -digits:  # type: ignore[operator]
+            raise InvalidEvent(f"invalid_{name}", f"{name}: more decimals than {currency}'s {digits}")

@@ -23,14 +23,14 @@ import orjson
 from rules.config import RulesConfig, RulesConfigError, load_rules
 from rules.engine import Finding, judge
 from rules.events import Event
-from rules.state import CustomerState, Outcome, StateConfig, apply_event
+from rules.state import CustomerState, Outcome, StateConfig, apply_event, to_us
 from streams import telemetry
 from streams.errors import ConfigError
 from streams.pipeline import Step, outbox_entry
 from streams.settings import Settings, state_config
 from streams.storage.keys import Keys
 from streams.storage.store import StateStore
-from streams.topics import ALERTS, MARKETING, RECOMMENDATIONS
+from streams.topics import ALERTS, HISTORY, MARKETING, RECOMMENDATIONS
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,16 @@ class RulesProvider:
         return self.config
 
 
-def finding_entry(finding: Finding, config: StateConfig) -> bytes:
-    value = orjson.dumps(finding.as_dict(config.zone))
-    return outbox_entry(TOPIC_OF_KIND[finding.kind], finding.customer_id, value)
+def finding_entry(finding: Finding, config: StateConfig, live_from_us: int | None = None) -> bytes:
+    """The outbox entry of ``finding``: its topic and JSON; a finding whose event time is
+    before the go-live (``FUNDFLOW_LIVE_FROM``) is history, marked so and kept apart from
+    every topic anyone delivers from (docs/events.md, "History")."""
+    data = finding.as_dict(config.zone)
+    topic = TOPIC_OF_KIND[finding.kind]
+    if live_from_us is not None and finding.ts_us < live_from_us:
+        data["history"] = True
+        topic = HISTORY
+    return outbox_entry(topic, finding.customer_id, orjson.dumps(data))
 
 
 def rules_step(config: StateConfig, provider: RulesProvider) -> Step:
@@ -96,7 +103,13 @@ def rules_step(config: StateConfig, provider: RulesProvider) -> Step:
 
 
 def _judged(
-    state: CustomerState, event: Event, config: StateConfig, rules: RulesConfig, *, quiet: bool
+    state: CustomerState,
+    event: Event,
+    config: StateConfig,
+    rules: RulesConfig,
+    *,
+    quiet: bool,
+    live_from_us: int | None = None,
 ) -> tuple[Outcome, list[bytes]]:
     balance_before = state.balance
     outcome = apply_event(state, event, config)
@@ -110,7 +123,7 @@ def _judged(
     entries = []
     for finding in judgement.findings:
         telemetry.FINDINGS_BY_RULE.labels(finding.rule, finding.severity).inc()
-        entries.append(finding_entry(finding, config))
+        entries.append(finding_entry(finding, config, live_from_us))
     return outcome, entries
 
 
@@ -136,15 +149,16 @@ class RulesStep:
     of one customer's records in a batch run under one set, which its log entry names), and
     every set of rules this process has run under can replay the entries made under it."""
 
-    def __init__(self, config: StateConfig, provider: RulesProvider) -> None:
+    def __init__(self, config: StateConfig, provider: RulesProvider, live_from_us: int | None = None) -> None:
         self.config = config
         self.provider = provider
+        self.live_from_us = live_from_us
         self._known: dict[str, tuple[bytes, Step]] = {}
         self._rules = provider.config
         self._fingerprint = self._know(self._rules)
 
     def __call__(self, state: CustomerState, event: Event) -> tuple[Outcome, list[bytes]]:
-        return _judged(state, event, self.config, self._rules, quiet=False)
+        return _judged(state, event, self.config, self._rules, quiet=False, live_from_us=self.live_from_us)
 
     def _know(self, rules: RulesConfig) -> str:
         fp, text = fingerprint(rules)
@@ -204,4 +218,5 @@ def build_step(settings: Settings) -> RulesStep:
         provider = RulesProvider(path)
     except RulesConfigError as exc:
         raise ConfigError(str(exc)) from None
-    return RulesStep(state_config(settings), provider)
+    live_from_us = to_us(settings.live_from) if settings.live_from is not None else None
+    return RulesStep(state_config(settings), provider, live_from_us)

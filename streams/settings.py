@@ -77,9 +77,10 @@ class Settings(BaseSettings):
         description="address the worker's --web-port and the relay's --metrics-port listen on "
         "(the pod IP or 0.0.0.0 to be scraped from another host)",
     )
-    # 1,000, not 500: a worker that fell behind catches up 5-9% faster (per-batch costs:
-    # round trips, the commit call, Faust's bookkeeping), and the batches of a worker that
-    # keeps up are smaller anyway (what arrived meanwhile: ~100-300 at 50-80% load)
+    # 1,000, not 500: a worker that fell behind catches up faster (per-batch costs: round
+    # trips, the commit call, Faust's bookkeeping), and the batches of a worker that keeps
+    # up are smaller anyway (what arrived meanwhile): docs/performance.md, "Largest batch:
+    # 500 or 1,000"
     batch_max_events: int = Field(
         default=1000, ge=1, le=100_000, description="largest batch (a worker behind takes this many at once)"
     )
@@ -149,6 +150,20 @@ class Settings(BaseSettings):
 
     # --- metrics (docs/metrics.md) -------------------------------
     bank_tz: str = "Asia/Shanghai"
+    currency: str = Field(
+        default="CNY",
+        pattern=r"^[A-Z]{3}$",
+        description="the deployment's one reporting currency (ISO 4217): events in another are dead-lettered "
+        "currency_mismatch; amounts may carry its minor digits (0 for JPY, 2 for CNY, 3 for BHD)",
+    )
+    live_from: dt.datetime | None = Field(
+        default=None,
+        description="go-live instant (RFC 3339, event time): findings before it are history, kept and shown but "
+        "never delivered (fundflow.history.v1); unset: every finding is live (docs/going-live.md)",
+    )
+    cases_from_history: bool = Field(
+        default=False, description="the case intake also opens cases for history findings (before live_from)"
+    )
     lot_cap: int = Field(default=256, ge=2, le=100_000)
     dedup_horizon_days: int = Field(
         default=120,
@@ -202,6 +217,13 @@ class Settings(BaseSettings):
 
     # --- embedded stack -----------------------------------------------------
     var_dir: Path = Field(default=Path("var"), description="logs and pid files of embedded servers")
+
+    @field_validator("live_from")
+    @classmethod
+    def _aware(cls, value: dt.datetime | None) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("needs a UTC offset, e.g. 2026-12-01T00:00:00+08:00")
+        return value
 
     @field_validator("bank_tz")
     @classmethod

@@ -58,6 +58,7 @@ WEBHOOK_DELIVERIES = Counter("fundflow_webhook_deliveries_total", "Webhook deliv
 WEBHOOK_SECONDS = Histogram(
     "fundflow_webhook_delivery_seconds", "One finding to one receiver, retries included", buckets=LATENCY_BUCKETS_S
 )
+ADAPTER_RECORDS = Counter("fundflow_adapter_records_total", "CDC change records by outcome", ["format", "outcome"])
 RULES_RELOADS = Counter("fundflow_rules_reloads_total", "Rules file loads by outcome", ["outcome"])
 API_REQUESTS = Counter("fundflow_api_requests_total", "API requests by route pattern and status", ["route", "status"])
 API_SECONDS = Histogram(
@@ -74,6 +75,9 @@ DEPENDENCY_UP = Gauge("fundflow_dependency_up", "1 when the last check reached i
 TIER_CUSTOMERS = Gauge("fundflow_tier_customers", "Customers per contribution tier", ["tier"])
 CASES_OPENED = Counter("fundflow_cases_opened_total", "Cases opened by the case intake")
 CASE_FINDINGS_JOINED = Counter("fundflow_case_findings_joined_total", "Findings that joined an open case")
+CASE_RETRACTIONS = Counter(
+    "fundflow_case_retractions_total", "Retractions the case intake took, by what they did to a case", ["outcome"]
+)
 CASE_INTAKE_GAPS = Counter(
     "fundflow_case_intake_gaps_total", "Times the findings feed was trimmed past the case intake's cursor"
 )

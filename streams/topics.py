@@ -13,9 +13,10 @@ ALERTS = "fundflow.alerts.v1"
 RECOMMENDATIONS = "fundflow.recommendations.v1"
 MARKETING = "fundflow.marketing.v1"
 DLQ = "fundflow.dlq.v1"
+HISTORY = "fundflow.history.v1"  # findings before FUNDFLOW_LIVE_FROM: kept, never delivered
 
 INPUT_TOPICS = (TRANSACTIONS, LOANS)
-OUTPUT_TOPICS = (ALERTS, RECOMMENDATIONS, MARKETING, DLQ)
+OUTPUT_TOPICS = (ALERTS, RECOMMENDATIONS, MARKETING, DLQ, HISTORY)
 
 
 def all_topics(partitions: int) -> dict[str, int]:

@@ -1,7 +1,8 @@
 """A customer's changelog: the records committed since its last full state.
 
-Encoding a customer's whole state (and compressing it) was a third of a worker's own
-CPU per event. So most commits write only what the batch brought: one log entry per
+Encoding a customer's whole state (and compressing it) was a large share of a
+worker's own CPU per event (docs/performance.md, "State encode costs"). So most commits
+write only what the batch brought: one log entry per
 customer per batch, the input records its step ran over, in partition order, exactly
 as Kafka delivered them (no encode at all). A customer's first commit, every
 ``snapshot_every``-th, and a fold once its log has been quiet (``BatchProcessor.fold``,
@@ -196,7 +197,7 @@ def replay(state: CustomerState, entries: Sequence[bytes], step_for: Callable[[s
             raise ValueError(f"the rules {entry.rules!r} an entry ran under are not known")
         for record in entry.records:
             try:
-                event = decode(record, REPLAY_MAX_BYTES, ANY_TIME, 0)
+                event = decode(record, REPLAY_MAX_BYTES, ANY_TIME, 0, currency=None)
             except InvalidEvent as exc:
                 raise ValueError(f"a logged record cannot be decoded any more: {exc.reason}") from None
             step_record(state, record, event, step)

@@ -37,12 +37,14 @@ holds no ``}``, and no ordinary id starts with ``{``, so the encoding is one-to-
 | ``{p}:{cases}:case:{N}:findings`` | list | the findings that opened or joined case N (JSON, oldest first) |
 | ``{p}:{cases}:seq`` | string | the last case number given out |
 | ``{p}:{cases}:open`` | hash | ``type|customer|category`` -> the open case of that customer and family |
-| ``{p}:{cases}:by_finding`` | hash | finding id -> its case (intake is exactly-once per finding) |
+| ``{p}:{cases}:by_finding`` | hash | finding id -> its case (empty: taken back first); intake: once per finding |
+| ``{p}:{cases}:retracted`` | hash | retracted finding id -> the retraction that took it back (once per finding) |
 | ``{p}:{cases}:cursor`` | string | the feed id the case intake has read up to |
 | ``{p}:{cases}:ix:{field}:{value}`` | sorted set | case numbers per value of each list filter (``-``: none) |
 | ``{p}:{cases}:ix:opened`` | sorted set | case number -> when it was opened (ms), for the age filters |
 | ``{p}:{cases}:rules`` | hash | rule -> findings taken into cases (the rules seen) |
 | ``{p}:{cases}:idem:{name}:{key}`` | string | a mutating request's stored response for its ``Idempotency-Key`` (24 h) |
+| ``{p}:{cdc:F}:row:{id}`` | string | CDC feed ``F``: a row's version and live event (``feeds.adapter``) |
 
 The 看板's keys are written by the commit script of the customers they count, so they
 share those customers' slot: ``S`` is ``board`` on a single Redis; on Redis Cluster it
@@ -191,3 +193,8 @@ class Keys:
     def cases(self) -> str:
         """The common head of every case key (``cases.store`` builds the rest)."""
         return f"{self.prefix}:{{cases}}"
+
+    def cdc(self, source: str, name: str) -> str:
+        """A CDC adapter key of feed ``source`` (``feeds.adapter``: ``row:{id}``, ``pos:{topic}:{partition}``,
+        ``seen:{topic}:{partition}``); one hash tag per feed, so a batch's writes are one MULTI."""
+        return f"{self.prefix}:{{cdc:{source}}}:{name}"

@@ -35,13 +35,14 @@ from streams.storage.snapshot import iso, load_all, rows, write_jsonl
 from streams.tools.measure import percentiles
 from streams.tools.progress import Progress
 from streams.tools.replay import read_lines, replay, route
-from streams.topics import ALERTS, DLQ, MARKETING, RECOMMENDATIONS
+from streams.topics import ALERTS, DLQ, HISTORY, MARKETING, RECOMMENDATIONS
 
 OUTPUT_FILES = {
     ALERTS: "alerts.jsonl",
     RECOMMENDATIONS: "recommendations.jsonl",
     MARKETING: "marketing.jsonl",
     DLQ: "dlq.jsonl",
+    HISTORY: "history.jsonl",  # findings before FUNDFLOW_LIVE_FROM (docs/going-live.md)
 }
 
 

@@ -12,6 +12,9 @@ the data, beside the base rate over comparable events:
   inflow left). Base: every credit of at least the rule's minimum amount.
 - other rules: counted, with the share of distinct customers they fired on.
 
+An alert a reversal took back (docs/events.md, "Retractions") is not judged: the money it
+reacted to never moved. It is counted as ``retracted`` beside its rule.
+
 Only triggers with a full horizon of data after them are judged; the rest are
 counted as "too recent". Pure computation over two files: the events JSONL the
 backtest ran on and its ``alerts.jsonl``.
@@ -141,6 +144,14 @@ def evaluate(
     return judge(outcomes(events, horizon), alerts, collection_min)
 
 
+def standing(alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The alerts a rule is judged by: not a retraction, and not taken back by one (its trigger
+    was reversed: the money it reacted to never moved, so what happened next says nothing of
+    the rule). Retracted alerts are counted apart (``retracted`` in the report)."""
+    retracted = {a["retracts"] for a in alerts if a.get("retracts")}
+    return [a for a in alerts if not a.get("retracts") and a.get("id") not in retracted]
+
+
 def judge(history: Outcomes, alerts: list[dict[str, Any]], collection_min: Decimal) -> dict[str, Any]:
     """Each rule's alerts against what happened next, beside the base rate."""
     lines, horizon, judged_until = history.lines, history.horizon, history.judged_until
@@ -149,15 +160,21 @@ def judge(history: Outcomes, alerts: list[dict[str, Any]], collection_min: Decim
     base_drain = history.base_drain
     base_left = history.base_left(collection_min)
     by_rule: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for alert in alerts:
+    for alert in standing(alerts):
         by_rule[str(alert["rule"])].append(alert)
+    taken_back: dict[str, int] = defaultdict(int)
+    for alert in alerts:
+        if alert.get("retracts"):
+            taken_back[str(alert["rule"])] += 1
+            by_rule.setdefault(str(alert["rule"]), [])
     report: dict[str, Any] = {}
     for rule, fired in sorted(by_rule.items()):
         customers = {a["customer_id"] for a in fired}
         entry: dict[str, Any] = {
             "fired": len(fired),
+            "retracted": taken_back.get(rule, 0),
             "customers": len(customers),
-            "customer_share": round(len(customers) / len(lines), 4),
+            "customer_share": round(len(customers) / len(lines), 4) if lines else 0.0,
         }
         if rule in OUTFLOW_RULES or rule == "collection_opportunity":
             hits = []

@@ -1,12 +1,14 @@
 """The folder list is the architecture, and imports run one way:
 
-    rules  <-  streams (worker path)  <-  {cases, alerts, streams.local}
+    rules  <-  streams (worker path)  <-  {cases, alerts, feeds, streams.local}
            <-  {streams.api, streams.tools}  <-  streams.cli
 
 * ``rules/`` is the pure core: it imports nothing of ours but itself.
 * ``streams/`` (its top-level modules and ``streams.storage``) is the worker path: rules
   and itself only; no case desk, no HTTP, no tool, no embedded server, no command line.
 * ``cases/`` is the case desk: the worker path below it, nothing above it.
+* ``feeds/`` turns banks' formats (camt, CDC) into events: the rules' event models and
+  the worker path's surface (settings, topics, clients, dead letters) below it.
 * ``alerts/`` uses the small public surface of the worker path listed in
   ``ALERTS_SURFACE`` (settings, topics, errors, clients, retry, keys, metrics, the
   dead-letter format), never its internals.
@@ -26,7 +28,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("rules", "streams", "alerts", "cases")
+PACKAGES = ("rules", "streams", "alerts", "cases", "feeds")
 SUBPACKAGES = ("streams.api", "streams.cli", "streams.local", "streams.tools")
 WORKER_SUBPACKAGES = ("streams.storage",)  # parts of the worker path, grouped for the reader
 ALERTS_SURFACE = {
@@ -54,11 +56,12 @@ ALLOWED = {
     "streams": {"rules", "streams"},
     "alerts": {"alerts"},  # plus ALERTS_SURFACE
     "cases": {"rules", "streams", "cases"},
+    "feeds": {"rules", "streams", "feeds"},
     "streams.api": {"rules", "streams", "cases", "streams.api"},
     "streams.local": {"streams", "streams.local"},
     "streams.tools": {"rules", "streams", "cases", "streams.local", "streams.tools"},
     "streams.cli": {
-        "rules", "streams", "cases", "alerts", "streams.api", "streams.local", "streams.tools", "streams.cli"
+        "rules", "streams", "cases", "alerts", "feeds", "streams.api", "streams.local", "streams.tools", "streams.cli"
     },
 }
 

@@ -21,7 +21,7 @@ from streams.decode import TimeBounds, decode
 from streams.errors import InvalidEvent
 from streams.tools.replay import route
 from streams.topics import LOANS, TRANSACTIONS
-from tests import eventgen, malformed
+from tests.support import eventgen, malformed
 
 GOOD = {
     "txn_id": "t-1",
@@ -70,7 +70,8 @@ def bad(payload: object, reason: str, topic: str = TRANSACTIONS) -> InvalidEvent
 def test_good_transaction_and_loan() -> None:
     event = decode(record(json.dumps(GOOD).encode()), 65536)
     assert isinstance(event, TransactionEvent)
-    assert event.amount == Decimal("1234.50") and event.currency == "CNY" and event.kind == "other"
+    # no currency: the deployment's (docs/events.md), checked by decode(currency=...)
+    assert event.amount == Decimal("1234.50") and event.currency is None and event.kind == "other"
     loan = decode(record(json.dumps(LOAN).encode(), LOANS), 65536)
     assert isinstance(loan, LoanEvent) and loan.annual_rate == Decimal("0.0435")
 
@@ -324,3 +325,42 @@ def test_every_record_of_the_malformed_catalogue_is_an_invalid_event() -> None:
             decode(RawRecord(topic, 0, 0, key, raw, None), 65536)
         seen.add(category)
     assert seen == set(malformed.CATEGORIES) - {"conflicting_duplicate"}
+
+
+@pytest.mark.parametrize(
+    ("currency", "amount", "reason"),
+    [
+        ("CNY", "12.345", "invalid_amount"),  # 3 decimals in a 2-decimal currency
+        ("JPY", "100.5", "invalid_amount"),  # yen have no minor unit
+        ("BHD", "1.2345", "invalid_amount"),  # 4 decimals: more than any currency here
+    ],
+)
+def test_amounts_follow_the_currencys_minor_units(currency: str, amount: str, reason: str) -> None:
+    payload = {**GOOD, "amount": amount, "currency": currency}
+    with pytest.raises(InvalidEvent) as caught:
+        decode(record(json.dumps(payload).encode()), 65536, currency=currency)
+    assert caught.value.reason == reason
+
+
+@pytest.mark.parametrize(("currency", "amount"), [("JPY", "1500"), ("BHD", "1.234"), ("CNY", "1.5"), ("CNY", "7")])
+def test_amounts_within_the_minor_units_pass(currency: str, amount: str) -> None:
+    payload = {**GOOD, "amount": amount, "currency": currency}
+    event = decode(record(json.dumps(payload).encode()), 65536, currency=currency)
+    assert isinstance(event, TransactionEvent) and event.amount == Decimal(amount)
+
+
+def test_another_currency_is_refused_not_converted() -> None:
+    with pytest.raises(InvalidEvent) as caught:
+        decode(record(json.dumps({**GOOD, "currency": "USD"}).encode()), 65536, currency="CNY")
+    assert caught.value.reason == "currency_mismatch"
+    assert "USD" not in caught.value.error  # (the error names the field and the rule, no input value)
+    no_currency = decode(record(json.dumps({**GOOD, "amount": "1234"}).encode()), 65536, currency="JPY")
+    assert isinstance(no_currency, TransactionEvent)
+
+
+def test_reversal_and_counterparty_fields_are_identifiers() -> None:
+    event = decode(record(json.dumps({**GOOD, "reverses": "t-0", "counterparty_customer_id": "C2"}).encode()), 65536)
+    assert isinstance(event, TransactionEvent) and event.reverses == "t-0" and event.counterparty_customer_id == "C2"
+    with pytest.raises(InvalidEvent) as caught:
+        decode(record(json.dumps({**GOOD, "reverses": "t\x00"}).encode()), 65536)
+    assert caught.value.reason == "invalid_reverses"

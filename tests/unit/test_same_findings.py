@@ -253,3 +253,26 @@ def test_a_loan_reported_beyond_the_bound_is_suppressed_with_a_reason() -> None:
 
 def telemetry_count(rule: str, why: str) -> float:
     return telemetry.SUPPRESSED.labels(rule, why)._value.get()  # type: ignore[no-any-return]
+
+
+def test_berka_loan_5314_is_judged_overdue_whichever_topic_is_read_first() -> None:
+    """The one genuine ``repayment_overdue`` of the shipped Berka data: loan 5314 (customer
+    1787), granted 1993-07-05, whose next LoanEvent comes after its first repayment on
+    1994-03-12 and reports the arrears. A backfill may read the small loans topic first;
+    the findings must be those of the natural order all the same."""
+    import json
+    from pathlib import Path
+    from tempfile import TemporaryDirectory
+
+    from streams.tools.berka import convert_berka
+
+    with TemporaryDirectory() as tmp:
+        out = Path(tmp) / "events.jsonl"
+        convert_berka(None, out, ZONE)
+        lines = [json.loads(line) for line in out.read_text().splitlines() if '"1787"' in line]
+    txns = [TransactionEvent.model_validate(o) for o in lines if o.get("customer_id") == "1787" and "loan_id" not in o]
+    loans = [LoanEvent.model_validate(o) for o in lines if o.get("customer_id") == "1787" and "loan_id" in o]
+    assert loans and txns
+    natural = run(in_time_order(txns, loans))
+    assert any(b'"repayment_overdue"' in entry and b"loan:5314:due:1993-08-05" in entry for entry in natural)
+    assert run([*loans, *txns]) == natural
