@@ -78,6 +78,7 @@ PATH = click.Path(path_type=Path)
 SHIPPED = Path("<shipped>")  # ``replay --berka`` with no DIR: the Berka copy shipped with FundFlow
 # Commands that run until stopped: SIGINT and SIGTERM stop them within a bound, exit 0 (streams.stopping).
 LONG_RUNNING = {"worker", "api", "stack", "demo", "replay", "alerts webhook", "alerts tail"}
+LONG_RUNNING |= {"adapt debezium", "adapt canal"}
 TOPIC_CHOICE = click.Choice(["alerts", "recommendations", "marketing", "all"])
 
 
@@ -169,6 +170,45 @@ def convert_berka_command(paths: tuple[Path, ...]) -> int:
     directory, out = (None, paths[0]) if len(paths) == 1 else paths
     stats = convert_berka(directory, out, settings().zone)
     click.echo(f"wrote {out}: {stats.as_dict()}")
+    return 0
+
+
+@cli.group(help="convert banks' files to TransactionEvents JSONL (docs/feeds.md)", no_args_is_help=False)
+def convert() -> None:
+    pass
+
+
+@convert.command("camt", help="ISO 20022 camt.053 / camt.054 XML files to events JSONL")
+@click.argument("files", type=PATH, nargs=-1, required=True)
+@click.option("--out", type=PATH, required=True, help="the events, in event-time order")
+@click.option("--refused", type=PATH, help="the refused entries (default: OUT's sibling NAME.refused.jsonl)")
+@click.option("--bank-bic", help="our BIC: a counterparty agent with another BIC makes a movement external")
+@click.option("--accounts", type=PATH, help="account -> customer: CSV (account_id,customer_id) or YAML mapping")
+@click.option("--codes", type=PATH, help="YAML: bank transaction code -> kind, over the default table")
+@click.option("--zone", help="the bank's time zone for times without an offset (default: FUNDFLOW_BANK_TZ)")
+def convert_camt_command(
+    files: tuple[Path, ...],
+    out: Path,
+    refused: Path | None,
+    bank_bic: str | None,
+    accounts: Path | None,
+    codes: Path | None,
+    zone: str | None,
+) -> int:
+    from zoneinfo import ZoneInfo
+
+    from feeds.camt import CamtOptions, convert_files, load_accounts, load_codes, refused_path
+
+    try:
+        bank_zone = settings().zone if zone is None else ZoneInfo(zone)
+    except (KeyError, ValueError):  # ZoneInfoNotFoundError is a KeyError
+        raise click.BadParameter(f"unknown time zone {zone!r}", param_hint="--zone") from None
+    refused = refused or refused_path(out)
+    if refused == out or out in files or refused in files:
+        raise click.UsageError("--out, --refused and the input FILEs must be different files")
+    mapping = load_accounts(accounts) if accounts is not None else None
+    options = CamtOptions(zone=bank_zone, bank_bic=bank_bic or None, accounts=mapping, codes=load_codes(codes))
+    click.echo(convert_files(files, out, refused, options).line(out, refused))
     return 0
 
 
@@ -321,6 +361,56 @@ def webhook(urls: tuple[str, ...], topic: str, group: str | None, metrics_port: 
     click.echo(f"relaying {', '.join(chosen)} to {', '.join(safe_url(u) for u in receivers)}")
     asyncio.run(run_relay(config, bootstrap, redis_url, receivers, topics=chosen, group=group))
     return 0
+
+
+@cli.group(help="turn a core table's change topic (CDC) into TransactionEvents (docs/feeds.md)", no_args_is_help=False)
+@click.pass_context
+def adapt(ctx: click.Context) -> None:
+    if f"adapt {ctx.invoked_subcommand}" in LONG_RUNNING:
+        stopping.install(f"fundflow adapt {ctx.invoked_subcommand}")
+
+
+def adapt_options(command: Any) -> Any:
+    for option in reversed(
+        (
+            click.option("--from", "source_topic", required=True, metavar="TOPIC", help="the change topic to read"),
+            click.option("--mapping", type=PATH, required=True, metavar="FILE", help="the table's YAML mapping"),
+            click.option("--group", help="consumer group (default: {app_id}-adapt-{source})"),
+            click.option("--metrics-port", type=int, help="serve Prometheus /metrics on this port"),
+        )
+    ):
+        command = option(command)
+    return command
+
+
+def run_adapt(fmt: str, source_topic: str, mapping_file: Path, group: str | None, metrics_port: int | None) -> int:
+    from feeds.adapter import run_adapter
+    from feeds.mapping import load_mapping
+    from streams.telemetry import serve_metrics
+
+    mapping = load_mapping(mapping_file)  # start-up check: a bad mapping is one line, before any connection
+    if not source_topic.strip():
+        raise click.BadParameter("must name a topic", param_hint="--from")
+    config = settings()
+    bootstrap, redis_url = servers(config)
+    if metrics_port:
+        serve_metrics(metrics_port, config.web_host)
+    click.echo(f"adapting {fmt} changes of {mapping.table} from {source_topic} to {topics.TRANSACTIONS}")
+    kind: Any = fmt  # "debezium" | "canal": the two subcommands below
+    asyncio.run(run_adapter(kind, config, bootstrap, redis_url, mapping, source_topic, group=group))
+    return 0
+
+
+@adapt.command("debezium", help="Debezium change events (with or without the schema/payload wrapper)")
+@adapt_options
+def adapt_debezium(source_topic: str, mapping: Path, group: str | None, metrics_port: int | None) -> int:
+    return run_adapt("debezium", source_topic, mapping, group, metrics_port)
+
+
+@adapt.command("canal", help="Canal flat messages (canal.mq.flatMessage=true)")
+@adapt_options
+def adapt_canal(source_topic: str, mapping: Path, group: str | None, metrics_port: int | None) -> int:
+    return run_adapt("canal", source_topic, mapping, group, metrics_port)
 
 
 NO_CASES = click.option(
