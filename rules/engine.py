@@ -78,6 +78,9 @@ class Finding:
     evidence: dict[str, Any]
     message: str
     extra: dict[str, Any] = field(default_factory=dict)
+    # A retraction's: the event time of the finding it takes back (not published; a retraction
+    # of a finding from before the go-live is history too: docs/events.md, "History")
+    retracted_us: int | None = None
 
     @property
     def id(self) -> str:
@@ -485,6 +488,7 @@ def _retract(j: _Judge, reversed_txn: str) -> None:
                 evidence={"retracts": finding_id, "reversed_txn_id": reversed_txn},
                 message=f"撤回: 触发交易已冲正 — taken back: the transaction that triggered {rule} was reversed",
                 extra={"retracts": finding_id, "reason": "trigger_reversed"},
+                retracted_us=entry[0],
             )
         )
 

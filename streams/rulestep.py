@@ -83,10 +83,12 @@ class RulesProvider:
 def finding_entry(finding: Finding, config: StateConfig, live_from_us: int | None = None) -> bytes:
     """The outbox entry of ``finding``: its topic and JSON; a finding whose event time is
     before the go-live (``FUNDFLOW_LIVE_FROM``) is history, marked so and kept apart from
-    every topic anyone delivers from (docs/events.md, "History")."""
+    every topic anyone delivers from (docs/events.md, "History"), and so is the retraction of
+    such a finding, which nobody was shown."""
     data = finding.as_dict(config.zone)
     topic = TOPIC_OF_KIND[finding.kind]
-    if live_from_us is not None and finding.ts_us < live_from_us:
+    when = finding.retracted_us if finding.retracted_us is not None else finding.ts_us
+    if live_from_us is not None and when < live_from_us:
         data["history"] = True
         topic = HISTORY
     return outbox_entry(topic, finding.customer_id, orjson.dumps(data))

@@ -81,3 +81,18 @@ def redis_url(redis_server: str) -> str:
     finally:
         client.close()
     return redis_server
+
+
+# The files that take longest start first: pytest-xdist hands out whole files in collection
+# order, so a long file collected last runs alone at the end while the other process idles.
+RUN_FIRST = ("test_soak_smoke.py", "test_demo.py", "test_bench_smoke.py", "test_reliability.py", "test_signals.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> tuple[int, int]:
+        name = item.path.name
+        if name in RUN_FIRST:
+            return 0, RUN_FIRST.index(name)
+        return (1, 0) if item.get_closest_marker("slow") else (2, 0)
+
+    items.sort(key=rank)  # (stable: each file's tests keep their order, and stay together)

@@ -19,7 +19,7 @@ from streams.local.orchestra import read_topic
 from streams.local.servers import EmbeddedRedis
 from streams.topics import DLQ
 from tests.support import eventgen
-from tests.support.scenario import Scenario, http_get
+from tests.support.scenario import Scenario, http_get, wait_retrying
 
 pytestmark = [pytest.mark.slow, pytest.mark.connected]
 
@@ -131,7 +131,7 @@ def test_sigterm_during_an_outage_gives_the_batch_back_and_stops(tmp_path: Path)
     with Scenario(tmp_path, persistent_redis=True) as scenario:
         worker, valkey = start_then_lose_redis(scenario, workload)
         try:
-            time.sleep(3)  # retrying now
+            wait_retrying(scenario.run.web_ports[0])  # retrying now
             started = time.monotonic()
             scenario.run.stop_worker(worker, timeout=30)
             assert time.monotonic() - started < 10, "SIGTERM during an outage took too long"

@@ -27,7 +27,14 @@ from streams.pipeline import outbox_message
 from streams.rulestep import build_step
 from streams.topics import DLQ
 from tests.support import eventgen, malformed
-from tests.support.scenario import LAST_DEAD_REASONS, Scenario, http_get, settings_for, snapshot_bytes
+from tests.support.scenario import (
+    LAST_DEAD_REASONS,
+    Scenario,
+    http_get,
+    settings_for,
+    snapshot_bytes,
+    wait_retrying,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.connected]
 
@@ -165,9 +172,9 @@ def test_redis_outage_backs_off_and_resumes(
         scenario.wait_applied(len(workload) // 4)
         valkey = scenario.run.stack.redis
         valkey.stop()
-        time.sleep(6)  # workers retry with capped backoff meanwhile
-        scenario.run.check_workers()
         port = scenario.run.web_ports[0]
+        wait_retrying(port)  # the worker meets the outage and backs off, and stays up
+        scenario.run.check_workers()
         status, body = http_get(f"http://127.0.0.1:{port}/readyz")
         assert status == 503 and body["checks"]["redis"].startswith("unreachable"), body
         assert body["checks"]["kafka"] == "ok"

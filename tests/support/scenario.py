@@ -208,3 +208,21 @@ def http_get(url: str) -> tuple[int, Any]:
         status, raw = exc.code, exc.read()
     text = raw.decode()
     return status, json.loads(text) if text.startswith("{") else text
+
+
+def retried_batches(port: int) -> float:
+    """``fundflow_transient_retries_total`` of the worker serving ``port``: batches it retried."""
+    _, metrics = http_get(f"http://127.0.0.1:{port}/metrics")
+    for line in str(metrics).splitlines():
+        if line.startswith("fundflow_transient_retries_total "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def wait_retrying(port: int, at_least: float = 2, timeout: float = 30) -> None:
+    """Until the worker serving ``port`` has retried a batch ``at_least`` times: it meets the
+    outage and backs off (what a fixed sleep used to hope for)."""
+    deadline = time.monotonic() + timeout
+    while retried_batches(port) < at_least:
+        assert time.monotonic() < deadline, "the worker never retried a batch"
+        time.sleep(0.2)

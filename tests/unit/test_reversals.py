@@ -205,3 +205,30 @@ def test_a_retraction_takes_back_a_collection_alert() -> None:
     assert {f["type"] for f in taken_back} == {f["type"] for f in fired} == {"alert", "push"}
     again = findings_of([*events, big, reversal, reversal_of(big, "rev2", reversal.ts)], RulesConfig())
     assert [f["id"] for f in again] == [f["id"] for f in found]  # a second reversal takes back nothing more
+
+
+def test_the_retraction_of_a_history_finding_is_history_too() -> None:
+    """Go-live between a finding and its reversal: nobody was shown the finding, so nobody is
+    sent its retraction (docs/events.md, "History")."""
+    from streams.rulestep import RulesProvider, RulesStep
+    from streams.topics import HISTORY
+
+    events = []
+    for i in range(1, 8):
+        events.append(event(f"c{i}", f"2024-03-0{i}T10:00:00+08:00", "credit", "5000"))
+        events.append(event(f"d{i}", f"2024-03-0{i}T12:00:00+08:00", "debit", "5000"))
+    big = event("big", "2024-03-09T10:00:00+08:00", "credit", "900000")
+    reversal = reversal_of(big, "rev", dt.datetime.fromisoformat("2024-03-09T11:00:00+08:00"))
+    live_from = to_us(dt.datetime.fromisoformat("2024-03-09T10:30:00+08:00"))
+    step = RulesStep(CONFIG, RulesProvider(None), live_from_us=live_from)
+    state = CustomerState("c")
+    topics: dict[str, list[dict[str, object]]] = {}
+    for e in [*events, big, reversal]:
+        for entry in step(state, e)[1]:
+            topic, _, value = entry.split(b"\n", 2)
+            topics.setdefault(topic.decode(), []).append(orjson.loads(value))
+    history = topics.pop(HISTORY)
+    assert {f["trigger_txn_id"] for f in history if "retracts" not in f} == {"big"}
+    assert len([f for f in history if "retracts" in f]) == len([f for f in history if "retracts" not in f]) >= 2
+    assert all(f["history"] is True for f in history)
+    assert not any("retracts" in f for found in topics.values() for f in found)  # nothing live to take back
