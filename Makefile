@@ -30,7 +30,9 @@ lint: $(STAMP)
 # Two test processes (pytest-xdist), each test file whole in one of them (module fixtures stay
 # together; each process starts its own embedded servers): most of the suite waits on worker
 # processes, brokers and timers, not on the CPU: two cut the wall time by ~40% even on 2 cores.
-PYTEST_PARALLEL ?= -n 2 --dist loadfile
+# Files are handed out in collection order (tests/conftest.py puts the longest first), not
+# xdist's default of most tests first, which left the one-test soak running alone at the end.
+PYTEST_PARALLEL ?= -n 2 --dist loadfile --no-loadscope-reorder
 
 test: $(STAMP) browser-deps tool-deps lint
 	$(PY) -m pytest -q $(PYTEST_PARALLEL)
