@@ -11,10 +11,10 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 Severity = Literal["info", "low", "medium", "high"]
 SEVERITIES: tuple[Severity, ...] = ("info", "low", "medium", "high")
@@ -23,8 +23,57 @@ Share = Annotated[Decimal, Field(ge=0, le=1, allow_inf_nan=False)]
 Hours = Annotated[float, Field(ge=0, le=24 * 366)]
 
 
+VERSIONS = (1,)  # the file versions this FundFlow reads
+# every rule name a finding can carry (``rules.engine``): what ``disabled`` may name
+RULE_NAMES = frozenset(
+    {
+        "collection_opportunity",
+        "large_external_outflow",
+        "net_outflow_streak",
+        "fast_in_fast_out",
+        "balance_drawdown",
+        "churn_drift",
+        "post_repayment_sweep",
+        "ledger_drift",
+        "repayment_due_short",
+        "repayment_overdue",
+        "salary_flow_anomaly",
+        "push_collection",
+        "push_sweep",
+    }
+)
+PUSH_SOURCES = frozenset({"collection", "sweep"})  # the findings a push follows: ``marketing.campaigns`` keys
+_STRICT = "strict"  # validation context: a file being read (stored rules are not checked again)
+
+
 class RulesConfigError(ValueError):
-    """The rules file cannot be used; the message is one line."""
+    """The rules file cannot be used; the message is one line (the first problem, and how
+    many there are); ``problems`` holds one line per problem."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems if problems is not None else [message]
+
+
+def _strict(info: ValidationInfo) -> bool:
+    return isinstance(info.context, dict) and bool(info.context.get(_STRICT))
+
+
+def _known_rule(value: str, info: ValidationInfo) -> str:
+    # a misspelt name disables nothing, and the list replaces the default one
+    if _strict(info) and value not in RULE_NAMES:
+        raise ValueError(f"unknown rule {value!r} (known: {', '.join(sorted(RULE_NAMES))})")
+    return value
+
+
+def _known_source(value: str, info: ValidationInfo) -> str:
+    if _strict(info) and value not in PUSH_SOURCES:
+        raise ValueError(f"unknown push source {value!r} (known: {', '.join(sorted(PUSH_SOURCES))})")
+    return value
+
+
+RuleName = Annotated[str, AfterValidator(_known_rule)]
+PushSource = Annotated[str, AfterValidator(_known_source)]
 
 
 class _Rule(BaseModel):
@@ -117,7 +166,7 @@ class MarketingConfig(BaseModel):
     opt_out: frozenset[str] = frozenset()
     channel: Literal["sms", "app", "email"] = "app"
     # which campaign a push of each source belongs to (one message per customer per campaign)
-    campaigns: dict[str, str] = Field(
+    campaigns: dict[PushSource, str] = Field(
         default_factory=lambda: {"sweep": "sweep-after-repayment", "collection": "deposit-collection"}
     )
 
@@ -141,26 +190,99 @@ class RulesConfig(BaseModel):
     # Rules that fire nothing (by finding name, e.g. churn_drift); their conditions are still
     # tracked, so enabling one later starts from the right edge state.
     # churn_drift: never preceded a drain on Berka (lift 0 at every threshold; docs/rules-evaluation.md).
-    disabled: frozenset[str] = frozenset({"churn_drift"})
+    disabled: frozenset[RuleName] = frozenset({"churn_drift"})
+
+    @field_validator("version")
+    @classmethod
+    def _known_version(cls, value: int, info: ValidationInfo) -> int:
+        if _strict(info) and value not in VERSIONS:
+            raise ValueError(f"unsupported version {value}: this FundFlow reads version {VERSIONS[-1]}")
+        return value
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader; ``_lines`` walks what it composed for duplicates and lines."""
+
+
+def _lines(node: yaml.Node, path: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int]) -> list[str]:
+    """Note the line of every key and item under ``node`` by its path; the duplicate keys
+    (one problem each: PyYAML keeps the last silently)."""
+    problems: list[str] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            line = key_node.start_mark.line + 1
+            where = ".".join(str(p) for p in (*path, key))
+            if key in seen:
+                problems.append(f"line {line}: {where}: written twice (first on line {seen[key]})")
+                continue
+            seen[key] = line
+            lines[(*path, key)] = line
+            problems += _lines(value_node, (*path, key), lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines[(*path, i)] = item.start_mark.line + 1
+            problems += _lines(item, (*path, i), lines)
+    return problems
+
+
+def _line_of(loc: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int]) -> int | None:
+    """The line of the deepest part of ``loc`` the file wrote."""
+    for end in range(len(loc), 0, -1):
+        line = lines.get(loc[:end])
+        if line is not None:
+            return line
+    return None
+
+
+def _problem(error: Any, lines: dict[tuple[str | int, ...], int]) -> str:
+    loc = tuple(error["loc"])
+    where = ".".join(str(p) for p in loc) or "(top)"
+    unknown = error["type"] == "extra_forbidden"
+    message = "unknown key" if unknown else str(error["msg"]).removeprefix("Value error, ")
+    line = _line_of(loc, lines)
+    return f"{'' if line is None else f'line {line}: '}{where}: {message}"
+
+
+def _line_order(problem: str) -> int:
+    head = problem.split(":", 1)[0]
+    return int(head[5:]) if head.startswith("line ") and head[5:].isdigit() else 0
+
+
+def check_rules(text: str) -> tuple[RulesConfig | None, list[str]]:
+    """The rules of ``text`` and every problem found, one line each (none: the rules)."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, ["empty file: write the rules, or set FUNDFLOW_RULES_FILE=defaults for the built-in ones"]
+        lines: dict[tuple[str | int, ...], int] = {}
+        problems = _lines(node, (), lines)
+        raw = loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f"line {where.line + 1}: " if where is not None else ""
+        return None, [f"{line}not valid YAML: {getattr(exc, 'problem', None) or exc}"]
+    finally:
+        loader.dispose()
+    if not isinstance(raw, dict):
+        return None, ["line 1: the top level must be a mapping"]
+    try:
+        config = RulesConfig.model_validate(raw, context={_STRICT: True})
+    except ValidationError as exc:
+        problems += [_problem(error, lines) for error in exc.errors(include_url=False)]
+        return None, sorted(problems, key=_line_order)
+    return (None if problems else config), problems
 
 
 def parse_rules(text: str, source: str = "rules") -> RulesConfig:
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" line {where.line + 1}" if where is not None else ""
-        raise RulesConfigError(f"{source}:{line} not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise RulesConfigError(f"{source}: the top level must be a mapping")
-    try:
-        return RulesConfig.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top)"
-        raise RulesConfigError(f"{source}: {where}: {first['msg']} ({exc.error_count()} error(s))") from None
+    config, problems = check_rules(text)
+    if config is None or problems:
+        lines = [f"{source}: {problem}" for problem in problems]
+        more = f" (and {len(lines) - 1} more problem(s))" if len(lines) > 1 else ""
+        raise RulesConfigError(lines[0] + more, lines)
+    return config
 
 
 def load_rules(path: Path) -> RulesConfig:

@@ -263,6 +263,13 @@ class BatchProcessor:
         self._failing: set[tuple[str, int]] = set()
         self._flagged: set[tuple[str, int]] = set()  # partitions fundflow_partition_stalled shows as 1
         self._unfinished: list[Prepared] = []  # prepared, not yet completed (at most two: overlap)
+        # input partitions this processor owns, and the customers of them found with a changelog
+        # when it took them over (``adopt``), not cached here: their logs are folded (``fold``)
+        # once they stayed quiet after the takeover, so a dead owner's logs never stay behind
+        self._adopted: frozenset[int] = frozenset()
+        self._orphans: dict[int, list[str]] = {}
+        self._orphans_since = 0.0  # (monotonic) when the last partitions were adopted
+        self._rules_current: str | None = None  # the fingerprint last written as the rules in force
 
     def _in_flight(self) -> set[str]:
         """The customers of the batches prepared and not yet completed."""
@@ -288,6 +295,37 @@ class BatchProcessor:
         """Drop every cached state (on rebalance: Redis is the truth)."""
         self.cache.clear()
         self._logged.clear()
+        self._adopted = frozenset()  # (the logs it held uncommitted-to are found again by ``adopt``)
+
+    async def adopt(self, partitions: frozenset[int]) -> int:
+        """The input partitions this processor owns now: for those it did not own, the
+        customers holding a changelog (the commit script's index: a predecessor that died left
+        them) are queued for ``fold``; those of partitions it gave up are dropped. Returns the
+        customers queued. A Redis failure is raised (the caller tries again later)."""
+        new = partitions - self._adopted
+        found = await self.store.logged_customers(new) if new else {}
+        self._orphans = {p: cids for p, cids in self._orphans.items() if p in partitions}
+        for partition, customers in found.items():
+            self._orphans[partition] = customers
+        self._adopted = partitions
+        if new:
+            self._orphans_since = self.monotonic()
+        queued = sum(len(cids) for cids in found.values())
+        if queued:
+            log.info("%d customers of partitions %s hold a changelog: folded once quiet", queued, sorted(new))
+        return queued
+
+    async def note_rules_in_force(self) -> None:
+        """Keep the rules this processor runs under in Redis as the last good ones
+        (``FUNDFLOW_RULES_FALLBACK=last-good``), once per change."""
+        fp = self.rulebook.refresh()
+        if fp == self._rules_current:
+            return
+        text = self.rulebook.rules_json(fp)
+        if text is not None:
+            await self.store.save_current_rules(fp, text)
+            self._rules_saved.add(fp)
+        self._rules_current = fp
 
     def _note_logged(self, cid: str) -> None:
         self._logged.pop(cid, None)  # (re-inserted: the dict stays in order of when logs grew)
@@ -561,6 +599,7 @@ class BatchProcessor:
                 run.board,
                 collection_bucket(run.state),
                 encode_entry(run.rules, run.records) if run.appends else None,
+                run.records[-1].partition if run.records else None,
             )
             for cid, run in runs.items()
             if run.applied_ids
@@ -659,8 +698,72 @@ class BatchProcessor:
                 raise asyncio.CancelledError
             if chosen == 0 or written < 0:
                 break
+        if self._orphans and self._orphans_since <= cutoff:
+            while tried < limit:
+                async with self._folding:
+                    chosen, written = await self._fold_orphans(min(chunk, limit - tried))
+                tried += chosen
+                folded += max(written, 0)
+                if _being_cancelled():
+                    raise asyncio.CancelledError
+                if chosen == 0 or written < 0:
+                    break
         telemetry.CHANGELOG_HELD.set(len(self._logged))
         return folded
+
+    async def _fold_orphans(self, limit: int) -> tuple[int, int]:
+        """A chunk of the adopted customers' logs folded (``adopt``): (chosen, folded; -1: the
+        write failed, and they are queued again). One a batch holds or has cached is left to
+        the fold of cached customers; each write is a compare-and-set of the version loaded."""
+        busy = self._in_flight()
+        chosen: list[str] = []
+        partition_of: dict[str, int] = {}
+        for partition in list(self._orphans):
+            queue = self._orphans[partition]
+            while queue and len(chosen) < limit:
+                cid = queue.pop()
+                if cid not in busy and cid not in self.cache:
+                    chosen.append(cid)
+                    partition_of[cid] = partition
+            if not queue:
+                del self._orphans[partition]
+            if len(chosen) >= limit:
+                break
+        if not chosen:
+            return 0, 0
+        self._folding_now = frozenset(chosen)  # (a batch arriving meanwhile waits for the chunk)
+        written = self._chunk_written = asyncio.get_running_loop().create_future()
+        try:
+            try:
+                loaded = await self.store.load(chosen)
+                await self.store.learn_rules(entry for one in loaded.values() for entry in one.log)
+                commits, gone = [], []
+                for cid, one in loaded.items():
+                    if not one.log:  # (its log went meanwhile, or a version without the index dropped it)
+                        gone.append(cid)
+                        continue
+                    try:
+                        state = replay(one.state or CustomerState(cid), one.log, self._replay_step)
+                    except ValueError as exc:  # left as it is: a load by a batch says so, and retries
+                        log.warning("changelog of a customer left unfolded: %s", exc)
+                        continue
+                    commits.append(Commit(cid, one.version, state))
+                if gone:
+                    await self.store.unindex(gone)
+                failed = await self.store.commit(commits)
+            except Exception as exc:
+                if _being_cancelled():
+                    raise asyncio.CancelledError from exc
+                log.warning("changelogs of adopted customers not folded: %s", exc)
+                for cid in chosen:  # (queued again: their turn comes at the next fold)
+                    if partition_of[cid] in self._adopted:
+                        self._orphans.setdefault(partition_of[cid], []).append(cid)
+                return len(chosen), -1
+        finally:
+            self._folding_now, self._chunk_written = frozenset(), None
+            written.set_result(None)
+        telemetry.CHANGELOG_FOLDED.inc(len(commits) - len(failed))
+        return len(chosen), len(commits) - len(failed)
 
     async def _fold(self, cutoff: float, limit: int) -> tuple[int, int]:
         """(customers chosen, customers folded; -1: the write failed)."""

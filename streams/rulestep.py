@@ -37,14 +37,28 @@ log = logging.getLogger(__name__)
 TOPIC_OF_KIND = {"alert": ALERTS, "recommendation": RECOMMENDATIONS, "push": MARKETING}
 
 
+DEFAULTS = "defaults"  # FUNDFLOW_RULES_FILE=defaults: the built-in rules, asked for by name
+
+
+def built_in(settings: Settings) -> bool:
+    """Whether the settings ask for the built-in rules instead of a file."""
+    return str(settings.rules_file) == DEFAULTS
+
+
 class RulesProvider:
-    """The current rules: the file's last good version, reloaded when its mtime changes."""
+    """The current rules: the file's last good version, reloaded when its mtime changes.
+
+    ``fallback``: rules to run on when the file cannot be used at start-up (the last good
+    ones kept in Redis, ``FUNDFLOW_RULES_FALLBACK=last-good``); without it such a file is an
+    error. While the rules in force are not the file's (a rejected reload, or a start on the
+    fallback), ``fundflow_rules_reload_rejected`` is 1."""
 
     def __init__(
         self,
         path: Path | None,
         check_every_seconds: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        fallback: RulesConfig | None = None,
     ) -> None:
         self.path = path
         self.check_every = check_every_seconds
@@ -52,10 +66,23 @@ class RulesProvider:
         self.config = RulesConfig()
         self._mtime: float | None = None
         self._next_check = 0.0
+        self._unreadable = False  # (said once, not at every check)
         if path is not None:
-            self.config = load_rules(path)  # a bad file at start-up is an error, not a silent default
-            self._mtime = path.stat().st_mtime
+            try:
+                self._mtime = path.stat().st_mtime
+            except OSError:
+                self._mtime = None
+            try:
+                self.config = load_rules(path)  # a bad file at start-up is an error, not a silent default
+            except RulesConfigError:
+                if fallback is None:
+                    raise
+                self.config = fallback
+                telemetry.RULES_RELOADS.labels("rejected").inc()
+                telemetry.RULES_RELOAD_REJECTED.set(1)
+                return
             telemetry.RULES_RELOADS.labels("loaded").inc()
+            telemetry.RULES_RELOAD_REJECTED.set(0)
 
     def current(self) -> RulesConfig:
         now = self.clock()
@@ -65,17 +92,23 @@ class RulesProvider:
         try:
             mtime = self.path.stat().st_mtime
         except OSError as exc:
-            log.error("rules file %s unreadable (%s); keeping the last good rules", self.path, exc)
+            if not self._unreadable:
+                log.error("rules file %s unreadable (%s); keeping the last good rules", self.path, exc)
+                self._unreadable = True
+            telemetry.RULES_RELOAD_REJECTED.set(1)
             return self.config
+        self._unreadable = False
         if mtime != self._mtime:
             self._mtime = mtime
             try:
                 self.config = load_rules(self.path)
             except RulesConfigError as exc:
                 telemetry.RULES_RELOADS.labels("rejected").inc()
+                telemetry.RULES_RELOAD_REJECTED.set(1)
                 log.error("rules file rejected, keeping the last good rules: %s", exc)
             else:
                 telemetry.RULES_RELOADS.labels("loaded").inc()
+                telemetry.RULES_RELOAD_REJECTED.set(0)
                 log.warning("rules reloaded from %s", self.path)
         return self.config
 
@@ -211,14 +244,47 @@ def reader_store(client: Any, settings: Settings, keys: Keys | None = None) -> S
     return StateStore(client, keys, config=state_config(settings), rulebook=reader_rules(settings))
 
 
-def build_step(settings: Settings) -> RulesStep:
-    """The per-event step the worker runs: state plus the business rules when configured."""
-    path = settings.rules_file if settings.rules_file.exists() else None
-    if path is None:
-        logging.getLogger(__name__).warning("no rules file at %s: default thresholds", settings.rules_file)
+def rules_at_start(settings: Settings) -> RulesConfig:
+    """The rules a worker starts with: the file's (``FUNDFLOW_RULES_FILE``), or the built-in
+    ones when asked for by name; ``ConfigError`` in one line when the file is missing or bad."""
+    if built_in(settings):
+        return RulesConfig()
+    path = settings.rules_file
+    if not path.exists():
+        raise ConfigError(f"no rules file at {path} (FUNDFLOW_RULES_FILE=defaults: the built-in rules)")
     try:
-        provider = RulesProvider(path)
+        return load_rules(path)
     except RulesConfigError as exc:
         raise ConfigError(str(exc)) from None
+
+
+async def last_good_rules(store: StateStore) -> tuple[str, RulesConfig] | None:
+    """The rules last in force (``{p}:rules:current``) as Redis keeps them, with their
+    fingerprint; None when there are none."""
+    fp = await store.current_rules()
+    if fp is None:
+        return None
+    text = (await store.rules_of([fp])).get(fp)
+    if text is None:
+        return None
+    try:
+        return fp, RulesConfig.model_validate_json(text)
+    except ValueError:
+        return None
+
+
+def build_step(settings: Settings, fallback: RulesConfig | None = None) -> RulesStep:
+    """The per-event step the worker runs: state plus the business rules (``rules_at_start``;
+    ``fallback``: the rules to run on instead when the file cannot be used)."""
+    if built_in(settings):
+        log.info("built-in default rules (FUNDFLOW_RULES_FILE=%s)", DEFAULTS)
+        provider = RulesProvider(None)
+    else:
+        if fallback is None:
+            rules_at_start(settings)  # (missing or bad: one line)
+        try:
+            provider = RulesProvider(settings.rules_file, fallback=fallback)
+        except RulesConfigError as exc:
+            raise ConfigError(str(exc)) from None
     live_from_us = to_us(settings.live_from) if settings.live_from is not None else None
     return RulesStep(state_config(settings), provider, live_from_us)

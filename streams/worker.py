@@ -10,13 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from rules.config import RulesConfigError, load_rules
+from rules.config import RulesConfig
 from streams.app import create_app, run_faust_worker
 from streams.clients import connect, ensure_topics
 from streams.errors import ConfigError
 from streams.health import check_redis as redis_status
+from streams.rulestep import build_step, last_good_rules, rules_at_start
 from streams.settings import Settings, safe_url
+from streams.storage.keys import Keys
+from streams.storage.store import StateStore
 from streams.topics import all_topics
+
+log = logging.getLogger(__name__)
 
 
 async def check_redis(redis_url: str, cluster: bool = False) -> None:
@@ -30,12 +35,32 @@ async def check_redis(redis_url: str, cluster: bool = False) -> None:
         raise ConfigError(f"Redis at {safe_url(redis_url)} does not answer: {status}")
 
 
+FALLBACK_HINT = "to run on the last good rules kept in Redis meanwhile: FUNDFLOW_RULES_FALLBACK=last-good"
+
+
+async def fallback_rules(redis_url: str, settings: Settings, why: str) -> RulesConfig:
+    """The rules last in force, as Redis keeps them, for a worker whose file cannot be used;
+    a ``ConfigError`` when Redis holds none."""
+    client = connect(redis_url, settings.redis_cluster)
+    try:
+        found = await last_good_rules(StateStore(client, Keys(settings.key_prefix)))
+    finally:
+        await client.aclose()
+    if found is None:
+        raise ConfigError(f"{why} (and Redis keeps no last good rules to fall back on)")
+    fp, rules = found
+    log.error("%s; FUNDFLOW_RULES_FALLBACK=last-good: running on the last good rules %s from Redis", why, fp)
+    return rules
+
+
 def run_worker(settings: Settings, bootstrap: str, redis_url: str, *, web_port: int | None, loglevel: str) -> int:
-    if settings.rules_file.exists():  # a bad rules file is a one-line error before anything starts
-        try:
-            load_rules(settings.rules_file)
-        except RulesConfigError as exc:
-            raise ConfigError(str(exc)) from None
+    fallback: RulesConfig | None = None
+    try:  # a missing or bad rules file is a one-line error before anything starts
+        rules_at_start(settings)
+    except ConfigError as exc:
+        if settings.rules_fallback != "last-good":
+            raise ConfigError(f"{exc}; {FALLBACK_HINT}") from None
+        fallback = asyncio.run(fallback_rules(redis_url, settings, str(exc)))
     asyncio.run(check_redis(redis_url, settings.redis_cluster))
     try:
         asyncio.run(ensure_topics(bootstrap, all_topics(settings.partitions), settings))
@@ -46,6 +71,6 @@ def run_worker(settings: Settings, bootstrap: str, redis_url: str, *, web_port: 
     if web_port is not None:
         settings = settings.model_copy(update={"web_port": web_port})
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(settings, bootstrap, redis_url)
+    app = create_app(settings, bootstrap, redis_url, build_step(settings, fallback) if fallback else None)
     run_faust_worker(app, settings, loglevel)
     return 0

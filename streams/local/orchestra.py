@@ -65,6 +65,8 @@ class LocalRun:
         env["FUNDFLOW_APP_ID"] = self.settings.app_id
         env["FUNDFLOW_KEY_PREFIX"] = self.settings.key_prefix
         env["FUNDFLOW_PARTITIONS"] = str(self.settings.partitions)
+        if self.settings.rules_file.exists():  # (whatever folder a local process runs in)
+            env["FUNDFLOW_RULES_FILE"] = str(self.settings.rules_file.resolve())
         # (the synthetic loads of bench and soak move event time years ahead: they widen this)
         env["FUNDFLOW_EVENT_TIME_MAX_SKEW_SECONDS"] = str(self.settings.event_time_max_skew_seconds)
         if self.stack is not None and self.stack.broker is not None:

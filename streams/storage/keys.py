@@ -20,6 +20,8 @@ holds no ``}``, and no ordinary id starts with ``{``, so the encoding is one-to-
 | ``{p}:stats:latency_ms`` | list | recent end-to-end latencies in ms (capped), for backtest and bench |
 | ``{p}:feed`` | stream | published findings (JSON in field ``v``, topic in ``t``), capped; the API's feed |
 | ``{p}:rules:{F}`` | string | the rules a changelog entry ran under, by fingerprint ``F`` (JSON), for its replay |
+| ``{p}:rules:current`` | string | the fingerprint of the rules a worker runs under (``FUNDFLOW_RULES_FALLBACK``) |
+| ``{p}:{S}:logged`` | sorted set | customer -> input partition, for the shard's customers with a changelog |
 | ``{p}:tiers`` | sorted set | customer -> contribution (cent-rounded), for live quartile tiers |
 | ``{p}:tiers:value`` | hash | customer -> the exact contribution (decimal string) |
 | ``{p}:tiers:cuts`` | hash | the current quartile cut points q1,q2,q3 and when they were computed |
@@ -127,6 +129,16 @@ class Keys:
 
     def rules(self, fingerprint: str) -> str:
         return f"{self.prefix}:rules:{fingerprint}"
+
+    @property
+    def rules_current(self) -> str:
+        """The fingerprint of the rules in force (a fingerprint is hex: never ``current``)."""
+        return f"{self.prefix}:rules:current"
+
+    def logged(self, shard: str) -> str:
+        """Customers of ``shard`` (a 看板 shard: their slot) holding a changelog, scored by input
+        partition: written by the commit script, read by a worker taking over partitions."""
+        return f"{self.prefix}:{{{shard}}}:logged"
 
     @property
     def state_pattern(self) -> str:

@@ -60,15 +60,17 @@ COMMIT_CHUNK = 256  # customers per commit script call (bounds one call's time i
 
 # The commit of many customers in one call, each customer atomic on its own keys, and the
 # 看板's aggregates moved by exactly the customers whose commit went through.
-# KEYS: the call's B board keys (1: latest, 2: collection, then per day flow/findings/net),
-#   then per customer: state, outbox, recent alerts, changelog.
+# KEYS: the call's B board keys (1: latest, 2: collection, 3: the customers with a changelog,
+#   then per day flow/findings/net), then per customer: state, outbox, recent alerts, changelog.
 # ARGV: kept, B, latest event time (or ''), the type of each board key ('s', 'h' hash,
-#   'z' sorted set), then per customer: expected version, new version, blob ('': append
-#   the entry to the changelog instead), its 归集率 bucket (or ''), changelog entry (or ''),
-#   number of findings, findings..., number of board cells, then per cell: board key
-#   index, field, integer increment.
+#   'z' sorted set, 'l' the changelog index), then per customer: expected version, new
+#   version, blob ('': append the entry to the changelog instead), its 归集率 bucket (or ''),
+#   changelog entry (or ''), number of findings, findings..., number of board cells, then per
+#   cell: board key index, field, integer increment; last, its input partition (or '') and id.
 # A customer's version is its full state's plus the length of its changelog; its bucket is
-# the last changelog entry's (before the entry's first newline), else the state's.
+# the last changelog entry's (before the entry's first newline), else the state's. A customer
+# with a changelog is in KEYS[3] (scored by its input partition) until its full state is
+# written again: whoever owns that partition next finds the log there, without a scan.
 # Returns 1 (committed) or 0 (version moved: nothing written, nothing counted) per customer.
 COMMIT_LUA = """
 local kept = tonumber(ARGV[1])
@@ -112,9 +114,14 @@ for k = nboard + 1, #KEYS, 4 do
     if ARGV[a + 2] ~= '' then
       if hashed then redis.call('DEL', KEYS[k]) end
       redis.call('SET', KEYS[k], ARGV[a + 1] .. ':' .. bucket .. ':' .. ARGV[a + 2])
-      if logged > 0 then redis.call('DEL', KEYS[k + 3]) end
+      if logged > 0 then
+        redis.call('DEL', KEYS[k + 3])
+        redis.call('ZREM', KEYS[3], ARGV[a + 8 + n + 3 * m])
+      end
     else
       redis.call('RPUSH', KEYS[k + 3], bucket .. '\\n' .. ARGV[a + 4])
+      local part = ARGV[a + 7 + n + 3 * m]
+      if part ~= '' then redis.call('ZADD', KEYS[3], part, ARGV[a + 8 + n + 3 * m]) end
     end
     if n > 0 then
       for i = a + 6, a + 5 + n do
@@ -130,7 +137,7 @@ for k = nboard + 1, #KEYS, 4 do
   else
     result[#result + 1] = 0
   end
-  a = a + 7 + n + 3 * m
+  a = a + 9 + n + 3 * m
 end
 if ARGV[3] ~= '' then
   local latest = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -148,6 +155,16 @@ for b = 2, nboard do
   end
 end
 return result
+"""
+
+# KEYS: the changelog index (``Keys.logged``), then customers' changelogs. ARGV: the customers.
+# Each leaves the index if its changelog is gone (written by a version that kept no index).
+UNINDEX_LUA = """
+local gone = 0
+for i = 1, #ARGV do
+  if redis.call('EXISTS', KEYS[i + 1]) == 0 then gone = gone + redis.call('ZREM', KEYS[1], ARGV[i]) end
+end
+return gone
 """
 
 # KEYS: outbox. ARGV: entries confirmed published.
@@ -190,6 +207,7 @@ class Commit:
     board: BoardDelta | None = None  # what this commit adds to the 看板 (``rules.board``)
     bucket: str = ""  # the customer's 归集率 bucket after it ('': not counted)
     log: bytes | None = None  # a changelog entry to append instead of writing the full state
+    partition: int | None = None  # the customer's input partition (indexes its changelog for a new owner)
 
 
 class _BoardArgs:
@@ -198,8 +216,8 @@ class _BoardArgs:
     def __init__(self, keys: Keys, shard: str) -> None:
         self.keys = keys
         self.shard = shard
-        self.names = [keys.board(shard, "latest"), keys.board(shard, "collection")]
-        self.kinds = ["s", "h"]
+        self.names = [keys.board(shard, "latest"), keys.board(shard, "collection"), keys.logged(shard)]
+        self.kinds = ["s", "h", "l"]
         self.index: dict[str, int] = {}
         self.latest: int | None = None
 
@@ -293,6 +311,7 @@ class StateStore:
         self.compress = compress  # how new blobs are written; both kinds are always read
         self._commit = client.register_script(COMMIT_LUA)
         self._confirm = client.register_script(CONFIRM_LUA)
+        self._unindex = client.register_script(UNINDEX_LUA)
         self._scripts_loaded = False  # SCRIPT LOAD once, then plain EVALSHA (a restarted Redis -> again)
         self._shards_known: set[str] = set()  # 看板 shards this store registered (Redis Cluster)
 
@@ -342,6 +361,22 @@ class StateStore:
         a few KB per set of rules a worker ever ran under)."""
         with _round_trip("commit"):
             await self.redis.set(self.keys.rules(fp), text)
+
+    async def save_current_rules(self, fp: str, text: bytes) -> None:
+        """The rules ``fp`` are in force: kept by fingerprint, and named the last good ones
+        (``FUNDFLOW_RULES_FALLBACK=last-good`` starts from them). The rules first: a pointer
+        never names rules Redis does not hold."""
+        with _round_trip("commit"):
+            await self.redis.set(self.keys.rules(fp), text)
+            await self.redis.set(self.keys.rules_current, fp)
+
+    async def current_rules(self) -> str | None:
+        """The fingerprint of the rules last in force (``save_current_rules``), if any."""
+        with _round_trip("load"):
+            raw = await self.redis.get(self.keys.rules_current)
+        if raw is None:
+            return None
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
 
     async def _stored(self, keys: Sequence[str | bytes], replies: Sequence[Any]) -> list[tuple[int, bytes | None]]:
         """(version, blob) of each state key from its GET reply: ``version:bucket:blob``, or
@@ -408,6 +443,7 @@ class StateStore:
                         args += (version, version + 1, b"", c.bucket, c.log, len(c.findings))
                     args += c.findings
                     args += board.cells(cid, c.board)
+                    args += ("" if c.partition is None else c.partition, cid)
                 latest = "" if board.latest is None else board.latest
                 head = (RECENT_ALERTS_KEPT, len(board.names), latest, *board.kinds)
                 calls.append((sha, len(board.names) + len(keys), *board.names, *keys, *head, *args))
@@ -536,6 +572,39 @@ class StateStore:
                 commits.append(Commit(cid, one.version, state))
         failed = await self.commit(commits)
         return len(commits) - len(failed), len(failed)
+
+    async def logged_customers(self, partitions: Iterable[int]) -> dict[int, list[str]]:
+        """The customers of these input partitions that hold a changelog (the index the commit
+        script keeps, one sorted set per 看板 shard: no scan of the keyspace)."""
+        wanted = set(partitions)
+        if not wanted:
+            return {}
+        with _round_trip("load"):
+            if self.cluster:
+                members = await self.redis.smembers(self.keys.board_shards)
+                shards = sorted(s.decode() if isinstance(s, bytes) else s for s in members)
+            else:
+                shards = [BOARD]
+            low, high = min(wanted), max(wanted)
+            ranges = (self.keys.logged(shard) for shard in shards)
+            replies = await _bounded(self.redis.zrange(key, low, high, byscore=True, withscores=True) for key in ranges)
+        found: dict[int, list[str]] = {}
+        for reply in replies:
+            for member, score in reply:
+                if int(score) in wanted:
+                    found.setdefault(int(score), []).append(member.decode() if isinstance(member, bytes) else member)
+        return found
+
+    async def unindex(self, customers: Sequence[str]) -> None:
+        """Take customers whose changelog is gone out of the index (see ``UNINDEX_LUA``)."""
+        by_shard: dict[str, list[str]] = {}
+        for cid in customers:
+            by_shard.setdefault(self._shard(cid), []).append(cid)
+        with _round_trip("commit"):
+            await _bounded(
+                self._unindex(keys=[self.keys.logged(shard), *map(self.keys.log, group)], args=group)
+                for shard, group in by_shard.items()
+            )
 
     async def recent_findings(self, customer_id: str, limit: int = 50) -> list[bytes]:
         entries = cast(list[bytes], await self.redis.lrange(self.keys.alerts(customer_id), 0, limit - 1))

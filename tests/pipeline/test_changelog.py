@@ -20,9 +20,9 @@ from streams import telemetry
 from streams.batcher import Batcher, drain
 from streams.clients import connect
 from streams.deadletter import RawRecord
-from streams.errors import TransientError
+from streams.errors import ConfigError, TransientError
 from streams.pipeline import FOLD_CHUNK, BatchProcessor, Prepared
-from streams.rulestep import build_step, reader_store
+from streams.rulestep import build_step, last_good_rules, reader_store
 from streams.settings import Settings
 from streams.storage.changelog import decode_entry, encode_entry
 from streams.storage.codec import decode_state, encode_state
@@ -30,6 +30,7 @@ from streams.storage.keys import Keys
 from streams.storage.store import StateStore
 from streams.tools.berka import berka_lines
 from streams.tools.replay import route
+from streams.worker import fallback_rules, run_worker
 from tests.support.fakes import Sink
 
 BATCH = 250
@@ -377,3 +378,50 @@ async def test_fold_all_leaves_what_an_earlier_version_can_read(
     everyone = {r.key.decode() for r in records if r.key}
     assert log_sink.sent == full_sink.sent
     assert await states(worker.store, everyone) == await states(full.store, everyone)
+
+
+async def test_a_dead_workers_changelogs_are_folded_by_the_new_owner(
+    client: aioredis.Redis, records: list[RawRecord]
+) -> None:
+    """A worker dies with customers' logs in Redis: the worker that takes its partitions
+    folds them once they stay quiet after the takeover, with no new event for them."""
+    config = settings("orphan")
+    dead = processor(client, config, Sink(), 1000)
+    for batch in batches(records[:1500]):
+        await dead.process(batch)
+    left = await logged(client, "orphan")
+    assert left > 0  # the logs it never folded
+    customers = {r.key.decode() for r in records[:1500] if r.key}
+    before = await states(reader_store(client, config), customers)
+
+    now = [0.0]
+    store = StateStore(client, Keys("orphan"))
+    heir = BatchProcessor(
+        store, build_step(config), Sink(), zone=config.zone, snapshot_every=1000, monotonic=lambda: now[0]
+    )
+    assert await heir.adopt(frozenset({0, 1})) == left
+    assert await heir.fold(quiet_seconds=10) == 0  # not yet quiet since the takeover
+    now[0] = 11.0
+    assert await heir.fold(quiet_seconds=10, limit=10_000) == left
+    assert await logged(client, "orphan") == 0
+    assert await client.zcard("orphan:{board}:logged") == 0
+    assert await states(reader_store(client, config), customers) == before
+
+
+async def test_the_rules_in_force_are_kept_for_a_worker_whose_file_is_bad(
+    client: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("outflow:\n  streak_days: 9\n")
+    config = settings("kept", rules)
+    worker = processor(client, config, Sink(), 4)
+    await worker.note_rules_in_force()
+    fp, kept = await last_good_rules(worker.store) or ("", None)
+    assert kept is not None and kept.outflow.streak_days == 9 and fp == worker.rulebook.refresh()
+
+    rules.write_text("disabled: [fast_in_fast_out_typo]\n")
+    with pytest.raises(ConfigError, match=r"unknown rule .*FUNDFLOW_RULES_FALLBACK=last-good"):
+        run_worker(config, "127.0.0.1:1", redis_url, web_port=None, loglevel="warning")
+    assert await fallback_rules(redis_url, config, "bad file") == kept
+    with pytest.raises(ConfigError, match="no last good rules"):
+        await fallback_rules(redis_url, settings("none-kept", rules), "bad file")

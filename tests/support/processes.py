@@ -150,6 +150,9 @@ class Process:
 
     def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
         clean = {k: v for k, v in os.environ.items() if not k.startswith("FUNDFLOW_")}
+        # the shipped rules, as a deployment runs (its cwd is the log's folder, where no
+        # deploy/rules.yaml is, and a missing rules file is an error)
+        clean["FUNDFLOW_RULES_FILE"] = str(ROOT / "deploy" / "rules.yaml")
         clean.update(env)
         self.log = log
         with log.open("wb") as out:
