@@ -65,6 +65,9 @@ UNDELIVERABLE = "webhook_undeliverable"
 BAD_FINDING = "webhook_bad_record"
 
 
+DELIVERY_OUTCOMES = ("delivered", "retried", "refused", "dead_letter", "duplicate", "bad_record")
+
+
 @dataclass(slots=True)
 class RelayReport:
     records: int = 0
@@ -100,6 +103,10 @@ class Relay:
         self.limit = asyncio.Semaphore(settings.webhook_concurrency)
         self.policy = outage_policy(settings)  # Redis down: as the worker waits it out
         self.stop = stop
+        # Every outcome exists from the start at 0: Prometheus sees no increase in a series
+        # whose first sample is already 1, so the first undeliverable finding would go unseen.
+        for outcome in DELIVERY_OUTCOMES:
+            telemetry.WEBHOOK_DELIVERIES.labels(outcome)
 
     def _key(self, sender: WebhookSender, finding_id: str) -> str:
         return f"{self.keys.prefix}:webhook:{receiver_tag(sender.url)}:{finding_id}"

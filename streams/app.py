@@ -34,7 +34,8 @@ import redis.asyncio as aioredis
 from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
 from faust.web import Request, Response, View
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from redis.exceptions import RedisError
 
 from rules.state import CustomerState
 from streams import board, patches, telemetry
@@ -392,12 +393,19 @@ async def serve_readyz(parts: WorkerParts, web: View, request: Request) -> Respo
     """Kafka and Redis reachable, and no input partition stalled (503 and which, if
     not): an outage shows here and in fundflow_dependency_up while the agent waits and
     retries, a batch retried for FUNDFLOW_STALLED_AFTER_SECONDS also in
-    fundflow_partition_stalled."""
+    fundflow_partition_stalled.
+
+    A rejected rules reload (fundflow_rules_reload_rejected, the gauge the alert reads) is
+    ``degraded``, still 200: the worker keeps judging on its last good rules, and taking it
+    out of service would stop the stream for a file an operator must fix (docs/runbook.md)."""
     ready, checks = await readiness(parts.redis, parts.bootstrap)
     stalled = parts.processor.stalled_partitions()
     checks["progress"] = f"stalled: {', '.join(stalled)}" if stalled else "ok"
     ready = ready and not stalled
-    return web.json({"status": "ready" if ready else "not_ready", "checks": checks}, status=200 if ready else 503)
+    rejected = REGISTRY.get_sample_value("fundflow_rules_reload_rejected") == 1
+    checks["rules"] = "rejected at reload: running on the last good rules" if rejected else "ok"
+    status = ("degraded" if rejected else "ready") if ready else "not_ready"
+    return web.json({"status": status, "checks": checks}, status=200 if ready else 503)
 
 
 PAGES: dict[str, Page] = {"/metrics": serve_metrics, "/healthz": serve_healthz, "/readyz": serve_readyz}
@@ -441,14 +449,41 @@ async def refresh_tiers(parts: WorkerParts) -> None:
     except Exception as exc:  # tiers are a view; never stop the stream for them
         log.warning("live tiers not refreshed: %s", exc)
     else:
+        telemetry.TIER_REFRESHED.set_to_current_time()
         log.debug("live tiers refreshed for %d customers", count)
 
 
+def owned_partitions(app: faust.App) -> frozenset[int] | None:
+    """The input partitions this worker's consumer holds now (None: no consumer yet)."""
+    try:
+        consumer: Any = app.consumer
+        assignment = consumer.assignment()
+    except Exception:  # (not started, or stopping)
+        return None
+    return frozenset(tp.partition for tp in assignment if tp.topic in INPUT_TOPICS)
+
+
 async def fold_quiet(parts: WorkerParts) -> None:
-    """Customers whose changelog went quiet get their full state written, their log dropped."""
+    """Customers whose changelog went quiet get their full state written, their log dropped:
+    those this worker cached, and those of partitions it took over (a predecessor's, which
+    it learns from the index the commits keep, ``BatchProcessor.adopt``)."""
+    partitions = owned_partitions(parts.app)
+    if partitions is not None:
+        try:
+            await parts.processor.adopt(partitions)
+        except (TransientError, RedisError) as exc:  # (tried again at the next tick)
+            log.warning("changelogs of taken-over partitions not looked up: %s", exc)
     folded = await parts.processor.fold(parts.settings.fold_after_seconds)
     if folded:
         log.debug("folded %d changelogs into full states", folded)
+
+
+async def keep_rules_current(parts: WorkerParts) -> None:
+    """The rules in force, kept in Redis as the last good ones (``FUNDFLOW_RULES_FALLBACK``)."""
+    try:
+        await parts.processor.note_rules_in_force()
+    except (TransientError, RedisError) as exc:  # (tried again at the next tick)
+        log.warning("rules in force not written to Redis: %s", exc)
 
 
 async def prune_board(parts: WorkerParts) -> None:
@@ -472,5 +507,6 @@ def timers(settings: Settings) -> list[tuple[float, Timer]]:
         (5.0, report_lag),
         (settings.tier_refresh_seconds, refresh_tiers),
         (1.0, fold_quiet),
+        (5.0, keep_rules_current),
         (BOARD_PRUNE_SECONDS, prune_board),
     ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -60,6 +60,10 @@ WEBHOOK_SECONDS = Histogram(
 )
 ADAPTER_RECORDS = Counter("fundflow_adapter_records_total", "CDC change records by outcome", ["format", "outcome"])
 RULES_RELOADS = Counter("fundflow_rules_reloads_total", "Rules file loads by outcome", ["outcome"])
+RULES_RELOAD_REJECTED = Gauge(
+    "fundflow_rules_reload_rejected",
+    "1 while the worker runs on its last good rules because the rules file was rejected at reload",
+)
 API_REQUESTS = Counter("fundflow_api_requests_total", "API requests by route pattern and status", ["route", "status"])
 API_SECONDS = Histogram(
     "fundflow_api_request_seconds", "API request time by route pattern", ["route"], buckets=LATENCY_BUCKETS_S
@@ -70,9 +74,19 @@ API_STREAMS_LIMITED = Counter(
     "Live streams refused at a cap (token: per-token cap, server: total cap) or ended for reading too slowly (slow)",
     ["why"],
 )
-API_READY = Gauge("fundflow_api_ready", "1 when the last /readyz found Kafka and Redis reachable")
+# The API process's own: only its /metrics serves this registry (a worker exporting an API
+# gauge would make every alert on it match the workers too).
+API_REGISTRY = CollectorRegistry(auto_describe=True)
+API_READY = Gauge(
+    "fundflow_api_ready",
+    "1 when the API's last readiness check (a timer, and every /readyz) reached Kafka and Redis",
+    registry=API_REGISTRY,
+)
 DEPENDENCY_UP = Gauge("fundflow_dependency_up", "1 when the last check reached it (redis, kafka)", ["dependency"])
 TIER_CUSTOMERS = Gauge("fundflow_tier_customers", "Customers per contribution tier", ["tier"])
+TIER_REFRESHED = Gauge(
+    "fundflow_tier_refresh_last_success_timestamp_seconds", "When this worker last refreshed the live tiers (Unix time)"
+)
 CASES_OPENED = Counter("fundflow_cases_opened_total", "Cases opened by the case intake")
 CASE_FINDINGS_JOINED = Counter("fundflow_case_findings_joined_total", "Findings that joined an open case")
 CASE_RETRACTIONS = Counter(

@@ -90,6 +90,8 @@ STORE = web.AppKey("store", StateStore)
 TOKENS = web.AppKey("tokens", tuple)
 BOOTSTRAP = web.AppKey("bootstrap", str)
 HUB = web.AppKey("hub", FeedHub)
+READY_TIMER = web.AppKey("ready_timer", asyncio.Task)
+READY_CHECK_SECONDS = 5.0  # as often as a worker checks its dependencies (streams.app.timers)
 REQUEST_ID = web.RequestKey("request_id", str)
 TOKEN_NAME = web.RequestKey("token", str)  # which configured token (by position) authenticated the request
 STREAM = web.RequestKey("stream", web.StreamResponse)  # the StreamResponse of /alerts/stream
@@ -121,10 +123,15 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     response: web.StreamResponse
     try:
         response = await handler(request)
-    except web.HTTPException as exc:  # aiohttp's own: 404 for an unknown path, 405
-        exc.headers["X-Request-Id"] = request_id
-        _count(request, exc.status, started)
-        raise
+    except web.HTTPException as exc:  # aiohttp's own: 404 for an unknown path, 405, 413
+        if exc.status < 400 or exc.content_type == "application/json":
+            exc.headers["X-Request-Id"] = request_id
+            _count(request, exc.status, started)
+            raise
+        response = _error(exc.status, _plain_error(exc))  # every error body is JSON
+        for name in ("Allow", "WWW-Authenticate", "Retry-After"):
+            if name in exc.headers:
+                response.headers[name] = exc.headers[name]
     except params.BadRequest as exc:
         log.info("request %s %s: 400 %s", request_id, _route(request), exc)
         response = _error(400, str(exc))
@@ -139,6 +146,15 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         response.headers["X-Request-Id"] = request_id
     _count(request, response.status, started)
     return response
+
+
+def _plain_error(exc: web.HTTPException) -> str:
+    """aiohttp's plain-text error, as one line for a JSON body."""
+    if exc.status == 413:
+        return "the request body is larger than this API takes"
+    if exc.status == 405:
+        return f"method not allowed; allowed: {exc.headers.get('Allow', '')}"
+    return (exc.text or exc.reason or "error").splitlines()[0].removeprefix(f"{exc.status}: ")
 
 
 def _count(request: web.Request, status: int, started: float) -> None:
@@ -372,8 +388,33 @@ async def readyz(request: web.Request) -> web.Response:
     return _json({"status": "ready" if ready else "not_ready", "checks": checks}, 200 if ready else 503)
 
 
+async def keep_ready_current(app: web.Application) -> None:
+    """fundflow_api_ready and fundflow_dependency_up kept by the process itself: where nothing
+    probes /readyz (compose, a VM) the gauge would otherwise say what the last probe saw, or
+    nothing at all."""
+    while True:
+        try:
+            ready, _ = await readiness(app[STORE].redis, app[BOOTSTRAP])
+            telemetry.API_READY.set(1 if ready else 0)
+        except Exception:  # a view of health: never let it end the timer
+            log.exception("readiness check failed")
+            telemetry.API_READY.set(0)
+        await asyncio.sleep(READY_CHECK_SECONDS)
+
+
+async def start_ready_timer(app: web.Application) -> None:
+    app[READY_TIMER] = asyncio.create_task(keep_ready_current(app), name="api-readiness")
+
+
+async def stop_ready_timer(app: web.Application) -> None:
+    app[READY_TIMER].cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await app[READY_TIMER]
+
+
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    body = generate_latest() + generate_latest(telemetry.API_REGISTRY)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -413,8 +454,11 @@ def create_api(settings: Settings, redis_url: str, bootstrap: str, *, demo: bool
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(app[STORE].redis.aclose(), 5)
 
+    app.on_startup.append(start_ready_timer)
+    app.on_cleanup.append(stop_ready_timer)
     app.on_cleanup.append(close_redis)
-    setup_cases(app, app[STORE].redis, app[STORE].keys, settings, tuple(p for _, p in tokens) or (DEMO,))
+    setup_cases(app, app[STORE].redis, app[STORE].keys, settings, tuple(p for _, p in tokens) or (DEMO,),
+                registered=bool(tokens))  # fmt: skip
     setup_board(app, app[STORE].redis, app[STORE].keys, settings)
     for path, handler in (
         ("/customers/{customer_id}", get_customer),

@@ -95,13 +95,48 @@ def run_demo(settings: Settings, berka_dir: Path | None, rate: float, speedup: f
         )
         run.start_worker()
         console = _start_console(run, log_dir)
+        watching = write_prometheus_config(log_dir, run.web_ports[0], console)
         print(f"  web console: {console}   (live alerts, customer pages, tiers; no token in demo mode)", flush=True)
+        print(
+            f"  Prometheus with the shipped alerts: prometheus --config.file={watching} "
+            f"--storage.tsdb.path={log_dir / 'prometheus'} --web.listen-address=127.0.0.1:9090",
+            flush=True,
+        )
         print(f"  看板: {console}console/board.html   case desk: {console}console/desk.html", flush=True)
         headline = f"FundFlow demo: open {console} in a browser; Ctrl-C stops everything"  # tops every screen
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C or SIGTERM: streams.stopping printed the line
             asyncio.run(_live(run, lines, rate, speedup, watched, headline))
     print("worker, console, broker and Redis: everything stopped.", flush=True)
     return 0
+
+
+ALERT_RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.yml"
+
+
+def write_prometheus_config(log_dir: Path, worker_port: int, console: str) -> Path:
+    """A Prometheus configuration for this demo (docs/operations.md): the shipped alert rules,
+    the worker and the API under the job names the rules expect, labelled ``demo="true"``
+    (the latency alert leaves those out: the demo lingers on purpose, docs/demo.md)."""
+    api = console.removeprefix("http://").rstrip("/")
+    path = log_dir / "prometheus.yml"
+    text = f"""# written by fundflow demo for this run: its ports change every run
+global:
+  scrape_interval: 15s
+  evaluation_interval: 15s
+rule_files:
+  - {ALERT_RULES}
+scrape_configs:
+  - job_name: fundflow-worker
+    static_configs:
+      - targets: ["127.0.0.1:{worker_port}"]
+        labels: {{demo: "true"}}
+  - job_name: fundflow-api
+    static_configs:
+      - targets: ["{api}"]
+        labels: {{demo: "true"}}
+"""
+    path.write_text(text)
+    return path
 
 
 def _start_console(run: LocalRun, log_dir: Path) -> str:
