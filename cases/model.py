@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from streams.settings import NAME_PATTERN, Role
+from streams.settings import NAME_PATTERN, RESERVED_NAMES, Role
 
 STATUSES = ("open", "in_progress", "resolved", "dismissed")
 OPEN_STATUSES = frozenset({"open", "in_progress"})
@@ -48,8 +48,15 @@ CONFIRMING = frozenset({"confirmed_outflow", "retained_after_contact", "funds_re
 # retraction): never a person's choice, and never counted in a rule's precision, for the
 # rule was neither right nor wrong about money that never moved.
 RETRACTED = "retracted"
-SYSTEM = "system"  # the actor the audit trail names for the intake
+SYSTEM = "system"  # the actor the audit trail names for the intake (its entries also say ``by_system: true``)
+# Why a case is dismissed (required): only ``false_positive`` is a judgement of the rule, and it alone of
+# the dismissals counts in the rule's precision (as a case the rule got wrong); the others count nowhere.
+DISMISSALS = ("false_positive", "duplicate", "not_actionable", "other")
+# Names no token may carry (``RESERVED_NAMES``): the product writes them itself (the intake's ``system``,
+# the demo's ``demo``, the stream quota's ``anonymous``, and ``token-N`` for the N-th plain-string token).
+_RESERVED = re.compile(r"token-[0-9]+")
 MAX_TEXT = 4000
+MAX_COMMENTS = 1000  # per case, by default (``FUNDFLOW_CASES_MAX_COMMENTS``)
 RANK: dict[Role, int] = {"viewer": 0, "analyst": 1, "supervisor": 2}
 HOUR_MS = 3_600_000
 # The 看板's age buckets of open cases: (label, opened at least this long ago); the last one has no end.
@@ -69,6 +76,16 @@ def priority(severity: str, tier: str | None) -> int:
     return min(4, 5 - score)
 
 
+def reserved_name(name: str) -> bool:
+    """A name the product writes itself, which no named token may claim."""
+    return name.lower() in RESERVED_NAMES or bool(_RESERVED.fullmatch(name.lower()))
+
+
+def article(word: str) -> str:
+    """``word`` with its indefinite article: "an analyst", "a viewer"."""
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
+
+
 def valid_name(name: str) -> bool:
     """A name a token may carry, and so a name a case may be assigned to."""
     return bool(_NAME.fullmatch(name))
@@ -76,10 +93,12 @@ def valid_name(name: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Actor:
-    """Who acts on a case: the name the audit trail records and a role."""
+    """Who acts on a case: the name the audit trail records, a role, and the fingerprint of the
+    token that authenticated it (idempotency records are kept per token, never per name)."""
 
     name: str
     role: Role
+    token: str = ""
 
     def at_least(self, role: Role) -> bool:
         return RANK[self.role] >= RANK[role]
@@ -204,6 +223,7 @@ class Change:
     audit: list[dict[str, Any]] = field(default_factory=list)
     moves: list[tuple[str, str]] = field(default_factory=list)  # ("zadd" | "zrem", index name)
     slot: str = ""  # "claim": the case becomes the open one of its slot; "release": no longer
+    comment: dict[str, Any] | None = None  # a comment: appended without the case's compare-and-set
 
 
 def _text(value: str | None, what: str, required: bool) -> str | None:
@@ -218,7 +238,7 @@ def _text(value: str | None, what: str, required: bool) -> str | None:
 
 def _may_work(case: Case, actor: Actor, doing: str) -> None:
     if not actor.at_least("analyst"):
-        raise Refused(Reason.FORBIDDEN, f"a {actor.role} cannot {doing}")
+        raise Refused(Reason.FORBIDDEN, f"{article(actor.role)} cannot {doing}")
     if actor.role == "analyst" and case.assignee not in (None, actor.name):
         raise Refused(
             Reason.FORBIDDEN, f"case {case.id} is assigned to {case.assignee}; only they or a supervisor can {doing}"
@@ -244,7 +264,8 @@ def decide(case: Case, actor: Actor, action: Action, now_ms: int, assignable: fr
     if isinstance(action, Comment):
         _may_work(case, actor, "comment on it")
         text = _text(action.text, "comment text", required=True)
-        change.audit.append({"at": now_ms, "actor": actor.name, "role": actor.role, "action": "comment", "text": text})
+        change.comment = {"at": now_ms, "actor": actor.name, "role": actor.role, "action": "comment", "text": text}
+        change.audit.append(change.comment)
     elif isinstance(action, Assign):
         to = action.assignee
         if to is not None and to not in assignable:
@@ -290,10 +311,16 @@ def decide(case: Case, actor: Actor, action: Action, now_ms: int, assignable: fr
                 allowed = outcomes_for(case.category)
                 if outcome not in allowed:
                     raise Refused(
-                        Reason.INVALID, f"outcome for a {case.category} case must be one of {', '.join(allowed)}"
+                        Reason.INVALID, f"outcome for {article(case.category)} case must be one of {', '.join(allowed)}"
                     )
+            elif to == "dismissed":
+                if outcome not in DISMISSALS:
+                    reasons = ", ".join(DISMISSALS)
+                    raise Refused(Reason.INVALID, f"a dismissal needs a reason (outcome): one of {reasons}")
+                if outcome == "other" and note is None:
+                    raise Refused(Reason.INVALID, "note is required")
             elif outcome is not None:
-                raise Refused(Reason.INVALID, "only resolving a case takes an outcome")
+                raise Refused(Reason.INVALID, "only resolving or dismissing a case takes an outcome")
             if case.assignee is None:  # working an unassigned case takes it
                 assign(actor.name)
             record("transition", "status", case.status, to, outcome=outcome, note=note)
@@ -306,7 +333,8 @@ def decide(case: Case, actor: Actor, action: Action, now_ms: int, assignable: fr
     updates["updated_at_ms"] = now_ms
     if case.first_action_at_ms is None:
         updates["first_action_at_ms"] = now_ms
-    change.case = dataclasses.replace(case, **updates, version=case.version + 1)
+    # a comment changes no state: it is appended without the compare-and-set on the version
+    change.case = dataclasses.replace(case, **updates, version=case.version + (0 if change.comment else 1))
     change.fields = _fields(change.case, updates)
     return change
 
@@ -331,6 +359,7 @@ class RulePrecision:
     resolved: int
     confirmed: int
     dismissed: int
-    precision: float | None  # confirmed / resolved; None before any resolution
+    precision: float | None  # confirmed / judged; None before any judgement
     median_first_action_seconds: float | None  # over its resolved cases
     median_resolution_seconds: float | None
+    judged: int = 0  # resolved, and dismissed as false_positive: what analysts judged of the rule

@@ -43,6 +43,7 @@ from cases.model import (
     AGE_BUCKETS,
     CASE_TYPES,
     CONFIRMING,
+    MAX_COMMENTS,
     RETRACTED,
     SEVERITIES,
     STATUSES,
@@ -110,11 +111,15 @@ TALLY_LUA = (
     + _lua("tally.lua")
 )
 
-# One mutation of one case, all or nothing.
-# KEYS: case, audit, idempotency record, open slots.
+# One mutation of one case, all or nothing; the Idempotency-Key's record is read before anything else.
+# KEYS: case, audit, idempotency record, open slots, comments.
 # ARGV: expected version, idempotency record ('' = none), its ttl, slot op ('' | claim | release), slot, case id,
-# base, then n fields, the fields (name, value)..., m audit entries..., then index moves (op, index)...
-# Returns {1, ''} applied, {0, ''} version moved, {2, record} replayed, {3, holder} slot taken by another case.
+# base, the name the case must be unassigned or assigned to ('' = any: a comment by a supervisor), the most comments
+# a case holds ('0' = not a comment: a state change), then n fields, the fields (name, value)..., m audit
+# entries..., then index moves (op, index)... A comment is appended without the compare-and-set on the version
+# (its audit entry also goes to the comments list, and ``comments`` counts them); a state change needs it.
+# Returns {1, ''} applied, {0, ''} version moved, {2, record} replayed, {3, holder} slot taken by another case,
+# {4, held} the case holds the most comments, {5, assignee} assigned to another since read, {6, ''} no case.
 APPLY_LUA = TALLY_LUA + _lua("apply.lua")
 
 # One step of making the tallies: the closed cases numbered after ``prec:upto`` up to
@@ -194,16 +199,19 @@ class CaseFilter:
 
 @dataclass(frozen=True, slots=True)
 class Idempotency:
-    """A mutating request's ``Idempotency-Key`` (scoped to the caller), its fingerprint, and the
-    status its answer is kept with (the caller's to say: the store keeps it without reading it)."""
+    """A mutating request's ``Idempotency-Key`` (scoped to the caller's token: its fingerprint, never
+    the name it claims), the request's fingerprint, and the status its answer is kept with (the
+    caller's to say: the store keeps it without reading it)."""
 
-    actor: str
+    scope: str
     key: str
     fingerprint: str
     status: int
 
     def scoped(self, suffix: str) -> Idempotency:
-        return Idempotency(self.actor, f"{self.key}#{suffix}", self.fingerprint, self.status)
+        """The key of one item of a bulk request. A space is no client key's character (they are
+        visible ASCII), so ``K 46`` is no key a client could send, unlike ``K#46``."""
+        return Idempotency(self.scope, f"{self.key} #{suffix}", self.fingerprint, self.status)
 
 
 def fingerprint(method: str, path: str, body: bytes) -> str:
@@ -226,6 +234,16 @@ class Stored:
 
     status: int
     body: Any
+    replayed: bool = True  # the answer kept the first time (False: this request made the change)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """The newest entries of a case's list before a cursor: ``before`` for the next (older) page, or None."""
+
+    entries: list[dict[str, Any]]
+    before: int | None
+    total: int
 
 
 class CaseStore:
@@ -238,8 +256,10 @@ class CaseStore:
         keys: Keys,
         clock_ms: Callable[[], int] | None = None,
         from_history: bool = False,
+        max_comments: int = MAX_COMMENTS,
     ) -> None:
         self.redis = client
+        self.max_comments = max_comments
         self.keys = keys
         self.from_history = from_history
         self.base = keys.cases
@@ -257,7 +277,7 @@ class CaseStore:
         return self.key(f"case:{case_id}")
 
     def idem_key(self, idem: Idempotency) -> str:
-        return self.key(f"idem:{idem.actor}:{idem.key}")
+        return self.key(f"idem:{idem.scope}:{idem.key}")
 
     # ---- intake
 
@@ -341,10 +361,22 @@ class CaseStore:
         return found
 
     async def trail(self, case_id: int) -> list[dict[str, Any]]:
+        """The whole audit trail, oldest first (the API reads it a page at a time: ``page``)."""
         return [
             orjson.loads(e)
             for e in cast(list[bytes], await self.redis.lrange(f"{self.case_key(case_id)}:audit", 0, -1))
         ]
+
+    async def page(self, case_id: int, kind: str, newest: int, before: int | None = None) -> Page:
+        """The newest ``newest`` entries of the case's ``kind`` list (``audit`` or ``comments``) before
+        position ``before`` (None: the end), oldest first. The lists only grow, so a position is a
+        stable cursor: the next page is ``before=page.before``."""
+        key = f"{self.case_key(case_id)}:{kind}"
+        total = int(await self.redis.llen(key))
+        end = total if before is None else min(before, total)
+        start = max(0, end - newest)
+        raw = cast(list[bytes], await self.redis.lrange(key, start, end - 1)) if end > 0 else []
+        return Page([orjson.loads(e) for e in raw], start if start > 0 else None, total)
 
     async def findings(self, case_id: int, newest: int = 100) -> list[dict[str, Any]]:
         raw = cast(list[bytes], await self.redis.lrange(f"{self.case_key(case_id)}:findings", -newest, -1))
@@ -387,16 +419,17 @@ class CaseStore:
         rows = []
         for raw in cast(list[list[Any]], await self._precision(args=[self.base])):
             rule, findings, cases, resolved, confirmed, dismissed = raw[:6]
-            done = int(resolved)
+            done = int(resolved) + int(raw[10])  # the resolved, and the dismissed as false positives
             rows.append(
                 RulePrecision(
                     rule=rule.decode(),
                     cases=int(cases),
                     findings=int(findings),
-                    resolved=done,
+                    resolved=int(resolved),
                     confirmed=int(confirmed),
                     dismissed=int(dismissed),
                     precision=round(int(confirmed) / done, 4) if done else None,
+                    judged=done,
                     median_first_action_seconds=_median_seconds(raw[6], raw[7]),
                     median_resolution_seconds=_median_seconds(raw[8], raw[9]),
                 )
@@ -442,9 +475,14 @@ class CaseStore:
             raise Refused(Reason.INVALID, "Idempotency-Key was already used for a different request")
         return Stored(int(record["status"]), record["body"])
 
-    async def remember(self, idem: Idempotency, body: Any) -> None:
-        """Keep ``body`` as the answer to ``idem`` (``act`` keeps its own in the change's step)."""
-        await self.redis.set(self.idem_key(idem), _record(idem, body), ex=IDEMPOTENCY_SECONDS)
+    async def remember(self, idem: Idempotency, body: Any) -> Stored:
+        """Keep ``body`` as the answer to ``idem`` unless an answer is kept already (a concurrent
+        retry's): the answer kept, which every retry then gives (``act`` keeps its own in the change's step)."""
+        record = _record(idem, body)
+        if await self.redis.set(self.idem_key(idem), record, ex=IDEMPOTENCY_SECONDS, nx=True):
+            return Stored(idem.status, body, replayed=False)
+        raw = cast(bytes | None, await self.redis.get(self.idem_key(idem)))
+        return self._replay(raw, idem) if raw is not None else Stored(idem.status, body, replayed=False)
 
     async def act(
         self,
@@ -455,22 +493,56 @@ class CaseStore:
         render: Callable[[Case], Any],
         idem: Idempotency | None = None,
     ) -> Any:
+        """``act_once``'s body (the answer kept the first time, for a retry of ``idem``)."""
+        return (await self.act_once(case_id, actor, action, assignable, render, idem)).body
+
+    async def act_once(
+        self,
+        case_id: int,
+        actor: Actor,
+        action: Action,
+        assignable: frozenset[str],
+        render: Callable[[Case], Any],
+        idem: Idempotency | None = None,
+    ) -> Stored:
         """Apply ``action`` atomically (retrying if the case moved meanwhile) and answer ``render``
         of the new case, kept under ``idem`` in the same step; a retry of ``idem`` answers the
-        body kept the first time and changes nothing. ``Refused`` when the rules refuse it."""
+        body kept the first time (``replayed``) and changes nothing, whenever it comes: before the
+        rules are asked, inside the script, and when the rules refuse (the case changed because of
+        a concurrent retry that applied it). ``Refused`` when the rules refuse it."""
+        try:
+            return await self._act(case_id, actor, action, assignable, render, idem)
+        except Refused:
+            if idem is not None:  # a concurrent retry of the same key may have made the change
+                prior = await self.stored(idem)
+                if prior is not None:
+                    return prior
+            raise
+
+    async def _act(
+        self,
+        case_id: int,
+        actor: Actor,
+        action: Action,
+        assignable: frozenset[str],
+        render: Callable[[Case], Any],
+        idem: Idempotency | None,
+    ) -> Stored:
         for _ in range(20):
             if idem is not None:
                 prior = await self.stored(idem)
                 if prior is not None:
-                    return prior.body
+                    return prior
             case = await self.get(case_id)
             if case is None:
                 raise Refused(Reason.NOT_FOUND, f"no case {case_id}")
             change = decide(case, actor, action, self.clock_ms(), assignable)
             body = render(change.case)
             record = _record(idem, body) if idem is not None else b""
+            commenting = change.comment is not None
             args: list[str | int | bytes] = [case.version, record, IDEMPOTENCY_SECONDS, change.slot, case.slot]
-            args += [case.id, self.base, len(change.fields)]
+            args += [case.id, self.base, actor.name if commenting and actor.role == "analyst" else ""]
+            args += [self.max_comments if commenting else 0, len(change.fields)]
             for name, value in change.fields.items():
                 args += (name, value)
             args.append(len(change.audit))
@@ -479,15 +551,24 @@ class CaseStore:
                 args += (op, name)
             keys = [self.case_key(case_id), f"{self.case_key(case_id)}:audit", "", self.key("open")]
             keys[2] = self.idem_key(idem) if idem is not None else self.key("idem:-")
+            keys.append(f"{self.case_key(case_id)}:comments")
             outcome, detail = cast(list[Any], await self._apply(keys=keys, args=args))
+            said = detail.decode() if isinstance(detail, bytes) else str(detail)
             if outcome == 1:
                 telemetry.CASE_ACTIONS.labels(type(action).__name__.lower()).inc()
-                return body
+                return Stored(idem.status if idem is not None else 0, body, replayed=False)
             if outcome == 2 and idem is not None:
-                return self._replay(detail, idem).body
+                return self._replay(detail, idem)
             if outcome == 3:
-                holder = detail.decode() if isinstance(detail, bytes) else str(detail)
-                raise Refused(Reason.CONFLICT, f"case {holder} is already open for this customer and category")
+                raise Refused(Reason.CONFLICT, f"case {said} is already open for this customer and category")
+            if outcome == 4:
+                raise Refused(Reason.CONFLICT, f"case {case_id} holds {said} comments, the most a case holds "
+                                               "(FUNDFLOW_CASES_MAX_COMMENTS)")  # fmt: skip
+            if outcome == 5:
+                raise Refused(Reason.FORBIDDEN, f"case {case_id} is assigned to {said}; only they or a supervisor "
+                                                "can comment on it")  # fmt: skip
+            if outcome == 6:
+                raise Refused(Reason.NOT_FOUND, f"no case {case_id}")
         raise Refused(Reason.CONFLICT, f"case {case_id} keeps changing; try again")
 
 

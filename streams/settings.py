@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
+import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -32,7 +33,9 @@ _SEGMENTS = SegmentThresholds()
 _RATES = ContributionRates()
 
 Role = Literal["viewer", "analyst", "supervisor"]
+RESERVED_NAMES = frozenset({"system", "demo", "anonymous"})  # and token-N: cases.model.reserved_name
 NAME_PATTERN = r"^[A-Za-z0-9_.@-]{1,64}$"  # a person's name in tokens, assignments and the audit trail
+MIN_TOKEN_LENGTH = 16  # an API token's characters at least: a guessable token is no access control
 
 
 class ApiToken(BaseModel):
@@ -161,6 +164,9 @@ class Settings(BaseSettings):
         description="go-live instant (RFC 3339, event time): findings before it are history, kept and shown but "
         "never delivered (fundflow.history.v1); unset: every finding is live (docs/going-live.md)",
     )
+    cases_max_comments: int = Field(
+        default=1000, ge=1, le=1_000_000, description="comments one case holds at most (then 409)"
+    )
     cases_from_history: bool = Field(
         default=False, description="the case intake also opens cases for history findings (before live_from)"
     )
@@ -190,7 +196,16 @@ class Settings(BaseSettings):
     board_days_kept: int = Field(default=400, ge=31, description="看板 days kept before the latest event's day")
 
     # --- rules and delivery -------------------------------------------------
-    rules_file: Path = Path("deploy/rules.yaml")
+    rules_file: Path = Field(
+        default=Path("deploy/rules.yaml"),
+        description="the rules file, hot-reloaded; a missing file is an error at start-up; "
+        "'defaults': the built-in rules, no file",
+    )
+    rules_fallback: Literal["none", "last-good"] = Field(
+        default="none",
+        description="last-good: a worker whose rules file is bad or missing at start-up runs on the rules "
+        "last in force (kept in Redis) and says so, instead of exiting",
+    )
     webhook_urls: tuple[str, ...] = Field(default=(), description='JSON list, e.g. ["https://rm.bank/hook"]')
     webhook_secret: SecretStr | None = Field(default=None, description="HMAC-SHA256 key for X-FundFlow-Signature")
     webhook_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
@@ -256,6 +271,18 @@ class Settings(BaseSettings):
     @classmethod
     def _distinct_tokens(cls, value: tuple[SecretStr | ApiToken, ...]) -> tuple[SecretStr | ApiToken, ...]:
         secrets = [(t.token if isinstance(t, ApiToken) else t).get_secret_value() for t in value]
+        for place, secret in enumerate(secrets, start=1):  # never the token itself in the message
+            if len(secret) < MIN_TOKEN_LENGTH or not all("\x21" <= c <= "\x7e" for c in secret):
+                raise ValueError(f"token {place}: at least {MIN_TOKEN_LENGTH} visible ASCII characters, no spaces")
+        roles: dict[str, str] = {}
+        for place, entry in enumerate(value, start=1):
+            if not isinstance(entry, ApiToken):
+                continue
+            name = entry.name
+            if name.lower() in RESERVED_NAMES or re.fullmatch(r"token-[0-9]+", name.lower()):
+                raise ValueError(f"token {place}: name {name!r} is reserved: the product writes it in the trail")
+            if roles.setdefault(name, entry.role) != entry.role:
+                raise ValueError(f"token {place}: name {name!r} has two roles, {roles[name]} and {entry.role}")
         if len(set(secrets)) != len(secrets):
             raise ValueError("the same token is listed twice")
         return value

@@ -7,7 +7,8 @@ local function index(name, value, id) redis.call('ZADD', ix(name, value), id, id
 local function move(name, old, new, id)
   if old ~= new then redis.call('ZREM', ix(name, old), id); index(name, new, id) end
 end
-local function audit(case, entry) redis.call('RPUSH', case .. ':audit', cjson.encode(entry)) end
+-- the product's own entries say so in a field no person's entry has (no token can be named 'system' either)
+local function audit(case, entry) entry.by_system = true; redis.call('RPUSH', case .. ':audit', cjson.encode(entry)) end
 local function text(value) if type(value) == 'string' then return value end return '' end
 -- A retraction (rid) of finding fid: once per retracted finding (KEYS[6]), whatever its id or how
 -- often the feed repeats it. Closes the case fid opened or joined when cases.model.on_retraction says so.

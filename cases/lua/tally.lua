@@ -8,6 +8,8 @@ local function tally(base, case, id, sign)
     local p = prec(base, 'n', rule)
     if f[1] == 'dismissed' then
       redis.call('HINCRBY', p, 'dismissed', sign)
+      -- a dismissal judges the rule only as a false positive; the other reasons judge nothing
+      if f[2] == 'false_positive' then redis.call('HINCRBY', p, 'dismissed_wrong', sign) end
     else
       redis.call('HINCRBY', p, 'resolved', sign)
       if CONFIRMING[f[2]] then redis.call('HINCRBY', p, 'confirmed', sign) end

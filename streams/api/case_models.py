@@ -26,6 +26,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class _Request(BaseModel):
+    """A request body: no unknown field, and no coercion (an id is an integer, not "1", true or 1.0)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
 class CaseOut(_Strict):
     id: int
     type: Literal["alert", "recommendation"]
@@ -60,6 +66,7 @@ class AuditEntry(BaseModel):
 
     at: Timestamp
     actor: str = Field(description="a token's name, or 'system' for the intake")
+    by_system: bool | None = Field(default=None, description="true: written by the product itself (the intake)")
     action: Literal["opened", "finding_added", "finding_retracted", "assign", "comment", "transition"] = Field(
         description="finding_retracted: the monitor took back finding_id (retraction_id, reason); a system "
         "transition to dismissed with outcome 'retracted' closed the case when nothing else was in it"
@@ -75,10 +82,18 @@ class CommentOut(_Strict):
     text: str
 
 
+class ListPage(_Strict):
+    total: int = Field(description="entries in the whole list")
+    before: int | None = Field(description="the cursor to the older page (?comments_before= / ?audit_before=)")
+
+
 class CaseDetail(_Strict):
     case: CaseOut
-    comments: list[CommentOut]
-    audit: list[AuditEntry] = Field(description="oldest first")
+    comments: list[CommentOut] = Field(description="the newest (at most ?limit=, 50), oldest first")
+    comments_page: ListPage
+    audit: list[AuditEntry] = Field(description="the newest entries (at most ?limit=, 50), oldest first")
+    audit_page: ListPage
+    dismissals: list[str] = Field(description="the reasons a dismissal may give")
     findings: list[Finding] = Field(description="the newest 100, newest first; case.count has them all")
     outcomes: list[str] = Field(description="the outcomes a resolution of this case may record")
 
@@ -109,9 +124,10 @@ class RuleOutcomes(_Strict):
     resolved: int
     confirmed: int
     dismissed: int
-    precision: float | None = Field(description="confirmed / resolved; null before any resolution")
+    precision: float | None = Field(description="confirmed / judged; null before any judgement")
     median_first_action_seconds: float | None
     median_resolution_seconds: float | None
+    judged: int = Field(default=0, description="resolved, and dismissed as false_positive")
 
 
 class RulesPrecision(_Strict):
@@ -127,28 +143,34 @@ class WhoAmI(_Strict):
     assignable: list[str] = Field(description="names of analyst and supervisor tokens")
 
 
-class AssignBody(_Strict):
+class AssignBody(_Request):
     assignee: Name | None = Field(description="a token's name; null unassigns")
 
 
-class CommentBody(_Strict):
+class CommentBody(_Request):
     text: Text
 
 
-class TransitionBody(_Strict):
+class TransitionBody(_Request):
     to: Status
-    outcome: str | None = Field(default=None, description="required to resolve; from the case's outcome list")
+    outcome: str | None = Field(
+        default=None,
+        description="required to resolve (from the case's outcome list) and to dismiss (a reason from 'dismissals')",
+    )
     note: Annotated[str, Field(max_length=MAX_TEXT)] | None = Field(default=None, description="required with 'other'")
     reason: Annotated[str, Field(max_length=MAX_TEXT)] | None = Field(default=None, description="required to reopen")
 
 
-class BulkAssignBody(_Strict):
+class BulkAssignBody(_Request):
     ids: CaseIds
     assignee: Name | None
 
 
-class BulkDismissBody(_Strict):
+class BulkDismissBody(_Request):
     ids: CaseIds
+    reason: Literal["false_positive", "duplicate", "not_actionable", "other"] = Field(
+        description="why they are dismissed (only false_positive counts in the rules' precision)"
+    )
     note: Annotated[str, Field(max_length=MAX_TEXT)] | None = None
 
 
@@ -241,9 +263,14 @@ def case_openapi(document: dict[str, Any]) -> dict[str, Any]:
             },
             "/cases/{case_id}": {
                 "get": {
-                    "summary": "a case with its comments, audit trail and findings",
-                    "parameters": [case_id],
-                    "responses": answers("CaseDetail", 404),
+                    "summary": "a case with its newest comments and trail entries (cursors to older ones) and findings",
+                    "parameters": [
+                        case_id,
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 50}},
+                        {"name": "comments_before", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                        {"name": "audit_before", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    ],
+                    "responses": answers("CaseDetail", 400, 404),
                 }
             },
             "/cases/{case_id}/assign": change(
@@ -255,7 +282,12 @@ def case_openapi(document: dict[str, Any]) -> dict[str, Any]:
                 422,
             ),
             "/cases/{case_id}/comment": change(
-                "comment (analyst: own or unassigned cases)", "CommentBody", "CaseOut", 404, 422
+                "comment (analyst: own or unassigned cases); 409 once the case holds the most comments",
+                "CommentBody",
+                "CaseOut",
+                404,
+                409,
+                422,
             ),
             "/cases/{case_id}/transition": change(
                 "open -> in_progress -> resolved (with an outcome) | dismissed; a supervisor reopens with a reason",

@@ -3,7 +3,7 @@
 | endpoint | who | what |
 | --- | --- | --- |
 | ``GET /cases`` | everyone | filtered (status, assignee, rule, category, severity, tier, customer, type, age) |
-| ``GET /cases/{id}`` | everyone | the case, comments, audit trail, findings |
+| ``GET /cases/{id}`` | everyone | the case, the newest comments and trail entries (with cursors), findings |
 | ``POST /cases/{id}/assign`` | analyst (self), supervisor | ``{"assignee": name or null}`` |
 | ``POST /cases/{id}/comment`` | analyst (own/unassigned), supervisor | ``{"text": ...}`` |
 | ``POST /cases/{id}/transition`` | analyst (own/unassigned), supervisor | ``{"to", "outcome", "note", "reason"}`` |
@@ -14,8 +14,10 @@
 
 Every POST needs an ``Idempotency-Key`` header (unique per intended change):
 the first request's answer is stored with the change in one atomic step, and
-a retry with the same key (same caller, same request) gets that answer again
-without changing anything; the same key with another request is a 422.
+a retry with the same key (same token, same request) gets that answer again,
+byte for byte and marked ``Idempotent-Replayed: true``, without changing anything,
+however many retries run at once; the same key with another request is a 422.
+Keys are scoped by the token (its fingerprint), never by the name it claims.
 
 Why a request is refused is the case desk's (``cases.model.Reason``); which HTTP status
 answers each reason is said here, in ``STATUS_OF``, and nowhere else.
@@ -47,10 +49,12 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
 
+from cases import people as registry
 from cases.model import (
     CASE_TYPES,
     CATEGORIES,
     CONFIRMING,
+    DISMISSALS,
     SEVERITIES,
     STATUSES,
     TIERS,
@@ -61,10 +65,11 @@ from cases.model import (
     Reason,
     Refused,
     Transition,
+    article,
     outcomes_for,
     valid_name,
 )
-from cases.store import CaseFilter, CaseStore, Idempotency, fingerprint
+from cases.store import CaseFilter, CaseStore, Idempotency, Page, Stored, fingerprint
 from streams import telemetry
 from streams.api.case_models import (
     AssignBody,
@@ -75,6 +80,7 @@ from streams.api.case_models import (
     all_outcomes,
 )
 from streams.api.roles import Principal, caller
+from streams.errors import ConfigError
 from streams.retry import OUTAGES, RetryPolicy, outage_policy, stop_requested, wait
 from streams.settings import Role, Settings
 from streams.storage.keys import Keys
@@ -84,6 +90,9 @@ log = logging.getLogger(__name__)
 CASES = web.AppKey("cases", CaseStore)
 ASSIGNABLE: web.AppKey[frozenset[str]] = web.AppKey("assignable", frozenset)
 ZONE = web.AppKey("zone", ZoneInfo)
+# Set once the people registry backs this process's tokens (``cases.people.check``); until then no case changes.
+PEOPLE_CHECKED = web.AppKey("people_checked", asyncio.Event)
+PEOPLE_REFUSED = web.AppKey("people_refused", list)  # why the registry refused them, once it has
 GAUGES_EVERY_SECONDS = 30.0
 INTAKE_BLOCK_MS = 1000
 LIST_PARAMS = frozenset(
@@ -94,7 +103,9 @@ _DURATION = re.compile(r"^([0-9]{1,9})([smhd])$")  # ASCII digits: \d also takes
 _NUMBER = re.compile(r"[0-9]{1,20}")
 _CASE_ID = re.compile(r"[0-9]{1,18}")  # case_models.MAX_CASE_ID
 _UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")  # no space: a bulk item's derived key has one (Idempotency.scoped)
+PAGE = 50  # comments and trail entries a case read returns at most per list (then a cursor)
+CASE_PARAMS = frozenset({"comments_before", "audit_before", "limit"})
 Body = TypeVar("Body", bound=BaseModel)
 OK = 200  # a change made (and the status its answer is kept with under its Idempotency-Key)
 STATUS_OF: dict[Reason, int] = {
@@ -226,24 +237,55 @@ def _case_id(request: web.Request) -> int:
     return int(text)
 
 
+def _page_query(request: web.Request) -> tuple[int, int | None, int | None]:
+    """``limit`` (entries per list, 1..PAGE), ``comments_before`` and ``audit_before`` (cursors)."""
+    query = request.query
+    unknown = sorted(set(query) - CASE_PARAMS)
+    if unknown:
+        known = ", ".join(sorted(CASE_PARAMS))
+        raise Refused(Reason.MALFORMED, f"unknown query parameter {unknown[0]!r}; one of {known}")
+
+    def number(name: str, low: int, high: int) -> int | None:
+        text = query.get(name)
+        if text is None:
+            return None
+        if not _NUMBER.fullmatch(text) or not low <= int(text) <= high:
+            raise Refused(Reason.MALFORMED, f"{name} must be an integer {low}..{high} (ASCII digits)")
+        return int(text)
+
+    limit = number("limit", 1, PAGE)
+    return limit or PAGE, number("comments_before", 0, 10**12), number("audit_before", 0, 10**12)
+
+
 @_refusals
 async def get_case(request: web.Request) -> web.Response:
+    """The case, the newest ``limit`` comments and trail entries (oldest first) and each list's
+    cursor to the page before it: memory and time bounded whatever a case holds."""
     store, zone = request.app[CASES], request.app[ZONE]
     case_id = _case_id(request)
+    limit, comments_before, audit_before = _page_query(request)
     case = await store.get(case_id)
     if case is None:
         raise Refused(Reason.NOT_FOUND, f"no case {case_id}")
-    trail = [{**entry, "at": _iso(entry["at"], zone)} for entry in await store.trail(case_id)]
-    comments = [{"at": e["at"], "actor": e["actor"], "text": e["text"]} for e in trail if e["action"] == "comment"]
+    trail = await store.page(case_id, "audit", limit, audit_before)
+    said = await store.page(case_id, "comments", limit, comments_before)
+    comments = [{"at": _iso(e["at"], zone), "actor": e["actor"], "text": e["text"]} for e in said.entries]
     return _json(
         {
             "case": render(case, zone),
             "comments": comments,
-            "audit": trail,
+            "comments_page": _cursor(said),
+            "audit": [{**entry, "at": _iso(entry["at"], zone)} for entry in trail.entries],
+            "audit_page": _cursor(trail),
             "findings": await store.findings(case_id),
             "outcomes": list(outcomes_for(case.category)),
+            "dismissals": list(DISMISSALS),
         }
     )
+
+
+def _cursor(page: Page) -> dict[str, int | None]:
+    return {"total": page.total, "before": page.before}
 
 
 async def _body(request: web.Request, model: type[Body]) -> tuple[Body, bytes]:
@@ -263,7 +305,7 @@ def _idempotency(request: web.Request, actor: Principal, raw: bytes) -> Idempote
     if not _KEY.fullmatch(key):
         raise Refused(Reason.MALFORMED, "Idempotency-Key header is required on every change: 1-200 visible "
                                         "characters, unique per intended change (e.g. a UUID per click)")  # fmt: skip
-    return Idempotency(actor.name, key, fingerprint(request.method, request.path, raw), OK)
+    return Idempotency(actor.token, key, fingerprint(request.method, request.path, raw), OK)
 
 
 def _may(request: web.Request, role: Role) -> Principal:
@@ -271,7 +313,13 @@ def _may(request: web.Request, role: Role) -> Principal:
     actor = caller(request)
     if not actor.at_least(role):
         what = "change cases" if role == "analyst" else "act on many cases at once (a supervisor does)"
-        raise Refused(Reason.FORBIDDEN, f"a {actor.role} cannot {what}")
+        raise Refused(Reason.FORBIDDEN, f"{article(actor.role)} cannot {what}")
+    if not request.app[PEOPLE_CHECKED].is_set():  # Redis was down at start: the names are not checked yet
+        why = request.app[PEOPLE_REFUSED]
+        raise web.HTTPServiceUnavailable(
+            text=orjson.dumps({"error": why[0] if why else "the people registry is not checked yet"}).decode(),
+            content_type="application/json", headers={"Retry-After": "5"},
+        )  # fmt: skip
     return actor
 
 
@@ -282,9 +330,14 @@ async def _act(request: web.Request, action: Action, raw: bytes) -> web.Response
     store, zone = request.app[CASES], request.app[ZONE]
     replay = await store.stored(idem)
     if replay is not None:
-        return _json(replay.body, replay.status, replayed=True)
-    answer = await store.act(case_id, actor, action, request.app[ASSIGNABLE], lambda c: render(c, zone), idem)
-    return _json(answer, OK)
+        return _answer(replay)
+    assignable = request.app[ASSIGNABLE]
+    return _answer(await store.act_once(case_id, actor, action, assignable, lambda c: render(c, zone), idem))
+
+
+def _answer(stored: Stored) -> web.Response:
+    """The answer kept under a key: the same bytes every time (orjson writes a body as it reads it)."""
+    return _json(stored.body, stored.status, replayed=stored.replayed)
 
 
 @_refusals
@@ -314,21 +367,20 @@ async def _bulk(request: web.Request, ids: list[int], action: Action, raw: bytes
     store, zone = request.app[CASES], request.app[ZONE]
     replay = await store.stored(idem)
     if replay is not None:
-        return _json(replay.body, replay.status, replayed=True)
+        return _answer(replay)
     results: list[dict[str, Any]] = []
     for case_id in dict.fromkeys(ids):  # each case once, in the order given
         try:  # each case under its own derived key: a retry after a crash mid-way redoes nothing
-            answer = await store.act(
+            answer = await store.act_once(
                 case_id, actor, action, request.app[ASSIGNABLE], lambda c: render(c, zone), idem.scoped(str(case_id))
             )
         except Refused as exc:
             results.append({"id": case_id, "status": STATUS_OF[exc.reason], "error": exc.message, "case": None})
         else:
-            results.append({"id": case_id, "status": OK, "error": None, "case": answer})
+            results.append({"id": case_id, "status": OK, "error": None, "case": answer.body})
     done = sum(1 for r in results if r["status"] == OK)
     reply = {"results": results, "done": done, "refused": len(results) - done}
-    await store.remember(idem, reply)
-    return _json(reply, OK)
+    return _answer(await store.remember(idem, reply))  # the first retry to finish keeps its answer for all
 
 
 @_refusals
@@ -342,7 +394,7 @@ async def bulk_assign(request: web.Request) -> web.Response:
 async def bulk_dismiss(request: web.Request) -> web.Response:
     _may(request, "supervisor")
     body, raw = await _body(request, BulkDismissBody)
-    return await _bulk(request, body.ids, Transition("dismissed", note=body.note), raw)
+    return await _bulk(request, body.ids, Transition("dismissed", outcome=body.reason, note=body.note), raw)
 
 
 async def rules_precision(request: web.Request) -> web.Response:
@@ -399,13 +451,61 @@ async def run_intake(
 
 
 def setup_cases(
-    app: web.Application, client: aioredis.Redis, keys: Keys, settings: Settings, people: tuple[Principal, ...]
+    app: web.Application,
+    client: aioredis.Redis,
+    keys: Keys,
+    settings: Settings,
+    people: tuple[Principal, ...],
+    registered: bool = True,
 ) -> None:
-    """Register the case routes and the intake task on ``app``; ``people`` may be assigned cases."""
-    store = CaseStore(client, keys, from_history=settings.cases_from_history)
+    """Register the case routes and the intake task on ``app``; ``people`` may be assigned cases.
+    ``registered``: before serving, their tokens are checked against the people registry
+    (``cases.people.check``: a process whose tokens claim what the registry does not back stops)."""
+    store = CaseStore(client, keys, from_history=settings.cases_from_history, max_comments=settings.cases_max_comments)
     app[CASES] = store
     app[ZONE] = settings.zone
     app[ASSIGNABLE] = frozenset(p.name for p in people if p.at_least("analyst"))
+
+    app[PEOPLE_CHECKED], app[PEOPLE_REFUSED] = asyncio.Event(), []
+    tokens = [(p.token, p) for p in people]
+
+    async def check_people() -> None:
+        if await registry.check(client, keys.cases, tokens):
+            log.warning("people registry: empty, so this first API process registered its %d token(s) "
+                        "(fundflow people add registers more)", len(people))  # fmt: skip
+        app[PEOPLE_CHECKED].set()
+
+    async def check_later() -> None:  # Redis was down at start: the API serves reads, no case changes
+        failures = 0
+        while True:
+            failures += 1
+            await asyncio.sleep(outage_policy(settings).backoff(failures))
+            try:
+                await check_people()
+                return
+            except (RedisError, OSError):
+                continue
+            except ConfigError as exc:
+                log.error("%s", exc)
+                app[PEOPLE_REFUSED].append(str(exc))
+                return
+
+    async def on_start(app: web.Application) -> AsyncIterator[None]:
+        """The check before serving: a refusal stops the process in one line (``ConfigError``)."""
+        later: asyncio.Task[None] | None = None
+        try:
+            await check_people()
+        except (RedisError, OSError) as exc:
+            log.warning("people registry: Redis unavailable (%s); case changes wait for the check", type(exc).__name__)
+            later = asyncio.create_task(check_later())
+        yield
+        if later is not None:
+            later.cancel()
+
+    if registered:
+        app.cleanup_ctx.append(on_start)
+    else:
+        app[PEOPLE_CHECKED].set()
 
     async def intake(app: web.Application) -> AsyncIterator[None]:
         stop = asyncio.Event()

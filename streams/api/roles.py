@@ -3,7 +3,9 @@
 ``FUNDFLOW_API_TOKENS`` lists plain strings (today's full-access tokens) and
 objects ``{"token", "role", "name"}``. A plain string is a ``supervisor`` named
 ``token-N`` (N = its 1-based place in the list), so existing deployments keep
-full access. Roles, each including the one before:
+full access. A name is a claim the people registry must back (``cases.people``):
+the API checks every token against it before serving. A token has at least 16
+visible ASCII characters (``Settings``). Roles, each including the one before:
 
 * ``viewer``: reads everything, changes nothing (403 on every mutating call);
 * ``analyst``: works cases that are assigned to them or unassigned;
@@ -22,12 +24,13 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from cases.model import Actor
+from cases.people import token_fingerprint
 from streams.settings import ApiToken, Settings
 
 Principal = Actor  # the authenticated caller is who acts on cases
 
 
-DEMO = Principal("demo", "supervisor")  # --demo with no token: a local, single-user desk
+DEMO = Principal("demo", "supervisor", "demo")  # --demo with no token: a local, single-user desk
 PRINCIPAL = web.RequestKey("principal", Principal)  # the caller, set by the auth middleware
 
 
@@ -39,13 +42,16 @@ def caller(request: web.Request) -> Principal:
 
 
 def principals(settings: Settings) -> tuple[tuple[bytes, Principal], ...]:
-    """Each configured token (as bytes) with the principal it stands for; empty tokens skipped."""
+    """Each configured token (as bytes) with the principal it stands for (and its fingerprint: what
+    idempotency records are scoped by and the people registry knows, ``cases.people``)."""
     found: list[tuple[bytes, Principal]] = []
     for place, entry in enumerate(settings.api_tokens, start=1):
+        secret = entry.token if isinstance(entry, ApiToken) else entry
+        fingerprint = token_fingerprint(_value(secret))
         if isinstance(entry, ApiToken):
-            secret, principal = entry.token, Principal(entry.name, entry.role)
+            principal = Principal(entry.name, entry.role, fingerprint)
         else:
-            secret, principal = entry, Principal(f"token-{place}", "supervisor")
+            principal = Principal(f"token-{place}", "supervisor", fingerprint)
         if _value(secret):
             found.append((_value(secret).encode(), principal))
     return tuple(found)

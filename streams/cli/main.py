@@ -273,6 +273,19 @@ class IsoDay(click.ParamType):
             self.fail(f"{value!r} is not a day written YYYY-MM-DD", param, ctx)
 
 
+@cli.group("rules", help="the rules file (FUNDFLOW_RULES_FILE)", no_args_is_help=False)
+def rules_group() -> None:
+    pass
+
+
+@rules_group.command("check", help="validate a rules FILE as a worker would: one line per problem, exit 1 on any")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+def rules_check(file: Path) -> int:
+    from streams.cli.rules import check_rules_file
+
+    return check_rules_file(file)
+
+
 @cli.command(help="看板: the bank's flows, findings and 归集率 distribution of a day")
 @click.option("--day", type=IsoDay(), help="the bank's local day (default: the day of the latest event)")
 @click.option("--check", is_flag=True, help="compare with a recomputation from stored states; exit 1 on a difference")
@@ -478,6 +491,46 @@ def api(host: str, port: int, demo: bool) -> int:
     if not 0 < port < 65536:
         raise ConfigError(f"--port {port} is not a TCP port")
     return run_api(config, redis_url, config.kafka_bootstrap or "", host, port, demo)
+
+
+@cli.group(help="the people registry: who may act on cases, with which role and tokens (docs/security.md)")
+def people() -> None:
+    pass
+
+
+@people.command("fingerprint", help="print the fingerprint of the token read from stdin (never the token)")
+def people_fingerprint() -> int:
+    from cases.people import token_fingerprint
+
+    click.echo(token_fingerprint(click.get_text_stream("stdin").read().strip()))
+    return 0
+
+
+@people.command("add", help="register NAME with a role and a token that may act as them (audited)")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["viewer", "analyst", "supervisor"]), required=True)
+@click.option("--token-fingerprint", "fingerprint", required=True, help="from `fundflow people fingerprint`")
+@click.option("--by", required=True, help="the supervisor making the change (kept in the registry's log)")
+def people_add(name: str, role: str, fingerprint: str, by: str) -> int:
+    import asyncio
+
+    from cases.people import add
+    from streams.clients import connect
+    from streams.storage.keys import Keys
+
+    config = settings()
+    _, redis_url = servers(config, need_kafka=False)
+
+    async def run() -> dict[str, object]:
+        client = connect(redis_url, config.redis_cluster)
+        try:
+            return await add(client, Keys(config.key_prefix).cases, name, role, fingerprint, by)  # type: ignore[arg-type]
+        finally:
+            await client.aclose()
+
+    person = asyncio.run(run())
+    click.echo(f"{name}: {person['role']}, {len(person['tokens'])} token(s)")  # type: ignore[arg-type]
+    return 0
 
 
 @cli.command(help="run the embedded broker and Redis in the foreground")

@@ -41,7 +41,7 @@ from streams.storage.keys import Keys
 from streams.tools.measure import percentiles
 
 PREFIX = "benchcases"
-TOKEN = "bench-viewer"
+TOKEN = "bench-viewer-0123456789"
 ANALYSTS = tuple(f"analyst{n}" for n in range(1, 6))
 OUTFLOW_RULES = ("large_external_outflow", "fast_in_fast_out", "balance_drawdown", "net_outflow_streak", "churn_drift")
 SEVERITIES: tuple[Severity, ...] = ("low", "medium", "high")

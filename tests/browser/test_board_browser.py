@@ -44,9 +44,9 @@ SETTINGS = Settings(
     key_prefix="board",
     bank_tz="Europe/Prague",  # where the Berka bank was
     api_tokens=(
-        ApiToken(token=SecretStr("t-boss"), role="supervisor", name="zhang"),
-        ApiToken(token=SecretStr("t-li"), role="analyst", name="li.wei"),
-        ApiToken(token=SecretStr("t-view"), role="viewer", name="kan"),
+        ApiToken(token=SecretStr("t-boss-0123456789"), role="supervisor", name="zhang"),
+        ApiToken(token=SecretStr("t-li-0123456789ab"), role="analyst", name="li.wei"),
+        ApiToken(token=SecretStr("t-view-0123456789"), role="viewer", name="kan"),
     ),
 )
 LAST_DAY = "1994-03-11"  # a busy ordinary Friday of the shipped slice (month ends are mostly interest and fees)
@@ -135,7 +135,7 @@ async def test_the_board_draws_every_chart_and_moves_when_a_case_is_resolved(red
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             await page.goto(f"http://127.0.0.1:{port}/console/board.html?every=1")
             await expect(page.locator("#token-box")).to_be_visible()  # no token yet: it asks
-            await page.fill("#token", "t-view")
+            await page.fill("#token", "t-view-0123456789")
             await page.click("#token-form button")
             await expect(page.locator("#refreshed")).to_have_class("on")
             await expect(page.locator("#asof")).to_contain_text(LAST_DAY)
@@ -163,7 +163,7 @@ async def test_the_board_draws_every_chart_and_moves_when_a_case_is_resolved(red
             analyst = await (await browser.new_context()).new_page()
             analyst.on("pageerror", lambda exc: errors.append(str(exc)))
             await analyst.goto(f"http://127.0.0.1:{port}/console/desk.html")
-            await analyst.fill("#token", "t-li")
+            await analyst.fill("#token", "t-li-0123456789ab")
             await analyst.click("#token-form button")
             await analyst.click(f'#cases tr[data-case="{case.id}"]')
             await analyst.select_option("#a-outcome", "confirmed_outflow")

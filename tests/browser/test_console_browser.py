@@ -26,7 +26,7 @@ pytestmark = pytest.mark.browser
 async def test_console_shows_live_alerts_and_a_customer_chart(redis_url: str, tmp_path: Path) -> None:
     from playwright.async_api import async_playwright, expect
 
-    settings = Settings(key_prefix=PREFIX, api_tokens=(SecretStr("console-token"),))
+    settings = Settings(key_prefix=PREFIX, api_tokens=(SecretStr("console-token-0123456"),))
     processor = await seed(redis_url, settings)
     runner, port = await serve(create_api(settings, redis_url, ""))
     try:
@@ -38,7 +38,7 @@ async def test_console_shows_live_alerts_and_a_customer_chart(redis_url: str, tm
             await page.goto(f"http://127.0.0.1:{port}/")
             # no token yet: the console asks for one
             await expect(page.locator("#token-box")).to_be_visible()
-            await page.fill("#token", "console-token")
+            await page.fill("#token", "console-token-0123456")
             await page.click("#token-form button")
             feed = page.locator("#feed li.alert")
             await expect(feed.first).to_be_visible()

@@ -26,9 +26,9 @@ pytestmark = pytest.mark.browser
 SETTINGS = Settings(
     key_prefix="desk",
     api_tokens=(
-        ApiToken(token=SecretStr("t-boss"), role="supervisor", name="zhang"),
-        ApiToken(token=SecretStr("t-li"), role="analyst", name="li.wei"),
-        ApiToken(token=SecretStr("t-view"), role="viewer", name="kan"),
+        ApiToken(token=SecretStr("t-boss-0123456789"), role="supervisor", name="zhang"),
+        ApiToken(token=SecretStr("t-li-0123456789ab"), role="analyst", name="li.wei"),
+        ApiToken(token=SecretStr("t-view-0123456789"), role="viewer", name="kan"),
     ),
 )
 
@@ -62,7 +62,7 @@ async def test_supervisor_assigns_analyst_works_viewer_watches(redis_url: str, t
         async with async_playwright() as playwright:
             browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
 
-            boss = await _open(browser, port, "t-boss", errors)
+            boss = await _open(browser, port, "t-boss-0123456789", errors)
             await expect(boss.locator("#me")).to_have_text("zhang · supervisor")
             await expect(boss.locator("#bulk")).to_be_visible()
             for case in (first, second):
@@ -76,7 +76,7 @@ async def test_supervisor_assigns_analyst_works_viewer_watches(redis_url: str, t
             wall = await (await browser.new_context(viewport={"width": 1600, "height": 1000})).new_page()
             wall.on("pageerror", lambda exc: errors.append(str(exc)))
             await wall.goto(f"http://127.0.0.1:{port}/console/board.html?every=1")
-            await wall.fill("#token", "t-view")
+            await wall.fill("#token", "t-view-0123456789")
             await wall.click("#token-form button")
 
             def counted(status: str) -> Any:
@@ -87,7 +87,7 @@ async def test_supervisor_assigns_analyst_works_viewer_watches(redis_url: str, t
             for status in ("in_progress", "resolved", "dismissed"):
                 await expect(counted(status)).to_have_text("0")
 
-            li = await _open(browser, port, "t-li", errors)
+            li = await _open(browser, port, "t-li-0123456789ab", errors)
             await expect(li.locator("#me")).to_have_text("li.wei · analyst")
             await expect(li.locator("#bulk")).to_be_hidden()
             await li.select_option("#f-assignee", "@me")
@@ -117,7 +117,7 @@ async def test_supervisor_assigns_analyst_works_viewer_watches(redis_url: str, t
             for status, count in (("open", "0"), ("in_progress", "0"), ("resolved", "1"), ("dismissed", "1")):
                 await expect(counted(status)).to_have_text(count)
 
-            viewer = await _open(browser, port, "t-view", errors)
+            viewer = await _open(browser, port, "t-view-0123456789", errors)
             await expect(viewer.locator("#me")).to_have_text("kan · viewer")
             await viewer.select_option("#f-status", "")
             await expect(viewer.locator("#cases tbody tr")).to_have_count(2)

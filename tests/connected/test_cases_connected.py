@@ -32,10 +32,10 @@ from tests.support.desk import finding
 
 PREFIX = "deskc"
 TOKENS = [
-    {"token": "t-li", "role": "analyst", "name": "li.wei"},
-    {"token": "t-boss", "role": "supervisor", "name": "z"},
+    {"token": "t-li-0123456789ab", "role": "analyst", "name": "li.wei"},
+    {"token": "t-boss-0123456789", "role": "supervisor", "name": "z"},
 ]
-LI = {"Authorization": "Bearer t-li"}
+LI = {"Authorization": "Bearer t-li-0123456789ab"}
 
 
 @pytest.fixture
@@ -152,3 +152,27 @@ async def test_kill_9_mid_change_then_retry_and_restarts(persistent_redis: Embed
         if api.poll() is None:
             kill(api)
         admin.close()
+
+
+def test_a_second_api_claiming_a_registered_name_does_not_start(redis_url: str, tmp_path: Path) -> None:
+    """Issue 30: an analyst token named like the supervisor (or a reserved name) on the same Redis."""
+    first = start_api(redis_url, free_port(), tmp_path / "api.log")  # registers li.wei and z (the bootstrap)
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FUNDFLOW_")}
+        env.update(FUNDFLOW_REDIS_URL=redis_url, FUNDFLOW_KAFKA_BOOTSTRAP="127.0.0.1:1", FUNDFLOW_KEY_PREFIX=PREFIX)
+        for token, why in (
+            ({"token": "impostor-0123456789", "role": "analyst", "name": "z"}, "a token claims z as analyst, but z is "
+             "registered as supervisor"),
+            ({"token": "impostor-0123456789", "role": "supervisor", "name": "z"}, "a token claims z, but it is not "
+             "one of z's registered tokens"),
+            ({"token": "impostor-0123456789", "role": "analyst", "name": "system"}, "name 'system' is reserved"),
+            ({"token": "impostor-0123456789", "role": "analyst", "name": "token-4"}, "name 'token-4' is reserved"),
+        ):  # fmt: skip
+            result = subprocess.run(
+                [sys.executable, "-m", "streams.cli.main", "api", "--port", str(free_port())],
+                cwd=ROOT, env={**env, "FUNDFLOW_API_TOKENS": json.dumps([token])}, capture_output=True, timeout=60,
+            )  # fmt: skip
+            lines = result.stderr.decode().strip().splitlines()
+            assert result.returncode == 1 and len(lines) == 1 and why in lines[0], result.stderr.decode()
+    finally:
+        kill(first)

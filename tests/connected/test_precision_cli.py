@@ -37,7 +37,8 @@ async def _work_cases(redis_url: str) -> list[RulePrecision]:
     try:
         await store.intake([*(finding(f"C{i}") for i in range(4)), finding("C9", "low_collection", "collection")])
         analyst = Actor("li.wei", "analyst")
-        for i, to in enumerate((*(Transition("resolved", outcome=o) for o in OUTCOMES), Transition("dismissed"))):
+        moves = (*(Transition("resolved", outcome=o) for o in OUTCOMES), Transition("dismissed", "duplicate"))
+        for i, to in enumerate(moves):
             (case,), _ = await store.search(CaseFilter(customer=f"C{i}"), 1, 0)
             await store.act(case.id, analyst, to, frozenset({analyst.name}), render=lambda c: c.id)
         return await store.precision()

@@ -197,7 +197,7 @@ async def test_metrics_have_no_customer_ids(served: tuple[TestClient[Any, Any], 
 
 
 async def test_readiness_reports_each_dependency(redis_url: str) -> None:
-    settings = Settings(key_prefix=PREFIX, api_tokens=(SecretStr("t"),))
+    settings = Settings(key_prefix=PREFIX, api_tokens=(SecretStr("t-readyz-0123456789"),))
     dead_kafka = create_api(settings, redis_url, f"127.0.0.1:{free_port()}")
     async with TestClient(TestServer(dead_kafka)) as client:
         response = await client.get("/readyz")
@@ -217,7 +217,7 @@ async def test_readiness_reports_each_dependency(redis_url: str) -> None:
             body = Health.model_validate(await response.json())
             assert response.status == 503 and body.checks["redis"].startswith("unreachable")
             assert body.checks["kafka"] == "ok"
-            data = await client.get("/customers/C1", headers={"Authorization": "Bearer t"})
+            data = await client.get("/customers/C1", headers={"Authorization": "Bearer t-readyz-0123456789"})
             assert data.status == 503 and "Redis unavailable" in (await data.json())["error"]
     finally:
         listener.close()

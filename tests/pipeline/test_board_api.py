@@ -71,7 +71,8 @@ async def test_cases_by_status_and_open_cases_by_age(desk: Client) -> None:
     assert (await get(desk, "/board"))["cases"] == board.model_dump()["cases"]
     # in progress is still open work; resolved and dismissed leave the age buckets
     await post(desk, "li", f"/cases/{case_id('C-2h')}/transition", {"to": "in_progress"})
-    await post(desk, "li", f"/cases/{case_id('C-10d')}/transition", {"to": "dismissed", "note": "known"})
+    dismissal = {"to": "dismissed", "outcome": "not_actionable", "note": "known"}
+    await post(desk, "li", f"/cases/{case_id('C-10d')}/transition", dismissal)
     await post(desk, "li", f"/cases/{case_id('C-new')}/transition", {"to": "resolved", "outcome": "false_positive"})
     after = Board.model_validate(await get(desk, "/board"))
     assert after.cases.by_status == {"open": 4, "in_progress": 1, "resolved": 1, "dismissed": 1}

@@ -10,6 +10,7 @@ from typing import Any, cast
 import orjson
 from aiohttp.test_utils import TestClient, TestServer
 
+from cases.people import token_fingerprint
 from streams.api.case_models import BulkReply, CaseDetail, CaseList, CaseOut, RulesPrecision, WhoAmI
 from streams.api.cases import CASES
 from streams.api.server import create_api
@@ -47,7 +48,8 @@ async def test_a_second_finding_joins_the_open_case_of_its_customer_and_family(d
     assert [(e.actor, e.action) for e in detail.audit] == [("system", "opened"), ("system", "finding_added")]
     assert (await case_of(desk, "C1", type="recommendation"))["category"] == "sweep"
     # closed, the next finding of the family opens a new case
-    await post(desk, "li", f"/cases/{outflow['id']}/transition", {"to": "dismissed", "note": "known customer"})
+    await post(desk, "li", f"/cases/{outflow['id']}/transition", {"to": "dismissed", "outcome": "not_actionable",
+                                                                 "note": "known customer"})  # fmt: skip
     await publish(desk, finding("C1"))
     listed = CaseList.model_validate(await get(desk, "/cases?customer=C1&category=outflow_risk"))
     assert [(c.status, c.count) for c in listed.cases] == [("open", 1), ("dismissed", 2)]
@@ -84,9 +86,9 @@ async def test_a_viewer_changes_nothing(desk: Client) -> None:
         (f"/cases/{case['id']}/assign", {"assignee": "kan"}),
         (f"/cases/{case['id']}/comment", {"text": "hello"}),
         (f"/cases/{case['id']}/transition", {"to": "in_progress"}),
-        (f"/cases/{case['id']}/transition", {"to": "dismissed"}),
+        (f"/cases/{case['id']}/transition", {"to": "dismissed", "outcome": "duplicate"}),
         ("/cases/bulk/assign", {"ids": [case["id"]], "assignee": "li.wei"}),
-        ("/cases/bulk/dismiss", {"ids": [case["id"]]}),
+        ("/cases/bulk/dismiss", {"ids": [case["id"]], "reason": "duplicate"}),
     ]
     for path, body in attempts:
         assert "viewer cannot" in (await post(desk, "viewer", path, body, 403))["error"], path
@@ -154,7 +156,7 @@ async def test_a_retried_click_changes_nothing_twice(desk: Client) -> None:
     assert "Idempotent-Replayed" not in first.headers and again.headers["Idempotent-Replayed"] == "true"
     # the kept answer, as every version writes and replays it: fingerprint, the HTTP layer's status, body
     store = desk.app[CASES]
-    kept = await store.redis.get(store.key("idem:li.wei:click-1"))
+    kept = await store.redis.get(store.key(f"idem:{token_fingerprint(auth('li')['Authorization'][7:])}:click-1"))
     assert list(orjson.loads(kept)) == ["fingerprint", "status", "body"] and orjson.loads(kept)["status"] == 200
     assert orjson.loads(kept)["body"] == await first.json()
     assert "different request" in (await post(desk, "li", path, {"text": "other"}, 422, key=key))["error"]
@@ -220,7 +222,7 @@ async def test_filters(desk: Client) -> None:
 async def test_bulk_assign_and_dismiss(desk: Client) -> None:
     await publish(desk, finding("C1"), finding("C2"), finding("C3"))
     ids = [(await case_of(desk, c))["id"] for c in ("C1", "C2", "C3")]
-    await post(desk, "li", f"/cases/{ids[2]}/transition", {"to": "dismissed"})
+    await post(desk, "li", f"/cases/{ids[2]}/transition", {"to": "dismissed", "outcome": "duplicate"})
     body = {"ids": [ids[0], ids[1], ids[2], 999], "assignee": "li.wei"}
     reply = BulkReply.model_validate(await post(desk, "boss", "/cases/bulk/assign", body, key="bulk-1"))
     assert [(r.id, r.status) for r in reply.results] == [(ids[0], 200), (ids[1], 200), (ids[2], 409), (999, 404)]
@@ -228,13 +230,14 @@ async def test_bulk_assign_and_dismiss(desk: Client) -> None:
     assert await post(desk, "boss", "/cases/bulk/assign", body, key="bulk-1") == reply.model_dump()
     assert (await case_of(desk, "C1"))["assignee"] == "li.wei"
     dismissed = BulkReply.model_validate(await post(desk, "boss", "/cases/bulk/dismiss",
-                                                    {"ids": ids[:2], "note": "campaign noise"}))  # fmt: skip
+                                                    {"ids": ids[:2], "reason": "not_actionable",
+                                                     "note": "campaign noise"}))  # fmt: skip
     assert dismissed.done == 2 and all(r.case and r.case.status == "dismissed" for r in dismissed.results)
     assert CaseList.model_validate(await get(desk, "/cases?status=dismissed")).total == 3
     detail = CaseDetail.model_validate(await get(desk, f"/cases/{ids[0]}"))
     assert [(e.actor, e.action) for e in detail.audit][-2:] == [("zhang", "assign"), ("zhang", "transition")]
-    await post(desk, "boss", "/cases/bulk/dismiss", {"ids": []}, 400)
-    await post(desk, "boss", "/cases/bulk/dismiss", {"ids": list(range(1, 502))}, 400)
+    await post(desk, "boss", "/cases/bulk/dismiss", {"ids": [], "reason": "duplicate"}, 400)
+    await post(desk, "boss", "/cases/bulk/dismiss", {"ids": list(range(1, 502)), "reason": "duplicate"}, 400)
 
 
 async def test_bad_input_is_a_clear_4xx(desk: Client) -> None:
@@ -259,7 +262,7 @@ async def test_bad_input_is_a_clear_4xx(desk: Client) -> None:
         ("/cases/abc/comment", {"text": "x"}, 404, "no case 'abc'"),
         ("/cases/bulk/assign", {"ids": ["x"], "assignee": None}, 400, "ids"),
         ("/cases/\u00b2/comment", {"text": "x"}, 404, "no case"),  # str.isdigit() takes "²", int() does not
-        ("/cases/bulk/dismiss", b'{"ids": [100000000000000000000]}', 400, "ids"),  # past 64 bits
+        ("/cases/bulk/dismiss", b'{"ids": [100000000000000000000], "reason": "duplicate"}', 400, "ids"),  # past 64 bits
         ("/cases/bulk/assign", {"ids": [2**63], "assignee": None}, 400, "ids"),
     ]
     for path, body, status, says in cases:
@@ -305,7 +308,8 @@ async def test_outcomes_become_rule_precision(desk: Client) -> None:
     for i, outcome in enumerate(outcomes):
         case = (await case_of(desk, f"C{i}"))["id"]
         await post(desk, "li", f"/cases/{case}/transition", {"to": "resolved", "outcome": outcome})
-    await post(desk, "li", f"/cases/{(await case_of(desk, 'C3'))['id']}/transition", {"to": "dismissed"})
+    dismissal = {"to": "dismissed", "outcome": "duplicate"}
+    await post(desk, "li", f"/cases/{(await case_of(desk, 'C3'))['id']}/transition", dismissal)
     report = RulesPrecision.model_validate(await get(desk, "/rules/precision"))
     rows = {r.rule: r for r in report.rules}
     big = rows["large_external_outflow"]
@@ -332,7 +336,8 @@ async def test_cases_work_on_redis_cluster(cluster_url: str) -> None:
         await post(client, "li", f"/cases/{case['id']}/comment", {"text": "on a cluster"}, key="c-1")
         await post(client, "li", f"/cases/{case['id']}/comment", {"text": "on a cluster"}, key="c-1")
         await post(client, "li", f"/cases/{case['id']}/transition", {"to": "resolved", "outcome": "confirmed_outflow"})
-        await post(client, "boss", "/cases/bulk/dismiss", {"ids": [(await case_of(client, "K2"))["id"]]})
+        other = (await case_of(client, "K2"))["id"]
+        await post(client, "boss", "/cases/bulk/dismiss", {"ids": [other], "reason": "duplicate"})
         detail = CaseDetail.model_validate(await get(client, f"/cases/{case['id']}"))
         assert [c.text for c in detail.comments] == ["on a cluster"] and detail.case.status == "resolved"
         report = RulesPrecision.model_validate(await get(client, "/rules/precision"))

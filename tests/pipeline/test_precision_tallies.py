@@ -90,7 +90,7 @@ async def _run(
             action: Any = {
                 "start": Transition("in_progress"),
                 "resolve": Transition("resolved", outcomes_for(case.category)[choice % 3]),
-                "dismiss": Transition("dismissed"),
+                "dismiss": Transition("dismissed", ("false_positive", "duplicate", "not_actionable")[choice % 3]),
                 "reopen": Transition("open", reason="another look"),
                 "comment": Comment("noted"),
             }[what]
@@ -156,7 +156,8 @@ def test_dropping_built_makes_the_tallies_again_from_the_cases(redis_url: str) -
             for customer, what, choice, _ in plan[3:]:
                 case = await _open_case(store, customer)
                 assert case is not None
-                outcome = outcomes_for(case.category)[choice] if what == "resolve" else None
+                reason = ("false_positive", "duplicate")[choice % 2]
+                outcome = outcomes_for(case.category)[choice] if what == "resolve" else reason
                 to = Transition("resolved" if what == "resolve" else "dismissed", outcome)
                 await store.act(case.id, BOSS, to, frozenset({"zhang"}), lambda c: c.id)
             right = await store.precision()

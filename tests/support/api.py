@@ -21,7 +21,7 @@ from tests.support.fakes import Sink
 PREFIX = "api"
 
 
-TOKENS = ("token-one", "token-two")
+TOKENS = ("token-one-0123456789", "token-two-0123456789")
 
 
 AUTH = {"Authorization": f"Bearer {TOKENS[1]}"}

@@ -23,10 +23,10 @@ PREFIX = "desk"
 
 
 PEOPLE = {
-    "boss": ("t-boss", "supervisor", "zhang"),
-    "li": ("t-li", "analyst", "li.wei"),
-    "wang": ("t-wang", "analyst", "wang"),
-    "viewer": ("t-view", "viewer", "kan"),
+    "boss": ("t-boss-0123456789", "supervisor", "zhang"),
+    "li": ("t-li-0123456789ab", "analyst", "li.wei"),
+    "wang": ("t-wang-0123456789", "analyst", "wang"),
+    "viewer": ("t-view-0123456789", "viewer", "kan"),
 }
 
 
@@ -34,7 +34,7 @@ SETTINGS = Settings(
     key_prefix=PREFIX,
     api_tokens=(
         *(ApiToken(token=SecretStr(t), role=role, name=name) for t, role, name in PEOPLE.values()),  # type: ignore[arg-type]
-        SecretStr("t-plain"),
+        SecretStr("t-plain-0123456789"),
     ),
 )
 
@@ -72,7 +72,7 @@ async def publish(client: Client, *findings: dict[str, Any]) -> None:
 
 
 def auth(who: str) -> dict[str, str]:
-    token = "t-plain" if who == "plain" else PEOPLE[who][0]
+    token = "t-plain-0123456789" if who == "plain" else PEOPLE[who][0]
     return {"Authorization": f"Bearer {token}"}
 
 

@@ -253,10 +253,12 @@ def reference_state(
 def rule_precision(
     closed: Iterable[Case], cases_per_rule: Mapping[str, int], findings_per_rule: Mapping[str, int]
 ) -> list[RulePrecision]:
-    """Per rule, from its closed cases read whole: precision (confirmed / resolved), volume,
+    """Per rule, from its closed cases read whole: precision (confirmed / judged: resolved, and
+    dismissed as false positives), volume,
     medians. What the store's tallies must equal."""
     resolved: dict[str, list[Case]] = {}
     dismissed: dict[str, int] = {}
+    wrong: dict[str, int] = {}  # dismissed as false positives: judged, and the rule was wrong
     for case in closed:
         if case.outcome == RETRACTED:  # taken back by the monitor: the rule was neither right nor wrong
             continue
@@ -265,10 +267,12 @@ def rule_precision(
                 resolved.setdefault(rule, []).append(case)
             elif case.status == "dismissed":
                 dismissed[rule] = dismissed.get(rule, 0) + 1
+                wrong[rule] = wrong.get(rule, 0) + (case.outcome == "false_positive")
     rows = []
     for rule in sorted(set(cases_per_rule) | set(findings_per_rule) | set(resolved) | set(dismissed)):
         done = resolved.get(rule, [])
         confirmed = sum(1 for c in done if c.outcome in CONFIRMING)
+        judged = len(done) + wrong.get(rule, 0)
         first = [(c.first_action_at_ms - c.opened_at_ms) / 1000 for c in done if c.first_action_at_ms is not None]
         closing = [(c.closed_at_ms - c.opened_at_ms) / 1000 for c in done if c.closed_at_ms is not None]
         rows.append(
@@ -279,9 +283,10 @@ def rule_precision(
                 resolved=len(done),
                 confirmed=confirmed,
                 dismissed=dismissed.get(rule, 0),
-                precision=round(confirmed / len(done), 4) if done else None,
+                precision=round(confirmed / judged, 4) if judged else None,
                 median_first_action_seconds=statistics.median(first) if first else None,
                 median_resolution_seconds=statistics.median(closing) if closing else None,
+                judged=judged,
             )
         )
     return rows

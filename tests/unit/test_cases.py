@@ -68,7 +68,7 @@ def test_priority_from_severity_and_tier() -> None:
 
 
 def test_viewer_changes_nothing() -> None:
-    for action in (Comment("hi"), Comment(""), Assign("li.wei"), Transition("in_progress"), Transition("dismissed")):
+    for action in (Comment("hi"), Comment(""), Assign("li.wei"), Transition("in_progress"), Transition("dismissed", "duplicate")):  # noqa: E501
         refused(FORBIDDEN, case(), VIEWER, action, "viewer")
 
 
@@ -87,7 +87,7 @@ def test_analyst_takes_an_unassigned_case_by_working_it() -> None:
 
 def test_analyst_cannot_touch_someone_elses_case() -> None:
     theirs = case(assignee="wang", status="in_progress")
-    for action in (Comment("x"), Transition("resolved", "false_positive"), Transition("dismissed"), Assign("li.wei")):
+    for action in (Comment("x"), Transition("resolved", "false_positive"), Transition("dismissed", "duplicate"), Assign("li.wei")):  # noqa: E501
         refused(FORBIDDEN, theirs, LI, action, "assigned to wang")
     assert decide(theirs, WANG, Comment("called"), NOW, NAMES).audit[0]["text"] == "called"
     resolved = decide(theirs, BOSS, Transition("resolved", "confirmed_outflow"), NOW, NAMES).case
@@ -109,7 +109,9 @@ def test_resolution_needs_an_outcome_of_the_category() -> None:
     refused(INVALID, case(), LI, Transition("resolved", "funds_left"), "must be one of")
     refused(INVALID, case(category="collection"), LI, Transition("resolved", "confirmed_outflow"), "funds_retained")
     refused(INVALID, case(), LI, Transition("resolved", "other"), "note is required")
-    refused(INVALID, case(), LI, Transition("dismissed", "false_positive"), "only resolving")
+    refused(INVALID, case(), LI, Transition("dismissed"), "a dismissal needs a reason")
+    refused(INVALID, case(), LI, Transition("dismissed", "funds_left"), "a dismissal needs a reason")
+    refused(INVALID, case(), LI, Transition("in_progress", "duplicate"), "only resolving or dismissing")
     done = decide(case(), LI, Transition("resolved", "other", note="moved abroad"), NOW, NAMES)
     assert done.case.outcome == "other" and done.case.note == "moved abroad" and done.slot == "release"
     assert outcomes_for("collection") == ("funds_retained", "funds_left", "false_positive", "other")
@@ -121,7 +123,7 @@ def test_reopen_is_a_supervisors_with_a_reason() -> None:
     refused(FORBIDDEN, closed, LI, Transition("open", reason="wrong"), "only a supervisor")
     refused(INVALID, closed, BOSS, Transition("open"), "reason")
     refused(INVALID, closed, BOSS, Transition("open", reason="   "), "reason")
-    refused(CONFLICT, closed, BOSS, Transition("dismissed"), "reopen it first")
+    refused(CONFLICT, closed, BOSS, Transition("dismissed", "duplicate"), "reopen it first")
     again = decide(closed, BOSS, Transition("open", reason="customer called back"), NOW, NAMES)
     assert again.case.status == "open" and again.case.outcome is None and again.case.closed_at_ms is None
     assert again.slot == "claim" and again.audit[0]["reason"] == "customer called back"
@@ -181,6 +183,8 @@ MOVES: dict[tuple[str, str], Reason | None] = {
 def _move(to: str) -> Transition:
     if to == "resolved":
         return Transition("resolved", "confirmed_outflow")
+    if to == "dismissed":
+        return Transition("dismissed", "not_actionable")
     return Transition(to, reason="customer called back" if to == "open" else None)
 
 
@@ -221,10 +225,12 @@ def test_a_comment_moves_nothing_but_the_trail() -> None:
     ],
 )  # fmt: skip
 def test_who_works_a_case(actor: Actor, assignee: str | None, allowed: bool) -> None:
-    work = (Comment("x"), Transition("in_progress"), Transition("resolved", "false_positive"), Transition("dismissed"))
+    work = (Comment("x"), Transition("in_progress"), Transition("resolved", "false_positive"),
+            Transition("dismissed", "duplicate"))  # fmt: skip
     for action in work:
-        if allowed:
-            assert decide(case(assignee=assignee), actor, action, NOW, NAMES).case.version == 4
+        if allowed:  # a comment changes no state: the version stays (no compare-and-set on it)
+            version = 3 if isinstance(action, Comment) else 4
+            assert decide(case(assignee=assignee), actor, action, NOW, NAMES).case.version == version
         else:
             refused(FORBIDDEN, case(assignee=assignee), actor, action)
 

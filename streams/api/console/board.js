@@ -5,7 +5,9 @@
 "use strict";
 
 const NS = "http://www.w3.org/2000/svg";
-const EVERY = Math.max(1, Number(new URLSearchParams(location.search).get("every")) || 10) * 1000;
+// ?every=N seconds, clamped to 1..3600 (Infinity, NaN or 0 would poll without pause)
+const EVERY_ASKED = Number(new URLSearchParams(location.search).get("every"));
+const EVERY = (Number.isFinite(EVERY_ASKED) && EVERY_ASKED > 0 ? Math.min(3600, Math.max(1, EVERY_ASKED)) : 10) * 1000;
 const KINDS = {
   salary: "工资 salary", pension: "养老金 pension", transfer_in: "转入 transfer in", transfer_out: "转出 transfer out",
   cash_deposit: "现金存入 cash in", cash_withdrawal: "现金支取 cash out", card_payment: "刷卡 card",

@@ -12,6 +12,9 @@ const OUTCOME = {
   retracted: "撤回 retracted (taken back by the monitor)",
 };
 
+const DISMISSAL = [["duplicate", "重复 duplicate"], ["not_actionable", "无需处理 not actionable"],
+  ["false_positive", "误报 false positive (counts in precision)"], ["other", "其他 other (note)"]];
+
 function newKey() {
   if (crypto.randomUUID) return crypto.randomUUID();
   return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
@@ -103,7 +106,7 @@ async function bulk(path, body) {
 }
 
 $("bulk-assign").addEventListener("click", () => bulk("/cases/bulk/assign", { assignee: $("bulk-assignee").value || null }));
-$("bulk-dismiss").addEventListener("click", () => bulk("/cases/bulk/dismiss", { note: "bulk dismissed" }));
+$("bulk-dismiss").addEventListener("click", () => bulk("/cases/bulk/dismiss", { reason: "not_actionable", note: "bulk dismissed" }));
 
 // ---- one case ---------------------------------------------------------------
 async function showCase(id) {
@@ -117,19 +120,44 @@ async function showCase(id) {
     $("k-id").textContent = c.id;
     $("k-status").className = "badge " + c.status;
     $("k-status").textContent = STATUS[c.status] || c.status;
-    $("k-meta").textContent = `${c.customer_id} · ${c.type} · ${c.category} · ${c.severity} · P${c.priority} · ${c.count} finding(s) · `
+    $("k-meta").replaceChildren(bdi(c.customer_id), ` · ${c.type} · ${c.category} · ${c.severity} · P${c.priority} · ${c.count} finding(s) · `
       + `assignee ${c.assignee || "—"} · opened ${c.opened_at}` + (c.outcome ? ` · outcome ${c.outcome}` : "") + (c.note ? ` · ${c.note}` : "")
-      + (c.retracted ? ` · ${c.retracted} taken back 撤回` : "") + (c.history ? " · history 历史" : "");
+      + (c.retracted ? ` · ${c.retracted} taken back 撤回` : "") + (c.history ? " · history 历史" : ""));
     $("actions").replaceChildren(...actions(c, d.outcomes));
-    $("k-comments").replaceChildren(...(d.comments.length ? d.comments.map((m) => el("li", {}, el("span", { class: "who" }, m.actor), ` ${m.at}: ${m.text}`)) : [el("li", { class: "hint" }, "no comments")]));
+    $("k-comments").replaceChildren(...(d.comments.length ? d.comments.map(commentItem) : [el("li", { class: "hint" }, "no comments")]));
+    older("comments", id, d.comments_page, commentItem);
     const gone = new Set(d.audit.filter((a) => a.action === "finding_retracted").map((a) => a.finding_id));
     $("k-findings").replaceChildren(...d.findings.map((f) => el("li", { class: gone.has(f.id) ? "withdrawn" : "", "data-id": f.id },
       el("span", { class: "who" }, f.rule), f.history === true ? el("span", { class: "tag history" }, "历史 history") : null, ` ${f.ts}: ${f.message}`)));
-    $("k-audit").replaceChildren(...d.audit.map((a) => el("li", { "data-action": a.action }, el("span", { class: "who" }, a.actor), ` ${a.at} ${a.action}`
-      + (a.action === "finding_retracted" ? ` ${a.rule || ""} ${a.finding_id}` : "")
-      + (a.field ? ` ${a.field}: ${a.from ?? "—"} → ${a.to ?? "—"}` : "") + (a.text ? `: ${a.text}` : "") + (a.outcome ? ` (${a.outcome})` : "") + (a.reason ? ` — ${a.reason}` : ""))));
+    $("k-audit").replaceChildren(...d.audit.map(auditItem));
+    older("audit", id, d.audit_page, auditItem);
     for (const row of $("cases").tBodies[0].rows) row.className = Number(row.dataset.case) === id ? "current" : "";
   } catch (err) { notify(err.message); }
+}
+
+// Free text as sent, each piece isolated (<bdi>): a U+202E in a comment cannot turn what follows around.
+const bdi = (text) => el("bdi", {}, text);
+const commentItem = (m) => el("li", {}, el("span", { class: "who" }, bdi(m.actor)), ` ${m.at}: `, bdi(m.text));
+const auditItem = (a) => el("li", { "data-action": a.action }, el("span", { class: "who" }, bdi(a.actor)), a.by_system ? " ⚙" : "",
+  ` ${a.at} ${a.action}`, a.action === "finding_retracted" ? ` ${a.rule || ""} ${a.finding_id}` : "",
+  a.field ? ` ${a.field}: ` : "", a.field ? bdi(String(a.from ?? "—")) : "", a.field ? " → " : "", a.field ? bdi(String(a.to ?? "—")) : "",
+  a.text ? ": " : "", a.text ? bdi(a.text) : "", a.outcome ? ` (${a.outcome})` : "", a.reason ? " — " : "", a.reason ? bdi(a.reason) : "");
+
+// A case read gives the newest entries of each list; "older" reads the page before, as often as asked.
+function older(kind, id, page, item) {
+  const list = $(kind === "audit" ? "k-audit" : "k-comments");
+  if (!page || page.before === null) return;
+  const more = el("button", { type: "button", class: "quiet more", "data-more": kind }, `更早 older (${page.before})`);
+  more.addEventListener("click", async () => {
+    try {
+      const d = await api(`/cases/${id}?${kind}_before=${page.before}`);
+      if (state.current !== id) return;
+      more.remove();
+      list.prepend(...(kind === "audit" ? d.audit : d.comments).map(item));
+      older(kind, id, kind === "audit" ? d.audit_page : d.comments_page, item);
+    } catch (err) { notify(err.message); }
+  });
+  list.prepend(el("li", { class: "hint" }, more));
 }
 
 function act(path, body, done) {
@@ -165,7 +193,9 @@ function actions(c, outcomes) {
     const note = el("input", { id: "a-note", placeholder: "备注 note", "aria-label": "note" });
     found.push(el("form", { id: "resolve-form", onsubmit: act("transition", () => ({ to: "resolved", outcome: outcome.value, note: note.value || null }), "resolved 已结案") },
       outcome, note, el("button", { type: "submit" }, "结案 Resolve")));
-    found.push(el("button", { id: "a-dismiss", type: "button", class: "quiet", onclick: act("transition", () => ({ to: "dismissed", note: note.value || null }), "dismissed 已忽略") }, "忽略 Dismiss"));
+    const why = el("select", { id: "a-dismissal", "aria-label": "dismissal reason" }, ...DISMISSAL.map(([v, label]) => el("option", { value: v }, label)));
+    found.push(el("form", { id: "dismiss-form", onsubmit: act("transition", () => ({ to: "dismissed", outcome: why.value, note: note.value || null }), "dismissed 已忽略") },
+      why, el("button", { id: "a-dismiss", type: "submit", class: "quiet" }, "忽略 Dismiss")));
   }
   if (!isOpen(c) && supervisor()) {
     const reason = el("input", { id: "a-reason", placeholder: "原因 reason (required)", "aria-label": "reason" });
