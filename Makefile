@@ -27,12 +27,13 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check streams rules alerts cases feeds tests
 	$(VENV)/bin/mypy
 
-# Two test processes (pytest-xdist), each test file whole in one of them (module fixtures stay
+# Three test processes (pytest-xdist), each test file whole in one of them (module fixtures stay
 # together; each process starts its own embedded servers): most of the suite waits on worker
-# processes, brokers and timers, not on the CPU: two cut the wall time by ~40% even on 2 cores.
+# processes, brokers and timers, not on the CPU, so three still shorten the wall time on 2 cores
+# (docs/performance.md, "The test suite's wall time").
 # Files are handed out in collection order (tests/conftest.py puts the longest first), not
 # xdist's default of most tests first, which left the one-test soak running alone at the end.
-PYTEST_PARALLEL ?= -n 2 --dist loadfile --no-loadscope-reorder
+PYTEST_PARALLEL ?= -n 3 --dist loadfile --no-loadscope-reorder
 
 test: $(STAMP) browser-deps tool-deps lint
 	$(PY) -m pytest -q $(PYTEST_PARALLEL)

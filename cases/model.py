@@ -112,6 +112,7 @@ class Reason(StrEnum):
     CONFLICT = "conflict"  # not in this state, or another case holds the slot, or it keeps changing
     INVALID = "invalid"  # a value the rules refuse: an outcome, an assignee, a missing reason, a reused key
     MALFORMED = "malformed"  # the request itself cannot be read (the HTTP layer's: a query, body or header)
+    BUSY = "busy"  # the case kept changing under concurrent changes: the one refusal a retry may outgrow
 
 
 class Refused(Exception):

@@ -569,7 +569,7 @@ class CaseStore:
                                                 "can comment on it")  # fmt: skip
             if outcome == 6:
                 raise Refused(Reason.NOT_FOUND, f"no case {case_id}")
-        raise Refused(Reason.CONFLICT, f"case {case_id} keeps changing; try again")
+        raise Refused(Reason.BUSY, f"case {case_id} keeps changing; try again")
 
 
 def _record(idem: Idempotency, body: Any) -> bytes:

@@ -39,6 +39,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+import dataclasses
 from dataclasses import asdict
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
@@ -110,6 +111,7 @@ Body = TypeVar("Body", bound=BaseModel)
 OK = 200  # a change made (and the status its answer is kept with under its Idempotency-Key)
 STATUS_OF: dict[Reason, int] = {
     Reason.MALFORMED: 400,
+    Reason.BUSY: 409,
     Reason.FORBIDDEN: 403,
     Reason.NOT_FOUND: 404,
     Reason.CONFLICT: 409,
@@ -332,7 +334,16 @@ async def _act(request: web.Request, action: Action, raw: bytes) -> web.Response
     if replay is not None:
         return _answer(replay)
     assignable = request.app[ASSIGNABLE]
-    return _answer(await store.act_once(case_id, actor, action, assignable, lambda c: render(c, zone), idem))
+    try:
+        stored = await store.act_once(case_id, actor, action, assignable, lambda c: render(c, zone), idem)
+    except Refused as exc:
+        if exc.reason is Reason.BUSY:
+            raise  # (nothing was decided: a retry may go through)
+        # the first outcome is every retry's answer, a refusal too (a retry after the case
+        # changed must not succeed where the first attempt was refused)
+        refusal = dataclasses.replace(idem, status=STATUS_OF[exc.reason])
+        stored = await store.remember(refusal, {"error": exc.message})
+    return _answer(stored)
 
 
 def _answer(stored: Stored) -> web.Response:

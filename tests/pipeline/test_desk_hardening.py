@@ -207,3 +207,18 @@ async def test_a_dismissal_gives_a_reason_and_only_a_false_positive_counts(desk:
     assert PEOPLE["li"][0]  # the analyst's refusal reads "an analyst"
     analyst = await post(desk, "li", "/cases/bulk/assign", {"ids": [a], "assignee": None}, 403)
     assert analyst["error"].startswith("an analyst cannot")
+
+
+async def test_a_refusal_is_the_keys_answer_even_after_the_case_changed(desk: Client) -> None:
+    """The first outcome answers every retry of a key, a refusal too: a retry that comes after the
+    case changed (so that the same request would now go through) gets the refusal again."""
+    (case,) = await _cases(desk, "RF1")
+    await post(desk, "boss", f"/cases/{case}/assign", {"assignee": "wang"})
+    body = orjson.dumps({"to": "dismissed", "outcome": "duplicate"})
+    path = f"/cases/{case}/transition"
+    first = await _raw_post(desk, "li", path, body, "k1")  # wang's case: li may not
+    assert first[0] == 403 and b"error" in first[1] and first[2] is None
+    await post(desk, "boss", f"/cases/{case}/assign", {"assignee": "li.wei"})  # now li could...
+    again = await _raw_post(desk, "li", path, body, "k1")
+    assert again[:2] == first[:2] and again[2] == "true"  # ...but the key's first answer stands
+    assert (await _raw_post(desk, "li", path, body, "k2"))[0] == 200  # a new key is a new request
