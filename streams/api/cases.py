@@ -34,12 +34,12 @@ waits and resumes from its stored cursor.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-import dataclasses
 from dataclasses import asdict
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
@@ -111,7 +111,7 @@ Body = TypeVar("Body", bound=BaseModel)
 OK = 200  # a change made (and the status its answer is kept with under its Idempotency-Key)
 STATUS_OF: dict[Reason, int] = {
     Reason.MALFORMED: 400,
-    Reason.BUSY: 409,
+    Reason.BUSY: 503,  # (retry: nothing was decided)
     Reason.FORBIDDEN: 403,
     Reason.NOT_FOUND: 404,
     Reason.CONFLICT: 409,
