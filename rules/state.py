@@ -496,12 +496,9 @@ def _return_lots(
     every credit does; the rest is old money again, one lot at the front of the queue, dated
     at the mean time of the lots the debit had consumed (the debit's own time when it
     consumed none, or when its record is no longer kept)."""
-    if state.overdraft:
-        repaid = min(state.overdraft, amount)
-        state.overdraft -= repaid
-        amount -= repaid
-        if not amount:
-            return
+    amount = _repay_overdraft(state, amount)
+    if not amount:
+        return
     lot_us = original_us
     if original is not None and original.consumed:
         lot_us = original_us - int((original.weighted_age_us / original.consumed).to_integral_value())
@@ -535,13 +532,19 @@ def _ts_of(record: EventRecord) -> int:
     return record.ts_us
 
 
-def _credit_lots(state: CustomerState, amount: Decimal, ts_us: int, lot_cap: int) -> None:
+def _repay_overdraft(state: CustomerState, amount: Decimal) -> Decimal:
+    """Money coming in repays the overdraft first (metrics.md); returns what is left of it."""
     if state.overdraft:
         repaid = min(state.overdraft, amount)
         state.overdraft -= repaid
         amount -= repaid
-        if not amount:
-            return
+    return amount
+
+
+def _credit_lots(state: CustomerState, amount: Decimal, ts_us: int, lot_cap: int) -> None:
+    amount = _repay_overdraft(state, amount)
+    if not amount:
+        return
     lots = state.lots
     if len(lots) >= lot_cap:
         _merge_oldest(lots)
