@@ -154,7 +154,8 @@ class SweepRule(_Rule):
 
 
 class MarketingConfig(BaseModel):
-    """Push triggers: hard frequency caps, quiet hours (bank's zone), opt-outs, one per campaign."""
+    """Push triggers: hard frequency caps, quiet hours (bank's zone), opt-outs, one per campaign,
+    and the risk veto."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -164,6 +165,9 @@ class MarketingConfig(BaseModel):
     quiet_start: dt.time = dt.time(21, 0)
     quiet_end: dt.time = dt.time(8, 0)
     opt_out: frozenset[str] = frozenset()
+    # No push while the customer had an outflow-risk or repayment finding this many days before
+    # it (event time), or has an overdue instalment unpaid (rules.engine: the risk veto).
+    risk_veto_days: int = Field(default=30, ge=0, le=366)
     channel: Literal["sms", "app", "email"] = "app"
     # which campaign a push of each source belongs to (one message per customer per campaign)
     campaigns: dict[PushSource, str] = Field(

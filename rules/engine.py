@@ -18,6 +18,11 @@ can never fire twice.
   news helps no one, and it bounds what the cool-downs must remember.
 * Push triggers: hard caps per local day and ISO week, quiet hours, opt-out,
   one per campaign; every refusal is reported with its reason.
+* Risk veto: no push while the customer had an outflow-risk or repayment finding
+  in the ``marketing.risk_veto_days`` before it, or has an overdue instalment
+  unpaid; no sweep recommendation while an instalment is overdue. Pushes are
+  decided after every other finding of their event, so a finding of the same
+  moment vetoes them too (docs/findings.md).
 * Same history, same findings (docs/findings.md): a finding depends on the
   customer's events, the rules and the lateness bounds only. Transaction rules
   read transactions alone (one topic, one order); due dates are judged at fixed
@@ -63,6 +68,8 @@ from rules.state import (
 )
 
 INSTALMENT_WINDOW_US = 28 * US_PER_DAY  # shorter than any month: one instalment per loan
+RISK_CATEGORIES = frozenset({"outflow_risk", "repayment"})  # the findings that veto pushes
+OVERDUE_KEPT = 24  # unpaid overdue due dates remembered per customer (the newest; any one of them vetoes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +150,9 @@ class _Judge:
         self.ts, self.day = event_time(event, self.zone)
         self.memory: dict[str, Any] = state.rule_state
         self.out = Judgement()
+        self.pending: list[tuple[Finding, str]] = []  # pushes, decided after the event's other findings
+        # the newest loan repayment before this event: what pays an overdue instalment
+        self.repaid_before: int | None = self.memory.get("repaid")
         if isinstance(event, TransactionEvent):
             self.trigger = event.txn_id
         else:
@@ -202,9 +212,11 @@ class _Judge:
         kind: str = "alert",
         extra: dict[str, Any] | None = None,
         at: tuple[int, str] | None = None,
+        reported_us: int | None = None,
     ) -> Finding | None:
         """A finding of this event, or, with ``at`` = (event time, trigger), of an event-time
-        check point (no cool-down then: ``cooldown_hours`` is None)."""
+        check point (no cool-down then: ``cooldown_hours`` is None; ``reported_us``: the time
+        of the loan report that announced its due date)."""
         if rule in self.config.disabled:
             return None
         if cooldown_hours is not None and not self.cooled(rule, cooldown_hours):
@@ -224,9 +236,98 @@ class _Judge:
             extra=extra or {},
         )
         self.out.findings.append(finding)
+        if kind != "push" and category in RISK_CATEGORIES:
+            self.note_risk(ts_us, rule, reported_us)
         return finding
 
+    # --- the risk veto --------------------------------------------------------------
+    def txn_clock(self) -> int:
+        """The customer's newest transaction: LoanEvents, in no fixed order with them, never move it."""
+        return self.state.last_txn_us if self.state.last_txn_us is not None else self.ts
+
+    def note_risk(self, ts_us: int, rule: str, reported_us: int | None) -> None:
+        """Remember a finding that vetoes pushes, as long as a push can still fall in its
+        window: pushes come at most ``max_lateness_hours`` before the newest transaction."""
+        window = self.config.marketing.risk_veto_days * US_PER_DAY
+        horizon = self.txn_clock() - window - int(self.config.max_lateness_hours * HOUR_US)
+        risk: list[list[Any]] = self.memory.get("risk", [])
+        risk.append([ts_us, rule, reported_us])
+        kept = sorted((entry for entry in risk if entry[0] >= horizon), key=lambda e: (e[0], e[1]))
+        if kept:
+            self.memory["risk"] = kept
+        else:
+            self.memory.pop("risk", None)
+
+    def note_overdue(self, due_us: int, reported_us: int) -> None:
+        """An overdue check point that fired: unpaid until a loan repayment at or after it
+        (which a LoanEvent that came late may find already made)."""
+        repaid = self.memory.get("repaid")
+        if repaid is not None and repaid >= due_us:
+            return
+        overdue: list[list[int]] = self.memory.setdefault("overdue", [])
+        overdue.append([due_us, reported_us])
+        self.memory["overdue"] = sorted(overdue)[-OVERDUE_KEPT:]
+
+    def known_report(self, reported_us: int | None) -> bool:
+        """Whether every delivery inside the lateness bound has the loan report of ``reported_us``
+        by now: one later than ``loan_lateness_days`` behind the transactions is refused
+        (``late_loan``), so a report that old is here or never comes. A due date's finding
+        vetoes only then; before, the veto would depend on which topic came first."""
+        if reported_us is None:
+            return True
+        return reported_us < self.txn_clock() - self.config.loan_lateness_days * US_PER_DAY
+
+    def unpaid_overdue(self) -> bool:
+        """An overdue check point at or before this event, no loan repayment since (before this event)."""
+        paid = self.repaid_before if self.repaid_before is not None else -1
+        return any(
+            due <= self.ts and due > paid and self.known_report(reported)
+            for due, reported in self.memory.get("overdue", ())
+        )
+
+    def risk_veto(self) -> str | None:
+        """The rule that vetoes a push at this event, or None: the newest outflow-risk or
+        repayment finding of the ``risk_veto_days`` before it (event time, never after it),
+        else an overdue instalment still unpaid."""
+        window = self.config.marketing.risk_veto_days * US_PER_DAY
+        recent = [
+            (ts, rule)
+            for ts, rule, reported in self.memory.get("risk", ())
+            if self.ts - window <= ts <= self.ts and self.known_report(reported)
+        ]
+        if recent:
+            return str(max(recent)[1])
+        if self.unpaid_overdue():
+            return "repayment_overdue"
+        return None
+
+    def after_event(self, event: TransactionEvent) -> None:
+        """Note a loan repayment (it pays every overdue instalment due before it), and forget
+        the overdue instalments paid: whatever the transaction's age, so the memory follows
+        the transactions alone."""
+        own = event.counterparty_customer_id == event.customer_id
+        if event.kind == "loan_repayment" and event.reverses is None and not own:
+            repaid = self.memory.get("repaid")
+            if repaid is None or self.ts > repaid:
+                self.memory["repaid"] = repaid = self.ts
+            overdue = [entry for entry in self.memory.get("overdue", ()) if entry[0] > repaid]
+            if overdue:
+                self.memory["overdue"] = overdue
+            else:
+                self.memory.pop("overdue", None)
+
+    # --- pushes ---------------------------------------------------------------------
     def push(self, source: Finding, campaign_key: str) -> None:
+        """A push following ``source``: decided in ``send_pushes``, once the event's other
+        findings (a drawdown or a salary anomaly of the same transaction) are known."""
+        self.pending.append((source, campaign_key))
+
+    def send_pushes(self) -> None:
+        for source, campaign_key in self.pending:
+            self._push(source, campaign_key)
+        self.pending = []
+
+    def _push(self, source: Finding, campaign_key: str) -> None:
         marketing: MarketingConfig = self.config.marketing
         rule = f"push_{campaign_key}"
         if not marketing.enabled or rule in self.config.disabled:
@@ -235,6 +336,9 @@ class _Judge:
         if campaign is None:
             return
         why = push_refusal(self.memory, self.state.customer_id, self.ts, campaign, marketing, self.zone)
+        if why is None:  # judged last: a risk_veto count is of pushes that would have gone out
+            vetoed_by = self.risk_veto()
+            why = None if vetoed_by is None else f"risk_veto:{vetoed_by}"
         if why is not None:
             self.out.suppressed.append((rule, why))
             return
@@ -427,6 +531,7 @@ def judge(
         _retract(j, event.reverses)  # whatever its age: the findings it takes back went out
     if j.ts < j.newest - int(config.max_lateness_hours * HOUR_US):
         j.out.suppressed.append(("all", "stale"))
+        j.after_event(event)
         return j.out
     _due_dates(j)
     # A reversal is never fresh money, and an own-account transfer never left: neither is a flow
@@ -442,6 +547,8 @@ def judge(
         _ledger(j)
     if flow:
         _income(j)
+    j.send_pushes()
+    j.after_event(event)
     _remember_triggered(j)
     return j.out
 
@@ -689,6 +796,11 @@ def _sweep(j: _Judge, event: TransactionEvent) -> None:
     amount = (idle / rule.round_to).to_integral_value(rounding=ROUND_DOWN) * rule.round_to
     if amount < rule.min_amount:
         return
+    if "post_repayment_sweep" not in j.config.disabled and j.unpaid_overdue():
+        # money the overdue instalment needs is not idle: no sweep until it is paid (this
+        # repayment may be the one that catches up; the next one will tell)
+        j.out.suppressed.append(("post_repayment_sweep", "risk_veto:repayment_overdue"))
+        return
     gain = to_cent(amount * (rule.product_rate - rule.deposit_rate))
     finding = j.emit(
         "post_repayment_sweep",
@@ -861,7 +973,7 @@ def _due_short(j: _Judge, entry: dict[str, Any], when: int, check: str) -> bool:
 def _overdue(j: _Judge, entry: dict[str, Any], when: int, since: int) -> None:
     days = j.config.repayment.overdue_days
     seen_from = dt.datetime.fromtimestamp(since / 1_000_000, dt.UTC).astimezone(j.zone).isoformat()
-    _due_finding(
+    finding = _due_finding(
         j,
         entry,
         when,
@@ -869,11 +981,13 @@ def _overdue(j: _Judge, entry: dict[str, Any], when: int, since: int) -> None:
         {"days_overdue": days, "outstanding": money(Decimal(entry["outstanding"])), "no_repayment_since": seen_from},
         f"已过 {days} 天未见还款 — no repayment {days} days after the due date {{due}}",
     )
+    if finding is not None:
+        j.note_overdue(when, entry["at"])
 
 
 def _due_finding(
     j: _Judge, entry: dict[str, Any], when: int, rule_name: str, evidence: dict[str, Any], tail: str
-) -> None:
+) -> Finding | None:
     """A due date's finding: at the check point's time, triggered by (loan, due date)."""
     rule = j.config.repayment
     loan_id = entry["loan"]
@@ -885,7 +999,7 @@ def _due_finding(
         if overdue
         else f"还款提醒: 贷款 {loan_id} 将于 {due} 还款 {installment}, "
     )
-    j.emit(
+    return j.emit(
         rule_name,
         "repayment",
         rule.overdue_severity if overdue else rule.severity,
@@ -893,6 +1007,7 @@ def _due_finding(
         {"loan_id": loan_id, "next_due": due, "installment": installment, **evidence},
         head + tail.format(due=due),
         at=(when, f"loan:{loan_id}:due:{due}"),
+        reported_us=entry["at"],
     )
 
 

@@ -11,7 +11,14 @@ record, then writes:
   pipeline published, one object per id (a repeat after a retry is dropped);
 - ``dlq.jsonl``: every dead letter;
 - ``summary.json``: counts per topic, rule and dead-letter reason, events/s
-  and end-to-end latency percentiles (produce -> state committed).
+  and end-to-end latency percentiles (produce -> state committed), and the
+  risk vetoes by rule and reason (``risk_vetoes``).
+
+The workers count their refusals in Prometheus only, per process; the risk
+vetoes are counted here by judging the file once more with the pure rules, in
+the file's order: findings are a function of each customer's history and the
+rules (docs/findings.md), so the count is the workers' own, whatever the
+delivery, and the same in every run.
 """
 
 from __future__ import annotations
@@ -25,12 +32,16 @@ from typing import Any
 
 import orjson
 
-from rules.state import to_us
+from rules.config import RulesConfig
+from rules.engine import judge
+from rules.state import CustomerState, Outcome, apply_event, to_us
 from streams.clients import connect, start_producer
-from streams.errors import ConfigError
+from streams.deadletter import RawRecord
+from streams.decode import TimeBounds, decode
+from streams.errors import ConfigError, InvalidEvent
 from streams.local.orchestra import LocalRun, read_topic
-from streams.rulestep import reader_store
-from streams.settings import Settings
+from streams.rulestep import reader_store, rules_at_start
+from streams.settings import Settings, state_config
 from streams.storage.snapshot import iso, load_all, rows, write_jsonl
 from streams.tools.measure import percentiles
 from streams.tools.progress import Progress
@@ -78,6 +89,7 @@ def run_backtest(settings: Settings, events: Path, out: Path, timeout: float) ->
     with LocalRun(settings, out / "logs") as local:
         local.start_worker()
         summary = asyncio.run(_drive(local, lines, as_of_us, out, timeout))
+    summary["risk_vetoes"] = risk_vetoes(lines, settings, rules_at_start(settings))
     (out / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
     print(
         f"backtest: {summary['events']['in_file']} events, {summary['customers']} customers, "
@@ -150,6 +162,40 @@ async def _drive(
             **percentiles(latencies),
             "samples": len(latencies),
         },
+    }
+
+
+def risk_vetoes(lines: list[bytes], settings: Settings, rules: RulesConfig) -> dict[str, Any]:
+    """The risk vetoes (``risk_veto:<rule>`` refusals) of the rules over ``lines``, judged as
+    the workers judge them (the same decoding; a line they dead-letter is left out)."""
+    config = state_config(settings)
+    bounds = TimeBounds(settings.event_time_earliest, settings.event_time_max_skew_seconds)
+    now_ms = int(time.time() * 1000)
+    states: dict[str, CustomerState] = {}
+    counts: dict[str, dict[str, int]] = {}
+    for offset, line in enumerate(lines):
+        topic, key, _ = route(line)
+        try:
+            event = decode(
+                RawRecord(topic, 0, offset, key, line), settings.max_event_bytes, bounds, now_ms, settings.currency
+            )
+        except InvalidEvent:
+            continue
+        state = states.setdefault(event.customer_id, CustomerState(event.customer_id))
+        before = state.balance
+        if apply_event(state, event, config) is not Outcome.APPLIED:
+            continue
+        for rule, why in judge(state, event, before, rules, config).suppressed:
+            if why.startswith("risk_veto:"):
+                by_why = counts.setdefault(rule, {})
+                by_why[why] = by_why.get(why, 0) + 1
+    pushes = sum(n for rule, by_why in counts.items() if rule.startswith("push_") for n in by_why.values())
+    return {
+        "what": "pushes and sweep recommendations the risk veto held back, by rule and reason "
+        '(fundflow_alerts_suppressed_total{why=~"risk_veto:.*"}), from the pure rules over the file',
+        "pushes_vetoed": pushes,
+        "sweeps_not_made": sum(counts.get("post_repayment_sweep", {}).values()),
+        "by_rule": {rule: dict(sorted(by_why.items())) for rule, by_why in sorted(counts.items())},
     }
 
 
