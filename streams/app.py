@@ -153,6 +153,7 @@ def faust_app(settings: Settings, bootstrap: str, *, fast_drain: bool = True) ->
     ``fast_drain``: Faust's consumer hands records over without four tasks per record
     (``streams.patches``); off only for the bench's stock-Faust floor (b)."""
     patches.set_fetch_max_wait(settings.fetch_max_wait_ms)
+    patches.time_fetches(telemetry.BROKER_FETCH_COST.observe)
     if fast_drain:
         patches.install_fast_drain()
     return faust.App(

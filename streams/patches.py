@@ -16,6 +16,8 @@ cannot silently undo it (and bring back 1.5 s latencies or per-record tasks).
    argument handed to it as it is.
 8. ``StoppingWorker``: Faust's worker, with mode's signal handlers arming
    ``streams.stopping``'s watchdog, and no start-up spinner.
+9. ``time_fetches``: how long the broker takes to answer a fetch beyond the wait the fetch
+   asked for (aiokafka keeps a fetch's max wait private and times nothing).
 
 ## 1. Fast drain
 Faust hands every record it fetched to the streams through one call per record:
@@ -39,12 +41,15 @@ goes to the original ``wait_first`` unchanged, so a rebalance interrupts it as b
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable, Coroutine, Generator, Sequence
 from typing import Any
 
 import faust
 import hiredis
 import redis.asyncio as aioredis
+from aiokafka.client import AIOKafkaClient
+from aiokafka.protocol.fetch import FetchRequest
 from faust.exceptions import ConsumerNotStarted
 from faust.transport.consumer import Consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -137,6 +142,31 @@ def set_fetch_max_wait(milliseconds: int) -> None:
 
     create.__wrapped__ = original  # type: ignore[attr-defined]
     thread._create_worker_consumer = create  # type: ignore[method-assign]
+
+
+def time_fetches(observe: Callable[[float], None]) -> None:
+    """Calls ``observe`` with each fetch's cost: its round trip, less the max wait it asked
+    for when it came back with no records (a broker may hold an empty fetch that long, and
+    Tansu holds every one). What remains is the broker's own work plus the network: near
+    zero on Apache Kafka, and on the embedded broker the listing of every batch it stores,
+    which grows until fetches stop returning (docs/demo.md, "The embedded broker's fetch
+    cost grows with the batches it stores"). Wraps aiokafka's one ``AIOKafkaClient.send``
+    (the fetcher's and everyone else's requests; only fetches are timed), once."""
+    original = getattr(AIOKafkaClient.send, "__wrapped__", None) or AIOKafkaClient.send
+
+    async def send(self: Any, node_id: Any, request: Any, **kwargs: Any) -> Any:
+        if not isinstance(request, FetchRequest):
+            return await original(self, node_id, request, **kwargs)
+        started = time.monotonic()
+        response = await original(self, node_id, request, **kwargs)
+        cost = time.monotonic() - started
+        if not any(part[-1] for _, parts in response.topics for part in parts):
+            cost -= request._max_wait_ms / 1000
+        observe(max(cost, 0.0))
+        return response
+
+    send.__wrapped__ = original  # type: ignore[attr-defined]
+    AIOKafkaClient.send = send
 
 
 def committed_offset(consumer: Any, tp: Any) -> int | None:

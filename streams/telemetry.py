@@ -47,6 +47,11 @@ REDIS_SECONDS = Histogram(
     ["operation"],
     buckets=LATENCY_BUCKETS_S,
 )
+BROKER_FETCH_COST = Histogram(
+    "fundflow_broker_fetch_cost_seconds",
+    "A fetch's round trip to the broker, less the max wait it asked for when it returned no records",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
 REDIS_ERRORS = Counter("fundflow_redis_errors_total", "Redis errors by operation", ["operation"])
 PARTITION_STALLED = Gauge(
     "fundflow_partition_stalled",

@@ -19,6 +19,10 @@ from typing import Any
 import faust
 import pytest
 from aiokafka import AIOKafkaConsumer
+from aiokafka.client import AIOKafkaClient
+from aiokafka.consumer.fetcher import Fetcher
+from aiokafka.protocol import fetch as aiokafka_fetch
+from aiokafka.protocol.fetch import FetchRequest, FetchResponse_v4
 from faust.transport.conductor import ConductorCompiler
 from faust.transport.consumer import Consumer
 from faust.types import TP
@@ -359,3 +363,41 @@ def test_redis_py_still_packs_through_the_method_the_hiredis_packing_overrides()
         pool = connect(url).connection_pool
         assert issubclass(pool.connection_class, patches.HiredisPacking), url
         assert isinstance(pool.make_connection(), patches.HiredisPacking), url
+
+
+async def test_a_fetch_is_timed_less_the_wait_it_asked_for_when_it_came_back_empty(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fetcher sends its fetches through ``AIOKafkaClient.send`` and a ``FetchRequest``
+    keeps its max wait in ``_max_wait_ms``; a partition's records are the last field of its
+    response tuple. An aiokafka that moves any of these must fail here, not leave the
+    broker's fetch cost (and its alert) silently at zero."""
+    assert "await self._client.send(node_id, request)" in inspect.getsource(Fetcher._proc_fetch_request)
+    assert FetchRequest(250, 1, 1, 0, [])._max_wait_ms == 250
+    for version in range(4, 12):  # the versions this aiokafka speaks above v3: records last
+        schema = getattr(aiokafka_fetch, f"FetchResponse_v{version}").SCHEMA
+        topics = schema.fields[schema.names.index("topics")].array_of
+        partitions = topics.fields[topics.names.index("partitions")].array_of
+        assert partitions.names[-1] == "message_set", version
+
+    def response(records: bytes | None) -> Any:
+        return FetchResponse_v4(0, [("t", [(0, 0, 10, 10, [], records)])])
+
+    answers = iter([response(None), response(b"batch"), response(None)])
+
+    async def send(self: Any, node_id: Any, request: Any, **kwargs: Any) -> Any:
+        if isinstance(request, FetchRequest):
+            await asyncio.sleep(0.06)
+        return next(answers)
+
+    monkeypatch.setattr(AIOKafkaClient, "send", send)
+    costs: list[float] = []
+    patches.time_fetches(costs.append)
+    client = AIOKafkaClient.__new__(AIOKafkaClient)
+    await client.send(0, FetchRequest(50, 1, 1, 0, []))  # empty after its 50 ms wait: ~10 ms its own
+    await client.send(0, FetchRequest(50, 1, 1, 0, []))  # records: all of its 60 ms is cost
+    await client.send(0, object())  # not a fetch: not timed
+    assert len(costs) == 2
+    assert costs[0] < 0.04 <= 0.055 <= costs[1]
+    patches.time_fetches(costs.append)  # idempotent: wraps the original once, not the wrapper
+    assert AIOKafkaClient.send.__wrapped__ is send
