@@ -26,6 +26,11 @@ from streams import patches
 from streams.errors import ConfigError
 from streams.settings import Settings
 
+# Connections one process keeps to one Redis. Beyond them a command waits for a free one (up
+# to the socket timeout) instead of failing: redis-py's default pool refuses the 101st
+# concurrent command outright, which turned a burst of 200 comments into 503s.
+REDIS_CONNECTIONS = 100
+
 
 def kafka_client_kwargs(settings: Settings) -> dict[str, Any]:
     """TLS/SASL keyword arguments for aiokafka clients, from ``FUNDFLOW_KAFKA_*``."""
@@ -101,8 +106,15 @@ def connect(url: str, cluster: bool = False) -> aioredis.Redis:
             aioredis.Redis,
             RedisCluster.from_url(url, decode_responses=False, socket_timeout=5, socket_connect_timeout=5),
         )
-    client = aioredis.Redis.from_url(
-        url, decode_responses=False, socket_timeout=5, socket_connect_timeout=5, health_check_interval=10
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=REDIS_CONNECTIONS,
+        timeout=5,
+        decode_responses=False,
+        socket_timeout=5,
+        socket_connect_timeout=5,
+        health_check_interval=10,
     )
+    client = aioredis.Redis.from_pool(pool)
     patches.pack_commands_in_c(client)
     return client

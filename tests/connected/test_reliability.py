@@ -127,6 +127,27 @@ def test_kill_9_mid_stream_and_restart(
     scenario.assert_board(undisturbed_board)
 
 
+def test_a_killed_workers_changelogs_are_folded_by_the_new_owner_with_no_new_event(
+    scenario: Scenario, workload: list[bytes], undisturbed: tuple[bytes, dict[str, bytes]]
+) -> None:
+    """A worker killed with customers' changelogs in Redis (it would fold them only after an
+    hour) leaves them to the worker that takes its partitions over, which folds them once
+    they are quiet, although no event for those customers ever comes again (issue 30)."""
+    asyncio.run(scenario.produce(workload))
+    first = scenario.run.start_worker(FUNDFLOW_FOLD_AFTER_SECONDS="3600")
+    asyncio.run(scenario.run.wait_caught_up(len(workload), 120))
+    left = scenario.changelogs()
+    assert left > 0
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    heir = scenario.run.start_worker(FUNDFLOW_FOLD_AFTER_SECONDS="2")
+    deadline = time.monotonic() + 60
+    while scenario.changelogs() > 0:
+        assert heir.poll() is None and time.monotonic() < deadline, f"{scenario.changelogs()} of {left} logs left"
+        time.sleep(0.5)
+    assert_same_outcome(scenario.finish(workload), undisturbed, exact_once=False)
+
+
 def test_crash_between_state_write_and_offset_commit(
     scenario: Scenario,
     workload: list[bytes],

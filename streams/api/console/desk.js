@@ -152,7 +152,7 @@ function older(kind, id, page, item) {
     try {
       const d = await api(`/cases/${id}?${kind}_before=${page.before}`);
       if (state.current !== id) return;
-      more.remove();
+      more.parentElement.remove();
       list.prepend(...(kind === "audit" ? d.audit : d.comments).map(item));
       older(kind, id, kind === "audit" ? d.audit_page : d.comments_page, item);
     } catch (err) { notify(err.message); }
