@@ -19,7 +19,13 @@ Guarantees:
 - no credential in a log line or dead letter: receivers are named by
   ``safe_url`` and error texts are redacted (``alerts.webhook.redact``);
 - start-up refuses an empty secret or a receiver URL without a host
-  (``relay_secret``).
+  (``relay_secret``);
+- consent and routes at delivery (``contact.gate``): every push (``fundflow.marketing.v1``)
+  is judged before it is POSTed, by the customer's live tier, consent and complaints as
+  Redis holds them now. A push held (opted out, a complaint, routed to a relationship
+  manager) is POSTed to no receiver, recorded once with why (``{p}:{contact}:held``, the
+  API's ``GET /contact/held``) and counted in ``fundflow_pushes_held_total``; a push that
+  goes carries the route's ``channel``, its ``route`` and the live ``tier`` (docs/contact.md).
 
 What can go wrong: Redis down -> the batch waits and retries with FundFlow's outage
 policy, as the worker does (``streams.retry.outage_policy``; deliveries are not made
@@ -36,7 +42,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 from urllib.parse import urlsplit
 
@@ -47,6 +53,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.exceptions import RedisError
 
 from alerts.webhook import Delivery, WebhookPolicy, WebhookSender
+from contact.gate import Decision, Gate, is_push, rule_label
+from contact.routes import ContactConfigError, load_contact
+from contact.store import ContactStore
 from streams import telemetry
 from streams.clients import connect, kafka_client_kwargs
 from streams.deadletter import RawRecord, dead_letter, raw_records
@@ -73,6 +82,7 @@ class RelayReport:
     records: int = 0
     delivered: int = 0
     duplicates: int = 0
+    held: int = 0  # pushes held at delivery (contact.gate)
     dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)  # (key, DeadLetter JSON)
 
 
@@ -93,6 +103,7 @@ class Relay:
         settings: Settings,
         *,
         stop: Stop = None,
+        gate: Gate | None = None,
     ) -> None:
         if not senders:
             raise ValueError("no webhook receivers configured")
@@ -103,6 +114,7 @@ class Relay:
         self.limit = asyncio.Semaphore(settings.webhook_concurrency)
         self.policy = outage_policy(settings)  # Redis down: as the worker waits it out
         self.stop = stop
+        self.gate = gate
         # Every outcome exists from the start at 0: Prometheus sees no increase in a series
         # whose first sample is already 1, so the first undeliverable finding would go unseen.
         for outcome in DELIVERY_OUTCOMES:
@@ -114,6 +126,7 @@ class Relay:
     async def handle(self, records: Sequence[RawRecord]) -> RelayReport:
         report = RelayReport(records=len(records))
         jobs: list[tuple[RawRecord, str, WebhookSender]] = []
+        pushes: list[tuple[RawRecord, str, dict[str, object]]] = []
         for record in records:
             finding_id = _finding_id(record.value)
             if finding_id is None:
@@ -122,7 +135,14 @@ class Relay:
                 telemetry.WEBHOOK_DELIVERIES.labels("bad_record").inc()
                 telemetry.DEAD_LETTERS.labels(BAD_FINDING).inc()
                 continue
+            if self.gate is not None and record.topic == MARKETING:
+                payload = orjson.loads(record.value or b"")
+                if is_push(payload):
+                    pushes.append((record, finding_id, payload))
+                    continue
             jobs.extend((record, finding_id, sender) for sender in self.senders)
+        if pushes:
+            jobs += await self._judge(pushes, report)
         if jobs:
             seen = await self._retrying(self._seen, [self._key(s, fid) for _, fid, s in jobs])
             pending = []
@@ -146,6 +166,40 @@ class Relay:
             if delivered:
                 await self._retrying(self._remember, delivered)
         return report
+
+    async def _judge(
+        self, pushes: list[tuple[RawRecord, str, dict[str, object]]], report: RelayReport
+    ) -> list[tuple[RawRecord, str, WebhookSender]]:
+        """The deliveries of the pushes the gate lets go (their body as the gateway gets it); the
+        others recorded as held and counted, once per push."""
+        gate = self.gate
+        assert gate is not None
+        decisions: list[Decision] = await self._retrying(lambda _: gate.judge([p for *_, p in pushes]), [], "contact")
+        jobs: list[tuple[RawRecord, str, WebhookSender]] = []
+        held: list[tuple[dict[str, object], Decision]] = []
+        for (record, finding_id, payload), decision in zip(pushes, decisions, strict=True):
+            if decision.held is None:
+                sent = replace(record, value=orjson.dumps(decision.delivered_body(payload)))
+                jobs.extend((sent, finding_id, sender) for sender in self.senders)
+            else:
+                held.append((payload, decision))
+        if held:  # a push every receiver already took (delivered before consent changed) stays delivered
+            marks = [self._key(sender, str(payload["id"])) for payload, _ in held for sender in self.senders]
+            seen = await self._retrying(self._seen, marks)
+            width = len(self.senders)
+            taken = [all(seen[i * width : (i + 1) * width]) for i in range(len(held))]
+            for done in taken:
+                if done:
+                    report.duplicates += width
+                    telemetry.WEBHOOK_DELIVERIES.labels("duplicate").inc(width)
+            held = [h for h, t in zip(held, taken, strict=True) if not t]
+        if held:
+            first = await self._retrying(lambda _: gate.hold(held), [], "contact")
+            for (payload, decision), new in zip(held, first, strict=True):
+                report.held += 1
+                if new:
+                    telemetry.PUSHES_HELD.labels(rule_label(payload), decision.held).inc()
+        return jobs
 
     async def _deliver(self, record: RawRecord, finding_id: str, sender: WebhookSender) -> Delivery:
         assert record.value is not None
@@ -174,9 +228,11 @@ class Relay:
                 pipe.set(key, b"1", ex=self.ttl)
             await pipe.execute()
 
-    async def _retrying(self, operation: Callable[[list[str]], Awaitable[T]], keys: list[str]) -> T:
+    async def _retrying(
+        self, operation: Callable[[list[str]], Awaitable[T]], keys: list[str], what: str = "webhook_dedupe"
+    ) -> T:
         def failed(attempt: int, delay: float, exc: Exception) -> None:
-            telemetry.REDIS_ERRORS.labels("webhook_dedupe").inc()
+            telemetry.REDIS_ERRORS.labels(what).inc()
             log.warning("Redis failed (%s); retrying in %.2fs", exc, delay)
 
         return await retry(
@@ -268,6 +324,10 @@ async def run_relay(
 
     stop = stop or asyncio.Event()
     secret = relay_secret(settings, urls)
+    try:
+        table = load_contact(settings.contact_file)
+    except ContactConfigError as exc:
+        raise ConfigError(str(exc)) from None
     redis = connect(redis_url, settings.redis_cluster)
     consumer = AIOKafkaConsumer(
         *topics,
@@ -284,7 +344,10 @@ async def run_relay(
     async with aiohttp.ClientSession() as session:
         policy = webhook_policy(settings)
         senders = [WebhookSender(session, url, secret, policy, stop=stop) for url in urls]
-        relay = Relay(senders, redis, Keys(settings.key_prefix), settings, stop=stop)
+        keys = Keys(settings.key_prefix)
+        contact = ContactStore(redis, keys, settings.contact_buckets, settings.redis_cluster)
+        gate = Gate(contact, table)
+        relay = Relay(senders, redis, keys, settings, stop=stop, gate=gate)
         await producer.start()
         await consumer.start()
         try:

@@ -37,6 +37,10 @@ CASE_TYPES = ("alert", "recommendation")
 CATEGORIES = ("collection", "repayment", "outflow_risk", "sweep", "ledger")
 SEVERITIES = ("info", "low", "medium", "high")
 TIERS = ("I", "II", "III", "IV")
+# Who works a case: analysts (the desk's default), or the customer's relationship manager (a
+# collection opportunity or sweep the contact table routes to ``rm`` for the live tier:
+# docs/contact.md).
+QUEUES = ("analyst", "rm")
 OUTCOMES: dict[str, tuple[str, ...]] = {
     "outflow_risk": ("confirmed_outflow", "retained_after_contact", "false_positive", "not_actionable", "other"),
     "collection": ("funds_retained", "funds_left", "false_positive", "other"),
@@ -149,6 +153,7 @@ class Case:
     version: int
     retracted: int = 0  # its findings the monitor took back (retractions)
     history: bool = False  # every finding in it is history (before the go-live), taken in on request
+    queue: str = "analyst"  # QUEUES: rm once a finding in it was routed to a relationship manager
 
     @property
     def slot(self) -> str:

@@ -57,6 +57,8 @@ from cases.model import (
     index,
     priority,
 )
+from contact.routes import ContactConfig
+from contact.store import live_tiers
 from streams import telemetry
 from streams.storage.keys import Keys
 
@@ -76,9 +78,10 @@ RETRACTED_LUA = f"local RETRACTED = '{RETRACTED}'\n"
 # Opens or joins a case for each finding not taken before, takes back the findings that
 # retractions name (closing or annotating their cases: ``cases.model.on_retraction``), and
 # moves the feed cursor forward. KEYS: open slots, by-finding, sequence, cursor, rules,
-# retracted. ARGV: base, now, cursor ('' = keep), then per finding 12 values: id, type,
+# retracted. ARGV: base, now, cursor ('' = keep), then per finding 13 values: id, type,
 # customer, category, rule, severity, rank, tier, priority, JSON, the id it retracts ('' =
-# none: a finding), history ('1' | ''). Returns {opened, joined, closed, annotated, unmatched}.
+# none: a finding), history ('1' | ''), queue (analyst | rm: a case routed to the RM stays there).
+# Returns {opened, joined, closed, annotated, unmatched}.
 INTAKE_LUA = RETRACTED_LUA + _lua("intake.lua")
 
 # The 看板's case counts in one read (a consistent snapshot; writes nothing).
@@ -166,6 +169,7 @@ def case_from_hash(raw: Mapping[bytes, bytes]) -> Case:
         version=int(text["v"]),
         retracted=int(text.get("retracted") or 0),
         history=bool(text.get("history")),
+        queue=text.get("queue") or "analyst",
     )
 
 
@@ -176,7 +180,7 @@ def _median_seconds(low: bytes, high: bytes) -> float | None:
     return (int(low) / 1000 + int(high) / 1000) / 2
 
 
-INDEXED = ("customer", "assignee", "rule", "status", "category", "severity", "tier", "type")
+INDEXED = ("customer", "assignee", "rule", "status", "category", "severity", "tier", "type", "queue")
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +193,7 @@ class CaseFilter:
     customer: str | None = None
     severity: str | None = None
     tier: str | None = None
+    queue: str | None = None
     min_age_ms: int | None = None
     max_age_ms: int | None = None
 
@@ -248,7 +253,10 @@ class Page:
 
 class CaseStore:
     """``from_history``: the intake also opens cases for history findings (before the go-live,
-    ``"history": true``; setting ``cases_from_history``), marked as history; else they open none."""
+    ``"history": true``; setting ``cases_from_history``), marked as history; else they open none.
+    ``contact``: the contact table; the intake reads the live tiers of a batch's customers, stamps
+    each case with its customer's live tier (the finding's own, null from the worker, when the
+    tiers do not know them) and files a finding the table routes to ``rm`` in the ``rm`` queue."""
 
     def __init__(
         self,
@@ -257,8 +265,10 @@ class CaseStore:
         clock_ms: Callable[[], int] | None = None,
         from_history: bool = False,
         max_comments: int = MAX_COMMENTS,
+        contact: ContactConfig | None = None,
     ) -> None:
         self.redis = client
+        self.contact = contact or ContactConfig()
         self.max_comments = max_comments
         self.keys = keys
         self.from_history = from_history
@@ -287,6 +297,9 @@ class CaseStore:
         of a finding) taken before is skipped; a retraction never opens a case; a history finding
         opens none unless ``from_history``."""
         args: list[str | int] = [self.base, self.clock_ms(), cursor]
+        customers = sorted({f["customer_id"] for f in findings if f.get("type") in CASE_TYPES
+                            and isinstance(f.get("customer_id"), str) and f.get("retracts") is None})  # fmt: skip
+        live = await live_tiers(self.redis, self.keys, customers)
         for f in findings:
             kind, severity, tier, retracts = f.get("type"), str(f.get("severity")), f.get("tier"), f.get("retracts")
             if kind not in CASE_TYPES or not f.get("id") or not f.get("customer_id"):
@@ -297,10 +310,11 @@ class CaseStore:
             if history and retracts is None and not self.from_history:
                 continue
             rank = SEVERITIES.index(severity) if severity in SEVERITIES else 0
-            tier_text = tier if isinstance(tier, str) else ""
+            tier_text = live.get(f["customer_id"]) or (tier if isinstance(tier, str) else "")
+            queue = "rm" if self.contact.route(tier_text or None, str(f.get("category", ""))) == "rm" else "analyst"
             args += (f["id"], kind, f["customer_id"], f.get("category", ""), f.get("rule", ""), severity, rank)
             args += (tier_text, priority(severity, tier_text or None), orjson.dumps(f).decode())
-            args += (retracts or "", "1" if history else "")
+            args += (retracts or "", "1" if history else "", queue)
         keys = [self.key("open"), self.key("by_finding"), self.key("seq"), self.key("cursor"), self.key("rules")]
         keys.append(self.key("retracted"))
         taken = Taken(*(int(n) for n in cast(list[int], await self._intake(keys=keys, args=args))))

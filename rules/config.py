@@ -43,6 +43,14 @@ RULE_NAMES = frozenset(
     }
 )
 PUSH_SOURCES = frozenset({"collection", "sweep"})  # the findings a push follows: ``marketing.campaigns`` keys
+OPT_OUT_MOVED = (
+    "consent moved out of the rules file: run `fundflow consent import --from-rules FILE --by NAME` once, "
+    "then delete the list (docs/contact.md)"
+)
+ESCALATE_TIERS_REMOVED = (
+    "removed: high-value customers are routed at delivery by the contact table "
+    "(FUNDFLOW_CONTACT_FILE, deploy/contact.yaml; docs/contact.md): delete the key"
+)
 _STRICT = "strict"  # validation context: a file being read (stored rules are not checked again)
 
 
@@ -142,7 +150,14 @@ class LedgerRule(_Rule):
 class SweepRule(_Rule):
     """智能还贷 + 自动归集: after a loan repayment, sweep idle money to a better product."""
 
-    buffer_months_of_outflow: Amount = Decimal(1)  # keep this many months of typical outflow
+    # What the customer's history says is idle (docs/findings.md, "The sweep's buffer"): at
+    # most ``idle_floor_share`` of their lowest balance of the last ``buffer_history_days``, and
+    # the balance less ``buffer_months_of_outflow`` × their largest outflow of any 30 of those
+    # days; the next instalments reserved from both. Defaults chosen by ``fundflow tune`` on
+    # Berka for at most 5% of sweeps short within 30 days (docs/rules-evaluation.md).
+    buffer_months_of_outflow: Amount = Decimal("0.5")
+    idle_floor_share: Share | None = Decimal("0.7")  # null: no floor (the balance less the buffer, as before)
+    buffer_history_days: int = Field(default=90, ge=30, le=90)  # the state keeps 90 days of transactions
     min_amount: Amount = Decimal(10_000)
     round_to: Amount = Decimal(100)
     product: str = "money_market_fund"
@@ -154,8 +169,9 @@ class SweepRule(_Rule):
 
 
 class MarketingConfig(BaseModel):
-    """Push triggers: hard frequency caps, quiet hours (bank's zone), opt-outs, one per campaign,
-    and the risk veto."""
+    """Push triggers: hard frequency caps, quiet hours (bank's zone), one per campaign, and the
+    risk veto. Consent and complaints are not here: they are wall-clock facts about a person,
+    applied at delivery (docs/contact.md)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -164,6 +180,8 @@ class MarketingConfig(BaseModel):
     per_week: int = Field(default=2, ge=0, le=500)
     quiet_start: dt.time = dt.time(21, 0)
     quiet_end: dt.time = dt.time(8, 0)
+    # Moved to delivery (docs/contact.md): a file with a non-empty list is refused (``_no_opt_out``);
+    # the field stays so rules stored by earlier versions (changelog replays) still load.
     opt_out: frozenset[str] = frozenset()
     # No push while the customer had an outflow-risk or repayment finding this many days before
     # it (event time), or has an overdue instalment unpaid (rules.engine: the risk veto).
@@ -173,6 +191,13 @@ class MarketingConfig(BaseModel):
     campaigns: dict[PushSource, str] = Field(
         default_factory=lambda: {"sweep": "sweep-after-repayment", "collection": "deposit-collection"}
     )
+
+    @field_validator("opt_out")
+    @classmethod
+    def _no_opt_out(cls, value: frozenset[str], info: ValidationInfo) -> frozenset[str]:
+        if _strict(info) and value:
+            raise ValueError(OPT_OUT_MOVED)
+        return value
 
 
 class RulesConfig(BaseModel):
@@ -190,11 +215,20 @@ class RulesConfig(BaseModel):
     # due dates judged against them (docs/findings.md); later, its due date's checks are
     # suppressed (late_loan). At most 75 days: the checks read transactions of the 90 kept days.
     loan_lateness_days: int = Field(default=60, ge=0, le=75)
-    escalate_tiers: frozenset[Literal["I", "II", "III", "IV"]] = frozenset({"I"})  # severity one step up
+    # Removed (refused in a file: ``_no_escalate_tiers``): the worker never has a tier; routing by
+    # live tier at delivery replaced it. Kept so rules stored by earlier versions still load.
+    escalate_tiers: frozenset[Literal["I", "II", "III", "IV"]] = frozenset()
     # Rules that fire nothing (by finding name, e.g. churn_drift); their conditions are still
     # tracked, so enabling one later starts from the right edge state.
     # churn_drift: never preceded a drain on Berka (lift 0 at every threshold; docs/rules-evaluation.md).
     disabled: frozenset[RuleName] = frozenset({"churn_drift"})
+
+    @field_validator("escalate_tiers")
+    @classmethod
+    def _no_escalate_tiers(cls, value: frozenset[str], info: ValidationInfo) -> frozenset[str]:
+        if _strict(info):
+            raise ValueError(ESCALATE_TIERS_REMOVED)
+        return value
 
     @field_validator("version")
     @classmethod

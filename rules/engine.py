@@ -27,7 +27,10 @@ can never fire twice.
   customer's events, the rules and the lateness bounds only. Transaction rules
   read transactions alone (one topic, one order); due dates are judged at fixed
   event-time check points once the transactions have passed them, whichever
-  topic came first; the sweep reserves the instalments the transactions show.
+  topic came first; the sweep reserves the instalments the transactions show and moves only
+  what the customer's own 90 days say is idle (docs/findings.md, "The sweep's buffer").
+* Messages write numbers for people (``rules.fmt``: ``189%``, ``1,234.50``); evidence keeps
+  the machine-readable strings.
 
 Cost: most checks are O(1) gates on the event; the ones that need windows
 walk only the kept events of that window (bounded by the window, never by
@@ -46,7 +49,8 @@ from decimal import ROUND_DOWN, Decimal, localcontext
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from rules.config import SEVERITIES, MarketingConfig, RulesConfig, Severity
+from rules import fmt
+from rules.config import MarketingConfig, RulesConfig, Severity
 from rules.events import LoanEvent, TransactionEvent
 from rules.money import money, rounded, to_cent
 from rules.state import (
@@ -124,12 +128,6 @@ def ratio(value: Decimal) -> str:
     return str(rounded(value, 4))
 
 
-def _bump(severity: Severity, tier: str | None, config: RulesConfig) -> Severity:
-    if tier is not None and tier in config.escalate_tiers:
-        return SEVERITIES[min(SEVERITIES.index(severity) + 1, len(SEVERITIES) - 1)]
-    return severity
-
-
 class _Judge:
     """One event's evaluation; collects findings and refusals."""
 
@@ -161,6 +159,10 @@ class _Judge:
         # topic in no fixed order with the transactions, so they must not move it).
         newest = state.last_txn_us if isinstance(event, TransactionEvent) else state.last_us
         self.newest = max(newest or self.ts, self.ts)
+
+    def cash(self, value: Decimal) -> str:
+        """Money in a message: the deployment currency's minor digits, thousands separated (``rules.fmt``)."""
+        return fmt.amount(value, self.state_config.currency)
 
     # --- memory -----------------------------------------------------------------
     def as_of(self) -> int:
@@ -226,7 +228,7 @@ class _Judge:
             kind=kind,
             rule=rule,
             category=category,
-            severity=_bump(severity, self.tier, self.config),
+            severity=severity,
             customer_id=self.state.customer_id,
             tier=self.tier,
             ts_us=ts_us,
@@ -378,9 +380,8 @@ def _quiet(ts_us: int, zone: ZoneInfo, start: dt.time, end: dt.time) -> bool:
 def push_refusal(
     memory: dict[str, Any], customer_id: str, ts_us: int, campaign: str, marketing: MarketingConfig, zone: ZoneInfo
 ) -> str | None:
-    """Why a push at ``ts_us`` may not go out, or None. Caps count pushes by local day and ISO week."""
-    if customer_id in marketing.opt_out:
-        return "opt_out"
+    """Why a push at ``ts_us`` may not go out, or None. Caps count pushes by local day and ISO week.
+    Consent and complaints are not the worker's: they apply at delivery (contact.gate)."""
     if _quiet(ts_us, zone, marketing.quiet_start, marketing.quiet_end):
         return "quiet_hours"
     if campaign in memory.get("campaigns", ()):
@@ -637,8 +638,8 @@ def _collection(j: _Judge, event: TransactionEvent) -> None:
             "max_retention_days": str(rule.max_retention_days),
             "balance": money(j.state.balance),
         },
-        f"资金归集机会: 大额入账 {money(event.amount)}, 该客户资金通常很快流出 — "
-        f"large credit of {money(event.amount)} at a customer whose money usually leaves; contact now",
+        f"资金归集机会: 大额入账 {j.cash(event.amount)}, 该客户资金通常很快流出 — "
+        f"large credit of {j.cash(event.amount)} at a customer whose money usually leaves; contact now",
     )
     if finding is not None:
         j.push(finding, "collection")
@@ -670,7 +671,7 @@ def _outflow(j: _Judge, event: TransactionEvent, balance_before: Decimal) -> Non
                 "large_external_share": str(rule.large_external_share),
                 "counterparty_bank": event.counterparty_bank,
             },
-            f"大额他行流出 {money(amount)} — large external outflow of {money(amount)} "
+            f"大额他行流出 {j.cash(amount)} — large external outflow of {j.cash(amount)} "
             f"to {event.counterparty_bank or 'another bank'}",
         )
     if event.external:
@@ -714,8 +715,9 @@ def _fast_in_fast_out(j: _Judge, amount: Decimal) -> None:
             "threshold_share": str(rule.fast_out_share),
             "hours": rule.fast_out_hours,
         },
-        f"快进快出: {money(credits)} 入账后 {rule.fast_out_hours:g} 小时内 {money(external_out)} 转出他行 — "
-        f"fast in, fast out: {ratio(external_out / credits)} of recent credits left within {rule.fast_out_hours:g} h",
+        f"快进快出: {j.cash(credits)} 入账后 {rule.fast_out_hours:g} 小时内 {j.cash(external_out)} "
+        f"({fmt.percent(external_out / credits)}) 转出他行 — fast in, fast out: "
+        f"{fmt.percent(external_out / credits)} of recent credits left within {rule.fast_out_hours:g} h",
     )
 
 
@@ -741,8 +743,9 @@ def _drawdown(j: _Judge) -> None:
                 "highest_end_of_day_last_days": money(recent_high),
                 "within_days": rule.drawdown_within_days,
             },
-            f"余额骤降至 {money(j.state.balance)}, 低于30日均余额 {money(average)} 的 {rule.drawdown_fraction} — "
-            f"balance fell below {rule.drawdown_fraction} of its 30-day average "
+            f"余额骤降至 {j.cash(j.state.balance)}, 低于30日均余额 {j.cash(average)} 的 "
+            f"{fmt.percent(rule.drawdown_fraction)} — balance fell to {j.cash(j.state.balance)}, below "
+            f"{fmt.percent(rule.drawdown_fraction)} of its 30-day average {j.cash(average)} "
             f"within {rule.drawdown_within_days} days",
         )
 
@@ -769,19 +772,91 @@ def _churn(j: _Judge) -> None:
                 "churn_share": str(rule.churn_share),
                 "churn_rise": str(rule.churn_rise),
             },
-            f"资金分散外流: 他行流出占比升至 {ratio(share)}, 涉及 {banks} 家他行 — money is drifting to other banks",
+            f"资金分散外流: 他行流出占比升至 {fmt.percent(share)}, 涉及 {banks} 家他行 — money is drifting to "
+            f"other banks: {fmt.percent(share)} of the outflow, {banks} banks",
         )
+
+
+def spending(state: CustomerState, since_us: int, until_us: int) -> list[tuple[int, Decimal]]:
+    """(time, amount) of every outflow after ``since_us`` up to ``until_us``, oldest first: the
+    debits that are flows, loan repayments left out (the sweep reserves those apart)."""
+    found = [
+        (record.ts_us, -record.amount)
+        for record in _recent(state, since_us)
+        if not record.flags & (CREDIT | LOAN_REPAYMENT) and record.ts_us <= until_us
+    ]
+    return found[::-1]
+
+
+def largest_outflow(debits: list[tuple[int, Decimal]], window_us: int) -> Decimal:
+    """The most that left in any ``window_us`` of ``debits`` (oldest first): the customer's
+    worst month of the history given, in one pass of a sliding window."""
+    largest = total = ZERO
+    start = 0
+    for ts, amount in debits:
+        total += amount
+        while debits[start][0] <= ts - window_us:
+            total -= debits[start][1]
+            start += 1
+        largest = max(largest, total)
+    return largest
+
+
+def lowest_balance(state: CustomerState, since_us: int) -> Decimal:
+    """The lowest balance the account had after ``since_us``: now, after each kept transaction
+    since then, and at ``since_us`` itself, but never before the customer's first transaction
+    (there was no account to hold a balance of 0 then)."""
+    balance = lowest = state.balance
+    records = state.events
+    for i in range(len(records) - 1, -1, -1):
+        if records[i].ts_us <= since_us:
+            break
+        balance -= records[i].amount  # the balance before this record
+        if i or records[0].ts_us != state.first_us:  # (before the customer's first: no account yet)
+            lowest = min(lowest, balance)
+    return lowest
+
+
+def expected_redemption(state: CustomerState, since_us: int, until_us: int, kept: Decimal, amount: Decimal) -> Decimal:
+    """What a sweep of ``amount`` that leaves ``kept`` in the account can expect to be redeemed
+    within 30 days, from the customer's own months: for each day of the history that has 30
+    days after it up to ``until_us``, how far their own money (every flow but loan repayments)
+    fell below where it stood that day within the next 30 days, beyond ``kept`` (at most
+    ``amount``); the mean over those days (a ``Decimal``; the caller rounds it to the cent).
+    Days × kept flows: it runs only for a sweep about to be recommended."""
+    flows = [r for r in _recent(state, since_us) if not r.flags & LOAN_REPAYMENT and r.ts_us <= until_us]
+    points: list[tuple[int, Decimal]] = []
+    level = ZERO
+    for record in reversed(flows):
+        level += record.amount
+        points.append((record.ts_us, level))
+    starts = range(since_us, until_us - 30 * US_PER_DAY + 1, US_PER_DAY)
+    if not starts:
+        return ZERO
+    total = ZERO
+    for start in starts:
+        before = [value for ts, value in points if ts <= start]
+        at = before[-1] if before else ZERO
+        low = min((value for ts, value in points if start < ts <= start + 30 * US_PER_DAY), default=at)
+        total += min(amount, max(at - low - kept, ZERO))
+    return total / len(starts)
 
 
 def _sweep(j: _Judge, event: TransactionEvent) -> None:
     rule = j.config.sweep
     if not rule.enabled:
         return
-    outflow = ZERO
-    for record in _recent(j.state, j.ts - 30 * US_PER_DAY):
-        if not record.flags & CREDIT and not record.flags & LOAN_REPAYMENT:
-            outflow -= record.amount
-    buffer = outflow * rule.buffer_months_of_outflow
+    # What the customer's history says (docs/findings.md, "The sweep's buffer"): the money that
+    # stayed through the last ``buffer_history_days`` (their lowest balance: some of it, the
+    # history is short), less a share of their worst month's outflow (a salary month, a yearly
+    # bill, a purchase that recurs), less the next instalments.
+    since = j.ts - rule.buffer_history_days * US_PER_DAY
+    debits = spending(j.state, since, j.ts)
+    recent = j.ts - 30 * US_PER_DAY
+    outflow = sum((amount for ts, amount in debits if ts > recent), ZERO)
+    worst_month = largest_outflow(debits, 30 * US_PER_DAY)
+    buffer = worst_month * rule.buffer_months_of_outflow
+    lowest = lowest_balance(j.state, since)
     # The next instalments are the ones just paid: every loan repayment of the last 28 days
     # (this one included) recurs within the month. Taken from the transactions alone, so the
     # reservation never depends on whether the loan system's report of the loan arrived
@@ -792,7 +867,10 @@ def _sweep(j: _Judge, event: TransactionEvent) -> None:
         if record.flags & LOAN_REPAYMENT and not record.flags & CREDIT and record.ts_us <= j.ts:
             next_instalments -= record.amount
             paid += 1
-    idle = j.state.balance - buffer - next_instalments
+    idle = j.state.balance - buffer
+    if rule.idle_floor_share is not None:
+        idle = min(idle, lowest * rule.idle_floor_share)
+    idle -= next_instalments
     amount = (idle / rule.round_to).to_integral_value(rounding=ROUND_DOWN) * rule.round_to
     if amount < rule.min_amount:
         return
@@ -801,7 +879,13 @@ def _sweep(j: _Judge, event: TransactionEvent) -> None:
         # repayment may be the one that catches up; the next one will tell)
         j.out.suppressed.append(("post_repayment_sweep", "risk_veto:repayment_overdue"))
         return
-    gain = to_cent(amount * (rule.product_rate - rule.deposit_rate))
+    # The gain quoted honestly: the customer's own months say how much of the sweep they would
+    # have taken back within 30 days, on average; that part earns nothing (counted as redeemed
+    # at once: the figure errs low, never high).
+    redemption = to_cent(expected_redemption(j.state, since, j.ts, j.state.balance - amount, amount))
+    spread = rule.product_rate - rule.deposit_rate
+    yearly = to_cent(amount * spread)
+    gain = to_cent((amount - redemption) * spread * 30 / 365)
     finding = j.emit(
         "post_repayment_sweep",
         "sweep",
@@ -811,20 +895,30 @@ def _sweep(j: _Judge, event: TransactionEvent) -> None:
             "balance": money(j.state.balance),
             "repayment": money(event.amount),
             "typical_outflow_30d": money(outflow),
+            "largest_outflow_30d": money(worst_month),
+            "lowest_balance": money(lowest),
+            "buffer_history_days": rule.buffer_history_days,
+            "idle_floor_share": None if rule.idle_floor_share is None else str(rule.idle_floor_share),
             "safety_buffer": money(buffer),
             "next_instalments_reserved": money(next_instalments),
             "repayments_28d": paid,
             "idle": money(idle),
             "min_amount": money(rule.min_amount),
+            "expected_redemption_30d": money(redemption),
         },
-        f"还款后闲置资金 {money(idle)}: 建议转入{rule.product_name} {money(amount)}, 预计年增收 {money(gain)} — "
-        f"after the repayment, sweep {money(amount)} to {rule.product_name} (+{money(gain)} a year)",
+        f"还款后闲置资金 {j.cash(idle)}: 建议转入{rule.product_name} {j.cash(amount)}, "
+        f"预计30天增收 {j.cash(gain)} (已扣除预计赎回 {j.cash(redemption)}; "
+        f"全年持有 {j.cash(yearly)}) — after the repayment, sweep {j.cash(amount)} "
+        f"to {rule.product_name}: +{j.cash(gain)} expected over 30 days, net of an expected "
+        f"redemption of {j.cash(redemption)} (+{j.cash(yearly)} a year if all of it stays)",
         kind="recommendation",
         extra={
             "amount": money(amount),
             "product": rule.product,
             "product_rate": str(rule.product_rate),
-            "expected_yearly_gain": money(gain),
+            "deposit_rate": str(rule.deposit_rate),
+            "expected_yearly_gain": money(yearly),
+            "expected_gain_30d": money(gain),
         },
     )
     if finding is not None:
@@ -849,7 +943,8 @@ def _ledger(j: _Judge) -> None:
                 "ledger_drift": money(drift),
                 "tolerance": money(rule.tolerance),
             },
-            f"对账差异 {money(drift)}: 流水余额与核心账务余额不一致 — balance and core ledger differ by {money(drift)}",
+            f"对账差异 {j.cash(drift)}: 流水余额与核心账务余额不一致 — "
+            f"balance and core ledger differ by {j.cash(drift)}",
         )
 
 
@@ -965,7 +1060,7 @@ def _due_short(j: _Judge, entry: dict[str, Any], when: int, check: str) -> bool:
         when,
         "repayment_due_short",
         {"balance": money(balance), "days_left": j.config.repayment.reminder_days if check == REMIND else 0},
-        f"余额 {money(balance)} 不足 — instalment due {{due}}, balance short",
+        f"余额 {j.cash(balance)} 不足 — instalment due {{due}}, balance {j.cash(balance)} short",
     )
     return True
 
@@ -993,11 +1088,12 @@ def _due_finding(
     loan_id = entry["loan"]
     due = dt.date.fromordinal(entry["due"]).isoformat()
     installment = money(Decimal(entry["installment"]))
+    said = j.cash(Decimal(entry["installment"]))
     overdue = rule_name == "repayment_overdue"
     head = (
-        f"逾期风险: 贷款 {loan_id} 应于 {due} 还款 {installment}, "
+        f"逾期风险: 贷款 {loan_id} 应于 {due} 还款 {said}, "
         if overdue
-        else f"还款提醒: 贷款 {loan_id} 将于 {due} 还款 {installment}, "
+        else f"还款提醒: 贷款 {loan_id} 将于 {due} 还款 {said}, "
     )
     return j.emit(
         rule_name,
@@ -1042,7 +1138,7 @@ def _income(j: _Judge) -> None:
                 "months_compared": rule.income_months,
             },
             ("工资/养老金未到账" if missing else "工资/养老金大幅下降")
-            + f" ({last // 12}-{last % 12 + 1:02d}: {money(got)}, 通常 {money(usual)}) — "
+            + f" ({last // 12}-{last % 12 + 1:02d}: {j.cash(got)}, 通常 {j.cash(usual)}) — "
             + ("salary/pension missing" if missing else "salary/pension down sharply")
             + " last month",
         )

@@ -95,6 +95,7 @@ class StateConfig:
     zone: ZoneInfo
     lot_cap: int = 256
     dedup_horizon_days: int = 120
+    currency: str = "CNY"  # the deployment's (FUNDFLOW_CURRENCY): how a finding's message writes money
 
     @property
     def dedup_horizon_us(self) -> int:

@@ -39,7 +39,7 @@ local function retract(rid, fid, rule, reason)
   end
 end
 -- A finding fid not taken before: opens or joins the open case of its slot.
-local function take(fid, kind, cust, cat, rule, sev, rank, tier, prio, body, ts, history)
+local function take(fid, kind, cust, cat, rule, sev, rank, tier, prio, body, ts, history, queue)
   local slot = kind .. '|' .. cust .. '|' .. cat
   local id = redis.call('HGET', KEYS[1], slot)
   local case
@@ -65,6 +65,11 @@ local function take(fid, kind, cust, cat, rule, sev, rank, tier, prio, body, ts,
     end
     redis.call('HSET', case, 'tier', tier, 'updated_at', now, 'last_finding_ts', ts)
     if history == '' then redis.call('HSET', case, 'history', '') end  -- no longer history alone
+    local was = redis.call('HGET', case, 'queue') or 'analyst'
+    if queue == 'rm' and was ~= 'rm' then  -- routed to the RM: it stays with the RM
+      move('queue', was, 'rm', id)
+      redis.call('HSET', case, 'queue', 'rm')
+    end
     audit(case, {at = tonumber(now), actor = 'system', action = 'finding_added', finding_id = fid, rule = rule})
     joined = joined + 1
   else
@@ -74,7 +79,7 @@ local function take(fid, kind, cust, cat, rule, sev, rank, tier, prio, body, ts,
       'rules', cjson.encode({rule}), 'severity', sev, 'severity_rank', rank, 'tier', tier, 'priority', prio,
       'status', 'open', 'assignee', '', 'count', 1, 'opened_at', now, 'updated_at', now,
       'first_action_at', '', 'closed_at', '', 'outcome', '', 'note', '',
-      'first_finding_ts', ts, 'last_finding_ts', ts, 'v', 1, 'retracted', 0, 'history', history)
+      'first_finding_ts', ts, 'last_finding_ts', ts, 'v', 1, 'retracted', 0, 'history', history, 'queue', queue)
     redis.call('HSET', KEYS[1], slot, id)
     index('status', 'open', id)
     index('assignee', '-', id)
@@ -84,6 +89,7 @@ local function take(fid, kind, cust, cat, rule, sev, rank, tier, prio, body, ts,
     index('type', kind, id)
     index('severity', sev, id)
     index('tier', tier, id)
+    index('queue', queue, id)
     index('all', 'cases', id)
     redis.call('ZADD', base .. ':ix:opened', now, id)
     audit(case, {at = tonumber(now), actor = 'system', action = 'opened', finding_id = fid, rule = rule})
@@ -93,7 +99,7 @@ local function take(fid, kind, cust, cat, rule, sev, rank, tier, prio, body, ts,
   redis.call('HSET', KEYS[2], fid, id)
   redis.call('HINCRBY', KEYS[5], rule, 1)
 end
-for i = 4, #ARGV, 12 do
+for i = 4, #ARGV, 13 do
   local fid, rule, body, retracts = ARGV[i], ARGV[i + 4], ARGV[i + 9], ARGV[i + 10]
   local doc = cjson.decode(body)
   if retracts ~= '' then
@@ -103,7 +109,7 @@ for i = 4, #ARGV, 12 do
       redis.call('HSET', KEYS[2], fid, '')  -- taken back before it arrived: it opens nothing
     else
       take(fid, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], rule, ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], body,
-        text(doc['ts']), ARGV[i + 11])
+        text(doc['ts']), ARGV[i + 11], ARGV[i + 12])
     end
   end
 end

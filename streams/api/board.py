@@ -19,12 +19,14 @@ Every role may read it (viewer included); parameters are checked by
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from rules import fmt
 from streams.api import params
 from streams.api.cases import CASES
 from streams.board import read_board
@@ -57,7 +59,20 @@ async def get_board(request: web.Request) -> web.Response:
     board = await read_board(redis, keys, settings.zone, day, cluster=settings.redis_cluster, top=top)
     board["cases"] = await request.app[CASES].board()
     board["tiers"] = await tiers_part(redis, keys, settings)
+    board["display"] = tiles(board["flows"], settings.currency)
     return web.Response(body=orjson.dumps(board), content_type="application/json")
+
+
+def tiles(flows: dict[str, Any], currency: str) -> dict[str, str | None]:
+    """The 看板's tiles for people (``rules.fmt``): the day's money and the external share."""
+    total, share = flows["total"], flows["external_outflow_share"]
+    net = Decimal(total["net"])
+    return {
+        "inflow": fmt.amount(Decimal(total["inflow"]), currency),
+        "outflow": fmt.amount(Decimal(total["outflow"]), currency),
+        "net": ("+" if net > 0 else "") + fmt.amount(net, currency),
+        "external_outflow_share": None if share is None else fmt.percent(Decimal(share), 1),
+    }
 
 
 def setup_board(app: web.Application, redis: aioredis.Redis, keys: Keys, settings: Settings) -> None:

@@ -111,6 +111,10 @@ class Board(_Strict):
     top_net_outflow: list[NetOutflow] = Field(description="largest net outflow of the day first, only > 0")
     cases: BoardCases
     tiers: BoardTiers
+    display: dict[str, str | None] = Field(
+        description="the tiles written for people by rules/fmt.py: today's inflow, outflow and net in the currency's "
+        "minor digits with thousands separators, the external outflow share as a percentage"
+    )
 
 
 def board_openapi(document: dict[str, Any]) -> dict[str, Any]:

@@ -57,6 +57,10 @@ class CaseOut(_Strict):
     history: bool = Field(
         default=False, description="every finding in it is history (before the go-live; FUNDFLOW_CASES_FROM_HISTORY)"
     )
+    queue: Literal["analyst", "rm"] = Field(
+        default="analyst",
+        description="who works it: rm once a finding in it was routed to the relationship manager (docs/contact.md)",
+    )
 
 
 class AuditEntry(BaseModel):
@@ -233,7 +237,8 @@ def case_openapi(document: dict[str, Any]) -> dict[str, Any]:
         query("rule", "cases with a finding of this rule"),
         query("category", "rule family", CATEGORIES),
         query("severity", "the case's highest severity", SEVERITIES),
-        query("tier", "the customer's tier at the latest finding", ("I", "II", "III", "IV")),
+        query("tier", "the customer's live tier at the latest finding", ("I", "II", "III", "IV")),
+        query("queue", "who works it: analyst, or rm (a relationship manager's task)", ("analyst", "rm")),
         query("customer", "customer id"),
         query("type", "what opened it", CASE_TYPES),
         query("min_age", "opened at least this long ago: 30m, 4h, 7d"),

@@ -56,6 +56,7 @@ from cases.model import (
     CATEGORIES,
     CONFIRMING,
     DISMISSALS,
+    QUEUES,
     SEVERITIES,
     STATUSES,
     TIERS,
@@ -71,6 +72,7 @@ from cases.model import (
     valid_name,
 )
 from cases.store import CaseFilter, CaseStore, Idempotency, Page, Stored, fingerprint
+from contact.routes import ContactConfig
 from streams import telemetry
 from streams.api.case_models import (
     AssignBody,
@@ -97,7 +99,7 @@ PEOPLE_REFUSED = web.AppKey("people_refused", list)  # why the registry refused 
 GAUGES_EVERY_SECONDS = 30.0
 INTAKE_BLOCK_MS = 1000
 LIST_PARAMS = frozenset(
-    {"status", "assignee", "rule", "category", "severity", "tier", "customer", "type", "min_age", "max_age",
+    {"status", "assignee", "rule", "category", "severity", "tier", "queue", "customer", "type", "min_age", "max_age",
      "limit", "offset"}
 )  # fmt: skip
 _DURATION = re.compile(r"^([0-9]{1,9})([smhd])$")  # ASCII digits: \d also takes "٣" (streams.api.params)
@@ -160,6 +162,7 @@ def render(case: Case, zone: ZoneInfo) -> dict[str, Any]:
         "last_finding_ts": case.last_finding_ts,
         "retracted": case.retracted,
         "history": case.history,
+        "queue": case.queue,
     }
 
 
@@ -218,6 +221,7 @@ def _query_filter(request: web.Request) -> tuple[CaseFilter, int, int]:
         customer=query.get("customer") or None,
         severity=one_of("severity", SEVERITIES),
         tier=one_of("tier", TIERS),
+        queue=one_of("queue", QUEUES),
         min_age_ms=age("min_age"),
         max_age_ms=age("max_age"),
     )
@@ -468,11 +472,13 @@ def setup_cases(
     settings: Settings,
     people: tuple[Principal, ...],
     registered: bool = True,
+    contact: ContactConfig | None = None,
 ) -> None:
     """Register the case routes and the intake task on ``app``; ``people`` may be assigned cases.
     ``registered``: before serving, their tokens are checked against the people registry
     (``cases.people.check``: a process whose tokens claim what the registry does not back stops)."""
-    store = CaseStore(client, keys, from_history=settings.cases_from_history, max_comments=settings.cases_max_comments)
+    store = CaseStore(client, keys, from_history=settings.cases_from_history, max_comments=settings.cases_max_comments,
+                      contact=contact)  # fmt: skip
     app[CASES] = store
     app[ZONE] = settings.zone
     app[ASSIGNABLE] = frozenset(p.name for p in people if p.at_least("analyst"))

@@ -7,9 +7,12 @@ Money is a decimal string rounded to the cent (``"1234.50"``), never a float.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from decimal import Decimal
+from typing import Annotated, Any, Literal, get_args, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from rules import fmt
 
 Money = Annotated[str, Field(pattern=r"^-?\d+\.\d{2}$", examples=["1234.50"])]
 Ratio = Annotated[str, Field(pattern=r"^-?\d+\.\d+$")]
@@ -79,6 +82,11 @@ class Customer(_Strict):
     salary_payer_customer_id: str | None
     tier: TierName | None = Field(description="live tier against the last refreshed cut points; null before any")
     tier_cuts_refreshed_at: str | None
+    display: dict[str, str] = Field(
+        description="the same numbers written for people by rules/fmt.py (money in the currency's minor digits "
+        "with thousands separators, shares and rates as percentages): field -> text; the fields above stay "
+        "machine-readable"
+    )
 
 
 class HistoryDay(_Strict):
@@ -141,6 +149,7 @@ class TopCustomer(_Strict):
 class Tiers(_Strict):
     customers: int
     cuts: Cuts | None
+    cuts_display: Cuts | None = Field(description="the cut points written for people (rules/fmt.py): 403.73, 1,234.50")
     counts: dict[TierName, int]
     refreshed_at: str | None
     top: list[TopCustomer]
@@ -153,6 +162,29 @@ class Health(_Strict):
 
 class Error(_Strict):
     error: str
+
+
+# How the console and ``fundflow customer show`` write a customer's numbers (``display``):
+# one formatting, rules/fmt.py's.
+PERCENT_FIELDS = frozenset({"collection_rate_90d", "external_outflow_share_30d"})
+PLAIN_FIELDS = frozenset({"retention_days_avg_90d", "avg_txn_per_day_30d"})
+
+
+def shown(row: dict[str, Any], currency: str) -> dict[str, str]:
+    """``row``'s money, shares and ratios written for people: money (every field the model
+    types ``Money``) in the currency's minor digits with separators, the shares as percentages."""
+    out: dict[str, str] = {}
+    for name, hint in get_type_hints(Customer, include_extras=True).items():
+        value = row.get(name)
+        if not isinstance(value, str):
+            continue
+        if name in PERCENT_FIELDS:
+            out[name] = fmt.percent(Decimal(value), 1)
+        elif name in PLAIN_FIELDS:
+            out[name] = fmt.number(Decimal(value), 1)
+        elif hint == Money or Money in get_args(hint):
+            out[name] = fmt.amount(Decimal(value), currency)
+    return out
 
 
 def openapi_document(version: str) -> dict[str, Any]:

@@ -15,7 +15,9 @@ import orjson
 
 from cases.model import RulePrecision
 from cases.store import CaseStore
+from rules import fmt
 from rules.contribution import tier_of
+from streams.api.models import shown
 from streams.board import check, read_board
 from streams.clients import connect
 from streams.errors import ConfigError
@@ -46,7 +48,7 @@ async def show_customer(settings: Settings, redis_url: str, customer_id: str, as
     if as_json:
         print(orjson.dumps(row, option=orjson.OPT_INDENT_2).decode())
         return 0
-    print(format_customer(row, recent))
+    print(format_customer(row, recent, shown(row, settings.currency)))
     return 0
 
 
@@ -87,14 +89,16 @@ CONTRIBUTION_LABELS = [
 ]
 
 
-def format_customer(row: dict[str, object], recent: list[bytes]) -> str:
+def format_customer(row: dict[str, object], recent: list[bytes], display: dict[str, str] | None = None) -> str:
+    """The customer for people: ``display`` (``streams.api.models.shown``) where it has a field."""
+    said = display or {}
     lines = [f"customer {row['customer_id']}   as of {row['as_of']}", ""]
     for field, label in LABELS:
-        value = row.get(field)
+        value = said.get(field, row.get(field))
         lines.append(f"  {label:<38} {'—' if value is None else value}")
     lines.append(f"  {'客户分群 segments':<38} {', '.join(row['segments']) or '—'}")  # type: ignore[arg-type]
     lines.append("")
-    lines.append(f"  {'综合贡献度 contribution (yearly)':<38} {row['contribution']}")
+    lines.append(f"  {'综合贡献度 contribution (yearly)':<38} {said.get('contribution', row['contribution'])}")
     parts = row.get("contribution_parts") or {}
     for part, label in CONTRIBUTION_LABELS:
         if part in parts:  # type: ignore[operator]
@@ -162,14 +166,16 @@ async def show_tiers(settings: Settings, redis_url: str, refresh: bool, top: int
     cuts = result["cuts"]
     print(f"客户分层 tiers over {result['customers']} customers (refreshed {result['refreshed_at'] or 'never'})")
     if cuts:
-        print(f"  cut points  Q1 {cuts['q1']}  Q2 {cuts['q2']}  Q3 {cuts['q3']}  (yearly contribution)")
+        q1, q2, q3 = (fmt.amount(Decimal(cuts[q]), settings.currency) for q in ("q1", "q2", "q3"))
+        print(f"  cut points  Q1 {q1}  Q2 {q2}  Q3 {q3}  (yearly contribution)")
     for tier, count in result["counts"].items():
         share = count / result["customers"] if result["customers"] else 0.0
         print(f"  {tier:>3}  {count:>7}  {share:6.1%}  {'#' * round(share * 40)}")
     if result["top"]:
         print(f"  top {len(result['top'])} by 综合贡献度 contribution:")
         for row in result["top"]:
-            print(f"    {row['customer_id']:<16} {row['contribution']:>14}  {row['tier']}")
+            contribution = fmt.amount(Decimal(row["contribution"]), settings.currency)
+            print(f"    {row['customer_id']:<16} {contribution:>18}  {row['tier']}")
     return 0
 
 

@@ -11,6 +11,10 @@ the data, beside the base rate over comparable events:
   below the balance before the credit plus half of the credit (most of the
   inflow left). Base: every credit of at least the rule's minimum amount.
 - other rules: counted, with the share of distinct customers they fired on.
+- post-repayment sweeps (``recommendations.jsonl``): judged by their outcome, the customer's
+  actual later transactions replayed with the swept amount taken out (``sweep_outcome``):
+  the share of sweeps short within the horizon, the depth, the headroom, and the gain net of
+  the redemptions a short customer would have made.
 
 An alert a reversal took back (docs/events.md, "Retractions") is not judged: the money it
 reacted to never moved. It is counted as ``retracted`` beside its rule.
@@ -33,17 +37,25 @@ import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import orjson
 
 from cases.model import RulePrecision
+from rules import fmt
+from rules.config import SweepRule
+from rules.money import to_cent
+from rules.state import to_us
 from streams.errors import ConfigError
 
 OUTFLOW_RULES = ("large_external_outflow", "fast_in_fast_out", "balance_drawdown", "net_outflow_streak", "churn_drift")
 DAY = dt.timedelta(days=1)
+SWEEP_RULE = "post_repayment_sweep"
+YEAR_US = 365 * 86_400 * 1_000_000
+DEPOSIT_RATE = SweepRule().deposit_rate  # for a sweep that does not carry the rate it was compared with
 
 
 @dataclass(slots=True)
@@ -238,6 +250,8 @@ def render(result: dict[str, Any]) -> str:
             f"{rule:<26} {e['fired']:>6} {e['customers']:>10} {e['customer_share']:>7.1%} {e.get('judged', '—'):>7} "
             f"{hit:>9} {base:>7} {lift:>6}{seen}  {e.get('outcome', '')}"
         )
+    if "sweeps" in result:
+        out += ["", *render_sweeps(result["sweeps"])]
     if "analysts" in result:
         out += ["", *render_analysts(result["analysts"])]
     return "\n".join(out)
@@ -289,10 +303,211 @@ def low_precision(rows: Sequence[RulePrecision], min_precision: float, min_resol
     return [r for r in rows if r.precision is not None and r.resolved >= min_resolved and r.precision < min_precision]
 
 
-def run_evaluate(events_path: Path, backtest_dir: Path, horizon: int, collection_min: Decimal) -> dict[str, Any]:
+# --- sweeps, judged by their outcome ---------------------------------------------------------
+#
+# A post-repayment sweep moves money out of the current account into a fund. Had the customer
+# followed it, every later transaction of theirs would have met a balance lower by the swept
+# amount: the sweep left them short if that balance went below zero within the horizon. A fund
+# can be redeemed, so a short customer takes back what the account needs, when it needs it; the
+# sweep then earns only on what stayed, for as long as it stayed.
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """One transaction after the sweep: when, the signed amount, whether it pays a loan."""
+
+    ts_us: int
+    amount: Decimal
+    repayment: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SweepOutcome:
+    """What one sweep would have done over its horizon (exact, unrounded)."""
+
+    headroom: Decimal  # the lowest balance reached with the amount swept out (< 0: short, by this much)
+    short: bool  # below zero at some moment of the horizon
+    short_of_instalment: bool  # below the next instalment at some moment before it was paid
+    redeemed: Decimal  # what the account would have needed back from the fund by the horizon's end
+    gain: Decimal  # earned over the horizon on what stayed in the fund, for as long as it stayed
+    held_gain: Decimal  # earned had it all stayed the whole horizon (what the old message implied)
+
+
+def sweep_outcome(
+    balance: Decimal,
+    start_us: int,
+    later: Sequence[Flow],
+    amount: Decimal,
+    instalment: Decimal,
+    spread: Decimal,
+    horizon_us: int,
+) -> SweepOutcome:
+    """Replay ``later`` (the customer's transactions after the sweep, in order) against the
+    account with ``amount`` taken out at ``start_us``, when the balance was ``balance``.
+
+    The fund holds ``min(amount, lowest real balance so far)`` (never below zero): each time
+    the account would go below zero the customer redeems just what it needs. ``gain`` is
+    ``spread`` (product rate minus deposit rate, a year) on that holding over the horizon.
+    Pure and exact: only ``Decimal`` and integer microseconds."""
+    end = start_us + horizon_us
+    lowest = running = balance
+    held = min(amount, max(balance, Decimal(0)))
+    short_of_instalment = balance - amount < instalment
+    instalment_due = True  # until the next loan repayment is paid
+    area = Decimal(0)  # Σ held × µs
+    last = start_us
+    for flow in later:
+        if flow.ts_us > end:
+            break
+        if flow.ts_us > last:
+            area += held * (flow.ts_us - last)
+            last = flow.ts_us
+        if flow.repayment and flow.amount < 0:
+            instalment_due = False
+        running += flow.amount
+        lowest = min(lowest, running)
+        if instalment_due and running - amount < instalment:
+            short_of_instalment = True
+        held = min(held, max(running, Decimal(0)))
+    area += held * (end - last)
+    with localcontext() as ctx:
+        ctx.prec = 60  # amounts × µs × rates stay exact far beyond a cent
+        gain = spread * area / YEAR_US
+        held_gain = spread * amount * horizon_us / YEAR_US
+    return SweepOutcome(lowest - amount, lowest - amount < 0, short_of_instalment, amount - held, gain, held_gain)
+
+
+Paths = dict[str, tuple[list[Flow], dict[str, int]]]  # customer -> (transactions, txn_id -> position)
+
+
+def flows(events: Iterable[dict[str, Any]]) -> Paths:
+    """Each customer's transactions in event-time order (the file's order within a moment) and
+    the position of each ``txn_id`` in them."""
+    rows: dict[str, list[tuple[int, int, Flow, str]]] = defaultdict(list)
+    for n, event in enumerate(events):
+        if "txn_id" not in event or "direction" not in event:
+            continue
+        signed = Decimal(str(event["amount"])) * (1 if event["direction"] == "credit" else -1)
+        ts = to_us(dt.datetime.fromisoformat(event["ts"]))
+        repayment = event.get("kind") == "loan_repayment" and not event.get("reverses")
+        rows[str(event["customer_id"])].append((ts, n, Flow(ts, signed, repayment), str(event["txn_id"])))
+    result = {}
+    for customer, items in rows.items():
+        items.sort(key=lambda r: (r[0], r[1]))
+        result[customer] = ([r[2] for r in items], {r[3]: i for i, r in enumerate(items)})
+    return result
+
+
+def judge_sweeps(
+    events: list[dict[str, Any]],
+    recommendations: list[dict[str, Any]],
+    horizon: int,
+    deposit_rate: Decimal,
+    paths: Paths | None = None,
+) -> dict[str, Any] | None:
+    """Every standing post-repayment sweep replayed against the customer's actual later
+    transactions (``sweep_outcome``); None when there is none. A sweep closer than the horizon
+    to the data's end is judged on the days the data has (counted as ``partial_horizon``):
+    unlike a hit rate, a shortfall seen is a shortfall, and leaving the last month's sweeps
+    out would leave out a third of Berka's. ``paths``: ``flows(events)``, when already made."""
+    sweeps = [r for r in standing(recommendations) if r.get("rule") == SWEEP_RULE]
+    if not sweeps:
+        return None
+    paths = flows(events) if paths is None else paths
+    last = max((path[-1].ts_us for path, _ in paths.values() if path), default=0)
+    horizon_us = horizon * 86_400 * 1_000_000
+    judged: list[tuple[dict[str, Any], SweepOutcome]] = []
+    short_of_data = 0
+    for sweep in sweeps:
+        path, position = paths.get(str(sweep["customer_id"]), ([], {}))
+        start = to_us(dt.datetime.fromisoformat(sweep["ts"]))
+        if not path:
+            continue
+        short_of_data += start + horizon_us > last
+        at = position.get(str(sweep.get("trigger_txn_id")))
+        if at is None:  # not in this file: the last transaction at or before the sweep's moment
+            at = bisect.bisect_right([f.ts_us for f in path], start) - 1
+        balance = sum((f.amount for f in path[: at + 1]), Decimal(0))
+        evidence = sweep.get("evidence") or {}
+        instalment = Decimal(str(evidence.get("next_instalments_reserved") or evidence.get("repayment") or 0))
+        spread = Decimal(str(sweep.get("product_rate", 0))) - Decimal(str(sweep.get("deposit_rate", deposit_rate)))
+        amount = Decimal(str(sweep["amount"]))
+        judged.append((sweep, sweep_outcome(balance, start, path[at + 1 :], amount, instalment, spread, horizon_us)))
+    return {**sweep_summary(len(sweeps), judged, horizon), "partial_horizon": short_of_data}
+
+
+def sweep_summary(made: int, judged: list[tuple[dict[str, Any], SweepOutcome]], horizon: int) -> dict[str, Any]:
+    """The outcome of the judged sweeps: shares short, depth, headroom, gain net of redemptions."""
+    outcomes = [o for _, o in judged]
+    short = [o for o in outcomes if o.short]
+    n = len(outcomes)
+    swept = sum((Decimal(str(s["amount"])) for s, _ in judged), Decimal(0))
+    gain = sum((o.gain for o in outcomes), Decimal(0))
+    held = sum((o.held_gain for o in outcomes), Decimal(0))
+    return {
+        "made": made,
+        "judged": n,
+        "customers": len({s["customer_id"] for s, _ in judged}),
+        "swept": str(to_cent(swept)),
+        "short": len(short),
+        "short_share": round(len(short) / n, 4) if n else None,
+        "short_of_instalment": sum(o.short_of_instalment for o in outcomes),
+        "short_of_instalment_share": round(sum(o.short_of_instalment for o in outcomes) / n, 4) if n else None,
+        "redeemed": sum(o.redeemed > 0 for o in outcomes),
+        "depth_lowest": str(to_cent(min(o.headroom for o in short))) if short else None,
+        "depth_median": str(to_cent(median(o.headroom for o in short))) if short else None,
+        "headroom_median": str(to_cent(median(o.headroom for o in outcomes))) if outcomes else None,
+        "gain": str(to_cent(gain)),  # net of redemptions, over the horizon
+        "gain_if_held": str(to_cent(held)),
+        "gain_kept_share": round(float(gain / held), 4) if held else None,
+        "horizon_days": horizon,
+    }
+
+
+def render_sweeps(sweeps: dict[str, Any] | None) -> list[str]:
+    """The sweeps' outcome for people."""
+    if sweeps is None:
+        return ["sweeps: none in recommendations.jsonl"]
+    if not sweeps["judged"]:
+        return [f"sweeps: {sweeps['made']} made, none with a full {sweeps['horizon_days']}-day horizon after it"]
+    days = sweeps["horizon_days"]
+    depth = (
+        f"shortfall lowest {fmt.amount(sweeps['depth_lowest'])}, median {fmt.amount(sweeps['depth_median'])}"
+        if sweeps["short"]
+        else "no shortfall"
+    )
+    return [
+        f"sweeps judged by their outcome: {sweeps['judged']} of {sweeps['made']} post-repayment sweeps "
+        f"({sweeps['customers']} customers, {fmt.amount(sweeps['swept'])} swept) replayed against the customer's "
+        f"next {days} days with the amount taken out ({sweeps.get('partial_horizon', 0)} with fewer days of data)",
+        f"  below zero within {days} days: {sweeps['short']} ({fmt.percent(sweeps['short_share'], 1)}); "
+        f"below the next instalment before it was paid: {sweeps['short_of_instalment']} "
+        f"({fmt.percent(sweeps['short_of_instalment_share'], 1)}); {depth}",
+        f"  median headroom {fmt.amount(sweeps['headroom_median'])}; gain over {days} days net of redemptions "
+        f"{fmt.amount(sweeps['gain'])} of {fmt.amount(sweeps['gain_if_held'])} had every sweep stayed "
+        f"({fmt.percent(sweeps['gain_kept_share'])}); {sweeps['redeemed']} sweeps partly or wholly redeemed",
+    ]
+
+
+def run_evaluate(
+    events_path: Path,
+    backtest_dir: Path,
+    horizon: int,
+    collection_min: Decimal,
+    deposit_rate: Decimal = DEPOSIT_RATE,
+) -> dict[str, Any]:
+    """Each rule's alerts judged (``alerts.jsonl``), and the sweeps (``recommendations.jsonl``,
+    when the backtest wrote one) by their outcome; ``deposit_rate`` for a sweep that does not
+    carry the rate it was compared with."""
     events = [orjson.loads(line) for line in events_path.read_bytes().splitlines() if line.strip()]
     alerts_file = backtest_dir / "alerts.jsonl"
     if not alerts_file.exists():
         raise ConfigError(f"no alerts.jsonl in {backtest_dir}: run `fundflow backtest` first")
     alerts = [orjson.loads(line) for line in alerts_file.read_bytes().splitlines() if line.strip()]
-    return evaluate(events, alerts, horizon=horizon, collection_min=collection_min)
+    result = evaluate(events, alerts, horizon=horizon, collection_min=collection_min)
+    recommendations_file = backtest_dir / "recommendations.jsonl"
+    if recommendations_file.exists():
+        lines = recommendations_file.read_bytes().splitlines()
+        recommendations = [orjson.loads(line) for line in lines if line.strip()]
+        result["sweeps"] = judge_sweeps(events, recommendations, horizon, deposit_rate)
+    return result

@@ -19,6 +19,13 @@ than ``min_precision`` of at least ``min_resolved`` resolved cases: the history 
 the rule beats its base rate while the people who work its alerts find it mostly wrong.
 The mark informs; it does not change the suggested values.
 
+The sweep is judged by its outcome, not a hit rate: its two knobs (``SWEEP_GRID``) run in the
+same passes, each setting's sweeps are replayed against the customers' actual later
+transactions (``evaluate.judge_sweeps``), and the suggestion keeps the most swept money among
+the settings that leave at most ``max_short_share`` of their sweeps short within the horizon
+(none: ``post_repayment_sweep`` under ``disabled``). ``DIR/post_repayment_sweep.csv`` and
+``tables.md`` hold the trade-off; the command prints it.
+
 One grid pass sets every rule's knob at once: each rule reads only its own thresholds
 (their cool-downs and severities, which the grid never varies, are per rule), so a rule
 fires the same whatever the other rules' thresholds are. The passes are the grid's
@@ -38,6 +45,7 @@ import orjson
 import yaml
 
 from cases.model import RulePrecision
+from rules import fmt
 from rules.config import RulesConfig, RulesConfigError, load_rules, parse_rules
 from rules.events import Event
 from rules.state import CustomerState, StateConfig
@@ -46,10 +54,21 @@ from streams.decode import decode
 from streams.errors import ConfigError, InvalidEvent
 from streams.rulestep import RulesProvider, rules_step
 from streams.settings import Settings, state_config
-from streams.tools.evaluate import OUTFLOW_RULES, Outcomes, duration, judge, low_precision, outcomes, percent
+from streams.tools.evaluate import (
+    OUTFLOW_RULES,
+    SWEEP_RULE,
+    Outcomes,
+    duration,
+    flows,
+    judge,
+    judge_sweeps,
+    low_precision,
+    outcomes,
+    percent,
+)
 from streams.tools.progress import Progress
 from streams.tools.replay import read_lines, route
-from streams.topics import ALERTS
+from streams.topics import ALERTS, RECOMMENDATIONS
 
 MAX_LINE_BYTES = 1 << 20
 
@@ -72,6 +91,25 @@ KNOBS: tuple[Knob, ...] = (
     Knob("churn_drift", "outflow.churn_share", ("0.4", "0.5", "0.6", "0.7", "0.8")),
 )
 COLUMNS = ("value", "fired", "customers", "customer_share", "judged", "hit_rate", "base_rate", "lift")
+# The sweep is judged by its outcome, not by a hit rate (``evaluate.judge_sweeps``): its two knobs
+# together, loosest last; ``fundflow tune`` keeps the most swept money within the shortfall target.
+SWEEP_KNOBS = ("sweep.idle_floor_share", "sweep.buffer_months_of_outflow")
+SWEEP_GRID: tuple[tuple[str, str], ...] = tuple(
+    (floor, months) for floor in ("0.5", "0.6", "0.7", "0.8") for months in ("1", "0.5", "0.25")
+)
+SWEEP_COLUMNS = (
+    "idle_floor_share",
+    "buffer_months_of_outflow",
+    "sweeps",
+    "customers",
+    "swept",
+    "short",
+    "short_share",
+    "depth_lowest",
+    "depth_median",
+    "headroom_median",
+    "gain",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,11 +153,23 @@ def alerts_of(
     events: list[Event], rules: RulesConfig, config: StateConfig, progress: Callable[[int], None] | None = None
 ) -> list[dict[str, Any]]:
     """The alerts the worker's step publishes for ``events`` in file order, under ``rules``."""
-    provider = RulesProvider(None)
-    provider.config = rules
-    step = rules_step(config, provider)
+    return findings_of(events, rules, config, progress).get(ALERTS, [])
+
+
+def findings_of(
+    events: list[Event], rules: RulesConfig, config: StateConfig, progress: Callable[[int], None] | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """What the worker's step publishes for ``events`` in file order, under ``rules``, by topic."""
+    return _run_step(events, rules_step(config, RulesProvider.fixed(rules)), progress)
+
+
+def _run_step(
+    events: list[Event],
+    step: Callable[[CustomerState, Event], tuple[Any, list[bytes]]],
+    progress: Callable[[int], None] | None,
+) -> dict[str, list[dict[str, Any]]]:
     states: dict[str, CustomerState] = {}
-    found: list[dict[str, Any]] = []
+    found: dict[str, list[dict[str, Any]]] = {}
     for done, event in enumerate(events):
         if progress is not None and done % 5000 == 0:
             progress(done)
@@ -128,8 +178,7 @@ def alerts_of(
             state = states[event.customer_id] = CustomerState(event.customer_id)
         for entry in step(state, event)[1]:
             topic, _, value = entry.split(b"\n", 2)
-            if topic.decode() == ALERTS:
-                found.append(orjson.loads(value))
+            found.setdefault(topic.decode(), []).append(orjson.loads(value))
     return found
 
 
@@ -145,6 +194,31 @@ def with_values(base: RulesConfig, settings: dict[str, str]) -> RulesConfig:
 def measure(history: Outcomes, alerts: list[dict[str, Any]], rules: RulesConfig) -> dict[str, dict[str, Any]]:
     report = judge(history, alerts, rules.collection.min_amount)
     return dict(report.get("rules", {}))
+
+
+def sweep_row(floor: str, months: str, sweeps: dict[str, Any] | None) -> dict[str, Any]:
+    """One line of the sweep's trade-off table (``evaluate.judge_sweeps``' figures)."""
+    got = sweeps or {}
+    return {
+        "idle_floor_share": floor,
+        "buffer_months_of_outflow": months,
+        "sweeps": got.get("judged", 0),
+        "customers": got.get("customers", 0),
+        "swept": got.get("swept", "0.00"),
+        "short": got.get("short", 0),
+        "short_share": got.get("short_share"),
+        "depth_lowest": got.get("depth_lowest"),
+        "depth_median": got.get("depth_median"),
+        "headroom_median": got.get("headroom_median"),
+        "gain": got.get("gain", "0.00"),
+    }
+
+
+def best_sweep(rows: list[dict[str, Any]], max_short_share: float) -> dict[str, Any] | None:
+    """The row that sweeps the most money with at most ``max_short_share`` of its sweeps short
+    (ties: fewer short), or None when no row makes a sweep within the target."""
+    fit = [r for r in rows if r["sweeps"] and r["short_share"] is not None and r["short_share"] <= max_short_share]
+    return max(fit, key=lambda r: (Decimal(r["swept"]), -r["short_share"]), default=None)
 
 
 def best(rows: list[dict[str, Any]], max_share: float, min_customers: int) -> dict[str, Any] | None:
@@ -167,10 +241,14 @@ def run_tune(
     min_customers: int = 3,
     horizon_days: int = 30,
     analysts: Analysts | None = None,
+    max_short_share: float = 0.05,
 ) -> dict[str, Any]:
-    """The body of ``fundflow tune``: tables and a suggested rules.yaml in ``out``."""
+    """The body of ``fundflow tune``: tables and a suggested rules.yaml in ``out``; the sweep's
+    knobs chosen for at most ``max_short_share`` of sweeps short within the horizon."""
     if not 0 < max_share <= 1:
         raise ConfigError(f"--max-share {max_share} must be in (0, 1]")
+    if not 0 <= max_short_share <= 1:
+        raise ConfigError(f"--max-short-share {max_short_share} must be in [0, 1]")
     analysts = analysts or Analysts()
     if not 0 <= analysts.min_precision <= 1:
         raise ConfigError(f"--min-precision {analysts.min_precision} must be in [0, 1]")
@@ -178,15 +256,23 @@ def run_tune(
     base = base or RulesConfig()
     measured_rules = base.model_copy(update={"disabled": base.disabled - {k.rule for k in KNOBS}})
     history = outcomes(objects, horizon_days)
-    passes = max(len(k.values) for k in KNOBS)
+    paths = flows(objects)
+    passes = max(max(len(k.values) for k in KNOBS), len(SWEEP_GRID))
     tables: dict[str, list[dict[str, Any]]] = {k.rule: [] for k in KNOBS}
+    sweep_rows: list[dict[str, Any]] = []
     progress = Progress(passes * len(events), "tune")
     try:
         for index in range(passes):
             chosen = {k.path: k.values[min(index, len(k.values) - 1)] for k in KNOBS}
+            chosen.update(zip(SWEEP_KNOBS, SWEEP_GRID[min(index, len(SWEEP_GRID) - 1)], strict=True))
             rules = with_values(measured_rules, chosen)  # a rule disabled in ``base`` is measured too
-            alerts = alerts_of(events, rules, config, _offset(progress, index * len(events)))
-            measured = measure(history, alerts, rules)
+            found = findings_of(events, rules, config, _offset(progress, index * len(events)))
+            measured = measure(history, found.get(ALERTS, []), rules)
+            if index < len(SWEEP_GRID):
+                sweeps = judge_sweeps(
+                    objects, found.get(RECOMMENDATIONS, []), horizon_days, rules.sweep.deposit_rate, paths
+                )
+                sweep_rows.append(sweep_row(*SWEEP_GRID[index], sweeps))
             for knob in KNOBS:
                 if index >= len(knob.values):
                     continue
@@ -217,8 +303,18 @@ def run_tune(
             disabled.append(knob.rule)
         else:
             suggestion[knob.path] = pick["value"]
-    suggested = write_outputs(out, base, tables, suggestion, disabled, picks, analysts)
+    sweep_pick = best_sweep(sweep_rows, max_short_share)
+    if sweep_pick is None:
+        disabled.append(SWEEP_RULE)
+    else:
+        suggestion.update(
+            zip(SWEEP_KNOBS, (sweep_pick["idle_floor_share"], sweep_pick["buffer_months_of_outflow"]), strict=True)
+        )
+    sweep_table = SweepTable(sweep_rows, sweep_pick, max_short_share, horizon_days)
+    suggested = write_outputs(out, base, tables, suggestion, disabled, picks, analysts, sweep_table)
     return {
+        "sweep": {"rows": sweep_rows, "pick": sweep_pick, "max_short_share": max_short_share},
+        "sweep_table": render_sweep_table(sweep_table),
         "events": len(events),
         "unreadable_lines": bad,
         "customers": len(history.lines),
@@ -234,6 +330,47 @@ def _offset(progress: Callable[[int], None], start: int) -> Callable[[int], None
     return lambda done: progress(start + done)
 
 
+@dataclass(frozen=True, slots=True)
+class SweepTable:
+    """The sweep's trade-off: each setting of its knobs, its sweeps and their outcome."""
+
+    rows: list[dict[str, Any]]
+    pick: dict[str, Any] | None
+    max_short_share: float
+    horizon_days: int
+
+
+def render_sweep_table(table: SweepTable) -> list[str]:
+    """The trade-off table for people (markdown), the chosen row marked ◀."""
+    days = table.horizon_days
+    lines = [
+        f"## {SWEEP_RULE} — `{SWEEP_KNOBS[0]}` × `{SWEEP_KNOBS[1]}` "
+        f"(short = below zero within {days} days had the customer followed it)",
+        "",
+        f"Target: at most {fmt.percent(Decimal(str(table.max_short_share)), 1)} of sweeps short; "
+        "◀ keeps the most swept money within it.",
+        "",
+        "| floor share | months of outflow | sweeps | customers | swept | short | short share | "
+        "lowest | median shortfall | median headroom | gain net of redemptions |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in table.rows:
+        mark = " ◀" if r is table.pick else ""
+        share = "—" if r["short_share"] is None else fmt.percent(Decimal(str(r["short_share"])), 1)
+        lines.append(
+            f"| {r['idle_floor_share']}{mark} | {r['buffer_months_of_outflow']} | {r['sweeps']} | {r['customers']} | "
+            f"{fmt.amount(r['swept'])} | {r['short']} | {share} | {_money(r['depth_lowest'])} | "
+            f"{_money(r['depth_median'])} | {_money(r['headroom_median'])} | {fmt.amount(r['gain'])} |"
+        )
+    if table.pick is None:
+        lines += ["", f"disabled: no setting keeps the sweeps within the target ({SWEEP_RULE} listed under disabled)"]
+    return [*lines, ""]
+
+
+def _money(value: str | None) -> str:
+    return "—" if value is None else fmt.amount(value)
+
+
 def write_outputs(
     out: Path,
     base: RulesConfig,
@@ -242,6 +379,7 @@ def write_outputs(
     disabled: list[str],
     picks: dict[str, dict[str, Any] | None],
     analysts: Analysts,
+    sweep: SweepTable | None = None,
 ) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     lines = ["# Rule thresholds measured on your history (`fundflow tune`)", "", *analysts_table(analysts)]
@@ -269,13 +407,19 @@ def write_outputs(
                 f"{_pct(r['hit_rate'])} | {_pct(r['base_rate'])} | {_lift(r['lift'])} |"
             )
         lines += ["", "disabled: no value beats the base rate within the cap" if knob.rule in disabled else "", ""]
+    if sweep is not None:
+        with (out / f"{SWEEP_RULE}.csv").open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, SWEEP_COLUMNS)
+            writer.writeheader()
+            writer.writerows(sweep.rows)
+        lines += render_sweep_table(sweep)
     (out / "tables.md").write_text("\n".join(lines), encoding="utf-8")
 
     data = base.model_dump(mode="json", exclude_defaults=True)
     for path, value in suggestion.items():
         section, name = path.split(".")
         data.setdefault(section, {})[name] = _number(value)
-    tuned = {knob.rule for knob in KNOBS}
+    tuned = {knob.rule for knob in KNOBS} | ({SWEEP_RULE} if sweep is not None else set())
     data["disabled"] = sorted((base.disabled - tuned) | set(disabled))
     text = "# Suggested by `fundflow tune` (see tables.md next to it)\n" + yaml.safe_dump(
         data, sort_keys=True, allow_unicode=True
@@ -346,6 +490,7 @@ def run_tune_command(
     analysts: Sequence[RulePrecision] | None = None,
     source: str = "not read",
     low: tuple[float, int] = (0.5, 20),
+    max_short: float = 0.05,
 ) -> int:
     """``fundflow tune EVENTS.jsonl --out DIR [--max-share 0.05]``: starts from the rules file
     in force (``FUNDFLOW_RULES_FILE``) when there is one, else the defaults; ``analysts``
@@ -355,7 +500,15 @@ def run_tune_command(
     except RulesConfigError as exc:
         raise ConfigError(str(exc)) from None
     seen = Analysts(None if analysts is None else tuple(analysts), source, *low)
-    summary = run_tune(events, out, state_config(settings), base=base, max_share=max_share, analysts=seen)
+    summary = run_tune(
+        events,
+        out,
+        state_config(settings),
+        base=base,
+        max_share=max_share,
+        analysts=seen,
+        max_short_share=max_short,
+    )
     chosen = ", ".join(f"{path}={value}" for path, value in summary["suggested"].items()) or "nothing"
     disabled = ", ".join(summary["disabled"]) or "none"
     flagged = ", ".join(f"{rule} ({percent(p)})" for rule, p in summary["analysts_low"].items())
@@ -364,4 +517,5 @@ def run_tune_command(
         f"disabled {disabled} -> {summary['rules_file']} (tables in {out})"
         + (f"; analysts' precision below {low[0]:.0%}: {flagged}" if flagged else "")
     )
+    print("\n".join(summary["sweep_table"]).rstrip())
     return 0

@@ -57,7 +57,7 @@ async def test_console_shows_live_alerts_and_a_customer_chart(redis_url: str, tm
             # the customer page: KPIs, the balance chart, the customer's alerts
             await fresh.first.click()
             await expect(page.locator("#c-id")).to_have_text(newest)
-            await expect(page.locator('#c-kpis [data-field="balance"]')).to_have_text("10000.00")
+            await expect(page.locator('#c-kpis [data-field="balance"]')).to_have_text("10,000.00")  # rules/fmt.py
             points = await page.locator("#chart polyline").get_attribute("points")
             assert points is not None and len(points.split()) >= 1
             await expect(page.locator("#c-alerts li.alert").first).to_be_visible()

@@ -11,14 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from pydantic import SecretStr
 
 from cases.store import CaseFilter
 from streams.api.cases import CASES
 from streams.api.server import create_api
 from streams.settings import ApiToken, Settings
-from tests.support.browser import CHROMIUM, FLAGS, screenshot, serve
+from tests.support.browser import CHROMIUM, FLAGS, Served, open_page, screenshot, serve
 from tests.support.desk import finding, publish
 
 pytestmark = pytest.mark.browser
@@ -33,22 +32,6 @@ SETTINGS = Settings(
 )
 
 
-class _Served:
-    """Enough of a test client for ``publish``: the running app."""
-
-    def __init__(self, app: web.Application) -> None:
-        self.app = app
-
-
-async def _open(browser: Any, port: int, token: str, errors: list[str]) -> Any:
-    page = await (await browser.new_context(viewport={"width": 1400, "height": 1000})).new_page()
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    await page.goto(f"http://127.0.0.1:{port}/console/desk.html")
-    await page.fill("#token", token)
-    await page.click("#token-form button")
-    return page
-
-
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (make test installs Debian's package)")
 async def test_supervisor_assigns_analyst_works_viewer_watches(redis_url: str, tmp_path: Path) -> None:
     from playwright.async_api import async_playwright, expect
@@ -56,13 +39,13 @@ async def test_supervisor_assigns_analyst_works_viewer_watches(redis_url: str, t
     app = create_api(SETTINGS, redis_url, "")
     runner, port = await serve(app)
     try:
-        await publish(_Served(app), finding("C1", severity="high", tier="I"), finding("C2"))  # type: ignore[arg-type]
+        await publish(Served(app), finding("C1", severity="high", tier="I"), finding("C2"))  # type: ignore[arg-type]
         first, second = [c.id for c in (await app[CASES].search(CaseFilter(), 10, 0))[0]][::-1]
         errors: list[str] = []
         async with async_playwright() as playwright:
             browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
 
-            boss = await _open(browser, port, "t-boss-0123456789", errors)
+            boss = await open_page(browser, port, "/console/desk.html", "t-boss-0123456789", errors)
             await expect(boss.locator("#me")).to_have_text("zhang · supervisor")
             await expect(boss.locator("#bulk")).to_be_visible()
             for case in (first, second):
@@ -87,7 +70,7 @@ async def test_supervisor_assigns_analyst_works_viewer_watches(redis_url: str, t
             for status in ("in_progress", "resolved", "dismissed"):
                 await expect(counted(status)).to_have_text("0")
 
-            li = await _open(browser, port, "t-li-0123456789ab", errors)
+            li = await open_page(browser, port, "/console/desk.html", "t-li-0123456789ab", errors)
             await expect(li.locator("#me")).to_have_text("li.wei · analyst")
             await expect(li.locator("#bulk")).to_be_hidden()
             await li.select_option("#f-assignee", "@me")
@@ -117,7 +100,7 @@ async def test_supervisor_assigns_analyst_works_viewer_watches(redis_url: str, t
             for status, count in (("open", "0"), ("in_progress", "0"), ("resolved", "1"), ("dismissed", "1")):
                 await expect(counted(status)).to_have_text(count)
 
-            viewer = await _open(browser, port, "t-view-0123456789", errors)
+            viewer = await open_page(browser, port, "/console/desk.html", "t-view-0123456789", errors)
             await expect(viewer.locator("#me")).to_have_text("kan · viewer")
             await viewer.select_option("#f-status", "")
             await expect(viewer.locator("#cases tbody tr")).to_have_count(2)

@@ -69,6 +69,10 @@ def _backtest(tmp_path: Path) -> tuple[Path, Path]:
     out.mkdir()
     alerts = [alert("large_external_outflow", c, 40) for c in ("C0", "C1")]
     (out / "alerts.jsonl").write_bytes(b"".join(orjson.dumps(a) + b"\n" for a in alerts))
+    # C0 swept 5,000 of its 9,000 on day 40: its 8,500 debit five days later leaves it 4,500 short
+    sweep = {**alert("post_repayment_sweep", "C0", 40, next_instalments_reserved="0.00"), "amount": "5000.00",
+             "trigger_txn_id": "C0-40-debit-1000", "product_rate": "0.022", "deposit_rate": "0.0035"}  # fmt: skip
+    (out / "recommendations.jsonl").write_bytes(orjson.dumps(sweep) + b"\n")
     return path, out
 
 
@@ -80,6 +84,8 @@ def test_evaluate_rules_shows_the_analysts_precision_beside_the_data(
     env = {"FUNDFLOW_REDIS_URL": redis_url, "FUNDFLOW_KEY_PREFIX": PREFIX}
     result = json.loads(run(monkeypatch, capsys, "evaluate-rules", str(events), str(backtest), "--json", **env))
     assert result["rules"]["large_external_outflow"]["hit_rate"] == 0.5  # the data's verdict, unchanged
+    sweeps = result["sweeps"]  # the sweeps by their outcome (issue 32)
+    assert (sweeps["made"], sweeps["short"], sweeps["depth_lowest"]) == (1, 1, "-4500.00")
     analysts = result["analysts"]["rules"]
     assert analysts == {r.rule: {k: v for k, v in asdict(r).items() if k != "rule"} for r in rows}  # as the API
     big = analysts["large_external_outflow"]
@@ -91,6 +97,8 @@ def test_evaluate_rules_shows_the_analysts_precision_beside_the_data(
     head = next(i for i, line in enumerate(table) if line.startswith("rule "))
     assert "analysts" in table[head] and "33.3%" in table[head + 1]  # beside the hit rate
     assert any(line.startswith("analysts' precision from the cases") for line in table)
+    text = "\n".join(table)
+    assert "  below zero within 30 days: 1 (100.0%)" in text and "shortfall lowest -4,500.00" in text
     assert next(line for line in table if line.startswith("low_collection")).split()[1:4] == ["1", "1", "0"]
 
     skipped = run(monkeypatch, capsys, "evaluate-rules", str(events), str(backtest), "--no-cases", **env)

@@ -41,3 +41,20 @@ async def screenshot(page: Any, shot: Path) -> None:
     await page.screenshot(path=str(shot), full_page=True)
     if os.environ.get("FUNDFLOW_UPDATE_SCREENSHOT"):
         shutil.copy(shot, ROOT / "docs" / shot.name)
+
+
+class Served:
+    """Enough of a test client for ``tests.support.desk.publish``: the running app."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+
+
+async def open_page(browser: Any, port: int, path: str, token: str, errors: list[str]) -> Any:
+    """A fresh page of ``path`` signed in with ``token``; page errors are collected in ``errors``."""
+    page = await (await browser.new_context(viewport={"width": 1400, "height": 1000})).new_page()
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.goto(f"http://127.0.0.1:{port}{path}")
+    await page.fill("#token", token)
+    await page.click("#token-form button")
+    return page

@@ -13,16 +13,7 @@ from rules import engine, metrics, money
 from rules.events import TransactionEvent
 from rules.state import CustomerState, StateConfig, apply_transaction
 from streams.storage import snapshot
-
-
-def half_up_reference(value: Decimal, places: int) -> str:
-    """Slow and obvious: scale to an integer count of units, add half a unit away from
-    zero, truncate."""
-    scaled = value.scaleb(places)
-    units = int(abs(scaled) + Decimal("0.5"))
-    sign = "-" if value < 0 and units else ""
-    text = str(units).rjust(places + 1, "0")
-    return f"{sign}{text[:-places]}.{text[-places:]}" if places else f"{sign}{text}"
+from tests.support.numbers import half_up_reference
 
 
 def test_halves_round_up_not_to_even() -> None:

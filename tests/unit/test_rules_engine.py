@@ -13,7 +13,8 @@ from zoneinfo import ZoneInfo
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from rules.config import MarketingConfig, OutflowRule, RulesConfig
+from rules import fmt
+from rules.config import MarketingConfig, OutflowRule, RulesConfig, SweepRule
 from rules.engine import (
     Finding,
     Judgement,
@@ -25,6 +26,7 @@ from rules.engine import (
 )
 from rules.events import LoanEvent, TransactionEvent
 from rules.metrics import Metrics, evaluate
+from rules.money import to_cent
 from rules.state import CustomerState, Outcome, StateConfig, apply_loan, apply_transaction, local_day, to_us
 from tests.support.strategies import histories
 
@@ -207,9 +209,26 @@ def test_sweep_after_repayment_keeps_a_buffer_and_the_next_instalment() -> None:
     c.feed(tx(START + days(2), "debit", 5_000))  # typical outflow
     c.feed(tx(START + days(3), "debit", 3_000, kind="loan_repayment"))
     rec = next(f for f in c.findings if f.rule == "post_repayment_sweep")
-    # 52,000 balance - 5,000 buffer - 3,000 next instalment = 44,000
-    assert rec.kind == "recommendation" and rec.extra["amount"] == "44000.00"
-    assert Decimal(rec.extra["expected_yearly_gain"]) == Decimal("44000") * (Decimal("0.022") - Decimal("0.0035"))
+    # idle = min(52,000 balance - 0.5 × 5,000 worst month, 0.7 × 52,000 lowest balance) - 3,000 next instalment
+    assert rec.kind == "recommendation" and rec.extra["amount"] == "33400.00"
+    spread = Decimal("0.022") - Decimal("0.0035")
+    assert Decimal(rec.extra["expected_yearly_gain"]) == Decimal("33400") * spread
+    # the gain quoted for 30 days, net of what a month like the worst one would take back: none here
+    assert rec.evidence["expected_redemption_30d"] == "0.00"
+    assert rec.extra["expected_gain_30d"] == str(to_cent(Decimal("33400") * spread * 30 / 365))
+    assert f"+{fmt.amount(rec.extra['expected_gain_30d'])} expected over 30 days" in rec.message
+    # the buffer as it was (the last month's outflow, no floor): 52,000 - 5,000 - 3,000 = 44,000
+    before = Customer(
+        RulesConfig(sweep=SweepRule(buffer_months_of_outflow=1, buffer_history_days=30, idle_floor_share=None))
+    )
+    for event in (
+        loan(START, (START + days(30)).date(), installment="3000"),
+        tx(START + days(1), "credit", 60_000),
+        tx(START + days(2), "debit", 5_000),
+        tx(START + days(3), "debit", 3_000, kind="loan_repayment"),
+    ):
+        before.feed(event)
+    assert next(f for f in before.findings if f.rule == "post_repayment_sweep").extra["amount"] == "44000.00"
     poor = Customer()
     poor.feed(tx(START, "credit", 9_000))
     poor.feed(tx(START + days(1), "debit", 3_000, kind="loan_repayment"))
@@ -279,11 +298,13 @@ def test_ledger_drift_is_edge_triggered_and_rearms() -> None:
     assert c.rules_fired() == ["ledger_drift", "ledger_drift"]
 
 
-def test_tier_escalates_severity_and_is_carried() -> None:
+def test_a_tier_given_is_carried_and_changes_no_severity() -> None:
+    """escalate_tiers is gone: a customer's value changes how they are contacted, at delivery
+    (the contact table's routes, docs/contact.md), never what a finding says."""
     c = Customer(tier="I")
     c.feed(tx(START, "credit", 100, balance_after="100.00"))
     c.feed(tx(START + days(1), "credit", 100, balance_after="150.00"))
-    assert c.findings[0].severity == "medium" and c.findings[0].tier == "I"
+    assert c.findings[0].severity == "low" and c.findings[0].tier == "I"
 
 
 def test_stale_events_fire_nothing() -> None:
@@ -384,11 +405,13 @@ def test_daily_and_weekly_caps_for_any_order(hours: list[int], rng: Any, per_day
     assert all(n <= per_week for n in per_week_count.values())
 
 
-def test_opt_out_and_quiet_hours_are_refused_with_a_reason() -> None:
+def test_quiet_hours_are_refused_with_a_reason_and_consent_is_not_the_workers() -> None:
+    """Consent is a wall-clock fact about a person: the worker never reads it, even from rules
+    stored by an earlier version that listed opt-outs (the relay applies it: docs/contact.md)."""
     from rules.engine import push_refusal
 
     marketing = MarketingConfig(opt_out=frozenset({"c"}))
-    assert push_refusal({}, "c", to_us(START), "x", marketing, ZONE) == "opt_out"
+    assert push_refusal({}, "c", to_us(START), "x", marketing, ZONE) is None
     late_evening = to_us(dt.datetime(2024, 3, 1, 22, 30, tzinfo=ZONE))
     assert push_refusal({}, "d", late_evening, "x", MarketingConfig(), ZONE) == "quiet_hours"
 

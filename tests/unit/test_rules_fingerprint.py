@@ -7,10 +7,15 @@ import os
 import subprocess
 import sys
 
-from rules.config import RulesConfig, parse_rules
+import yaml
+
+from rules.config import RulesConfig
 from streams.rulestep import RulesProvider, RulesStep, fingerprint
 from streams.settings import Settings, state_config
 
+# Sets, whose iteration order follows the hash seed. ``escalate_tiers`` and ``marketing.opt_out``
+# are refused in a rules file since consent and routing moved to delivery (docs/contact.md), but
+# rules stored by an earlier version still carry them, and their replay must find them.
 RULES = """
 disabled: [churn_drift, ledger_drift, fast_in_fast_out, large_external_outflow]
 escalate_tiers: ["I", "II", "III"]
@@ -19,10 +24,16 @@ marketing:
 """
 
 PROGRAM = f"""
-from rules.config import parse_rules
+import yaml
+from rules.config import RulesConfig
 from streams.rulestep import fingerprint
-print(fingerprint(parse_rules({RULES!r}, "x"))[0])
+print(fingerprint(RulesConfig.model_validate(yaml.safe_load({RULES!r})))[0])
 """
+
+
+def stored_rules() -> RulesConfig:
+    """The rules as an earlier version stored them (read as stored rules are: not strictly)."""
+    return RulesConfig.model_validate(yaml.safe_load(RULES))
 
 
 def test_the_same_rules_have_one_fingerprint_whatever_the_hash_seed() -> None:
@@ -31,11 +42,11 @@ def test_the_same_rules_have_one_fingerprint_whatever_the_hash_seed() -> None:
         env = {**os.environ, "PYTHONHASHSEED": seed}
         out = subprocess.run([sys.executable, "-c", PROGRAM], env=env, capture_output=True, text=True, check=True)
         seen.add(out.stdout.strip())
-    assert seen == {fingerprint(parse_rules(RULES, "x"))[0]}
+    assert seen == {fingerprint(stored_rules())[0]}
 
 
 def test_stored_rules_are_learned_under_their_fingerprint() -> None:
-    rules = parse_rules(RULES, "x")
+    rules = stored_rules()
     fp, text = fingerprint(rules)
     assert RulesConfig.model_validate_json(text) == rules
     assert fingerprint(RulesConfig())[0] != fp

@@ -8,14 +8,29 @@ from pathlib import Path
 
 import pytest
 
+from rules import fmt
 from rules.config import RulesConfig, load_rules
 from rules.state import StateConfig
 from streams.errors import ConfigError
 from streams.settings import Settings
-from streams.tools.tune import COLUMNS, KNOBS, alerts_of, best, load_events, run_tune, run_tune_command, with_values
-from tests.support.tuning import ZONE, history, write
+from streams.tools.tune import (
+    COLUMNS,
+    KNOBS,
+    SWEEP_COLUMNS,
+    SWEEP_GRID,
+    alerts_of,
+    best,
+    best_sweep,
+    load_events,
+    run_tune,
+    run_tune_command,
+    with_values,
+)
+from tests.support.tuning import ZONE, history, sweep_history, write
 
 CONFIG = StateConfig(ZONE)
+
+
 def table(path: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(path.read_text(encoding="utf-8").splitlines()))
 
@@ -90,8 +105,53 @@ def test_the_command_starts_from_the_rules_in_force_and_says_what_it_wrote(
     events = write(tmp_path / "events.jsonl", history(8))
     code = run_tune_command(Settings(rules_file=rules), events, tmp_path / "out", 0.5)
     assert code == 0
-    assert "tune: " in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "tune: " in printed and "| floor share | months of outflow | sweeps |" in printed  # the trade-off table
     assert load_rules(tmp_path / "out" / "rules.yaml").outflow.large_external_amount == 7  # kept from the file
     rules.write_text("outflow: [", encoding="utf-8")
     with pytest.raises(ConfigError, match="not valid YAML"):
         run_tune_command(Settings(rules_file=rules), events, tmp_path / "out", 0.5)
+
+
+def test_the_sweep_keeps_the_most_money_within_the_shortfall_target(tmp_path: Path) -> None:
+    """Issue 32: the sweep's knobs are chosen by outcome (share of sweeps short within 30 days),
+    and the trade-off table shows each setting's sweeps, swept amount, short share and depth."""
+    events = write(tmp_path / "events.jsonl", sweep_history())
+    summary = run_tune(events, tmp_path / "out", CONFIG, max_share=0.5, max_short_share=0.03)
+    rows = table(tmp_path / "out" / "post_repayment_sweep.csv")
+    assert tuple(rows[0]) == SWEEP_COLUMNS and len(rows) == len(SWEEP_GRID)
+    assert [(r["idle_floor_share"], r["buffer_months_of_outflow"]) for r in rows] == list(SWEEP_GRID)
+    swept = {(r["idle_floor_share"], r["buffer_months_of_outflow"]): Decimal(r["swept"]) for r in rows}
+    # every fourth customer spends 45,000 at once: sweeping 60% of the lowest balance or more leaves them short
+    short = {key for key, r in zip(swept, rows, strict=True) if int(r["short"])}
+    assert short == {key for key in swept if key[0] != "0.5"}
+    assert all(r["depth_lowest"] for r in rows if int(r["short"])) and not any(r["depth_lowest"] for r in rows[:3])
+    pick = summary["sweep"]["pick"]
+    within = {key: amount for key, amount in swept.items() if key not in short}
+    assert Decimal(pick["swept"]) == max(within.values()) and pick["idle_floor_share"] == "0.5"
+    suggested = load_rules(tmp_path / "out" / "rules.yaml")
+    assert (str(suggested.sweep.idle_floor_share), str(suggested.sweep.buffer_months_of_outflow)) == (
+        pick["idle_floor_share"],
+        pick["buffer_months_of_outflow"],
+    )
+    assert "post_repayment_sweep" not in suggested.disabled
+    # a looser target keeps more money: the most swept of all, 3 of 72 short (4.2%)
+    loose = best_sweep(summary["sweep"]["rows"], 0.05)
+    assert loose is not None and Decimal(loose["swept"]) == max(swept.values()) and loose["short_share"] == 0.0417
+    assert best_sweep(summary["sweep"]["rows"], 0.0) == pick  # none short: the 0.5 rows
+    text = (tmp_path / "out" / "tables.md").read_text(encoding="utf-8")
+    marked = next(
+        line for line in text.splitlines() if "◀" in line and line.startswith(f"| {pick['idle_floor_share']}")
+    )
+    assert fmt.amount(pick["swept"]) in marked and "| 0 | 0.0% |" in marked
+    assert "\n".join(summary["sweep_table"]) in text
+
+
+def test_no_setting_within_the_target_disables_the_sweep(tmp_path: Path) -> None:
+    events = write(tmp_path / "events.jsonl", sweep_history(4, spend=100_000))  # short under every setting
+    summary = run_tune(events, tmp_path / "out", CONFIG, max_share=0.5, max_short_share=0.0)
+    assert summary["sweep"]["pick"] is None and all(r["short"] for r in summary["sweep"]["rows"])
+    assert "post_repayment_sweep" in load_rules(tmp_path / "out" / "rules.yaml").disabled
+    assert "disabled: no setting keeps the sweeps within the target" in (tmp_path / "out" / "tables.md").read_text()
+    with pytest.raises(ConfigError, match="max-short-share"):
+        run_tune(events, tmp_path / "out", CONFIG, max_short_share=1.5)

@@ -151,7 +151,7 @@ async function showCustomer(id) {
     $("c-asof").textContent = c.as_of;
     $("c-segments").textContent = c.segments.length ? c.segments.join(", ") : "no segment";
     $("c-kpis").replaceChildren(...KPIS.map(([k, label]) =>
-      el("div", { class: "kpi" }, el("div", { class: "label" }, label), el("div", { class: "value", "data-field": k }, c[k] ?? "—"))));
+      el("div", { class: "kpi" }, el("div", { class: "label" }, label), el("div", { class: "value", "data-field": k }, (c.display && c.display[k]) ?? c[k] ?? "—"))));  // written by rules/fmt.py
     drawChart(h.days);
     noteRetractions(a.alerts);
     $("c-alerts").replaceChildren(...(a.alerts.length ? a.alerts.map((f) => alertItem(f, false)) : [el("li", { class: "hint" }, "no alerts")]));
@@ -176,8 +176,9 @@ function drawChart(days) {
   const mk = (tag, attrs, text) => { const n = document.createElementNS(ns, tag); for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v); if (text) n.textContent = text; svg.append(n); return n; };
   mk("line", { class: "zero", x1: L, x2: W - R, y1: y(0), y2: y(0) });
   mk("polyline", { class: "line", points: values.map((v, i) => `${x(i).toFixed(1)},${y(v).toFixed(1)}`).join(" ") });
-  mk("text", { x: 4, y: y(hi) + 4 }, hi.toLocaleString());
-  mk("text", { x: 4, y: y(lo) }, lo.toLocaleString());
+  const axis = (v) => v.toLocaleString("en-US", { maximumFractionDigits: 0 });  // rules/fmt.py's separators, whole units
+  mk("text", { x: 4, y: y(hi) + 4 }, axis(hi));
+  mk("text", { x: 4, y: y(lo) }, axis(lo));
   mk("text", { x: L, y: H - 6 }, days[0].day);
   mk("text", { x: W - R - 60, y: H - 6 }, days[days.length - 1].day);
 }
@@ -192,7 +193,9 @@ async function refreshTiers() {
     $("tiers").replaceChildren(...Object.entries(t.counts).map(([tier, n]) =>
       el("div", { class: "bar", "data-tier": tier }, el("span", { class: "name" }, tier),
         el("span", { class: "fill", style: `width:${Math.round((n / most) * 150)}px` }), el("span", { class: "n" }, n))));
-    $("tiers-cuts").textContent = t.cuts ? `cut points Q1 ${t.cuts.q1} · Q2 ${t.cuts.q2} · Q3 ${t.cuts.q3} · ${t.customers} customers` : `${t.customers} customers, cut points not computed yet`;
+    const cuts = t.cuts_display || t.cuts;  // written by rules/fmt.py on the server
+    const n = t.customers.toLocaleString("en-US");
+    $("tiers-cuts").textContent = cuts ? `cut points Q1 ${cuts.q1} · Q2 ${cuts.q2} · Q3 ${cuts.q3} · ${n} customers` : `${n} customers, cut points not computed yet`;
   } catch (err) { /* shown by the token prompt or retried on the next tick */ }
 }
 

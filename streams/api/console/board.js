@@ -133,7 +133,7 @@ function drawHourly(flows) {
   ], { width: 820, height: 240, left: 52, every: 2, money: true, line: flows.hours.map((h) => num(h.net)) });
 }
 
-function drawExternal(flows) {
+function drawExternal(flows, shownShare) {  // shownShare: the share written by rules/fmt.py
   const width = 380, height = 240, svg = canvas("extint", width, height);
   const share = flows.external_outflow_share === null ? null : num(flows.external_outflow_share);
   const cx = 70, cy = 88, r = 52;
@@ -142,7 +142,7 @@ function drawExternal(flows) {
     const length = 2 * Math.PI * r;
     node(svg, "circle", { cx, cy, r, class: "arc", "stroke-width": 16, "stroke-dasharray": `${(length * share).toFixed(2)} ${length.toFixed(2)}`, transform: `rotate(-90 ${cx} ${cy})` });
   }
-  node(svg, "text", { x: cx, y: cy + 9, "text-anchor": "middle", class: "big", id: "share-text" }, share === null ? "—" : (share * 100).toFixed(1) + "%");
+  node(svg, "text", { x: cx, y: cy + 9, "text-anchor": "middle", class: "big", id: "share-text" }, shownShare ?? "—");
   node(svg, "text", { x: cx, y: cy + r + 28, "text-anchor": "middle" }, "外部流出占比");
   node(svg, "text", { x: cx, y: cy + r + 42, "text-anchor": "middle" }, "external outflow share");
   const rows = [["流入 inflow", "inflow"], ["流出 outflow", "outflow"]];
@@ -220,13 +220,12 @@ function drawTop(top) {
 }
 
 function drawTiles(board) {
-  const t = board.flows.total, net = num(t.net);
-  $("kpi-inflow").textContent = money(t.inflow);
-  $("kpi-outflow").textContent = money(t.outflow);
-  $("kpi-net").textContent = (net > 0 ? "+" : "") + money(t.net);
+  const t = board.flows.total, net = num(t.net), shown = board.display;  // the tiles, written by rules/fmt.py
+  $("kpi-inflow").textContent = shown.inflow;
+  $("kpi-outflow").textContent = shown.outflow;
+  $("kpi-net").textContent = shown.net;
   $("kpi-net").className = "value " + (net < 0 ? "neg" : net > 0 ? "pos" : "");
-  const share = board.flows.external_outflow_share;
-  $("kpi-share").textContent = share === null ? "—" : (num(share) * 100).toFixed(1) + "%";
+  $("kpi-share").textContent = shown.external_outflow_share ?? "—";
   $("kpi-open").textContent = (board.cases.by_status.open || 0) + (board.cases.by_status.in_progress || 0);
   $("kpi-moved").textContent = board.tiers.moved_this_week;
   $("asof").textContent = board.day ? `${board.day} · 截至 as of ${(board.latest || "").replace("T", " ")} · ${board.zone}` : `暂无数据 no data yet · ${board.zone}`;
@@ -235,7 +234,7 @@ function drawTiles(board) {
 function draw(board) {
   drawTiles(board);
   drawHourly(board.flows);
-  drawExternal(board.flows);
+  drawExternal(board.flows, board.display.external_outflow_share);
   drawKinds(board.flows);
   drawFindings(board.findings);
   drawCases(board.cases);

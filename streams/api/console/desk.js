@@ -15,32 +15,6 @@ const OUTCOME = {
 const DISMISSAL = [["duplicate", "重复 duplicate"], ["not_actionable", "无需处理 not actionable"],
   ["false_positive", "误报 false positive (counts in precision)"], ["other", "其他 other (note)"]];
 
-function newKey() {
-  if (crypto.randomUUID) return crypto.randomUUID();
-  return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-async function api(path, body) {
-  const headers = authHeaders();
-  const options = { headers };
-  if (body !== undefined) {
-    // one key per click: a retried request is answered, never applied twice
-    Object.assign(headers, { "Content-Type": "application/json", "Idempotency-Key": newKey() });
-    Object.assign(options, { method: "POST", body: JSON.stringify(body) });
-  }
-  const response = await fetch(path, options);
-  if (response.status === 401) { askToken(); throw new Error("unauthorized"); }
-  const data = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(data.error || response.statusText);
-  return data;
-}
-
-function notify(text, ok) {
-  $("notice").hidden = false;
-  $("notice").className = ok ? "ok" : "";
-  $("notice").textContent = text;
-}
-
 tokenPrompt(() => start());
 addCategories($("f-category"));
 
@@ -51,7 +25,7 @@ const isOpen = (c) => c.status === "open" || c.status === "in_progress";
 // ---- the list ---------------------------------------------------------------
 async function refreshList() {
   const query = new URLSearchParams({ limit: "200" });
-  for (const name of ["status", "category", "type"]) if ($("f-" + name).value) query.set(name, $("f-" + name).value);
+  for (const name of ["status", "category", "type", "queue"]) if ($("f-" + name).value) query.set(name, $("f-" + name).value);
   const who = $("f-assignee").value;
   if (who) query.set("assignee", who === "@me" ? state.me.name : who);
   try {
@@ -83,6 +57,7 @@ function marks(c) {
   if (c.outcome === "retracted") found.push(el("span", { class: "tag retracted" }, "撤回 retracted"));
   else if (c.retracted) found.push(el("span", { class: "tag retracted", title: "findings taken back by the monitor" }, `撤回 ${c.retracted}`));
   if (c.history) found.push(el("span", { class: "tag history" }, "历史 history"));
+  if (c.queue === "rm") found.push(el("span", { class: "tag rm", title: "a task for the relationship manager (docs/contact.md)" }, "客户经理 RM"));
   return found;
 }
 
@@ -91,7 +66,7 @@ function togglePick(id, on) {
   $("bulk-count").textContent = `${state.picked.size} selected`;
 }
 
-for (const name of ["status", "assignee", "category", "type"]) $("f-" + name).addEventListener("change", refreshList);
+for (const name of ["status", "assignee", "category", "type", "queue"]) $("f-" + name).addEventListener("change", refreshList);
 
 async function bulk(path, body) {
   if (!state.picked.size) { notify("select cases first 请先选择案件"); return; }
@@ -128,11 +103,55 @@ async function showCase(id) {
     older("comments", id, d.comments_page, commentItem);
     const gone = new Set(d.audit.filter((a) => a.action === "finding_retracted").map((a) => a.finding_id));
     $("k-findings").replaceChildren(...d.findings.map((f) => el("li", { class: gone.has(f.id) ? "withdrawn" : "", "data-id": f.id },
-      el("span", { class: "who" }, f.rule), f.history === true ? el("span", { class: "tag history" }, "历史 history") : null, ` ${f.ts}: ${f.message}`)));
+      el("span", { class: "who" }, f.rule), f.history === true ? el("span", { class: "tag history" }, "历史 history") : null, ` ${f.ts}: ${f.message}`,
+      el("div", { class: "evidence" }, evidence(f)))));
+    showContact(c.customer_id);
     $("k-audit").replaceChildren(...d.audit.map(auditItem));
     older("audit", id, d.audit_page, auditItem);
     for (const row of $("cases").tBodies[0].rows) row.className = Number(row.dataset.case) === id ? "current" : "";
   } catch (err) { notify(err.message); }
+}
+
+// What made a finding fire, and for a recommendation what it suggests (an RM's task needs both).
+function evidence(f) {
+  const parts = Object.entries(f.evidence || {}).filter(([, v]) => typeof v !== "object").map(([k, v]) => `${k}: ${v}`);
+  if (f.product) parts.unshift(`产品 product: ${f.product}` + (f.amount ? ` · ${f.amount}` : ""));
+  return parts.join(" · ");
+}
+
+// ---- contact: consent and complaints (docs/contact.md) ---------------------------
+const mayRecord = () => state.me && (state.me.role === "analyst" || state.me.role === "supervisor");
+
+async function showContact(customer) {
+  const box = $("k-contact");
+  try {
+    const v = await api(`/contact/${encodeURIComponent(customer)}`);
+    const scope = (s) => (v.scopes[s] ? `${v.scopes[s].status} (${v.scopes[s].at})` : "—");
+    const held = Object.entries(v.held).map(([ch, why]) => `${ch}: ${why || "ok"}`).join(" · ");
+    const shown = [el("p", { id: "contact-state" }, `push ${scope("push")} · sms ${scope("sms")} · all ${scope("all")}`
+      + (v.complaint ? ` · 投诉 complaint until ${v.complaint.quiet_until}` : "") + ` · now: ${held} · tier ${v.tier || "—"}`)];
+    if (mayRecord()) {
+      const channel = el("select", { id: "c-channel", "aria-label": "channel" }, ...["push", "sms", "all"].map((c) => el("option", { value: c }, c)));
+      const status = el("select", { id: "c-status", "aria-label": "consent" },
+        el("option", { value: "opt_out" }, "退订 opt out"), el("option", { value: "opt_in" }, "订阅 opt in"));
+      const reason = el("input", { id: "c-reason", placeholder: "原因 reason (required)", "aria-label": "consent reason" });
+      const record = (path, body) => async (e) => {
+        e.preventDefault();
+        try { await api(path, body()); notify("recorded 已记录", true); showContact(customer); } catch (err) { notify(err.message); }
+      };
+      const path = `/contact/${encodeURIComponent(customer)}`;
+      shown.push(el("form", { id: "consent-form", onsubmit: record(path + "/consent", () => ({ channel: channel.value, status: status.value, reason: reason.value })) },
+        channel, status, reason, el("button", { type: "submit" }, "记录 Record consent")));
+      const complaint = el("input", { id: "c-complaint", placeholder: "投诉内容 complaint", "aria-label": "complaint" });
+      shown.push(el("form", { id: "complaint-form", onsubmit: record(path + "/complaint", () => ({ reason: complaint.value })) },
+        complaint, el("button", { type: "submit", class: "quiet" }, "记录投诉 Record complaint")));
+    }
+    shown.push(el("ol", { class: "audit" }, ...v.audit.map((a) => el("li", {}, el("span", { class: "who" }, bdi(a.by)),
+      ` ${a.action} ${a.channel}: `, bdi(a.reason)))));
+    if (v.held_pushes.length) shown.push(el("p", { id: "contact-held" }, "未发送 held pushes: "
+      + v.held_pushes.map((h) => `${h.rule} ${h.ts} (${h.why})`).join(" · ")));
+    box.replaceChildren(...shown);
+  } catch (err) { box.replaceChildren(el("p", {}, err.message)); }
 }
 
 // Free text as sent, each piece isolated (<bdi>): a U+202E in a comment cannot turn what follows around.

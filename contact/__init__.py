@@ -1,0 +1,1 @@
+"""Contact with customers at delivery: consent, complaints and routes (docs/contact.md)."""
