@@ -60,7 +60,7 @@ from streams.storage.changelog import FixedRules, Rulebook, encode_entry, replay
 from streams.storage.changelog import Step as Step  # (re-exported: the step's type, where it always was)
 from streams.storage.codec import encode_state
 from streams.storage.store import Commit, StateStore, Tally
-from streams.topics import DLQ
+from streams.topics import DLQ, SHADOW
 
 log = logging.getLogger(__name__)
 UTC = ZoneInfo("UTC")
@@ -70,6 +70,7 @@ UTC = ZoneInfo("UTC")
 FOLD_CHUNK = 32
 
 Message = tuple[str, bytes | None, bytes]  # topic, key, value
+SHADOW_ENTRY = SHADOW.encode() + b"\n"  # how a shadow run's outbox entries begin (streams.rulestep.shadow_records)
 
 _OUTCOME_ERRORS = {
     Outcome.CONFLICT: "txn_id was already applied with different content; refused",
@@ -576,7 +577,8 @@ class BatchProcessor:
                 if isinstance(event, TransactionEvent):
                     run.board.add_transaction(event, event_time(event, self.zone)[0], self.zone, state)
                 for entry in findings:
-                    run.board.add_finding(_finding_of(entry))
+                    if not entry.startswith(SHADOW_ENTRY):  # (a shadow run's record: not a finding)
+                        run.board.add_finding(_finding_of(entry))
                 if record.timestamp_ms is not None:
                     run.produced_ms.append(record.timestamp_ms)
             elif outcome is Outcome.DUPLICATE:
@@ -651,7 +653,7 @@ class BatchProcessor:
                     self._note_logged(cid)
                 if run.findings:
                     attempt.to_publish.setdefault(cid, []).extend(run.findings)
-                    report.findings += len(run.findings)
+                    report.findings += sum(1 for entry in run.findings if not entry.startswith(SHADOW_ENTRY))
             elif run.records and cid in self.cache:
                 # stepped, nothing committed (duplicates, refusals): the partition positions
                 # they noted are in the cached state only, and in no log entry, so the next

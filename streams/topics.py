@@ -14,9 +14,10 @@ RECOMMENDATIONS = "fundflow.recommendations.v1"
 MARKETING = "fundflow.marketing.v1"
 DLQ = "fundflow.dlq.v1"
 HISTORY = "fundflow.history.v1"  # findings before FUNDFLOW_LIVE_FROM: kept, never delivered
+SHADOW = "fundflow.shadow.v1"  # a shadow run's findings and differences: never delivered
 
 INPUT_TOPICS = (TRANSACTIONS, LOANS)
-OUTPUT_TOPICS = (ALERTS, RECOMMENDATIONS, MARKETING, DLQ, HISTORY)
+OUTPUT_TOPICS = (ALERTS, RECOMMENDATIONS, MARKETING, DLQ, HISTORY, SHADOW)
 
 
 def all_topics(partitions: int) -> dict[str, int]:

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from rules.config import RulesConfig
 from streams.app import create_app, run_faust_worker
 from streams.clients import connect, ensure_topics
 from streams.errors import ConfigError
 from streams.health import check_redis as redis_status
-from streams.rulestep import build_step, last_good_rules, rules_at_start
+from streams.rulestep import RulesStep, VersionFollower, VersionUnreadable, build_step, last_good_rules, rules_at_start
 from streams.settings import Settings, safe_url
 from streams.storage.keys import Keys
+from streams.storage.rulebook import Rulebook
 from streams.storage.store import StateStore
 from streams.topics import all_topics
 
@@ -53,6 +55,21 @@ async def fallback_rules(redis_url: str, settings: Settings, why: str) -> RulesC
     return rules
 
 
+async def follow_versions_at_start(redis_url: str, settings: Settings, step: RulesStep) -> None:
+    """The rule versions in Redis before the first event is judged (version 1 made from the
+    rules file when there are none); a version this worker cannot load is a one-line error,
+    unless ``FUNDFLOW_RULES_FALLBACK=last-good``: then it runs on the rules it has and says so."""
+    client = connect(redis_url, settings.redis_cluster)
+    try:
+        follower = VersionFollower(Rulebook(client, Keys(settings.key_prefix)), step.provider)
+        try:
+            await follower.poll(time.time_ns() // 1000, strict=settings.rules_fallback != "last-good")
+        except VersionUnreadable as exc:
+            raise ConfigError(f"{exc}; {FALLBACK_HINT}") from None
+    finally:
+        await client.aclose()
+
+
 def run_worker(settings: Settings, bootstrap: str, redis_url: str, *, web_port: int | None, loglevel: str) -> int:
     fallback: RulesConfig | None = None
     try:  # a missing or bad rules file is a one-line error before anything starts
@@ -71,6 +88,8 @@ def run_worker(settings: Settings, bootstrap: str, redis_url: str, *, web_port: 
     if web_port is not None:
         settings = settings.model_copy(update={"web_port": web_port})
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(settings, bootstrap, redis_url, build_step(settings, fallback) if fallback else None)
+    step = build_step(settings, fallback)
+    asyncio.run(follow_versions_at_start(redis_url, settings, step))
+    app = create_app(settings, bootstrap, redis_url, step)
     run_faust_worker(app, settings, loglevel)
     return 0

@@ -12,10 +12,11 @@ A state is then the snapshot plus the log, replayed through the same pure step, 
 its findings dropped (they were committed to the outbox when the records were): the
 step is deterministic in the state, the event and the rules, so the replay gives the
 state the worker had. An entry names the rules its records ran under (their
-fingerprint): the worker stores each set of rules it commits under, by fingerprint,
-and replays an entry under its own rules after a reload. Readers (the API, ``fundflow
-snapshot``) replay the same way, learning the rules from Redis
-(``streams.rulestep.reader_store``).
+fingerprint: of the version timeline, which judges each record under the version in force
+at its event time, and of the shadow run beside it, ``streams.rulestep.Timeline``): the
+worker stores each timeline it commits under, by fingerprint, and replays an entry under
+its own timeline after a promotion. Readers (the API, ``fundflow snapshot``) replay the
+same way, learning the timelines from Redis (``streams.rulestep.reader_store``).
 
 An entry is ``rules-fingerprint\\n`` and then per record a header line
 ``topic partition offset timestamp key-length value-length\\n`` followed by the key and

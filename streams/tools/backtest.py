@@ -46,7 +46,7 @@ from streams.storage.snapshot import iso, load_all, rows, write_jsonl
 from streams.tools.measure import percentiles
 from streams.tools.progress import Progress
 from streams.tools.replay import read_lines, replay, route
-from streams.topics import ALERTS, DLQ, HISTORY, MARKETING, RECOMMENDATIONS
+from streams.topics import ALERTS, DLQ, HISTORY, MARKETING, RECOMMENDATIONS, SHADOW
 
 OUTPUT_FILES = {
     ALERTS: "alerts.jsonl",
@@ -54,6 +54,7 @@ OUTPUT_FILES = {
     MARKETING: "marketing.jsonl",
     DLQ: "dlq.jsonl",
     HISTORY: "history.jsonl",  # findings before FUNDFLOW_LIVE_FROM (docs/going-live.md)
+    SHADOW: "shadow.jsonl",  # a shadow run's records (``fundflow shadow EVENTS``; empty without one)
 }
 
 
@@ -75,7 +76,10 @@ def max_event_time(lines: list[bytes]) -> int | None:
     return best
 
 
-def run_backtest(settings: Settings, events: Path, out: Path, timeout: float) -> int:
+def run_backtest(
+    settings: Settings, events: Path, out: Path, timeout: float, worker_env: dict[str, str] | None = None
+) -> int:
+    """The backtest; ``worker_env``: more of the worker's settings (``fundflow shadow EVENTS``'s shadow)."""
     if not events.is_file():
         raise ConfigError(f"no such file: {events}")
     lines = list(read_lines(events))
@@ -87,7 +91,7 @@ def run_backtest(settings: Settings, events: Path, out: Path, timeout: float) ->
         settings = settings.model_copy(update={"app_id": f"fundflow-backtest-{run}", "key_prefix": f"bt{run}"})
     out.mkdir(parents=True, exist_ok=True)
     with LocalRun(settings, out / "logs") as local:
-        local.start_worker()
+        local.start_worker(**(worker_env or {}))
         summary = asyncio.run(_drive(local, lines, as_of_us, out, timeout))
     summary["risk_vetoes"] = risk_vetoes(lines, settings, rules_at_start(settings))
     (out / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
@@ -135,8 +139,9 @@ async def _drive(
                 unique.setdefault(obj.get("id"), obj)
             objects = list(unique.values())
             for obj in objects:
-                rule = str(obj.get("rule"))
-                by_rule[rule] = by_rule.get(rule, 0) + 1
+                if topic != SHADOW:  # (a shadow's records are no live finding)
+                    rule = str(obj.get("rule"))
+                    by_rule[rule] = by_rule.get(rule, 0) + 1
         else:
             for obj in objects:
                 reason = str(obj.get("reason"))

@@ -29,12 +29,16 @@ from typing import Any
 
 import orjson
 import pytest
+import redis
 import yaml
 from aiokafka import AIOKafkaProducer
 
+from rules.config import RulesConfig
 from streams.clients import ensure_topics
 from streams.local.servers import Stack, free_port
+from streams.rulestep import fingerprint
 from streams.settings import Settings
+from streams.storage.keys import Keys
 from streams.topics import TRANSACTIONS, all_topics
 from tests.support.drain import drain_events
 from tests.support.processes import Process, env
@@ -253,20 +257,26 @@ def test_each_alert_holds_in_its_fault_and_none_under_healthy_load(
         cut.close()
         prometheus.wait_until(set(), "API cut off, then gone")
 
-        # a rejected rules reload: degraded, still serving
-        def judged_under(prefix: str, status: str) -> bool:
-            """An event makes the worker look at the rules file; ``status`` is /readyz's then."""
-            asyncio.run(send(stack.kafka_bootstrap, events(prefix, 1)))
+        # a rule version in the timeline the worker cannot load (as a newer FundFlow would store
+        # it): degraded, still serving on the timeline it last loaded (a changed rules file is
+        # no incident any more: it is not applied, docs/rules-lifecycle.md)
+        def status_is(status: str) -> bool:
             return bool(readyz(ports["worker"])[1]["status"] == status)
 
-        rules.write_text("loan_lateness_days: 999\n")
-        worker.wait_until(lambda: judged_under("RR", "degraded"), "the bad rules file rejected")
-        prometheus.wait_until({"FundFlowRulesReloadRejected"}, "rules reload rejected")
+        versions = redis.Redis.from_url(stack.redis_url)
+        keys = Keys(base["FUNDFLOW_KEY_PREFIX"])
+        later = {"effective_us": time.time_ns() // 1000 + 3_600_000_000, "version": 99, "fingerprint": "newer",
+                 "by": "someone", "at_us": time.time_ns() // 1000}  # fmt: skip
+        versions.hset(keys.rulebook("version:99"), mapping={"number": 99, "rules": b'{"a_newer_rule": {}}'})
+        versions.rpush(keys.rulebook("timeline"), orjson.dumps(later))
+        worker.wait_until(lambda: status_is("degraded"), "a rule version the worker cannot load")
+        prometheus.wait_until({"FundFlowRulesReloadRejected"}, "rule version not loaded")
         status, body = readyz(ports["worker"])
         assert (status, body["status"]) == (200, "degraded") and body["checks"]["rules"] != "ok", body
-        shutil.copy(ROOT / "deploy/rules.yaml", rules)
-        worker.wait_until(lambda: judged_under("RG", "ready"), "the good rules file loaded again")
+        versions.hset(keys.rulebook("version:99"), "rules", fingerprint(RulesConfig())[1])  # (the worker upgraded)
+        worker.wait_until(lambda: status_is("ready"), "the rule version loaded")
         prometheus.wait_until(set(), "rules fixed")
+        versions.close()
 
         # Redis stopped while events arrive: the workers' Redis alert, the API's, and the
         # partitions whose batches are retried stall

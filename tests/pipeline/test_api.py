@@ -14,9 +14,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
+from rules import fmt
 from streams.api.board_models import board_openapi
 from streams.api.case_models import case_openapi
+from streams.api.contact_models import contact_openapi
 from streams.api.models import Alerts, Customer, Finding, Health, History, Tiers, openapi_document
+from streams.api.rule_models import rules_openapi
 from streams.api.server import create_api
 from streams.errors import ConfigError
 from streams.local.servers import free_port
@@ -73,6 +76,11 @@ async def test_customer_matches_its_schema_and_the_store(served: tuple[TestClien
     state = await processor.store.read("C0003")
     assert state is not None and Decimal(customer.balance) == state.balance
     assert customer.tier in ("I", "II", "III", "IV") and customer.tier_cuts_refreshed_at
+    # the numbers written for people beside the machine-readable ones (rules/fmt.py, CNY)
+    assert customer.display["balance"] == fmt.amount(state.balance) and "," in fmt.amount(state.balance)
+    share = customer.external_outflow_share_30d
+    assert customer.display["external_outflow_share_30d"] == fmt.percent(Decimal(share), 1)
+    assert customer.display["external_outflow_share_30d"].endswith("%") and "ledger_drift" not in customer.display
     assert (await get(client, "/customers/nobody", 404)) == {"error": "no customer 'nobody'"}
     later = await get(client, "/customers/C0003?as_of=2030-01-01T00:00:00%2B08:00")
     assert later["as_of"].startswith("2030-01-01") and later["inflow_30d"] == "0.00"
@@ -119,10 +127,13 @@ async def test_tiers_and_openapi(served: tuple[TestClient[Any, Any], BatchProces
     tiers = Tiers.model_validate(await get(client, "/tiers?top=3"))
     assert tiers.customers == 8 + len(CUSTOMERS) - 1 == sum(tiers.counts.values())  # the last one comes later
     assert len(tiers.top) == 3 and tiers.cuts is not None
+    assert tiers.cuts_display is not None and tiers.cuts_display.q2 == fmt.amount(Decimal(tiers.cuts.q2))
     await get(client, "/tiers?top=x", 400)
     document = await get(client, "/openapi.json")
     assert document == json.loads(
-        json.dumps(board_openapi(case_openapi(openapi_document(document["info"]["version"]))))
+        json.dumps(
+            rules_openapi(contact_openapi(board_openapi(case_openapi(openapi_document(document["info"]["version"])))))
+        )
     )
     served_paths = {
         r.resource.canonical

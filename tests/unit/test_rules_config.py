@@ -1,10 +1,10 @@
-"""rules.yaml: validated, hot-reloaded, and a bad file never replaces the last good one."""
+"""rules.yaml: validated; it gives a deployment its first version, and a file changed later is
+never applied (rules change through versions), only said."""
 
 from __future__ import annotations
 
 import os
 import re
-from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -12,7 +12,7 @@ import pytest
 from rules.config import RULE_NAMES, RulesConfig, RulesConfigError, check_rules, load_rules, parse_rules
 from streams import telemetry
 from streams.errors import ConfigError
-from streams.rulestep import RulesProvider, build_step, fingerprint, rules_at_start
+from streams.rulestep import RulesProvider, Timeline, build_step, fingerprint, rules_at_start
 from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,32 +53,40 @@ def test_invalid_files_are_rejected_with_one_clear_line(text: str, fragment: str
     assert fragment in message and "\n" not in message
 
 
-def test_hot_reload_takes_effect_and_a_bad_file_keeps_the_last_good(tmp_path: Path) -> None:
+def test_a_changed_file_is_never_applied_and_says_so_once_in_a_gauge(tmp_path: Path) -> None:
+    """A running system changes rules only through versions (docs/rules-lifecycle.md): the file
+    gives version 1, and a file that differs from the version in force later is not applied
+    (``fundflow_rules_file_ignored`` is 1 while it differs, or cannot be read)."""
     path = tmp_path / "rules.yaml"
     path.write_text("outflow:\n  streak_days: 7\n")
     now = [0.0]
     provider = RulesProvider(path, check_every_seconds=1.0, clock=lambda: now[0])
-    assert provider.current().outflow.streak_days == 7
+    ignored = telemetry.RULES_FILE_IGNORED
+    assert provider.current().outflow.streak_days == 7 and ignored._value.get() == 0
 
     path.write_text("outflow:\n  streak_days: 9\n")
     os.utime(path, (1, 1))
-    assert provider.current().outflow.streak_days == 7  # not checked again yet
     now[0] = 2.0
-    assert provider.current().outflow.streak_days == 9
+    assert provider.current().outflow.streak_days == 7 and ignored._value.get() == 1  # not applied
 
     path.write_text("outflow:\n  streak_days: [broken\n")
     os.utime(path, (2, 2))
     now[0] = 4.0
-    assert provider.current().outflow.streak_days == 9  # rejected: the last good stays
+    assert provider.current().outflow.streak_days == 7 and ignored._value.get() == 1
 
     path.unlink()
     now[0] = 6.0
-    assert provider.current().outflow.streak_days == 9  # unreadable: the last good stays
+    assert provider.current().outflow.streak_days == 7 and ignored._value.get() == 1
 
-    path.write_text("collection:\n  min_amount: 1234.5\n")
+    path.write_text("outflow:\n  streak_days: 7\n")
     os.utime(path, (3, 3))
     now[0] = 8.0
-    assert provider.current().collection.min_amount == Decimal("1234.5")
+    assert provider.current().outflow.streak_days == 7 and ignored._value.get() == 0  # the file agrees again
+
+    promoted = RulesConfig.model_validate({"outflow": {"streak_days": 9}})
+    provider.follow(Timeline.fixed(promoted))  # a version promoted: the step runs under it
+    now[0] = 10.0
+    assert provider.current() is promoted and ignored._value.get() == 1  # and the file is now the odd one
 
 
 def test_a_bad_file_at_start_is_an_error_not_a_silent_default(tmp_path: Path) -> None:
@@ -121,23 +129,6 @@ def test_a_missing_file_at_start_is_an_error_unless_defaults_are_asked_for(tmp_p
     assert build_step(Settings(rules_file=Path("defaults"))).provider.config == RulesConfig()
 
 
-def test_a_rejected_reload_shows_in_a_gauge_until_a_good_file_loads(tmp_path: Path) -> None:
-    path = tmp_path / "rules.yaml"
-    path.write_text("outflow:\n  streak_days: 7\n")
-    now = [0.0]
-    provider = RulesProvider(path, check_every_seconds=1.0, clock=lambda: now[0])
-    gauge = telemetry.RULES_RELOAD_REJECTED
-    assert gauge._value.get() == 0
-    path.write_text("disabled: [nope]\n")
-    os.utime(path, (1, 1))
-    now[0] = 2.0
-    assert provider.current().outflow.streak_days == 7 and gauge._value.get() == 1
-    path.write_text("outflow:\n  streak_days: 8\n")
-    os.utime(path, (2, 2))
-    now[0] = 4.0
-    assert provider.current().outflow.streak_days == 8 and gauge._value.get() == 0
-
-
 def test_a_bad_file_at_start_runs_on_the_fallback_when_given_one(tmp_path: Path) -> None:
     path = tmp_path / "rules.yaml"
     path.write_text("version: 7\n")
@@ -145,7 +136,9 @@ def test_a_bad_file_at_start_runs_on_the_fallback_when_given_one(tmp_path: Path)
     now = [0.0]
     provider = RulesProvider(path, check_every_seconds=1.0, clock=lambda: now[0], fallback=last_good)
     assert provider.current() is last_good and telemetry.RULES_RELOAD_REJECTED._value.get() == 1
+    assert provider.on_fallback  # (until the worker follows the versions in Redis: VersionFollower)
     path.write_text("outflow:\n  streak_days: 6\n")
     os.utime(path, (1, 1))
     now[0] = 2.0
-    assert provider.current().outflow.streak_days == 6 and telemetry.RULES_RELOAD_REJECTED._value.get() == 0
+    assert provider.current() is last_good  # a good file now: still not applied, only said
+    assert telemetry.RULES_FILE_IGNORED._value.get() == 1

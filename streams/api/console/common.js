@@ -16,6 +16,35 @@ function el(tag, attrs, ...children) {
 
 function authHeaders() { return session.token ? { Authorization: "Bearer " + session.token } : {}; }
 
+function newKey() {
+  if (crypto.randomUUID) return crypto.randomUUID();
+  return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+// A GET, or with ``body`` a POST carrying a fresh Idempotency-Key (one per click: a retried
+// request is answered, never applied twice); the JSON answer, or an Error with the API's message
+// and ``status``. A 401 asks for the token.
+async function api(path, body) {
+  const headers = authHeaders();
+  const options = { headers };
+  if (body !== undefined) {
+    Object.assign(headers, { "Content-Type": "application/json", "Idempotency-Key": newKey() });
+    Object.assign(options, { method: "POST", body: JSON.stringify(body) });
+  }
+  const response = await fetch(path, options);
+  if (response.status === 401) { askToken(); throw new Error("unauthorized"); }
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) { const err = new Error(data.error || response.statusText); err.status = response.status; throw err; }
+  return data;
+}
+
+// A line under the header: an error, or with ``ok`` a change made (the page's #notice).
+function notify(text, ok) {
+  $("notice").hidden = false;
+  $("notice").className = ok ? "ok" : "";
+  $("notice").textContent = text;
+}
+
 function askToken() {
   $("token-box").hidden = false;
   $("token").focus();
