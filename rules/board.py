@@ -25,6 +25,7 @@ Cells:
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import functools
 from collections.abc import Iterable, Mapping
@@ -40,8 +41,10 @@ from rules.state import (
     NO_FLOW,
     WINDOW_90D_US,
     CustomerState,
+    EventRecord,
     inflow_since,
     local_day_hour,
+    midnight_us,
     record_kind,
     remaining_since,
 )
@@ -72,6 +75,12 @@ def iso_day(ordinal: int) -> str:
     return dt.date.fromordinal(ordinal).isoformat()
 
 
+@functools.lru_cache(maxsize=1024)
+def day_ordinal(day: str) -> int:
+    """The day ordinal of a ``YYYY-MM-DD`` day key (``iso_day``'s inverse)."""
+    return dt.date.fromisoformat(day).toordinal()
+
+
 def _add(cells: Cells, day: str, cell: str, value: int) -> None:
     row = cells.setdefault(day, {})
     row[cell] = row.get(cell, 0) + value
@@ -85,6 +94,7 @@ class BoardDelta:
     findings: Cells = field(default_factory=dict)
     net: dict[str, int] = field(default_factory=dict)  # day -> this customer's net outflow (cents)
     latest_us: int | None = None  # the latest event time applied
+    zone: ZoneInfo | None = None  # the bank's, whose days the cells count
 
     def add_transaction(
         self, event: TransactionEvent, ts_us: int, zone: ZoneInfo, state: CustomerState | None = None
@@ -93,6 +103,7 @@ class BoardDelta:
         reversal is no flow, and takes the reversed transaction's flow out of its own day
         (when the state still kept it: ``state.undone``); an own-account transfer is no flow."""
         self.note_time(ts_us)
+        self.zone = zone
         if event.reverses is not None:
             undone = state.undone if state is not None else None
             if undone is not None:
@@ -128,6 +139,53 @@ class BoardDelta:
 
     def __bool__(self) -> bool:
         return bool(self.flows or self.findings or self.net)
+
+
+def day_net(state: CustomerState, ordinal: int, zone: ZoneInfo) -> int | None:
+    """The customer's net outflow (cents) of local day ``ordinal`` in ``zone``, from the records
+    its state keeps: what the ``net`` deltas of every event of that day add up to (``recompute``
+    counts the same way). None when the state may no longer keep that day whole (it keeps
+    whole days of its own zone from ``kept_from_day`` on: a day later, whatever the zones).
+    The commit sends it for the 看板's closed days, whose sets keep only their top
+    (``streams.board.trim``): a customer no longer in one comes back with its whole net."""
+    if state.kept_from_day is not None and ordinal <= state.kept_from_day:
+        return None
+    events = state.events
+    start, end = _day_bounds(ordinal, zone)
+    # (nearly every commit is of the customer's latest day: walked back from the end, that
+    # is its last few records, no search; an older day is found by bisection)
+    i = len(events)
+    if i and events[-1].ts_us >= end:
+        i = bisect.bisect_left(events, end, key=_ts_of)
+    net = 0
+    while i:
+        i -= 1
+        record = events[i]
+        if record.ts_us < start:
+            break
+        if not record.flags & NO_FLOW:
+            amount = abs(cents(record.amount))
+            net += -amount if record.flags & CREDIT else amount
+    return net
+
+
+@functools.lru_cache(maxsize=1024)
+def _day_bounds(ordinal: int, zone: ZoneInfo) -> tuple[int, int]:
+    """The µs of the local midnights that start and end day ``ordinal`` in ``zone``."""
+    return midnight_us(ordinal, zone), midnight_us(ordinal + 1, zone)
+
+
+def _ts_of(record: EventRecord) -> int:
+    return record.ts_us
+
+
+def floor_value(nets: Iterable[int], kept: int) -> int:
+    """The floor of a closed 看板 day whose net outflows (cents) are ``nets`` (every customer's,
+    or each shard's top ``kept``: the same answer): the ``kept``-th largest, so the day keeps
+    its top ``kept`` and whoever ties the last of them; never below 1 cent, as the 看板 shows
+    only a positive net outflow (``streams.board.trim``)."""
+    ordered = sorted(nets, reverse=True)
+    return max(1, ordered[kept - 1]) if len(ordered) >= kept else 1
 
 
 def collection_bucket(state: CustomerState) -> str:

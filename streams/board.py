@@ -24,14 +24,21 @@ from zoneinfo import ZoneInfo
 import orjson
 import redis.asyncio as aioredis
 
-from rules.board import BUCKETS, NO_RATE, Board, recompute
+from rules.board import BUCKETS, NO_RATE, Board, floor_value, recompute
 from rules.money import rounded
 from rules.state import KINDS, from_us
 from streams.pipeline import outbox_message
 from streams.storage.keys import BOARD, Keys
-from streams.storage.store import StateStore
+from streams.storage.store import StateStore, _bounded
 
 DAYS_SHOWN = 30  # the findings history of the board
+# Closed days one trim script cuts in a shard: on a cluster a shard's sets are small and the
+# shards many, so a call takes a month of them; on one Redis its one shard holds every active
+# customer of a day, and one day is what a call may keep Redis busy for.
+TRIM_DAYS_PER_CALL = 31
+# A Redis Cluster has a 看板 shard per slot: a day's floor reads them in pipelines of this many,
+# so no one pipeline's packing and parsing holds the worker's event loop for long.
+FLOOR_SHARDS_PER_PIPELINE = 1024
 FIRST_PRUNE_LOOKBACK_DAYS = 31  # how far before the retention a shard's first prune looks
 Cells = dict[str, int]
 
@@ -191,12 +198,26 @@ async def _scored(reply: Any) -> list[tuple[bytes, float]]:
 
 
 async def _top(redis: aioredis.Redis, keys: Keys, found: Sequence[str], day: str, top: int) -> list[dict[str, Any]]:
+    if top <= 0 or not found:
+        return []
+    # a customer is counted in one shard only: the top of each shard, and whoever ties its
+    # last, holds the top of all (ties go by customer id, ZREVRANGE's by id reversed); one
+    # round trip for every shard (a cluster has up to one per slot), one more for the ties
+    names = [keys.board(shard, f"net:{day}") for shard in found]
+    async with redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.zrevrange(name, 0, top - 1, withscores=True)
+        replies = cast(list[list[tuple[bytes, float]]], await pipe.execute())
+    full = [(name, reply[-1][1]) for name, reply in zip(names, replies, strict=True) if len(reply) == top]
+    if full:
+        async with redis.pipeline(transaction=False) as pipe:
+            for name, last in full:
+                pipe.zrangebyscore(name, last, last, withscores=True)
+            replies += cast(list[list[tuple[bytes, float]]], await pipe.execute())
     scores: dict[str, int] = {}
-    for shard in found:
-        # a customer is counted in one shard only: the top of each shard holds the top of all
-        largest = redis.zrevrange(keys.board(shard, f"net:{day}"), 0, top - 1, withscores=True)
-        for member, score in await _scored(largest):
-            scores[_text(member)] = scores.get(_text(member), 0) + int(score)
+    for reply in replies:
+        for member, score in reply:
+            scores[_text(member)] = int(score)
     ordered = sorted(((cid, cents) for cid, cents in scores.items() if cents > 0), key=lambda x: (-x[1], x[0]))
     return [{"customer_id": cid, "net_outflow": amount(cents)} for cid, cents in ordered[:top]]
 
@@ -247,6 +268,11 @@ async def check(store: StateStore, zone: ZoneInfo, kept: int, cluster: bool = Fa
             findings_from = max(findings_from or start, start)
     expected, flows_from = recompute(states, findings, zone)
     actual = await stored(store.redis, store.keys, cluster)
+    closed, through = await floors(store.redis, store.keys)
+    for net in (actual.net, expected.net):  # a closed day keeps only those at or above its floor
+        for day, row in net.items():
+            if day in closed or (through is not None and day <= through):
+                net[day] = {cid: cents for cid, cents in row.items() if cents >= closed.get(day, 1)}
     differences = []
     for what, mine, theirs, since in (
         ("flows", actual.flows, expected.flows, flows_from),
@@ -289,4 +315,98 @@ async def prune(redis: aioredis.Redis, keys: Keys, zone: ZoneInfo, keep_days: in
             dropped += int(await redis.delete(*batch))  # (one shard: one slot, also on a cluster)
         if start < first or kept_from is None:
             await redis.set(marker, first.isoformat())
+    closed, _ = await floors(redis, keys)
+    gone = [day for day in closed if day < first.isoformat()]
+    if gone:  # (the floors of the days dropped: a closed day is kept as long as its sets)
+        await redis.hdel(keys.board_floors, *gone)
     return dropped
+
+
+# KEYS: the shard's trim marker (``board:trim``), then the net-outflow sets of the days to cut.
+# ARGV: the last of those days, then each set's floor. Everyone below a day's floor leaves its
+# set, and the marker says the shard's days up to the last one are cut (a commit then moves a
+# member of such a day, and brings anyone else back only with their whole net: COMMIT_LUA);
+# both in one step, so no commit ever sees a cut day as whole.
+TRIM_LUA = """
+for i = 2, #KEYS do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', '(' .. ARGV[i])
+end
+local day = redis.call('HGET', KEYS[1], 'day')
+if not day or day < ARGV[1] then redis.call('HSET', KEYS[1], 'day', ARGV[1]) end
+return 1
+"""
+
+
+async def trim(
+    redis: aioredis.Redis,
+    keys: Keys,
+    zone: ZoneInfo,
+    *,
+    kept: int,
+    open_days: int,
+    keep_days: int,
+    cluster: bool = False,
+    most_days: int | None = None,
+) -> int:
+    """Cut the net-outflow sets of every closed day to their top ``kept`` customers (at most
+    ``most_days`` of them, oldest first: the next call goes on where this one stopped); returns
+    how many days it cut. A day is closed once ``open_days`` later days have data (the
+    latest event's day among them). Its floor, the ``kept``-th largest net outflow over every
+    shard, is fixed once (``board:floors``; a second worker, or a run after a crash, uses the
+    same), and each shard keeps those at or above it. Each run starts after the last day
+    every shard cut (``through``; the first goes back ``keep_days``, as far as the 看板 keeps),
+    so a re-run cuts nothing twice and costs one read. Exact: after the cut a shard's members
+    hold their whole net and everyone else is below the floor, and the commit keeps it so
+    (docs/scale.md, "The 看板's closed days")."""
+    found = await shards(redis, keys, cluster)
+    newest = await latest_us(redis, keys, found)
+    if newest is None or not found:
+        return 0
+    last = from_us(newest).astimezone(zone).date() - dt.timedelta(days=open_days)
+    through = await redis.hget(keys.board_floors, "through")
+    first = (
+        dt.date.fromisoformat(_text(through)) + dt.timedelta(days=1) if through else last - dt.timedelta(days=keep_days)
+    )
+    if most_days is not None:
+        last = min(last, first + dt.timedelta(days=most_days - 1))
+    cut = 0
+    script = redis.register_script(TRIM_LUA)
+    while first <= last:
+        per_call = TRIM_DAYS_PER_CALL if cluster else 1
+        days = [first + dt.timedelta(days=n) for n in range(min(per_call, (last - first).days + 1))]
+        floors = [await _floor(redis, keys, found, day.isoformat(), kept) for day in days]
+        names = [f"net:{day.isoformat()}" for day in days]
+        await _bounded(
+            script(
+                keys=[keys.board(shard, "trim"), *(keys.board(shard, n) for n in names)],
+                args=[days[-1].isoformat(), *floors],
+            )
+            for shard in found
+        )
+        await redis.hset(keys.board_floors, "through", days[-1].isoformat())
+        cut += len(days)
+        first = days[-1] + dt.timedelta(days=1)
+    return cut
+
+
+async def _floor(redis: aioredis.Redis, keys: Keys, found: Sequence[str], day: str, kept: int) -> int:
+    """The floor of ``day``: the one already fixed, else from every shard's top ``kept``, fixed now."""
+    fixed = await redis.hget(keys.board_floors, day)
+    if fixed is None:
+        tops: list[Any] = []
+        for start in range(0, len(found), FLOOR_SHARDS_PER_PIPELINE):
+            async with redis.pipeline(transaction=False) as pipe:
+                for shard in found[start : start + FLOOR_SHARDS_PER_PIPELINE]:
+                    pipe.zrevrange(keys.board(shard, f"net:{day}"), 0, kept - 1, withscores=True)
+                tops += await pipe.execute()
+        await redis.hsetnx(keys.board_floors, day, floor_value([int(score) for top in tops for _, score in top], kept))
+        fixed = await redis.hget(keys.board_floors, day)
+    return int(cast(bytes, fixed))
+
+
+async def floors(redis: aioredis.Redis, keys: Keys) -> tuple[dict[str, int], str | None]:
+    """The closed days' floors, and the last day every shard has cut (None: none yet)."""
+    raw = cast(dict[bytes, bytes], await redis.hgetall(keys.board_floors))
+    found = {_text(k): _text(v) for k, v in raw.items()}
+    through = found.pop("through", None)
+    return {day: int(value) for day, value in found.items()}, through

@@ -1,11 +1,39 @@
 """Readiness checks shared by the workers and the API: is Redis answering, does
 a Kafka bootstrap server accept connections. Each check returns ``"ok"`` or a
 short reason, and sets ``fundflow_dependency_up{dependency}`` for Prometheus.
+
+And a worker's pauses (``PauseMonitor``), measured and kept short. A pause is a
+stretch in which the worker's event loop runs nothing else: a garbage collection, a
+fold, a tier refresh slice, a batch's step. Two measures, both in
+``fundflow_pause_seconds`` (``cause``: ``gc``, ``loop``, or ``rebalance`` for the
+collection made on purpose when partitions are assigned) and the longest of each in
+``fundflow_longest_pause_seconds``:
+
+* ``gc``: every collection, timed from ``gc.callbacks``' start to its stop (one over
+  ``NOTICED_SECONDS`` is also logged, with its generation);
+* ``loop``: the loop's lag, a task that asks to wake every ``TICK_SECONDS`` and measures
+  how late it woke (whatever held the loop, collections included).
+
+Kept short: a full collection walks every tracked object the collector has not been told
+to forget, and a worker's are mostly its cache of customer states, so its pause grew with
+the cache (docs/performance.md, "Collections with a full state cache").
+What survives a young collection is long-lived by the collector's own measure, so after
+every collection of the middle or oldest generation everything is frozen (``gc.freeze``:
+moved to the permanent generation, never scanned again, still freed by reference counting
+when it is dropped). A full collection then walks only what came since. The price: a
+reference cycle that was frozen while alive and dies later is not collected. So the
+collector is given its whole heap back at a moment no batch waits, when partitions are
+assigned (the state cache was just dropped: Redis is the truth), and the worker's
+resident memory between rebalances is what ``make bench-scale`` watches for a leak
+(docs/scale.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
+import time
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -49,3 +77,77 @@ async def readiness(redis: Any, bootstrap: str) -> tuple[bool, dict[str, str]]:
     redis_check, kafka_check = await asyncio.gather(check_redis(redis), check_kafka(bootstrap))
     checks = {"redis": redis_check, "kafka": kafka_check}
     return all(v == "ok" for v in checks.values()), checks
+
+
+# --- a worker's pauses -----------------------------------------------------------------
+
+TICK_SECONDS = 0.01  # how often the loop-lag task asks to wake
+NOTICED_SECONDS = 0.05  # a collection this long is logged with its generation (a customer notices it)
+
+log = logging.getLogger(__name__)
+
+
+class PauseMonitor:
+    """Times every collection and the loop's lag; freezes survivors (``freeze``). A
+    collection made on purpose where no batch waits (``collect_whole_heap``) is counted
+    apart, as ``rebalance``."""
+
+    def __init__(self, *, freeze: bool = True) -> None:
+        self.freeze = freeze
+        self.longest: dict[str, float] = {"gc": 0.0, "loop": 0.0, "rebalance": 0.0}
+        self._gc_started = self._gc_cpu = 0.0
+        self._on_purpose = False
+        self._noticed: list[tuple[Any, float, float]] = []
+
+    def install(self) -> None:
+        if self._on_gc not in gc.callbacks:
+            gc.callbacks.append(self._on_gc)
+
+    def uninstall(self) -> None:
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started, self._gc_cpu = time.perf_counter(), time.thread_time()
+            return
+        took = time.perf_counter() - self._gc_started
+        self.note("rebalance" if self._on_purpose else "gc", took)
+        if took > NOTICED_SECONDS and not self._on_purpose:  # (logged by watch_loop: not inside the collector)
+            self._noticed.append((info.get("generation"), took, time.thread_time() - self._gc_cpu))
+        if self.freeze and info.get("generation", 0) >= 1:
+            gc.freeze()  # (moves whole lists: constant time)
+
+    def note(self, cause: str, seconds: float) -> None:
+        telemetry.PAUSE_SECONDS.labels(cause).observe(seconds)
+        if seconds > self.longest[cause]:
+            self.longest[cause] = seconds
+            telemetry.LONGEST_PAUSE.labels(cause).set(seconds)
+
+    async def watch_loop(self) -> None:
+        """For ever: how late the loop wakes a task that sleeps ``TICK_SECONDS``; collections
+        are timed from here on (the worker's start-up collection is not a pause of its work)."""
+        self.install()
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(TICK_SECONDS)
+            self.note("loop", max(time.perf_counter() - started - TICK_SECONDS, 0.0))
+            while self._noticed:
+                generation, took, cpu = self._noticed.pop(0)
+                log.warning(
+                    "a garbage collection of generation %s held the worker %.0f ms (%.0f ms of CPU)",
+                    generation,
+                    took * 1e3,
+                    cpu * 1e3,
+                )
+
+    def collect_whole_heap(self) -> None:
+        """Give the collector every frozen object back, collect, and freeze what is left: the
+        cycles frozen while alive are freed here. Call it only where no batch waits."""
+        self._on_purpose = True
+        try:
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
+        finally:
+            self._on_purpose = False

@@ -18,6 +18,8 @@ cannot silently undo it (and bring back 1.5 s latencies or per-record tasks).
    ``streams.stopping``'s watchdog, and no start-up spinner.
 9. ``time_fetches``: how long the broker takes to answer a fetch beyond the wait the fetch
    asked for (aiokafka keeps a fetch's max wait private and times nothing).
+10. ``young_collections_on_rebalance``: Faust's rebalance wait collects only the young
+    generations, not the whole heap.
 
 ## 1. Fast drain
 Faust hands every record it fetched to the streams through one call per record:
@@ -40,6 +42,7 @@ goes to the original ``wait_first`` unchanged, so a rebalance interrupts it as b
 
 from __future__ import annotations
 
+import gc
 import signal
 import time
 from collections.abc import Callable, Coroutine, Generator, Sequence
@@ -51,6 +54,7 @@ import redis.asyncio as aioredis
 from aiokafka.client import AIOKafkaClient
 from aiokafka.protocol.fetch import FetchRequest
 from faust.exceptions import ConsumerNotStarted
+from faust.transport import consumer as faust_consumer
 from faust.transport.consumer import Consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.worker import Worker
@@ -356,3 +360,25 @@ class StoppingWorker(Worker):
     def _on_sigterm(self) -> None:
         stopping.begin(signal.SIGTERM)
         super()._on_sigterm()
+
+
+class _YoungCollections:
+    """What ``faust.transport.consumer`` sees as its ``gc`` module: ``collect`` collects the
+    young generations only."""
+
+    @staticmethod
+    def collect(generation: int = 2) -> int:
+        return gc.collect(min(generation, 1))
+
+
+def young_collections_on_rebalance() -> None:
+    """Faust's ``Consumer.wait_empty`` (the rebalance's wait for the records in flight to be
+    acked) calls ``gc.collect()`` once a second while it waits, a full collection, so that
+    messages only a reference cycle kept alive leave its weak set of unacked ones. A full
+    collection walks whatever the worker has not frozen (docs/performance.md, "Collections
+    with a full state cache"), and Faust pauses every partition meanwhile. FundFlow's own
+    messages are acked, not left to the collector; a young collection still frees the cycles
+    of the batch in flight. The module's ``gc`` is
+    replaced by ``_YoungCollections`` (Faust imports ``gc`` at the top of the module and
+    calls ``gc.collect()`` nowhere else there; once per process)."""
+    setattr(faust_consumer, "gc", _YoungCollections)  # noqa: B010 (the module has no attribute for mypy to check)

@@ -52,6 +52,7 @@ from rules.money import to_cent
 from rules.state import CustomerState, StateConfig, from_us
 from streams import telemetry
 from streams.decode import LATEST_SUPPORTED_US
+from streams.storage.keys import tier_tag, tier_tags
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ class TierBook:
         self.committed = committed if committed is not None else Committed()
         self.known: dict[str, Decimal] = {}
         self.cuts: Cuts | None = None
+        self.migrated = False
 
     def contribution_of(self, state: CustomerState, as_of_us: int) -> Decimal:
         metrics = evaluate(state, as_of_us, self.config, self.thresholds)
@@ -166,6 +168,9 @@ class TierBook:
     async def refresh(self, within: float = 0.0) -> int:
         """Write the changed customers' contributions, then recompute the cut points. The
         evaluations are spread over ``within`` seconds (0: done as fast as slices allow)."""
+        if not self.migrated:  # a deployment's tiers in the single keys of an earlier version
+            await migrate_single_keys(self.redis, self.keys, self.config.zone)
+            self.migrated = True
         dirty = self.committed.take()
         as_of = self.committed.watermark_us
         values: dict[str, Decimal] = {}
@@ -194,28 +199,124 @@ class TierBook:
         return len(values)
 
 
-async def write_contributions(redis: aioredis.Redis, keys: Any, values: dict[str, Decimal]) -> None:
-    if not values:
-        return
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def by_shard(customers: Iterable[str]) -> dict[str, list[str]]:
+    """``customers`` grouped by their tier shard tag."""
+    groups: dict[str, list[str]] = {}
+    for cid in customers:
+        groups.setdefault(tier_tag(cid), []).append(cid)
+    return groups
+
+
+async def _each_shard(redis: aioredis.Redis, call: Callable[[Any, str], Any]) -> list[Any]:
+    """``call(pipe, tag)`` for every tier shard, in one pipeline; the replies in shard order."""
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.zadd(keys.tiers, {cid: float(v) for cid, v in values.items()})
-        pipe.hset(keys.tier_values, mapping={cid: str(v) for cid, v in values.items()})
-        await pipe.execute()
+        for tag in tier_tags():
+            call(pipe, tag)
+        replies: list[Any] = await pipe.execute()
+        return replies
+
+
+# Customers one pipeline of a refresh writes: after a catch-up a worker has every customer it
+# touched to write, and one pipeline of them all is packed and parsed in one go on the loop.
+WRITE_CHUNK = 2_000
+
+
+async def write_contributions(redis: aioredis.Redis, keys: Any, values: dict[str, Decimal]) -> None:
+    customers = list(values)
+    for start in range(0, len(customers), WRITE_CHUNK):
+        chunk = {cid: values[cid] for cid in customers[start : start + WRITE_CHUNK]}
+        async with redis.pipeline(transaction=False) as pipe:
+            for tag, group in by_shard(chunk).items():
+                pipe.zadd(keys.tier_shard(tag), {cid: float(chunk[cid]) for cid in group})
+                pipe.hset(keys.tier_shard(tag, "value"), mapping={cid: str(chunk[cid]) for cid in group})
+            await pipe.execute()
+
+
+async def contributions(redis: aioredis.Redis, keys: Any, customers: Iterable[str]) -> dict[str, Decimal | None]:
+    """The exact contribution the last refresh wrote for each customer (None: none)."""
+    groups = by_shard(dict.fromkeys(customers))
+    async with redis.pipeline(transaction=False) as pipe:
+        for tag, group in groups.items():
+            pipe.hmget(keys.tier_shard(tag, "value"), group)
+        replies = await pipe.execute()
+    found: dict[str, Decimal | None] = {}
+    for group, values in zip(groups.values(), replies, strict=True):
+        found.update({cid: Decimal(v.decode()) if v else None for cid, v in zip(group, values, strict=True)})
+    return found
+
+
+async def all_contributions(redis: aioredis.Redis, keys: Any) -> dict[str, Decimal]:
+    """Every customer's exact contribution (a walk over the shards: for checks and tests)."""
+    found: dict[str, Decimal] = {}
+    for tag in tier_tags():
+        async for cid, value in redis.hscan_iter(keys.tier_shard(tag, "value"), count=1000):
+            found[_text(cid)] = Decimal(_text(value))
+    return found
+
+
+async def customer_count(redis: aioredis.Redis, keys: Any) -> int:
+    """How many customers the tiers hold: the shards' ZCARDs summed."""
+    return sum(int(n) for n in await _each_shard(redis, lambda pipe, tag: pipe.zcard(keys.tier_shard(tag))))
+
+
+def tier_key_names(keys: Any) -> list[str]:
+    """Every per-customer tier key (the shards' sorted sets, exact values and last tiers), for MEMORY USAGE."""
+    return [keys.tier_shard(tag, name) for tag in tier_tags() for name in ("", "value", "last")]
+
+
+def _score(cents: int) -> float:
+    """The sorted-set score of a cent amount, as ``write_contributions`` writes it."""
+    return float(Decimal(cents).scaleb(-2))
+
+
+async def values_at(redis: aioredis.Redis, keys: Any, ranks: Iterable[int]) -> dict[int, Decimal]:
+    """The contribution at each rank (0: the lowest) over every shard, exactly: a bisection
+    over cent amounts, each step one pipelined ZCOUNT per shard and rank still open, so a
+    refresh costs O(shards · log(range in cents) · log n), never a walk over the customers
+    (docs/scale.md, "Tiers"). Scores are cent-exact doubles: a cent amount ``k`` counts every
+    customer whose contribution is at most ``k``, and none above it."""
+    wanted = sorted(set(ranks))
+    if not wanted:
+        return {}
+    ends = await _each_shard(
+        redis,
+        lambda pipe, tag: (
+            pipe.zrange(keys.tier_shard(tag), 0, 0, withscores=True),
+            pipe.zrange(keys.tier_shard(tag), -1, -1, withscores=True),
+        ),
+    )
+    scores = [round(score * 100) for reply in ends for _, score in reply]
+    if not scores:
+        raise ValueError("no tier values stored")
+    low, high = min(scores), max(scores)
+    bounds = {rank: (low, high) for rank in wanted}  # the answer lies in [a, b]
+    while any(a < b for a, b in bounds.values()):
+        mids = sorted({(a + b) // 2 for a, b in bounds.values() if a < b})
+
+        def count_at_most(pipe: Any, tag: str, mids: list[int] = mids) -> None:
+            for m in mids:
+                pipe.zcount(keys.tier_shard(tag), "-inf", _score(m))
+
+        counts = await _each_shard(redis, count_at_most)
+        at_most = {m: sum(int(counts[s * len(mids) + i]) for s in range(len(tier_tags()))) for i, m in enumerate(mids)}
+        for rank, (a, b) in bounds.items():
+            if a < b:
+                mid = (a + b) // 2
+                bounds[rank] = (a, mid) if at_most[mid] > rank else (mid + 1, b)
+    return {rank: Decimal(a).scaleb(-2) for rank, (a, _) in bounds.items()}
 
 
 async def recompute_cuts(redis: aioredis.Redis, keys: Any, as_of_us: int) -> Cuts | None:
-    n = int(await redis.zcard(keys.tiers))
+    n = await customer_count(redis, keys)
     if n < 2:
         await redis.delete(keys.tier_cuts)
         return None
-    ranks = sorted({r for lo, hi, _ in cut_positions(n) for r in (lo, hi)})
-    async with redis.pipeline(transaction=False) as pipe:
-        for rank in ranks:
-            pipe.zrange(keys.tiers, rank, rank)
-        members = [m[0] for m in await pipe.execute()]
-    exact = cast(list[bytes], await redis.hmget(keys.tier_values, members))
-    values_at = {rank: Decimal(v.decode()) for rank, v in zip(ranks, exact, strict=True)}
-    cuts = interpolate(values_at, n)
+    values = await values_at(redis, keys, (r for lo, hi, _ in cut_positions(n) for r in (lo, hi)))
+    cuts = interpolate(values, n)
     assert cuts is not None
     await redis.hset(
         keys.tier_cuts,
@@ -253,28 +354,41 @@ async def record_moves(
         return 0
     candidates = dict(values)
     if before is not None and before != cuts:
-        async with redis.pipeline(transaction=False) as pipe:
-            for old, new in zip(before, cuts, strict=True):
-                if old != new:
-                    pipe.zrangebyscore(keys.tiers, float(min(old, new)), float(max(old, new)))
-            crossed = list(dict.fromkeys(m.decode() for found in await pipe.execute() for m in found))
-        crossed = [cid for cid in crossed if cid not in candidates]
+        ranges = [
+            (float(min(old, new)), float(max(old, new))) for old, new in zip(before, cuts, strict=True) if old != new
+        ]
+        found = await _each_shard(
+            redis, lambda pipe, tag: [pipe.zrangebyscore(keys.tier_shard(tag), a, b) for a, b in ranges]
+        )
+        crossed = [
+            cid for cid in dict.fromkeys(_text(m) for members in found for m in members) if cid not in candidates
+        ]
         if crossed:
-            exact = cast(list[bytes | None], await redis.hmget(keys.tier_values, crossed))
-            candidates.update({cid: Decimal(v.decode()) for cid, v in zip(crossed, exact, strict=True) if v})
+            exact = await contributions(redis, keys, crossed)
+            candidates.update({cid: value for cid, value in exact.items() if value is not None})
     if not candidates:
         return 0
     tiers = {cid: tier_of(value, cuts) for cid, value in candidates.items()}
-    last = cast(list[bytes | None], await redis.hmget(keys.tier_last, list(tiers)))
-    changed = {cid: tier for (cid, tier), old in zip(tiers.items(), last, strict=True) if old != tier.encode()}
-    moved = [cid for (cid, tier), old in zip(tiers.items(), last, strict=True) if old and old != tier.encode()]
+    groups = by_shard(tiers)
+    async with redis.pipeline(transaction=False) as pipe:
+        for tag, group in groups.items():
+            pipe.hmget(keys.tier_shard(tag, "last"), group)
+        remembered = await pipe.execute()
+    last = {
+        cid: old
+        for group, olds in zip(groups.values(), remembered, strict=True)
+        for cid, old in zip(group, olds, strict=True)
+    }
+    changed = {cid: tier for cid, tier in tiers.items() if last[cid] != tier.encode()}
+    moved = [cid for cid in changed if last[cid]]
     if changed:
+        week = iso_week(as_of_us, zone)
         async with redis.pipeline(transaction=False) as pipe:
-            pipe.hset(keys.tier_last, mapping={cid: tier for cid, tier in changed.items()})
-            if moved:
-                week = keys.tier_moved(iso_week(as_of_us, zone))
-                pipe.sadd(week, *moved)
-                pipe.expire(week, MOVED_KEPT_SECONDS)
+            for tag, group in by_shard(changed).items():
+                pipe.hset(keys.tier_shard(tag, "last"), mapping={cid: changed[cid] for cid in group})
+            for tag, group in by_shard(moved).items():
+                pipe.sadd(keys.tier_shard(tag, f"moved:{week}"), *group)
+                pipe.expire(keys.tier_shard(tag, f"moved:{week}"), MOVED_KEPT_SECONDS)
             await pipe.execute()
     return len(moved)
 
@@ -286,7 +400,13 @@ async def moved_this_week(redis: aioredis.Redis, keys: Any, zone: ZoneInfo) -> t
     if as_of_us <= 0:
         return None, 0
     week = iso_week(as_of_us, zone)
-    return week, int(await redis.scard(keys.tier_moved(week)))
+    return week, await moved_in(redis, keys, week)
+
+
+async def moved_in(redis: aioredis.Redis, keys: Any, week: str) -> int:
+    """How many customers changed tier in ``week`` (``1998-W52``): the shards' sets summed."""
+    counts = await _each_shard(redis, lambda pipe, tag: pipe.scard(keys.tier_shard(tag, f"moved:{week}")))
+    return sum(int(n) for n in counts)
 
 
 async def read_cuts(redis: aioredis.Redis, keys: Any) -> tuple[Cuts | None, dict[str, str]]:
@@ -300,43 +420,40 @@ async def read_cuts(redis: aioredis.Redis, keys: Any) -> tuple[Cuts | None, dict
 async def distribution(redis: aioredis.Redis, keys: Any, top: int = 10) -> dict[str, Any]:
     """Tier counts, cut points and the top customers by contribution (for ``fundflow tiers`` and the API)."""
     cuts, info = await read_cuts(redis, keys)
-    n = int(await redis.zcard(keys.tiers))
-    # top <= 0 lists nobody (ZREVRANGE 0 -1 would be every customer)
-    leaders = (
-        cast(list[tuple[bytes, float]], await redis.zrevrange(keys.tiers, 0, top - 1, withscores=True))
-        if top > 0
-        else []
-    )
-    exact = cast(list[bytes | None], await redis.hmget(keys.tier_values, [m for m, _ in leaders]) if leaders else [])
+    n = await customer_count(redis, keys)
+    leaders: list[tuple[bytes, float]] = []
+    if top > 0:  # (top <= 0 lists nobody: ZREVRANGE 0 -1 would be every customer)
+        tops = await _each_shard(
+            redis, lambda pipe, tag: pipe.zrevrange(keys.tier_shard(tag), 0, top - 1, withscores=True)
+        )
+        # ZREVRANGE's order over all shards: score, then member, both descending
+        leaders = sorted((pair for reply in tops for pair in reply), key=lambda p: (p[1], p[0]), reverse=True)[:top]
+    exact = await contributions(redis, keys, [_text(m) for m, _ in leaders])
     counts = await tier_counts(redis, keys, cuts)
+    rows = []
+    for member, score in leaders:
+        value = exact.get(_text(member))
+        shown = value if value is not None else to_cent(Decimal(score))
+        rows.append({"customer_id": _text(member), "contribution": str(shown), "tier": tier_of(shown, cuts)})
     return {
         "customers": n,
         "cuts": {"q1": str(cuts[0]), "q2": str(cuts[1]), "q3": str(cuts[2])} if cuts else None,
         "counts": counts,
         "refreshed_at": info.get("refreshed_at"),
-        "top": [
-            {
-                "customer_id": m.decode(),
-                "contribution": (e.decode() if e else str(to_cent(Decimal(s)))),
-                "tier": tier_of(Decimal(e.decode()) if e else Decimal(s), cuts),
-            }
-            for (m, s), e in zip(leaders, exact, strict=True)
-        ],
+        "top": rows,
     }
 
 
 async def tier_counts(redis: aioredis.Redis, keys: Any, cuts: Cuts | None) -> dict[str, int]:
     if cuts is None:
-        return {"I": int(await redis.zcard(keys.tiers)), "II": 0, "III": 0, "IV": 0}
+        return {"I": await customer_count(redis, keys), "II": 0, "III": 0, "IV": 0}
     # Scores are cent-exact doubles, so [a, b) ranges on them match tier_of on the Decimals.
     q1, q2, q3 = (float(q) for q in cuts)
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.zcount(keys.tiers, q3, "+inf")
-        pipe.zcount(keys.tiers, q2, f"({q3}")
-        pipe.zcount(keys.tiers, q1, f"({q2}")
-        pipe.zcount(keys.tiers, "-inf", f"({q1}")
-        counts = await pipe.execute()
-    return dict(zip(("I", "II", "III", "IV"), (int(c) for c in counts), strict=True))
+    bounds = ((q3, "+inf"), (q2, f"({q3}"), (q1, f"({q2}"), ("-inf", f"({q1}"))
+    counts = await _each_shard(redis, lambda pipe, tag: [pipe.zcount(keys.tier_shard(tag), a, b) for a, b in bounds])
+    width = len(bounds)
+    totals = [sum(int(counts[s * width + i]) for s in range(len(tier_tags()))) for i in range(width)]
+    return dict(zip(("I", "II", "III", "IV"), totals, strict=True))
 
 
 async def rebuild(redis: aioredis.Redis, keys: Any, states: list[CustomerState], book: TierBook) -> int:
@@ -344,9 +461,79 @@ async def rebuild(redis: aioredis.Redis, keys: Any, states: list[CustomerState],
     as_of = max((s.last_us for s in states if s.last_us is not None), default=0)
     started = time.monotonic()
     values = {s.customer_id: book.contribution_of(s, as_of) for s in states if s.last_us is not None}
-    await redis.delete(keys.tiers, keys.tier_values)
+    await migrate_single_keys(redis, keys, book.config.zone)  # (the last tiers, for the moves)
+    async with redis.pipeline(transaction=False) as pipe:
+        for tag in tier_tags():
+            pipe.delete(keys.tier_shard(tag), keys.tier_shard(tag, "value"))
+        await pipe.execute()
     await write_contributions(redis, keys, values)
     cuts = await recompute_cuts(redis, keys, as_of)
     await record_moves(redis, keys, values, None, cuts, as_of, book.config.zone)  # everyone is in values
     log.info("tiers rebuilt for %d customers in %.2fs", len(values), time.monotonic() - started)
     return len(values)
+
+
+MIGRATION_CHUNK = 10_000  # customers per round trip of the one-time migration
+MIGRATION_LOCK_SECONDS = 600
+
+
+async def migrate_single_keys(redis: aioredis.Redis, keys: Any, zone: ZoneInfo) -> int:
+    """Move the tiers of a version that kept them in one key each (``{p}:tiers``,
+    ``{p}:tiers:value``, ``{p}:tiers:last`` and the week of the last refresh's moves) into the
+    shards, then delete those keys; returns how many customers moved (0: nothing to move, or
+    another process is moving them). Run once by the first refresh of each worker and by
+    ``fundflow tiers --refresh``: a value already in a shard was written by a refresh since,
+    so it is never overwritten (ZADD NX, HSETNX), and a second run finds nothing."""
+    if not await redis.exists(keys.tiers, keys.tier_values, keys.tier_last):
+        return 0
+    lock = f"{keys.tiers}:migrating"
+    if not await redis.set(lock, "1", nx=True, ex=MIGRATION_LOCK_SECONDS):
+        return 0
+    moved = 0
+    try:
+        start = 0
+        while True:
+            chunk = cast(
+                list[tuple[bytes, float]],
+                await redis.zrange(keys.tiers, start, start + MIGRATION_CHUNK - 1, withscores=True),
+            )
+            if not chunk:
+                break
+            members = [_text(m) for m, _ in chunk]
+            exact = cast(list[bytes | None], await redis.hmget(keys.tier_values, members))
+            last = cast(list[bytes | None], await redis.hmget(keys.tier_last, members))
+            async with redis.pipeline(transaction=False) as pipe:
+                for cid, (_, score), value, tier in zip(members, chunk, exact, last, strict=True):
+                    pipe.zadd(keys.tier_shard_of(cid), {cid: score}, nx=True)
+                    if value is not None:
+                        pipe.hsetnx(keys.tier_shard_of(cid, "value"), cid, value)
+                    if tier is not None:
+                        pipe.hsetnx(keys.tier_shard_of(cid, "last"), cid, tier)
+                await pipe.execute()
+            moved += len(chunk)
+            start += MIGRATION_CHUNK
+        await _migrate_moves(redis, keys, zone)
+        await redis.delete(keys.tiers, keys.tier_values, keys.tier_last)
+    finally:
+        await redis.delete(lock)
+    log.info("live tiers: %d customers moved from the single keys into %d shards", moved, len(tier_tags()))
+    return moved
+
+
+async def _migrate_moves(redis: aioredis.Redis, keys: Any, zone: ZoneInfo) -> None:
+    """The single-key sets of tier moves of the last refresh's week and the week before (a
+    set is kept 14 days), spread over the shards."""
+    _, info = await read_cuts(redis, keys)
+    as_of_us = int(info.get("as_of_us") or 0)
+    if as_of_us <= 0:
+        return
+    for week in dict.fromkeys(iso_week(t, zone) for t in (as_of_us, as_of_us - 7 * 86_400_000_000)):
+        old = keys.tier_moved(week)
+        members = [_text(m) for m in cast(set[bytes], await redis.smembers(old))]
+        if members:
+            async with redis.pipeline(transaction=False) as pipe:
+                for tag, group in by_shard(members).items():
+                    pipe.sadd(keys.tier_shard(tag, f"moved:{week}"), *group)
+                    pipe.expire(keys.tier_shard(tag, f"moved:{week}"), MOVED_KEPT_SECONDS)
+                await pipe.execute()
+        await redis.delete(old)

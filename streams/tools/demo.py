@@ -3,11 +3,13 @@
 Starts the embedded broker and Redis (or uses the configured ones), a worker
 process and the web console, and replays the real Berka transactions at
 ``--rate`` events/s (default ``DEMO_RATE``, a pace a person can follow) until
-stopped: after the last record it starts again, event time moved on by the
-data's span, with new txn_ids and the ledger carried on (``replay.endless``),
-so state, windows and alerts keep advancing for as long as it runs. It redraws
-once a second: throughput, consumer lag, the loop's progress and a few
-customers' balance / 日均余额 / 归集率 as they move. Ctrl-C (or SIGTERM) stops
+stopped: after the last record it starts again with a new generation of the
+data's customers (``replay.endless``: fresh ids, the calendar moved on by whole
+years, every account opened again from the data's own balances), so the bank
+keeps the data's character for as long as it runs (docs/demo.md, "Loops that
+keep the data's character"). It redraws once a second: throughput, consumer
+lag, the loop's progress and a few customers' balance / 日均余额 / 归集率 as
+they move (the current generation's). Ctrl-C (or SIGTERM) stops
 the replay, the worker, the console and the servers, and leaves no process
 behind (``streams.stopping``).
 
@@ -44,6 +46,12 @@ from streams.tools.berka import SHIPPED_BERKA, berka_lines
 from streams.tools.replay import SYNTHETIC_SKEW_SECONDS, endless, replay, route
 
 WATCHED = 4
+# Generations a demo worker keeps in its state cache: the current one and the last few (a
+# quiet generation gets no more events, so the cache lets it go instead of growing per loop).
+GENERATIONS_CACHED = 3
+# With --speedup, the months between a generation's last day and the next one's first (the
+# calendar moves by whole years) pass at once: a month with no event at all is such a seam.
+SEAM_SECONDS = 31 * 86_400.0
 DEMO_RATE = 300.0  # events/s: readable on screen, and hours inside the embedded broker's fetch curve
 # The replay's producer linger: at most one stored batch per partition per second, whatever
 # the rate (up to ~3,000 events/s, where 256 KiB batches fill first). Tansu's fetch at the end
@@ -70,20 +78,30 @@ def busiest_customers(lines: list[bytes], count: int) -> list[str]:
     return [customer for customer, _ in tally.most_common(count)]
 
 
-def worker_settings(settings: Settings) -> Settings:
-    """The demo's loops move event time on by the data's span each time (about 15 months),
-    so within an hour it runs past today: its worker accepts event time that far ahead of
-    the records' Kafka timestamps, unless FUNDFLOW_EVENT_TIME_MAX_SKEW_SECONDS says otherwise."""
-    if "event_time_max_skew_seconds" in settings.model_fields_set:
-        return settings
-    return settings.model_copy(update={"event_time_max_skew_seconds": SYNTHETIC_SKEW_SECONDS})
+def worker_settings(settings: Settings, customers_per_loop: int = 0) -> Settings:
+    """The demo's loops move event time on by whole years each time (two for the shipped
+    data), so within minutes it runs past today: its worker accepts event time that far ahead
+    of the records' Kafka timestamps, unless FUNDFLOW_EVENT_TIME_MAX_SKEW_SECONDS says
+    otherwise. Its state cache holds ``GENERATIONS_CACHED`` loops' customers, unless
+    FUNDFLOW_CACHE_CUSTOMERS says otherwise."""
+    update: dict[str, object] = {}
+    if "event_time_max_skew_seconds" not in settings.model_fields_set:
+        update["event_time_max_skew_seconds"] = SYNTHETIC_SKEW_SECONDS
+    if customers_per_loop and "cache_customers" not in settings.model_fields_set:
+        update["cache_customers"] = GENERATIONS_CACHED * customers_per_loop
+    return settings.model_copy(update=update) if update else settings
+
+
+def in_loop(customer: str, loop: int) -> str:
+    """The id ``customer`` of the data has in loop ``loop`` (0-based; ``replay.generation``)."""
+    return f"{customer}~{loop}" if loop else customer
 
 
 def run_demo(settings: Settings, berka_dir: Path | None, rate: float, speedup: float | None = None) -> int:
-    settings = worker_settings(settings)
     print(f"converting the Berka data set in {berka_dir or SHIPPED_BERKA} ...", flush=True)
     lines = berka_lines(berka_dir, settings.zone)
     watched = busiest_customers(lines, WATCHED)
+    settings = worker_settings(settings, len({key for _, key, _ in map(route, lines) if key is not None}))
     log_dir = settings.var_dir / "demo"
     print("starting the embedded broker and Redis ...", flush=True)
     with LocalRun(settings, log_dir) as run:
@@ -170,7 +188,9 @@ async def _live(
             sent[0] += 1
             yield line
 
-    replay_task = asyncio.create_task(replay(counted(), producer, rate=rate, speedup=speedup))
+    replay_task = asyncio.create_task(
+        replay(counted(), producer, rate=rate, speedup=speedup, skip_gaps_over=SEAM_SECONDS)
+    )
     client = connect(run.redis_url, settings.redis_cluster)
     store = reader_store(client, settings)
     view = _View(len(lines), headline)
@@ -186,8 +206,11 @@ async def _live(
             last_applied, last_time = applied, now
             lag = sum((await run.lag()).values())
             customers = []
+            loop = applied // len(lines) if lines else 0
             for customer in watched:
-                state = await store.read(customer)
+                state = await store.read(in_loop(customer, loop))
+                if state is None and loop:  # the new generation's first event is not in yet
+                    state = await store.read(in_loop(customer, loop - 1))
                 if state is not None and state.last_us is not None:
                     customers.append(customer_row(state, state.last_us, settings))
             alerts = await _latest_alert(client, store.keys)
@@ -240,7 +263,7 @@ class _View:
             self.headline,
             f"{elapsed:6.0f}s   sent {sent}   processed {applied}   {speed:7.0f} events/s   lag {lag}",
             f"loop {loop + 1} [{bar:<40}] {share:6.1%} of the {self.total} Berka events"
-            + ("" if loop == 0 else "  (event time moved on, new txn_ids)"),
+            + ("" if loop == 0 else f"  (a new generation: ids ~{loop}, the calendar moved on)"),
             f"{'customer':>10} {'余额 balance':>14} {'日均余额 MTD':>14} {'归集率 90d':>10} {'流入 30d':>12} "
             f"{'流出 30d':>12} segments",
         ]

@@ -9,13 +9,17 @@ Pacing: ``rate`` caps events per second; ``speedup`` replays event time
 ``speedup`` times faster than real time (one Berka day in 86400/X seconds).
 ``fresh_ids`` (loops for bench and soak) suffixes txn_ids and shifts event
 time per loop, so a second loop is new traffic instead of duplicates;
-``endless`` (the demo) loops for ever, the ledger balances moved on with the
-customers' balances, so the loops join up without reconciliation breaks.
+``endless`` (the demo) loops for ever, each loop a new generation of the same
+customers (``generation``: fresh customer ids, the calendar moved on by whole
+years, every account opened again from the data's own balances), so loop 10
+looks like loop 1 (docs/demo.md, "Loops that keep the data's character");
+``population`` makes many customers of the data for the soak.
 """
 
 from __future__ import annotations
 
 import asyncio
+import calendar
 import contextlib
 import datetime as dt
 import itertools
@@ -108,11 +112,38 @@ def with_fresh_ids(
         if isinstance(obj.get("ts"), str):
             with contextlib.suppress(ValueError):
                 obj["ts"] = (dt.datetime.fromisoformat(obj["ts"]) + shift).isoformat()
+        if isinstance(obj.get("next_due"), str):  # a loan's instalment moves with its loop
+            with contextlib.suppress(ValueError):
+                obj["next_due"] = (dt.date.fromisoformat(obj["next_due"]) + shift).isoformat()
         if ledger_shift and isinstance(obj.get("balance_after"), str):
             with contextlib.suppress(InvalidOperation):
                 moved = Decimal(obj["balance_after"]) + loop * ledger_shift.get(str(obj.get("account_id")), Decimal(0))
                 obj["balance_after"] = str(moved)
         yield orjson.dumps(obj)
+
+
+def population(lines: Iterable[Line], copies: int) -> Iterator[Line]:
+    """Each line ``copies`` times, copy ``k`` a customer of its own (``population_id``: every id
+    in ``GENERATION_ID_FIELDS`` suffixed ``~c<k>``, copy 0 the line as it is), in the data's
+    order: many customers with the data's histories at the data's times (the soak)."""
+    for line in lines:
+        yield line
+        if copies < 2:
+            continue
+        _, _, obj = route(line)
+        if obj is None:
+            continue  # a bad line once is enough
+        for copy in range(1, copies):
+            renamed = dict(obj)
+            for id_field in GENERATION_ID_FIELDS:
+                if isinstance(obj.get(id_field), str):
+                    renamed[id_field] = population_id(obj[id_field], copy)
+            yield orjson.dumps(renamed)
+
+
+def population_id(name: str, copy: int) -> str:
+    """What the id ``name`` is called in copy ``copy`` of ``population``."""
+    return f"{name}~c{copy}" if copy else name
 
 
 def net_flows(lines: Iterable[Line]) -> dict[str, Decimal]:
@@ -132,13 +163,80 @@ def net_flows(lines: Iterable[Line]) -> dict[str, Decimal]:
 
 
 def endless(lines: list[Line]) -> Iterator[Line]:
-    """``lines`` again and again (the demo): each loop moved on in event time by the data's
-    span, with new txn_ids and loan_ids and the ledger balances carried on; customers stay
-    the same, so their state, windows and alerts keep advancing."""
-    shift = loop_shift_days(lines, margin_days=1)
-    ledger = net_flows(lines)
+    """``lines`` again and again (the demo): loop ``n`` is ``generation(lines, n)``, new
+    customers with the data's own histories, ``calendar_years(lines)`` years after the
+    previous loop's; loop 0 is the data as it is."""
+    years = calendar_years(lines)
     for loop in itertools.count():
-        yield from with_fresh_ids(lines, loop, shift_days=shift, ledger_shift=ledger)
+        yield from generation(lines, loop, years)
+
+
+# The fields that name a customer, an account or a transaction: a generation renames all of
+# them alike, so own-account transfers, reversals and loans keep pointing at their own.
+GENERATION_ID_FIELDS = (
+    "txn_id",
+    "loan_id",
+    "customer_id",
+    "account_id",
+    "counterparty_customer_id",
+    "payer_customer_id",
+    "reverses",
+)
+
+
+def generation(lines: Iterable[Line], loop: int, years: int) -> Iterator[Line]:
+    """Loop ``loop`` of ``lines`` as a new generation of customers: every id suffixed
+    ``~loop`` (``GENERATION_ID_FIELDS``), ``ts`` and ``next_due`` moved on ``loop * years``
+    calendar years (the same month, day and local time, so month ends, pay days and
+    instalments fall where they fell), amounts and ``balance_after`` as they are: each
+    account opens again from the data's own first balance, so loop ``n`` has loop 0's
+    character; the earlier generations simply go quiet, as customers who left.
+    A line that is not a JSON object is passed on as it is."""
+    if loop == 0:
+        yield from lines
+        return
+    moved = years * loop
+    for line in lines:
+        _, _, obj = route(line)
+        if obj is None:
+            yield line
+            continue
+        for id_field in GENERATION_ID_FIELDS:
+            if isinstance(obj.get(id_field), str):
+                obj[id_field] = f"{obj[id_field]}~{loop}"
+        for time_field in ("ts", "next_due"):
+            if isinstance(obj.get(time_field), str):
+                obj[time_field] = shift_years(obj[time_field], moved)
+        yield orjson.dumps(obj)
+
+
+def shift_years(text: str, years: int) -> str:
+    """An ISO date or date-time (``YYYY-...``) ``years`` calendar years later; as it is when it
+    is not one (the worker dead-letters it as it would the original)."""
+    if len(text) < 10 or not text[:4].isdigit() or text[4] != "-":
+        return text
+    year = int(text[:4]) + years
+    if text[5:10] == "02-29" and not calendar.isleap(year):
+        return text  # calendar_years keeps a 29 February on a leap year: only a bad date gets here
+    return f"{year:04d}{text[4:]}"
+
+
+def calendar_years(lines: Iterable[Line]) -> int:
+    """How many calendar years a generation moves event time: the years the data touches, so a
+    loop starts after the previous one ended; a multiple of 4 when the data holds a 29 February
+    (it stays one)."""
+    years: set[int] = set()
+    leap_day = False  # in ts or in a loan's next_due
+    for line in lines:
+        _, _, obj = route(line)
+        for time_field in ("ts", "next_due"):
+            stamp = obj.get(time_field) if obj is not None else None
+            if isinstance(stamp, str) and len(stamp) >= 10 and stamp[:4].isdigit():
+                if time_field == "ts":
+                    years.add(int(stamp[:4]))
+                leap_day = leap_day or stamp[5:10] == "02-29"
+    span = max(years) - min(years) + 1 if years else 1
+    return -(-span // 4) * 4 if leap_day else span
 
 
 def loop_shift_days(lines: Iterable[Line], margin_days: int = 130) -> int:
@@ -166,9 +264,13 @@ async def replay(
     *,
     rate: float | None = None,
     speedup: float | None = None,
+    skip_gaps_over: float | None = None,
     progress: Callable[[int], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> ReplayStats:
+    """Send ``lines``, paced by ``rate`` and ``speedup``; with ``speedup``, a stretch of event
+    time longer than ``skip_gaps_over`` seconds with no event (between two generations of
+    ``endless``) passes at once instead of in silence."""
     stats = ReplayStats()
     started = clock()
     first_event_time: float | None = None
@@ -177,14 +279,16 @@ async def replay(
     for line in lines:
         topic, key, obj = route(line)
         ts = event_time(obj)
-        if ts is not None:
-            max_ts = ts if max_ts is None or ts > max_ts else max_ts
         if speedup and ts is not None:
             first_event_time = ts if first_event_time is None else first_event_time
+            if skip_gaps_over is not None and max_ts is not None and ts - max_ts > skip_gaps_over:
+                first_event_time += ts - max_ts
             due = started + (ts - first_event_time) / speedup
             wait = due - clock()
             if wait > 0.001:
                 await asyncio.sleep(wait)
+        if ts is not None:
+            max_ts = ts if max_ts is None or ts > max_ts else max_ts
         if rate:
             due = started + stats.sent / rate
             wait = due - clock()

@@ -10,9 +10,7 @@ import datetime as dt
 import subprocess
 import sys
 import time
-from decimal import Decimal
 from pathlib import Path
-from typing import cast
 
 import orjson
 import pytest
@@ -24,7 +22,7 @@ from streams.local.orchestra import read_topic
 from streams.local.servers import Stack, free_port
 from streams.settings import Settings
 from streams.storage.keys import Keys
-from streams.tiers import read_cuts
+from streams.tiers import contributions, read_cuts
 from streams.topics import ALERTS, MARKETING, RECOMMENDATIONS, all_topics
 from tests.support.drain import CUSTOMERS, ZONE, drain_events
 from tests.support.processes import env, produce, stop
@@ -33,6 +31,8 @@ from tests.support.webhook import SECRET, Receiver
 pytestmark = [pytest.mark.connected, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
 async def findings_on_topics(settings: Settings, bootstrap: str) -> dict[str, dict[str, object]]:
     found: dict[str, dict[str, object]] = {}
     for topic in (ALERTS, RECOMMENDATIONS, MARKETING):
@@ -87,12 +87,10 @@ async def worker_tiers(stack: Stack, customers: list[str]) -> dict[str, str | No
     try:
         keys = Keys("tiers-e2e")
         cuts, _ = await read_cuts(client, keys)
-        values = cast(list[bytes | None], await client.hmget(keys.tier_values, customers))
+        values = await contributions(client, keys, customers)
     finally:
         await client.aclose()
-    return {
-        c: tier_of(Decimal(v.decode()), cuts) if v and cuts else None for c, v in zip(customers, values, strict=True)
-    }
+    return {c: tier_of(v, cuts) if v is not None and cuts else None for c, v in values.items()}
 
 
 async def wait_for_tiers(stack: Stack, tmp: Path, wanted: dict[str, str], worker: subprocess.Popen[bytes]) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import lzma
+from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from rules import fmt
 from streams.tools.berka import SHIPPED_BERKA
 from tests.support.processes import assert_one_line_error, fundflow
 
@@ -159,8 +161,15 @@ async def test_customer_show_and_tiers_read_live_state(redis_url: str, tmp_path:
     assert tiers.returncode == 0, tiers.stderr
     result = json.loads(tiers.stdout)
     assert result["customers"] == 8 and sum(result["counts"].values()) == 8
+    table = fundflow("tiers", **env).stdout  # for people: the cut points as rules/fmt.py writes money
+    cuts = [fmt.amount(Decimal(result["cuts"][q])) for q in ("q1", "q2", "q3")]
+    assert f"cut points  Q1 {cuts[0]}  Q2 {cuts[1]}  Q3 {cuts[2]}" in table
+    as_text = shown.stdout
     shown = fundflow("customer", "show", "C0003", "--json", **env)
-    assert json.loads(shown.stdout)["tier"] in ("I", "II", "III", "IV")
+    row = json.loads(shown.stdout)
+    assert row["tier"] in ("I", "II", "III", "IV")
+    balance_line = next(line for line in as_text.splitlines() if "余额 balance" in line)
+    assert balance_line.split()[-1] == fmt.amount(Decimal(row["balance"]))  # written for people, as the console
     missing = fundflow("customer", "show", "nobody", **env)
     assert_one_line_error(missing, 1, "no customer 'nobody'")
     snapshot = fundflow("snapshot", "--out", str(tmp_path / "s.jsonl"), **env)
@@ -187,7 +196,7 @@ def test_bench_refuses_zero_rounds_or_events(tmp_path: Path, arg: str) -> None:
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (("soak", "--rate-fraction", "1.5"), "--rate-fraction must be in (0, 1]"),
+        (("soak", "--minutes", "1", "--interval", "45"), "--interval must fit twice in --minutes"),
         (("fetch-cost", "--batches", "10,x"), "not a comma-separated list of numbers"),
         (("bench", "--berka", "/nonexistent/berka"), "no Berka data at /nonexistent/berka"),
     ],

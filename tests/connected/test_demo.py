@@ -1,7 +1,7 @@
 """``make demo`` end to end: the embedded stack, a worker, the API and console,
 the real Berka replay; numbers move within a minute and keep moving after the
-last record (the replay starts over, moved on in event time); Ctrl-C stops
-everything and leaves no process behind."""
+last record (the replay starts over with a new generation of the customers, the
+calendar moved on); Ctrl-C stops everything and leaves no process behind."""
 
 from __future__ import annotations
 
@@ -68,6 +68,8 @@ def test_demo_shows_live_numbers_keeps_replaying_serves_the_console_and_stops_cl
         seen += [demo.stdout.readline() for _ in range(3)]  # the rest of that screen
         loops = [int(m.group(1)) for line in seen if (m := re.match(r"loop (\d+) ", line))]
         assert loops and max(loops) >= 2, "".join(seen[-30:])
+        # a later loop is a new generation of the data's customers (replay.generation)
+        assert any(re.search(r"a new generation: ids ~[1-9]", line) for line in seen), "".join(seen[-30:])
         assert any("日均余额" in line for line in seen)
         assert console is not None
         # the first screen says in one line where the console is and how to stop

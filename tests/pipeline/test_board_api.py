@@ -11,12 +11,13 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from cases.model import AGE_BUCKETS, HOUR_MS
 from rules.contribution import tier_of
+from streams.api.board import tiles
 from streams.api.board_models import Board
 from streams.api.cases import CASES
 from streams.api.server import create_api
 from streams.local.servers import free_port
 from streams.storage.keys import Keys
-from streams.tiers import read_cuts
+from streams.tiers import all_contributions, read_cuts
 from tests.support.api import seed
 from tests.support.desk import PREFIX, SETTINGS, finding, get, post, publish
 
@@ -60,6 +61,7 @@ async def test_cases_by_status_and_open_cases_by_age(desk: Client) -> None:
     store.clock_ms = lambda: NOW_MS
     board = Board.model_validate(await get(desk, "/board"))
     assert board.cases.by_status == {"open": 7, "in_progress": 0, "resolved": 0, "dismissed": 0}
+    assert board.display == tiles(board.model_dump()["flows"], SETTINGS.currency)  # the tiles for people
     assert [a.bucket for a in board.cases.open_by_age] == [name for name, _ in AGE_BUCKETS]
     assert [a.count for a in board.cases.open_by_age] == [1, 1, 1, 1, 1, 2]
 
@@ -104,10 +106,10 @@ async def test_the_tier_part_counts_between_the_cut_points(redis_url: str) -> No
             board = Board.model_validate(await get(client, "/board"))
             keys = Keys(PREFIX)
             cuts, info = await read_cuts(processor.store.redis, keys)
-            values = await processor.store.redis.hgetall(keys.tier_values)
+            values = await all_contributions(processor.store.redis, keys)
             expected = {"I": 0, "II": 0, "III": 0, "IV": 0}
             for value in values.values():
-                expected[tier_of(Decimal(value.decode()), cuts)] += 1
+                expected[tier_of(value, cuts)] += 1
             assert board.tiers.distribution == expected and sum(expected.values()) == len(values) > 4
             assert board.tiers.moved_this_week == 0 and board.tiers.week is not None
             assert board.tiers.refreshed_at == info["refreshed_at"]
@@ -119,7 +121,8 @@ async def test_the_tier_part_counts_between_the_cut_points(redis_url: str) -> No
             other = Board.model_validate(await get(client, "/board?day=1971-01-01"))
             assert other.day == "1971-01-01" and other.flows.total.inflow == "0.00"
             # a move recorded in the week of the refresh shows up
-            await processor.store.redis.sadd(keys.tier_moved(board.tiers.week), "C0001", "C0002")
+            for cid in ("C0001", "C0002"):
+                await processor.store.redis.sadd(keys.tier_shard_of(cid, f"moved:{board.tiers.week}"), cid)
             assert (await get(client, "/board", "li"))["tiers"]["moved_this_week"] == 2
             document = await get(client, "/openapi.json")
             assert "/board" in document["paths"] and "Board" in document["components"]["schemas"]

@@ -27,7 +27,7 @@ from streams.local.servers import Stack, free_port
 from streams.settings import Settings, rates, state_config, thresholds
 from streams.storage.keys import Keys
 from streams.storage.store import CLUSTER_CALLS_IN_FLIGHT, RECENT_ALERTS_KEPT, StateStore, _bounded
-from streams.tiers import TierBook, distribution, rebuild
+from streams.tiers import TierBook, contributions, customer_count, distribution, rebuild
 from streams.topics import all_topics
 from tests.support import ROOT
 from tests.support.batches import big_credit_step, processor, txn
@@ -185,12 +185,12 @@ async def test_a_worker_runs_unchanged_on_redis_cluster(stack: Stack, cluster_ur
         # also carries other tests' customers: this worker reads the topic from the start)
         client, keys = connect(cluster_url, cluster=True), Keys("cl-e2e")
         try:
-            ranked: list[float | None] = [None]
+            ranked: list[Decimal | None] = [None]
             while time.monotonic() < deadline and None in ranked:
-                ranked = await client.zmscore(keys.tiers, CUSTOMERS)
+                ranked = list((await contributions(client, keys, CUSTOMERS)).values())
                 await asyncio.sleep(0.5)
             assert None not in ranked, dict(zip(CUSTOMERS, ranked, strict=True))
-            indexed = int(await client.zcard(keys.tiers))
+            indexed = await customer_count(client, keys)
         finally:
             await client.aclose()
         tiers = cli(stack, tmp_path, cluster_url, "tiers", "--json")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import statistics
 from decimal import Decimal
+from typing import cast
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rules.contribution import ContributionRates, quartile_cuts, tier_of
@@ -16,16 +17,24 @@ from rules.events import TransactionEvent
 from rules.metrics import SegmentThresholds
 from rules.state import CustomerState, StateConfig, apply_transaction
 from streams.clients import connect
-from streams.storage.keys import Keys
+from streams.storage.keys import Keys, tier_tags
 from streams.tiers import (
+    WRITE_CHUNK,
     TierBook,
+    all_contributions,
+    contributions,
+    customer_count,
     cut_positions,
     distribution,
     interpolate,
     iso_week,
+    migrate_single_keys,
+    moved_in,
     moved_this_week,
     read_cuts,
     recompute_cuts,
+    tier_key_names,
+    values_at,
     write_contributions,
 )
 
@@ -123,7 +132,7 @@ async def test_one_unusable_state_never_stops_the_tiers_of_everyone_else(redis_u
         book.changed([*states, broken])
         assert await book.refresh() == 4
         assert book.tier_of("C3") == "I" and book.tier_of("C0") == "IV"
-        assert await client.hget(Keys("t9").tier_values, "BROKEN") is None
+        assert (await contributions(client, Keys("t9"), ["BROKEN"]))["BROKEN"] is None
     finally:
         await client.aclose()
 
@@ -216,8 +225,7 @@ async def test_tier_moves_are_counted_per_iso_week_including_moves_by_the_cut_po
 
     async def tiers_now() -> dict[str, str]:
         cuts, _ = await read_cuts(client, keys)
-        raw = await client.hgetall(keys.tier_values)
-        return {k.decode(): tier_of(Decimal(v.decode()), cuts) for k, v in raw.items()}
+        return {cid: tier_of(value, cuts) for cid, value in (await all_contributions(client, keys)).items()}
 
     try:
         book.changed(states.values())
@@ -233,8 +241,10 @@ async def test_tier_moves_are_counted_per_iso_week_including_moves_by_the_cut_po
         assert moved - {"C0", "C1", "C2"}, "the cut points moved others too"
         week, count = await moved_this_week(client, keys, ZONE)
         assert (week, count) == ("2024-W10", len(moved))  # 2024-03-04 is the Monday of week 10
-        assert {m.decode() for m in await client.smembers(keys.tier_moved("2024-W10"))} == moved
-        assert 0 < await client.ttl(keys.tier_moved("2024-W10")) <= 14 * 86400
+        weeks = [keys.tier_shard(tag, "moved:2024-W10") for tag in tier_tags()]
+        assert {m.decode() for week in weeks for m in cast(set[bytes], await client.smembers(week))} == moved
+        ttls = [await client.ttl(week) for week in weeks if await client.exists(week)]
+        assert ttls and all(0 < ttl <= 14 * 86400 for ttl in ttls)
         await book.refresh()  # nothing changed: nothing more moved
         assert await moved_this_week(client, keys, ZONE) == ("2024-W10", len(moved))
     finally:
@@ -247,3 +257,138 @@ def test_iso_weeks_are_in_the_bank_zone() -> None:
     assert iso_week(sunday_late, ZoneInfo("UTC")) == "2024-W09"
     assert iso_week(sunday_late + 3_600_000_000, ZONE) == "2024-W10"
     assert iso_week(int(dt.datetime(1998, 12, 31, 12, tzinfo=ZONE).timestamp() * 1_000_000), ZONE) == "1998-W53"
+
+
+_examples = iter(range(10**9))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.integers(min_value=-(10**8), max_value=10**10), min_size=0, max_size=300), st.randoms())
+async def test_sharded_cuts_counts_and_top_equal_a_sort_of_every_value(redis_url: str, cents_: list[int], rng) -> None:  # type: ignore[no-untyped-def]
+    """The shards merged by rank give what one sorted list of every contribution gives:
+    the cut points (statistics.quantiles, inclusive), the value at every rank, the tier
+    counts and the top customers (ties included: values are drawn from a small pool too)."""
+    pool = cents_[:5] or [0]
+    values = {f"H{i}": Decimal(rng.choice(pool) if rng.random() < 0.3 else c).scaleb(-2) for i, c in enumerate(cents_)}
+    keys = Keys(f"hp{next(_examples)}")
+    client = connect(redis_url)
+    try:
+        await write_contributions(client, keys, values)
+        ordered = sorted(values.values())
+        assert await customer_count(client, keys) == len(values)
+        if ordered:
+            ranks = {0, len(ordered) - 1, rng.randrange(len(ordered))}
+            assert await values_at(client, keys, ranks) == {r: ordered[r] for r in ranks}
+        cuts = await recompute_cuts(client, keys, 1)
+        assert cuts == quartile_cuts(values.values())
+        result = await distribution(client, keys, top=7)
+        expected = {"I": 0, "II": 0, "III": 0, "IV": 0}
+        for value in values.values():
+            expected[tier_of(value, cuts) if cuts else "I"] += 1
+        assert result["counts"] == expected and result["customers"] == len(values)
+        best = sorted(values.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:7]  # ZREVRANGE's order
+        assert [(r["customer_id"], Decimal(r["contribution"])) for r in result["top"]] == best
+    finally:
+        await client.delete(*tier_key_names(keys), keys.tier_cuts)
+        await client.aclose()
+
+
+def test_tier_shards_split_customers_evenly_and_each_lives_in_its_slot_range() -> None:
+    """No shard holds much more than 1/32 of the customers (docs/scale.md: no key above 1% of
+    the data at a million customers), and each shard's tag hashes into the slot range of its
+    customers, so on a cluster a shard sits on the node of its customers."""
+    from redis.crc import key_slot
+
+    from streams.storage.keys import SLOTS, TIER_SHARDS, tier_tag
+
+    tags = tier_tags()
+    assert len(set(tags)) == TIER_SHARDS
+    for i, tag in enumerate(tags):
+        assert key_slot(tag.encode()) * TIER_SHARDS // SLOTS == i
+    counts: dict[str, int] = {}
+    for n in range(64_000):
+        counts[tier_tag(f"C{n:07d}")] = counts.get(tier_tag(f"C{n:07d}"), 0) + 1
+    assert len(counts) == TIER_SHARDS and max(counts.values()) < 1.15 * 64_000 / TIER_SHARDS
+
+
+async def test_tiers_of_an_earlier_version_in_single_keys_are_moved_into_the_shards_once(redis_url: str) -> None:
+    """Migration at start: the first refresh of a worker moves the single keys into the
+    shards and deletes them; tiers, counts, top and the week's moves read the same as the
+    earlier version's; a value a refresh wrote since is not overwritten; a second run is a no-op."""
+    config = StateConfig(zone=ZONE)
+    keys = Keys("mig")
+    client = connect(redis_url)
+    values = {f"M{i}": Decimal(i * 137 % 1000 - 200).scaleb(-1) for i in range(300)}
+    week = "2024-W10"
+    as_of = int(dt.datetime(2024, 3, 6, 12, tzinfo=ZONE).timestamp() * 1_000_000)
+    try:
+        # what the earlier version wrote: one key each
+        await client.zadd(keys.tiers, {cid: float(v) for cid, v in values.items()})
+        await client.hset(keys.tier_values, mapping={cid: str(v) for cid, v in values.items()})
+        cuts = quartile_cuts(values.values())
+        assert cuts is not None
+        await client.hset(keys.tier_last, mapping={cid: tier_of(v, cuts) for cid, v in values.items()})
+        await client.hset(keys.tier_cuts, mapping={"q1": str(cuts[0]), "q2": str(cuts[1]), "q3": str(cuts[2])})
+        await client.hset(keys.tier_cuts, mapping={"n": len(values), "as_of_us": as_of})
+        await client.sadd(keys.tier_moved(week), "M1", "M2", "M3")
+        # a refresh since the upgrade already wrote M5's newer value into its shard
+        await write_contributions(client, keys, {"M5": Decimal("99999.00")})
+        book = TierBook(client, keys, config, SegmentThresholds(), ContributionRates())
+        await book.refresh()  # nothing changed: it migrates and recomputes the cut points
+        assert not await client.exists(keys.tiers, keys.tier_values, keys.tier_last, keys.tier_moved(week))
+        values["M5"] = Decimal("99999.00")
+        assert await all_contributions(client, keys) == values
+        assert await read_cuts(client, keys) and book.cuts == quartile_cuts(values.values())
+        assert await moved_in(client, keys, week) == 3
+        shown = await distribution(client, keys, top=3)
+        assert shown["customers"] == 300 and shown["top"][0]["customer_id"] == "M5"
+        lasts = {
+            cid.decode(): tier.decode()
+            for tag in tier_tags()
+            for cid, tier in cast(dict[bytes, bytes], await client.hgetall(keys.tier_shard(tag, "last"))).items()
+        }
+        assert len(lasts) == 300 and lasts["M7"] == tier_of(values["M7"], cuts)
+        assert await migrate_single_keys(client, keys, ZONE) == 0  # once
+    finally:
+        await client.delete(*tier_key_names(keys), keys.tier_cuts)
+        await client.aclose()
+
+
+async def test_sharded_tiers_and_their_migration_on_redis_cluster(cluster_url: str) -> None:
+    """On Redis Cluster the shards live on many slots: the single keys of an earlier version are
+    moved into them, and the cut points, counts and top equal a sort of every value."""
+    import redis
+
+    plain = redis.Redis.from_url(cluster_url)
+    plain.flushdb()
+    plain.close()
+    keys = Keys("tcl")
+    client = connect(cluster_url, cluster=True)
+    values = {f"K{i}": Decimal(i * 7919 % 5000 - 1000).scaleb(-2) for i in range(400)}
+    try:
+        await client.zadd(keys.tiers, {cid: float(v) for cid, v in values.items()})
+        await client.hset(keys.tier_values, mapping={cid: str(v) for cid, v in values.items()})
+        assert await migrate_single_keys(client, keys, ZONE) == 400
+        assert not await client.exists(keys.tiers, keys.tier_values)
+        assert await all_contributions(client, keys) == values
+        cuts = await recompute_cuts(client, keys, 1)
+        assert cuts == quartile_cuts(values.values())
+        shown = await distribution(client, keys, top=3)
+        best = sorted(values.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:3]
+        assert [(r["customer_id"], Decimal(r["contribution"])) for r in shown["top"]] == best
+        assert sum(shown["counts"].values()) == 400
+    finally:
+        await client.aclose()
+
+
+async def test_contributions_are_written_a_chunk_at_a_time_and_all_of_them(redis_url: str) -> None:
+    """A refresh after a catch-up writes many customers: in pipelines of ``WRITE_CHUNK``, every
+    one of them, exactly."""
+    client = connect(redis_url)
+    try:
+        keys = Keys("chunks")
+        values = {f"c{i}": Decimal(i) / 100 for i in range(2 * WRITE_CHUNK + 7)}
+        await write_contributions(client, keys, values)
+        assert await all_contributions(client, keys) == values
+    finally:
+        await client.aclose()

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rules.board import NO_RATE, BoardDelta, cents, collection_bucket, recompute
+from rules.board import NO_RATE, BoardDelta, cents, collection_bucket, day_net, day_ordinal, recompute
 from rules.events import TransactionEvent
 from rules.metrics import evaluate
 from rules.state import CustomerState, Outcome, StateConfig, apply_transaction, to_us
@@ -84,3 +84,27 @@ def test_a_finding_counts_in_its_own_local_day_and_hour() -> None:
 @given(st.decimals(min_value=Decimal("0.01"), max_value=Decimal("9999999999999999.99"), places=2))
 def test_cents_are_exact(amount: Decimal) -> None:
     assert Decimal(cents(amount)) / 100 == amount
+
+
+@settings(deadline=None, max_examples=40)
+@given(histories(), st.sampled_from([ZONE, ZoneInfo("UTC"), ZoneInfo("America/New_York")]))
+def test_a_days_whole_net_from_the_state_is_the_sum_of_the_deltas_of_its_events(
+    case: tuple[list[TransactionEvent], dt.datetime], zone: ZoneInfo
+) -> None:
+    """``day_net`` (what a commit sends for a closed 看板 day) equals what the worker's deltas
+    added to that day, in any bank zone, for every day the state still keeps whole; a day
+    it may not keep whole is None, never a wrong number."""
+    state = CustomerState(case[0][0].customer_id)
+    delta = BoardDelta()
+    for event in case[0]:
+        if apply_transaction(state, event, CONFIG) is Outcome.APPLIED:
+            delta.add_transaction(event, to_us(event.ts), zone, state)
+    compared = 0
+    for day, net in delta.net.items():
+        whole = day_net(state, day_ordinal(day), zone)
+        if state.kept_from_day is None or day_ordinal(day) > state.kept_from_day:
+            assert whole == net
+            compared += 1
+        else:
+            assert whole is None
+    assert compared or state.kept_from_day is not None

@@ -401,3 +401,21 @@ async def test_a_fetch_is_timed_less_the_wait_it_asked_for_when_it_came_back_emp
     assert costs[0] < 0.04 <= 0.055 <= costs[1]
     patches.time_fetches(costs.append)  # idempotent: wraps the original once, not the wrapper
     assert AIOKafkaClient.send.__wrapped__ is send
+
+
+def test_fausts_rebalance_wait_still_collects_through_its_module_gc(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``young_collections_on_rebalance`` replaces the ``gc`` that ``Consumer.wait_empty`` calls
+    ``collect()`` on: the call must still be there, through the module's name ``gc``, and
+    after the patch it collects the young generations, never the whole heap."""
+    from faust.transport import consumer as faust_consumer
+
+    source = inspect.getsource(Consumer.wait_empty)
+    assert "gc.collect()" in source
+    calls = re.findall(r"\bgc\.\w+", inspect.getsource(faust_consumer))
+    assert calls == ["gc.collect"]  # nothing else of the module's gc to stand in for
+    patches.young_collections_on_rebalance()
+    collected: list[int] = []
+    monkeypatch.setattr(gc, "collect", lambda generation=2: collected.append(generation) or 0)
+    faust_consumer.gc.collect()
+    assert collected == [1]
+    assert faust_consumer.gc is not gc  # (the patched module: what wait_empty finds under ``gc``)
