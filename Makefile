@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 BERKA ?=
 BERKA_ARG := $(if $(BERKA),--berka $(BERKA))
 
-.PHONY: install demo test test-fast lint bench bench-smoke soak soak-smoke browser-deps tool-deps clean
+.PHONY: install demo test test-fast lint bench bench-smoke bench-scale soak soak-smoke browser-deps tool-deps clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,16 +24,16 @@ demo: $(STAMP)
 	@$(VENV)/bin/fundflow demo $(BERKA_ARG)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check streams rules alerts cases feeds tests
+	$(VENV)/bin/ruff check streams rules alerts cases feeds contact tests
 	$(VENV)/bin/mypy
 
-# Three test processes (pytest-xdist), each test file whole in one of them (module fixtures stay
+# Four test processes (pytest-xdist), each test file whole in one of them (module fixtures stay
 # together; each process starts its own embedded servers): most of the suite waits on worker
-# processes, brokers and timers, not on the CPU, so three still shorten the wall time on 2 cores
+# processes, brokers and timers, not on the CPU, so four still shorten the wall time on 2 cores
 # (docs/performance.md, "The test suite's wall time").
 # Files are handed out in collection order (tests/conftest.py puts the longest first), not
 # xdist's default of most tests first, which left the one-test soak running alone at the end.
-PYTEST_PARALLEL ?= -n 3 --dist loadfile --no-loadscope-reorder
+PYTEST_PARALLEL ?= -n 4 --dist loadfile --no-loadscope-reorder
 
 test: $(STAMP) browser-deps tool-deps lint
 	$(PY) -m pytest -q $(PYTEST_PARALLEL)
@@ -65,11 +65,16 @@ bench: $(STAMP)
 bench-smoke: $(STAMP)
 	$(VENV)/bin/fundflow bench $(BERKA_ARG) --smoke
 
+# A bank's customer count on a local 3-master Redis Cluster (docs/scale.md); CUSTOMERS=N.
+CUSTOMERS ?= 1000000
+bench-scale: $(STAMP)
+	$(VENV)/bin/fundflow bench-scale $(BERKA_ARG) --customers $(CUSTOMERS)
+
 soak: $(STAMP)
 	$(VENV)/bin/fundflow soak $(BERKA_ARG) --minutes $${MINUTES:-15}
 
 soak-smoke: $(STAMP)
-	$(VENV)/bin/fundflow soak $(BERKA_ARG) --minutes 1 --interval 15
+	$(VENV)/bin/fundflow soak $(BERKA_ARG) --minutes 1 --interval 15 --customers 2500
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

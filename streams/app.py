@@ -27,7 +27,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import faust
 import redis.asyncio as aioredis
@@ -38,7 +38,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from redis.exceptions import RedisError
 
 from rules.state import CustomerState
-from streams import board, patches, telemetry
+from streams import board, health, patches, telemetry
 from streams.batcher import Batcher, drain
 from streams.clients import connect
 from streams.deadletter import RawRecord
@@ -46,15 +46,42 @@ from streams.decode import TimeBounds
 from streams.errors import Abandoned, TransientError
 from streams.health import readiness
 from streams.pipeline import BatchProcessor, Emitter, Message, Prepared, Step
-from streams.rulestep import build_step
+from streams.rulestep import RulesStep, VersionFollower, build_step, shadow_by_version
 from streams.settings import Settings, rates, state_config, thresholds
 from streams.storage.keys import Keys
+from streams.storage.rulebook import Rulebook
 from streams.storage.store import StateStore
 from streams.tiers import Committed, TierBook
 from streams.topics import INPUT_TOPICS
 
 log = logging.getLogger(__name__)
 BOARD_PRUNE_SECONDS = 600.0  # how often a worker drops 看板 days past the retention
+# how often a worker reads the rule versions: well within the grace a promotion or a shadow
+# run leaves before its instant (``streams.storage.rulebook.DEFAULT_GRACE_US``)
+FOLLOW_VERSIONS_SECONDS = 2.0
+
+
+class ShadowKeeping:
+    """An emitter that also keeps every shadow record by id in ``{p}:{rules}:shadow:{N}``
+    (the report reads them there), before it publishes: a record published again after a
+    crash is written again under the same id, so Redis holds each once."""
+
+    def __init__(self, emitter: Emitter, redis: aioredis.Redis, keys: Keys) -> None:
+        self.emitter = emitter
+        self.redis = redis
+        self.keys = keys
+
+    async def send_all(self, messages: Sequence[Message]) -> None:
+        by_version = shadow_by_version(messages)
+        if by_version:
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for version, records in by_version.items():
+                        pipe.hset(self.keys.shadow_records(version), mapping=cast(Any, records))
+                    await pipe.execute()
+            except RedisError as exc:
+                raise TransientError(f"shadow records not stored: {exc}") from exc
+        await self.emitter.send_all(messages)
 
 
 class FaustEmitter:
@@ -156,6 +183,7 @@ def faust_app(settings: Settings, bootstrap: str, *, fast_drain: bool = True) ->
     patches.time_fetches(telemetry.BROKER_FETCH_COST.observe)
     if fast_drain:
         patches.install_fast_drain()
+    patches.young_collections_on_rebalance()
     return faust.App(
         settings.app_id,
         broker=broker_url(bootstrap),
@@ -294,6 +322,7 @@ class WorkerParts:
     processor: BatchProcessor
     tiers: TierBook
     reader: BatchReader
+    follower: VersionFollower | None = None  # the rule versions in Redis (None: a test's own step)
 
 
 def build_parts(
@@ -306,10 +335,11 @@ def build_parts(
     keys = Keys(settings.key_prefix)
     store = StateStore(redis, keys, compress=settings.compress_state, config=state_config(settings))
     committed = Committed()  # the processor tells it its commits; the tier book refreshes from it
+    step = build_step(settings) if step is None else step
     processor = BatchProcessor(
         store,
-        build_step(settings) if step is None else step,
-        emitter or FaustEmitter(app),
+        step,
+        ShadowKeeping(emitter or FaustEmitter(app), redis, keys),
         max_event_bytes=settings.max_event_bytes,
         bounds=TimeBounds(settings.event_time_earliest, settings.event_time_max_skew_seconds),
         currency=settings.currency,
@@ -326,7 +356,8 @@ def build_parts(
         redis, keys, state_config(settings), thresholds(settings), rates(settings), processor.cached_state, committed
     )
     reader = BatchReader(app, settings, functools.partial(complete_batch, app, processor), processor.prepare)
-    return WorkerParts(app, settings, bootstrap, redis, keys, store, processor, tiers, reader)
+    follower = VersionFollower(Rulebook(redis, keys), step.provider) if isinstance(step, RulesStep) else None
+    return WorkerParts(app, settings, bootstrap, redis, keys, store, processor, tiers, reader, follower)
 
 
 _PARTS = "_fundflow_parts"
@@ -351,6 +382,9 @@ def create_app(
     setattr(app, _PARTS, parts)
     for rebalance in (app.on_partitions_revoked, app.on_partitions_assigned):
         rebalance.connect(functools.partial(forget_cached_states, parts))
+    monitor = health.PauseMonitor()
+    app.on_partitions_assigned.connect(functools.partial(collect_after_rebalance, parts, monitor))
+    app.task(monitor.watch_loop)
     for path, page in PAGES.items():
         _serve(app, path, page, parts)
     for seconds, timer in timers(settings):
@@ -377,6 +411,16 @@ async def forget_cached_states(parts: WorkerParts, sender: Any, *args: Any, **kw
     parts.processor.forget_all()
 
 
+async def collect_after_rebalance(
+    parts: WorkerParts, monitor: health.PauseMonitor, sender: Any, *args: Any, **kwargs: Any
+) -> None:
+    """Partitions assigned, no batch in flight: with the state cache dropped (also here: the
+    order of a signal's receivers is not kept), the one moment the collector gets the whole
+    heap back (``streams.health``: cycles frozen while alive)."""
+    parts.processor.forget_all()
+    monitor.collect_whole_heap()
+
+
 # The worker's web pages: each takes the parts, Faust's view (``web``) and the request.
 Page = Callable[[WorkerParts, View, Request], Awaitable[Response]]
 
@@ -396,15 +440,15 @@ async def serve_readyz(parts: WorkerParts, web: View, request: Request) -> Respo
     retries, a batch retried for FUNDFLOW_STALLED_AFTER_SECONDS also in
     fundflow_partition_stalled.
 
-    A rejected rules reload (fundflow_rules_reload_rejected, the gauge the alert reads) is
-    ``degraded``, still 200: the worker keeps judging on its last good rules, and taking it
-    out of service would stop the stream for a file an operator must fix (docs/runbook.md)."""
+    A rule version it cannot load (fundflow_rules_reload_rejected, the gauge the alert reads)
+    is ``degraded``, still 200: the worker keeps judging on its last good rules, and taking it
+    out of service would stop the stream for a version an operator must fix (docs/runbook.md)."""
     ready, checks = await readiness(parts.redis, parts.bootstrap)
     stalled = parts.processor.stalled_partitions()
     checks["progress"] = f"stalled: {', '.join(stalled)}" if stalled else "ok"
     ready = ready and not stalled
     rejected = REGISTRY.get_sample_value("fundflow_rules_reload_rejected") == 1
-    checks["rules"] = "rejected at reload: running on the last good rules" if rejected else "ok"
+    checks["rules"] = "a rule version cannot be loaded: running on the last good rules" if rejected else "ok"
     status = ("degraded" if rejected else "ready") if ready else "not_ready"
     return web.json({"status": status, "checks": checks}, status=200 if ready else 503)
 
@@ -479,6 +523,16 @@ async def fold_quiet(parts: WorkerParts) -> None:
         log.debug("folded %d changelogs into full states", folded)
 
 
+async def follow_versions(parts: WorkerParts) -> None:
+    """The rule version timeline and shadow run in Redis, followed (``VersionFollower``)."""
+    if parts.follower is None:
+        return
+    try:
+        await parts.follower.poll(time.time_ns() // 1000)
+    except (TransientError, RedisError) as exc:  # (tried again at the next tick)
+        log.warning("rule versions not read from Redis: %s", exc)
+
+
 async def keep_rules_current(parts: WorkerParts) -> None:
     """The rules in force, kept in Redis as the last good ones (``FUNDFLOW_RULES_FALLBACK``)."""
     try:
@@ -487,18 +541,34 @@ async def keep_rules_current(parts: WorkerParts) -> None:
         log.warning("rules in force not written to Redis: %s", exc)
 
 
+# Closed 看板 days one run of the board timer cuts at most: after an upgrade or a history load
+# every kept day is closed and uncut, and on a Redis Cluster a day is a read and a script per
+# slot; a month per run cuts a year's backlog within hours without taking a worker's loop.
+BOARD_TRIM_DAYS_PER_RUN = 31
+
+
 async def prune_board(parts: WorkerParts) -> None:
-    """The 看板 keeps ``board_days_kept`` days before its latest event (every worker
-    prunes; deleting a day twice is harmless)."""
+    """The 看板 keeps ``board_days_kept`` days before its latest event, and a closed day's
+    net outflow only its top (every worker prunes and cuts; doing either twice is harmless)."""
     settings = parts.settings
     days = settings.board_days_kept
     try:
         dropped = await board.prune(parts.redis, parts.keys, settings.zone, days, settings.redis_cluster)
+        cut = await board.trim(
+            parts.redis,
+            parts.keys,
+            settings.zone,
+            kept=settings.board_top_kept,
+            open_days=settings.board_open_days,
+            keep_days=days,
+            cluster=settings.redis_cluster,
+            most_days=BOARD_TRIM_DAYS_PER_RUN,
+        )
     except Exception as exc:  # a view: never stop the stream for it
         log.warning("看板 days not pruned: %s", exc)
     else:
-        if dropped:
-            log.info("看板: dropped %d day keys older than %d days", dropped, days)
+        if dropped or cut:
+            log.info("看板: dropped %d day keys older than %d days, cut %d closed days", dropped, days, cut)
 
 
 def timers(settings: Settings) -> list[tuple[float, Timer]]:
@@ -509,5 +579,6 @@ def timers(settings: Settings) -> list[tuple[float, Timer]]:
         (settings.tier_refresh_seconds, refresh_tiers),
         (1.0, fold_quiet),
         (5.0, keep_rules_current),
+        (FOLLOW_VERSIONS_SECONDS, follow_versions),
         (BOARD_PRUNE_SECONDS, prune_board),
     ]

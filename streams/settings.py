@@ -194,17 +194,59 @@ class Settings(BaseSettings):
     hurdle_rate: Decimal = _RATES.hurdle_rate
     tier_refresh_seconds: float = Field(default=30.0, gt=0)
     board_days_kept: int = Field(default=400, ge=31, description="看板 days kept before the latest event's day")
+    board_open_days: int = Field(
+        default=8,
+        ge=1,
+        le=400,
+        description="看板 days (the latest included) whose net-outflow sets stay whole; an older day is closed and "
+        "cut to its top board_top_kept customers (docs/scale.md)",
+    )
+    board_top_kept: int = Field(
+        default=200,
+        ge=100,
+        le=100_000,
+        description="customers a closed 看板 day keeps by net outflow: the 100 GET /board can show, and as many "
+        "again for late events that lower a shown one (docs/scale.md)",
+    )
 
     # --- rules and delivery -------------------------------------------------
     rules_file: Path = Field(
         default=Path("deploy/rules.yaml"),
-        description="the rules file, hot-reloaded; a missing file is an error at start-up; "
+        description="the rules a deployment starts with (version 1 when Redis holds no rule versions; "
+        "after that rules change only through versions); a missing file is an error at start-up; "
         "'defaults': the built-in rules, no file",
     )
     rules_fallback: Literal["none", "last-good"] = Field(
         default="none",
         description="last-good: a worker whose rules file is bad or missing at start-up runs on the rules "
         "last in force (kept in Redis) and says so, instead of exiting",
+    )
+    shadow_rules_file: Path | None = Field(
+        default=None,
+        description="rules a worker judges beside the live ones from the beginning of time (the history "
+        "shadow of `fundflow shadow EVENTS`); a running system shadows through rule versions",
+    )
+    # A promotion without an instant takes effect this long after it is made: every worker
+    # re-reads the rule timeline within it, so none has judged an event past the instant
+    # under the old version when the instant comes (docs/rules-lifecycle.md).
+    rules_promotion_grace_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        le=86_400,
+        description="how long after a promotion (`fundflow rules promote` without --at) the version takes effect",
+    )
+    contact_file: Path = Field(
+        default=Path("defaults"),
+        description="the contact table: routes by live tier and finding category, complaint_quiet_days "
+        "(docs/contact.md; deploy/contact.yaml is the built-in table written out, to copy and edit); read "
+        "strictly at start-up by the relay and the API; 'defaults': the built-in table",
+    )
+    contact_buckets: int = Field(
+        default=131_072,
+        ge=1,
+        le=2**24,
+        description="consent bucket hashes in Redis: keep customers / buckets under 100 so each stays a "
+        "listpack (docs/contact.md); changing it needs the consent imported again into a fresh prefix",
     )
     webhook_urls: tuple[str, ...] = Field(default=(), description='JSON list, e.g. ["https://rm.bank/hook"]')
     webhook_secret: SecretStr | None = Field(default=None, description="HMAC-SHA256 key for X-FundFlow-Signature")
@@ -299,7 +341,12 @@ def get_settings() -> Settings:
 
 
 def state_config(settings: Settings) -> StateConfig:
-    return StateConfig(zone=settings.zone, lot_cap=settings.lot_cap, dedup_horizon_days=settings.dedup_horizon_days)
+    return StateConfig(
+        zone=settings.zone,
+        lot_cap=settings.lot_cap,
+        dedup_horizon_days=settings.dedup_horizon_days,
+        currency=settings.currency,
+    )
 
 
 def thresholds(settings: Settings) -> SegmentThresholds:

@@ -63,11 +63,18 @@ WEBHOOK_DELIVERIES = Counter("fundflow_webhook_deliveries_total", "Webhook deliv
 WEBHOOK_SECONDS = Histogram(
     "fundflow_webhook_delivery_seconds", "One finding to one receiver, retries included", buckets=LATENCY_BUCKETS_S
 )
+PUSHES_HELD = Counter("fundflow_pushes_held_total", "Pushes the webhook relay held at delivery", ["rule", "why"])
+CONSENT_RECORDS = Counter("fundflow_consent_records_total", "Consent records made through the API", ["kind"])
 ADAPTER_RECORDS = Counter("fundflow_adapter_records_total", "CDC change records by outcome", ["format", "outcome"])
 RULES_RELOADS = Counter("fundflow_rules_reloads_total", "Rules file loads by outcome", ["outcome"])
 RULES_RELOAD_REJECTED = Gauge(
     "fundflow_rules_reload_rejected",
-    "1 while the worker runs on its last good rules because the rules file was rejected at reload",
+    "1 while the worker runs on its last good rules: a version in the timeline it cannot load, or a start on "
+    "the fallback",
+)
+RULES_FILE_IGNORED = Gauge(
+    "fundflow_rules_file_ignored",
+    "1 while the rules file differs from the version in force (or cannot be read): it is not applied",
 )
 API_REQUESTS = Counter("fundflow_api_requests_total", "API requests by route pattern and status", ["route", "status"])
 API_SECONDS = Histogram(
@@ -88,6 +95,13 @@ API_READY = Gauge(
     registry=API_REGISTRY,
 )
 DEPENDENCY_UP = Gauge("fundflow_dependency_up", "1 when the last check reached it (redis, kafka)", ["dependency"])
+PAUSE_SECONDS = Histogram(
+    "fundflow_pause_seconds",
+    "Stretches in which the worker's event loop ran nothing else, by cause (gc, loop)",
+    ["cause"],
+    buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2, 5),
+)
+LONGEST_PAUSE = Gauge("fundflow_longest_pause_seconds", "The longest pause of each cause since start", ["cause"])
 TIER_CUSTOMERS = Gauge("fundflow_tier_customers", "Customers per contribution tier", ["tier"])
 TIER_REFRESHED = Gauge(
     "fundflow_tier_refresh_last_success_timestamp_seconds", "When this worker last refreshed the live tiers (Unix time)"

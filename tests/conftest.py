@@ -85,7 +85,17 @@ def redis_url(redis_server: str) -> str:
 
 # The files that take longest start first: pytest-xdist hands out whole files in collection
 # order, so a long file collected last runs alone at the end while the other process idles.
-RUN_FIRST = ("test_soak_smoke.py", "test_demo.py", "test_bench_smoke.py", "test_reliability.py", "test_signals.py")
+RUN_FIRST = (
+    "test_bench_smoke.py",
+    "test_soak_smoke.py",
+    "test_demo.py",
+    "test_prometheus_alerts.py",
+    "test_bench_scale_smoke.py",
+    "test_reliability.py",
+    "test_signals.py",
+    "test_shadow_history.py",
+    "test_shadow_connected.py",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -17,7 +17,9 @@ tokens never travel in URLs or logs).
 | ``GET /alerts/stream`` | Server-Sent Events from the feed, resumable with ``Last-Event-ID`` |
 | ``GET /tiers`` | tier counts, cut points, top customers |
 | ``/cases``, ``/rules/precision`` | the analyst's desk (``streams.api.cases``) |
+| ``/contact/...`` | consent, complaints, held pushes, imports (``streams.api.contact``) |
 | ``GET /board`` | the 看板: the day's flows, findings, cases, tiers (``streams.api.board``) |
+| ``/rules/versions``, ``/rules/shadow/...`` | rule versions, four eyes, the shadow report (``streams.api.rules``) |
 | ``GET /healthz``, ``GET /readyz`` | up; Kafka and Redis reachable (503 and why, if not) |
 | ``GET /metrics`` | Prometheus |
 | ``GET /openapi.json`` | the OpenAPI document (``streams.api.models``) |
@@ -54,6 +56,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
+from contact.routes import ContactConfigError, load_contact
+from rules import fmt
 from rules.contribution import tier_of
 from rules.metrics import daily_history
 from rules.money import money
@@ -64,9 +68,13 @@ from streams.api.board import setup_board
 from streams.api.board_models import board_openapi
 from streams.api.case_models import case_openapi
 from streams.api.cases import setup_cases
+from streams.api.contact import setup_contact
+from streams.api.contact_models import contact_openapi
 from streams.api.feed import READ_COUNT, FeedHub, Subscription, TooManyStreams
-from streams.api.models import openapi_document
+from streams.api.models import openapi_document, shown
 from streams.api.roles import DEMO, PRINCIPAL, Principal, identify, principals
+from streams.api.rule_models import rules_openapi
+from streams.api.rules import setup_rules
 from streams.clients import connect
 from streams.errors import ConfigError
 from streams.health import readiness
@@ -221,6 +229,7 @@ async def get_customer(request: web.Request) -> web.Response:
     cuts, info = await read_cuts(store.redis, store.keys)
     row["tier"] = tier_of(Decimal(row["contribution"]), cuts) if cuts is not None else None
     row["tier_cuts_refreshed_at"] = info.get("refreshed_at")
+    row["display"] = shown(row, settings.currency)
     return _json(row)
 
 
@@ -375,7 +384,11 @@ def _events(entries: list[tuple[bytes, bytes]], wanted: dict[str, str], after: t
 async def get_tiers(request: web.Request) -> web.Response:
     store = request.app[STORE]
     top = params.integer(request.query, "top", params.TOP)
-    return _json(await distribution(store.redis, store.keys, top))
+    body = await distribution(store.redis, store.keys, top)
+    cuts = body.get("cuts")
+    currency = request.app[SETTINGS].currency
+    body["cuts_display"] = {q: fmt.amount(Decimal(v), currency) for q, v in cuts.items()} if cuts else None
+    return _json(body)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -418,7 +431,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return _json(board_openapi(case_openapi(openapi_document(__version__))))
+    return _json(rules_openapi(contact_openapi(board_openapi(case_openapi(openapi_document(__version__))))))
 
 
 async def console_index(request: web.Request) -> web.FileResponse:
@@ -440,6 +453,10 @@ def create_api(settings: Settings, redis_url: str, bootstrap: str, *, demo: bool
     app[BOOTSTRAP] = bootstrap
     store = reader_store(connect(redis_url, settings.redis_cluster), settings)
     app[STORE] = store
+    try:
+        table = load_contact(settings.contact_file)
+    except ContactConfigError as exc:
+        raise ConfigError(str(exc)) from None
     app[HUB] = FeedHub(
         store.redis,
         store.keys.feed,
@@ -458,8 +475,10 @@ def create_api(settings: Settings, redis_url: str, bootstrap: str, *, demo: bool
     app.on_cleanup.append(stop_ready_timer)
     app.on_cleanup.append(close_redis)
     setup_cases(app, app[STORE].redis, app[STORE].keys, settings, tuple(p for _, p in tokens) or (DEMO,),
-                registered=bool(tokens))  # fmt: skip
+                registered=bool(tokens), contact=table)  # fmt: skip
     setup_board(app, app[STORE].redis, app[STORE].keys, settings)
+    setup_rules(app, app[STORE].redis, app[STORE].keys, settings)
+    setup_contact(app, app[STORE].redis, app[STORE].keys, settings, table)
     for path, handler in (
         ("/customers/{customer_id}", get_customer),
         ("/customers/{customer_id}/history", get_history),

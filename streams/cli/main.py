@@ -24,6 +24,7 @@ import click
 from pydantic import ValidationError
 
 from streams import stopping, topics
+from streams.cli.versions import add_version_commands, propose_text, read_text
 from streams.errors import ConfigError, FundFlowError
 from streams.settings import Settings, safe_url
 
@@ -222,6 +223,40 @@ def backtest(events: Path, out: Path, timeout: float) -> int:
     return run_backtest(settings(), events, out, timeout)
 
 
+class FileOrCommand(click.Group):
+    """A group whose first argument is one of its commands or, when it names none, a file for
+    its ``history`` command: ``fundflow shadow EVENTS.jsonl ...`` beside ``fundflow shadow start``."""
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["history", *args]
+        return super().resolve_command(ctx, args)
+
+
+@cli.group(cls=FileOrCommand, help="a rule version beside the live rules: on a file of history "
+           "(`fundflow shadow EVENTS.jsonl --rules CANDIDATE.yaml --out DIR`), or live")  # fmt: skip
+def shadow() -> None:
+    pass
+
+
+@shadow.command("history", help="the live rules and CANDIDATE over EVENTS through the pipeline: DIR/diff.jsonl "
+                "(each finding that differs) and DIR/report.md (per rule, with evaluate-rules)")  # fmt: skip
+@click.argument("events", type=PATH)
+@click.option("--rules", "candidate", type=PATH, required=True, help="the candidate rules file")
+@click.option("--live", type=PATH, help="the live rules file (default: FUNDFLOW_RULES_FILE)")
+@click.option("--out", type=PATH, required=True)
+@click.option("--horizon-days", type=POSITIVE_INT, default=30, show_default=True, help="evaluate-rules' horizon")
+@click.option("--timeout", type=POSITIVE_FLOAT, default=900.0, show_default=True, help="seconds to wait")
+def shadow_history(
+    events: Path, candidate: Path, live: Path | None, out: Path, horizon_days: int, timeout: float
+) -> int:
+    from streams.tools.shadow import run_history_shadow
+
+    return run_history_shadow(settings(), events, candidate, live, out, timeout, horizon_days)
+
+
 @cli.group(help="customer commands", no_args_is_help=False)
 def customer() -> None:
     pass
@@ -273,9 +308,13 @@ class IsoDay(click.ParamType):
             self.fail(f"{value!r} is not a day written YYYY-MM-DD", param, ctx)
 
 
-@cli.group("rules", help="the rules file (FUNDFLOW_RULES_FILE)", no_args_is_help=False)
+@cli.group("rules", help="the rules file, and the rule versions a running system changes (docs/rules-lifecycle.md)",
+           no_args_is_help=False)  # fmt: skip
 def rules_group() -> None:
     pass
+
+
+add_version_commands(rules_group, shadow)  # propose, approve, ...; shadow start|stop|report (streams.cli.versions)
 
 
 @rules_group.command("check", help="validate a rules FILE as a worker would: one line per problem, exit 1 on any")
@@ -467,16 +506,50 @@ def evaluate_rules(events: Path, backtest_dir: Path, horizon_days: int, as_json:
 @click.option(
     "--min-resolved", type=POSITIVE_INT, default=20, show_default=True, help="resolved cases before a rule is marked"
 )
+@click.option(
+    "--max-short-share",
+    type=click.FloatRange(0, 1),
+    default=0.05,
+    show_default=True,
+    help="sweeps: the most of them that may leave the account below zero within 30 days",
+)
 @NO_CASES
-def tune(events: Path, out: Path, max_share: float, min_precision: float, min_resolved: int, no_cases: bool) -> int:
+@click.option("--propose", "propose_it", is_flag=True, help="propose the suggested rules.yaml as a rule version")
+@click.option("--as", "who", metavar="NAME", help="with --propose: who proposes (a name in the people registry)")
+@click.option("--reason", help="with --propose: why (default: the tune run it comes from)")
+def tune(
+    events: Path,
+    out: Path,
+    max_share: float,
+    min_precision: float,
+    min_resolved: int,
+    max_short_share: float,
+    no_cases: bool,
+    propose_it: bool,
+    who: str | None,
+    reason: str | None,
+) -> int:
     from streams.cli.commands import analysts_precision
     from streams.tools.tune import run_tune_command
 
+    if propose_it and not who:
+        raise click.UsageError("--propose needs --as NAME: who proposes the suggestion")
     config = settings()
     analysts, source = analysts_precision(config, read=not no_cases)
-    return run_tune_command(
-        config, events, out, max_share, analysts=analysts, source=source, low=(min_precision, min_resolved)
+    code = run_tune_command(
+        config,
+        events,
+        out,
+        max_share,
+        analysts=analysts,
+        source=source,
+        low=(min_precision, min_resolved),
+        max_short=max_short_share,
     )
+    if code or not propose_it:
+        return code
+    why = reason or f"fundflow tune {events.name} --max-share {max_share}"
+    return propose_text(read_text(out / "rules.yaml"), why, who or "", str(out / "rules.yaml"))
 
 
 @cli.command(help="the HTTP API and web console (reads Redis)")
@@ -533,6 +606,26 @@ def people_add(name: str, role: str, fingerprint: str, by: str) -> int:
     return 0
 
 
+@cli.group(help="consent and complaints kept in Redis, applied at delivery (docs/contact.md)")
+def consent() -> None:
+    pass
+
+
+@consent.command("import", help="a CSV of consent records (customer_id,channel,status,recorded_at), or with "
+                 "--from-rules a rules file's marketing.opt_out list; idempotent, audited as one entry")  # fmt: skip
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--from-rules", is_flag=True, help="FILE is a rules file: move its marketing.opt_out list once")
+@click.option("--by", required=True, help="the analyst or supervisor importing (people registry; audited)")
+def consent_import(file: Path, from_rules: bool, by: str) -> int:
+    import asyncio
+
+    from streams.cli.consent import run_import
+
+    config = settings()
+    _, redis_url = servers(config, need_kafka=False)
+    return asyncio.run(run_import(config, redis_url, file, by, from_rules))
+
+
 @cli.command(help="run the embedded broker and Redis in the foreground")
 def stack() -> int:
     from streams.local.servers import run_stack
@@ -565,19 +658,38 @@ def bench(berka: Path | None, events: int | None, smoke: bool, out: Path, rounds
     return run_bench_command(berka, events, smoke, out, rounds)
 
 
-@cli.command(help="a sustained run at a share of the measured maximum: lag, offsets, memory (make soak)")
+@cli.command("bench-scale", help="a bank's customer count on a local Redis Cluster, measured (make bench-scale)")
 @click.option("--berka", type=PATH, metavar="DIR", help="another Berka copy (default: the shipped one)")
-@click.option("--minutes", type=POSITIVE_FLOAT, default=15.0, show_default=True)
+@click.option("--customers", type=POSITIVE_INT, help="customers loaded (default 1000000; smoke 2000)")
+@click.option("--smoke", is_flag=True, help="every stage on a few thousand customers")
+@click.option("--out", type=PATH, default=Path("var/bench/scale.json"), show_default=True)
+@click.option("--variants", type=POSITIVE_INT, default=4, show_default=True, help="time-shifted Berka copies")
+def bench_scale(berka: Path | None, customers: int | None, smoke: bool, out: Path, variants: int) -> int:
+    from streams.tools.benchscale import run_bench_scale_command
+
+    return run_bench_scale_command(berka, customers, smoke, out, variants)
+
+
+@cli.command(help="many customers, event time bounded by the wall clock: lag, offsets, memory (make soak)")
+@click.option("--berka", type=PATH, metavar="DIR", help="another Berka copy (default: the shipped one)")
+@click.option("--minutes", type=POSITIVE_FLOAT, default=15.0, show_default=True, help="after the warm-up")
 @click.option("--interval", type=POSITIVE_FLOAT, default=60.0, show_default=True, help="seconds between reports")
-@click.option("--rate-fraction", type=POSITIVE_FLOAT, default=0.7, show_default=True, help="of the measured maximum")
-@click.option("--rate", type=POSITIVE_FLOAT, help="events/s (skips measuring the maximum)")
+@click.option("--customers", type=POSITIVE_INT, default=20_000, show_default=True, help="copies of the data's")
+@click.option("--speedup", type=POSITIVE_FLOAT, default=8640.0, show_default=True, help="event/wall time, at most")
+@click.option("--rate", type=POSITIVE_FLOAT, help="events/s at most (default: twice the mean the speedup makes)")
 @click.option("--var", type=PATH, default=Path("var/soak"), show_default=True)
 def soak(
-    berka: Path | None, minutes: float, interval: float, rate_fraction: float, rate: float | None, var: Path
+    berka: Path | None,
+    minutes: float,
+    interval: float,
+    customers: int,
+    speedup: float,
+    rate: float | None,
+    var: Path,
 ) -> int:
     from streams.tools.soak import run_soak_command
 
-    return run_soak_command(berka, minutes, interval, rate_fraction, rate, var)
+    return run_soak_command(berka, minutes, interval, customers, speedup, rate, var)
 
 
 @cli.command("train-dictionary", help="train the zstd dictionary for state blobs on the Berka states")

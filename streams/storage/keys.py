@@ -22,17 +22,20 @@ holds no ``}``, and no ordinary id starts with ``{``, so the encoding is one-to-
 | ``{p}:rules:{F}`` | string | the rules a changelog entry ran under, by fingerprint ``F`` (JSON), for its replay |
 | ``{p}:rules:current`` | string | the fingerprint of the rules a worker runs under (``FUNDFLOW_RULES_FALLBACK``) |
 | ``{p}:{S}:logged`` | sorted set | customer -> input partition, for the shard's customers with a changelog |
-| ``{p}:tiers`` | sorted set | customer -> contribution (cent-rounded), for live quartile tiers |
-| ``{p}:tiers:value`` | hash | customer -> the exact contribution (decimal string) |
+| ``{p}:{T}:tiers`` | sorted set | tier shard ``T``: customer -> contribution (cent-rounded), for live tiers |
+| ``{p}:{T}:tiers:value`` | hash | tier shard ``T``: customer -> the exact contribution (decimal string) |
 | ``{p}:tiers:cuts`` | hash | the current quartile cut points q1,q2,q3 and when they were computed |
-| ``{p}:tiers:last`` | hash | customer -> the tier the last refresh gave them (I..IV), for tier moves |
-| ``{p}:tiers:moved:{YYYY-Www}`` | set | customers whose tier changed in that ISO week (event time, bank zone), 14 d |
+| ``{p}:{T}:tiers:last`` | hash | tier shard ``T``: customer -> the tier the last refresh gave them, for moves |
+| ``{p}:{T}:tiers:moved:{YYYY-Www}`` | set | tier shard ``T``: who changed tier in that ISO week (event time), 14 d |
+| ``{p}:tiers``, ``{p}:tiers:value``, ``{p}:tiers:last`` | | before sharding; moved in once (``migrate_single_keys``) |
 | ``{p}:{S}:board:latest`` | string | the latest event time (µs) any commit carried: the 看板's "now" |
 | ``{p}:{S}:board:collection`` | hash | 归集率 bucket -> customers whose latest state is in it (``rules.board``) |
 | ``{p}:{S}:board:flow:{day}`` | hash | ``HH|in|kind|ext`` -> cents that flowed on that local day and hour |
 | ``{p}:{S}:board:findings:{day}`` | hash | ``HH|type|category|rule`` -> findings of that local day and hour |
 | ``{p}:{S}:board:net:{day}`` | sorted set | customer -> net outflow of that local day (cents) |
 | ``{p}:{S}:board:kept_from`` | string | the first day the shard still keeps (``streams.board.prune``) |
+| ``{p}:{S}:board:trim`` | hash | ``day``: the last day whose net set is cut to its top (``streams.board.trim``) |
+| ``{p}:board:floors`` | hash | closed day -> net outflow (cents) below which it keeps nobody; ``through``: last day |
 | ``{p}:board:shards`` | set | on Redis Cluster: the 看板 shards written (``S`` values) |
 | ``{p}:{cases}:case:{N}`` | hash | case N (``cases.store``): status, assignee, outcome, ``v`` = version |
 | ``{p}:{cases}:case:{N}:audit`` | list | case N's append-only audit trail (JSON entries, oldest first) |
@@ -46,7 +49,18 @@ holds no ``}``, and no ordinary id starts with ``{``, so the encoding is one-to-
 | ``{p}:{cases}:ix:opened`` | sorted set | case number -> when it was opened (ms), for the age filters |
 | ``{p}:{cases}:rules`` | hash | rule -> findings taken into cases (the rules seen) |
 | ``{p}:{cases}:idem:{name}:{key}`` | string | a mutating request's stored response for its ``Idempotency-Key`` (24 h) |
+| ``{p}:{ct.B}:consent`` | hash | consent bucket B: customer -> packed consent, 21 bytes (``contact.store``) |
+| ``{p}:{ct.B}:consent:audit:{C}`` | list | customer C's consent records made through the API (append-only) |
+| ``{p}:{contact}:imports`` | list | every consent import: who, when, the file's SHA-256, counts (append-only) |
+| ``{p}:{contact}:held`` | stream | pushes held at delivery, with why (capped); ``held:{id}``: once per push |
 | ``{p}:{cdc:F}:row:{id}`` | string | CDC feed ``F``: a row's version and live event (``feeds.adapter``) |
+| ``{p}:{rules}:seq`` | string | the last rule version number given out (``streams.storage.rulebook``) |
+| ``{p}:{rules}:rev`` | string | transitions of the rule versions so far: each one's compare-and-set |
+| ``{p}:{rules}:version:{N}`` | hash | rule version N: fingerprint, rules JSON, YAML, author, reason, status, diff |
+| ``{p}:{rules}:timeline`` | list | promotions (JSON: effective_us, version, fingerprint, by, at_us), appended only |
+| ``{p}:{rules}:shadow`` | string | the shadow run (JSON: version, fingerprint, started_us, by, from_us); absent: none |
+| ``{p}:{rules}:audit`` | stream | who did what to the rule versions, when and why (JSON in field ``v``) |
+| ``{p}:{rules}:shadow:{N}`` | hash | shadow record id -> record JSON, of version N's shadow runs (docs/events.md) |
 
 The 看板's keys are written by the commit script of the customers they count, so they
 share those customers' slot: ``S`` is ``board`` on a single Redis; on Redis Cluster it
@@ -54,8 +68,16 @@ is ``board.N``, the first such tag that hashes to the slot of the commit's custo
 (``board_shard``), and a reader sums every shard. A customer's state key also holds
 the 归集率 bucket it is counted in.
 
+The live tiers are spread over ``TIER_SHARDS`` shards by the customer's slot, so no Redis
+Cluster shard holds every customer's tier: ``T`` is ``tier_tags()[i]`` for the customers of
+the i-th of ``TIER_SHARDS`` equal slot ranges, a tag whose own slot lies in that range (on a
+cluster the shard sits with its customers); ``streams.tiers`` merges the shards by rank.
+
 Every case key carries the hash tag ``{cases}``: they live in one Redis Cluster slot,
 so each case write is one atomic script over them.
+
+Every rule version key carries the hash tag ``{rules}`` likewise: each transition is one
+script over them (``streams.storage.rulebook``).
 
 ``{p}`` is ``Settings.key_prefix`` (default ``ff``); a backtest against shared
 servers uses its own prefix so it never touches live state.
@@ -93,6 +115,30 @@ def _board_tags() -> dict[int, str]:
         tags.setdefault(key_slot(tag.encode()), tag)
         n += 1
     return tags
+
+
+TIER_SHARDS = 32  # the live tiers' shards (docs/scale.md, "Tiers")
+SLOTS = 16384
+
+
+@functools.cache
+def tier_tags() -> tuple[str, ...]:
+    """Shard i's hash tag: the first ``tiers.N`` whose slot lies in the i-th of ``TIER_SHARDS``
+    equal slot ranges (so a shard lives on the node of the slots whose customers it holds)."""
+    tags: list[str | None] = [None] * TIER_SHARDS
+    n = 0
+    while None in tags:
+        tag = f"tiers.{n}"
+        shard = key_slot(tag.encode()) * TIER_SHARDS // SLOTS
+        if tags[shard] is None:
+            tags[shard] = tag
+        n += 1
+    return tuple(t for t in tags if t is not None)
+
+
+def tier_tag(customer_id: str) -> str:
+    """The tier shard tag of ``customer_id``: by the slot of its keys."""
+    return tier_tags()[key_slot(f"{{{hash_tag(customer_id)}}}".encode()) * TIER_SHARDS // SLOTS]
 
 
 def board_shard(slot: int) -> str:
@@ -174,7 +220,17 @@ class Keys:
 
     @property
     def tiers(self) -> str:
+        """The single sorted set of every customer, before the tiers were sharded (migrated)."""
         return f"{self.prefix}:tiers"
+
+    def tier_shard(self, tag: str, name: str = "") -> str:
+        """A key of tier shard ``tag`` (``tier_tags()``): the sorted set, or ``value``, ``last``,
+        ``moved:{YYYY-Www}``."""
+        return f"{self.prefix}:{{{tag}}}:tiers" + (f":{name}" if name else "")
+
+    def tier_shard_of(self, customer_id: str, name: str = "") -> str:
+        """The key ``name`` of the tier shard holding ``customer_id``."""
+        return self.tier_shard(tier_tag(customer_id), name)
 
     @property
     def tier_values(self) -> str:
@@ -187,6 +243,11 @@ class Keys:
     def board(self, shard: str, name: str) -> str:
         """A 看板 key of ``shard`` (``board``, or on Redis Cluster ``board_shard(slot)``)."""
         return f"{self.prefix}:{{{shard}}}:board:{name}"
+
+    @property
+    def board_floors(self) -> str:
+        """The 看板's closed days: day -> the net outflow its sets keep from (``streams.board.trim``)."""
+        return f"{self.prefix}:board:floors"
 
     @property
     def board_shards(self) -> str:
@@ -205,6 +266,24 @@ class Keys:
     def cases(self) -> str:
         """The common head of every case key (``cases.store`` builds the rest)."""
         return f"{self.prefix}:{{cases}}"
+
+    def rulebook(self, name: str) -> str:
+        """A rule version key (``streams.storage.rulebook``): ``seq``, ``rev``, ``version:{N}``, ``timeline``,
+        ``shadow``, ``audit``; one hash tag, so a transition is one script."""
+        return f"{self.prefix}:{{rules}}:{name}"
+
+    def shadow_records(self, version: int) -> str:
+        """The records of version ``version``'s shadow runs, by record id (written by the workers)."""
+        return self.rulebook(f"shadow:{version}")
+
+    def consent_bucket(self, bucket: int) -> str:
+        """A consent bucket (``contact.store``); each its own hash tag, so buckets spread over a cluster
+        and a customer's record and audit (``:audit:{C}`` after it) are one script."""
+        return f"{self.prefix}:{{ct.{bucket}}}:consent"
+
+    def contact(self, name: str) -> str:
+        """A deployment-wide contact key (``imports``, ``import_seq``, ``held``, ``held:{id}``): one hash tag."""
+        return f"{self.prefix}:{{contact}}:{name}"
 
     def cdc(self, source: str, name: str) -> str:
         """A CDC adapter key of feed ``source`` (``feeds.adapter``: ``row:{id}``, ``pos:{topic}:{partition}``,

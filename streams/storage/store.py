@@ -44,7 +44,7 @@ from redis.exceptions import ClusterError, NoScriptError, RedisError, ResponseEr
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from rules.board import BoardDelta
+from rules.board import BoardDelta, day_net, day_ordinal
 from rules.state import CustomerState, StateConfig
 from streams import telemetry
 from streams.errors import TransientError
@@ -52,21 +52,30 @@ from streams.settings import Settings, state_config
 from streams.storage.changelog import FixedRules, Rulebook, Step, plain_step, replay
 from streams.storage.codec import decode_state, encode_states
 from streams.storage.keys import BOARD, Keys, board_shard
+from streams.topics import SHADOW
 
 log = logging.getLogger(__name__)
 
 RECENT_ALERTS_KEPT = 200
 COMMIT_CHUNK = 256  # customers per commit script call (bounds one call's time in Redis)
 
+SHADOW_TOPIC = SHADOW.encode()  # a shadow run's records: in no live view (docs/events.md, "Shadow runs")
+
 # The commit of many customers in one call, each customer atomic on its own keys, and the
 # 看板's aggregates moved by exactly the customers whose commit went through.
 # KEYS: the call's B board keys (1: latest, 2: collection, 3: the customers with a changelog,
-#   then per day flow/findings/net), then per customer: state, outbox, recent alerts, changelog.
+#   4: the shard's trim marker, then per day flow/findings/net), then per customer: state,
+#   outbox, recent alerts, changelog.
 # ARGV: kept, B, latest event time (or ''), the type of each board key ('s', 'h' hash,
-#   'z' sorted set, 'l' the changelog index), then per customer: expected version, new
+#   'z' sorted set, 'l' the changelog index, 't' the trim marker), then per customer: expected version, new
 #   version, blob ('': append the entry to the changelog instead), its 归集率 bucket (or ''),
 #   changelog entry (or ''), number of findings, findings..., number of board cells, then per
-#   cell: board key index, field, integer increment; last, its input partition (or '') and id.
+#   cell: board key index, field, integer increment (a negative index -b: field's whole net
+#   outflow of net key b's day, ``rules.board.day_net``); last, its input partition (or '') and id.
+# A net key of a day the shard cut to its top (day <= the trim marker's ``day``,
+# ``streams.board.trim``) moves only its members; anyone else was below the day's floor, so a
+# fall leaves them out and a rise brings them back with their whole net (none known: counted
+# under ``late:{day}``, docs/scale.md).
 # A customer's version is its full state's plus the length of its changelog; its bucket is
 # the last changelog entry's (before the entry's first newline), else the state's. A customer
 # with a changelog is in KEYS[3] (scored by its input partition) until its full state is
@@ -77,7 +86,8 @@ local kept = tonumber(ARGV[1])
 local nboard = tonumber(ARGV[2])
 local result = {}
 local add = {}
-for b = 1, nboard do add[b] = {} end
+local whole = {}
+for b = 1, nboard do add[b] = {}; whole[b] = {} end
 local function bump(b, f, n)
   add[b][f] = (add[b][f] or 0) + n
 end
@@ -126,12 +136,14 @@ for k = nboard + 1, #KEYS, 4 do
     if n > 0 then
       for i = a + 6, a + 5 + n do
         redis.call('RPUSH', KEYS[k + 1], ARGV[i])
-        redis.call('LPUSH', KEYS[k + 2], ARGV[i])
+        -- a shadow run's record (streams.rulestep.shadow_records) is never a recent alert
+        if string.sub(ARGV[i], 1, 19) ~= 'fundflow.shadow.v1\\n' then redis.call('LPUSH', KEYS[k + 2], ARGV[i]) end
       end
       redis.call('LTRIM', KEYS[k + 2], 0, kept - 1)
     end
     for c = a + 7 + n, a + 6 + n + 3 * m, 3 do
-      bump(tonumber(ARGV[c]), ARGV[c + 1], tonumber(ARGV[c + 2]))
+      local b = tonumber(ARGV[c])
+      if b < 0 then whole[-b][ARGV[c + 1]] = tonumber(ARGV[c + 2]) else bump(b, ARGV[c + 1], tonumber(ARGV[c + 2])) end
     end
     result[#result + 1] = 1
   else
@@ -143,10 +155,24 @@ if ARGV[3] ~= '' then
   local latest = tonumber(redis.call('GET', KEYS[1]) or '0')
   if tonumber(ARGV[3]) > latest then redis.call('SET', KEYS[1], ARGV[3]) end
 end
+local trimmed = redis.call('HGET', KEYS[4], 'day')
 for b = 2, nboard do
   local kind = ARGV[3 + b]
+  local day = string.sub(KEYS[b], -10)
+  local closed = kind == 'z' and trimmed and day <= trimmed
   for f, n in pairs(add[b]) do
     if n == 0 then
+    elseif closed then
+      if redis.call('ZSCORE', KEYS[b], f) then
+        redis.call('ZINCRBY', KEYS[b], string.format('%.0f', n), f)
+      elseif n > 0 then
+        local net = whole[b][f]
+        if net == nil then
+          redis.call('HINCRBY', KEYS[4], 'late:' .. day, 1)
+        elseif net > 0 then
+          redis.call('ZADD', KEYS[b], string.format('%.0f', net), f)
+        end
+      end
     elseif kind == 'z' then
       redis.call('ZINCRBY', KEYS[b], string.format('%.0f', n), f)
     else
@@ -216,8 +242,13 @@ class _BoardArgs:
     def __init__(self, keys: Keys, shard: str) -> None:
         self.keys = keys
         self.shard = shard
-        self.names = [keys.board(shard, "latest"), keys.board(shard, "collection"), keys.logged(shard)]
-        self.kinds = ["s", "h", "l"]
+        self.names = [
+            keys.board(shard, "latest"),
+            keys.board(shard, "collection"),
+            keys.logged(shard),
+            keys.board(shard, "trim"),
+        ]
+        self.kinds = ["s", "h", "l", "t"]
         self.index: dict[str, int] = {}
         self.latest: int | None = None
 
@@ -229,7 +260,7 @@ class _BoardArgs:
             found = self.index[name] = len(self.names)
         return found
 
-    def cells(self, customer_id: str, delta: BoardDelta | None) -> list[bytes | str | int]:
+    def cells(self, customer_id: str, delta: BoardDelta | None, state: CustomerState) -> list[bytes | str | int]:
         if not delta:
             return [0]
         out: list[bytes | str | int] = []
@@ -242,7 +273,11 @@ class _BoardArgs:
             for cell, value in row.items():
                 out += (k, cell, value)
         for day, value in delta.net.items():
-            out += (self._key(f"net:{day}", "z"), customer_id, value)
+            k = self._key(f"net:{day}", "z")
+            out += (k, customer_id, value)
+            net = day_net(state, day_ordinal(day), delta.zone) if delta.zone is not None else None
+            if net is not None:
+                out += (-k, customer_id, net)
         if delta.latest_us is not None and (self.latest is None or delta.latest_us > self.latest):
             self.latest = delta.latest_us
         return [len(out) // 3, *out]
@@ -442,7 +477,7 @@ class StateStore:
                     else:
                         args += (version, version + 1, b"", c.bucket, c.log, len(c.findings))
                     args += c.findings
-                    args += board.cells(cid, c.board)
+                    args += board.cells(cid, c.board, c.state)
                     args += ("" if c.partition is None else c.partition, cid)
                 latest = "" if board.latest is None else board.latest
                 head = (RECENT_ALERTS_KEPT, len(board.names), latest, *board.kinds)
@@ -526,6 +561,8 @@ class StateStore:
                         # The API's live feed: a view, not the record (a crash between publish
                         # and confirm can repeat an entry; readers drop repeats by finding id).
                         topic, _, value = entry.split(b"\n", 2)
+                        if topic == SHADOW_TOPIC:  # (a shadow run's record: never a live finding)
+                            continue
                         pipe.xadd(self.keys.feed, {"t": topic, "v": value}, maxlen=FEED_KEPT, approximate=True)
                 await pipe.execute()
 

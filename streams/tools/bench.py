@@ -57,7 +57,8 @@ from streams.local.servers import free_port
 from streams.rulestep import build_step
 from streams.settings import Settings
 from streams.storage.codec import decode_state, encode_state
-from streams.tools import casebench
+from streams.storage.keys import Keys, tier_tags
+from streams.tools import casebench, consentbench, shadowbench
 from streams.tools.berka import SHIPPED_BERKA, berka_lines
 from streams.tools.measure import percentiles
 from streams.tools.replay import SYNTHETIC_SKEW_SECONDS, loop_shift_days, replay, route, with_fresh_ids
@@ -86,6 +87,8 @@ class Results:
     memory: dict[str, Any] = field(default_factory=dict)
     history: dict[str, Any] = field(default_factory=dict)
     cases: dict[str, Any] = field(default_factory=dict)  # the case list among many cases
+    consent: dict[str, Any] = field(default_factory=dict)  # a bank's opt-out list imported (consentbench)
+    shadow: dict[str, Any] = field(default_factory=dict)  # (c) with and without a shadow version (shadowbench)
     notes: list[str] = field(default_factory=list)
 
 
@@ -374,14 +377,16 @@ async def redis_memory(run: LocalRun, prefix: str, wait: float = TIER_INDEX_WAIT
     client = aioredis.Redis.from_url(run.redis_url)
     try:
         deadline = time.monotonic() + wait
-        while not await client.exists(f"{prefix}:tiers") and time.monotonic() < deadline:
+        keys = Keys(prefix)
+        shards = [keys.tier_shard(tag) for tag in tier_tags()]
+        while not await client.exists(*shards) and time.monotonic() < deadline:
             await asyncio.sleep(0.5)
         sizes: list[int] = []
         logs: list[int] = []  # of which the changelog (0: none: folded, or never logged)
         pattern = f"{prefix}:{{*}}:state"
-        keys = [key async for key in client.scan_iter(match=pattern, count=1000)]
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
+        found = [key async for key in client.scan_iter(match=pattern, count=1000)]
+        for start in range(0, len(found), 500):
+            chunk = found[start : start + 500]
             async with client.pipeline(transaction=False) as pipe:
                 for key in chunk:
                     base = key.decode()[: -len(":state")]
@@ -393,8 +398,9 @@ async def redis_memory(run: LocalRun, prefix: str, wait: float = TIER_INDEX_WAIT
                 sizes.append(sum(int(r or 0) for r in replies[n * i : n * i + n]))
                 logs.append(int(replies[n * i + log_at] or 0))
         index = 0
-        for key in (f"{prefix}:tiers", f"{prefix}:tiers:value"):
-            index += int(await client.memory_usage(key, samples=0) or 0)
+        for tag in tier_tags():  # the tier shards' sorted sets and exact values
+            for key in (keys.tier_shard(tag), keys.tier_shard(tag, "value")):
+                index += int(await client.memory_usage(key, samples=0) or 0)
     finally:
         await client.aclose()
     if not sizes:
@@ -550,9 +556,13 @@ def run_bench(settings: Settings, berka: Path, events: int, smoke: bool, out: Pa
             results.rows["(c2) FundFlow full pipeline, 2 workers"] = asyncio.run(
                 pipeline_rate(run, "bench2", len(data), timeout)
             )
+            step("(c) with a shadow version beside the live rules")
+            results.shadow = shadowbench.shadow_stage(run, len(data), timeout, 1 if smoke else rounds, pipeline_rate)
             cases = CASES_SMOKE if smoke else CASES
             step(f"case list among {cases:,} cases")
             results.cases = casebench.case_list_speed(run, cases, 5 if smoke else 30)
+            step("consent import")
+            results.consent = consentbench.consent_stage(run.redis_url, smoke, run.log_dir)
     step("per-event cost vs history")
     results.history = history_cost(source, settings, 2_000 if smoke else 30_000, 200 if smoke else 2_000)
     results.notes.append(machine())
@@ -590,6 +600,8 @@ def results_dict(results: Results) -> dict[str, Any]:
         "redis_memory_per_customer": results.memory,
         "per_event_cost_vs_history": results.history,
         "case_list": results.cases,
+        "consent_import": results.consent,
+        "shadow": results.shadow,
         "machine": results.notes,
     }
 
@@ -664,6 +676,10 @@ def render(results: Results) -> str:
         )
     if results.cases:
         out += ["", *casebench.render(results.cases)]
+    if results.consent:
+        out += ["", *consentbench.render(results.consent)]
+    if results.shadow:
+        out += ["", *shadowbench.render(results.shadow)]
     return "\n".join(out)
 
 

@@ -63,4 +63,11 @@ def test_bench_smoke_reports_every_stage(tmp_path: Path) -> None:
     assert all(cost > 0 for cost in history["us_per_event"] + history["us_decode_on_cache_miss"])
     cases = report["case_list"]  # the case list among many cases, through the store and GET /cases
     assert cases["cases"] == 2000 and len(cases["queries"]) == 7
+    shadow = report["shadow"]  # (c) without and with a shadow version, side by side
+    assert shadow["without_shadow"] > 0 and shadow["with_shadow"] > 0 and len(shadow["ratios_by_round"]) == 1
+    assert "with a shadow version" in result.stdout
     assert all(q["matching"] > 0 and q["http_ms"]["p50"] > 0 for q in cases["queries"].values())
+    consent = report["consent_import"]  # a consent list imported twice, and its bytes in Redis
+    assert (consent["records"], consent["changed"], consent["rerun_changed"]) == (5000, 5000, 0)
+    assert consent["bytes_per_record"] > 0 and consent["bucket_encoding"] == "listpack"
+    assert "consent import: 5,000 records" in result.stdout
