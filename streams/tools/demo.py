@@ -29,11 +29,13 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from rules import fmt
 from streams.clients import connect, start_producer
 from streams.errors import ConfigError
 from streams.local.orchestra import LocalRun
@@ -193,7 +195,7 @@ async def _live(
     )
     client = connect(run.redis_url, settings.redis_cluster)
     store = reader_store(client, settings)
-    view = _View(len(lines), headline)
+    view = _View(len(lines), headline, settings.currency)
     started = time.monotonic()
     last_applied, last_time = 0, started
     try:
@@ -238,9 +240,10 @@ async def _latest_alert(redis: Any, keys: Keys) -> str:
 
 
 class _View:
-    def __init__(self, total: int, headline: str) -> None:
+    def __init__(self, total: int, headline: str, currency: str = "CNY") -> None:
         self.total = total  # records per loop
         self.headline = headline
+        self.currency = currency
         self.tty = sys.stdout.isatty()
         self.drawn = 0
         self.ticks = 0
@@ -269,10 +272,12 @@ class _View:
         ]
         for row in customers:
             rate = row.get("collection_rate_90d")
-            shown = f"{float(str(rate)) * 100:8.1f}%" if rate is not None else "       —"
+            shown = fmt.percent(Decimal(str(rate)), 1) if rate is not None else "—"
+            money = {name: fmt.amount(Decimal(str(row[name])), self.currency)
+                     for name in ("balance", "daily_avg_balance_mtd", "inflow_30d", "outflow_30d")}  # fmt: skip
             out.append(
-                f"{row['customer_id']:>10} {row['balance']:>14} {row['daily_avg_balance_mtd']:>14} "
-                f"{shown:>10} {row['inflow_30d']:>12} {row['outflow_30d']:>12} "
+                f"{row['customer_id']:>10} {money['balance']:>14} {money['daily_avg_balance_mtd']:>14} "
+                f"{shown:>10} {money['inflow_30d']:>12} {money['outflow_30d']:>12} "
                 f"{','.join(row['segments']) or '—'}"  # type: ignore[arg-type]
             )
         if alerts:
