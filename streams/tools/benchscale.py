@@ -67,7 +67,7 @@ from streams.decode import TimeBounds
 from streams.errors import ConfigError
 from streams.local.orchestra import LocalRun
 from streams.local.servers import EmbeddedRedis, free_port
-from streams.pipeline import BatchProcessor, Message
+from streams.pipeline import BatchProcessor
 from streams.rulestep import build_step
 from streams.settings import Settings, rates, state_config, thresholds
 from streams.storage.codec import decode_state, encode_state
@@ -197,11 +197,6 @@ def shard_info(ports: Sequence[int]) -> list[dict[str, int]]:
 # --- templates -----------------------------------------------------------------------
 
 
-class NullEmitter:
-    async def send_all(self, messages: Sequence[Message]) -> None:
-        return None
-
-
 class RecordingStore(StateStore):
     """The real store; what each commit carried is kept beside it, per customer."""
 
@@ -298,7 +293,7 @@ async def build_templates(settings: Settings, redis_url: str, lines: list[bytes]
     processor = BatchProcessor(
         store,
         build_step(settings),
-        NullEmitter(),
+        scale.DiscardingEmitter(),
         bounds=TimeBounds(settings.event_time_earliest, SYNTHETIC_SKEW_SECONDS),
         currency=settings.currency,
         cache_size=10_000_000,

@@ -31,7 +31,7 @@ from streams import board
 from streams.clients import connect
 from streams.deadletter import RawRecord
 from streams.local.servers import EmbeddedRedis, free_port
-from streams.pipeline import BatchProcessor, Message
+from streams.pipeline import BatchProcessor
 from streams.rulestep import build_step
 from streams.settings import Settings, rates, state_config, thresholds
 from streams.storage.keys import BOARD, Keys
@@ -44,13 +44,6 @@ from streams.tools.replay import route, with_fresh_ids
 PREFIX = "mm"
 PROBE_MEMBERS = 10_000  # members of the probe keys of a large encoding
 BATCH = 1000
-
-
-class _Discard:
-    """Publishing that always succeeds (the findings' topics are not measured here)."""
-
-    async def send_all(self, messages: Sequence[Message]) -> None:
-        return None
 
 
 async def _sizes(client: aioredis.Redis, names: Sequence[str]) -> list[int]:
@@ -72,7 +65,7 @@ async def load(settings: Settings, url: str, lines: list[bytes], loops: int) -> 
     processor = BatchProcessor(
         store,
         build_step(settings),
-        _Discard(),
+        scale.DiscardingEmitter(),
         currency=settings.currency,
         cache_size=10_000_000,
         zone=settings.zone,
