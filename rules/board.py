@@ -28,6 +28,7 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import functools
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -252,3 +253,39 @@ def recompute(
     board.findings = delta.findings
     first = dt.date.fromordinal(complete_from).isoformat() if complete_from is not None else None
     return board, first
+
+
+# The 看板's histogram of a day's positive net outflows (Redis Cluster, ``streams.board``):
+# quarter-octave buckets, bucket 4·o + q holding the amounts v (cents) with
+# 2^o·R[q] <= v < 2^o·R[q+1]. The constants are the doubles the commit script compares with
+# (``streams.storage.store.COMMIT_LUA``), written the same way, so both sides agree on every amount.
+_RUNGS = (1.0, 1.189207115002721, 1.4142135623730951, 1.681792830507429)
+
+
+def hist_bucket(cents: int) -> int:
+    """The bucket of a positive net outflow ``cents`` (as the commit script computes it)."""
+    if cents < 1:
+        raise ValueError("only a positive net outflow has a bucket")
+    octave = cents.bit_length() - 1
+    x = cents / float(1 << octave)
+    step = 3 if x >= _RUNGS[3] else 2 if x >= _RUNGS[2] else 1 if x >= _RUNGS[1] else 0
+    return 4 * octave + step
+
+
+def hist_low(bucket: int) -> int:
+    """The least amount (cents) of ``bucket``: every amount in it is at least this much."""
+    octave, step = divmod(bucket, 4)
+    return math.ceil(float(1 << octave) * _RUNGS[step])
+
+
+def floor_from_hist(counts: dict[int, int], kept: int) -> int:
+    """A closed day's floor from its histogram: the least amount of the bucket where the
+    customers counted from the top reach ``kept`` (1 cent when fewer are positive). Never
+    above the ``kept``-th largest net outflow, so at least ``kept`` stay at or above it; the
+    bucket's others (a quarter of an octave) stay too."""
+    total = 0
+    for bucket in sorted(counts, reverse=True):
+        total += counts[bucket]
+        if total >= kept:
+            return max(1, hist_low(bucket))
+    return 1

@@ -547,12 +547,30 @@ async def keep_rules_current(parts: WorkerParts) -> None:
 BOARD_TRIM_DAYS_PER_RUN = 31
 
 
+async def fold_board(parts: WorkerParts) -> None:
+    """On Redis Cluster: the 看板 cells this worker's commits left in their slots, carried into
+    the bank-wide keys (``streams.board.fold``: exactly once, whoever folds)."""
+    store = parts.store
+    if not parts.settings.redis_cluster or not store.dirty:
+        return
+    dirty, store.dirty = sorted(store.dirty), set()
+    try:
+        await board.fold(parts.redis, parts.keys, dirty)
+    except Exception as exc:  # a view: never stop the stream for it (the cells wait in their slots)
+        store.dirty.update(dirty)
+        log.warning("看板 cells not folded: %s", exc)
+
+
 async def prune_board(parts: WorkerParts) -> None:
     """The 看板 keeps ``board_days_kept`` days before its latest event, and a closed day's
-    net outflow only its top (every worker prunes and cuts; doing either twice is harmless)."""
+    net outflow only its top (every worker prunes and cuts; doing either twice is harmless).
+    On Redis Cluster every shard is folded first: what a stopped worker's commits left."""
     settings = parts.settings
     days = settings.board_days_kept
     try:
+        if settings.redis_cluster:
+            await board.fold_legacy(parts.redis, parts.keys, settings.zone, days)
+            await board.fold(parts.redis, parts.keys, await board.shards(parts.redis, parts.keys, True))
         dropped = await board.prune(parts.redis, parts.keys, settings.zone, days, settings.redis_cluster)
         cut = await board.trim(
             parts.redis,
@@ -580,5 +598,6 @@ def timers(settings: Settings) -> list[tuple[float, Timer]]:
         (1.0, fold_quiet),
         (5.0, keep_rules_current),
         (FOLLOW_VERSIONS_SECONDS, follow_versions),
+        (settings.board_fold_seconds, fold_board),
         (BOARD_PRUNE_SECONDS, prune_board),
     ]

@@ -4,8 +4,11 @@ The worker writes them in its commit script (``streams.storage.store``), exactly
 the customer states; this module only reads them (``read_board``, the API's
 ``GET /board``), compares them with a recomputation from the stored states
 (``check``: ``fundflow board --check``), and drops days older than the retention
-(``prune``, a worker timer). On Redis Cluster the aggregates are spread over one
-shard per slot (``streams.storage.keys``): every reader sums the shards.
+(``prune``, a worker timer). On Redis Cluster a commit can only write its customers' slot:
+it writes the slot's pending cells, and ``fold`` carries them, exactly once, into the same
+bank-wide keys a single Redis has (one per day, not one per slot per day); a reader reads
+those, as of the last fold (``FUNDFLOW_BOARD_FOLD_SECONDS``). The net-outflow sets stay one
+per slot (a customer's net is moved with its state), and the top of a day merges them.
 
 What can go wrong: nothing here writes a customer's state; a Redis that does not
 answer raises (the API answers 503, the CLI one line). Days are the bank's local
@@ -24,12 +27,12 @@ from zoneinfo import ZoneInfo
 import orjson
 import redis.asyncio as aioredis
 
-from rules.board import BUCKETS, NO_RATE, Board, floor_value, recompute
+from rules.board import BUCKETS, NO_RATE, Board, floor_from_hist, floor_value, recompute
 from rules.money import rounded
 from rules.state import KINDS, from_us
 from streams.pipeline import outbox_message
 from streams.storage.keys import BOARD, Keys
-from streams.storage.store import StateStore, _bounded
+from streams.storage.store import StateStore
 
 DAYS_SHOWN = 30  # the findings history of the board
 # Closed days one trim script cuts in a shard: on a cluster a shard's sets are small and the
@@ -40,6 +43,10 @@ TRIM_DAYS_PER_CALL = 31
 # so no one pipeline's packing and parsing holds the worker's event loop for long.
 FLOOR_SHARDS_PER_PIPELINE = 1024
 FIRST_PRUNE_LOOKBACK_DAYS = 31  # how far before the retention a shard's first prune looks
+# A fold moves the pending cells of this many slots per pipeline (bounds the loop's time per step),
+# and carries at most this many arguments per script call into the bank-wide keys.
+FOLD_SHARDS_PER_PIPELINE = 1024
+FOLD_ARGS_PER_CALL = 8192
 Cells = dict[str, int]
 
 
@@ -150,7 +157,7 @@ async def read_board(
 ) -> dict[str, Any]:
     """The board of ``day`` (ISO date, the bank's; default: the day of the latest event)."""
     found = await shards(redis, keys, cluster)
-    newest = await latest_us(redis, keys, found)
+    newest = await latest_us(redis, keys, [BOARD])
     latest = from_us(newest).astimezone(zone) if newest is not None else None
     if day is None and latest is not None:
         day = latest.date().isoformat()
@@ -161,7 +168,7 @@ async def read_board(
     }
     days = _days_to(day)
     names = ["collection", *(f"flow:{d}" for d in days[-1:]), *(f"findings:{d}" for d in days)]
-    collection, *rest = await _cells(redis, keys, found, names)
+    collection, *rest = await _cells(redis, keys, [BOARD], names)
     flows, findings = (rest[0], rest[1:]) if days else ({}, [])
     board["flows"] = _flows(flows)
     history = list(zip(days, findings, strict=True))
@@ -225,7 +232,7 @@ async def _top(redis: aioredis.Redis, keys: Keys, found: Sequence[str], day: str
 async def stored(redis: aioredis.Redis, keys: Keys, cluster: bool) -> Board:
     """Every stored cell of every day (for ``check``)."""
     board = Board()
-    for shard in await shards(redis, keys, cluster):
+    for shard in [*(await shards(redis, keys, cluster)), *([BOARD] if cluster else [])]:
         for name, into in (("flow", board.flows), ("findings", board.findings)):
             async for key in redis.scan_iter(match=keys.board(shard, f"{name}:*")):
                 day = _text(key).rsplit(":", 1)[1]
@@ -255,6 +262,8 @@ async def check(store: StateStore, zone: ZoneInfo, kept: int, cluster: bool = Fa
     recent-findings lists (empty: they agree). Flows and net outflow are compared from the
     first day every state still keeps; findings from the first day no customer's capped list
     (``kept`` entries) may have lost; the 归集率 distribution whole."""
+    if cluster:  # (what the workers have not folded yet is part of what they wrote)
+        await fold(store.redis, store.keys, await shards(store.redis, store.keys, cluster))
     states = [state async for state in store.scan_states()]
     findings: list[dict[str, Any]] = []
     findings_from: str | None = None
@@ -296,6 +305,8 @@ async def prune(redis: aioredis.Redis, keys: Keys, zone: ZoneInfo, keep_days: in
     a prune deletes by name the days since the last one (never a scan of the keyspace); the
     first prune of a shard goes back ``keep_days`` (at least 31) more."""
     found = await shards(redis, keys, cluster)
+    if cluster:
+        found = [*found, BOARD]  # (the bank-wide keys the fold writes: days and their histograms)
     newest = await latest_us(redis, keys, found)
     if newest is None:
         return 0
@@ -310,7 +321,9 @@ async def prune(redis: aioredis.Redis, keys: Keys, zone: ZoneInfo, keep_days: in
         while day < first:
             batch: list[str] = []
             while day < first and len(batch) < 300:
-                batch += [keys.board(shard, f"{name}:{day.isoformat()}") for name in ("flow", "findings", "net")]
+                batch += [
+                    keys.board(shard, f"{name}:{day.isoformat()}") for name in ("flow", "findings", "net", "hist")
+                ]
                 day += dt.timedelta(days=1)
             dropped += int(await redis.delete(*batch))  # (one shard: one slot, also on a cluster)
         if start < first or kept_from is None:
@@ -359,6 +372,8 @@ async def trim(
     hold their whole net and everyone else is below the floor, and the commit keeps it so
     (docs/scale.md, "The 看板's closed days")."""
     found = await shards(redis, keys, cluster)
+    if cluster:  # (the floors come from the histograms: what the slots hold must be in them)
+        await fold(redis, keys, found)
     newest = await latest_us(redis, keys, found)
     if newest is None or not found:
         return 0
@@ -370,38 +385,239 @@ async def trim(
     if most_days is not None:
         last = min(last, first + dt.timedelta(days=most_days - 1))
     cut = 0
-    script = redis.register_script(TRIM_LUA)
+    sha = await redis.script_load(TRIM_LUA)
+    hist_from = await _hist_from(redis, keys, found) if cluster else None
     while first <= last:
-        per_call = TRIM_DAYS_PER_CALL if cluster else 1
+        per_call = (most_days or keep_days) if cluster else 1
         days = [first + dt.timedelta(days=n) for n in range(min(per_call, (last - first).days + 1))]
-        floors = [await _floor(redis, keys, found, day.isoformat(), kept) for day in days]
+        floors = [await _floor(redis, keys, found, day, kept, zone, hist_from) for day in days]
         names = [f"net:{day.isoformat()}" for day in days]
-        await _bounded(
-            script(
-                keys=[keys.board(shard, "trim"), *(keys.board(shard, n) for n in names)],
-                args=[days[-1].isoformat(), *floors],
-            )
-            for shard in found
-        )
+        for start in range(0, len(found), FOLD_SHARDS_PER_PIPELINE):
+            async with redis.pipeline(transaction=False) as pipe:
+                for shard in found[start : start + FOLD_SHARDS_PER_PIPELINE]:
+                    shard_keys = [keys.board(shard, "trim"), *(keys.board(shard, n) for n in names)]
+                    pipe.evalsha(sha, len(shard_keys), *shard_keys, days[-1].isoformat(), *floors)
+                await pipe.execute()
         await redis.hset(keys.board_floors, "through", days[-1].isoformat())
         cut += len(days)
         first = days[-1] + dt.timedelta(days=1)
     return cut
 
 
-async def _floor(redis: aioredis.Redis, keys: Keys, found: Sequence[str], day: str, kept: int) -> int:
-    """The floor of ``day``: the one already fixed, else from every shard's top ``kept``, fixed now."""
-    fixed = await redis.hget(keys.board_floors, day)
+async def _hist_from(redis: aioredis.Redis, keys: Keys, found: Sequence[str]) -> int:
+    """The latest event time (µs) a net-outflow set may hold without its histogram: 0 when
+    every shard was first written by a version that keeps histograms. A shard written before
+    it remembers its latest of then (``hist`` in its trim marker, set by its first commit since);
+    one not written since, its latest. Fixed once every shard has its ``hist``."""
+    fixed = await redis.get(keys.board(BOARD, "hist_from"))
+    if fixed is not None:
+        return int(fixed)
+    known = True
+    latest = 0
+    for start in range(0, len(found), FOLD_SHARDS_PER_PIPELINE):
+        async with redis.pipeline(transaction=False) as pipe:
+            for shard in found[start : start + FOLD_SHARDS_PER_PIPELINE]:
+                pipe.hget(keys.board(shard, "trim"), "hist")
+                pipe.get(keys.board(shard, "latest"))
+            replies = await pipe.execute()
+        for hist, shard_latest in zip(replies[0::2], replies[1::2], strict=True):
+            if hist is None:
+                known = False
+            value = hist if hist is not None else shard_latest
+            latest = max(latest, int(value) if value is not None else 0)
+    if known:
+        await redis.set(keys.board(BOARD, "hist_from"), latest)
+    return latest
+
+
+async def _floor(
+    redis: aioredis.Redis,
+    keys: Keys,
+    found: Sequence[str],
+    day: dt.date,
+    kept: int,
+    zone: ZoneInfo,
+    hist_from: int | None = None,
+) -> int:
+    """The floor of ``day``: the one already fixed, else fixed now: on Redis Cluster from the
+    day's histogram (one read, where reading every slot's top is a read per slot), unless
+    commits of a version without histograms may have touched the day (``_hist_from``); else
+    the ``kept``-th largest of every shard's top ``kept``."""
+    fixed = await redis.hget(keys.board_floors, day.isoformat())
     if fixed is None:
-        tops: list[Any] = []
-        for start in range(0, len(found), FLOOR_SHARDS_PER_PIPELINE):
-            async with redis.pipeline(transaction=False) as pipe:
-                for shard in found[start : start + FLOOR_SHARDS_PER_PIPELINE]:
-                    pipe.zrevrange(keys.board(shard, f"net:{day}"), 0, kept - 1, withscores=True)
-                tops += await pipe.execute()
-        await redis.hsetnx(keys.board_floors, day, floor_value([int(score) for top in tops for _, score in top], kept))
-        fixed = await redis.hget(keys.board_floors, day)
+        start_us = int(dt.datetime.combine(day, dt.time(), tzinfo=zone).timestamp() * 1_000_000)
+        if hist_from is not None and start_us > hist_from:
+            counts = cast(dict[bytes, bytes], await redis.hgetall(keys.board(BOARD, f"hist:{day.isoformat()}")))
+            value = floor_from_hist({int(b): int(n) for b, n in counts.items()}, kept)
+        else:
+            tops: list[Any] = []
+            for start in range(0, len(found), FLOOR_SHARDS_PER_PIPELINE):
+                async with redis.pipeline(transaction=False) as pipe:
+                    for shard in found[start : start + FLOOR_SHARDS_PER_PIPELINE]:
+                        pipe.zrevrange(keys.board(shard, f"net:{day.isoformat()}"), 0, kept - 1, withscores=True)
+                    tops += await pipe.execute()
+            value = floor_value([int(score) for top in tops for _, score in top], kept)
+        await redis.hsetnx(keys.board_floors, day.isoformat(), value)
+        fixed = await redis.hget(keys.board_floors, day.isoformat())
     return int(cast(bytes, fixed))
+
+
+# KEYS: a shard's pending cells, the cells being moved, its trim marker; then, once (a shard
+#   an earlier version wrote: no ``legacy`` in its marker), that version's per-slot day hashes
+#   and 归集率 hash. ARGV: the generation of this shard the bank-wide keys already hold ('': not known).
+# The cells being moved are dropped once the bank-wide keys hold their generation, else
+# returned again; else the pending cells become the cells being moved (a later commit starts
+# a new pending hash, with the next generation) and are returned. An earlier version's hashes
+# join the pending cells first, in the same step.
+MOVE_LUA = """
+local moving = redis.call('HGET', KEYS[2], '#')
+if moving then
+  if ARGV[1] ~= '' and tonumber(moving) <= tonumber(ARGV[1]) then
+    redis.call('DEL', KEYS[2])
+  else
+    return redis.call('HGETALL', KEYS[2])
+  end
+end
+if #KEYS > 3 and not redis.call('HGET', KEYS[3], 'legacy') then
+  for i = 4, #KEYS do
+    local cells = redis.call('HGETALL', KEYS[i])
+    if #cells > 0 then
+      if redis.call('EXISTS', KEYS[1]) == 0 then
+        redis.call('HSET', KEYS[1], '#', redis.call('HINCRBY', KEYS[3], 'gen', 1))
+      end
+      local name = string.match(KEYS[i], ':board:(.*)$')
+      for j = 1, #cells, 2 do redis.call('HINCRBY', KEYS[1], name .. ' ' .. cells[j], cells[j + 1]) end
+      redis.call('DEL', KEYS[i])
+    end
+  end
+  redis.call('HSET', KEYS[3], 'legacy', '1')
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+redis.call('RENAME', KEYS[1], KEYS[2])
+return redis.call('HGETALL', KEYS[2])
+"""
+
+# KEYS: the bank-wide keys' record of the generation each shard has added (``board:applied``).
+# ARGV: the bank-wide keys' prefix, then per shard: shard, generation, n, then n cells
+# (``name cell``, count; ``@latest``: an event time). A shard's cells are added only if their
+# generation is newer than the one recorded, which moves with them: exactly once. Cells of a
+# day before the first one the 看板 keeps (``prune``) are dropped, as the prune would.
+APPLY_LUA = """
+local prefix = ARGV[1]
+local kept_from = redis.call('GET', prefix .. 'kept_from')
+local i = 2
+local added = 0
+while i <= #ARGV do
+  local shard, gen, n = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  if gen > tonumber(redis.call('HGET', KEYS[1], shard) or '0') then
+    for j = i + 3, i + 1 + 2 * n, 2 do
+      local f, v = ARGV[j], ARGV[j + 1]
+      if f == '@latest' then
+        if tonumber(v) > tonumber(redis.call('GET', prefix .. 'latest') or '0') then
+          redis.call('SET', prefix .. 'latest', v)
+        end
+      elseif v ~= '0' then
+        local sp = string.find(f, ' ', 1, true)
+        local name = string.sub(f, 1, sp - 1)
+        local day = string.match(name, ':(%d%d%d%d%-%d%d%-%d%d)$')
+        if not (day and kept_from and day < kept_from) then  -- (a day the prune dropped stays dropped)
+          redis.call('HINCRBY', prefix .. name, string.sub(f, sp + 1), v)
+        end
+      end
+    end
+    redis.call('HSET', KEYS[1], shard, gen)
+    added = added + 1
+  end
+  i = i + 3 + 2 * n
+end
+return added
+"""
+
+
+# KEYS: a shard's cells being moved. ARGV: their generation, now in the bank-wide keys.
+DONE_LUA = """
+if redis.call('HGET', KEYS[1], '#') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+async def fold(redis: aioredis.Redis, keys: Keys, found: Sequence[str], *, legacy: Sequence[str] = ()) -> int:
+    """Carry the pending cells of the Redis Cluster 看板 shards ``found`` into the bank-wide
+    keys, exactly once (any number of workers may fold the same shards at once: each
+    generation is added once, ``APPLY_LUA``); returns how many shards' cells it added.
+    ``legacy``: the per-slot key names (``flow:{day}``, ``collection``...) an earlier version
+    wrote, folded in once per shard. Safe to stop at any point: what was not added is
+    added by the next fold."""
+    if not found:
+        return 0
+    move = await redis.script_load(MOVE_LUA)
+    apply = await redis.script_load(APPLY_LUA)
+    done = await redis.script_load(DONE_LUA)
+    applied = keys.board(BOARD, "applied")
+    prefix = keys.board(BOARD, "")
+    added = 0
+    for start in range(0, len(found), FOLD_SHARDS_PER_PIPELINE):
+        chunk = found[start : start + FOLD_SHARDS_PER_PIPELINE]
+        gens = cast(list[bytes | None], await redis.hmget(applied, chunk))
+        async with redis.pipeline(transaction=False) as pipe:
+            for shard, gen in zip(chunk, gens, strict=True):
+                shard_keys = [keys.board(shard, n) for n in ("pending", "moving", "trim", *legacy)]
+                pipe.evalsha(move, len(shard_keys), *shard_keys, _text(gen) if gen is not None else "")
+            replies = await pipe.execute()
+        calls: list[list[str | bytes]] = []
+        args: list[str | bytes] = []
+        moved: list[tuple[str, bytes]] = []
+        for shard, reply in zip(chunk, replies, strict=True):
+            if not reply:
+                continue
+            cells = [(reply[i], reply[i + 1]) for i in range(0, len(reply), 2) if reply[i] != b"#"]
+            generation = next(reply[i + 1] for i in range(0, len(reply), 2) if reply[i] == b"#")
+            moved.append((shard, generation))
+            if args and len(args) + 2 * len(cells) > FOLD_ARGS_PER_CALL:
+                calls.append(args)
+                args = []
+            args += [shard, generation, str(len(cells))]
+            for cell, value in cells:
+                args += [cell, value]
+        if args:
+            calls.append(args)
+        if calls:
+            async with redis.pipeline(transaction=False) as pipe:
+                for call in calls:
+                    pipe.evalsha(apply, 1, applied, prefix, *call)
+                added += sum(int(n) for n in await pipe.execute())
+            async with redis.pipeline(transaction=False) as pipe:  # (else the next fold drops them)
+                for shard, generation in moved:
+                    pipe.evalsha(done, 1, keys.board(shard, "moving"), generation)
+                await pipe.execute()
+    return added
+
+
+async def fold_legacy(redis: aioredis.Redis, keys: Keys, zone: ZoneInfo, keep_days: int) -> int:
+    """Once after an upgrade on Redis Cluster: fold the per-slot day hashes and 归集率 hash an
+    earlier version wrote (each shard once: ``legacy`` in its trim marker) into the bank-wide
+    keys. Returns how many shards still had them; a cheap read once done (``board:legacy``)."""
+    if await redis.get(keys.board(BOARD, "legacy")) is not None:
+        return 0
+    found = await shards(redis, keys, True)
+    newest = await latest_us(redis, keys, found)
+    old: list[str] = []
+    for start in range(0, len(found), FOLD_SHARDS_PER_PIPELINE):
+        chunk = found[start : start + FOLD_SHARDS_PER_PIPELINE]
+        async with redis.pipeline(transaction=False) as pipe:
+            for shard in chunk:
+                pipe.hget(keys.board(shard, "trim"), "legacy")
+            marks = await pipe.execute()
+        old += [shard for shard, mark in zip(chunk, marks, strict=True) if mark is None]
+    if old and newest is not None:
+        last = from_us(newest).astimezone(zone).date()
+        back = keep_days + FIRST_PRUNE_LOOKBACK_DAYS
+        days = [(last - dt.timedelta(days=n)).isoformat() for n in range(back, -1, -1)]
+        names = ["collection", *(f"{name}:{day}" for day in days for name in ("flow", "findings"))]
+        for start in range(0, len(old), 64):  # (a shard's call names ~900 keys)
+            await fold(redis, keys, old[start : start + 64], legacy=names)
+    await redis.set(keys.board(BOARD, "legacy"), 1)
+    return len(old)
 
 
 async def floors(redis: aioredis.Redis, keys: Keys) -> tuple[dict[str, int], str | None]:

@@ -201,6 +201,13 @@ class Settings(BaseSettings):
         description="看板 days (the latest included) whose net-outflow sets stay whole; an older day is closed and "
         "cut to its top board_top_kept customers (docs/scale.md)",
     )
+    board_fold_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=600,
+        description="on Redis Cluster: how often a worker carries the 看板 cells its commits left in their slots "
+        "into the bank-wide keys (GET /board shows them as of the last fold; docs/scale.md)",
+    )
     board_top_kept: int = Field(
         default=200,
         ge=100,

@@ -34,7 +34,11 @@ holds no ``}``, and no ordinary id starts with ``{``, so the encoding is one-to-
 | ``{p}:{S}:board:findings:{day}`` | hash | ``HH|type|category|rule`` -> findings of that local day and hour |
 | ``{p}:{S}:board:net:{day}`` | sorted set | customer -> net outflow of that local day (cents) |
 | ``{p}:{S}:board:kept_from`` | string | the first day the shard still keeps (``streams.board.prune``) |
-| ``{p}:{S}:board:trim`` | hash | ``day``: the last day whose net set is cut to its top (``streams.board.trim``) |
+| ``{p}:{S}:board:trim`` | hash | ``day``: the last day cut (``board.trim``); cluster: ``gen``, ``hist``, ``legacy`` |
+| ``{p}:{S}:board:pending`` | hash | cluster: cells not yet folded, ``name cell`` -> count, ``#``: generation |
+| ``{p}:{S}:board:moving`` | hash | cluster: the pending cells a fold is carrying (``streams.board.fold``) |
+| ``{p}:{board}:board:applied`` | hash | cluster: shard -> the last generation of its cells the ``{board}`` keys hold |
+| ``{p}:{board}:board:hist:{day}`` | hash | cluster: quarter-octave bucket -> customers with that positive net outflow |
 | ``{p}:board:floors`` | hash | closed day -> net outflow (cents) below which it keeps nobody; ``through``: last day |
 | ``{p}:board:shards`` | set | on Redis Cluster: the 看板 shards written (``S`` values) |
 | ``{p}:{cases}:case:{N}`` | hash | case N (``cases.store``): status, assignee, outcome, ``v`` = version |
@@ -65,7 +69,8 @@ holds no ``}``, and no ordinary id starts with ``{``, so the encoding is one-to-
 The 看板's keys are written by the commit script of the customers they count, so they
 share those customers' slot: ``S`` is ``board`` on a single Redis; on Redis Cluster it
 is ``board.N``, the first such tag that hashes to the slot of the commit's customers
-(``board_shard``), and a reader sums every shard. A customer's state key also holds
+(``board_shard``), which holds the slot's net-outflow sets and pending cells; the fold
+carries the cells into the ``{board}`` keys, which readers read. A customer's state key also holds
 the 归集率 bucket it is counted in.
 
 The live tiers are spread over ``TIER_SHARDS`` shards by the customer's slot, so no Redis

@@ -63,19 +63,27 @@ SHADOW_TOPIC = SHADOW.encode()  # a shadow run's records: in no live view (docs/
 
 # The commit of many customers in one call, each customer atomic on its own keys, and the
 # 看板's aggregates moved by exactly the customers whose commit went through.
-# KEYS: the call's B board keys (1: latest, 2: collection, 3: the customers with a changelog,
-#   4: the shard's trim marker, then per day flow/findings/net), then per customer: state,
-#   outbox, recent alerts, changelog.
-# ARGV: kept, B, latest event time (or ''), the type of each board key ('s', 'h' hash,
-#   'z' sorted set, 'l' the changelog index, 't' the trim marker), then per customer: expected version, new
-#   version, blob ('': append the entry to the changelog instead), its 归集率 bucket (or ''),
-#   changelog entry (or ''), number of findings, findings..., number of board cells, then per
-#   cell: board key index, field, integer increment (a negative index -b: field's whole net
-#   outflow of net key b's day, ``rules.board.day_net``); last, its input partition (or '') and id.
+# KEYS: the call's B board keys (1: latest, 2: collection, or on Redis Cluster the shard's
+#   pending cells, 3: the customers with a changelog, 4: the shard's trim marker, then per day
+#   flow/findings/net), then per customer: state, outbox, recent alerts, changelog.
+# ARGV: kept, B, latest event time (or ''), the type of each board key ('s', 'h' hash, 'p' the
+#   pending cells, 'z' sorted set, 'l' the changelog index, 't' the trim marker), then per
+#   customer: expected version, new version, blob ('': append the entry to the changelog
+#   instead), its 归集率 bucket (or ''), changelog entry (or ''), number of findings,
+#   findings..., number of board cells, then per cell: board key index, field, integer
+#   increment (a negative index -b: field's whole net outflow of net key b's day,
+#   ``rules.board.day_net``); last, its input partition (or '') and id.
 # A net key of a day the shard cut to its top (day <= the trim marker's ``day``,
 # ``streams.board.trim``) moves only its members; anyone else was below the day's floor, so a
 # fall leaves them out and a rise brings them back with their whole net (none known: counted
 # under ``late:{day}``, docs/scale.md).
+# On Redis Cluster (KEYS[2] of type 'p') the shard's flows, findings, 归集率 buckets and latest
+# go to one pending hash, fields ``name cell`` (``flow:{day} HH|in|kind|ext``), which the fold
+# moves into the bank-wide keys exactly once (``streams.board.fold``): a day costs one key for
+# the bank, not one per slot. Its field ``#`` is the shard's generation of that hash. Every
+# move of a customer's net outflow on a day not yet cut also moves it between the
+# quarter-octave buckets of the day's histogram (``hist:{day}``), from which the cut takes the
+# day's floor without reading every slot (``streams.board.hist_bucket``).
 # A customer's version is its full state's plus the length of its changelog; its bucket is
 # the last changelog entry's (before the entry's first newline), else the state's. A customer
 # with a changelog is in KEYS[3] (scored by its input partition) until its full state is
@@ -84,6 +92,9 @@ SHADOW_TOPIC = SHADOW.encode()  # a shadow run's records: in no live view (docs/
 COMMIT_LUA = """
 local kept = tonumber(ARGV[1])
 local nboard = tonumber(ARGV[2])
+local pend = ARGV[5] == 'p'
+local cpre = ''
+if pend then cpre = 'collection ' end
 local result = {}
 local add = {}
 local whole = {}
@@ -116,8 +127,8 @@ for k = nboard + 1, #KEYS, 4 do
   if version + logged == tonumber(ARGV[a]) then
     local bucket = ARGV[a + 3]
     if bucket ~= '' and bucket ~= held then
-      if held then bump(2, held, -1) end
-      bump(2, bucket, 1)
+      if held then bump(2, cpre .. held, -1) end
+      bump(2, cpre .. bucket, 1)
     elseif held then
       bucket = held
     end
@@ -151,12 +162,30 @@ for k = nboard + 1, #KEYS, 4 do
   end
   a = a + 9 + n + 3 * m
 end
+if pend then  -- (before this call's latest moves: a shard that had none holds no cells of an earlier version)
+  if redis.call('EXISTS', KEYS[1]) == 0 then
+    redis.call('HSETNX', KEYS[4], 'hist', '0')
+    redis.call('HSETNX', KEYS[4], 'legacy', '1')
+  else
+    redis.call('HSETNX', KEYS[4], 'hist', redis.call('GET', KEYS[1]))
+  end
+end
 if ARGV[3] ~= '' then
   local latest = tonumber(redis.call('GET', KEYS[1]) or '0')
   if tonumber(ARGV[3]) > latest then redis.call('SET', KEYS[1], ARGV[3]) end
 end
+local function octant(v)
+  local o, p = 0, 1
+  while p * 2 <= v do p = p * 2; o = o + 1 end
+  local x = v / p
+  local q = 0
+  if x >= 1.681792830507429 then q = 3
+  elseif x >= 1.4142135623730951 then q = 2
+  elseif x >= 1.189207115002721 then q = 1 end
+  return string.format('%d', 4 * o + q)
+end
 local trimmed = redis.call('HGET', KEYS[4], 'day')
-for b = 2, nboard do
+for b = 3, nboard do
   local kind = ARGV[3 + b]
   local day = string.sub(KEYS[b], -10)
   local closed = kind == 'z' and trimmed and day <= trimmed
@@ -174,11 +203,33 @@ for b = 2, nboard do
         end
       end
     elseif kind == 'z' then
-      redis.call('ZINCRBY', KEYS[b], string.format('%.0f', n), f)
+      local now = tonumber(redis.call('ZINCRBY', KEYS[b], string.format('%.0f', n), f))
+      if pend then
+        local was = now - n
+        if was >= 1 then bump(2, 'hist:' .. day .. ' ' .. octant(was), -1) end
+        if now >= 1 then bump(2, 'hist:' .. day .. ' ' .. octant(now), 1) end
+      end
     else
       redis.call('HINCRBY', KEYS[b], f, string.format('%.0f', n))
     end
   end
+end
+local written = false
+for f, n in pairs(add[2]) do
+  if n ~= 0 then
+    if pend and not written and redis.call('EXISTS', KEYS[2]) == 0 then
+      redis.call('HSET', KEYS[2], '#', redis.call('HINCRBY', KEYS[4], 'gen', 1))
+    end
+    written = true
+    redis.call('HINCRBY', KEYS[2], f, string.format('%.0f', n))
+  end
+end
+if pend and ARGV[3] ~= '' then
+  if not written and redis.call('EXISTS', KEYS[2]) == 0 then
+    redis.call('HSET', KEYS[2], '#', redis.call('HINCRBY', KEYS[4], 'gen', 1))
+  end
+  local seen = tonumber(redis.call('HGET', KEYS[2], '@latest') or '0')
+  if tonumber(ARGV[3]) > seen then redis.call('HSET', KEYS[2], '@latest', ARGV[3]) end
 end
 return result
 """
@@ -237,18 +288,21 @@ class Commit:
 
 
 class _BoardArgs:
-    """The board keys of one commit call and each customer's cells, by key index."""
+    """The board keys of one commit call and each customer's cells, by key index. On Redis
+    Cluster (``pending``) the flows and findings go to the shard's pending cells, as fields
+    ``name cell``, for the fold to carry to the bank-wide keys."""
 
-    def __init__(self, keys: Keys, shard: str) -> None:
+    def __init__(self, keys: Keys, shard: str, pending: bool = False) -> None:
         self.keys = keys
         self.shard = shard
+        self.pending = pending
         self.names = [
             keys.board(shard, "latest"),
-            keys.board(shard, "collection"),
+            keys.board(shard, "pending" if pending else "collection"),
             keys.logged(shard),
             keys.board(shard, "trim"),
         ]
-        self.kinds = ["s", "h", "l", "t"]
+        self.kinds = ["s", "p" if pending else "h", "l", "t"]
         self.index: dict[str, int] = {}
         self.latest: int | None = None
 
@@ -260,18 +314,25 @@ class _BoardArgs:
             found = self.index[name] = len(self.names)
         return found
 
+    def _cells(self, name: str, row: dict[str, int]) -> list[bytes | str | int]:
+        out: list[bytes | str | int] = []
+        if self.pending:
+            for cell, value in row.items():
+                out += (2, f"{name} {cell}", value)
+        else:
+            k = self._key(name, "h")
+            for cell, value in row.items():
+                out += (k, cell, value)
+        return out
+
     def cells(self, customer_id: str, delta: BoardDelta | None, state: CustomerState) -> list[bytes | str | int]:
         if not delta:
             return [0]
         out: list[bytes | str | int] = []
         for day, row in delta.flows.items():
-            k = self._key(f"flow:{day}", "h")
-            for cell, value in row.items():
-                out += (k, cell, value)
+            out += self._cells(f"flow:{day}", row)
         for day, row in delta.findings.items():
-            k = self._key(f"findings:{day}", "h")
-            for cell, value in row.items():
-                out += (k, cell, value)
+            out += self._cells(f"findings:{day}", row)
         for day, value in delta.net.items():
             k = self._key(f"net:{day}", "z")
             out += (k, customer_id, value)
@@ -349,6 +410,7 @@ class StateStore:
         self._unindex = client.register_script(UNINDEX_LUA)
         self._scripts_loaded = False  # SCRIPT LOAD once, then plain EVALSHA (a restarted Redis -> again)
         self._shards_known: set[str] = set()  # 看板 shards this store registered (Redis Cluster)
+        self.dirty: set[str] = set()  # 看板 shards this store wrote pending cells to since their fold
 
     async def load(self, customer_ids: Sequence[str]) -> dict[str, Loaded]:
         """Version, full state, changelog and pending outbox of each customer, in one round trip."""
@@ -454,9 +516,7 @@ class StateStore:
         state_key, outbox_key, alerts_key, log_key = self.keys.state, self.keys.outbox, self.keys.alerts, self.keys.log
         compress = self.compress
         with _round_trip("commit"):
-            if not self._scripts_loaded:
-                await self.redis.script_load(COMMIT_LUA)
-                self._scripts_loaded = True
+            await self._load_scripts()
             groups = self._groups(commits)
             if self.cluster:  # readers find the shards in a set, never by a scan of the keyspace
                 new = {self._shard(group[0].customer_id) for group in groups} - self._shards_known
@@ -467,7 +527,7 @@ class StateStore:
             for group in groups:
                 keys: list[str] = []
                 args: list[bytes | str | int] = []
-                board = _BoardArgs(self.keys, self._shard(group[0].customer_id))
+                board = _BoardArgs(self.keys, self._shard(group[0].customer_id), self.cluster)
                 blobs = iter(encode_states([c.state for c in group if c.log is None], compress=compress))
                 for c in group:
                     cid, version = c.customer_id, c.expected_version
@@ -483,25 +543,31 @@ class StateStore:
                 head = (RECENT_ALERTS_KEPT, len(board.names), latest, *board.kinds)
                 calls.append((sha, len(board.names) + len(keys), *board.names, *keys, *head, *args))
             try:
-                if self.cluster:  # redis-py's cluster pipeline refuses scripts: concurrent calls, one per slot group
-                    replies = await _bounded(self.redis.evalsha(*call) for call in calls)
-                else:
-                    async with self.redis.pipeline(transaction=False) as pipe:
-                        for call in calls:
-                            pipe.evalsha(*call)
-                        if tally is not None:
-                            self._count(pipe, tally)
-                        replies = await pipe.execute(raise_on_error=False)
-                    replies = self._script_replies(replies, len(calls))
+                # (on Redis Cluster the pipeline sends each node its slots' calls in one go)
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for call in calls:
+                        pipe.evalsha(*call)
+                    if tally is not None:
+                        self._count(pipe, tally)
+                    replies = await pipe.execute(raise_on_error=False)
+                replies = self._script_replies(replies, len(calls))
             except (RedisError, OSError):
                 self._scripts_loaded = False  # maybe a restarted Redis (NOSCRIPT): load on the retry
                 raise
-        if self.cluster and tally is not None:  # the statistics keys live in another slot
-            await self.count(tally)
+        if self.cluster:
+            self.dirty.update(self._shard(group[0].customer_id) for group in groups)
         failed: set[str] = set()
         for group, reply in zip(groups, replies, strict=True):
             failed.update(c.customer_id for c, ok in zip(group, reply, strict=True) if not ok)
         return failed
+
+    async def _load_scripts(self) -> None:
+        """SCRIPT LOAD the commit's scripts (every master of a cluster), once: later calls are
+        plain EVALSHAs in pipelines (a restarted Redis answers NOSCRIPT: loaded again then)."""
+        if not self._scripts_loaded:
+            for script in (COMMIT_LUA, CONFIRM_LUA):
+                await self.redis.script_load(script)
+            self._scripts_loaded = True
 
     def _count(self, pipe: Any, tally: Tally) -> None:
         now = tally.clock_ms()
@@ -550,13 +616,10 @@ class StateStore:
         if not published:
             return
         with _round_trip("confirm"):
-            if self.cluster:  # (no scripts in redis-py's cluster pipeline)
-                outboxes = [(self.keys.outbox(cid), entries) for cid, entries in published.items()]
-                await _bounded(self._confirm(keys=[key], args=entries) for key, entries in outboxes)
+            await self._load_scripts()
             async with self.redis.pipeline(transaction=False) as pipe:
                 for cid, entries in published.items():
-                    if not self.cluster:
-                        await self._confirm(keys=[self.keys.outbox(cid)], args=entries, client=pipe)
+                    pipe.evalsha(self._confirm.sha, 1, self.keys.outbox(cid), *entries)
                     for entry in entries:
                         # The API's live feed: a view, not the record (a crash between publish
                         # and confirm can repeat an entry; readers drop repeats by finding id).
@@ -564,7 +627,11 @@ class StateStore:
                         if topic == SHADOW_TOPIC:  # (a shadow run's record: never a live finding)
                             continue
                         pipe.xadd(self.keys.feed, {"t": topic, "v": value}, maxlen=FEED_KEPT, approximate=True)
-                await pipe.execute()
+                try:
+                    await pipe.execute()
+                except (RedisError, OSError):
+                    self._scripts_loaded = False  # (NOSCRIPT after a restart: loaded on the retry)
+                    raise
 
     async def read(self, customer_id: str) -> CustomerState | None:
         states = await self._fetch([self.keys.state(customer_id)])

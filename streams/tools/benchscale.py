@@ -71,7 +71,7 @@ from streams.pipeline import BatchProcessor
 from streams.rulestep import build_step
 from streams.settings import Settings, rates, state_config, thresholds
 from streams.storage.codec import decode_state, encode_state
-from streams.storage.keys import Keys
+from streams.storage.keys import BOARD, Keys
 from streams.storage.store import RECENT_ALERTS_KEPT, Commit, StateStore, Tally
 from streams.tiers import (
     TierBook,
@@ -399,8 +399,8 @@ async def load_customers(url: str, cluster: bool, ids: Sequence[str], compress: 
             values: dict[str, Decimal] = {}
             for cid in ids[i : i + LOAD_CHUNK]:
                 template = template_of(cid)
-                state, findings, board = clone(template, cid)
-                commits.append(Commit(cid, 0, state, findings, board, template.bucket))
+                state, findings, delta = clone(template, cid)
+                commits.append(Commit(cid, 0, state, findings, delta, template.bucket))
                 if findings:
                     published[cid] = findings
                 values[cid] = template.contribution
@@ -409,6 +409,9 @@ async def load_customers(url: str, cluster: bool, ids: Sequence[str], compress: 
             await store.commit(commits)
             await store.confirm_published(published)
             await write_contributions(client, keys, values)
+            if store.dirty:  # (as a worker's fold timer does: the slots' cells into the bank-wide keys)
+                await board.fold(client, keys, sorted(store.dirty))
+                store.dirty.clear()
             loaded += len(commits)
     finally:
         await client.aclose()
@@ -691,6 +694,8 @@ async def largest_shared_key(url: str) -> dict[str, Any]:
         latest = await board_latest_day(client, keys, found)
         if latest:
             names += [keys.board(shard, f"net:{latest}") for shard in found[:: max(len(found) // 64, 1)]]
+            names += [keys.board(BOARD, f"{name}:{latest}") for name in ("flow", "findings", "hist")]
+        names.append(keys.board(BOARD, "applied"))
         sizes = {name: int(await client.memory_usage(name, samples=0) or 0) for name in names}
     finally:
         await client.aclose()
@@ -728,6 +733,7 @@ async def cut_board(url: str, settings: Settings, keep_days: int) -> float:
     keys = Keys(PREFIX)
     started = time.perf_counter()
     try:
+        await board.fold(client, keys, await board.shards(client, keys, True))
         await board.prune(client, keys, settings.zone, settings.board_days_kept, cluster=True)
         await board.trim(
             client,

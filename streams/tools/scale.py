@@ -94,6 +94,9 @@ CALIBRATION = {
 }
 
 
+HIST_BUCKETS_PER_DAY = 60  # quarter-octave buckets of a day's positive net outflows (cents: ~15 octaves)
+
+
 def slots_hit(members: float) -> float:
     """How many of the 16,384 slots ``members`` customers, spread at random, fall into."""
     return SLOTS * (1 - math.exp(-members / SLOTS)) if members > 0 else 0.0
@@ -129,19 +132,20 @@ def board_bytes(
         per_day = flows * c.hash_key + c.cells_per_day * c.cell
         size = days * per_day + opened * _sets(active_per_day, 1, c) + closed * _sets(kept, 1, c)
         return size, days * (flows + 1)
-    shards = slots_hit(active_per_day)  # shards with data on a day
-    cells = min(c.cells_per_day, c.cells_per_active * active_per_day / shards) if shards else 0.0
-    finding_shards = slots_hit(findings_per_day)  # (a findings hash only where a finding was made)
-    per_day = shards * (c.hash_key + cells * c.cell) + finding_shards * (c.hash_key + c.cell)
+    # Redis Cluster: a day's cells are folded into the bank-wide keys (one flow, findings and
+    # histogram hash a day); each slot keeps its own net-outflow sets and its shard keys (latest,
+    # trim marker; pending cells only between folds), and the bank-wide keys a generation per slot
+    shards = slots_hit(active_per_day)  # shards with a net-outflow set on a day
     kept_shards = slots_hit(kept)
     every = slots_hit(active_per_day * days)  # every shard written on any day: its own keys
+    per_day = 3 * c.hash_key + (c.cells_per_day + HIST_BUCKETS_PER_DAY) * c.cell
     size = (
-        every * c.shard_key
+        every * (c.shard_key + c.cell)
         + days * per_day
         + opened * _sets(active_per_day, shards, c)
         + closed * _sets(kept, kept_shards, c)
     )
-    keys = every * 3 + days * (shards + finding_shards) + opened * shards + closed * kept_shards
+    keys = every * 2 + days * 3 + opened * shards + closed * kept_shards
     return size, keys
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -15,13 +16,13 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rules.board import BoardDelta, floor_value
+from rules.board import BoardDelta, floor_from_hist, floor_value, hist_bucket
 from rules.events import TransactionEvent
 from rules.state import CustomerState, Outcome, to_us
-from streams.board import amount, check, floors, read_board, shards, trim
+from streams.board import amount, check, floors, fold, read_board, shards, trim
 from streams.clients import connect
 from streams.deadletter import RawRecord
-from streams.storage.keys import Keys
+from streams.storage.keys import BOARD, Keys
 from streams.storage.store import StateStore
 from tests.support.board import ZONE, finding_step, processor, txn
 
@@ -117,6 +118,12 @@ async def cut_and_late(
     expected = nets(first)
     before = await tops(store, cluster)
     assert before == {day: shown(expected.get(day, {}), SHOWN) for day in closed_days()}
+    if cluster:  # each day's histogram, folded, counts every positive net in its bucket (Lua = Python)
+        await fold(store.redis, store.keys, await shards(store.redis, store.keys, cluster))
+        for day, every in expected.items():
+            raw = await store.redis.hgetall(store.keys.board(BOARD, f"hist:{day}"))
+            held = {int(b): int(n) for b, n in raw.items() if int(n)}
+            assert held == Counter(hist_bucket(v) for v in every.values() if v > 0)
 
     days = 0
     while cut := await trim(store.redis, store.keys, ZONE, kept=kept, open_days=OPEN_DAYS, keep_days=12,
@@ -130,7 +137,11 @@ async def cut_and_late(
     kept_sets = await stored_sets(store, cluster)
     for day in closed_days():  # each day keeps exactly those at or above its floor, with their whole net
         every = expected.get(day, {})
-        assert fixed[day] == floor_value(list(every.values()), kept)
+        if cluster:  # the least amount of the histogram's bucket that reaches ``kept`` from the top
+            positive = Counter(hist_bucket(v) for v in every.values() if v > 0)
+            assert fixed[day] == floor_from_hist(positive, kept) <= floor_value(list(every.values()), kept)
+        else:
+            assert fixed[day] == floor_value(list(every.values()), kept)
         assert kept_sets.get(day, {}) == {cid: v for cid, v in every.items() if v >= fixed[day]}
 
     await processor(store).process(late)  # late events land on closed days

@@ -21,11 +21,11 @@ import redis
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, ResponseError
 
-from streams.board import check, prune, read_board, shards, stored
+from streams.board import MOVE_LUA, check, fold, fold_legacy, prune, read_board, shards, stored
 from streams.clients import connect, ensure_topics
 from streams.local.servers import Stack, free_port
 from streams.settings import Settings, rates, state_config, thresholds
-from streams.storage.keys import Keys
+from streams.storage.keys import Keys, board_shard
 from streams.storage.store import CLUSTER_CALLS_IN_FLIGHT, RECENT_ALERTS_KEPT, StateStore, _bounded
 from streams.tiers import TierBook, contributions, customer_count, distribution, rebuild
 from streams.topics import all_topics
@@ -193,6 +193,16 @@ async def test_a_worker_runs_unchanged_on_redis_cluster(stack: Stack, cluster_ur
             indexed = await customer_count(client, keys)
         finally:
             await client.aclose()
+        # the worker's fold timer carries its slots' 看板 cells into the bank-wide keys
+        inflow, board_shown = f"{sum(1000 + i for i in range(len(CUSTOMERS)))}.00", None
+        while time.monotonic() < deadline + 30:
+            shown = cli(stack, tmp_path, cluster_url, "board")
+            assert shown.returncode == 0, shown.stderr.decode()
+            board_shown = orjson.loads(shown.stdout)
+            if board_shown["flows"]["total"]["inflow"] == inflow:
+                break
+            await asyncio.sleep(1)
+        assert board_shown is not None and board_shown["flows"]["total"]["inflow"] == inflow, board_shown
         tiers = cli(stack, tmp_path, cluster_url, "tiers", "--json")
         assert tiers.returncode == 0, tiers.stderr.decode()
         assert orjson.loads(tiers.stdout)["customers"] >= indexed >= len(CUSTOMERS)
@@ -225,7 +235,8 @@ async def test_cluster_calls_are_bounded_in_flight_and_keep_their_order() -> Non
 
 async def test_the_board_is_sharded_by_slot_and_read_whole_on_the_cluster(cluster_store: StateStore) -> None:
     """Each commit call counts its customers in its own slot's 看板 shard (a script may only
-    touch keys of one slot); readers sum the shards to the board one Redis would hold."""
+    touch keys of one slot); the fold carries every shard's cells, exactly once, into the
+    bank-wide keys one Redis would hold, and readers read those."""
     batch = [
         board_txn(i, customer, "credit", "100.00", f"2024-03-01T{i % 24:02d}:00:00+08:00")
         for i, customer in enumerate(CUSTOMERS)
@@ -233,10 +244,20 @@ async def test_the_board_is_sharded_by_slot_and_read_whole_on_the_cluster(cluste
         board_txn(100 + i, customer, "debit", f"{i + 1}.00", "2024-03-02T09:00:00+08:00")
         for i, customer in enumerate(CUSTOMERS)
     ]
+    redis_, keys = cluster_store.redis, cluster_store.keys
     await board_processor(cluster_store).process(batch)
-    found = await shards(cluster_store.redis, cluster_store.keys, cluster=True)
-    assert len(found) > 1
-    assert await stored(cluster_store.redis, cluster_store.keys, cluster=True) == board_reference(batch)
+    found = await shards(redis_, keys, cluster=True)
+    assert len(found) > 1 and set(cluster_store.dirty) == set(found)
+    assert (await read_board(redis_, keys, BOARD_ZONE, cluster=True))["day"] is None  # as of the last fold: none
+    # a fold that stopped after moving some shards' cells, then two folds at once: each once
+    move = await redis_.script_load(MOVE_LUA)
+    for shard in found[:5]:
+        await redis_.evalsha(move, 3, *(keys.board(shard, n) for n in ("pending", "moving", "trim")), "")
+    added = await asyncio.gather(fold(redis_, keys, found), fold(redis_, keys, found))
+    assert sum(added) == len(found)
+    assert await fold(redis_, keys, found) == 0
+    assert await stored(redis_, keys, cluster=True) == board_reference(batch)
+    assert not await redis_.exists(*(keys.board(shard, "pending") for shard in found))
     assert await check(cluster_store, BOARD_ZONE, RECENT_ALERTS_KEPT, cluster=True) == []
     board = await read_board(cluster_store.redis, cluster_store.keys, BOARD_ZONE, cluster=True, top=3)
     assert board["flows"]["total"]["outflow"] == f"{sum(range(1, len(CUSTOMERS) + 1))}.00"
@@ -245,3 +266,30 @@ async def test_the_board_is_sharded_by_slot_and_read_whole_on_the_cluster(cluste
     assert await prune(cluster_store.redis, cluster_store.keys, BOARD_ZONE, keep_days=0, cluster=True) > 0
     left = await stored(cluster_store.redis, cluster_store.keys, cluster=True)
     assert sorted(left.flows) == ["2024-03-02"] and sorted(left.net) == ["2024-03-02"]
+
+
+async def test_an_earlier_versions_per_slot_board_is_folded_in_once(cluster_store: StateStore) -> None:
+    """A cluster an earlier version wrote (a flow hash per slot and day, a 归集率 hash per slot,
+    no ``legacy`` mark): the first fold after the upgrade adds them to the bank-wide keys once,
+    beside what the new commits left pending, and a second pass adds nothing."""
+    redis_, keys = cluster_store.redis, cluster_store.keys
+    batch = [
+        board_txn(i, customer, "credit", "100.00", "2024-03-02T09:00:00+08:00")
+        for i, customer in enumerate(CUSTOMERS[:5])
+    ]
+    await board_processor(cluster_store).process(batch)
+    found = await shards(redis_, keys, cluster=True)
+    old = [board_shard(slot) for slot in (1, 2)]  # slots no new commit wrote: an earlier version's
+    assert not set(old) & set(found)
+    await redis_.sadd(keys.board_shards, *old)
+    for shard in old:
+        await redis_.set(keys.board(shard, "latest"), 1)
+        await redis_.hincrby(keys.board(shard, "flow:2024-03-01"), "09|in|salary|int", 700)
+        await redis_.hincrby(keys.board(shard, "collection"), "3", 2)
+    assert await fold_legacy(redis_, keys, BOARD_ZONE, keep_days=400) == 2
+    assert await fold_legacy(redis_, keys, BOARD_ZONE, keep_days=400) == 0
+    await fold(redis_, keys, await shards(redis_, keys, cluster=True))
+    board = await stored(redis_, keys, cluster=True)
+    assert board.flows["2024-03-01"] == {"09|in|salary|int": 1400}
+    assert board.collection["3"] == 4 + board_reference(batch).collection.get("3", 0)
+    assert not await redis_.exists(keys.board(old[0], "flow:2024-03-01"), keys.board(old[0], "collection"))

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rules.board import NO_RATE, BoardDelta, cents, collection_bucket, day_net, day_ordinal, recompute
+from rules.board import (
+    NO_RATE,
+    BoardDelta,
+    cents,
+    collection_bucket,
+    day_net,
+    day_ordinal,
+    floor_from_hist,
+    floor_value,
+    hist_bucket,
+    hist_low,
+    recompute,
+)
 from rules.events import TransactionEvent
 from rules.metrics import evaluate
 from rules.state import CustomerState, Outcome, StateConfig, apply_transaction, to_us
@@ -108,3 +121,34 @@ def test_a_days_whole_net_from_the_state_is_the_sum_of_the_deltas_of_its_events(
         else:
             assert whole is None
     assert compared or state.kept_from_day is not None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 10**15))
+def test_an_amounts_histogram_bucket_starts_at_or_below_it_and_the_next_starts_above(amount: int) -> None:
+    """A quarter-octave bucket holds [low(b), low(b+1)): against the plain definition
+    2^o·2^(q/4) <= v < 2^o·2^((q+1)/4), with exact rationals away from the float rungs."""
+    bucket = hist_bucket(amount)
+    assert hist_low(bucket) <= amount < hist_low(bucket + 1)
+    octave, step = divmod(bucket, 4)
+    assert 2**octave <= amount < 2 ** (octave + 1)
+    # the rung 2^(q/4) as a float is within 1e-15 of the real one: only amounts that close to
+    # a rung may fall either way
+    ratio = amount / 2**octave
+    assert 2 ** (step / 4) - 1e-12 <= ratio < 2 ** ((step + 1) / 4) + 1e-12
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(-10**9, 10**9), max_size=300), st.integers(1, 50))
+def test_a_floor_from_the_histogram_keeps_at_least_kept_and_at_most_one_bucket_more(nets: list[int], kept: int) -> None:
+    """Against the exact floor (the kept-th largest, ``floor_value``): never above it, so at
+    least ``kept`` positive nets (or every one) stay; the others kept share the floor's bucket."""
+    counts = Counter(hist_bucket(v) for v in nets if v > 0)
+    floor = floor_from_hist(counts, kept)
+    exact = floor_value(nets, kept)
+    assert 1 <= floor <= exact
+    staying = [v for v in nets if v >= floor]
+    positive = [v for v in nets if v > 0]
+    assert len(staying) >= min(kept, len(positive))
+    extra = [v for v in staying if v < exact]
+    assert all(hist_bucket(v) == hist_bucket(floor) for v in extra)
