@@ -2,13 +2,14 @@
 
 Layout (``streams.storage.keys``):
 
-* ``{p}:tiers`` — sorted set, member = customer_id, score = contribution
+* ``{p}:{T}:tiers`` — sorted set, member = customer_id, score = contribution
   (cent-rounded; a double holds every cent exactly up to ~10^13, so the order
-  is exact);
-* ``{p}:tiers:value`` — hash customer_id -> the exact contribution string;
+  is exact, and the score gives the contribution back);
+* ``{p}:{T}:tiers:value`` — hash customer_id -> the exact contribution string, only
+  for the contributions the score does not give back (beyond a double's cents, or
+  not in cents): as a rule empty, so a customer costs one sorted-set entry;
 * ``{p}:tiers:cuts`` — hash q1, q2, q3, n, as_of, refreshed_at;
-* ``{p}:tiers:last`` — hash customer_id -> the tier the last refresh gave them;
-* ``{p}:tiers:moved:{YYYY-Www}`` — set of the customers whose tier changed in
+* ``{p}:{T}:tiers:moved:{YYYY-Www}`` — set of the customers whose tier changed in
   that ISO week (event time of the refresh, bank zone), for the 看板.
 
 Finding the cut points reads only the ranks the interpolation needs
@@ -26,11 +27,17 @@ are not written in the workers' atomic commit, several workers refresh the same
 shared keys, and a customer's tier depends on everyone's contribution. So are
 the tier moves: after each refresh the customers it re-evaluated, and those
 whose score lies between an old and a new cut point (the only ones whose tier
-the moved cuts can change), are compared with ``{p}:tiers:last``; a changed
-tier adds the customer to the week's set (a set: a repeat, or two workers
+the moved cuts can change), are compared with the tier they had before it: their
+stored contribution before the refresh wrote theirs, under the cut points before it
+(each refresh leaves every customer at ``tier_of(stored contribution, cut points)``,
+so that is the tier the last refresh gave them, without a copy of it per customer);
+a changed tier adds the customer to the week's set (a set: a repeat, or two workers
 finding the same move, counts once). A move is dated by the refresh's event
 time, so it may land in the next week when a refresh straddles midnight of a
 Sunday; a customer's first tier is not a move.
+
+An earlier version kept every exact value and every last tier in two hashes per
+shard; ``migrate_shard_copies`` drops what the scores already hold, once.
 """
 
 from __future__ import annotations
@@ -168,8 +175,9 @@ class TierBook:
     async def refresh(self, within: float = 0.0) -> int:
         """Write the changed customers' contributions, then recompute the cut points. The
         evaluations are spread over ``within`` seconds (0: done as fast as slices allow)."""
-        if not self.migrated:  # a deployment's tiers in the single keys of an earlier version
+        if not self.migrated:  # a deployment's tiers as an earlier version kept them
             await migrate_single_keys(self.redis, self.keys, self.config.zone)
+            await migrate_shard_copies(self.redis, self.keys)
             self.migrated = True
         dirty = self.committed.take()
         as_of = self.committed.watermark_us
@@ -190,10 +198,11 @@ class TierBook:
         if failed:
             log.warning("live tiers: %d customers left out: state cannot be evaluated (%s)", len(failed), failed[0])
         self.known.update(values)
-        await write_contributions(self.redis, self.keys, values)
         before, _ = await read_cuts(self.redis, self.keys)
+        previous = await contributions(self.redis, self.keys, values)  # (their tiers before: for the moves)
+        await write_contributions(self.redis, self.keys, values)
         self.cuts = await recompute_cuts(self.redis, self.keys, as_of)
-        await record_moves(self.redis, self.keys, values, before, self.cuts, as_of, self.config.zone)
+        await record_moves(self.redis, self.keys, values, previous, before, self.cuts, as_of, self.config.zone)
         for tier, count in (await tier_counts(self.redis, self.keys, self.cuts)).items():
             telemetry.TIER_CUSTOMERS.labels(tier).set(count)
         return len(values)
@@ -222,30 +231,74 @@ async def _each_shard(redis: aioredis.Redis, call: Callable[[Any, str], Any]) ->
 
 # Customers one pipeline of a refresh writes: after a catch-up a worker has every customer it
 # touched to write, and one pipeline of them all is packed and parsed in one go on the loop.
-WRITE_CHUNK = 2_000
+WRITE_CHUNK = 1_000
+
+
+def cents_of(score: float) -> Decimal:
+    """The contribution a sorted-set score stands for: its cent amount."""
+    return Decimal(round(score * 100)).scaleb(-2)
+
+
+def exact_needed(value: Decimal) -> bool:
+    """Whether ``value`` needs its exact string beside its score: the score's cent amount
+    does not give the same string back (beyond a double's cents, or not in cents)."""
+    text = str(value)
+    if text[-3:-2] == "." and len(text) - text.startswith("-") <= 16 and text != "-0.00":
+        return False  # cents below 10^13 in magnitude: a double gives every one back (tested)
+    return str(cents_of(float(value))) != text
+
+
+# Up to this many customers, a read or write goes to every shard's exact strings without
+# asking first which shards have any: one round trip rather than two (a lookup, the top).
+FEW = 64
+
+
+async def _with_exact(redis: aioredis.Redis, keys: Any, customers: int) -> set[str]:
+    """The shards that hold exact strings at all (as a rule none: ``exact_needed``); for a
+    few customers, every shard."""
+    if customers <= FEW:
+        return set(tier_tags()) if customers else set()
+    found = await _each_shard(redis, lambda pipe, tag: pipe.exists(keys.tier_shard(tag, "value")))
+    return {tag for tag, n in zip(tier_tags(), found, strict=True) if int(n)}
 
 
 async def write_contributions(redis: aioredis.Redis, keys: Any, values: dict[str, Decimal]) -> None:
+    """Each customer's score, and its exact string where the score does not give it back;
+    any other exact string of theirs (an earlier value's, or an earlier version's) is deleted."""
     customers = list(values)
+    with_exact = await _with_exact(redis, keys, len(customers))
     for start in range(0, len(customers), WRITE_CHUNK):
         chunk = {cid: values[cid] for cid in customers[start : start + WRITE_CHUNK]}
         async with redis.pipeline(transaction=False) as pipe:
             for tag, group in by_shard(chunk).items():
                 pipe.zadd(keys.tier_shard(tag), {cid: float(chunk[cid]) for cid in group})
-                pipe.hset(keys.tier_shard(tag, "value"), mapping={cid: str(chunk[cid]) for cid in group})
+                exact: dict[Any, str] = {cid: str(chunk[cid]) for cid in group if exact_needed(chunk[cid])}
+                if exact:
+                    pipe.hset(keys.tier_shard(tag, "value"), mapping=exact)
+                if tag in with_exact and (plain := [cid for cid in group if cid not in exact]):
+                    pipe.hdel(keys.tier_shard(tag, "value"), *plain)
             await pipe.execute()
 
 
 async def contributions(redis: aioredis.Redis, keys: Any, customers: Iterable[str]) -> dict[str, Decimal | None]:
-    """The exact contribution the last refresh wrote for each customer (None: none)."""
-    groups = by_shard(dict.fromkeys(customers))
-    async with redis.pipeline(transaction=False) as pipe:
-        for tag, group in groups.items():
-            pipe.hmget(keys.tier_shard(tag, "value"), group)
-        replies = await pipe.execute()
+    """The exact contribution the last refresh wrote for each customer (None: none): its
+    exact string where there is one, else its score's cent amount."""
     found: dict[str, Decimal | None] = {}
-    for group, values in zip(groups.values(), replies, strict=True):
-        found.update({cid: Decimal(v.decode()) if v else None for cid, v in zip(group, values, strict=True)})
+    wanted = list(dict.fromkeys(customers))
+    with_exact = await _with_exact(redis, keys, len(wanted))
+    for start in range(0, len(wanted), WRITE_CHUNK):
+        groups = by_shard(wanted[start : start + WRITE_CHUNK])
+        async with redis.pipeline(transaction=False) as pipe:
+            for tag, group in groups.items():
+                pipe.zmscore(keys.tier_shard(tag), group)
+                if tag in with_exact:
+                    pipe.hmget(keys.tier_shard(tag, "value"), group)
+            replies = iter(await pipe.execute())
+        for tag, group in groups.items():
+            scores = next(replies)
+            exact = next(replies) if tag in with_exact else [None] * len(group)
+            for cid, score, value in zip(group, scores, exact, strict=True):
+                found[cid] = Decimal(value.decode()) if value else None if score is None else cents_of(score)
     return found
 
 
@@ -253,6 +306,8 @@ async def all_contributions(redis: aioredis.Redis, keys: Any) -> dict[str, Decim
     """Every customer's exact contribution (a walk over the shards: for checks and tests)."""
     found: dict[str, Decimal] = {}
     for tag in tier_tags():
+        async for cid, score in redis.zscan_iter(keys.tier_shard(tag), count=1000):
+            found[_text(cid)] = cents_of(score)
         async for cid, value in redis.hscan_iter(keys.tier_shard(tag, "value"), count=1000):
             found[_text(cid)] = Decimal(_text(value))
     return found
@@ -264,13 +319,13 @@ async def customer_count(redis: aioredis.Redis, keys: Any) -> int:
 
 
 def tier_key_names(keys: Any) -> list[str]:
-    """Every per-customer tier key (the shards' sorted sets, exact values and last tiers), for MEMORY USAGE."""
-    return [keys.tier_shard(tag, name) for tag in tier_tags() for name in ("", "value", "last")]
+    """Every per-customer tier key (the shards' sorted sets and exact values), for MEMORY USAGE."""
+    return [keys.tier_shard(tag, name) for tag in tier_tags() for name in ("", "value")]
 
 
 def _score(cents: int) -> float:
     """The sorted-set score of a cent amount, as ``write_contributions`` writes it."""
-    return float(Decimal(cents).scaleb(-2))
+    return float(Decimal(cents).scaleb(-2))  # (cents_of gives ``cents`` back)
 
 
 async def values_at(redis: aioredis.Redis, keys: Any, ranks: Iterable[int]) -> dict[int, Decimal]:
@@ -342,50 +397,39 @@ async def record_moves(
     redis: aioredis.Redis,
     keys: Any,
     values: dict[str, Decimal],
+    previous: dict[str, Decimal | None],
     before: Cuts | None,
     cuts: Cuts | None,
     as_of_us: int,
     zone: ZoneInfo,
+    crossed: bool = True,
 ) -> int:
-    """Remember the tier of each customer in ``values`` (just refreshed) and of each one the
-    move of the cut points from ``before`` to ``cuts`` may have moved; a customer whose
-    remembered tier differs joins the set of ``as_of_us``'s week. Returns how many moved."""
-    if cuts is None or as_of_us <= 0:
+    """Add to the set of ``as_of_us``'s week each customer in ``values`` (just refreshed;
+    ``previous``: what was stored for them before, None for none) whose tier moved from
+    ``tier_of(previous, before)`` to ``tier_of(value, cuts)``, and (``crossed``) each other
+    customer the move of the cut points from ``before`` to ``cuts`` moved. A customer's first
+    tier, and every tier of the first cut points, is not a move. Returns how many moved."""
+    if cuts is None or before is None or as_of_us <= 0:
         return 0
-    candidates = dict(values)
-    if before is not None and before != cuts:
+    moved = [
+        cid
+        for cid, value in values.items()
+        if (old := previous.get(cid)) is not None and tier_of(old, before) != tier_of(value, cuts)
+    ]
+    if crossed and before != cuts:
         ranges = [
             (float(min(old, new)), float(max(old, new))) for old, new in zip(before, cuts, strict=True) if old != new
         ]
         found = await _each_shard(
             redis, lambda pipe, tag: [pipe.zrangebyscore(keys.tier_shard(tag), a, b) for a, b in ranges]
         )
-        crossed = [
-            cid for cid in dict.fromkeys(_text(m) for members in found for m in members) if cid not in candidates
-        ]
-        if crossed:
-            exact = await contributions(redis, keys, crossed)
-            candidates.update({cid: value for cid, value in exact.items() if value is not None})
-    if not candidates:
-        return 0
-    tiers = {cid: tier_of(value, cuts) for cid, value in candidates.items()}
-    groups = by_shard(tiers)
-    async with redis.pipeline(transaction=False) as pipe:
-        for tag, group in groups.items():
-            pipe.hmget(keys.tier_shard(tag, "last"), group)
-        remembered = await pipe.execute()
-    last = {
-        cid: old
-        for group, olds in zip(groups.values(), remembered, strict=True)
-        for cid, old in zip(group, olds, strict=True)
-    }
-    changed = {cid: tier for cid, tier in tiers.items() if last[cid] != tier.encode()}
-    moved = [cid for cid in changed if last[cid]]
-    if changed:
+        others = [cid for cid in dict.fromkeys(_text(m) for members in found for m in members) if cid not in values]
+        if others:
+            exact = await contributions(redis, keys, others)
+            moved += [cid for cid, v in exact.items() if v is not None and tier_of(v, before) != tier_of(v, cuts)]
+    if moved:
         week = iso_week(as_of_us, zone)
         async with redis.pipeline(transaction=False) as pipe:
-            for tag, group in by_shard(changed).items():
-                pipe.hset(keys.tier_shard(tag, "last"), mapping={cid: changed[cid] for cid in group})
             for tag, group in by_shard(moved).items():
                 pipe.sadd(keys.tier_shard(tag, f"moved:{week}"), *group)
                 pipe.expire(keys.tier_shard(tag, f"moved:{week}"), MOVED_KEPT_SECONDS)
@@ -461,14 +505,18 @@ async def rebuild(redis: aioredis.Redis, keys: Any, states: list[CustomerState],
     as_of = max((s.last_us for s in states if s.last_us is not None), default=0)
     started = time.monotonic()
     values = {s.customer_id: book.contribution_of(s, as_of) for s in states if s.last_us is not None}
-    await migrate_single_keys(redis, keys, book.config.zone)  # (the last tiers, for the moves)
+    await migrate_single_keys(redis, keys, book.config.zone)
+    await migrate_shard_copies(redis, keys)
+    before, _ = await read_cuts(redis, keys)
+    previous = await contributions(redis, keys, values)  # (the tiers before, for the moves)
     async with redis.pipeline(transaction=False) as pipe:
         for tag in tier_tags():
             pipe.delete(keys.tier_shard(tag), keys.tier_shard(tag, "value"))
         await pipe.execute()
     await write_contributions(redis, keys, values)
     cuts = await recompute_cuts(redis, keys, as_of)
-    await record_moves(redis, keys, values, None, cuts, as_of, book.config.zone)  # everyone is in values
+    # (everyone is in values: no one else to look for between the old and new cut points)
+    await record_moves(redis, keys, values, previous, before, cuts, as_of, book.config.zone, crossed=False)
     log.info("tiers rebuilt for %d customers in %.2fs", len(values), time.monotonic() - started)
     return len(values)
 
@@ -483,7 +531,9 @@ async def migrate_single_keys(redis: aioredis.Redis, keys: Any, zone: ZoneInfo) 
     shards, then delete those keys; returns how many customers moved (0: nothing to move, or
     another process is moving them). Run once by the first refresh of each worker and by
     ``fundflow tiers --refresh``: a value already in a shard was written by a refresh since,
-    so it is never overwritten (ZADD NX, HSETNX), and a second run finds nothing."""
+    so it is never overwritten (ZADD NX; an exact string only with a score just added), and a
+    second run finds nothing. The last tiers are not kept: a refresh reads a customer's tier
+    before it from its contribution and the cut points (the module's docstring)."""
     if not await redis.exists(keys.tiers, keys.tier_values, keys.tier_last):
         return 0
     lock = f"{keys.tiers}:migrating"
@@ -501,14 +551,14 @@ async def migrate_single_keys(redis: aioredis.Redis, keys: Any, zone: ZoneInfo) 
                 break
             members = [_text(m) for m, _ in chunk]
             exact = cast(list[bytes | None], await redis.hmget(keys.tier_values, members))
-            last = cast(list[bytes | None], await redis.hmget(keys.tier_last, members))
             async with redis.pipeline(transaction=False) as pipe:
-                for cid, (_, score), value, tier in zip(members, chunk, exact, last, strict=True):
+                for cid, (_, score) in zip(members, chunk, strict=True):
                     pipe.zadd(keys.tier_shard_of(cid), {cid: score}, nx=True)
-                    if value is not None:
+                added = await pipe.execute()
+            async with redis.pipeline(transaction=False) as pipe:
+                for cid, (_, score), value, new in zip(members, chunk, exact, added, strict=True):
+                    if new and value is not None and _text(value) != str(cents_of(score)):
                         pipe.hsetnx(keys.tier_shard_of(cid, "value"), cid, value)
-                    if tier is not None:
-                        pipe.hsetnx(keys.tier_shard_of(cid, "last"), cid, tier)
                 await pipe.execute()
             moved += len(chunk)
             start += MIGRATION_CHUNK
@@ -537,3 +587,44 @@ async def _migrate_moves(redis: aioredis.Redis, keys: Any, zone: ZoneInfo) -> No
                     pipe.expire(keys.tier_shard(tag, f"moved:{week}"), MOVED_KEPT_SECONDS)
                 await pipe.execute()
         await redis.delete(old)
+
+
+async def migrate_shard_copies(redis: aioredis.Redis, keys: Any) -> int:
+    """Drop what an earlier version kept per customer beside the scores: the shards' hash of
+    last tiers, and each exact string its score gives back (``exact_needed``). Returns how
+    many exact strings went (0: none to drop, or another process is dropping them). Run where
+    ``migrate_single_keys`` runs. A writer changes a string with its score: a string read
+    before and a score read after do not match, so it stays; a string dropped just after a
+    writer rewrote it leaves that writer's score, which gives the value back unless it needs
+    its string (an earlier version's worker, during an upgrade, beyond a double's cents)."""
+    olds = await _each_shard(redis, lambda pipe, tag: pipe.exists(keys.tier_shard(tag, "last")))
+    tags = [tag for tag, n in zip(tier_tags(), olds, strict=True) if int(n)]
+    if not tags:
+        return 0
+    lock = f"{keys.tiers}:trimming"
+    if not await redis.set(lock, "1", nx=True, ex=MIGRATION_LOCK_SECONDS):
+        return 0
+    dropped = 0
+    try:
+        for tag in tags:
+            name = keys.tier_shard(tag, "value")
+            cursor = 0
+            while True:
+                cursor, page = await redis.hscan(name, cursor, count=MIGRATION_CHUNK)
+                found = {_text(f): _text(v) for f, v in cast(dict[bytes, bytes], page).items()}
+                if fields := list(found):
+                    scores = await redis.zmscore(keys.tier_shard(tag), fields)
+                    plain = [
+                        f
+                        for f, score in zip(fields, scores, strict=True)
+                        if score is not None and found[f] == str(cents_of(score))
+                    ]
+                    if plain:
+                        dropped += int(await redis.hdel(name, *plain))
+                if not cursor:
+                    break
+            await redis.delete(keys.tier_shard(tag, "last"))
+    finally:
+        await redis.delete(lock)
+    log.info("live tiers: %d exact values and the last tiers of %d shards dropped", dropped, len(tags))
+    return dropped

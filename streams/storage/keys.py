@@ -23,9 +23,9 @@ holds no ``}``, and no ordinary id starts with ``{``, so the encoding is one-to-
 | ``{p}:rules:current`` | string | the fingerprint of the rules a worker runs under (``FUNDFLOW_RULES_FALLBACK``) |
 | ``{p}:{S}:logged`` | sorted set | customer -> input partition, for the shard's customers with a changelog |
 | ``{p}:{T}:tiers`` | sorted set | tier shard ``T``: customer -> contribution (cent-rounded), for live tiers |
-| ``{p}:{T}:tiers:value`` | hash | tier shard ``T``: customer -> the exact contribution (decimal string) |
+| ``{p}:{T}:tiers:value`` | hash | tier shard ``T``: customer -> exact contribution, only where the score lacks it |
 | ``{p}:tiers:cuts`` | hash | the current quartile cut points q1,q2,q3 and when they were computed |
-| ``{p}:{T}:tiers:last`` | hash | tier shard ``T``: customer -> the tier the last refresh gave them, for moves |
+| ``{p}:{T}:tiers:last`` | hash | an earlier version's last tiers; dropped once (``migrate_shard_copies``) |
 | ``{p}:{T}:tiers:moved:{YYYY-Www}`` | set | tier shard ``T``: who changed tier in that ISO week (event time), 14 d |
 | ``{p}:tiers``, ``{p}:tiers:value``, ``{p}:tiers:last`` | | before sharding; moved in once (``migrate_single_keys``) |
 | ``{p}:{S}:board:latest`` | string | the latest event time (µs) any commit carried: the 看板's "now" |

@@ -28,6 +28,7 @@ from streams.tiers import (
     distribution,
     interpolate,
     iso_week,
+    migrate_shard_copies,
     migrate_single_keys,
     moved_in,
     moved_this_week,
@@ -342,13 +343,92 @@ async def test_tiers_of_an_earlier_version_in_single_keys_are_moved_into_the_sha
         assert await moved_in(client, keys, week) == 3
         shown = await distribution(client, keys, top=3)
         assert shown["customers"] == 300 and shown["top"][0]["customer_id"] == "M5"
-        lasts = {
-            cid.decode(): tier.decode()
-            for tag in tier_tags()
-            for cid, tier in cast(dict[bytes, bytes], await client.hgetall(keys.tier_shard(tag, "last"))).items()
-        }
-        assert len(lasts) == 300 and lasts["M7"] == tier_of(values["M7"], cuts)
+        # the last tiers are not kept: a refresh reads them from the contributions and cut points
+        assert not any([await client.exists(keys.tier_shard(tag, "last")) for tag in tier_tags()])
         assert await migrate_single_keys(client, keys, ZONE) == 0  # once
+    finally:
+        await client.delete(*tier_key_names(keys), keys.tier_cuts)
+        await client.aclose()
+
+
+@given(st.integers(min_value=-(10**17), max_value=10**17), st.integers(min_value=0, max_value=3))
+def test_whether_a_value_needs_its_exact_string_is_whether_its_score_gives_it_back(units: int, places: int) -> None:
+    from streams.tiers import cents_of, exact_needed
+
+    for value in (Decimal(units).scaleb(-places), Decimal(units % 10**15).scaleb(-2)):
+        assert exact_needed(value) == (str(cents_of(float(value))) != str(value))
+
+
+async def test_a_shard_keeps_an_exact_string_only_where_its_score_does_not_give_it_back(redis_url: str) -> None:
+    """One sorted-set entry per customer: the score is the contribution in cents; an exact
+    string is kept beside it only when the score cannot give it back, and dropped when a
+    later value no longer needs it."""
+    keys = Keys("ex")
+    client = connect(redis_url)
+    big, odd = Decimal("12345678901234567.89"), Decimal("1.5")  # beyond a double's cents; not in cents
+    values = {"A": Decimal("12.30"), "B": Decimal("-0.07"), "C": Decimal("0.00"), "BIG": big, "ODD": odd}
+    try:
+        await write_contributions(client, keys, values)
+        kept = {
+            cid.decode(): value.decode()
+            for tag in tier_tags()
+            for cid, value in cast(dict[bytes, bytes], await client.hgetall(keys.tier_shard(tag, "value"))).items()
+        }
+        assert kept == {"BIG": "12345678901234567.89", "ODD": "1.5"}
+        found = await contributions(client, keys, [*values, "NONE"])
+        assert {cid: str(v) for cid, v in found.items() if v is not None} == {c: str(v) for c, v in values.items()}
+        assert found["NONE"] is None
+        assert await all_contributions(client, keys) == values
+        more = {f"F{i}": Decimal(i).scaleb(-2) for i in range(100)}  # (more than FEW: shards asked first)
+        await write_contributions(client, keys, {**more, "BIG": Decimal("5.00")})
+        assert not await client.hexists(keys.tier_shard_of("BIG", "value"), "BIG")
+        assert (await contributions(client, keys, [*more, "BIG"])) == {**more, "BIG": Decimal("5.00")}
+    finally:
+        await client.delete(*tier_key_names(keys))
+        await client.aclose()
+
+
+async def test_tier_shards_of_the_previous_version_drop_what_the_scores_hold_and_moves_still_count(
+    redis_url: str,
+) -> None:
+    """The version before kept, per customer, an exact string and the last tier beside the
+    score. The first refresh drops the strings the scores give back and the last tiers, once;
+    the moves it counts are those the kept last tiers would have given."""
+    config = StateConfig(zone=ZONE)
+    keys = Keys("v2")
+    client = connect(redis_url)
+    book = TierBook(client, keys, config, SegmentThresholds(), ContributionRates())
+    states = _credited(12, 1000, config)
+    as_of = max(s.last_us or 0 for s in states.values())
+    values = {cid: book.contribution_of(s, as_of) for cid, s in states.items()}
+    values["BIG"], values["ODD"] = Decimal("12345678901234567.89"), Decimal("1.5")
+    cuts = quartile_cuts(values.values())
+    assert cuts is not None
+    try:
+        for cid, value in values.items():  # as the previous version wrote them
+            await client.zadd(keys.tier_shard_of(cid), {cid: float(value)})
+            await client.hset(keys.tier_shard_of(cid, "value"), cid, str(value))
+            await client.hset(keys.tier_shard_of(cid, "last"), cid, tier_of(value, cuts))
+        await client.hset(keys.tier_cuts, mapping={"q1": str(cuts[0]), "q2": str(cuts[1]), "q3": str(cuts[2])})
+        await client.hset(keys.tier_cuts, mapping={"n": len(values), "as_of_us": as_of})
+        apply_transaction(states["C0"], _credit("C0", 1, "900000", 4), config)  # moves C0 and the cut points
+        book.changed([states["C0"]])
+        await book.refresh()
+        assert not any([await client.exists(keys.tier_shard(tag, "last")) for tag in tier_tags()])
+        kept = {
+            cid.decode()
+            for tag in tier_tags()
+            for cid in cast(dict[bytes, bytes], await client.hgetall(keys.tier_shard(tag, "value")))
+        }
+        assert kept == {"BIG", "ODD"}
+        now = {**values, "C0": book.known["C0"]}
+        assert await all_contributions(client, keys) == now
+        assert book.cuts == quartile_cuts(now.values())
+        moved = {cid for cid in now if tier_of(values[cid], cuts) != tier_of(now[cid], book.cuts)}
+        assert "C0" in moved and len(moved) > 1  # the cut points moved others too
+        weeks = [keys.tier_shard(tag, "moved:2024-W10") for tag in tier_tags()]
+        assert {m.decode() for week in weeks for m in cast(set[bytes], await client.smembers(week))} == moved
+        assert await migrate_shard_copies(client, keys) == 0  # once
     finally:
         await client.delete(*tier_key_names(keys), keys.tier_cuts)
         await client.aclose()
@@ -377,6 +457,13 @@ async def test_sharded_tiers_and_their_migration_on_redis_cluster(cluster_url: s
         best = sorted(values.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:3]
         assert [(r["customer_id"], Decimal(r["contribution"])) for r in shown["top"]] == best
         assert sum(shown["counts"].values()) == 400
+        # the shard layout of the version before: an exact string and a last tier beside each score
+        for cid, value in values.items():
+            await client.hset(keys.tier_shard_of(cid, "value"), cid, str(value))
+            await client.hset(keys.tier_shard_of(cid, "last"), cid, "I")
+        assert await migrate_shard_copies(client, keys) == 400
+        assert not sum([await client.exists(keys.tier_shard(tag, "last")) for tag in tier_tags()])
+        assert await all_contributions(client, keys) == values
     finally:
         await client.aclose()
 
