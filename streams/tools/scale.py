@@ -33,8 +33,8 @@ class Coefficients:
     """Bytes per unit, as measured (``streams.tools.memmodel.coefficients``)."""
 
     customer: float  # a customer's state (string), changelog and outbox at rest
-    tier: float  # a customer's share of the tier shards (sorted set, exact value, last tier), small shards
-    tier_big: float  # the same when a shard holds more than 128 customers (skiplist, hashtable)
+    tier: float  # a customer's share of the tier shards (its sorted-set entry), small shards
+    tier_big: float  # the same when a shard holds more than 128 customers (skiplist)
     finding: float  # one finding in a customer's recent-alerts list
     feed_entry: float  # one finding in the feed stream
     net_entry: float  # one member of a large net-outflow set (skiplist)
@@ -60,8 +60,8 @@ class Coefficients:
 # coefficients, measured").
 COEFFICIENTS = Coefficients(
     customer=555.3,
-    tier=43.1,
-    tier_big=172.7,
+    tier=12.6,
+    tier_big=87.3,
     finding=720.0,
     feed_entry=707.1,
     net_entry=90.4,
@@ -138,14 +138,16 @@ def board_bytes(
     shards = slots_hit(active_per_day)  # shards with a net-outflow set on a day
     kept_shards = slots_hit(kept)
     every = slots_hit(active_per_day * days)  # every shard written on any day: its own keys
-    per_day = 3 * c.hash_key + (c.cells_per_day + HIST_BUCKETS_PER_DAY) * c.cell
+    hashes = 1 + (1 if findings_per_day > 0 else 0) + (1 if positive > 0 else 0)  # flows, findings, histogram
+    cells = min(c.cells_per_day, c.cells_per_active * active_per_day) + min(HIST_BUCKETS_PER_DAY, positive)
+    per_day = hashes * c.hash_key + cells * c.cell
     size = (
         every * (c.shard_key + c.cell)
         + days * per_day
         + opened * _sets(active_per_day, shards, c)
         + closed * _sets(kept, kept_shards, c)
     )
-    keys = every * 2 + days * 3 + opened * shards + closed * kept_shards
+    keys = every * 2 + days * hashes + opened * shards + closed * kept_shards
     return size, keys
 
 
@@ -184,7 +186,7 @@ def predicted_bytes(
         + c.fixed
     )
     if used_memory:
-        keys = customers * c.keys_per_customer + board_keys + 3 * TIER_SHARDS
+        keys = customers * c.keys_per_customer + board_keys + TIER_SHARDS
         total += keys * c.per_key + customers * c.overhead_per_customer + masters * (c.empty + c.overhead)
     return round(total)
 

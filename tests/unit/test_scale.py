@@ -37,9 +37,12 @@ def test_a_cluster_spreads_a_day_over_the_slots_its_customers_fall_in() -> None:
     assert slots_hit(scale.SLOTS) == pytest.approx(scale.SLOTS * (1 - math.exp(-1)))
     c = dataclasses.replace(COEFFICIENTS, cells_per_day=10.0, cells_per_active=1.0)
     one, keys = board_bytes(0, 1, 1, 200, True, c)  # one customer, one day, one slot, no finding
-    expected = c.shard_key + c.hash_key + 1.0 * c.cell + c.zset_key + c.net_entry_small
+    positive = c.positive_share / c.active_share  # (the share of active customers with a positive net)
+    # the slot's shard keys and its generation; the bank-wide flow and histogram hashes, one
+    # flow cell and the positive share of a histogram cell; the slot's net-outflow set
+    expected = c.shard_key + c.cell + 2 * c.hash_key + (1.0 + positive) * c.cell + c.zset_key + c.net_entry_small
     assert one == pytest.approx(expected, rel=1e-3)
-    assert keys == pytest.approx(3 + 1 + 1, rel=1e-3)  # the shard's own, its flow hash, its set
+    assert keys == pytest.approx(2 + 2 + 1, rel=1e-3)  # the shard's own, the day's two hashes, the set
 
 
 def test_tier_shards_change_encoding_past_128_customers_each() -> None:
