@@ -26,7 +26,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import faust
@@ -156,10 +156,11 @@ def tune_gc(settings: Settings) -> None:
     per event) is scanned once in a young collection, and a collection is one pause of the
     event loop, so its size is latency: with much larger young generations a young
     collection paused the worker for tens of ms, and a middle one, which walks everything
-    that survived since, for about half a second. (10000, 2, 1000) bounds both to a few
-    tens of ms (under load the backlog a pause leaves takes several times the pause to
-    drain) for a little more CPU per event. Every figure: docs/performance.md,
-    "Garbage-collector thresholds"."""
+    that survived since, for about half a second. (10000, 2, 1000) keeps collections
+    rare; what bounds them is that each committed batch freezes what it left
+    (``health.PauseMonitor.after_batch``), so a collection walks one batch's objects at
+    most. Every figure: docs/performance.md, "Garbage-collector thresholds" and "Young
+    collections and the batch"."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(*settings.gc_threshold)
@@ -323,6 +324,7 @@ class WorkerParts:
     tiers: TierBook
     reader: BatchReader
     follower: VersionFollower | None = None  # the rule versions in Redis (None: a test's own step)
+    monitor: health.PauseMonitor = field(default_factory=health.PauseMonitor)  # collections and loop lag
 
 
 def build_parts(
@@ -355,9 +357,10 @@ def build_parts(
     tiers = TierBook(
         redis, keys, state_config(settings), thresholds(settings), rates(settings), processor.cached_state, committed
     )
-    reader = BatchReader(app, settings, functools.partial(complete_batch, app, processor), processor.prepare)
+    monitor = health.PauseMonitor()
+    reader = BatchReader(app, settings, functools.partial(complete_batch, app, processor, monitor), processor.prepare)
     follower = VersionFollower(Rulebook(redis, keys), step.provider) if isinstance(step, RulesStep) else None
-    return WorkerParts(app, settings, bootstrap, redis, keys, store, processor, tiers, reader, follower)
+    return WorkerParts(app, settings, bootstrap, redis, keys, store, processor, tiers, reader, follower, monitor)
 
 
 _PARTS = "_fundflow_parts"
@@ -382,7 +385,7 @@ def create_app(
     setattr(app, _PARTS, parts)
     for rebalance in (app.on_partitions_revoked, app.on_partitions_assigned):
         rebalance.connect(functools.partial(forget_cached_states, parts))
-    monitor = health.PauseMonitor()
+    monitor = parts.monitor
     app.on_partitions_assigned.connect(functools.partial(collect_after_rebalance, parts, monitor))
     app.task(monitor.watch_loop)
     for path, page in PAGES.items():
@@ -393,11 +396,15 @@ def create_app(
     return app
 
 
-async def complete_batch(app: faust.App, processor: BatchProcessor, prepared: Prepared) -> None:
-    """A prepared batch's effects (``BatchReader``'s ``complete``), timed."""
+async def complete_batch(
+    app: faust.App, processor: BatchProcessor, monitor: health.PauseMonitor, prepared: Prepared
+) -> None:
+    """A prepared batch's effects (``BatchReader``'s ``complete``), timed; then what it left
+    alive is frozen (``health.PauseMonitor.after_batch``)."""
     try:
-        await processor.complete(prepared)
+        report = await processor.complete(prepared)
         telemetry.BATCH_SECONDS.observe(time.perf_counter() - prepared.started)
+        monitor.after_batch(clean=not report.retries and not report.dead_letters)
     except Abandoned:
         # stopping mid-outage: nothing of this batch (or buffered after it) is acked, so
         # all of it is redelivered; without this Faust waits for the acks (stream_wait_empty)

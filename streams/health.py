@@ -17,15 +17,29 @@ collection made on purpose when partitions are assigned) and the longest of each
 Kept short: a full collection walks every tracked object the collector has not been told
 to forget, and a worker's are mostly its cache of customer states, so its pause grew with
 the cache (docs/performance.md, "Collections with a full state cache").
-What survives a young collection is long-lived by the collector's own measure, so after
-every collection of the middle or oldest generation everything is frozen (``gc.freeze``:
-moved to the permanent generation, never scanned again, still freed by reference counting
-when it is dropped). A full collection then walks only what came since. The price: a
-reference cycle that was frozen while alive and dies later is not collected. So the
-collector is given its whole heap back at a moment no batch waits, when partitions are
-assigned (the state cache was just dropped: Redis is the truth), and the worker's
-resident memory between rebalances is what ``make bench-scale`` watches for a leak
-(docs/scale.md).
+What survives a collection is long-lived by the collector's own measure, so after every
+collection everything is frozen (``gc.freeze``: moved to the permanent generation, never
+scanned again, still freed by reference counting when it is dropped). A collection then
+walks only what came since, and no survivor is walked twice (the middle generation, which
+walked those of several young collections, is never collected: a freeze zeroes its count).
+
+Collections alone left the young generation unbounded. CPython counts a young generation
+as the tracked objects allocated minus those freed, whatever their generation, and a worker
+frees old objects all the time (the states it evicts from its cache, the records a commit
+replaces in a frozen state): the count stays under the threshold while the objects in the
+generation pile up, and the collection that finally comes walks them all. So what a batch
+leaves alive is frozen too, once the batch is committed (``after_batch``): the young
+generation then holds one batch's objects at most, and a collection within a batch walks
+those only (docs/performance.md, "Young collections and the batch").
+
+The price: a reference cycle frozen while alive and dead later, or dead but not yet
+collected when frozen, is not collected. A batch's own objects make none (measured: the
+same handful over tens of thousands of events whatever is frozen when); an exception's
+traceback does (its frames hold it), so a batch that retried or dead-lettered has its
+young generation collected before it is frozen. And the collector is given its whole heap
+back at a moment no batch waits, when partitions are assigned (the state cache was just
+dropped: Redis is the truth); the worker's resident memory between rebalances is what
+``make bench-scale`` watches for a leak (docs/scale.md).
 """
 
 from __future__ import annotations
@@ -88,9 +102,9 @@ log = logging.getLogger(__name__)
 
 
 class PauseMonitor:
-    """Times every collection and the loop's lag; freezes survivors (``freeze``). A
-    collection made on purpose where no batch waits (``collect_whole_heap``) is counted
-    apart, as ``rebalance``."""
+    """Times every collection and the loop's lag; freezes survivors and what each committed
+    batch left (``freeze``). A collection made on purpose where no batch waits
+    (``collect_whole_heap``) is counted apart, as ``rebalance``."""
 
     def __init__(self, *, freeze: bool = True) -> None:
         self.freeze = freeze
@@ -115,7 +129,7 @@ class PauseMonitor:
         self.note("rebalance" if self._on_purpose else "gc", took)
         if took > NOTICED_SECONDS and not self._on_purpose:  # (logged by watch_loop: not inside the collector)
             self._noticed.append((info.get("generation"), took, time.thread_time() - self._gc_cpu))
-        if self.freeze and info.get("generation", 0) >= 1:
+        if self.freeze:
             gc.freeze()  # (moves whole lists: constant time)
 
     def note(self, cause: str, seconds: float) -> None:
@@ -140,6 +154,17 @@ class PauseMonitor:
                     took * 1e3,
                     cpu * 1e3,
                 )
+
+    def after_batch(self, clean: bool = True) -> None:
+        """A batch is committed: what it left alive is frozen (the module's doc says why). Not
+        ``clean`` (it retried, or dead-lettered a record: exceptions were raised and caught),
+        its young generation is collected first, so that no dead cycle is frozen."""
+        if not self.freeze or self._on_gc not in gc.callbacks:
+            return  # (a process that only builds a worker, a test's, keeps its collector as it is)
+        if clean:
+            gc.freeze()  # (moves whole lists: constant time)
+        else:
+            gc.collect(1)  # (timed as any collection; ``_on_gc`` freezes what survives it)
 
     def collect_whole_heap(self) -> None:
         """Give the collector every frozen object back, collect, and freeze what is left: the

@@ -148,7 +148,8 @@ class Settings(BaseSettings):
     gc_threshold: tuple[NonNegativeInt, NonNegativeInt, NonNegativeInt] = Field(
         default=(10_000, 2, 1_000),
         description="the worker's garbage-collector thresholds (gc.set_threshold, 0 turns it off); a JSON list; "
-        "the first two bound the pauses, the third how often the whole heap is walked",
+        "only the first still matters: every collection and every committed batch freeze what survived, so the "
+        "older generations are never collected (streams/health.py)",
     )
 
     # --- metrics (docs/metrics.md) -------------------------------
