@@ -45,7 +45,7 @@ FLOOR_SHARDS_PER_PIPELINE = 1024
 FIRST_PRUNE_LOOKBACK_DAYS = 31  # how far before the retention a shard's first prune looks
 # A fold moves the pending cells of this many slots per pipeline (bounds the loop's time per step),
 # and carries at most this many arguments per script call into the bank-wide keys.
-FOLD_SHARDS_PER_PIPELINE = 1024
+FOLD_SHARDS_PER_PIPELINE = 256
 FOLD_ARGS_PER_CALL = 8192
 Cells = dict[str, int]
 

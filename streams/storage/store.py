@@ -175,9 +175,8 @@ if ARGV[3] ~= '' then
   if tonumber(ARGV[3]) > latest then redis.call('SET', KEYS[1], ARGV[3]) end
 end
 local function octant(v)
-  local o, p = 0, 1
-  while p * 2 <= v do p = p * 2; o = o + 1 end
-  local x = v / p
+  local m, e = math.frexp(v)  -- (exact: v = m * 2^e, 0.5 <= m < 1)
+  local o, x = e - 1, 2 * m
   local q = 0
   if x >= 1.681792830507429 then q = 3
   elseif x >= 1.4142135623730951 then q = 2

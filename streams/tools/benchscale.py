@@ -547,7 +547,7 @@ def gc_probe(cached: int) -> dict[str, Any]:
         cache = [decode_state(blobs[i % len(blobs)]) for i in range(cached)]
         tracked = len(gc.get_objects())
         before = {f"generation {g}": timed(g) for g in (0, 1, 2)}
-        gc.freeze()  # what PauseMonitor does after a collection of the middle or oldest generation
+        gc.freeze()  # what PauseMonitor does after every collection and every committed batch
         after = {f"generation {g}": timed(g) for g in (0, 1, 2)}
         del cache
     finally:

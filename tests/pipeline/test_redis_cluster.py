@@ -10,6 +10,7 @@ import datetime as dt
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -21,11 +22,12 @@ import redis
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, ResponseError
 
+from rules.board import hist_bucket
 from streams.board import MOVE_LUA, check, fold, fold_legacy, prune, read_board, shards, stored
 from streams.clients import connect, ensure_topics
 from streams.local.servers import Stack, free_port
 from streams.settings import Settings, rates, state_config, thresholds
-from streams.storage.keys import Keys, board_shard
+from streams.storage.keys import BOARD, Keys, board_shard
 from streams.storage.store import CLUSTER_CALLS_IN_FLIGHT, RECENT_ALERTS_KEPT, StateStore, _bounded
 from streams.tiers import TierBook, contributions, customer_count, distribution, rebuild
 from streams.topics import all_topics
@@ -293,3 +295,22 @@ async def test_an_earlier_versions_per_slot_board_is_folded_in_once(cluster_stor
     assert board.flows["2024-03-01"] == {"09|in|salary|int": 1400}
     assert board.collection["3"] == 4 + board_reference(batch).collection.get("3", 0)
     assert not await redis_.exists(keys.board(old[0], "flow:2024-03-01"), keys.board(old[0], "collection"))
+
+
+async def test_the_commit_scripts_histogram_buckets_are_pythons(cluster_store: StateStore) -> None:
+    """The commit script's bucket of a net outflow (``COMMIT_LUA``'s ``octant``) is
+    ``rules.board.hist_bucket``'s, from a cent to beyond 10^13 cents, rungs and octave edges
+    included: the floors the cut takes from the histogram rely on it."""
+    amounts = [1, 2, 3, 118, 119, 141, 142, 168, 169, 1023, 1024, 1025, 99_999, 2**33, 2**33 - 1, 10**13 + 7]
+    amounts += [
+        int(2**k * r) + d for k in range(1, 44, 5) for r in (1.189207115002721, 1.4142135623730951) for d in (0, 1)
+    ]
+    batch = [
+        board_txn(i, f"h{i:03d}", "debit", f"{cents // 100}.{cents % 100:02d}", "2024-03-02T09:00:00+08:00")
+        for i, cents in enumerate(amounts)
+    ]
+    await board_processor(cluster_store).process(batch)
+    redis_, keys = cluster_store.redis, cluster_store.keys
+    await fold(redis_, keys, await shards(redis_, keys, cluster=True))
+    raw = await redis_.hgetall(keys.board(BOARD, "hist:2024-03-02"))
+    assert {int(b): int(n) for b, n in raw.items() if int(n)} == Counter(hist_bucket(c) for c in amounts)
