@@ -311,23 +311,32 @@ async def prune(redis: aioredis.Redis, keys: Keys, zone: ZoneInfo, keep_days: in
     if newest is None:
         return 0
     first = from_us(newest).astimezone(zone).date() - dt.timedelta(days=keep_days)
+    lookback = dt.timedelta(days=max(keep_days, FIRST_PRUNE_LOOKBACK_DAYS))
     dropped = 0
-    for shard in found:
-        marker = keys.board(shard, "kept_from")
-        kept_from = await redis.get(marker)
-        lookback = dt.timedelta(days=max(keep_days, FIRST_PRUNE_LOOKBACK_DAYS))
-        start = dt.date.fromisoformat(_text(kept_from)) if kept_from else first - lookback
-        day = start
-        while day < first:
-            batch: list[str] = []
-            while day < first and len(batch) < 300:
-                batch += [
-                    keys.board(shard, f"{name}:{day.isoformat()}") for name in ("flow", "findings", "net", "hist")
+    for at in range(0, len(found), FOLD_SHARDS_PER_PIPELINE):
+        chunk = found[at : at + FOLD_SHARDS_PER_PIPELINE]
+        async with redis.pipeline(transaction=False) as pipe:
+            for shard in chunk:
+                pipe.get(keys.board(shard, "kept_from"))
+            marks = await pipe.execute()
+        deletes: list[int] = []
+        async with redis.pipeline(transaction=False) as pipe:
+            for shard, kept_from in zip(chunk, marks, strict=True):
+                # (on a cluster a slot's shard holds only its net-outflow sets: the rest is folded)
+                names = ("net",) if cluster and shard != BOARD else ("flow", "findings", "net", "hist")
+                start = dt.date.fromisoformat(_text(kept_from)) if kept_from else first - lookback
+                gone = [
+                    keys.board(shard, f"{name}:{(start + dt.timedelta(days=n)).isoformat()}")
+                    for n in range((first - start).days)
+                    for name in names
                 ]
-                day += dt.timedelta(days=1)
-            dropped += int(await redis.delete(*batch))  # (one shard: one slot, also on a cluster)
-        if start < first or kept_from is None:
-            await redis.set(marker, first.isoformat())
+                for i in range(0, len(gone), 300):  # (one shard: one slot, also on a cluster)
+                    deletes.append(len(pipe))
+                    pipe.delete(*gone[i : i + 300])
+                if start < first or kept_from is None:
+                    pipe.set(keys.board(shard, "kept_from"), first.isoformat())
+            replies = await pipe.execute()
+        dropped += sum(int(replies[i]) for i in deletes)
     closed, _ = await floors(redis, keys)
     gone = [day for day in closed if day < first.isoformat()]
     if gone:  # (the floors of the days dropped: a closed day is kept as long as its sets)
