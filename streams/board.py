@@ -507,37 +507,43 @@ return redis.call('HGETALL', KEYS[2])
 """
 
 # KEYS: the bank-wide keys' record of the generation each shard has added (``board:applied``).
-# ARGV: the bank-wide keys' prefix, then per shard: shard, generation, n, then n cells
-# (``name cell``, count; ``@latest``: an event time). A shard's cells are added only if their
-# generation is newer than the one recorded, which moves with them: exactly once. Cells of a
-# day before the first one the 看板 keeps (``prune``) are dropped, as the prune would.
+# ARGV: the bank-wide keys' prefix, then per shard: shard, generation, m, then m times a key
+# name (``flow:{day}``, ``collection``; ``@latest``: an event time) and its n cells (n, then
+# cell, count...). A shard's cells are added only if their generation is newer than the one
+# recorded, which moves with them: exactly once. Cells of a day before the first one the 看板
+# keeps (``prune``) are dropped, as the prune would.
 APPLY_LUA = """
 local prefix = ARGV[1]
 local kept_from = redis.call('GET', prefix .. 'kept_from')
 local i = 2
 local added = 0
 while i <= #ARGV do
-  local shard, gen, n = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-  if gen > tonumber(redis.call('HGET', KEYS[1], shard) or '0') then
-    for j = i + 3, i + 1 + 2 * n, 2 do
-      local f, v = ARGV[j], ARGV[j + 1]
-      if f == '@latest' then
-        if tonumber(v) > tonumber(redis.call('GET', prefix .. 'latest') or '0') then
-          redis.call('SET', prefix .. 'latest', v)
+  local shard, gen, names = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local fresh = gen > tonumber(redis.call('HGET', KEYS[1], shard) or '0')
+  i = i + 3
+  for _ = 1, names do
+    local name, n = ARGV[i], tonumber(ARGV[i + 1])
+    if fresh then
+      if name == '@latest' then
+        if tonumber(ARGV[i + 3]) > tonumber(redis.call('GET', prefix .. 'latest') or '0') then
+          redis.call('SET', prefix .. 'latest', ARGV[i + 3])
         end
-      elseif v ~= '0' then
-        local sp = string.find(f, ' ', 1, true)
-        local name = string.sub(f, 1, sp - 1)
+      else
         local day = string.match(name, ':(%d%d%d%d%-%d%d%-%d%d)$')
-        if not (day and kept_from and day < kept_from) then  -- (a day the prune dropped stays dropped)
-          redis.call('HINCRBY', prefix .. name, string.sub(f, sp + 1), v)
+        if not (day and kept_from and day < kept_from) then
+          local key = prefix .. name
+          for j = i + 2, i + 2 * n, 2 do
+            if ARGV[j + 1] ~= '0' then redis.call('HINCRBY', key, ARGV[j], ARGV[j + 1]) end
+          end
         end
       end
     end
+    i = i + 2 + 2 * n
+  end
+  if fresh then
     redis.call('HSET', KEYS[1], shard, gen)
     added = added + 1
   end
-  i = i + 3 + 2 * n
 end
 return added
 """
@@ -579,15 +585,22 @@ async def fold(redis: aioredis.Redis, keys: Keys, found: Sequence[str], *, legac
         for shard, reply in zip(chunk, replies, strict=True):
             if not reply:
                 continue
-            cells = [(reply[i], reply[i + 1]) for i in range(0, len(reply), 2) if reply[i] != b"#"]
-            generation = next(reply[i + 1] for i in range(0, len(reply), 2) if reply[i] == b"#")
+            by_name: dict[bytes, list[bytes]] = {}
+            generation = b""
+            for i in range(0, len(reply), 2):
+                if reply[i] == b"#":
+                    generation = reply[i + 1]
+                else:  # (``name cell``; ``@latest`` alone)
+                    name, _, cell = reply[i].partition(b" ")
+                    by_name.setdefault(name, []).extend((cell, reply[i + 1]))
             moved.append((shard, generation))
-            if args and len(args) + 2 * len(cells) > FOLD_ARGS_PER_CALL:
+            size = sum(len(cells) + 2 for cells in by_name.values())
+            if args and len(args) + size > FOLD_ARGS_PER_CALL:
                 calls.append(args)
                 args = []
-            args += [shard, generation, str(len(cells))]
-            for cell, value in cells:
-                args += [cell, value]
+            args += [shard, generation, str(len(by_name))]
+            for name, cells in by_name.items():
+                args += [name, str(len(cells) // 2), *cells]
         if args:
             calls.append(args)
         if calls:
