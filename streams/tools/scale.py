@@ -59,14 +59,14 @@ class Coefficients:
 # The figures of the last run of ``python -m streams.tools.memmodel`` (docs/scale.md, "The
 # coefficients, measured").
 COEFFICIENTS = Coefficients(
-    customer=555.3,
-    tier=12.6,
-    tier_big=87.3,
-    finding=720.0,
+    customer=555.4,
+    tier=17.3,
+    tier_big=90.8,
+    finding=719.8,
     feed_entry=707.1,
-    net_entry=90.4,
-    net_entry_small=10.8,
-    zset_key=53.2,
+    net_entry=90.8,
+    net_entry_small=11.0,
+    zset_key=53.0,
     cell=16.0,
     hash_key=80.0,
     cells_per_day=3.451,
@@ -76,11 +76,11 @@ COEFFICIENTS = Coefficients(
     findings_per_customer=0.2343,
     shard_key=248,
     fixed=1006784.0,
-    per_key=12.7,
+    per_key=14.8,
     keys_per_customer=1.129,
-    overhead=614213.1,
-    overhead_per_customer=273.8,
-    empty=1053280,
+    overhead=21782.6,
+    overhead_per_customer=23.1,
+    empty=1028376,
 )
 
 # That run (3 × Berka, 3,687 customers): what ``predicted_bytes`` is held to (tests/unit/test_scale.py).
@@ -89,8 +89,8 @@ CALIBRATION = {
     "findings_kept": 864,
     "feed_entries": 864,
     "days_kept": 400,
-    "keys_total": 8913471,
-    "used_memory": 11656336,
+    "keys_total": 8813359,
+    "used_memory": 10023952,
 }
 
 
