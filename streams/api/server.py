@@ -502,8 +502,14 @@ def run_api(settings: Settings, redis_url: str, bootstrap: str, host: str, port:
     # refused parameters and streams (INFO), Redis failures (WARNING), 500s with their
     # traceback (ERROR), each with its request id; never a token, never a query value
     logging.getLogger(__name__).setLevel(logging.INFO)
-    print(f"FundFlow API and console on http://{host}:{port}/  (API docs: /openapi.json)", flush=True)
+    line = f"FundFlow API and console on http://{host}:{port}/  (API docs: /openapi.json)"
+
+    def listening(_: str) -> None:  # (run_app calls it once the port is bound: a caller may connect then)
+        print(line, flush=True)
+
     # SIGINT / SIGTERM: streams.stopping (installed by the CLI) raises KeyboardInterrupt, which
     # run_app answers with its graceful cleanup; open /alerts/stream responses get 2 s.
-    web.run_app(app, host=host, port=port, print=None, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+    web.run_app(
+        app, host=host, port=port, print=listening, access_log=None, handle_signals=False, shutdown_timeout=2.0
+    )
     return 0

@@ -208,8 +208,26 @@ class EmbeddedRedis(Server):
 
     def start(self, timeout: float = START_TIMEOUT_SECONDS) -> None:
         super().start(timeout)
+        self._loaded(timeout)
         if self.cluster:
             self._own_all_slots(timeout)
+
+    def _loaded(self, timeout: float) -> None:
+        """Until it answers: a persistent server listens while it still loads its append-only
+        file, and answers LOADING to every command until it is done."""
+        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except redis.exceptions.BusyLoadingError:
+                    if time.monotonic() > deadline:
+                        raise ConfigError(f"the embedded {self.name} was still loading after {timeout:.0f}s") from None
+                    time.sleep(0.05)
+        finally:
+            client.close()
 
     def _own_all_slots(self, timeout: float) -> None:
         client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
