@@ -558,7 +558,7 @@ async def fold_board(parts: WorkerParts) -> None:
     """On Redis Cluster: the 看板 cells this worker's commits left in their slots, carried into
     the bank-wide keys (``streams.board.fold``: exactly once, whoever folds)."""
     store = parts.store
-    if not parts.settings.redis_cluster or not store.dirty:
+    if not parts.settings.redis_cluster:
         return
     dirty, store.dirty = sorted(store.dirty), set()
     try:
@@ -566,6 +566,8 @@ async def fold_board(parts: WorkerParts) -> None:
     except Exception as exc:  # a view: never stop the stream for it (the cells wait in their slots)
         store.dirty.update(dirty)
         log.warning("看板 cells not folded: %s", exc)
+    else:
+        telemetry.BOARD_FOLDED.set(time.time())
 
 
 async def prune_board(parts: WorkerParts) -> None:

@@ -103,6 +103,10 @@ PAUSE_SECONDS = Histogram(
 )
 LONGEST_PAUSE = Gauge("fundflow_longest_pause_seconds", "The longest pause of each cause since start", ["cause"])
 TIER_CUSTOMERS = Gauge("fundflow_tier_customers", "Customers per contribution tier", ["tier"])
+BOARD_FOLDED = Gauge(
+    "fundflow_board_fold_last_success_timestamp_seconds",
+    "Redis Cluster: when this worker last folded its 看板 shards' pending cells (Unix time)",
+)
 TIER_REFRESHED = Gauge(
     "fundflow_tier_refresh_last_success_timestamp_seconds", "When this worker last refreshed the live tiers (Unix time)"
 )

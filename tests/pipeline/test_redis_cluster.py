@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -156,9 +158,10 @@ async def test_a_worker_runs_unchanged_on_redis_cluster(stack: Stack, cluster_ur
         for i, c in enumerate(CUSTOMERS)
     ]  # fmt: skip
     extra = {"FUNDFLOW_REDIS_URL": cluster_url, "FUNDFLOW_REDIS_CLUSTER": "true", "FUNDFLOW_KEY_PREFIX": "cl-e2e"}
+    web = free_port()
     with (tmp_path / "worker.log").open("wb") as log:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli.main", "worker", "--web-port", str(free_port())],
+            [sys.executable, "-m", "streams.cli.main", "worker", "--web-port", str(web)],
             env=env(stack, tmp_path, FUNDFLOW_APP_ID="cluster-e2e", FUNDFLOW_TIER_REFRESH_SECONDS="1", **extra),
             cwd=ROOT,
             stdout=log,
@@ -205,6 +208,10 @@ async def test_a_worker_runs_unchanged_on_redis_cluster(stack: Stack, cluster_ur
                 break
             await asyncio.sleep(1)
         assert board_shown is not None and board_shown["flows"]["total"]["inflow"] == inflow, board_shown
+        with urllib.request.urlopen(f"http://127.0.0.1:{web}/metrics", timeout=10) as page:
+            metrics = page.read().decode()
+        folded = re.search(r"^fundflow_board_fold_last_success_timestamp_seconds (\S+)$", metrics, re.M)
+        assert folded is not None and float(folded.group(1)) > time.time() - 60, metrics[-500:]
         tiers = cli(stack, tmp_path, cluster_url, "tiers", "--json")
         assert tiers.returncode == 0, tiers.stderr.decode()
         assert orjson.loads(tiers.stdout)["customers"] >= indexed >= len(CUSTOMERS)
