@@ -573,13 +573,13 @@ async def fold_board(parts: WorkerParts) -> None:
 async def prune_board(parts: WorkerParts) -> None:
     """The 看板 keeps ``board_days_kept`` days before its latest event, and a closed day's
     net outflow only its top (every worker prunes and cuts; doing either twice is harmless).
-    On Redis Cluster every shard is folded first: what a stopped worker's commits left."""
+    On Redis Cluster the cut folds every shard first (``board.trim``): what a stopped worker's
+    commits left too."""
     settings = parts.settings
     days = settings.board_days_kept
     try:
         if settings.redis_cluster:
             await board.fold_legacy(parts.redis, parts.keys, settings.zone, days)
-            await board.fold(parts.redis, parts.keys, await board.shards(parts.redis, parts.keys, True))
         dropped = await board.prune(parts.redis, parts.keys, settings.zone, days, settings.redis_cluster)
         cut = await board.trim(
             parts.redis,

@@ -733,7 +733,6 @@ async def cut_board(url: str, settings: Settings, keep_days: int) -> float:
     keys = Keys(PREFIX)
     started = time.perf_counter()
     try:
-        await board.fold(client, keys, await board.shards(client, keys, True))
         await board.prune(client, keys, settings.zone, settings.board_days_kept, cluster=True)
         await board.trim(
             client,
