@@ -71,6 +71,20 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+async def _each_shard(redis: aioredis.Redis, found: Sequence[str], queue: Any, per: int | None = None) -> list[Any]:
+    """The replies of ``queue(pipe, shard)`` for every shard, in order, in pipelines of ``per``
+    shards (default ``FOLD_SHARDS_PER_PIPELINE``): on a cluster there is a shard per slot, and
+    one pipeline of them all would hold the loop while it is packed and parsed."""
+    per = per or FOLD_SHARDS_PER_PIPELINE
+    replies: list[Any] = []
+    for start in range(0, len(found), per):
+        async with redis.pipeline(transaction=False) as pipe:
+            for shard in found[start : start + per]:
+                queue(pipe, shard)
+            replies += await pipe.execute()
+    return replies
+
+
 async def _hashes(redis: aioredis.Redis, names: Sequence[str]) -> list[Cells]:
     """HGETALL of each key (integer values), in one round trip per shard set."""
     if not names:
@@ -315,10 +329,7 @@ async def prune(redis: aioredis.Redis, keys: Keys, zone: ZoneInfo, keep_days: in
     dropped = 0
     for at in range(0, len(found), FOLD_SHARDS_PER_PIPELINE):
         chunk = found[at : at + FOLD_SHARDS_PER_PIPELINE]
-        async with redis.pipeline(transaction=False) as pipe:
-            for shard in chunk:
-                pipe.get(keys.board(shard, "kept_from"))
-            marks = await pipe.execute()
+        marks = await _each_shard(redis, chunk, lambda pipe, shard: pipe.get(keys.board(shard, "kept_from")))
         deletes: list[int] = []
         async with redis.pipeline(transaction=False) as pipe:
             for shard, kept_from in zip(chunk, marks, strict=True):
@@ -423,17 +434,16 @@ async def _hist_from(redis: aioredis.Redis, keys: Keys, found: Sequence[str]) ->
         return int(fixed)
     known = True
     latest = 0
-    for start in range(0, len(found), FOLD_SHARDS_PER_PIPELINE):
-        async with redis.pipeline(transaction=False) as pipe:
-            for shard in found[start : start + FOLD_SHARDS_PER_PIPELINE]:
-                pipe.hget(keys.board(shard, "trim"), "hist")
-                pipe.get(keys.board(shard, "latest"))
-            replies = await pipe.execute()
-        for hist, shard_latest in zip(replies[0::2], replies[1::2], strict=True):
-            if hist is None:
-                known = False
-            value = hist if hist is not None else shard_latest
-            latest = max(latest, int(value) if value is not None else 0)
+    replies = await _each_shard(
+        redis,
+        found,
+        lambda pipe, shard: (pipe.hget(keys.board(shard, "trim"), "hist"), pipe.get(keys.board(shard, "latest"))),
+    )
+    for hist, shard_latest in zip(replies[0::2], replies[1::2], strict=True):
+        if hist is None:
+            known = False
+        value = hist if hist is not None else shard_latest
+        latest = max(latest, int(value) if value is not None else 0)
     if known:
         await redis.set(keys.board(BOARD, "hist_from"), latest)
     return latest
@@ -459,12 +469,13 @@ async def _floor(
             counts = cast(dict[bytes, bytes], await redis.hgetall(keys.board(BOARD, f"hist:{day.isoformat()}")))
             value = floor_from_hist({int(b): int(n) for b, n in counts.items()}, kept)
         else:
-            tops: list[Any] = []
-            for start in range(0, len(found), FLOOR_SHARDS_PER_PIPELINE):
-                async with redis.pipeline(transaction=False) as pipe:
-                    for shard in found[start : start + FLOOR_SHARDS_PER_PIPELINE]:
-                        pipe.zrevrange(keys.board(shard, f"net:{day.isoformat()}"), 0, kept - 1, withscores=True)
-                    tops += await pipe.execute()
+            name = f"net:{day.isoformat()}"
+            tops = await _each_shard(
+                redis,
+                found,
+                lambda pipe, shard: pipe.zrevrange(keys.board(shard, name), 0, kept - 1, withscores=True),
+                FLOOR_SHARDS_PER_PIPELINE,
+            )
             value = floor_value([int(score) for top in tops for _, score in top], kept)
         await redis.hsetnx(keys.board_floors, day.isoformat(), value)
         fixed = await redis.hget(keys.board_floors, day.isoformat())
@@ -623,14 +634,8 @@ async def fold_legacy(redis: aioredis.Redis, keys: Keys, zone: ZoneInfo, keep_da
         return 0
     found = await shards(redis, keys, True)
     newest = await latest_us(redis, keys, found)
-    old: list[str] = []
-    for start in range(0, len(found), FOLD_SHARDS_PER_PIPELINE):
-        chunk = found[start : start + FOLD_SHARDS_PER_PIPELINE]
-        async with redis.pipeline(transaction=False) as pipe:
-            for shard in chunk:
-                pipe.hget(keys.board(shard, "trim"), "legacy")
-            marks = await pipe.execute()
-        old += [shard for shard, mark in zip(chunk, marks, strict=True) if mark is None]
+    marks = await _each_shard(redis, found, lambda pipe, shard: pipe.hget(keys.board(shard, "trim"), "legacy"))
+    old = [shard for shard, mark in zip(found, marks, strict=True) if mark is None]
     if old and newest is not None:
         last = from_us(newest).astimezone(zone).date()
         back = keep_days + FIRST_PRUNE_LOOKBACK_DAYS
