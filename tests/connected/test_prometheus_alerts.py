@@ -124,10 +124,13 @@ class Prometheus:
                 assert self.popen.poll() is None and time.monotonic() < deadline, "prometheus did not start"
                 time.sleep(0.1)
 
-    def wait_until(self, expected: set[str], what: str, timeout: float = 20) -> None:
-        """Until exactly ``expected`` alerts' expressions hold."""
+    def wait_until(
+        self, expected: set[str], what: str, timeout: float = 20, symptoms: frozenset[str] = frozenset()
+    ) -> None:
+        """Until exactly ``expected`` alerts' expressions hold, besides any of ``symptoms``
+        (alerts the fault may also cause, on a slow enough machine, that it does not need to)."""
         deadline = time.monotonic() + timeout
-        while (held := self.holding()) != expected:
+        while (held := self.holding()) - symptoms != expected:
             assert time.monotonic() < deadline, f"{what}: {sorted(held)} hold, wanted {sorted(expected)}"
             time.sleep(0.25)
 
@@ -366,7 +369,15 @@ def test_the_broker_fetch_alert_holds_when_a_partition_stores_many_batches(
     prometheus = Prometheus(tmp_path, {"fundflow-worker": [port]}, tmp_path / "prometheus.log")
     try:
         prometheus.wait_ready()
-        prometheus.wait_until({"FundFlowBrokerFetchSlow"}, "a partition of many batches")
+        # A fetch that brings new records from that partition also delays them: on a loaded
+        # machine (CI runs four test processes on two cores) their p99 passes the 1 s SLO too,
+        # and Prometheus's first samples come later
+        prometheus.wait_until(
+            {"FundFlowBrokerFetchSlow"},
+            "a partition of many batches",
+            timeout=60,
+            symptoms=frozenset({"FundFlowEndToEndLatencyP99High"}),
+        )
         for expr in panels("fetch cost"):
             prometheus.wait_data(expr)
     finally:
