@@ -59,8 +59,8 @@ from streams.retry import RetryPolicy, wait
 from streams.storage.changelog import FixedRules, Rulebook, encode_entry, replay, step_record
 from streams.storage.changelog import Step as Step  # (re-exported: the step's type, where it always was)
 from streams.storage.codec import encode_state
-from streams.storage.store import Commit, StateStore, Tally
-from streams.topics import DLQ, SHADOW
+from streams.storage.store import SHADOW_ENTRY, Commit, StateStore, Tally
+from streams.topics import DLQ
 
 log = logging.getLogger(__name__)
 UTC = ZoneInfo("UTC")
@@ -70,7 +70,6 @@ UTC = ZoneInfo("UTC")
 FOLD_CHUNK = 32
 
 Message = tuple[str, bytes | None, bytes]  # topic, key, value
-SHADOW_ENTRY = SHADOW.encode() + b"\n"  # how a shadow run's outbox entries begin (streams.rulestep.shadow_records)
 
 _OUTCOME_ERRORS = {
     Outcome.CONFLICT: "txn_id was already applied with different content; refused",

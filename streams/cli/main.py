@@ -695,10 +695,11 @@ def soak(
 @cli.command("train-dictionary", help="train the zstd dictionary for state blobs on the Berka states")
 @click.option("--berka", type=PATH, metavar="DIR", help="another Berka copy (default: the shipped one)")
 @click.option("--out", type=PATH, help="folder for state-<id>.zdict (default: the shipped dictionaries)")
-def train_dictionary(berka: Path | None, out: Path | None) -> int:
+@click.option("--findings", is_flag=True, help="the recent findings' dictionary instead (finding-<id>.zdict)")
+def train_dictionary(berka: Path | None, out: Path | None, findings: bool) -> int:
     from streams.tools.statedict import run_train_command
 
-    return run_train_command(berka, out)
+    return run_train_command(berka, out, findings)
 
 
 @cli.command("fetch-cost", help="the embedded broker's fetch time against the batches it stores")

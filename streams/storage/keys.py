@@ -15,7 +15,7 @@ holds no ``}``, and no ordinary id starts with ``{``, so the encoding is one-to-
 | ``{p}:{C}:state`` | string | ``version:bucket:blob``: the full state as last written (``streams.storage.codec``) |
 | ``{p}:{C}:log`` | list | records since that state (``streams.storage.changelog``): version = state's + length |
 | ``{p}:{C}:outbox`` | list | findings committed with the state, not yet confirmed published |
-| ``{p}:{C}:alerts`` | list | the customer's recent findings (newest first, capped), for the API |
+| ``{p}:{C}:alerts`` | list | the customer's recent findings (newest first, capped; zstd, ``codec.compress_finding``) |
 | ``{p}:stats`` | hash | pipeline counters (processed, duplicates, dead letters by reason) |
 | ``{p}:stats:latency_ms`` | list | recent end-to-end latencies in ms (capped), for backtest and bench |
 | ``{p}:feed`` | stream | published findings (JSON in field ``v``, topic in ``t``), capped; the API's feed |

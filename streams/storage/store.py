@@ -50,7 +50,7 @@ from streams import telemetry
 from streams.errors import TransientError
 from streams.settings import Settings, state_config
 from streams.storage.changelog import FixedRules, Rulebook, Step, plain_step, replay
-from streams.storage.codec import decode_state, encode_states
+from streams.storage.codec import compress_finding, decode_state, encode_states, finding_entry
 from streams.storage.keys import BOARD, Keys, board_shard
 from streams.topics import SHADOW
 
@@ -60,6 +60,7 @@ RECENT_ALERTS_KEPT = 200
 COMMIT_CHUNK = 256  # customers per commit script call (bounds one call's time in Redis)
 
 SHADOW_TOPIC = SHADOW.encode()  # a shadow run's records: in no live view (docs/events.md, "Shadow runs")
+SHADOW_ENTRY = SHADOW_TOPIC + b"\n"  # how a shadow run's outbox entries begin (streams.rulestep.shadow_records)
 
 # The commit of many customers in one call, each customer atomic on its own keys, and the
 # 看板's aggregates moved by exactly the customers whose commit went through.
@@ -69,8 +70,10 @@ SHADOW_TOPIC = SHADOW.encode()  # a shadow run's records: in no live view (docs/
 # ARGV: kept, B, latest event time (or ''), the type of each board key ('s', 'h' hash, 'p' the
 #   pending cells, 'z' sorted set, 'l' the changelog index, 't' the trim marker), then per
 #   customer: expected version, new version, blob ('': append the entry to the changelog
-#   instead), its 归集率 bucket (or ''), changelog entry (or ''), number of findings,
-#   findings..., number of board cells, then per cell: board key index, field, integer
+#   instead), its 归集率 bucket (or ''), changelog entry (or ''), 2 x its number of findings,
+#   then per finding its outbox entry and what its recent-findings list keeps of it (the entry
+#   compressed, ``codec.compress_finding``; '': none, a shadow run's record), number of board
+#   cells, then per cell: board key index, field, integer
 #   increment (a negative index -b: field's whole net outflow of net key b's day,
 #   ``rules.board.day_net``); last, its input partition (or '') and id.
 # A net key of a day the shard cut to its top (day <= the trim marker's ``day``,
@@ -145,12 +148,15 @@ for k = nboard + 1, #KEYS, 4 do
       if part ~= '' then redis.call('ZADD', KEYS[3], part, ARGV[a + 8 + n + 3 * m]) end
     end
     if n > 0 then
-      for i = a + 6, a + 5 + n do
+      local recent = false
+      for i = a + 6, a + 5 + n, 2 do
         redis.call('RPUSH', KEYS[k + 1], ARGV[i])
-        -- a shadow run's record (streams.rulestep.shadow_records) is never a recent alert
-        if string.sub(ARGV[i], 1, 19) ~= 'fundflow.shadow.v1\\n' then redis.call('LPUSH', KEYS[k + 2], ARGV[i]) end
+        if ARGV[i + 1] ~= '' then
+          redis.call('LPUSH', KEYS[k + 2], ARGV[i + 1])
+          recent = true
+        end
       end
-      redis.call('LTRIM', KEYS[k + 2], 0, kept - 1)
+      if recent then redis.call('LTRIM', KEYS[k + 2], 0, kept - 1) end
     end
     for c = a + 7 + n, a + 6 + n + 3 * m, 3 do
       local b = tonumber(ARGV[c])
@@ -532,10 +538,11 @@ class StateStore:
                     cid, version = c.customer_id, c.expected_version
                     keys += (state_key(cid), outbox_key(cid), alerts_key(cid), log_key(cid))
                     if c.log is None:
-                        args += (version, version + 1, next(blobs), c.bucket, b"", len(c.findings))
+                        args += (version, version + 1, next(blobs), c.bucket, b"", 2 * len(c.findings))
                     else:
-                        args += (version, version + 1, b"", c.bucket, c.log, len(c.findings))
-                    args += c.findings
+                        args += (version, version + 1, b"", c.bucket, c.log, 2 * len(c.findings))
+                    for entry in c.findings:  # (a shadow run's record is never a recent finding)
+                        args += (entry, b"" if entry.startswith(SHADOW_ENTRY) else compress_finding(entry))
                     args += board.cells(cid, c.board, c.state)
                     args += ("" if c.partition is None else c.partition, cid)
                 latest = "" if board.latest is None else board.latest
@@ -710,8 +717,9 @@ class StateStore:
             )
 
     async def recent_findings(self, customer_id: str, limit: int = 50) -> list[bytes]:
-        entries = cast(list[bytes], await self.redis.lrange(self.keys.alerts(customer_id), 0, limit - 1))
-        return entries
+        """A customer's latest findings, newest first, as their outbox entries."""
+        stored = cast(list[bytes], await self.redis.lrange(self.keys.alerts(customer_id), 0, limit - 1))
+        return [finding_entry(entry) for entry in stored]
 
     async def scan_states(self, batch: int = 500) -> AsyncIterator[CustomerState]:
         """Every customer's state (SCAN + pipelined GET: no blocking KEYS)."""

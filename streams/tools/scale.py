@@ -59,28 +59,28 @@ class Coefficients:
 # The figures of the last run of ``python -m streams.tools.memmodel`` (docs/scale.md, "The
 # coefficients, measured").
 COEFFICIENTS = Coefficients(
-    customer=555.4,
-    tier=17.3,
-    tier_big=90.8,
-    finding=719.8,
-    feed_entry=707.1,
-    net_entry=90.8,
-    net_entry_small=11.0,
-    zset_key=53.0,
-    cell=16.0,
-    hash_key=80.0,
+    customer=555.6,
+    tier=17.4,
+    tier_big=90.9,
+    finding=163.1,
+    feed_entry=707.0,
+    net_entry=90.9,
+    net_entry_small=10.8,
+    zset_key=53.2,
+    cell=26.7,
+    hash_key=53.3,
     cells_per_day=3.451,
     cells_per_active=1.192,
     active_share=0.08024,
     positive_share=0.0369,
     findings_per_customer=0.2343,
     shard_key=248,
-    fixed=1006784.0,
-    per_key=14.8,
+    fixed=1006800.0,
+    per_key=16.5,
     keys_per_customer=1.129,
-    overhead=21782.6,
-    overhead_per_customer=23.1,
-    empty=1028376,
+    overhead=41118.1,
+    overhead_per_customer=11.1,
+    empty=1044736,
 )
 
 # That run (3 × Berka, 3,687 customers): what ``predicted_bytes`` is held to (tests/unit/test_scale.py).
@@ -89,8 +89,8 @@ CALIBRATION = {
     "findings_kept": 864,
     "feed_entries": 864,
     "days_kept": 400,
-    "keys_total": 8813359,
-    "used_memory": 10023952,
+    "keys_total": 8327788,
+    "used_memory": 9538600,
 }
 
 

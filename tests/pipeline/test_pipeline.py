@@ -10,6 +10,7 @@ import json
 import zlib
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from itertools import islice
 
 import pytest
 import zstandard
@@ -20,9 +21,12 @@ from rules.state import CustomerState, Outcome, apply_loan, apply_transaction
 from streams.clients import connect
 from streams.deadletter import RawRecord
 from streams.pipeline import BatchProcessor, Step
+from streams.settings import Settings
 from streams.storage.codec import WRITE_DICTIONARY, ZSTD_MAGIC, decode_state, dictionaries, encode_state, encode_states
 from streams.storage.keys import Keys
 from streams.storage.store import COMMIT_CHUNK, Commit, StateStore
+from streams.tools.berka import berka_lines
+from streams.tools.statedict import sample_findings
 from streams.topics import ALERTS, DLQ, TRANSACTIONS
 from tests.support.batches import CONFIG, big_credit_step, processor, txn
 from tests.support.fakes import Sink
@@ -256,6 +260,28 @@ async def test_one_commit_call_carries_many_customers_each_atomic_on_its_own(sto
     stale = await store.read("many300")
     assert stale is not None and stale.balance == Decimal(300)
     assert await store.redis.lrange(store.keys.outbox("many300"), 0, -1) == []
+
+
+async def test_recent_findings_are_kept_compressed_and_read_as_they_were(store: StateStore) -> None:
+    """A customer's recent-findings list keeps each finding compressed with the findings'
+    dictionary (about a fifth of the entry on Berka's), and reads it back byte for byte; one
+    an earlier version kept as it was reads too, and a shadow run's record is never kept."""
+    settings = Settings()
+    found = list(islice(sample_findings(berka_lines(None, settings.zone), settings), 30))
+    by_customer: dict[str, list[bytes]] = {}
+    for cid, entry in found:
+        by_customer.setdefault(cid, []).append(entry)
+    customer, entries = max(by_customer.items(), key=lambda item: len(item[1]))
+    shadow = b'fundflow.shadow.v1\n"' + customer.encode() + b'"\n{}'
+    assert await store.commit([Commit(customer, 0, CustomerState(customer), [*entries, shadow])]) == set()
+    kept = await store.redis.lrange(store.keys.alerts(customer), 0, -1)
+    assert len(kept) == len(entries) and all(k[:4] == ZSTD_MAGIC for k in kept)
+    assert sum(map(len, kept)) * 3 < sum(map(len, entries))
+    assert await store.recent_findings(customer) == entries[::-1]  # (newest first)
+    assert await store.redis.lrange(store.keys.outbox(customer), 0, -1) == [*entries, shadow]
+    older = b'fundflow.alerts.v1\n"old"\n{"id":"1"}'  # (as versions before 2026-12 kept it)
+    await store.redis.rpush(store.keys.alerts(customer), older)
+    assert (await store.recent_findings(customer))[-1] == older
 
 
 async def test_on_redis_cluster_a_commit_call_holds_one_hash_slot(store: StateStore) -> None:

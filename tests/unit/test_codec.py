@@ -29,7 +29,18 @@ from rules.state import (
     kind_of_flags,
     record_kind,
 )
-from streams.storage.codec import _age, _money, _time, _unage, _unmoney, _untime, decode_state, encode_state
+from streams.storage.codec import (
+    _age,
+    _money,
+    _time,
+    _unage,
+    _unmoney,
+    _untime,
+    compress_finding,
+    decode_state,
+    encode_state,
+    finding_entry,
+)
 
 V1 = Path(__file__).with_name("data") / "state-v1"
 ZONE = ZoneInfo("Asia/Shanghai")
@@ -175,3 +186,16 @@ def test_the_latest_transaction_time_reads_back_when_it_is_not_the_latest_event_
         state = CustomerState("c", last_us=last_us, last_txn_us=last_txn_us)
         back = decode_state(encode_state(state))
         assert (back.last_us, back.last_txn_us) == (last_us, last_txn_us)
+
+
+@given(st.binary(max_size=4000))
+def test_a_recent_finding_reads_back_byte_for_byte(body: bytes) -> None:
+    entry = b"fundflow.alerts.v1\n" + body
+    assert finding_entry(compress_finding(entry)) == entry
+    assert finding_entry(entry) == entry  # (kept as it was by versions before 2026-12)
+
+
+def test_a_broken_recent_finding_is_refused_not_misread() -> None:
+    broken = compress_finding(b'fundflow.alerts.v1\n"c1"\n{"id": "x"}')[:-3]
+    with pytest.raises(ValueError, match="recent finding"):
+        finding_entry(broken)
