@@ -68,6 +68,9 @@ UTC = ZoneInfo("UTC")
 # written waits for that chunk alone (its encodes and a round trip), not for all the
 # customers that went quiet together
 FOLD_CHUNK = 32
+FOLD_LIMIT = 512  # customers a fold timer run folds while batches flow
+FOLD_IDLE_LIMIT = 8192  # ... and when no batch completed since the last run, until one arrives
+EVICTED_MIN = 1024  # evicted customers with a changelog kept for the fold, at least (a quarter of the cache)
 
 Message = tuple[str, bytes | None, bytes]  # topic, key, value
 
@@ -253,6 +256,13 @@ class BatchProcessor:
         self.cache: OrderedDict[str, tuple[int, CustomerState, int]] = OrderedDict()
         # cached customers that may have a changelog -> when it last grew (monotonic), oldest first
         self._logged: dict[str, float] = {}
+        # customers the cache let go while their changelog was not yet folded: kept for the
+        # fold (and for a batch that needs them again), oldest first, at most ``_evicted_max``;
+        # past that, a log stays in Redis until the customer's next commits or a takeover
+        self._evicted: OrderedDict[str, tuple[int, CustomerState, int]] = OrderedDict()
+        self._evicted_max = max(EVICTED_MIN, cache_size // 4)
+        self._completed = 0  # batches completed, and as of the last fold's run
+        self._completed_at_fold = 0
         self._folding = asyncio.Lock()  # held by ``fold``: one fold at a time
         # the customers of the fold chunk being written, and when it is written: no batch
         # steps them before (``prepare`` leaves them to ``complete``, which waits for it)
@@ -294,6 +304,7 @@ class BatchProcessor:
     def forget_all(self) -> None:
         """Drop every cached state (on rebalance: Redis is the truth)."""
         self.cache.clear()
+        self._evicted.clear()
         self._logged.clear()
         self._adopted = frozenset()  # (the logs it held uncommitted-to are found again by ``adopt``)
 
@@ -424,6 +435,7 @@ class BatchProcessor:
             return await self._complete(prepared)
         finally:
             self._unfinished.remove(prepared)
+            self._completed += 1
 
     async def _complete(self, prepared: Prepared) -> BatchReport:
         records = prepared.records
@@ -445,6 +457,7 @@ class BatchProcessor:
                     self._note_failing(records)
                     for cid in by_customer:
                         self.cache.pop(cid, None)
+                        self._evicted.pop(cid, None)
                     delay = self.retry_policy.backoff(retries)
                     log.warning("batch of %d records will be retried in %.2fs: %s", len(records), delay, exc)
                     if await wait(delay, self.should_stop):
@@ -497,14 +510,32 @@ class BatchProcessor:
             self._settle(runs, failed, attempt)
             pending = [cid for cid in pending if cid in failed] + redo
         attempt.letters.extend(attempt.outcome_letters)
-        while len(self.cache) > self.cache_size:
-            self.cache.popitem(last=False)
+        self._evict()
         telemetry.observe_latencies(attempt.latencies)
         return attempt.to_publish
 
+    def _evict(self) -> None:
+        """The cache back to its size, least recently used first. A customer whose changelog
+        is not folded yet is kept aside for the fold, which writes its full state once quiet
+        (at a bank, a customer's next event comes hours later: without this, every event of a
+        customer the cache lets go within the quiet time left a log in Redis for its next
+        ``snapshot_every`` commits)."""
+        while len(self.cache) > self.cache_size:
+            cid, entry = self.cache.popitem(last=False)
+            if entry[2] > 0 and cid in self._logged:
+                self._evicted[cid] = entry
+        while len(self._evicted) > self._evicted_max:
+            cid, _ = self._evicted.popitem(last=False)
+            self._logged.pop(cid, None)
+            telemetry.CHANGELOG_LEFT.inc()
+
     async def _load_missing(self, pending: list[str], attempt: _Attempt) -> None:
-        """Step 2: one round trip for the customers not cached; an outbox a predecessor left
-        behind is published again (each entry once, also when loaded again after a redo)."""
+        """Step 2: one round trip for the customers not cached (one the fold holds aside is
+        taken back as it is); an outbox a predecessor left behind is published again (each
+        entry once, also when loaded again after a redo)."""
+        for cid in pending:
+            if cid not in self.cache and (aside := self._evicted.pop(cid, None)) is not None:
+                self.cache[cid] = aside
         missing = [cid for cid in pending if cid not in self.cache]
         loaded_all = await self.store.load(missing)
         await self.store.learn_rules(entry for loaded in loaded_all.values() for entry in loaded.log)
@@ -673,11 +704,20 @@ class BatchProcessor:
                 await self.store.save_rules(fp, text)
             self._rules_saved.add(fp)
 
-    async def fold(self, quiet_seconds: float = 10.0, limit: int = 512, chunk: int = FOLD_CHUNK) -> int:
-        """Write the full state of up to ``limit`` cached customers whose changelog has not
-        grown for ``quiet_seconds``, and drop their logs (the worker's timer calls this every
-        second): a customer in a burst of events pays one encode for the burst, and a quiet
-        one costs Redis its state alone. Customers a batch in flight holds are left to it
+    async def fold(
+        self,
+        quiet_seconds: float = 10.0,
+        limit: int = FOLD_LIMIT,
+        chunk: int = FOLD_CHUNK,
+        idle_limit: int = FOLD_IDLE_LIMIT,
+    ) -> int:
+        """Write the full state of up to ``limit`` cached customers (or customers the cache
+        let go, ``_evict``) whose changelog has not grown for ``quiet_seconds``, and drop their
+        logs (the worker's timer calls this every second): a customer in a burst of events
+        pays one encode for the burst, and a quiet one costs Redis its state alone. When no
+        batch completed since the last call, up to ``idle_limit``, until a batch arrives:
+        after a catch-up, the logs of the hundreds of thousands of customers it touched are
+        folded in a minute instead of ten. Customers a batch in flight holds are left to it
         (its commit may be under way: ``tests/pipeline/test_changelog.py`` fails otherwise).
         They are written ``chunk`` at a time, and no batch steps a customer of the chunk being
         written before it is written: ``prepare`` leaves them to ``complete``, which waits for
@@ -689,10 +729,15 @@ class BatchProcessor:
         version cached, as a batch's commit is. Returns the customers folded. A failure is
         logged, never raised: the logs stay, and are as good as a full state."""
         cutoff = self.monotonic() - quiet_seconds
+        idle = self._completed == self._completed_at_fold and not self._unfinished
+        self._completed_at_fold = self._completed
+        most = max(limit, idle_limit) if idle else limit
         folded = tried = 0
-        while tried < limit:
+        while tried < most:
+            if tried >= limit and self._unfinished:
+                break  # (idle no more: a batch came)
             async with self._folding:
-                chosen, written = await self._fold(cutoff, min(chunk, limit - tried))
+                chosen, written = await self._fold(cutoff, min(chunk, most - tried))
             tried += chosen
             folded += written
             if _being_cancelled():  # (stopping: redis-py may have retried the cancelled round trip)
@@ -770,14 +815,17 @@ class BatchProcessor:
         """(customers chosen, customers folded; -1: the write failed)."""
         busy = self._in_flight()
         chosen: list[tuple[str, tuple[int, CustomerState, int]]] = []
-        for cid, when in list(self._logged.items()):
+        gone: list[str] = []  # (the scan stops at the first not quiet: no copy of the whole index)
+        for cid, when in self._logged.items():
             if when > cutoff or len(chosen) >= limit:
                 break
-            entry = self.cache.get(cid)
+            entry = self.cache.get(cid) or self._evicted.get(cid)
             if entry is None or entry[2] <= 0:
-                del self._logged[cid]
+                gone.append(cid)
             elif cid not in busy:
                 chosen.append((cid, entry))
+        for cid in gone:
+            del self._logged[cid]
         if not chosen:
             return 0, 0
         commits = [Commit(cid, version, state) for cid, (version, state, _) in chosen]
@@ -793,6 +841,9 @@ class BatchProcessor:
                 return len(chosen), -1
             for cid, entry in chosen:
                 self._logged.pop(cid, None)
+                if self._evicted.get(cid) is entry:
+                    del self._evicted[cid]  # (written: nothing left to keep it for)
+                    continue
                 if self.cache.get(cid) is not entry:
                     continue  # (taken by a redo meanwhile: its own commit decides)
                 if cid in failed:

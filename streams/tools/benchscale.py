@@ -483,7 +483,7 @@ async def rate_of(
 
 
 def scrape(port: int) -> dict[str, float]:
-    """The pause samples of one worker's /metrics (name{labels} -> value)."""
+    """The pause samples and changelog counts of one worker's /metrics (name{labels} -> value)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
             text = reply.read().decode()
@@ -491,7 +491,7 @@ def scrape(port: int) -> dict[str, float]:
         return {}
     out = {}
     for line in text.splitlines():
-        if line.startswith(("fundflow_pause_seconds_bucket", "fundflow_longest_pause_seconds")):
+        if line.startswith(("fundflow_pause_seconds_bucket", "fundflow_longest_pause_seconds", "fundflow_changelog_")):
             name, _, value = line.rpartition(" ")
             out[name] = float(value)
     return out
@@ -917,6 +917,7 @@ def _run(
 
     step("memory per shard")
     final = shard_info(ports)
+    held = [scrape(p) for p in ports_web]
     results.shards = [
         {
             "used_memory": f["used_memory"] - e["used_memory"],
@@ -936,6 +937,10 @@ def _run(
         "single_bytes_per_customer": (loaded_single["used_memory"] - empty_single["used_memory"]) / compared,
         "balance": max(memory) / statistics.mean(memory) if statistics.mean(memory) else None,
         "largest_shared_key": asyncio.run(largest_shared_key(cluster.url)),
+        # customers whose changelog the workers had not folded yet, and those the cache let go
+        # with theirs unfolded (left in Redis until their next commits)
+        "changelogs_held": round(sum(h.get("fundflow_changelog_customers", 0.0) for h in held)),
+        "changelogs_left": round(sum(h.get("fundflow_changelog_left_total", 0.0) for h in held)),
     }
     results.commands = {"balance": max(commands) / statistics.mean(commands) if statistics.mean(commands) else None}
     findings = sum(min(len(template_of(cid).findings), RECENT_ALERTS_KEPT) for cid in order)
@@ -1007,6 +1012,11 @@ def render(results: Results) -> str:
         f" ({mem.get('bytes_per_customer_loaded', 0):,.0f} B after the load; one Redis:"
         f" {mem.get('single_bytes_per_customer', 0):,.0f} B)"
     )
+    if "changelogs_held" in mem:
+        out.append(
+            f"  changelogs not folded yet: {mem['changelogs_held']:,} customers held by the workers,"
+            f" {mem['changelogs_left']:,} let go by their caches"
+        )
     for i, shard in enumerate(results.shards):
         out.append(
             f"  shard {i}: {shard['used_memory'] / 2**20:,.1f} MiB, {shard['keys']:,} keys,"

@@ -284,6 +284,83 @@ async def test_a_fold_holds_back_only_the_customers_it_is_writing(
     assert await states(worker.store, customers) == await states(full.store, customers)
 
 
+async def small_cache(
+    client: aioredis.Redis, records: list[RawRecord], prefix: str, cache_size: int = 40
+) -> tuple[BatchProcessor, BatchProcessor]:
+    """``records`` written whole by one processor (under ``full{prefix}``); and a processor
+    that logs, with a cache of ``cache_size`` customers (under ``prefix``), not yet run."""
+    full = processor(client, settings("full" + prefix), Sink(), 1)
+    for batch in batches(records):
+        await full.process(batch)
+    config = settings(prefix)
+    store = StateStore(client, Keys(prefix))
+    worker = BatchProcessor(
+        store, build_step(config), Sink(), zone=config.zone, snapshot_every=8, cache_size=cache_size
+    )
+    return full, worker
+
+
+async def test_customers_the_cache_lets_go_are_folded_and_taken_back_as_they_are(
+    client: aioredis.Redis, records: list[RawRecord]
+) -> None:
+    """At a bank a customer's next event comes hours later, so the cache lets most
+    customers go before their log has been quiet long enough to fold. Kept aside for the
+    fold, they leave no log behind (it fails when the cache drops them: their logs stayed
+    in Redis until their next seven commits), and a batch that needs one again takes it
+    back without reading Redis. The outcome is that of full writes."""
+    full, worker = await small_cache(client, records, "evict")
+    store = worker.store
+    customers = {r.key.decode() for r in records if r.key}
+    assert len(customers) <= 40 + worker._evicted_max  # (every customer fits the cache or beside it)
+    replayed = telemetry.CHANGELOG_REPLAYED._value.get()
+    for batch in batches(records):
+        await worker.process(batch)
+    assert len(worker.cache) == 40 and len(worker._evicted) > 100
+    assert telemetry.CHANGELOG_REPLAYED._value.get() == replayed  # (taken back as they were)
+    assert await logged(client, "evict") > 100
+    while await worker.fold(quiet_seconds=0):
+        pass
+    assert await logged(client, "evict") == 0 and not worker._evicted
+    assert await states(store, customers) == await states(full.store, customers)
+
+
+async def test_customers_past_the_folds_reserve_keep_their_log_and_are_counted(
+    client: aioredis.Redis, records: list[RawRecord]
+) -> None:
+    """When the cache lets customers go faster than the fold writes them, the reserve
+    beside the cache stays bounded: the oldest leave it with their log in Redis, counted
+    (``fundflow_changelog_left_total``), and read whole from it."""
+    full, worker = await small_cache(client, records, "reserve")
+    store = worker.store
+    worker._evicted_max = 10
+    left = telemetry.CHANGELOG_LEFT._value.get()
+    for batch in batches(records):
+        await worker.process(batch)
+    assert len(worker._evicted) == 10
+    dropped = telemetry.CHANGELOG_LEFT._value.get() - left
+    while await worker.fold(quiet_seconds=0):
+        pass
+    assert dropped > 0 and await logged(client, "reserve") > 0
+    customers = {r.key.decode() for r in records if r.key}
+    assert await states(store, customers) == await states(full.store, customers)
+
+
+async def test_an_idle_worker_folds_past_its_limit_until_a_batch_comes(
+    client: aioredis.Redis, records: list[RawRecord]
+) -> None:
+    """While batches flow a fold run writes at most ``limit`` customers; after a catch-up,
+    with no batch since the last run, up to ``idle_limit``: the hundreds of thousands of
+    logs a catch-up left are gone in a minute, not ten."""
+    worker = processor(client, settings("idle"), Sink(), 8)
+    for batch in batches(records[:2000]):
+        await worker.process(batch)
+    held = len(worker._logged)
+    assert held > 40
+    assert await worker.fold(quiet_seconds=0, limit=5, idle_limit=10_000) == 5  # (a batch since the last run)
+    assert await worker.fold(quiet_seconds=0, limit=5, idle_limit=10_000) == held - 5
+    assert await logged(client, "idle") == 0
+
+
 @pytest.mark.parametrize("surfaces_as", ["a Redis error", "a retried write"])
 async def test_a_cancelled_fold_stops_however_the_client_answers_the_cancel(
     client: aioredis.Redis, records: list[RawRecord], surfaces_as: str
