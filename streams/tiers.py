@@ -74,6 +74,7 @@ MOVED_KEPT_SECONDS = 14 * 86400  # a week's set of tier moves outlives its week 
 # back they took the worker's spare capacity, and the backlog they left raised the
 # committed latency while it drained (same section).
 REFRESH_SLICE_SECONDS = 0.005
+MOVES_PER_SLICE = 2_048  # customers whose move a refresh looks at between two turns of the loop
 
 
 def pause_after(started: float, now: float, done: int, total: int, within: float) -> float:
@@ -411,11 +412,12 @@ async def record_moves(
     tier, and every tier of the first cut points, is not a move. Returns how many moved."""
     if cuts is None or before is None or as_of_us <= 0:
         return 0
-    moved = [
-        cid
-        for cid, value in values.items()
-        if (old := previous.get(cid)) is not None and tier_of(old, before) != tier_of(value, cuts)
-    ]
+    moved: list[str] = []
+    for done, (cid, value) in enumerate(values.items(), start=1):
+        if (old := previous.get(cid)) is not None and tier_of(old, before) != tier_of(value, cuts):
+            moved.append(cid)
+        if done % MOVES_PER_SLICE == 0:  # (after a catch-up a refresh holds hundreds of thousands)
+            await asyncio.sleep(0)
     if crossed and before != cuts:
         ranges = [
             (float(min(old, new)), float(max(old, new))) for old, new in zip(before, cuts, strict=True) if old != new
