@@ -969,12 +969,17 @@ def _run(
 
 def noticed_collections(log_dir: Path) -> dict[str, Any]:
     """The collections the workers logged as noticeable (``streams.health.NOTICED_SECONDS``):
-    how many, and the longest, per generation."""
-    found: dict[str, list[float]] = {}
+    how many, and the longest, per generation, in wall clock and in the collector's own CPU
+    time (a worker waiting for a core mid-collection counts in the first only)."""
+    found: dict[str, list[tuple[float, float]]] = {}
+    pattern = r"garbage collection of generation (\S+) held the worker (\d+) ms \((\d+) ms of CPU\)"
     for path in log_dir.glob("worker-*.log"):
-        for match in re.finditer(r"garbage collection of generation (\S+) held the worker (\d+) ms", path.read_text()):
-            found.setdefault(match.group(1), []).append(float(match.group(2)))
-    return {g: {"count": len(ms), "longest_ms": max(ms)} for g, ms in sorted(found.items())}
+        for match in re.finditer(pattern, path.read_text()):
+            found.setdefault(match.group(1), []).append((float(match.group(2)), float(match.group(3))))
+    return {
+        g: {"count": len(ms), "longest_ms": max(w for w, _ in ms), "longest_cpu_ms": max(c for _, c in ms)}
+        for g, ms in sorted(found.items())
+    }
 
 
 async def _cuts(url: str, cluster: bool, as_of: int) -> None:
@@ -1069,7 +1074,9 @@ def render(results: Results) -> str:
         out.append(
             "collections over 50 ms the workers logged: "
             + ", ".join(
-                f"generation {g}: {v['count']} (longest {v['longest_ms']:.0f} ms)" for g, v in p["gc_noticed"].items()
+                f"generation {g}: {v['count']} (longest {v['longest_ms']:.0f} ms;"
+                f" of CPU at most {v.get('longest_cpu_ms', 0):.0f} ms)"
+                for g, v in p["gc_noticed"].items()
             )
         )
     probe = p.get("gc_probe")
