@@ -98,6 +98,7 @@ LOAD_CHUNK = 1_000  # customers per StateStore.commit in the bulk load (a call's
 LOADERS = 3  # bulk-load processes (one per shard: the customers are loaded in slot order)
 COMPARED_EVENTS = 100_000  # the cluster / single Redis comparison: events/s over this many
 HALF_LOAD_SECONDS = 30.0
+FOLD_DRAIN_SECONDS = 300.0  # at most this long for the workers to fold the catch-up's changelogs
 TIER_REFRESH_SECONDS = 10.0  # the workers' FUNDFLOW_TIER_REFRESH_SECONDS here (the bench waits for one)
 TAKEOVER_TIMEOUT_SECONDS = 120.0
 PREFIX = "scale"
@@ -915,9 +916,21 @@ def _run(
     step("看板 read")
     results.board = asyncio.run(board_read(cluster.url, settings, 1 if smoke else 10))
 
-    step("memory per shard")
-    final = shard_info(ports)
+    step("memory per shard, right after the traffic")
+    unfolded = shard_info(ports)
     held = [scrape(p) for p in ports_web]
+    # a bank's steady state: the catch-up's changelogs folded by the workers, as they do once
+    # a customer has been quiet for FUNDFLOW_FOLD_AFTER_SECONDS (its backlog is the catch-up's)
+    step("memory per shard, once the workers folded the catch-up's changelogs")
+    waited = time.perf_counter()
+    while sum(
+        scrape(p).get("fundflow_changelog_customers", 0.0) for p in ports_web
+    ) > 0 and time.perf_counter() - waited < (5.0 if smoke else FOLD_DRAIN_SECONDS):
+        time.sleep(2.0)
+    drained = time.perf_counter() - waited
+    timed["fold_drain"] = drained
+    final = shard_info(ports)
+    left = [scrape(p) for p in ports_web]
     results.shards = [
         {
             "used_memory": f["used_memory"] - e["used_memory"],
@@ -934,13 +947,19 @@ def _run(
         )
         / customers,
         "bytes_per_customer": sum(memory) / customers,
+        "bytes_per_customer_unfolded": sum(
+            u["used_memory"] - e["used_memory"] for u, e in zip(unfolded, empty, strict=True)
+        )
+        / customers,
+        "fold_drain_seconds": drained,
+        "changelogs_still_held": round(sum(h.get("fundflow_changelog_customers", 0.0) for h in left)),
         "single_bytes_per_customer": (loaded_single["used_memory"] - empty_single["used_memory"]) / compared,
         "balance": max(memory) / statistics.mean(memory) if statistics.mean(memory) else None,
         "largest_shared_key": asyncio.run(largest_shared_key(cluster.url)),
         # customers whose changelog the workers had not folded yet, and those the cache let go
         # with theirs unfolded (left in Redis until their next commits)
         "changelogs_held": round(sum(h.get("fundflow_changelog_customers", 0.0) for h in held)),
-        "changelogs_left": round(sum(h.get("fundflow_changelog_left_total", 0.0) for h in held)),
+        "changelogs_left": round(sum(h.get("fundflow_changelog_left_total", 0.0) for h in left)),
     }
     results.commands = {"balance": max(commands) / statistics.mean(commands) if statistics.mean(commands) else None}
     findings = sum(min(len(template_of(cid).findings), RECENT_ALERTS_KEPT) for cid in order)
@@ -1013,14 +1032,15 @@ def render(results: Results) -> str:
     )
     mem = results.memory
     out.append(
-        f"Redis bytes per customer, everything included: {mem.get('bytes_per_customer', 0):,.0f} B after the traffic"
-        f" ({mem.get('bytes_per_customer_loaded', 0):,.0f} B after the load; one Redis:"
+        f"Redis bytes per customer, everything included: {mem.get('bytes_per_customer', 0):,.0f} B after the traffic,"
+        f" its changelogs folded ({mem.get('bytes_per_customer_loaded', 0):,.0f} B after the load; one Redis:"
         f" {mem.get('single_bytes_per_customer', 0):,.0f} B)"
     )
     if "changelogs_held" in mem:
         out.append(
-            f"  changelogs not folded yet: {mem['changelogs_held']:,} customers held by the workers,"
-            f" {mem['changelogs_left']:,} let go by their caches"
+            f"  right after the traffic: {mem['bytes_per_customer_unfolded']:,.0f} B, with {mem['changelogs_held']:,}"
+            f" customers' changelogs not folded yet; the workers folded them in {mem['fold_drain_seconds']:,.0f} s"
+            f" ({mem['changelogs_still_held']:,} left then; {mem['changelogs_left']:,} let go unfolded by the caches)"
         )
     for i, shard in enumerate(results.shards):
         out.append(
