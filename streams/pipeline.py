@@ -70,7 +70,7 @@ UTC = ZoneInfo("UTC")
 FOLD_CHUNK = 32
 FOLD_LIMIT = 512  # customers a fold timer run folds while batches flow
 FOLD_IDLE_LIMIT = 8192  # ... and when no batch completed since the last run, until one arrives
-EVICTED_MIN = 1024  # evicted customers with a changelog kept for the fold, at least (a quarter of the cache)
+EVICTED_QUEUED_MAX = 100_000  # customers queued for the fold after the cache let them go (ids only)
 
 Message = tuple[str, bytes | None, bytes]  # topic, key, value
 
@@ -254,13 +254,13 @@ class BatchProcessor:
         self._rules_saved: set[str] = set()  # fingerprints known to be stored in Redis
         # customer -> (version, state, changelog entries after its stored full state; -1: none stored)
         self.cache: OrderedDict[str, tuple[int, CustomerState, int]] = OrderedDict()
-        # cached customers that may have a changelog -> when it last grew (monotonic), oldest first
-        self._logged: dict[str, float] = {}
-        # customers the cache let go while their changelog was not yet folded: kept for the
-        # fold (and for a batch that needs them again), oldest first, at most ``_evicted_max``;
-        # past that, a log stays in Redis until the customer's next commits or a takeover
-        self._evicted: OrderedDict[str, tuple[int, CustomerState, int]] = OrderedDict()
-        self._evicted_max = max(EVICTED_MIN, cache_size // 4)
+        # cached customers that may have a changelog -> (when it last grew (monotonic), their
+        # input partition), oldest first
+        self._logged: dict[str, tuple[float, int]] = {}
+        # customers the cache let go with a changelog not yet folded are queued for the fold
+        # with a takeover's (``_orphans``), up to this many queued in all; past it, a log stays
+        # in Redis until the customer's next commits or a takeover
+        self._evicted_max = EVICTED_QUEUED_MAX
         self._completed = 0  # batches completed, and as of the last fold's run
         self._completed_at_fold = 0
         self._folding = asyncio.Lock()  # held by ``fold``: one fold at a time
@@ -304,7 +304,6 @@ class BatchProcessor:
     def forget_all(self) -> None:
         """Drop every cached state (on rebalance: Redis is the truth)."""
         self.cache.clear()
-        self._evicted.clear()
         self._logged.clear()
         self._adopted = frozenset()  # (the logs it held uncommitted-to are found again by ``adopt``)
 
@@ -338,9 +337,9 @@ class BatchProcessor:
             self._rules_saved.add(fp)
         self._rules_current = fp
 
-    def _note_logged(self, cid: str) -> None:
+    def _note_logged(self, cid: str, partition: int) -> None:
         self._logged.pop(cid, None)  # (re-inserted: the dict stays in order of when logs grew)
-        self._logged[cid] = self.monotonic()
+        self._logged[cid] = (self.monotonic(), partition)
 
     def stalled_partitions(self) -> list[str]:
         """``topic:partition`` of every input partition whose batch has been retried for
@@ -457,7 +456,6 @@ class BatchProcessor:
                     self._note_failing(records)
                     for cid in by_customer:
                         self.cache.pop(cid, None)
-                        self._evicted.pop(cid, None)
                     delay = self.retry_policy.backoff(retries)
                     log.warning("batch of %d records will be retried in %.2fs: %s", len(records), delay, exc)
                     if await wait(delay, self.should_stop):
@@ -516,26 +514,28 @@ class BatchProcessor:
 
     def _evict(self) -> None:
         """The cache back to its size, least recently used first. A customer whose changelog
-        is not folded yet is kept aside for the fold, which writes its full state once quiet
-        (at a bank, a customer's next event comes hours later: without this, every event of a
-        customer the cache lets go within the quiet time left a log in Redis for its next
-        ``snapshot_every`` commits)."""
+        is not folded yet is queued for the fold as a takeover's are (``_fold_orphans``: read,
+        replayed and written whole from Redis): at a bank a customer's next event comes hours
+        later, and without this every event of a customer the cache let go before its log went
+        quiet left that log in Redis for its next ``snapshot_every`` commits. Its id only: a
+        state kept aside cost a worker ~20 times what its log costs Redis."""
+        room: int | None = None
         while len(self.cache) > self.cache_size:
             cid, entry = self.cache.popitem(last=False)
-            if entry[2] > 0 and cid in self._logged:
-                self._evicted[cid] = entry
-        while len(self._evicted) > self._evicted_max:
-            cid, _ = self._evicted.popitem(last=False)
-            self._logged.pop(cid, None)
-            telemetry.CHANGELOG_LEFT.inc()
+            logged = self._logged.pop(cid, None)
+            if entry[2] <= 0 or logged is None:
+                continue
+            if room is None:
+                room = self._evicted_max - sum(map(len, self._orphans.values()))
+            if room <= 0:
+                telemetry.CHANGELOG_LEFT.inc()
+                continue
+            self._orphans.setdefault(logged[1], []).append(cid)
+            room -= 1
 
     async def _load_missing(self, pending: list[str], attempt: _Attempt) -> None:
-        """Step 2: one round trip for the customers not cached (one the fold holds aside is
-        taken back as it is); an outbox a predecessor left behind is published again (each
-        entry once, also when loaded again after a redo)."""
-        for cid in pending:
-            if cid not in self.cache and (aside := self._evicted.pop(cid, None)) is not None:
-                self.cache[cid] = aside
+        """Step 2: one round trip for the customers not cached; an outbox a predecessor left
+        behind is published again (each entry once, also when loaded again after a redo)."""
         missing = [cid for cid in pending if cid not in self.cache]
         loaded_all = await self.store.load(missing)
         await self.store.learn_rules(entry for loaded in loaded_all.values() for entry in loaded.log)
@@ -546,7 +546,7 @@ class BatchProcessor:
                     replay(state, loaded.log, self._replay_step)
                 except ValueError as exc:  # as for a state that cannot be read: retried, stalled, said
                     raise TransientError(f"changelog of a customer cannot be replayed: {exc}") from exc
-                self._note_logged(cid)
+                self._note_logged(cid, attempt.by_customer[cid][-1][0].partition)
                 telemetry.CHANGELOG_REPLAYED.inc(len(loaded.log))
             self.cache[cid] = (loaded.version, state, len(loaded.log) if loaded.state is not None else -1)
             if loaded.outbox:
@@ -680,7 +680,7 @@ class BatchProcessor:
                 self.cache[cid] = (run.version + 1, run.state, tail)
                 self.cache.move_to_end(cid)
                 if tail:
-                    self._note_logged(cid)
+                    self._note_logged(cid, run.records[-1].partition)
                 if run.findings:
                     attempt.to_publish.setdefault(cid, []).extend(run.findings)
                     report.findings += sum(1 for entry in run.findings if not entry.startswith(SHADOW_ENTRY))
@@ -711,8 +711,8 @@ class BatchProcessor:
         chunk: int = FOLD_CHUNK,
         idle_limit: int = FOLD_IDLE_LIMIT,
     ) -> int:
-        """Write the full state of up to ``limit`` cached customers (or customers the cache
-        let go, ``_evict``) whose changelog has not grown for ``quiet_seconds``, and drop their
+        """Write the full state of up to ``limit`` cached customers whose changelog has not
+        grown for ``quiet_seconds`` (then of those queued by ``_evict`` and ``adopt``), and drop their
         logs (the worker's timer calls this every second): a customer in a burst of events
         pays one encode for the burst, and a quiet one costs Redis its state alone. When no
         batch completed since the last call, up to ``idle_limit``, until a batch arrives:
@@ -745,16 +745,18 @@ class BatchProcessor:
             if chosen == 0 or written < 0:
                 break
         if self._orphans and self._orphans_since <= cutoff:
-            while tried < limit:
+            while tried < most:
+                if tried >= limit and self._unfinished:
+                    break
                 async with self._folding:
-                    chosen, written = await self._fold_orphans(min(chunk, limit - tried))
+                    chosen, written = await self._fold_orphans(min(chunk, most - tried))
                 tried += chosen
                 folded += max(written, 0)
                 if _being_cancelled():
                     raise asyncio.CancelledError
                 if chosen == 0 or written < 0:
                     break
-        telemetry.CHANGELOG_HELD.set(len(self._logged))
+        telemetry.CHANGELOG_HELD.set(len(self._logged) + sum(map(len, self._orphans.values())))
         return folded
 
     async def _fold_orphans(self, limit: int) -> tuple[int, int]:
@@ -816,10 +818,10 @@ class BatchProcessor:
         busy = self._in_flight()
         chosen: list[tuple[str, tuple[int, CustomerState, int]]] = []
         gone: list[str] = []  # (the scan stops at the first not quiet: no copy of the whole index)
-        for cid, when in self._logged.items():
+        for cid, (when, _) in self._logged.items():
             if when > cutoff or len(chosen) >= limit:
                 break
-            entry = self.cache.get(cid) or self._evicted.get(cid)
+            entry = self.cache.get(cid)
             if entry is None or entry[2] <= 0:
                 gone.append(cid)
             elif cid not in busy:
@@ -841,9 +843,6 @@ class BatchProcessor:
                 return len(chosen), -1
             for cid, entry in chosen:
                 self._logged.pop(cid, None)
-                if self._evicted.get(cid) is entry:
-                    del self._evicted[cid]  # (written: nothing left to keep it for)
-                    continue
                 if self.cache.get(cid) is not entry:
                     continue  # (taken by a redo meanwhile: its own commit decides)
                 if cid in failed:

@@ -27,10 +27,12 @@ CHANGELOG_COMMITS = Counter(
 )
 CHANGELOG_REPLAYED = Counter("fundflow_changelog_replayed_total", "Changelog entries replayed when states were loaded")
 CHANGELOG_FOLDED = Counter("fundflow_changelog_folded_total", "Customers whose quiet changelog a worker folded")
-CHANGELOG_HELD = Gauge("fundflow_changelog_customers", "Customers this worker caches with a changelog in Redis")
+CHANGELOG_HELD = Gauge(
+    "fundflow_changelog_customers", "Customers with a changelog in Redis this worker caches or has queued for the fold"
+)
 CHANGELOG_LEFT = Counter(
     "fundflow_changelog_left_total",
-    "Customers the cache let go with a changelog the fold had no room to keep (it stays until their next commits)",
+    "Customers the cache let go with a changelog the fold's queue had no room for (it stays until their next commits)",
 )
 BATCH_SIZE = Histogram(
     "fundflow_batch_size", "Records per processed batch", buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 5000)
