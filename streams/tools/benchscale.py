@@ -19,8 +19,10 @@ for the comparison, and the embedded broker.
    through the broker to two ``fundflow worker`` processes: events/s on the cluster
    (all of them) and on the plain Redis (the first ``COMPARED_EVENTS``); then 50% of
    the cluster's rate for ``HALF_LOAD_SECONDS`` (committed p99, the longest pauses in
-   that window); tier agreement; the 看板 read; memory and commands per shard; and one
-   worker killed while the other takes over its partitions.
+   that window); tier agreement; the 看板 read; memory and commands per shard, right after
+   the traffic and once the workers folded its changelogs; and one worker killed while the
+   other takes over its partitions. Bytes per customer on the last line: the larger of the
+   memory at rest after the load and after the traffic once folded (``steady_bytes``).
 
 Pauses come from the workers' ``/metrics`` (``streams.health``): the longest garbage
 collection over the whole run (their caches fill up to ``FUNDFLOW_CACHE_CUSTOMERS``), and
