@@ -526,12 +526,16 @@ class BatchProcessor:
             if entry[2] <= 0 or logged is None:
                 continue
             if room is None:
-                room = self._evicted_max - sum(map(len, self._orphans.values()))
+                room = self._evicted_max - self._queued()
             if room <= 0:
                 telemetry.CHANGELOG_LEFT.inc()
                 continue
             self._orphans.setdefault(logged[1], []).append(cid)
             room -= 1
+
+    def _queued(self) -> int:
+        """Customers queued for the fold by id (let go by the cache, or a takeover's)."""
+        return sum(map(len, self._orphans.values()))
 
     async def _load_missing(self, pending: list[str], attempt: _Attempt) -> None:
         """Step 2: one round trip for the customers not cached; an outbox a predecessor left
@@ -756,7 +760,7 @@ class BatchProcessor:
                     raise asyncio.CancelledError
                 if chosen == 0 or written < 0:
                     break
-        telemetry.CHANGELOG_HELD.set(len(self._logged) + sum(map(len, self._orphans.values())))
+        telemetry.CHANGELOG_HELD.set(len(self._logged) + self._queued())
         return folded
 
     async def _fold_orphans(self, limit: int) -> tuple[int, int]:

@@ -500,6 +500,16 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
+def summed(scrapes: Sequence[dict[str, float]], name: str) -> float:
+    """A metric without labels, added over the workers' scrapes."""
+    return sum(s.get(name, 0.0) for s in scrapes)
+
+
+def used_beyond(infos: Sequence[dict[str, int]], empty: Sequence[dict[str, int]]) -> int:
+    """``used_memory`` over the shards, beyond what each held empty."""
+    return sum(i["used_memory"] - e["used_memory"] for i, e in zip(infos, empty, strict=True))
+
+
 def longest(samples: dict[str, float], cause: str) -> float:
     return samples.get(f'fundflow_longest_pause_seconds{{cause="{cause}"}}', 0.0)
 
@@ -925,8 +935,8 @@ def _run(
     # a customer has been quiet for FUNDFLOW_FOLD_AFTER_SECONDS (its backlog is the catch-up's)
     step("memory per shard, once the workers folded the catch-up's changelogs")
     waited = time.perf_counter()
-    while sum(
-        scrape(p).get("fundflow_changelog_customers", 0.0) for p in ports_web
+    while summed(
+        [scrape(p) for p in ports_web], "fundflow_changelog_customers"
     ) > 0 and time.perf_counter() - waited < (5.0 if smoke else FOLD_DRAIN_SECONDS):
         time.sleep(2.0)
     drained = time.perf_counter() - waited
@@ -944,24 +954,18 @@ def _run(
     memory = [s["used_memory"] for s in results.shards]
     commands = [s["commands"] for s in results.shards]
     results.memory = {
-        "bytes_per_customer_loaded": sum(
-            x["used_memory"] - e["used_memory"] for x, e in zip(loaded, empty, strict=True)
-        )
-        / customers,
+        "bytes_per_customer_loaded": used_beyond(loaded, empty) / customers,
         "bytes_per_customer": sum(memory) / customers,
-        "bytes_per_customer_unfolded": sum(
-            u["used_memory"] - e["used_memory"] for u, e in zip(unfolded, empty, strict=True)
-        )
-        / customers,
+        "bytes_per_customer_unfolded": used_beyond(unfolded, empty) / customers,
         "fold_drain_seconds": drained,
-        "changelogs_still_held": round(sum(h.get("fundflow_changelog_customers", 0.0) for h in left)),
+        "changelogs_still_held": round(summed(left, "fundflow_changelog_customers")),
         "single_bytes_per_customer": (loaded_single["used_memory"] - empty_single["used_memory"]) / compared,
         "balance": max(memory) / statistics.mean(memory) if statistics.mean(memory) else None,
         "largest_shared_key": asyncio.run(largest_shared_key(cluster.url)),
         # customers whose changelog the workers had not folded yet, and those the cache let go
         # with theirs unfolded (left in Redis until their next commits)
-        "changelogs_held": round(sum(h.get("fundflow_changelog_customers", 0.0) for h in held)),
-        "changelogs_left": round(sum(h.get("fundflow_changelog_left_total", 0.0) for h in left)),
+        "changelogs_held": round(summed(held, "fundflow_changelog_customers")),
+        "changelogs_left": round(summed(left, "fundflow_changelog_left_total")),
     }
     results.commands = {"balance": max(commands) / statistics.mean(commands) if statistics.mean(commands) else None}
     findings = sum(min(len(template_of(cid).findings), RECENT_ALERTS_KEPT) for cid in order)
