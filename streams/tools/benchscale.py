@@ -42,6 +42,7 @@ import logging
 import multiprocessing
 import os
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -776,8 +777,8 @@ def run_scale(
     began = time.perf_counter()
     logging.basicConfig(level=logging.CRITICAL)
     settings = settings.model_copy(update={"event_time_max_skew_seconds": SYNTHETIC_SKEW_SECONDS})
-    with tempfile.TemporaryDirectory(prefix="fundflow-bench-scale-") as tmp:
-        log_dir = Path(tmp)
+    log_dir = Path(tempfile.mkdtemp(prefix="fundflow-bench-scale-"))
+    try:
         with LocalCluster(log_dir) as cluster:
             single = EmbeddedRedis(free_port(), log_dir / "single")
             single.start()
@@ -789,6 +790,11 @@ def run_scale(
                     _run(results, run, run_settings, cluster, single, berka, customers, smoke, variants)
             finally:
                 single.stop()
+    except BaseException:
+        # (a run that failed keeps what its servers and workers logged, for whoever looks into it)
+        print(f"bench-scale: the logs of this run are kept in {log_dir}", file=sys.stderr)
+        raise
+    shutil.rmtree(log_dir, ignore_errors=True)
     results.seconds["total"] = time.perf_counter() - began
     results.notes.append(machine())
     results.notes.append(f"load average at the end (1, 5, 15 min): {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
