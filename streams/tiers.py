@@ -148,7 +148,6 @@ class TierBook:
         self.rates = rates
         self.state_of = state_of
         self.committed = committed if committed is not None else Committed()
-        self.known: dict[str, Decimal] = {}
         self.cuts: Cuts | None = None
         self.migrated = False
 
@@ -160,17 +159,19 @@ class TierBook:
     def changed(self, states: Iterable[CustomerState]) -> None:
         self.committed.add(states)
 
-    def tier_of(self, customer_id: str) -> str | None:
-        """The customer's tier with the current cut points (None before the first refresh)."""
+    async def tier_of(self, customer_id: str) -> str | None:
+        """The customer's tier with the current cut points (None before the first refresh):
+        of the contribution the last refresh stored, else of its cached state. Read from
+        Redis each time: a worker that remembered every customer it refreshed grew with the
+        bank, not with its cache."""
         if self.cuts is None:
             return None
-        value = self.known.get(customer_id)
+        value = (await contributions(self.redis, self.keys, [customer_id]))[customer_id]
         if value is None:
             state = self.state_of(customer_id)
             if state is None or state.last_us is None:
                 return None
             value = self.contribution_of(state, max(state.last_us, self.committed.watermark_us))
-            self.known[customer_id] = value
         return tier_of(value, self.cuts)
 
     async def refresh(self, within: float = 0.0) -> int:
@@ -198,7 +199,6 @@ class TierBook:
                 failed.append(type(exc).__name__)
         if failed:
             log.warning("live tiers: %d customers left out: state cannot be evaluated (%s)", len(failed), failed[0])
-        self.known.update(values)
         before, _ = await read_cuts(self.redis, self.keys)
         previous = await contributions(self.redis, self.keys, values)  # (their tiers before: for the moves)
         await write_contributions(self.redis, self.keys, values)
