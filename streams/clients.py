@@ -101,6 +101,7 @@ def connect(url: str, cluster: bool = False) -> aioredis.Redis:
     Redis Cluster client that finds the other nodes from this one and routes every
     command, pipelined ones included, to the node of its keys' slot."""
     if cluster:
+        patches.cluster_pipelines_free_by_refcount()
         # the cluster client speaks the same commands; callers use only single-slot ones
         return cast(
             aioredis.Redis,

@@ -34,7 +34,9 @@ those only (docs/performance.md, "Young collections and the batch").
 
 The price: a reference cycle frozen while alive and dead later, or dead but not yet
 collected when frozen, is not collected. A batch's own objects make none (measured: the
-same handful over tens of thousands of events whatever is frozen when); an exception's
+same handful over tens of thousands of events whatever is frozen when; on a Redis Cluster
+each commit's pipeline made one until ``patches.cluster_pipelines_free_by_refcount``, and
+``tests/pipeline/test_redis_cluster.py`` holds a batch to none); an exception's
 traceback does (its frames hold it), so a batch that retried or dead-lettered has its
 young generation collected before it is frozen. And the collector is given its whole heap
 back at a moment no batch waits, when partitions are assigned (the state cache was just

@@ -20,6 +20,9 @@ cannot silently undo it (and bring back 1.5 s latencies or per-record tasks).
    asked for (aiokafka keeps a fetch's max wait private and times nothing).
 10. ``young_collections_on_rebalance``: Faust's rebalance wait collects only the young
     generations, not the whole heap.
+11. ``cluster_pipelines_free_by_refcount``: a redis-py cluster pipeline and its execution
+    strategy no longer hold each other, so a used pipeline is freed when dropped, not by
+    the collector.
 
 ## 1. Fast drain
 Faust hands every record it fetched to the streams through one call per record:
@@ -45,12 +48,14 @@ from __future__ import annotations
 import gc
 import signal
 import time
+import weakref
 from collections.abc import Callable, Coroutine, Generator, Sequence
 from typing import Any
 
 import faust
 import hiredis
 import redis.asyncio as aioredis
+import redis.asyncio.cluster as redis_cluster
 from aiokafka.client import AIOKafkaClient
 from aiokafka.protocol.fetch import FetchRequest
 from faust.exceptions import ConsumerNotStarted
@@ -382,3 +387,25 @@ def young_collections_on_rebalance() -> None:
     replaced by ``_YoungCollections`` (Faust imports ``gc`` at the top of the module and
     calls ``gc.collect()`` nowhere else there; once per process)."""
     setattr(faust_consumer, "gc", _YoungCollections)  # noqa: B010 (the module has no attribute for mypy to check)
+
+
+def _strategy_pipe(self: Any) -> Any:
+    return self.__dict__["_pipe_ref"]()
+
+
+def _set_strategy_pipe(self: Any, pipe: Any) -> None:
+    self.__dict__["_pipe_ref"] = weakref.ref(pipe)
+
+
+def cluster_pipelines_free_by_refcount() -> None:
+    """redis-py's asyncio ``ClusterPipeline`` holds its execution strategy and the strategy
+    holds the pipeline (``AbstractStrategy._pipe``): every cluster pipeline a worker runs is a
+    reference cycle, garbage only the collector can free. A worker freezes what each batch
+    leaves (``streams.health``), and a frozen cycle is never collected until the next
+    rebalance: a worker on a Redis Cluster kept every pipeline it had run, ~70 a second each
+    under load (docs/scale.md, "Pipelines a worker kept"). The strategy now holds its
+    pipeline weakly (the pipeline holds the strategy, and whoever runs the pipeline holds
+    the pipeline, so the pipeline outlives every use of it); once per process."""
+    strategy = redis_cluster.AbstractStrategy
+    if not isinstance(vars(strategy).get("_pipe"), property):
+        strategy._pipe = property(_strategy_pipe, _set_strategy_pipe)  # type: ignore[assignment]

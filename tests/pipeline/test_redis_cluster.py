@@ -81,6 +81,29 @@ async def test_a_batch_of_many_slots_commits_publishes_and_reads_back(cluster_st
     assert (again.applied, again.duplicates) == (0, 2 * len(CUSTOMERS))
 
 
+async def test_a_batch_on_the_cluster_leaves_no_pipeline_for_the_collector(cluster_store: StateStore) -> None:
+    """A worker freezes what each batch leaves (streams.health), so garbage only the collector
+    can free is kept until the next rebalance. redis-py's cluster pipeline and its strategy
+    held each other: every commit left one such cycle (~70 a second a worker under load).
+    Fails without ``patches.cluster_pipelines_free_by_refcount``."""
+    import gc
+
+    await processor(cluster_store, Sink(), big_credit_step()).process(records()[:4])  # (connected, scripts loaded)
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        report = await processor(cluster_store, Sink(), big_credit_step()).process(records())
+        gc.collect()
+        kept = Counter(type(o).__name__ for o in gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert report.applied == 2 * len(CUSTOMERS) - 4
+    assert kept["ClusterPipeline"] == kept["PipelineStrategy"] == 0, kept.most_common(8)
+
+
 BRACED = ["}x", "}", "{", "{}", "a}b{c", "{y}", "客户}1"]  # issue 20 row 7b: "}x" made an empty hash tag
 
 

@@ -419,3 +419,29 @@ def test_fausts_rebalance_wait_still_collects_through_its_module_gc(monkeypatch:
     faust_consumer.gc.collect()
     assert collected == [1]
     assert faust_consumer.gc is not gc  # (the patched module: what wait_empty finds under ``gc``)
+
+
+def test_a_cluster_pipeline_is_freed_when_dropped_not_by_the_collector() -> None:
+    """``cluster_pipelines_free_by_refcount``: redis-py's cluster pipeline strategy still
+    keeps its pipeline as ``_pipe`` (set in ``AbstractStrategy.__init__``), and once patched
+    a dropped pipeline is gone with the collector off; the patch applies once."""
+    import weakref
+
+    from redis.asyncio.cluster import AbstractStrategy, RedisCluster
+
+    assert "self._pipe" in inspect.getsource(AbstractStrategy.__init__)
+    patches.cluster_pipelines_free_by_refcount()
+    installed = vars(AbstractStrategy)["_pipe"]
+    patches.cluster_pipelines_free_by_refcount()
+    assert vars(AbstractStrategy)["_pipe"] is installed
+    client = RedisCluster(host="127.0.0.1", port=1)  # (never connects: a pipeline is built, not run)
+    gc.disable()
+    try:
+        pipe = client.pipeline(transaction=False)
+        pipe.set("k", 1)
+        assert pipe._execution_strategy._pipe is pipe
+        dropped = weakref.ref(pipe)
+        del pipe
+        assert dropped() is None
+    finally:
+        gc.enable()
