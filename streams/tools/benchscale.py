@@ -101,6 +101,7 @@ LOAD_CHUNK = 1_000  # customers per StateStore.commit in the bulk load (a call's
 LOADERS = 3  # bulk-load processes (one per shard: the customers are loaded in slot order)
 COMPARED_EVENTS = 100_000  # the cluster / single Redis comparison: events/s over this many
 HALF_LOAD_SECONDS = 30.0
+COUNTED_SAMPLE = 20_000  # customers whose keys are measured one by one, as make bench measures its own
 FOLD_DRAIN_SECONDS = 300.0  # at most this long for the workers to fold the catch-up's changelogs
 TIER_REFRESH_SECONDS = 10.0  # the workers' FUNDFLOW_TIER_REFRESH_SECONDS here (the bench waits for one)
 TAKEOVER_TIMEOUT_SECONDS = 120.0
@@ -717,6 +718,31 @@ async def largest_shared_key(url: str) -> dict[str, Any]:
     return {"key": name, "bytes": sizes[name], "board_shards": len(found)}
 
 
+async def as_make_bench_counts(url: str, ids: Sequence[str], sample: int = COUNTED_SAMPLE) -> dict[str, float]:
+    """Bytes per customer as ``make bench`` counts them (``streams.tools.bench.redis_memory``):
+    ``MEMORY USAGE`` of a customer's own keys (state, changelog, outbox, recent findings; the
+    mean over every ``len(ids) // sample``-th customer) plus its share of the tier index. The
+    same measure at both scales: what grows with the customer count shows apart from the
+    bank-level keys and Redis's own keyspace, which ``make bench`` leaves out."""
+    client = connect(url, cluster=True)
+    keys = Keys(PREFIX)
+    chosen = ids[:: max(len(ids) // sample, 1)]
+    try:
+        sizes: list[int] = []
+        for start in range(0, len(chosen), 500):
+            async with client.pipeline(transaction=False) as pipe:
+                for cid in chosen[start : start + 500]:
+                    for name in (keys.state(cid), keys.log(cid), keys.outbox(cid), keys.alerts(cid)):
+                        pipe.memory_usage(name, samples=0)
+                replies = [int(r or 0) for r in await pipe.execute()]
+            sizes += [sum(replies[i : i + 4]) for i in range(0, len(replies), 4)]
+        index = sum([int(await client.memory_usage(name, samples=0) or 0) for name in tier_key_names(keys)])
+    finally:
+        await client.aclose()
+    own = statistics.mean(sizes) if sizes else 0.0
+    return {"customer_keys": own, "tier_index": index / len(ids), "sampled": len(sizes)}
+
+
 async def board_latest_day(client: Any, keys: Keys, shards: list[str]) -> str | None:
     latest = await asyncio.gather(*(client.get(keys.board(shard, "latest")) for shard in shards[:64]))
     known = [int(x) for x in latest if x]
@@ -857,6 +883,7 @@ def _run(
     timed["load_single"] = time.perf_counter() - t
     loaded = shard_info(ports)
     loaded_single = shard_info([single.port])[0]
+    results.memory["as_make_bench_counts"] = asyncio.run(as_make_bench_counts(cluster.url, ids))
 
     # live traffic: customers in an order unrelated to their slots; round 0 first
     cache = settings.cache_customers
@@ -959,7 +986,7 @@ def _run(
     ]
     memory = [s["used_memory"] for s in results.shards]
     commands = [s["commands"] for s in results.shards]
-    results.memory = {
+    results.memory |= {
         "bytes_per_customer_loaded": used_beyond(loaded, empty) / customers,
         "bytes_per_customer": sum(memory) / customers,
         "bytes_per_customer_unfolded": used_beyond(unfolded, empty) / customers,
@@ -1061,6 +1088,14 @@ def render(results: Results) -> str:
             f"  right after the traffic: {mem['bytes_per_customer_unfolded']:,.0f} B, with {mem['changelogs_held']:,}"
             f" customers' changelogs not folded yet; the workers folded them in {mem['fold_drain_seconds']:,.0f} s"
             f" ({mem['changelogs_still_held']:,} left then; {mem['changelogs_left']:,} let go unfolded by the caches)"
+        )
+    if counted := mem.get("as_make_bench_counts"):
+        own, index = counted["customer_keys"], counted["tier_index"]
+        rest = mem.get("bytes_per_customer_loaded", 0.0) - own - index
+        out.append(
+            f"  as make bench counts, at rest after the load: {own + index:,.0f} B = a customer's keys {own:,.0f} B"
+            f" (mean of {counted['sampled']:,}) + its share of the tier index {index:,.0f} B; the other {rest:,.0f} B"
+            " are the bank-level keys (看板, feed, statistics) and Redis's keyspace, which make bench leaves out"
         )
     for i, shard in enumerate(results.shards):
         out.append(

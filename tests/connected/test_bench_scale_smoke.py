@@ -38,6 +38,8 @@ def test_bench_scale_smoke_reports_every_stage(tmp_path: Path) -> None:
     assert report["customers"] == 1000 and report["templates"] > 0
     assert len(report["shards"]) == 3 and all(s["keys"] > 0 and s["commands"] > 0 for s in report["shards"])
     assert report["memory"]["bytes_per_customer"] > 0 and report["memory"]["single_bytes_per_customer"] > 0
+    counted = report["memory"]["as_make_bench_counts"]  # a customer's keys, one by one, as make bench counts
+    assert counted["sampled"] == 1000 and counted["customer_keys"] > 0 and counted["tier_index"] > 0
     for run in ("cluster", "single"):  # both stores took the live traffic
         assert report["events"][run]["events_per_second"] > 0
     assert report["latency"]["50%"]["committed_ms"]["n"] > 0
