@@ -254,3 +254,28 @@ def test_non_api_ports_are_told_where_to_listen() -> None:
         (container,) = deployments[name]["spec"]["template"]["spec"]["containers"]
         env = {e["name"]: e for e in container.get("env", [])}
         assert env["FUNDFLOW_WEB_HOST"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP", name
+
+
+RESIDENT_PER_CACHED_CUSTOMER = 10 * 1024  # a Berka customer decoded in a worker (docs/scale.md; make bench-scale)
+WORKER_BASE = 512 * 2**20  # a worker with nothing cached, rounded up (bench-scale: ~300 MiB)
+
+
+def _bytes(quantity: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+    return int(quantity[:-2]) * units[quantity[-2:]] if quantity[-2:] in units else int(quantity)
+
+
+def test_the_k8s_worker_has_the_memory_its_cache_takes() -> None:
+    """A worker's memory is mostly its cache of decoded states. The manifest once allowed
+    1 GiB while the default cache (200,000 states) took 1.5-2.1 GiB at a million customers:
+    every worker would have been killed once its cache filled. The limit must hold the
+    cache the manifest sets, at the measured size of a Berka customer."""
+    worker = next(
+        d for d in k8s_documents() if d["kind"] == "Deployment" and d["metadata"]["name"] == "fundflow-worker"
+    )
+    container = worker["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    cached = int(env["FUNDFLOW_CACHE_CUSTOMERS"])
+    limit = _bytes(container["resources"]["limits"]["memory"])
+    assert limit >= WORKER_BASE + cached * RESIDENT_PER_CACHED_CUSTOMER
+    assert _bytes(container["resources"]["requests"]["memory"]) <= limit
