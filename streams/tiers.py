@@ -187,16 +187,22 @@ class TierBook:
         failed: list[str] = []
         started = time.perf_counter()
         slice_ends = started + REFRESH_SLICE_SECONDS
-        for done, (cid, state) in enumerate(dirty.items()):
+        total = len(dirty)
+        for done in range(total):
             if (now := time.perf_counter()) > slice_ends:
                 # let the batches waiting on the loop run (a state changed meanwhile is in
                 # the next refresh's ``dirty`` too: tiers lag one interval)
-                await asyncio.sleep(pause_after(started, now, done, len(dirty), within))
+                await asyncio.sleep(pause_after(started, now, done, total, within))
                 slice_ends = time.perf_counter() + REFRESH_SLICE_SECONDS
+            # taken out as it is evaluated: a state the cache let go since its commit is freed
+            # here, within a slice, not with tens of thousands of others when the refresh ends
+            # (docs/scale.md, "What a refresh let go at once")
+            cid, state = dirty.popitem()
             try:
                 values[cid] = self.contribution_of(state, max(as_of, state.last_us or 0))
             except Exception as exc:  # one unusable state must not stop everyone's tiers
                 failed.append(type(exc).__name__)
+            del state
         if failed:
             log.warning("live tiers: %d customers left out: state cannot be evaluated (%s)", len(failed), failed[0])
         before, _ = await read_cuts(self.redis, self.keys)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import statistics
 from decimal import Decimal
-from typing import cast
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -479,3 +479,44 @@ async def test_contributions_are_written_a_chunk_at_a_time_and_all_of_them(redis
         assert await all_contributions(client, keys) == values
     finally:
         await client.aclose()
+
+
+class _Watched(CustomerState):
+    __slots__ = ("__weakref__",)  # (a state the test can see freed)
+
+
+async def test_a_refresh_lets_each_state_go_as_it_evaluates_it(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A state committed since the last refresh stays alive for it after the worker's cache
+    let it go. After a catch-up tens of thousands were freed at once when the refresh ended,
+    a stall of the loop of hundreds of ms (docs/scale.md). Each is now freed once evaluated,
+    within its slice: before the refresh writes anything. Fails when the refresh keeps them
+    to its end."""
+    import weakref
+
+    from streams import tiers
+
+    config = StateConfig(zone=ZONE)
+    client = connect(redis_url)
+    book = TierBook(client, Keys("t12"), config, SegmentThresholds(), ContributionRates())
+    states = []
+    for i in range(200):
+        state = _Watched(f"W{i}")
+        apply_transaction(state, _credit(state.customer_id, 0, str(10 * (i + 1)), 1), config)
+        states.append(state)
+    watched = [weakref.ref(s) for s in states]
+    book.changed(states)
+    del states, state
+    alive_when_written: list[int] = []
+    write = tiers.write_contributions
+
+    async def written(*args: Any, **kwargs: Any) -> None:
+        alive_when_written.append(sum(1 for ref in watched if ref() is not None))
+        await write(*args, **kwargs)
+
+    monkeypatch.setattr(tiers, "write_contributions", written)
+    try:
+        assert await book.refresh() == 200
+        assert await book.tier_of("W199") == "I"
+    finally:
+        await client.aclose()
+    assert alive_when_written == [0]
