@@ -170,10 +170,14 @@ class CustomerRun:
 
     version: int  # the state's version when loaded: the commit's compare-and-set
     state: CustomerState
-    findings: list[bytes] = field(default_factory=list)
+    # (the three below stay an empty tuple until their first entry, as they do for most
+    # customers of a batch: a list each was three of the ~28 objects a record leaves for the
+    # young collections to walk: docs/scale.md, "Pipelines a worker kept, and what young
+    # collections walk")
+    findings: list[bytes] | tuple[()] = ()
     applied_ids: list[int] = field(default_factory=list)  # id() of the records applied
-    duplicate_ids: list[int] = field(default_factory=list)
-    refused: list[tuple[RawRecord, Outcome]] = field(default_factory=list)  # conflict / too late
+    duplicate_ids: list[int] | tuple[()] = ()
+    refused: list[tuple[RawRecord, Outcome]] | tuple[()] = ()  # conflict / too late
     produced_ms: list[int] = field(default_factory=list)  # Kafka timestamps of the applied records
     board: BoardDelta = field(default_factory=BoardDelta)  # what the applied records add to the 看板
     records: list[RawRecord] = field(default_factory=list)  # every record stepped, in order
@@ -607,7 +611,11 @@ class BatchProcessor:
             run.records.append(record)
             if outcome is Outcome.APPLIED:
                 run.applied_ids.append(id(record))
-                run.findings.extend(findings)
+                if findings:
+                    if isinstance(run.findings, list):
+                        run.findings.extend(findings)
+                    else:
+                        run.findings = list(findings)
                 if isinstance(event, TransactionEvent):
                     run.board.add_transaction(event, event_time(event, self.zone)[0], self.zone, state)
                 for entry in findings:
@@ -616,9 +624,14 @@ class BatchProcessor:
                 if record.timestamp_ms is not None:
                     run.produced_ms.append(record.timestamp_ms)
             elif outcome is Outcome.DUPLICATE:
-                run.duplicate_ids.append(id(record))
-            else:
+                if isinstance(run.duplicate_ids, list):
+                    run.duplicate_ids.append(id(record))
+                else:
+                    run.duplicate_ids = [id(record)]
+            elif isinstance(run.refused, list):
                 run.refused.append((record, outcome))
+            else:
+                run.refused = [(record, outcome)]
         return run
 
     async def _commit(self, runs: dict[str, CustomerRun], pending: list[str], attempt: _Attempt) -> set[str] | None:
