@@ -139,8 +139,11 @@ def test_demo_stops_on_sigterm_with_its_broker_gone(tmp_path: Path, processes: l
 
 
 def test_a_second_signal_exits_at_once(own_stack: Stack, tmp_path: Path, processes: list[Process]) -> None:
-    """With Redis gone the first SIGTERM starts a stop that only the watchdog ends; a second one ends it now."""
-    worker = busy_worker(own_stack, tmp_path, processes, events_file(tmp_path, 20, 50), rate=500)
+    """With Redis gone the first SIGTERM starts a stop that only the watchdog ends; a second one ends it now.
+    The feed lasts 20 s, so a batch is still coming when Redis goes: one of 2 s had been
+    worked off whole before the kill once, with four test processes on two cores, and
+    nothing was left to retry."""
+    worker = busy_worker(own_stack, tmp_path, processes, events_file(tmp_path, 20, 500), rate=500)
     kill(own_stack.redis)
     worker.wait_for("will be retried", timeout=30)
     worker.popen.send_signal(signal.SIGTERM)
