@@ -40,9 +40,9 @@ import logging
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -73,6 +73,7 @@ FOLD_IDLE_LIMIT = 8192  # ... and when no batch completed since the last run, un
 EVICTED_QUEUED_MAX = 100_000  # customers queued for the fold after the cache let them go (ids only)
 
 Message = tuple[str, bytes | None, bytes]  # topic, key, value
+T = TypeVar("T")
 
 _OUTCOME_ERRORS = {
     Outcome.CONFLICT: "txn_id was already applied with different content; refused",
@@ -162,6 +163,15 @@ def _encodes(state: CustomerState) -> bool:
     except Exception:
         return False
     return True
+
+
+def _grown(items: list[T] | tuple[()], more: Iterable[T]) -> list[T]:
+    """``items`` with ``more`` after them: the list itself, or a new one for the empty tuple
+    a ``CustomerRun`` starts with."""
+    if isinstance(items, list):
+        items.extend(more)
+        return items
+    return list(more)
 
 
 @dataclass(slots=True)
@@ -612,10 +622,7 @@ class BatchProcessor:
             if outcome is Outcome.APPLIED:
                 run.applied_ids.append(id(record))
                 if findings:
-                    if isinstance(run.findings, list):
-                        run.findings.extend(findings)
-                    else:
-                        run.findings = list(findings)
+                    run.findings = _grown(run.findings, findings)
                 if isinstance(event, TransactionEvent):
                     run.board.add_transaction(event, event_time(event, self.zone)[0], self.zone, state)
                 for entry in findings:
@@ -624,14 +631,9 @@ class BatchProcessor:
                 if record.timestamp_ms is not None:
                     run.produced_ms.append(record.timestamp_ms)
             elif outcome is Outcome.DUPLICATE:
-                if isinstance(run.duplicate_ids, list):
-                    run.duplicate_ids.append(id(record))
-                else:
-                    run.duplicate_ids = [id(record)]
-            elif isinstance(run.refused, list):
-                run.refused.append((record, outcome))
+                run.duplicate_ids = _grown(run.duplicate_ids, (id(record),))
             else:
-                run.refused = [(record, outcome)]
+                run.refused = _grown(run.refused, ((record, outcome),))
         return run
 
     async def _commit(self, runs: dict[str, CustomerRun], pending: list[str], attempt: _Attempt) -> set[str] | None:
