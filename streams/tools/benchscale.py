@@ -87,9 +87,10 @@ from streams.tiers import (
     write_contributions,
 )
 from streams.tools import scale
-from streams.tools.bench import machine, paced_send
+from streams.tools.bench import SUFFIXES, machine, paced_send
 from streams.tools.berka import SHIPPED_BERKA, berka_lines
 from streams.tools.measure import percentiles
+from streams.tools.memmodel import key_sizes
 from streams.tools.replay import SYNTHETIC_SKEW_SECONDS, loop_shift_days, net_flows, replay, route, with_fresh_ids
 
 DEFAULT_CUSTOMERS = 1_000_000
@@ -726,19 +727,14 @@ async def as_make_bench_counts(url: str, ids: Sequence[str], sample: int = COUNT
     bank-level keys and Redis's own keyspace, which ``make bench`` leaves out."""
     client = connect(url, cluster=True)
     keys = Keys(PREFIX)
-    chosen = ids[:: max(len(ids) // sample, 1)]
+    bases = [keys.state(cid).removesuffix(":state") for cid in ids[:: max(len(ids) // sample, 1)]]
     try:
-        sizes: list[int] = []
-        for start in range(0, len(chosen), 500):
-            async with client.pipeline(transaction=False) as pipe:
-                for cid in chosen[start : start + 500]:
-                    for name in (keys.state(cid), keys.log(cid), keys.outbox(cid), keys.alerts(cid)):
-                        pipe.memory_usage(name, samples=0)
-                replies = [int(r or 0) for r in await pipe.execute()]
-            sizes += [sum(replies[i : i + 4]) for i in range(0, len(replies), 4)]
-        index = sum([int(await client.memory_usage(name, samples=0) or 0) for name in tier_key_names(keys)])
+        replies = await key_sizes(client, [base + suffix for base in bases for suffix in SUFFIXES])
+        index = sum(await key_sizes(client, tier_key_names(keys)))
     finally:
         await client.aclose()
+    n = len(SUFFIXES)
+    sizes = [sum(replies[i : i + n]) for i in range(0, len(replies), n)]
     own = statistics.mean(sizes) if sizes else 0.0
     return {"customer_keys": own, "tier_index": index / len(ids), "sampled": len(sizes)}
 

@@ -46,7 +46,8 @@ PROBE_MEMBERS = 10_000  # members of the probe keys of a large encoding
 BATCH = 1000
 
 
-async def _sizes(client: aioredis.Redis, names: Sequence[str]) -> list[int]:
+async def key_sizes(client: aioredis.Redis, names: Sequence[str]) -> list[int]:
+    """``MEMORY USAGE`` of each key (0: none), pipelined a thousand at a time."""
     sizes: list[int] = []
     for start in range(0, len(names), 1000):
         async with client.pipeline(transaction=False) as pipe:
@@ -141,14 +142,14 @@ async def coefficients(
         states = [k.decode() async for k in client.scan_iter(match=keys.state_pattern, count=1000)]
         bases = [s[: -len(":state")] for s in states]
         customers = len(bases)
-        own = await _sizes(client, [b + suffix for b in bases for suffix in (":state", ":log", ":outbox")])
-        alerts = await _sizes(client, [b + ":alerts" for b in bases])
+        own = await key_sizes(client, [b + suffix for b in bases for suffix in (":state", ":log", ":outbox")])
+        alerts = await key_sizes(client, [b + ":alerts" for b in bases])
         async with client.pipeline(transaction=False) as pipe:
             for b in bases:
                 pipe.llen(b + ":alerts")
             findings = sum(int(n) for n in await pipe.execute())
-        tiers = sum(await _sizes(client, tier_key_names(keys)))
-        feed = (await _sizes(client, [keys.feed]))[0]
+        tiers = sum(await key_sizes(client, tier_key_names(keys)))
+        feed = (await key_sizes(client, [keys.feed]))[0]
         feed_entries = int(await client.xlen(keys.feed))
         closed, through = await board.floors(client, keys)
         net_bytes: dict[str, int] = {}
@@ -157,7 +158,7 @@ async def coefficients(
         async for raw in client.scan_iter(match=keys.board(BOARD, "*:*-*-*"), count=1000):
             name = raw.decode()
             kind, day = name.rsplit(":", 2)[-2:]
-            size = (await _sizes(client, [name]))[0]
+            size = (await key_sizes(client, [name]))[0]
             if kind == "net":
                 net_bytes[day], net_members[day] = size, int(await client.zcard(name))
             else:
@@ -165,9 +166,9 @@ async def coefficients(
                 cells[day] = cells.get(day, 0) + int(await client.hlen(name))
         opened = [d for d in net_bytes if d not in closed and (through is None or d > through)]
         small_entry, big_entry, tier_big, zset_key, hash_key, cell = await _encodings(client, bases, opened, keys)
-        latency = (await _sizes(client, [keys.latency]))[0]
+        latency = (await key_sizes(client, [keys.latency]))[0]
         samples = max(1, int(await client.llen(keys.latency)))
-        stats = (await _sizes(client, [keys.stats]))[0]
+        stats = (await key_sizes(client, [keys.stats]))[0]
         used = await _quiet_used_memory(client)
         dbsize = int(await client.dbsize())
         async with client.pipeline(transaction=False) as pipe:
@@ -175,7 +176,7 @@ async def coefficients(
                 pipe.exists(b + ":state", b + ":log", b + ":outbox", b + ":alerts")
             own_keys = sum(int(n) for n in await pipe.execute())
         per_key = await _per_key(client)
-        shard_key = sum(await _sizes(client, [keys.board(BOARD, n) for n in ("latest", "collection", "trim")]))
+        shard_key = sum(await key_sizes(client, [keys.board(BOARD, n) for n in ("latest", "collection", "trim")]))
     finally:
         await client.aclose()
     parts = {
@@ -242,14 +243,14 @@ async def _encodings(
     for n in (1, len(members)):
         await client.delete(probe)
         await client.zadd(probe, {m: 12345 + 997 * i for i, m in enumerate(members[:n])})
-        sizes.append((await _sizes(client, [probe]))[0])
+        sizes.append((await key_sizes(client, [probe]))[0])
     small_entry = (sizes[1] - sizes[0]) / max(1, len(members) - 1)
     zset_key = sizes[0] - small_entry
     many = [f"{m}~{n}" for n in range(PROBE_MEMBERS // len(members) + 1) for m in members][:PROBE_MEMBERS]
     await client.delete(probe)
     for start in range(0, len(many), 1000):
         await client.zadd(probe, {m: 12345 + 997 * i for i, m in enumerate(many[start : start + 1000], start)})
-    big_entry = ((await _sizes(client, [probe]))[0] - zset_key) / len(many)
+    big_entry = ((await key_sizes(client, [probe]))[0] - zset_key) / len(many)
     tier_big = big_entry  # a customer's whole share of a large tier shard: its sorted-set entry
     sample = keys.board(BOARD, f"flow:{days[0]}") if days else None
     stored = cast(dict[bytes, bytes], await client.hgetall(sample)) if sample else {}
@@ -258,7 +259,7 @@ async def _encodings(
     for n in (1, len(row)):
         await client.delete(probe)
         await client.hset(probe, mapping=dict(list(row.items())[:n]))
-        hsizes.append((await _sizes(client, [probe]))[0])
+        hsizes.append((await key_sizes(client, [probe]))[0])
     await client.delete(probe)
     cell = (hsizes[1] - hsizes[0]) / max(1, len(row) - 1)
     return small_entry, big_entry, tier_big, zset_key, hsizes[0] - cell, cell
@@ -275,7 +276,7 @@ async def _per_key(client: aioredis.Redis) -> float:
             pipe.set(name, value)
         await pipe.execute()
     grown = int((await client.info("memory"))["used_memory"]) - before
-    usage = sum(await _sizes(client, names))
+    usage = sum(await key_sizes(client, names))
     for start in range(0, len(names), 1000):
         await client.delete(*names[start : start + 1000])
     return (grown - usage) / len(names)
