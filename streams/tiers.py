@@ -45,7 +45,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable
 from decimal import Decimal
@@ -209,7 +208,6 @@ class TierBook:
         before, _ = await read_cuts(self.redis, self.keys)
         previous = await contributions(self.redis, self.keys, values)  # (their tiers before: for the moves)
         await write_contributions(self.redis, self.keys, values)
-        await fit_layout(self.redis, self.keys)
         self.cuts = await recompute_cuts(self.redis, self.keys, as_of)
         await record_moves(self.redis, self.keys, values, previous, before, self.cuts, as_of, self.config.zone)
         for tier, count in (await tier_counts(self.redis, self.keys, self.cuts)).items():
@@ -236,270 +234,6 @@ async def _each_shard(redis: aioredis.Redis, call: Callable[[Any, str], Any]) ->
             call(pipe, tag)
         replies: list[Any] = await pipe.execute()
         return replies
-
-
-# --- a shard's sub-shards: sorted sets small enough to stay listpacks ------------------
-#
-# Redis and Valkey keep a sorted set of at most ``zset-max-listpack-entries`` (128) members
-# as one listpack, ~17 B a customer; past it as a skiplist and a hash table, ~90 B. At a
-# million customers a shard holds ~31,000, so each shard is split into ``subs`` sub-shards
-# (a power of two): sub-shard 0 is the shard's own key, sub-shard j its key + ``:j``; a
-# customer's sub-shard is a hash of its id. The shard's layout hash (``:layout``: ``subs``,
-# and ``from`` while it grows) lives in the shard's slot, so every script below reads it
-# and touches the sub-shards in one atomic step: a customer is in exactly one sub-shard at
-# any time, counts are exact while a shard grows, and no reader needs to know the layout.
-# A shard grows (doubles, or more at once) when its customers pass ``SUB_TARGET`` a
-# sub-shard on average (``fit_layout``), never shrinks; a customer keeps its sub-shard or
-# moves to j + subs (the hash's bits are taken highest first, one more a doubling).
-
-SUB_TARGET = 64  # customers a sub-shard holds on average at most: far below 128 by chance too
-MOVE_CHUNK = 1_000  # members one move step of a growing shard looks at (one script: a short block)
-
-_PRELUDE = """
-local base, layout = KEYS[1], KEYS[2]
-local function key(j) if j == 0 then return base end return base .. ':' .. j end
-local subs = tonumber(redis.call('HGET', layout, 'subs') or '1')
-local from = tonumber(redis.call('HGET', layout, 'from') or '0')
-local span = math.max(subs, from)
-local function mul32(a, b)
-  local high, low = math.floor(b / 65536), b % 65536
-  return (a * low + ((a * high) % 65536) * 65536) % 4294967296
-end
-local function shifted(h, n) return bit.bxor(h, math.floor(h / 2 ^ n)) % 4294967296 end
-local function position(id, n)
-  if n <= 1 then return 0 end
-  local h = 2166136261
-  for i = 1, #id do h = mul32(bit.bxor(h, string.byte(id, i)) % 4294967296, 16777619) end
-  h = shifted(mul32(shifted(mul32(shifted(h, 16), 2246822507), 13), 3266489909), 16)
-  local at, bit_value = 0, 1
-  while bit_value < n do
-    if h >= 2147483648 then at = at + bit_value end
-    h = (h * 2) % 4294967296
-    bit_value = bit_value * 2
-  end
-  return at
-end
-"""
-
-# ARGV: NX or -, customer, score, ...: each at its sub-shard (and out of the one it had while the
-# shard grows); NX: only a customer the shard lacks. Returns each one's ZADD reply.
-_WRITE = (
-    _PRELUDE
-    + """
-local nx, out = ARGV[1] == 'NX', {}
-for i = 2, #ARGV, 2 do
-  local id = ARGV[i]
-  local at = position(id, subs)
-  local was = at
-  if from > 0 then was = position(id, from) end
-  if nx and (redis.call('ZSCORE', key(at), id) or (was ~= at and redis.call('ZSCORE', key(was), id))) then
-    out[#out + 1] = 0
-  else
-    out[#out + 1] = redis.call('ZADD', key(at), ARGV[i + 1], id)
-    if was ~= at then redis.call('ZREM', key(was), id) end
-  end
-end
-return out
-"""
-)
-
-# ARGV: customers: each one's score (nil: none)
-_READ = (
-    _PRELUDE
-    + """
-local out = {}
-for i = 1, #ARGV do
-  local id = ARGV[i]
-  local s = redis.call('ZSCORE', key(position(id, subs)), id)
-  if not s and from > 0 then s = redis.call('ZSCORE', key(position(id, from)), id) end
-  out[i] = s
-end
-return out
-"""
-)
-
-# ARGV: min, max, ...: the shard's customers in each score range
-_COUNT = (
-    _PRELUDE
-    + """
-local counts = {}
-for i = 1, #ARGV, 2 do counts[(i + 1) / 2] = 0 end
-for j = 0, span - 1 do
-  local k = key(j)
-  for i = 1, #ARGV, 2 do
-    counts[(i + 1) / 2] = counts[(i + 1) / 2] + redis.call('ZCOUNT', k, ARGV[i], ARGV[i + 1])
-  end
-end
-return counts
-"""
-)
-
-# ARGV: sub-shards (0: all), members (1: with them), min, max, ...: for each range the scores
-# in it (and each one's member before it) of the first so many sub-shards, unordered
-_RANGE = (
-    _PRELUDE
-    + """
-local upto, members, out = tonumber(ARGV[1]), ARGV[2] == '1', {}
-if upto == 0 or upto > span then upto = span end
-for i = 3, #ARGV, 2 do
-  local found = {}
-  for j = 0, upto - 1 do
-    local got = redis.call('ZRANGEBYSCORE', key(j), ARGV[i], ARGV[i + 1], 'WITHSCORES')
-    for n = 1, #got, 2 do
-      if members then found[#found + 1] = got[n] end
-      found[#found + 1] = got[n + 1]
-    end
-  end
-  out[#out + 1] = found
-end
-return out
-"""
-)
-
-# ARGV: k, p1..pk, k', ...: for each bracket of pivots p1 < ... < pk, the customers below p1,
-# then at p1, between p1 and p2, at p2, ..., at pk (2k counts)
-_HISTOGRAM = (
-    _PRELUDE
-    + """
-local out, i = {}, 1
-while i <= #ARGV do
-  local k = tonumber(ARGV[i])
-  local p = {}
-  for n = 1, k do p[n] = tonumber(ARGV[i + n]) end
-  local counts = {}
-  for n = 1, 2 * k do counts[n] = 0 end
-  for j = 0, span - 1 do
-    local sub = key(j)
-    counts[1] = counts[1] + redis.call('ZCOUNT', sub, '-inf', '(' .. ARGV[i + 1])
-    local got = redis.call('ZRANGEBYSCORE', sub, ARGV[i + 1], ARGV[i + k], 'WITHSCORES')
-    for n = 2, #got, 2 do
-      local v = tonumber(got[n])
-      local a, b = 1, k
-      while a < b do
-        local m = math.floor((a + b + 1) / 2)
-        if p[m] <= v then a = m else b = m - 1 end
-      end
-      local at = 2 * a + 1
-      if v == p[a] then at = 2 * a end
-      counts[at] = counts[at] + 1
-    end
-  end
-  out[#out + 1] = counts
-  i = i + k + 1
-end
-return out
-"""
-)
-
-# ARGV: n: every member, score whose score is at least the shard's n-th highest (ties kept:
-# the caller orders them as ZREVRANGE does)
-_TOP = (
-    _PRELUDE
-    + """
-local n, all = tonumber(ARGV[1]), {}
-for j = 0, span - 1 do
-  local got = redis.call('ZREVRANGE', key(j), 0, n - 1, 'WITHSCORES')
-  for m = 1, #got, 2 do all[#all + 1] = {got[m], tonumber(got[m + 1]), got[m + 1]} end
-end
-table.sort(all, function(x, y) return x[2] > y[2] end)
-local out = {}
-if #all > 0 then
-  local floor = all[math.min(n, #all)][2]
-  for m = 1, #all do
-    if all[m][2] >= floor then out[#out + 1] = all[m][1]; out[#out + 1] = all[m][3] end
-  end
-end
-return out
-"""
-)
-
-# ARGV: subs: start growing to subs sub-shards (from the current layout); returns the old
-# count, or 0 when the shard is already growing or as large
-_GROW = (
-    _PRELUDE
-    + """
-local want = tonumber(ARGV[1])
-if from > 0 or want <= subs then return 0 end
-redis.call('HSET', layout, 'subs', want, 'from', subs)
-return subs
-"""
-)
-
-# ARGV: j, cursor: move the members at ranks cursor.. of old sub-shard j (MOVE_CHUNK of them)
-# that belong elsewhere; returns the next cursor (-1: the sub-shard's end) and how many moved
-_MOVE = (
-    _PRELUDE
-    + """
-local j, cursor, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local got = redis.call('ZRANGE', key(j), cursor, cursor + n - 1, 'WITHSCORES')
-local moved = 0
-for m = 1, #got, 2 do
-  local at = position(got[m], subs)
-  if at ~= j then
-    redis.call('ZADD', key(at), got[m + 1], got[m])
-    redis.call('ZREM', key(j), got[m])
-    moved = moved + 1
-  end
-end
-if #got < 2 * n then
-  -- a sorted set that passed 128 members stays a skiplist when it shrinks: written again
-  -- whole, it is a listpack once more
-  local sub = key(j)
-  if redis.call('ZCARD', sub) <= 128 and redis.call('OBJECT', 'ENCODING', sub) == 'skiplist' then
-    redis.call('ZRANGESTORE', sub .. ':compact', sub, 0, -1)
-    redis.call('RENAME', sub .. ':compact', sub)
-  end
-  return {-1, moved}
-end
-return {cursor + n - moved, moved}
-"""
-)
-
-# the shard grown: its old layout forgotten
-_GROWN = (
-    _PRELUDE
-    + """
-redis.call('HDEL', layout, 'from')
-return subs
-"""
-)
-
-
-def position(customer_id: str, subs: int) -> int:
-    """The customer's sub-shard among ``subs`` (the scripts' ``position``, for tests and
-    checks): FNV-1a of its id, mixed, the top bits read lowest first, so doubling the sub-shards
-    keeps a customer at j or moves it to j + subs."""
-    if subs <= 1:
-        return 0
-    h = 2166136261
-    for byte in customer_id.encode():
-        h = ((h ^ byte) * 16777619) & 0xFFFFFFFF
-    h ^= h >> 16  # MurmurHash3's finalizer: FNV's high bits alone are uneven for ids in sequence
-    h = (h * 0x85EBCA6B) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * 0xC2B2AE35) & 0xFFFFFFFF
-    h ^= h >> 16
-    at, bit_value = 0, 1
-    while bit_value < subs:
-        if h & 0x80000000:
-            at += bit_value
-        h = (h << 1) & 0xFFFFFFFF
-        bit_value *= 2
-    return at
-
-
-def layout_for(customers: int) -> int:
-    """The sub-shards each shard needs for ``customers``: the least power of two that keeps
-    them ≤ ``SUB_TARGET`` a sub-shard on average."""
-    subs = 1
-    while customers > subs * SUB_TARGET * len(tier_tags()):
-        subs *= 2
-    return subs
-
-
-def _run(pipe: Any, script: str, keys: Any, tag: str, *args: Any) -> Any:
-    """``script`` on shard ``tag`` (its sub-shard 0 and layout: one slot)."""
-    return pipe.eval(script, 2, keys.tier_shard(tag), keys.tier_shard(tag, "layout"), *args)
 
 
 # Customers one pipeline of a refresh writes: after a catch-up a worker has every customer it
@@ -544,7 +278,7 @@ async def write_contributions(redis: aioredis.Redis, keys: Any, values: dict[str
         chunk = {cid: values[cid] for cid in customers[start : start + WRITE_CHUNK]}
         async with redis.pipeline(transaction=False) as pipe:
             for tag, group in by_shard(chunk).items():
-                _run(pipe, _WRITE, keys, tag, "-", *[x for cid in group for x in (cid, repr(float(chunk[cid])))])
+                pipe.zadd(keys.tier_shard(tag), {cid: float(chunk[cid]) for cid in group})
                 exact: dict[Any, str] = {cid: str(chunk[cid]) for cid in group if exact_needed(chunk[cid])}
                 if exact:
                     pipe.hset(keys.tier_shard(tag, "value"), mapping=exact)
@@ -563,7 +297,7 @@ async def contributions(redis: aioredis.Redis, keys: Any, customers: Iterable[st
         groups = by_shard(wanted[start : start + WRITE_CHUNK])
         async with redis.pipeline(transaction=False) as pipe:
             for tag, group in groups.items():
-                _run(pipe, _READ, keys, tag, *group)
+                pipe.zmscore(keys.tier_shard(tag), group)
                 if tag in with_exact:
                     pipe.hmget(keys.tier_shard(tag, "value"), group)
             replies = iter(await pipe.execute())
@@ -571,95 +305,29 @@ async def contributions(redis: aioredis.Redis, keys: Any, customers: Iterable[st
             scores = next(replies)
             exact = next(replies) if tag in with_exact else [None] * len(group)
             for cid, score, value in zip(group, scores, exact, strict=True):
-                found[cid] = Decimal(value.decode()) if value else None if score is None else cents_of(float(score))
+                found[cid] = Decimal(value.decode()) if value else None if score is None else cents_of(score)
     return found
 
 
 async def all_contributions(redis: aioredis.Redis, keys: Any) -> dict[str, Decimal]:
     """Every customer's exact contribution (a walk over the shards: for checks and tests)."""
     found: dict[str, Decimal] = {}
-    spans = await layouts(redis, keys)
     for tag in tier_tags():
-        for j in range(max(spans[tag])):
-            async for cid, score in redis.zscan_iter(sub_key(keys, tag, j), count=1000):
-                found[_text(cid)] = cents_of(score)
-    for tag in tier_tags():
+        async for cid, score in redis.zscan_iter(keys.tier_shard(tag), count=1000):
+            found[_text(cid)] = cents_of(score)
         async for cid, value in redis.hscan_iter(keys.tier_shard(tag, "value"), count=1000):
             found[_text(cid)] = Decimal(_text(value))
     return found
 
 
 async def customer_count(redis: aioredis.Redis, keys: Any) -> int:
-    """How many customers the tiers hold: every sub-shard's count summed."""
-    counts = await _each_shard(redis, lambda pipe, tag: _run(pipe, _COUNT, keys, tag, "-inf", "+inf"))
-    return sum(int(reply[0]) for reply in counts)
+    """How many customers the tiers hold: the shards' ZCARDs summed."""
+    return sum(int(n) for n in await _each_shard(redis, lambda pipe, tag: pipe.zcard(keys.tier_shard(tag))))
 
 
-def sub_key(keys: Any, tag: str, j: int) -> str:
-    """Sub-shard ``j`` of shard ``tag``: the shard's own key for 0."""
-    return str(keys.tier_shard(tag) if j == 0 else keys.tier_shard(tag, str(j)))
-
-
-async def layouts(redis: aioredis.Redis, keys: Any) -> dict[str, tuple[int, int]]:
-    """Each shard's sub-shards now and (while it grows) before: (subs, from); from 0 when settled."""
-    found = await _each_shard(redis, lambda pipe, tag: pipe.hmget(keys.tier_shard(tag, "layout"), ["subs", "from"]))
-    return {tag: (int(subs or 1), int(was or 0)) for tag, (subs, was) in zip(tier_tags(), found, strict=True)}
-
-
-def tier_key_names(keys: Any, spans: dict[str, int] | None = None) -> list[str]:
-    """Every tier key a customer is counted in (each shard's sub-shards, its exact values and
-    its layout), for MEMORY USAGE and clean-up; ``spans``: each shard's sub-shards (1)."""
-    return [
-        name
-        for tag in tier_tags()
-        for name in (
-            *(sub_key(keys, tag, j) for j in range((spans or {}).get(tag, 1))),
-            keys.tier_shard(tag, "value"),
-            keys.tier_shard(tag, "layout"),
-        )
-    ]
-
-
-async def tier_keys(redis: aioredis.Redis, keys: Any) -> list[str]:
-    """``tier_key_names`` of the layout Redis holds now."""
-    return tier_key_names(keys, {tag: max(pair) for tag, pair in (await layouts(redis, keys)).items()})
-
-
-async def fit_layout(redis: aioredis.Redis, keys: Any, customers: int | None = None) -> int:
-    """Grow every shard to the sub-shards ``customers`` (default: as many as the tiers hold)
-    need (``layout_for``), and finish a growth an earlier process left half done; returns
-    the sub-shards wanted. One process grows at a time (a lock); the others find the lock and
-    go on, reading and writing through the scripts, which see a growing shard whole. A shard
-    is grown by moving, chunk by chunk, each member of its old sub-shards that belongs
-    elsewhere, until one whole pass finds nothing to move (writers meanwhile put every
-    customer where it belongs), then forgetting the old layout."""
-    n = await customer_count(redis, keys) if customers is None else customers
-    want = layout_for(n)
-    current = await layouts(redis, keys)
-    todo = [tag for tag, (subs, was) in current.items() if subs < want or was]
-    if not todo:
-        return want
-    lock = f"{keys.tiers}:growing"
-    if not await redis.set(lock, "1", nx=True, ex=MIGRATION_LOCK_SECONDS):
-        return want
-    try:
-        for tag in todo:
-            await _run(redis, _GROW, keys, tag, want)
-            subs, was = (await layouts(redis, keys))[tag]
-            while was:
-                moved = 0
-                for j in range(was):
-                    cursor = 0
-                    while cursor >= 0:
-                        cursor, step = (int(x) for x in await _run(redis, _MOVE, keys, tag, j, cursor, MOVE_CHUNK))
-                        moved += step
-                if not moved:
-                    break
-            await _run(redis, _GROWN, keys, tag)
-            log.info("live tiers: shard %s grown to %d sub-shards", tag, subs)
-    finally:
-        await redis.delete(lock)
-    return want
+def tier_key_names(keys: Any) -> list[str]:
+    """Every per-customer tier key (the shards' sorted sets and exact values), for MEMORY USAGE."""
+    return [keys.tier_shard(tag, name) for tag in tier_tags() for name in ("", "value")]
 
 
 def _score(cents: int) -> float:
@@ -667,93 +335,41 @@ def _score(cents: int) -> float:
     return float(Decimal(cents).scaleb(-2))  # (cents_of gives ``cents`` back)
 
 
-# A search for the cut points first reads the values of about this many customers (the first
-# sub-shards of every shard: customers fall into sub-shards by a hash of their id, so a fair
-# sample), brackets each rank it wants by the sample's values this many standard deviations of
-# a sample quantile either side, and counts the bracket's customers between up to ``PIVOTS``
-# of the sample's values; the one gap a rank falls in is then read whole. Every step counts
-# exactly, so the answer is exact whatever the sample; a sample that misses (the rank lies
-# outside its bracket) costs a read of everything beyond the bracket's end, not a wrong value.
-SAMPLE = 8_192
-MARGIN = 6.0
-PIVOTS = 256
-
-
-def _brackets(sample: list[float], n: int, ranks: list[int]) -> list[tuple[list[float], list[int]]]:
-    """Each group of ranks (in order) with the sample values that bracket it (pivots)."""
-    m = len(sample)
-    spans: list[tuple[int, int, list[int]]] = []
-    for r in ranks:
-        p = r / max(1, n - 1)
-        at = p * (m - 1)
-        width = MARGIN * math.sqrt(m * p * (1 - p)) + 2
-        lo, hi = max(0, math.floor(at - width)), min(m - 1, math.ceil(at + width))
-        if spans and lo <= spans[-1][1]:
-            spans[-1] = (spans[-1][0], max(hi, spans[-1][1]), [*spans[-1][2], r])
-        else:
-            spans.append((lo, hi, [r]))
-    found = []
-    for lo, hi, group in spans:
-        steps = min(PIVOTS - 1, hi - lo) or 1
-        pivots = sorted({sample[lo + (hi - lo) * t // steps] for t in range(steps + 1)})
-        found.append((pivots, group))
-    return found
-
-
-async def values_at(
-    redis: aioredis.Redis, keys: Any, ranks: Iterable[int], n: int | None = None
-) -> dict[int, Decimal]:
-    """The contribution at each rank (0: the lowest) over every shard, exactly, for ``n``
-    customers (default: a count): the sample, the brackets' counts and the gaps the ranks fall
-    in, one round trip each, each one script a shard (docs/scale.md, "Tiers"). Scores are
-    cent-exact doubles, compared as doubles, so ranks by score are ranks by contribution."""
+async def values_at(redis: aioredis.Redis, keys: Any, ranks: Iterable[int]) -> dict[int, Decimal]:
+    """The contribution at each rank (0: the lowest) over every shard, exactly: a bisection
+    over cent amounts, each step one pipelined ZCOUNT per shard and rank still open, so a
+    refresh costs O(shards · log(range in cents) · log n), never a walk over the customers
+    (docs/scale.md, "Tiers"). Scores are cent-exact doubles: a cent amount ``k`` counts every
+    customer whose contribution is at most ``k``, and none above it."""
     wanted = sorted(set(ranks))
     if not wanted:
         return {}
-    if n is None:
-        n = await customer_count(redis, keys)
-    if n <= 0:
+    ends = await _each_shard(
+        redis,
+        lambda pipe, tag: (
+            pipe.zrange(keys.tier_shard(tag), 0, 0, withscores=True),
+            pipe.zrange(keys.tier_shard(tag), -1, -1, withscores=True),
+        ),
+    )
+    scores = [round(score * 100) for reply in ends for _, score in reply]
+    if not scores:
         raise ValueError("no tier values stored")
-    span = max(max(pair) for pair in (await layouts(redis, keys)).values())
-    upto = span if n <= SAMPLE else max(1, -(-span * SAMPLE // n))
-    read = await _each_shard(redis, lambda pipe, tag: _run(pipe, _RANGE, keys, tag, upto, 0, "-inf", "+inf"))
-    values = sorted(float(v) for reply in read for v in reply[0])
-    if not values:
-        raise ValueError("no tier values stored")
-    if upto >= span:  # the sample is everyone
-        return {r: cents_of(values[min(r, len(values) - 1)]) for r in wanted}
-    brackets = _brackets(values, n, wanted)
-    args = [x for pivots, _ in brackets for x in (len(pivots), *map(repr, pivots))]
-    counted = await _each_shard(redis, lambda pipe, tag: _run(pipe, _HISTOGRAM, keys, tag, *args))
-    found: dict[int, Decimal] = {}
-    gaps: list[tuple[int, str, str, int]] = []  # (rank, min, max, its rank among the gap's values)
-    for b, (pivots, group) in enumerate(brackets):
-        counts = [sum(int(reply[b][i]) for reply in counted) for i in range(2 * len(pivots))]
-        for r in group:
-            below = counts[0]
-            if r < below:
-                gaps.append((r, "-inf", f"({pivots[0]!r}", r))
-                continue
-            pos = below
-            for a, pivot in enumerate(pivots):
-                if r < pos + counts[2 * a + 1]:
-                    found[r] = cents_of(pivot)
-                    break
-                pos += counts[2 * a + 1]
-                if a + 1 < len(pivots):
-                    if r < pos + counts[2 * a + 2]:
-                        gaps.append((r, f"({pivot!r}", f"({pivots[a + 1]!r}", r - pos))
-                        break
-                    pos += counts[2 * a + 2]
-            else:
-                gaps.append((r, f"({pivots[-1]!r}", "+inf", r - pos))
-    if gaps:
-        ranges = [x for _, lo, hi, _ in gaps for x in (lo, hi)]
-        read = await _each_shard(redis, lambda pipe, tag: _run(pipe, _RANGE, keys, tag, 0, 0, *ranges))
-        for i, (r, _, _, offset) in enumerate(gaps):
-            inside = sorted(float(v) for reply in read for v in reply[i])
-            found[r] = cents_of(inside[min(offset, len(inside) - 1)])
-    return found
+    low, high = min(scores), max(scores)
+    bounds = {rank: (low, high) for rank in wanted}  # the answer lies in [a, b]
+    while any(a < b for a, b in bounds.values()):
+        mids = sorted({(a + b) // 2 for a, b in bounds.values() if a < b})
+
+        def count_at_most(pipe: Any, tag: str, mids: list[int] = mids) -> None:
+            for m in mids:
+                pipe.zcount(keys.tier_shard(tag), "-inf", _score(m))
+
+        counts = await _each_shard(redis, count_at_most)
+        at_most = {m: sum(int(counts[s * len(mids) + i]) for s in range(len(tier_tags()))) for i, m in enumerate(mids)}
+        for rank, (a, b) in bounds.items():
+            if a < b:
+                mid = (a + b) // 2
+                bounds[rank] = (a, mid) if at_most[mid] > rank else (mid + 1, b)
+    return {rank: Decimal(a).scaleb(-2) for rank, (a, _) in bounds.items()}
 
 
 async def recompute_cuts(redis: aioredis.Redis, keys: Any, as_of_us: int) -> Cuts | None:
@@ -761,7 +377,7 @@ async def recompute_cuts(redis: aioredis.Redis, keys: Any, as_of_us: int) -> Cut
     if n < 2:
         await redis.delete(keys.tier_cuts)
         return None
-    values = await values_at(redis, keys, (r for lo, hi, _ in cut_positions(n) for r in (lo, hi)), n)
+    values = await values_at(redis, keys, (r for lo, hi, _ in cut_positions(n) for r in (lo, hi)))
     cuts = interpolate(values, n)
     assert cuts is not None
     await redis.hset(
@@ -812,10 +428,10 @@ async def record_moves(
         ranges = [
             (float(min(old, new)), float(max(old, new))) for old, new in zip(before, cuts, strict=True) if old != new
         ]
-        bounds = [repr(x) for pair in ranges for x in pair]
-        found = await _each_shard(redis, lambda pipe, tag: _run(pipe, _RANGE, keys, tag, 0, 1, *bounds))
-        members = (reply[i][::2] for reply in found for i in range(len(ranges)))
-        others = [cid for cid in dict.fromkeys(_text(m) for got in members for m in got) if cid not in values]
+        found = await _each_shard(
+            redis, lambda pipe, tag: [pipe.zrangebyscore(keys.tier_shard(tag), a, b) for a, b in ranges]
+        )
+        others = [cid for cid in dict.fromkeys(_text(m) for members in found for m in members) if cid not in values]
         if others:
             exact = await contributions(redis, keys, others)
             moved += [cid for cid, v in exact.items() if v is not None and tier_of(v, before) != tier_of(v, cuts)]
@@ -859,10 +475,11 @@ async def distribution(redis: aioredis.Redis, keys: Any, top: int = 10) -> dict[
     n = await customer_count(redis, keys)
     leaders: list[tuple[bytes, float]] = []
     if top > 0:  # (top <= 0 lists nobody: ZREVRANGE 0 -1 would be every customer)
-        tops = await _each_shard(redis, lambda pipe, tag: _run(pipe, _TOP, keys, tag, top))
-        pairs = ((reply[i], float(reply[i + 1])) for reply in tops for i in range(0, len(reply), 2))
+        tops = await _each_shard(
+            redis, lambda pipe, tag: pipe.zrevrange(keys.tier_shard(tag), 0, top - 1, withscores=True)
+        )
         # ZREVRANGE's order over all shards: score, then member, both descending
-        leaders = sorted(pairs, key=lambda p: (p[1], p[0]), reverse=True)[:top]
+        leaders = sorted((pair for reply in tops for pair in reply), key=lambda p: (p[1], p[0]), reverse=True)[:top]
     exact = await contributions(redis, keys, [_text(m) for m, _ in leaders])
     counts = await tier_counts(redis, keys, cuts)
     rows = []
@@ -885,9 +502,9 @@ async def tier_counts(redis: aioredis.Redis, keys: Any, cuts: Cuts | None) -> di
     # Scores are cent-exact doubles, so [a, b) ranges on them match tier_of on the Decimals.
     q1, q2, q3 = (float(q) for q in cuts)
     bounds = ((q3, "+inf"), (q2, f"({q3}"), (q1, f"({q2}"), ("-inf", f"({q1}"))
-    args = [str(x) for pair in bounds for x in pair]
-    counts = await _each_shard(redis, lambda pipe, tag: _run(pipe, _COUNT, keys, tag, *args))
-    totals = [sum(int(reply[i]) for reply in counts) for i in range(len(bounds))]
+    counts = await _each_shard(redis, lambda pipe, tag: [pipe.zcount(keys.tier_shard(tag), a, b) for a, b in bounds])
+    width = len(bounds)
+    totals = [sum(int(counts[s * width + i]) for s in range(len(tier_tags()))) for i in range(width)]
     return dict(zip(("I", "II", "III", "IV"), totals, strict=True))
 
 
@@ -901,10 +518,9 @@ async def rebuild(redis: aioredis.Redis, keys: Any, states: list[CustomerState],
     before, _ = await read_cuts(redis, keys)
     previous = await contributions(redis, keys, values)  # (the tiers before, for the moves)
     async with redis.pipeline(transaction=False) as pipe:
-        for name in await tier_keys(redis, keys):
-            pipe.delete(name)  # (a key a command: on a cluster the shards sit in different slots)
+        for tag in tier_tags():
+            pipe.delete(keys.tier_shard(tag), keys.tier_shard(tag, "value"))
         await pipe.execute()
-    await fit_layout(redis, keys, len(values))
     await write_contributions(redis, keys, values)
     cuts = await recompute_cuts(redis, keys, as_of)
     # (everyone is in values: no one else to look for between the old and new cut points)
@@ -943,14 +559,10 @@ async def migrate_single_keys(redis: aioredis.Redis, keys: Any, zone: ZoneInfo) 
                 break
             members = [_text(m) for m, _ in chunk]
             exact = cast(list[bytes | None], await redis.hmget(keys.tier_values, members))
-            scores = dict(zip(members, (score for _, score in chunk), strict=True))
             async with redis.pipeline(transaction=False) as pipe:
-                groups = by_shard(members)
-                for tag, group in groups.items():
-                    _run(pipe, _WRITE, keys, tag, "NX", *[x for cid in group for x in (cid, repr(scores[cid]))])
-                replies = iter(await pipe.execute())
-                fresh = {cid: int(a) for group in groups.values() for cid, a in zip(group, next(replies), strict=True)}
-            added = [fresh[cid] for cid in members]
+                for cid, (_, score) in zip(members, chunk, strict=True):
+                    pipe.zadd(keys.tier_shard_of(cid), {cid: score}, nx=True)
+                added = await pipe.execute()
             async with redis.pipeline(transaction=False) as pipe:
                 for cid, (_, score), value, new in zip(members, chunk, exact, added, strict=True):
                     if new and value is not None and _text(value) != str(cents_of(score)):
@@ -1009,7 +621,7 @@ async def migrate_shard_copies(redis: aioredis.Redis, keys: Any) -> int:
                 cursor, page = await redis.hscan(name, cursor, count=MIGRATION_CHUNK)
                 found = {_text(f): _text(v) for f, v in cast(dict[bytes, bytes], page).items()}
                 if fields := list(found):
-                    scores = [None if s is None else float(s) for s in await _run(redis, _READ, keys, tag, *fields)]
+                    scores = await redis.zmscore(keys.tier_shard(tag), fields)
                     plain = [
                         f
                         for f, score in zip(fields, scores, strict=True)

@@ -57,8 +57,7 @@ from streams.local.servers import free_port
 from streams.rulestep import build_step
 from streams.settings import Settings
 from streams.storage.codec import decode_state, encode_state
-from streams.storage.keys import Keys
-from streams.tiers import customer_count, tier_keys
+from streams.storage.keys import Keys, tier_tags
 from streams.tools import casebench, consentbench, shadowbench
 from streams.tools.berka import SHIPPED_BERKA, berka_lines
 from streams.tools.measure import percentiles
@@ -379,7 +378,8 @@ async def redis_memory(run: LocalRun, prefix: str, wait: float = TIER_INDEX_WAIT
     try:
         deadline = time.monotonic() + wait
         keys = Keys(prefix)
-        while not await customer_count(client, keys) and time.monotonic() < deadline:
+        shards = [keys.tier_shard(tag) for tag in tier_tags()]
+        while not await client.exists(*shards) and time.monotonic() < deadline:
             await asyncio.sleep(0.5)
         sizes: list[int] = []
         logs: list[int] = []  # of which the changelog (0: none: folded, or never logged)
@@ -398,8 +398,9 @@ async def redis_memory(run: LocalRun, prefix: str, wait: float = TIER_INDEX_WAIT
                 sizes.append(sum(int(r or 0) for r in replies[n * i : n * i + n]))
                 logs.append(int(replies[n * i + log_at] or 0))
         index = 0
-        for key in await tier_keys(client, keys):  # the tier shards' sorted sets, exact values, layouts
-            index += int(await client.memory_usage(key, samples=0) or 0)
+        for tag in tier_tags():  # the tier shards' sorted sets and exact values
+            for key in (keys.tier_shard(tag), keys.tier_shard(tag, "value")):
+                index += int(await client.memory_usage(key, samples=0) or 0)
     finally:
         await client.aclose()
     if not sizes:
