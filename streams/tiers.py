@@ -2,9 +2,12 @@
 
 Layout (``streams.storage.keys``):
 
-* ``{p}:{T}:tiers`` — sorted set, member = customer_id, score = contribution
-  (cent-rounded; a double holds every cent exactly up to ~10^13, so the order
-  is exact, and the score gives the contribution back);
+* ``{p}:{T}:tiers`` and ``{p}:{T}:tiers:{j}`` — shard ``T``'s sub-shards, sorted sets,
+  member = customer_id, score = contribution (cent-rounded; a double holds every cent
+  exactly up to ~10^13, so the order is exact, and the score gives the contribution back);
+  ``{p}:{T}:tiers:layout`` says how many, and counts the shard's customers and bands;
+  ``{p}:{T}:tiers:band`` holds the customers near each cut point and at the top (below,
+  "a shard's sub-shards" and "bands");
 * ``{p}:{T}:tiers:value`` — hash customer_id -> the exact contribution string, only
   for the contributions the score does not give back (beyond a double's cents, or
   not in cents): as a rule empty, so a customer costs one sorted-set entry;
@@ -14,7 +17,9 @@ Layout (``streams.storage.keys``):
 
 Finding the cut points reads only the ranks the interpolation needs
 (``statistics.quantiles(method="inclusive")`` puts Qk at position
-(n-1)·k/4), so a refresh costs O(changed customers + log n), never a scan.
+(n-1)·k/4), counted within the bands, so a refresh costs O(changed customers +
+log n), never a scan; the bands are set anew, one walk of the sub-shards, only
+when a cut point drifts near their edge.
 A worker refreshes what it changed every ``FUNDFLOW_TIER_REFRESH_SECONDS``;
 ``fundflow tiers --refresh`` rebuilds everything from the stored states.
 Tiers may lag the newest events by one refresh interval (metrics.md allows it);
@@ -45,8 +50,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import math
 import time
+import zlib
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, cast
 from zoneinfo import ZoneInfo
@@ -208,6 +216,7 @@ class TierBook:
         before, _ = await read_cuts(self.redis, self.keys)
         previous = await contributions(self.redis, self.keys, values)  # (their tiers before: for the moves)
         await write_contributions(self.redis, self.keys, values)
+        await fit_layout(self.redis, self.keys)
         self.cuts = await recompute_cuts(self.redis, self.keys, as_of)
         await record_moves(self.redis, self.keys, values, previous, before, self.cuts, as_of, self.config.zone)
         for tier, count in (await tier_counts(self.redis, self.keys, self.cuts)).items():
@@ -234,6 +243,320 @@ async def _each_shard(redis: aioredis.Redis, call: Callable[[Any, str], Any]) ->
             call(pipe, tag)
         replies: list[Any] = await pipe.execute()
         return replies
+
+
+# --- a shard's sub-shards: sorted sets small enough to stay listpacks ------------------
+#
+# Redis and Valkey keep a sorted set of at most ``zset-max-listpack-entries`` (128) members
+# as one listpack, ~17 B a customer; past it as a skiplist and a hash table, ~90 B. At a
+# million customers a shard holds ~31,000, so each shard is split into ``subs`` sub-shards
+# (a power of two): sub-shard 0 is the shard's own key, sub-shard j its key + ``:j``; a
+# customer's sub-shard is a hash of its id. The shard's layout hash (``:layout``: ``subs``,
+# and ``from`` while it grows) lives in the shard's slot, so every script below reads it
+# and touches the sub-shards in one atomic step: a customer is in exactly one sub-shard at
+# any time, counts are exact while a shard grows, and no reader needs to know the layout.
+# A shard grows (doubles, or more at once) when its customers pass ``SUB_TARGET`` a
+# sub-shard on average (``fit_layout``), never shrinks; a customer keeps its sub-shard or
+# moves to j + subs (the hash's bits are taken highest first, one more a doubling).
+
+SUB_TARGET = 64  # customers a sub-shard holds on average at most: far below 128 by chance too
+MOVE_CHUNK = 1_000  # members one move step of a growing shard looks at (one script: a short block)
+
+_PRELUDE = """
+local base, layout = KEYS[1], KEYS[2]
+local function key(j) if j == 0 then return base end return base .. ':' .. j end
+local meta, flat = {}, redis.call('HGETALL', layout)
+for i = 1, #flat, 2 do meta[flat[i]] = flat[i + 1] end
+local subs = tonumber(meta.subs or '1')
+local from = tonumber(meta.from or '0')
+local span = math.max(subs, from)
+local band = base .. ':band'
+local banded = meta.v ~= nil
+local nb, lo, hi = tonumber(meta.nb or '0'), {}, {}
+for b = 1, nb do lo[b] = tonumber(meta['lo' .. b]); hi[b] = tonumber(meta['hi' .. b]) end
+local function position(h, n)
+  if n <= 1 then return 0 end
+  local at, bit_value = 0, 1
+  while bit_value < n do
+    if h >= 2147483648 then at = at + bit_value end
+    h = (h * 2) % 4294967296
+    bit_value = bit_value * 2
+  end
+  return at
+end
+"""
+
+# The hash of a customer's id (``id_hash``) for the growth's moves, which meet ids in Redis; the
+# writers and readers pass the one Python computed. CRC-32 (zlib's) and MurmurHash3's finalizer.
+_HASH = """
+local crc_table = {}
+for i = 0, 255 do
+  local c = i
+  for _ = 1, 8 do
+    if c % 2 == 1 then c = bit.bxor(bit.rshift(c, 1), 0xEDB88320) else c = bit.rshift(c, 1) end
+  end
+  crc_table[i] = c
+end
+local function mul32(a, b)
+  local high, low = math.floor(b / 65536), b % 65536
+  return (a * low + ((a * high) % 65536) * 65536) % 4294967296
+end
+local function shifted(h, n) return bit.bxor(h, math.floor(h / 2 ^ n)) % 4294967296 end
+local function id_hash(id)
+  local c = 0xFFFFFFFF
+  for i = 1, #id do
+    c = bit.bxor(bit.rshift(c, 8), crc_table[bit.band(bit.bxor(c, string.byte(id, i)), 255)])
+  end
+  local h = bit.bxor(c, 0xFFFFFFFF) % 4294967296
+  return shifted(mul32(shifted(mul32(shifted(h, 16), 2246822507), 13), 3266489909), 16)
+end
+"""
+
+# ARGV: NX or -, customer, score, ...: each at its sub-shard (and out of the one it had while the
+# shard grows); NX: only a customer the shard lacks. Returns each one's ZADD reply.
+_WRITE = (
+    _PRELUDE
+    + """
+local nx, out = ARGV[1] == 'NX', {}
+for i = 2, #ARGV, 3 do
+  local id, h, score = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
+  local at = position(h, subs)
+  local was = at
+  if from > 0 then was = position(h, from) end
+  local old = redis.call('ZSCORE', key(at), id)
+  if not old and was ~= at then old = redis.call('ZSCORE', key(was), id) end
+  if nx and old then
+    out[#out + 1] = 0
+  else
+    out[#out + 1] = redis.call('ZADD', key(at), score, id)
+    if was ~= at then redis.call('ZREM', key(was), id) end
+    if banded then
+      local x, o, inside, was_inside = tonumber(score), old and tonumber(old), false, false
+      if not o then redis.call('HINCRBY', layout, 'n', 1) end
+      for b = 1, nb do
+        local d = (x < lo[b] and 1 or 0) - ((o and o < lo[b]) and 1 or 0)
+        if d ~= 0 then redis.call('HINCRBY', layout, 'below' .. b, d) end
+        if x >= lo[b] and x <= hi[b] then inside = true end
+        if o and o >= lo[b] and o <= hi[b] then was_inside = true end
+      end
+      if inside then redis.call('ZADD', band, score, id) elseif was_inside then redis.call('ZREM', band, id) end
+    end
+  end
+end
+return out
+"""
+)
+
+# ARGV: customers: each one's score (nil: none)
+_READ = (
+    _PRELUDE
+    + """
+local out = {}
+for i = 1, #ARGV, 2 do
+  local id, h = ARGV[i], tonumber(ARGV[i + 1])
+  local s = redis.call('ZSCORE', key(position(h, subs)), id)
+  if not s and from > 0 then s = redis.call('ZSCORE', key(position(h, from)), id) end
+  out[#out + 1] = s
+end
+return out
+"""
+)
+
+# ARGV: min, max, ...: the shard's customers in each score range
+_COUNT = (
+    _PRELUDE
+    + """
+local counts = {}
+for i = 1, #ARGV, 2 do counts[(i + 1) / 2] = 0 end
+for j = 0, span - 1 do
+  local k = key(j)
+  for i = 1, #ARGV, 2 do
+    counts[(i + 1) / 2] = counts[(i + 1) / 2] + redis.call('ZCOUNT', k, ARGV[i], ARGV[i + 1])
+  end
+end
+return counts
+"""
+)
+
+# ARGV: sub-shards (0: all), members (1: with them), min, max, ...: for each range the scores
+# in it (and each one's member before it) of the first so many sub-shards, unordered
+_RANGE = (
+    _PRELUDE
+    + """
+local upto, members, out = tonumber(ARGV[1]), ARGV[2] == '1', {}
+if upto == 0 or upto > span then upto = span end
+for i = 3, #ARGV, 2 do
+  local found = {}
+  for j = 0, upto - 1 do
+    local got = redis.call('ZRANGEBYSCORE', key(j), ARGV[i], ARGV[i + 1], 'WITHSCORES')
+    for n = 1, #got, 2 do
+      if members then found[#found + 1] = got[n] end
+      found[#found + 1] = got[n + 1]
+    end
+  end
+  out[#out + 1] = found
+end
+return out
+"""
+)
+
+# ARGV: n: every member, score whose score is at least the shard's n-th highest (ties kept:
+# the caller orders them as ZREVRANGE does)
+_TOP = (
+    _PRELUDE
+    + """
+local n, all = tonumber(ARGV[1]), {}
+for j = 0, span - 1 do
+  local got = redis.call('ZREVRANGE', key(j), 0, n - 1, 'WITHSCORES')
+  for m = 1, #got, 2 do all[#all + 1] = {got[m], tonumber(got[m + 1]), got[m + 1]} end
+end
+table.sort(all, function(x, y) return x[2] > y[2] end)
+local out = {}
+if #all > 0 then
+  local floor = all[math.min(n, #all)][2]
+  for m = 1, #all do
+    if all[m][2] >= floor then out[#out + 1] = all[m][1]; out[#out + 1] = all[m][3] end
+  end
+end
+return out
+"""
+)
+
+# ARGV: subs: start growing to subs sub-shards (from the current layout); returns the old
+# count, or 0 when the shard is already growing or as large
+_GROW = (
+    _PRELUDE
+    + """
+local want = tonumber(ARGV[1])
+if from > 0 or want <= subs then return 0 end
+redis.call('HSET', layout, 'subs', want, 'from', subs)
+return subs
+"""
+)
+
+# ARGV: j, cursor: move the members at ranks cursor.. of old sub-shard j (MOVE_CHUNK of them)
+# that belong elsewhere; returns the next cursor (-1: the sub-shard's end) and how many moved
+_MOVE = (
+    _PRELUDE
+    + _HASH
+    + """
+local j, cursor, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local got = redis.call('ZRANGE', key(j), cursor, cursor + n - 1, 'WITHSCORES')
+local moved = 0
+for m = 1, #got, 2 do
+  local at = position(id_hash(got[m]), subs)
+  if at ~= j then
+    redis.call('ZADD', key(at), got[m + 1], got[m])
+    redis.call('ZREM', key(j), got[m])
+    moved = moved + 1
+  end
+end
+if #got < 2 * n then
+  -- a sorted set that passed 128 members stays a skiplist when it shrinks: written again
+  -- whole, it is a listpack once more
+  local sub = key(j)
+  if redis.call('ZCARD', sub) <= 128 and redis.call('OBJECT', 'ENCODING', sub) == 'skiplist' then
+    redis.call('ZRANGESTORE', sub .. ':compact', sub, 0, -1)
+    redis.call('RENAME', sub .. ':compact', sub)
+  end
+  return {-1, moved}
+end
+return {cursor + n - moved, moved}
+"""
+)
+
+# ARGV: version, lo1, hi1, lo2, hi2, ...: the shard's bands set anew, counted from its sub-shards:
+# its customers, those below each band, and the band set of those inside one (bands disjoint)
+_RECENTER = (
+    _PRELUDE
+    + """
+local count = (#ARGV - 1) / 2
+local n, below = 0, {}
+for b = 1, count do below[b] = 0 end
+redis.call('DEL', band)
+for j = 0, span - 1 do
+  local k = key(j)
+  n = n + redis.call('ZCARD', k)
+  for b = 1, count do
+    below[b] = below[b] + redis.call('ZCOUNT', k, '-inf', '(' .. ARGV[2 * b])
+    local got = redis.call('ZRANGEBYSCORE', k, ARGV[2 * b], ARGV[2 * b + 1], 'WITHSCORES')
+    for m = 1, #got, 2 do redis.call('ZADD', band, got[m + 1], got[m]) end
+  end
+end
+for b = count + 1, nb do redis.call('HDEL', layout, 'lo' .. b, 'hi' .. b, 'below' .. b) end
+redis.call('HSET', layout, 'v', ARGV[1], 'nb', count, 'n', n)
+for b = 1, count do
+  redis.call('HSET', layout, 'lo' .. b, ARGV[2 * b], 'hi' .. b, ARGV[2 * b + 1], 'below' .. b, below[b])
+end
+return n
+"""
+)
+
+# ARGV: version, band, lo, hi: narrow the shard's band to [lo, hi] (within it), those below lo
+# counted; a new version, so that no reader sums shards narrowed and not yet narrowed
+_NARROW = (
+    _PRELUDE
+    + """
+local b = tonumber(ARGV[2])
+local gone = redis.call('ZCOUNT', band, meta['lo' .. b], '(' .. ARGV[3])
+redis.call('ZREMRANGEBYSCORE', band, meta['lo' .. b], '(' .. ARGV[3])
+redis.call('ZREMRANGEBYSCORE', band, '(' .. ARGV[4], meta['hi' .. b])
+redis.call('HINCRBY', layout, 'below' .. b, gone)
+redis.call('HSET', layout, 'lo' .. b, ARGV[3], 'hi' .. b, ARGV[4], 'v', ARGV[1])
+return gone
+"""
+)
+
+# the shard grown: its old layout forgotten
+_GROWN = (
+    _PRELUDE
+    + """
+redis.call('HDEL', layout, 'from')
+return subs
+"""
+)
+
+
+def id_hash(customer_id: str) -> int:
+    """The hash that places a customer in its shard's sub-shards (the scripts' ``id_hash``):
+    CRC-32 of its id, then MurmurHash3's finalizer (CRC's high bits alone are uneven for ids
+    in sequence)."""
+    h = zlib.crc32(customer_id.encode())
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & 0xFFFFFFFF
+    return h ^ (h >> 16)
+
+
+def position(customer_id: str, subs: int, h: int | None = None) -> int:
+    """The customer's sub-shard among ``subs`` (the scripts' ``position``): the top bits of its
+    hash read lowest first, so doubling the sub-shards keeps a customer at j or moves it to
+    j + subs."""
+    if subs <= 1:
+        return 0
+    h = id_hash(customer_id) if h is None else h
+    at, bit_value = 0, 1
+    while bit_value < subs:
+        if h & 0x80000000:
+            at += bit_value
+        h = (h << 1) & 0xFFFFFFFF
+        bit_value *= 2
+    return at
+
+
+def layout_for(customers: int) -> int:
+    """The sub-shards each shard needs for ``customers``: the least power of two that keeps
+    them ≤ ``SUB_TARGET`` a sub-shard on average."""
+    subs = 1
+    while customers > subs * SUB_TARGET * len(tier_tags()):
+        subs *= 2
+    return subs
+
+
+def _run(pipe: Any, script: str, keys: Any, tag: str, *args: Any) -> Any:
+    """``script`` on shard ``tag`` (its sub-shard 0 and layout: one slot)."""
+    return pipe.eval(script, 2, keys.tier_shard(tag), keys.tier_shard(tag, "layout"), *args)
 
 
 # Customers one pipeline of a refresh writes: after a catch-up a worker has every customer it
@@ -278,7 +601,8 @@ async def write_contributions(redis: aioredis.Redis, keys: Any, values: dict[str
         chunk = {cid: values[cid] for cid in customers[start : start + WRITE_CHUNK]}
         async with redis.pipeline(transaction=False) as pipe:
             for tag, group in by_shard(chunk).items():
-                pipe.zadd(keys.tier_shard(tag), {cid: float(chunk[cid]) for cid in group})
+                args = [x for cid in group for x in (cid, id_hash(cid), repr(float(chunk[cid])))]
+                _run(pipe, _WRITE, keys, tag, "-", *args)
                 exact: dict[Any, str] = {cid: str(chunk[cid]) for cid in group if exact_needed(chunk[cid])}
                 if exact:
                     pipe.hset(keys.tier_shard(tag, "value"), mapping=exact)
@@ -297,7 +621,7 @@ async def contributions(redis: aioredis.Redis, keys: Any, customers: Iterable[st
         groups = by_shard(wanted[start : start + WRITE_CHUNK])
         async with redis.pipeline(transaction=False) as pipe:
             for tag, group in groups.items():
-                pipe.zmscore(keys.tier_shard(tag), group)
+                _run(pipe, _READ, keys, tag, *[x for cid in group for x in (cid, id_hash(cid))])
                 if tag in with_exact:
                     pipe.hmget(keys.tier_shard(tag, "value"), group)
             replies = iter(await pipe.execute())
@@ -305,29 +629,103 @@ async def contributions(redis: aioredis.Redis, keys: Any, customers: Iterable[st
             scores = next(replies)
             exact = next(replies) if tag in with_exact else [None] * len(group)
             for cid, score, value in zip(group, scores, exact, strict=True):
-                found[cid] = Decimal(value.decode()) if value else None if score is None else cents_of(score)
+                found[cid] = Decimal(value.decode()) if value else None if score is None else cents_of(float(score))
     return found
 
 
 async def all_contributions(redis: aioredis.Redis, keys: Any) -> dict[str, Decimal]:
     """Every customer's exact contribution (a walk over the shards: for checks and tests)."""
     found: dict[str, Decimal] = {}
+    spans = await layouts(redis, keys)
     for tag in tier_tags():
-        async for cid, score in redis.zscan_iter(keys.tier_shard(tag), count=1000):
-            found[_text(cid)] = cents_of(score)
+        for j in range(max(spans[tag])):
+            async for cid, score in redis.zscan_iter(sub_key(keys, tag, j), count=1000):
+                found[_text(cid)] = cents_of(score)
+    for tag in tier_tags():
         async for cid, value in redis.hscan_iter(keys.tier_shard(tag, "value"), count=1000):
             found[_text(cid)] = Decimal(_text(value))
     return found
 
 
 async def customer_count(redis: aioredis.Redis, keys: Any) -> int:
-    """How many customers the tiers hold: the shards' ZCARDs summed."""
-    return sum(int(n) for n in await _each_shard(redis, lambda pipe, tag: pipe.zcard(keys.tier_shard(tag))))
+    """How many customers the tiers hold: the shards' counts where they keep bands, else every
+    sub-shard counted."""
+    bands = await read_bands(redis, keys)
+    return bands.n if bands is not None else await _count_all(redis, keys)
 
 
-def tier_key_names(keys: Any) -> list[str]:
-    """Every per-customer tier key (the shards' sorted sets and exact values), for MEMORY USAGE."""
-    return [keys.tier_shard(tag, name) for tag in tier_tags() for name in ("", "value")]
+async def _count_all(redis: aioredis.Redis, keys: Any) -> int:
+    """Every sub-shard's customers counted and summed (a visit of every sub-shard)."""
+    counts = await _each_shard(redis, lambda pipe, tag: _run(pipe, _COUNT, keys, tag, "-inf", "+inf"))
+    return sum(int(reply[0]) for reply in counts)
+
+
+def sub_key(keys: Any, tag: str, j: int) -> str:
+    """Sub-shard ``j`` of shard ``tag``: the shard's own key for 0."""
+    return str(keys.tier_shard(tag) if j == 0 else keys.tier_shard(tag, str(j)))
+
+
+async def layouts(redis: aioredis.Redis, keys: Any) -> dict[str, tuple[int, int]]:
+    """Each shard's sub-shards now and (while it grows) before: (subs, from); from 0 when settled."""
+    found = await _each_shard(redis, lambda pipe, tag: pipe.hmget(keys.tier_shard(tag, "layout"), ["subs", "from"]))
+    return {tag: (int(subs or 1), int(was or 0)) for tag, (subs, was) in zip(tier_tags(), found, strict=True)}
+
+
+def tier_key_names(keys: Any, spans: dict[str, int] | None = None) -> list[str]:
+    """Every tier key a customer is counted in (each shard's sub-shards, its exact values and
+    its layout), for MEMORY USAGE and clean-up; ``spans``: each shard's sub-shards (1)."""
+    return [
+        name
+        for tag in tier_tags()
+        for name in (
+            *(sub_key(keys, tag, j) for j in range((spans or {}).get(tag, 1))),
+            keys.tier_shard(tag, "value"),
+            keys.tier_shard(tag, "layout"),
+            keys.tier_shard(tag, "band"),
+        )
+    ]
+
+
+async def tier_keys(redis: aioredis.Redis, keys: Any) -> list[str]:
+    """``tier_key_names`` of the layout Redis holds now."""
+    return tier_key_names(keys, {tag: max(pair) for tag, pair in (await layouts(redis, keys)).items()})
+
+
+async def fit_layout(redis: aioredis.Redis, keys: Any, customers: int | None = None) -> int:
+    """Grow every shard to the sub-shards ``customers`` (default: as many as the tiers hold)
+    need (``layout_for``), and finish a growth an earlier process left half done; returns
+    the sub-shards wanted. One process grows at a time (a lock); the others find the lock and
+    go on, reading and writing through the scripts, which see a growing shard whole. A shard
+    is grown by moving, chunk by chunk, each member of its old sub-shards that belongs
+    elsewhere, until one whole pass finds nothing to move (writers meanwhile put every
+    customer where it belongs), then forgetting the old layout."""
+    n = await customer_count(redis, keys) if customers is None else customers
+    want = layout_for(n)
+    current = await layouts(redis, keys)
+    todo = [tag for tag, (subs, was) in current.items() if subs < want or was]
+    if not todo:
+        return want
+    lock = f"{keys.tiers}:growing"
+    if not await redis.set(lock, "1", nx=True, ex=MIGRATION_LOCK_SECONDS):
+        return want
+    try:
+        for tag in todo:
+            await _run(redis, _GROW, keys, tag, want)
+            subs, was = (await layouts(redis, keys))[tag]
+            while was:
+                moved = 0
+                for j in range(was):
+                    cursor = 0
+                    while cursor >= 0:
+                        cursor, step = (int(x) for x in await _run(redis, _MOVE, keys, tag, j, cursor, MOVE_CHUNK))
+                        moved += step
+                if not moved:
+                    break
+            await _run(redis, _GROWN, keys, tag)
+            log.info("live tiers: shard %s grown to %d sub-shards", tag, subs)
+    finally:
+        await redis.delete(lock)
+    return want
 
 
 def _score(cents: int) -> float:
@@ -335,41 +733,251 @@ def _score(cents: int) -> float:
     return float(Decimal(cents).scaleb(-2))  # (cents_of gives ``cents`` back)
 
 
-async def values_at(redis: aioredis.Redis, keys: Any, ranks: Iterable[int]) -> dict[int, Decimal]:
-    """The contribution at each rank (0: the lowest) over every shard, exactly: a bisection
-    over cent amounts, each step one pipelined ZCOUNT per shard and rank still open, so a
-    refresh costs O(shards · log(range in cents) · log n), never a walk over the customers
-    (docs/scale.md, "Tiers"). Scores are cent-exact doubles: a cent amount ``k`` counts every
-    customer whose contribution is at most ``k``, and none above it."""
+# --- bands: the customers near each cut point, in value order -------------------------
+#
+# The sub-shards hold each customer by a hash of its id, so a count below a value would visit
+# every one of them (docs/scale.md, "Tier sub-shards"). Each shard therefore also keeps a
+# *band* sorted set: the customers whose contribution lies in one of a few value ranges, one
+# around each rank the cut points need and one over the top customers; and in its layout hash
+# how many customers it holds (``n``) and how many lie below each range (``below<b>``). The
+# write script keeps all three in the step that writes a customer, so they are exact at every
+# moment. A search reads 32 layout hashes and counts within the bands (``_band_values``);
+# only when a rank it wants has drifted near the edge of its band, or out of it, are the
+# bands set anew (``recenter``): a sample places wide ranges, one script a shard counts them
+# from its sub-shards, and the ranges are narrowed to ``BAND_SHARE`` of the ranks either side
+# of each wanted rank, exactly, inside the bands.
+SAMPLE = 8_192  # customers a re-centring reads to place its ranges (the first sub-shards: a fair sample)
+MARGIN = 6.0  # standard deviations of a sample quantile a range is widened by before it is counted
+BAND_SHARE = 0.0025  # a band holds this share of the ranks either side of its rank
+BAND_LEAST = 64  # and at least this many
+TOP_KEPT = 100  # the top band: the highest customers, for the largest ``top`` /tiers serves
+RECENTER_LOCK_SECONDS = 120
+
+
+class Busy(Exception):
+    """Another process is setting the bands anew: the cut points keep their last value."""
+
+
+@dataclass(frozen=True)
+class Bands:
+    """The bands every shard agrees on: their Redis range bounds, the customers below and in
+    each (summed over the shards), and the customers in all."""
+
+    bounds: list[tuple[str, str]]
+    below: list[int]
+    inside: list[int]
+    n: int
+
+    def of_rank(self, rank: int) -> int | None:
+        for b, (below, inside) in enumerate(zip(self.below, self.inside, strict=True)):
+            if below <= rank < below + inside:
+                return b
+        return None
+
+    def of_value(self, value: float) -> int | None:
+        for b, (lo, hi) in enumerate(self.bounds):
+            if float(lo) <= value <= float(hi):
+                return b
+        return None
+
+    def holds(self, ranks: Iterable[int], half: int) -> bool:
+        """Every rank in a band, at least ``half / 2`` ranks from an edge that is not an end."""
+        for r in ranks:
+            b = self.of_rank(r)
+            if b is None:
+                return False
+            lo, hi = self.bounds[b]
+            offset, inside = r - self.below[b], self.inside[b]
+            if (lo != "-inf" and offset < half // 2) or (hi != "inf" and inside - 1 - offset < half // 2):
+                return False
+        return True
+
+
+def _bound(value: float) -> str:
+    return repr(value)  # 'inf', '-inf' and every double as Redis and Lua read it back
+
+
+async def read_bands(redis: aioredis.Redis, keys: Any) -> Bands | None:
+    """The shards' bands, or None while any shard has none or its own (being set anew)."""
+    metas = await _each_shard(redis, lambda pipe, tag: pipe.hgetall(keys.tier_shard(tag, "layout")))
+    parsed = [{_text(k): _text(v) for k, v in cast(dict[bytes, bytes], m).items()} for m in metas]
+    if not parsed or any("v" not in m for m in parsed) or len({m["v"] for m in parsed}) > 1:
+        return None
+    count = int(parsed[0]["nb"])
+    bounds = [(parsed[0][f"lo{b}"], parsed[0][f"hi{b}"]) for b in range(1, count + 1)]
+    if any([(m[f"lo{b}"], m[f"hi{b}"]) for b in range(1, count + 1)] != bounds for m in parsed):
+        return None  # (a version is set shard by shard; so are the bounds)
+    below = [sum(int(m[f"below{b}"]) for m in parsed) for b in range(1, count + 1)]
+
+    def inside(pipe: Any, tag: str) -> None:
+        for lo, hi in bounds:
+            pipe.zcount(keys.tier_shard(tag, "band"), lo, hi)
+
+    counts = await _each_shard(redis, inside)
+    shards = len(tier_tags())
+    totals = [sum(int(counts[s * count + b]) for s in range(shards)) for b in range(count)]
+    return Bands(bounds, below, totals, sum(int(m["n"]) for m in parsed))
+
+
+async def _band_values(redis: aioredis.Redis, keys: Any, bands: Bands, ranks: Iterable[int]) -> dict[int, Decimal]:
+    """The contribution at each rank, each inside a band: a bisection over cent amounts
+    between the band's least and greatest value, each step one pipelined ``ZCOUNT`` of the
+    band a shard and open rank (scores are cent-exact doubles: a cent amount counts every
+    customer at or below it)."""
+    wanted = {r: cast(int, bands.of_rank(r)) for r in sorted(set(ranks))}
+    used = sorted(set(wanted.values()))
+    ends = await _each_shard(
+        redis,
+        lambda pipe, tag: [
+            (
+                pipe.zrangebyscore(keys.tier_shard(tag, "band"), *bands.bounds[b], start=0, num=1, withscores=True),
+                pipe.zrevrangebyscore(
+                    keys.tier_shard(tag, "band"),
+                    bands.bounds[b][1],
+                    bands.bounds[b][0],
+                    start=0,
+                    num=1,
+                    withscores=True,
+                ),
+            )
+            for b in used
+        ],
+    )
+    found: dict[int, list[int]] = {b: [] for b in used}  # each band's least and greatest cents, a shard each
+    for s in range(len(tier_tags())):
+        for i, b in enumerate(used):
+            for reply in ends[s * 2 * len(used) + 2 * i : s * 2 * len(used) + 2 * i + 2]:
+                found[b] += [round(score * 100) for _, score in reply]
+    bounds = {r: (min(found[b]), max(found[b])) for r, b in wanted.items()}
+    while any(a < z for a, z in bounds.values()):
+        open_ = [(r, (a + z) // 2) for r, (a, z) in bounds.items() if a < z]
+
+        def count_at_most(pipe: Any, tag: str, open_: list[tuple[int, int]] = open_) -> None:
+            for r, mid in open_:
+                pipe.zcount(keys.tier_shard(tag, "band"), bands.bounds[wanted[r]][0], _score(mid))
+
+        counts = await _each_shard(redis, count_at_most)
+        shards = len(tier_tags())
+        for i, (r, mid) in enumerate(open_):
+            at_most = bands.below[wanted[r]] + sum(int(counts[s * len(open_) + i]) for s in range(shards))
+            a, z = bounds[r]
+            bounds[r] = (a, mid) if at_most > r else (mid + 1, z)
+    return {r: Decimal(a).scaleb(-2) for r, (a, _) in bounds.items()}
+
+
+def _ranges(ranks: Iterable[int], n: int) -> list[tuple[int, int]]:
+    """The rank ranges the bands keep: ``half`` ranks either side of each wanted rank and the
+    top ``TOP_KEPT``, overlapping ones merged."""
+    half = max(BAND_LEAST, int(n * BAND_SHARE))
+    spans = sorted([(max(0, r - half), min(n - 1, r + half)) for r in ranks] + [(max(0, n - TOP_KEPT), n - 1)])
+    merged: list[tuple[int, int]] = []
+    for lo, hi in spans:
+        if merged and lo <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(hi, merged[-1][1]))
+        else:
+            merged.append((lo, hi))
+    return merged
+
+
+async def _set_bands(redis: aioredis.Redis, keys: Any, bounds: list[tuple[str, str]]) -> None:
+    """Every shard's bands set to ``bounds`` (one script a shard, one after the other, so that
+    the commits waiting on a master pass between them)."""
+    version = str(time.time_ns())
+    args = [x for pair in bounds for x in pair]
+    for tag in tier_tags():
+        await _run(redis, _RECENTER, keys, tag, version, *args)
+
+
+async def recenter(redis: aioredis.Redis, keys: Any, ranks: Iterable[int], n: int) -> Bands:
+    """The bands set anew around ``ranks`` (and the top) for ``n`` customers: placed by a
+    sample, counted from the sub-shards, narrowed exactly. Raises ``Busy`` while another
+    process does it."""
+    lock = f"{keys.tiers}:recentering"
+    if not await redis.set(lock, "1", nx=True, ex=RECENTER_LOCK_SECONDS):
+        raise Busy
+    try:
+        spans = _ranges(ranks, n)
+        span = max(max(pair) for pair in (await layouts(redis, keys)).values())
+        upto = span if n <= SAMPLE else max(1, -(-span * SAMPLE // n))
+        read = await _each_shard(redis, lambda pipe, tag: _run(pipe, _RANGE, keys, tag, upto, 0, "-inf", "+inf"))
+        sample = sorted(float(v) for reply in read for v in reply[0])
+        m = len(sample)
+        whole = upto >= span
+        wide: list[tuple[float, float]] = []
+        for lo_rank, hi_rank in spans:
+            ends = []
+            for rank, side in ((lo_rank, -1), (hi_rank, 1)):
+                if (side < 0 and rank == 0) or (side > 0 and rank >= n - 1) or not m:
+                    ends.append(side * math.inf)
+                    continue
+                p = rank / max(1, n - 1)
+                at = p * (m - 1) + side * (0 if whole else MARGIN * math.sqrt(m * p * (1 - p)) + 2)
+                i = math.floor(at) if side < 0 else math.ceil(at)
+                ends.append(sample[i] if 0 <= i < m else side * math.inf)
+            wide.append((ends[0], ends[1]))
+        for attempt in range(3):
+            merged: list[tuple[float, float]] = []
+            for lo, hi in sorted(wide):
+                if merged and lo <= merged[-1][1]:
+                    merged[-1] = (merged[-1][0], max(hi, merged[-1][1]))
+                else:
+                    merged.append((lo, hi))
+            await _set_bands(redis, keys, [(_bound(lo), _bound(hi)) for lo, hi in merged])
+            bands = await read_bands(redis, keys)
+            if bands is None:
+                raise Busy  # (the tiers rebuilt meanwhile: the next refresh sets them)
+            missed = False
+            for i, (lo_rank, hi_rank) in enumerate(spans):
+                b = bands.of_rank(lo_rank)
+                if b is None or bands.of_rank(hi_rank) != b:
+                    missed = True  # the sample placed a range off its ranks: widen that side
+                    lo, hi = wide[i]
+                    below = bands.of_rank(lo_rank) is None
+                    wide[i] = (-math.inf if below or attempt else lo, math.inf if not below or attempt else hi)
+            if not missed:
+                break
+        if bands is None or not bands.holds((r for pair in spans for r in pair), 0):
+            raise Busy  # (customers moved faster than three tries: the next refresh tries again)
+        # narrowed to exactly the ranks each range wants (bands that merged stay one)
+        cut = await _band_values(redis, keys, bands, [r for pair in spans for r in pair])
+        for b, (least, most) in enumerate(bands.bounds):
+            group = [(a, z) for a, z in spans if bands.of_rank(a) == b]
+            if not group:
+                continue  # (a range the sample placed where nobody is: empty, and costs nothing)
+            lo_rank, hi_rank = min(a for a, _ in group), max(z for _, z in group)
+            new_lo = least if lo_rank == 0 else _bound(float(cut[lo_rank]))
+            new_hi = most if hi_rank == n - 1 else _bound(float(cut[hi_rank]))
+            if (new_lo, new_hi) != (least, most):
+                version = str(time.time_ns())
+                for tag in tier_tags():
+                    await _run(redis, _NARROW, keys, tag, version, b + 1, new_lo, new_hi)
+        final = await read_bands(redis, keys)
+        if final is None:
+            raise Busy
+        return final
+    finally:
+        await redis.delete(lock)
+
+
+async def values_at(redis: aioredis.Redis, keys: Any, ranks: Iterable[int], n: int | None = None) -> dict[int, Decimal]:
+    """The contribution at each rank (0: the lowest) over every shard, exactly, for ``n``
+    customers (default: as many as the shards hold): counted within the bands, set anew
+    first when a rank is out of them or near their edge (docs/scale.md, "Tiers"). Raises
+    ``Busy`` when that is needed while another process sets them."""
     wanted = sorted(set(ranks))
     if not wanted:
         return {}
-    ends = await _each_shard(
-        redis,
-        lambda pipe, tag: (
-            pipe.zrange(keys.tier_shard(tag), 0, 0, withscores=True),
-            pipe.zrange(keys.tier_shard(tag), -1, -1, withscores=True),
-        ),
-    )
-    scores = [round(score * 100) for reply in ends for _, score in reply]
-    if not scores:
+    bands = await read_bands(redis, keys)
+    if n is None:
+        n = bands.n if bands is not None else await _count_all(redis, keys)
+    if n <= 0:
         raise ValueError("no tier values stored")
-    low, high = min(scores), max(scores)
-    bounds = {rank: (low, high) for rank in wanted}  # the answer lies in [a, b]
-    while any(a < b for a, b in bounds.values()):
-        mids = sorted({(a + b) // 2 for a, b in bounds.values() if a < b})
-
-        def count_at_most(pipe: Any, tag: str, mids: list[int] = mids) -> None:
-            for m in mids:
-                pipe.zcount(keys.tier_shard(tag), "-inf", _score(m))
-
-        counts = await _each_shard(redis, count_at_most)
-        at_most = {m: sum(int(counts[s * len(mids) + i]) for s in range(len(tier_tags()))) for i, m in enumerate(mids)}
-        for rank, (a, b) in bounds.items():
-            if a < b:
-                mid = (a + b) // 2
-                bounds[rank] = (a, mid) if at_most[mid] > rank else (mid + 1, b)
-    return {rank: Decimal(a).scaleb(-2) for rank, (a, _) in bounds.items()}
+    half = max(BAND_LEAST, int(n * BAND_SHARE))
+    if bands is None or bands.n != n or not bands.holds(wanted, half):
+        bands = await recenter(redis, keys, wanted, n)
+    if not bands.holds(wanted, 0):
+        raise ValueError(f"the bands do not hold ranks {wanted} of {n}")
+    return await _band_values(redis, keys, bands, wanted)
 
 
 async def recompute_cuts(redis: aioredis.Redis, keys: Any, as_of_us: int) -> Cuts | None:
@@ -377,7 +985,10 @@ async def recompute_cuts(redis: aioredis.Redis, keys: Any, as_of_us: int) -> Cut
     if n < 2:
         await redis.delete(keys.tier_cuts)
         return None
-    values = await values_at(redis, keys, (r for lo, hi, _ in cut_positions(n) for r in (lo, hi)))
+    try:
+        values = await values_at(redis, keys, (r for lo, hi, _ in cut_positions(n) for r in (lo, hi)), n)
+    except Busy:  # another process sets the bands anew: the cut points stay as they are till the next refresh
+        return (await read_cuts(redis, keys))[0]
     cuts = interpolate(values, n)
     assert cuts is not None
     await redis.hset(
@@ -428,10 +1039,19 @@ async def record_moves(
         ranges = [
             (float(min(old, new)), float(max(old, new))) for old, new in zip(before, cuts, strict=True) if old != new
         ]
-        found = await _each_shard(
-            redis, lambda pipe, tag: [pipe.zrangebyscore(keys.tier_shard(tag), a, b) for a, b in ranges]
-        )
-        others = [cid for cid in dict.fromkeys(_text(m) for members in found for m in members) if cid not in values]
+        bands = await read_bands(redis, keys)
+        if bands is not None and all(
+            bands.of_value(a) is not None and bands.of_value(a) == bands.of_value(b) for a, b in ranges
+        ):
+            found = await _each_shard(
+                redis, lambda pipe, tag: [pipe.zrangebyscore(keys.tier_shard(tag, "band"), a, b) for a, b in ranges]
+            )
+            members = iter(found)
+        else:  # a cut point moved beyond its band: a visit of every sub-shard
+            bounds = [repr(x) for pair in ranges for x in pair]
+            found = await _each_shard(redis, lambda pipe, tag: _run(pipe, _RANGE, keys, tag, 0, 1, *bounds))
+            members = (reply[i][::2] for reply in found for i in range(len(ranges)))
+        others = [cid for cid in dict.fromkeys(_text(m) for got in members for m in got) if cid not in values]
         if others:
             exact = await contributions(redis, keys, others)
             moved += [cid for cid, v in exact.items() if v is not None and tier_of(v, before) != tier_of(v, cuts)]
@@ -475,11 +1095,18 @@ async def distribution(redis: aioredis.Redis, keys: Any, top: int = 10) -> dict[
     n = await customer_count(redis, keys)
     leaders: list[tuple[bytes, float]] = []
     if top > 0:  # (top <= 0 lists nobody: ZREVRANGE 0 -1 would be every customer)
-        tops = await _each_shard(
-            redis, lambda pipe, tag: pipe.zrevrange(keys.tier_shard(tag), 0, top - 1, withscores=True)
-        )
+        bands = await read_bands(redis, keys)
+        if bands is not None and bands.bounds and bands.bounds[-1][1] == "inf" and bands.inside[-1] >= top:
+            # the top band holds at least ``top``: a shard's highest are its highest there
+            tops = await _each_shard(
+                redis, lambda pipe, tag: pipe.zrevrange(keys.tier_shard(tag, "band"), 0, top - 1, withscores=True)
+            )
+            pairs = ((m, float(score)) for reply in tops for m, score in reply)
+        else:
+            tops = await _each_shard(redis, lambda pipe, tag: _run(pipe, _TOP, keys, tag, top))
+            pairs = ((reply[i], float(reply[i + 1])) for reply in tops for i in range(0, len(reply), 2))
         # ZREVRANGE's order over all shards: score, then member, both descending
-        leaders = sorted((pair for reply in tops for pair in reply), key=lambda p: (p[1], p[0]), reverse=True)[:top]
+        leaders = sorted(pairs, key=lambda p: (p[1], p[0]), reverse=True)[:top]
     exact = await contributions(redis, keys, [_text(m) for m, _ in leaders])
     counts = await tier_counts(redis, keys, cuts)
     rows = []
@@ -501,10 +1128,23 @@ async def tier_counts(redis: aioredis.Redis, keys: Any, cuts: Cuts | None) -> di
         return {"I": await customer_count(redis, keys), "II": 0, "III": 0, "IV": 0}
     # Scores are cent-exact doubles, so [a, b) ranges on them match tier_of on the Decimals.
     q1, q2, q3 = (float(q) for q in cuts)
+    bands = await read_bands(redis, keys)
+    held = [bands.of_value(q) for q in (q1, q2, q3)] if bands is not None else [None]
+    if bands is not None and None not in held:  # each cut point inside a band: counted there
+        at = cast(list[int], held)
+
+        def below(pipe: Any, tag: str) -> None:
+            for q, b in zip((q1, q2, q3), at, strict=True):
+                pipe.zcount(keys.tier_shard(tag, "band"), bands.bounds[b][0], f"({q!r}")
+
+        counts = await _each_shard(redis, below)
+        shards = len(tier_tags())
+        under = [bands.below[b] + sum(int(counts[s * 3 + i]) for s in range(shards)) for i, b in enumerate(at)]
+        return {"I": bands.n - under[2], "II": under[2] - under[1], "III": under[1] - under[0], "IV": under[0]}
     bounds = ((q3, "+inf"), (q2, f"({q3}"), (q1, f"({q2}"), ("-inf", f"({q1}"))
-    counts = await _each_shard(redis, lambda pipe, tag: [pipe.zcount(keys.tier_shard(tag), a, b) for a, b in bounds])
-    width = len(bounds)
-    totals = [sum(int(counts[s * width + i]) for s in range(len(tier_tags()))) for i in range(width)]
+    args = [str(x) for pair in bounds for x in pair]
+    counts = await _each_shard(redis, lambda pipe, tag: _run(pipe, _COUNT, keys, tag, *args))
+    totals = [sum(int(reply[i]) for reply in counts) for i in range(len(bounds))]
     return dict(zip(("I", "II", "III", "IV"), totals, strict=True))
 
 
@@ -518,9 +1158,10 @@ async def rebuild(redis: aioredis.Redis, keys: Any, states: list[CustomerState],
     before, _ = await read_cuts(redis, keys)
     previous = await contributions(redis, keys, values)  # (the tiers before, for the moves)
     async with redis.pipeline(transaction=False) as pipe:
-        for tag in tier_tags():
-            pipe.delete(keys.tier_shard(tag), keys.tier_shard(tag, "value"))
+        for name in await tier_keys(redis, keys):
+            pipe.delete(name)  # (a key a command: on a cluster the shards sit in different slots)
         await pipe.execute()
+    await fit_layout(redis, keys, len(values))
     await write_contributions(redis, keys, values)
     cuts = await recompute_cuts(redis, keys, as_of)
     # (everyone is in values: no one else to look for between the old and new cut points)
@@ -559,10 +1200,15 @@ async def migrate_single_keys(redis: aioredis.Redis, keys: Any, zone: ZoneInfo) 
                 break
             members = [_text(m) for m, _ in chunk]
             exact = cast(list[bytes | None], await redis.hmget(keys.tier_values, members))
+            scores = dict(zip(members, (score for _, score in chunk), strict=True))
             async with redis.pipeline(transaction=False) as pipe:
-                for cid, (_, score) in zip(members, chunk, strict=True):
-                    pipe.zadd(keys.tier_shard_of(cid), {cid: score}, nx=True)
-                added = await pipe.execute()
+                groups = by_shard(members)
+                for tag, group in groups.items():
+                    args = [x for cid in group for x in (cid, id_hash(cid), repr(scores[cid]))]
+                    _run(pipe, _WRITE, keys, tag, "NX", *args)
+                replies = iter(await pipe.execute())
+                fresh = {cid: int(a) for group in groups.values() for cid, a in zip(group, next(replies), strict=True)}
+            added = [fresh[cid] for cid in members]
             async with redis.pipeline(transaction=False) as pipe:
                 for cid, (_, score), value, new in zip(members, chunk, exact, added, strict=True):
                     if new and value is not None and _text(value) != str(cents_of(score)):
@@ -621,7 +1267,8 @@ async def migrate_shard_copies(redis: aioredis.Redis, keys: Any) -> int:
                 cursor, page = await redis.hscan(name, cursor, count=MIGRATION_CHUNK)
                 found = {_text(f): _text(v) for f, v in cast(dict[bytes, bytes], page).items()}
                 if fields := list(found):
-                    scores = await redis.zmscore(keys.tier_shard(tag), fields)
+                    asked = [x for f in fields for x in (f, id_hash(f))]
+                    scores = [None if s is None else float(s) for s in await _run(redis, _READ, keys, tag, *asked)]
                     plain = [
                         f
                         for f, score in zip(fields, scores, strict=True)

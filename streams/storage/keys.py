@@ -22,7 +22,10 @@ holds no ``}``, and no ordinary id starts with ``{``, so the encoding is one-to-
 | ``{p}:rules:{F}`` | string | the rules a changelog entry ran under, by fingerprint ``F`` (JSON), for its replay |
 | ``{p}:rules:current`` | string | the fingerprint of the rules a worker runs under (``FUNDFLOW_RULES_FALLBACK``) |
 | ``{p}:{S}:logged`` | sorted set | customer -> input partition, for the shard's customers with a changelog |
-| ``{p}:{T}:tiers`` | sorted set | tier shard ``T``: customer -> contribution (cent-rounded), for live tiers |
+| ``{p}:{T}:tiers`` | sorted set | tier shard ``T``'s sub-shard 0: customer -> contribution (cent-rounded) |
+| ``{p}:{T}:tiers:{j}`` | sorted set | its sub-shard ``j`` (1 .. subs-1); a customer's: a hash of its id |
+| ``{p}:{T}:tiers:layout`` | hash | tier shard ``T``: sub-shards (``subs``, ``from`` while it grows), customers, bands |
+| ``{p}:{T}:tiers:band`` | sorted set | tier shard ``T``'s customers near a cut point or at the top, in value order |
 | ``{p}:{T}:tiers:value`` | hash | tier shard ``T``: customer -> exact contribution, only where the score lacks it |
 | ``{p}:tiers:cuts`` | hash | the current quartile cut points q1,q2,q3 and when they were computed |
 | ``{p}:{T}:tiers:last`` | hash | an earlier version's last tiers; dropped once (``migrate_shard_copies``) |
@@ -76,7 +79,10 @@ the 归集率 bucket it is counted in.
 The live tiers are spread over ``TIER_SHARDS`` shards by the customer's slot, so no Redis
 Cluster shard holds every customer's tier: ``T`` is ``tier_tags()[i]`` for the customers of
 the i-th of ``TIER_SHARDS`` equal slot ranges, a tag whose own slot lies in that range (on a
-cluster the shard sits with its customers); ``streams.tiers`` merges the shards by rank.
+cluster the shard sits with its customers); ``streams.tiers`` merges the shards by rank. A shard
+is split into sub-shards as its customers grow, so that each sorted set stays small enough
+for Redis to keep it as a listpack; its band keeps the customers a search needs in value
+order (docs/scale.md, "Tiers").
 
 Every case key carries the hash tag ``{cases}``: they live in one Redis Cluster slot,
 so each case write is one atomic script over them.

@@ -57,10 +57,12 @@ from streams.local.servers import free_port
 from streams.rulestep import build_step
 from streams.settings import Settings
 from streams.storage.codec import decode_state, encode_state
-from streams.storage.keys import Keys, tier_tags
+from streams.storage.keys import Keys
+from streams.tiers import customer_count, tier_keys
 from streams.tools import casebench, consentbench, shadowbench
 from streams.tools.berka import SHIPPED_BERKA, berka_lines
 from streams.tools.measure import percentiles
+from streams.tools.memmodel import key_sizes
 from streams.tools.replay import SYNTHETIC_SKEW_SECONDS, loop_shift_days, replay, route, with_fresh_ids
 from streams.topics import ALERTS, INPUT_TOPICS
 
@@ -378,29 +380,18 @@ async def redis_memory(run: LocalRun, prefix: str, wait: float = TIER_INDEX_WAIT
     try:
         deadline = time.monotonic() + wait
         keys = Keys(prefix)
-        shards = [keys.tier_shard(tag) for tag in tier_tags()]
-        while not await client.exists(*shards) and time.monotonic() < deadline:
+        while not await customer_count(client, keys) and time.monotonic() < deadline:
             await asyncio.sleep(0.5)
         sizes: list[int] = []
         logs: list[int] = []  # of which the changelog (0: none: folded, or never logged)
         pattern = f"{prefix}:{{*}}:state"
-        found = [key async for key in client.scan_iter(match=pattern, count=1000)]
-        for start in range(0, len(found), 500):
-            chunk = found[start : start + 500]
-            async with client.pipeline(transaction=False) as pipe:
-                for key in chunk:
-                    base = key.decode()[: -len(":state")]
-                    for suffix in SUFFIXES:
-                        pipe.memory_usage(base + suffix, samples=0)
-                replies = await pipe.execute()
-            n, log_at = len(SUFFIXES), SUFFIXES.index(":log")
-            for i in range(len(chunk)):
-                sizes.append(sum(int(r or 0) for r in replies[n * i : n * i + n]))
-                logs.append(int(replies[n * i + log_at] or 0))
-        index = 0
-        for tag in tier_tags():  # the tier shards' sorted sets and exact values
-            for key in (keys.tier_shard(tag), keys.tier_shard(tag, "value")):
-                index += int(await client.memory_usage(key, samples=0) or 0)
+        bases = [key.decode()[: -len(":state")] async for key in client.scan_iter(match=pattern, count=1000)]
+        replies = await key_sizes(client, [base + suffix for base in bases for suffix in SUFFIXES])
+        n, log_at = len(SUFFIXES), SUFFIXES.index(":log")
+        for i in range(len(bases)):
+            sizes.append(sum(replies[n * i : n * i + n]))
+            logs.append(replies[n * i + log_at])
+        index = sum(await key_sizes(client, await tier_keys(client, keys)))  # the tier index, every key of it
     finally:
         await client.aclose()
     if not sizes:

@@ -80,10 +80,11 @@ from streams.tiers import (
     TierBook,
     all_contributions,
     cut_positions,
+    fit_layout,
     interpolate,
     read_cuts,
     recompute_cuts,
-    tier_key_names,
+    tier_keys,
     write_contributions,
 )
 from streams.tools import scale
@@ -428,9 +429,20 @@ def _load_part(args: tuple[str, bool, list[str], bool]) -> int:
     return asyncio.run(load_customers(*args))
 
 
+async def _fit(url: str, cluster: bool, customers: int) -> None:
+    """The tier shards split for ``customers``, as a bank's refreshes would have split them
+    while it grew (``streams.tiers.fit_layout``), before the load writes them."""
+    client = connect(url, cluster=cluster)
+    try:
+        await fit_layout(client, Keys(PREFIX), customers)
+    finally:
+        await client.aclose()
+
+
 def bulk_load(url: str, cluster: bool, ids: list[str], compress: bool, processes: int) -> float:
     """customers/s: ``ids`` (in slot order) in ``processes`` contiguous parts, one process each."""
     started = time.perf_counter()
+    asyncio.run(_fit(url, cluster, len(ids)))
     size = -(-len(ids) // processes)
     parts = [(url, cluster, ids[i : i + size], compress) for i in range(0, len(ids), size)]
     context = multiprocessing.get_context("fork")
@@ -704,15 +716,15 @@ async def largest_shared_key(url: str) -> dict[str, Any]:
     outflow set in a sample of its shards (each shard holds one slot's customers)."""
     client = connect(url, cluster=True)
     keys = Keys(PREFIX)
-    names = [*tier_key_names(keys), keys.feed, keys.stats, keys.latency, keys.tier_cuts]
     try:
+        names = [*await tier_keys(client, keys), keys.feed, keys.stats, keys.latency, keys.tier_cuts]
         found = sorted(m.decode() if isinstance(m, bytes) else m for m in await client.smembers(keys.board_shards))
         latest = await board_latest_day(client, keys, found)
         if latest:
             names += [keys.board(shard, f"net:{latest}") for shard in found[:: max(len(found) // 64, 1)]]
             names += [keys.board(BOARD, f"{name}:{latest}") for name in ("flow", "findings", "hist")]
         names.append(keys.board(BOARD, "applied"))
-        sizes = {name: int(await client.memory_usage(name, samples=0) or 0) for name in names}
+        sizes = dict(zip(names, await key_sizes(client, names), strict=True))
     finally:
         await client.aclose()
     name = max(sizes, key=lambda k: sizes[k])
@@ -730,7 +742,7 @@ async def as_make_bench_counts(url: str, ids: Sequence[str], sample: int = COUNT
     bases = [keys.state(cid).removesuffix(":state") for cid in ids[:: max(len(ids) // sample, 1)]]
     try:
         replies = await key_sizes(client, [base + suffix for base in bases for suffix in SUFFIXES])
-        index = sum(await key_sizes(client, tier_key_names(keys)))
+        index = sum(await key_sizes(client, await tier_keys(client, keys)))
     finally:
         await client.aclose()
     n = len(SUFFIXES)

@@ -36,7 +36,7 @@ from streams.rulestep import build_step
 from streams.settings import Settings, rates, state_config, thresholds
 from streams.storage.keys import BOARD, Keys
 from streams.storage.store import LATENCY_SAMPLES_KEPT, StateStore
-from streams.tiers import TierBook, rebuild, tier_key_names
+from streams.tiers import TierBook, rebuild, tier_keys
 from streams.tools import scale
 from streams.tools.berka import berka_lines
 from streams.tools.replay import route, with_fresh_ids
@@ -148,7 +148,7 @@ async def coefficients(
             for b in bases:
                 pipe.llen(b + ":alerts")
             findings = sum(int(n) for n in await pipe.execute())
-        tiers = sum(await key_sizes(client, tier_key_names(keys)))
+        tiers = sum(await key_sizes(client, await tier_keys(client, keys)))
         feed = (await key_sizes(client, [keys.feed]))[0]
         feed_entries = int(await client.xlen(keys.feed))
         closed, through = await board.floors(client, keys)

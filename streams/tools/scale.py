@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from streams.pipeline import Message
+from streams.tiers import BAND_LEAST, BAND_SHARE, TOP_KEPT, layout_for
 
 SLOTS = 16384
 FEED_KEPT = 10_000  # streams.storage.store.FEED_KEPT (the feed stream's cap)
@@ -33,8 +34,8 @@ class Coefficients:
     """Bytes per unit, as measured (``streams.tools.memmodel.coefficients``)."""
 
     customer: float  # a customer's state (string), changelog and outbox at rest
-    tier: float  # a customer's share of the tier shards (its sorted-set entry), small shards
-    tier_big: float  # the same when a shard holds more than 128 customers (skiplist)
+    tier: float  # a customer's share of the tier index: a listpack entry, its sub-shard's overhead
+    tier_big: float  # a skiplist's entry (one sorted set a shard past 128 customers): not in the model
     finding: float  # one finding in a customer's recent-alerts list
     feed_entry: float  # one finding in the feed stream
     net_entry: float  # one member of a large net-outflow set (skiplist)
@@ -151,6 +152,13 @@ def board_bytes(
     return size, keys
 
 
+def tier_bands(customers: int, c: Coefficients = COEFFICIENTS) -> float:
+    """Bytes of the tier bands (``streams.tiers``): the customers near the three cut points and
+    the top ones, a second entry each, in 32 sorted sets (listpacks while small)."""
+    held = min(customers, 3 * (2 * max(BAND_LEAST, int(customers * BAND_SHARE)) + 1) + TOP_KEPT)
+    return held * (c.tier if held / TIER_SHARDS <= SMALL_ZSET else c.tier_big)
+
+
 def predicted_bytes(
     customers: int,
     days_kept: int = 400,
@@ -179,14 +187,15 @@ def predicted_bytes(
     per_day = findings / max(1, days_kept)  # (findings kept spread over the days kept)
     board, board_keys = board_bytes(days_kept, active, open_days, top_kept, cluster, c, per_day)
     total = (
-        customers * (c.customer + (c.tier if customers / TIER_SHARDS <= SMALL_ZSET else c.tier_big))
+        customers * (c.customer + c.tier)  # (the tier shards grow sub-shards with the customers)
+        + tier_bands(customers, c)
         + findings * c.finding
         + feed * c.feed_entry
         + board
         + c.fixed
     )
     if used_memory:
-        keys = customers * c.keys_per_customer + board_keys + TIER_SHARDS
+        keys = customers * c.keys_per_customer + board_keys + TIER_SHARDS * (layout_for(customers) + 3)
         total += keys * c.per_key + customers * c.overhead_per_customer + masters * (c.empty + c.overhead)
     return round(total)
 

@@ -263,6 +263,24 @@ def test_iso_weeks_are_in_the_bank_zone() -> None:
 _examples = iter(range(10**9))
 
 
+async def reads_as_one_sorted_list(client: Any, keys: Keys, values: dict[str, Decimal], rng: Any) -> None:
+    """The value at some ranks (the ends, a random one, the middle), the cut points, the tier
+    counts and the top 7 equal what one sorted list of ``values`` gives (ties included)."""
+    ordered = sorted(values.values())
+    if ordered:
+        ranks = {0, len(ordered) - 1, rng.randrange(len(ordered)), len(ordered) // 2}
+        assert await values_at(client, keys, ranks) == {r: ordered[r] for r in ranks}
+    cuts = await recompute_cuts(client, keys, 1)
+    assert cuts == quartile_cuts(values.values())
+    result = await distribution(client, keys, top=7)
+    expected = {"I": 0, "II": 0, "III": 0, "IV": 0}
+    for value in values.values():
+        expected[tier_of(value, cuts) if cuts else "I"] += 1
+    assert result["counts"] == expected and result["customers"] == len(values)
+    best = sorted(values.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:7]  # ZREVRANGE's order
+    assert [(r["customer_id"], Decimal(r["contribution"])) for r in result["top"]] == best
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.integers(min_value=-(10**8), max_value=10**10), min_size=0, max_size=300), st.randoms())
 async def test_sharded_cuts_counts_and_top_equal_a_sort_of_every_value(redis_url: str, cents_: list[int], rng) -> None:  # type: ignore[no-untyped-def]
@@ -275,20 +293,8 @@ async def test_sharded_cuts_counts_and_top_equal_a_sort_of_every_value(redis_url
     client = connect(redis_url)
     try:
         await write_contributions(client, keys, values)
-        ordered = sorted(values.values())
         assert await customer_count(client, keys) == len(values)
-        if ordered:
-            ranks = {0, len(ordered) - 1, rng.randrange(len(ordered))}
-            assert await values_at(client, keys, ranks) == {r: ordered[r] for r in ranks}
-        cuts = await recompute_cuts(client, keys, 1)
-        assert cuts == quartile_cuts(values.values())
-        result = await distribution(client, keys, top=7)
-        expected = {"I": 0, "II": 0, "III": 0, "IV": 0}
-        for value in values.values():
-            expected[tier_of(value, cuts) if cuts else "I"] += 1
-        assert result["counts"] == expected and result["customers"] == len(values)
-        best = sorted(values.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:7]  # ZREVRANGE's order
-        assert [(r["customer_id"], Decimal(r["contribution"])) for r in result["top"]] == best
+        await reads_as_one_sorted_list(client, keys, values, rng)
     finally:
         await client.delete(*tier_key_names(keys), keys.tier_cuts)
         await client.aclose()
@@ -520,3 +526,257 @@ async def test_a_refresh_lets_each_state_go_as_it_evaluates_it(redis_url: str, m
     finally:
         await client.aclose()
     assert alive_when_written == [0]
+
+
+# --- sub-shards: a shard split so that each sorted set stays a listpack ----------------
+
+
+async def _every_member(client: Any, keys: Keys) -> list[str]:
+    """Every member of every sub-shard (a customer twice would show twice)."""
+    from streams.tiers import layouts, sub_key
+
+    spans = await layouts(client, keys)
+    found: list[str] = []
+    for tag in tier_tags():
+        for j in range(max(spans[tag])):
+            found += [m.decode() for m in await client.zrange(sub_key(keys, tag, j), 0, -1)]
+    return found
+
+
+async def bands_count_exactly(client: Any, keys: Keys, values: dict[str, Decimal]) -> None:
+    """The shards' counts (customers, and below each band) and band sets are what ``values`` say."""
+    from streams.tiers import read_bands
+
+    bands = await read_bands(client, keys)
+    if bands is None:
+        return
+    assert bands.n == len(values)
+    members: dict[str, float] = {}
+    for tag in tier_tags():
+        for m, score in await client.zrange(keys.tier_shard(tag, "band"), 0, -1, withscores=True):
+            members[m.decode()] = score
+    expected: dict[str, float] = {}
+    for b, (lo, hi) in enumerate(bands.bounds):
+        assert bands.below[b] == sum(1 for v in values.values() if float(v) < float(lo))
+        inside = {c: float(v) for c, v in values.items() if float(lo) <= float(v) <= float(hi)}
+        assert bands.inside[b] == len(inside)
+        expected.update(inside)
+    assert members == expected
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    cents_=st.lists(st.integers(min_value=-(10**6), max_value=10**9), min_size=1, max_size=400),
+    rng=st.randoms(),
+    margin=st.sampled_from([0.0, 0.5, 6.0]),
+)
+async def test_sub_sharded_tiers_grown_midway_equal_a_sort_of_every_value(  # type: ignore[no-untyped-def]
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, cents_: list[int], rng, margin: float
+) -> None:
+    """With shards split into sub-shards (a few customers each) and grown while values change,
+    and cut points searched from a small sample (brackets that often miss, with a margin of 0
+    or 0.5: the answer must still be exact), everything reads as one sorted list of every
+    contribution: count, the value at every rank, cut points, tier counts, the top, each
+    customer's value, and every customer in exactly one sub-shard."""
+    import streams.tiers as tiers
+
+    monkeypatch.setattr(tiers, "SUB_TARGET", 1)
+    monkeypatch.setattr(tiers, "SAMPLE", 8)
+    monkeypatch.setattr(tiers, "MARGIN", margin)
+    monkeypatch.setattr(tiers, "BAND_SHARE", 0.01)
+    monkeypatch.setattr(tiers, "BAND_LEAST", 2)
+    monkeypatch.setattr(tiers, "TOP_KEPT", 7)
+    pool = cents_[:3] or [0]
+    draw = lambda i, c: Decimal(rng.choice(pool) if rng.random() < 0.3 else c).scaleb(-2)  # noqa: E731
+    values = {f"S{i}": draw(i, c) for i, c in enumerate(cents_)}
+    keys = Keys(f"sp{next(_examples)}")
+    client = connect(redis_url)
+    try:
+        half = dict(list(values.items())[: len(values) // 2])
+        await write_contributions(client, keys, half)
+        await tiers.fit_layout(client, keys)
+        # a growth begun and not finished: writers and readers meet a shard in the middle
+        await client.eval(
+            tiers._GROW, 2, keys.tier_shard(tier_tags()[0]), keys.tier_shard(tier_tags()[0], "layout"), 64
+        )
+        for cid in list(half)[::3]:
+            values[cid] = draw(0, rng.choice(cents_))
+        await write_contributions(client, keys, values)
+        assert await customer_count(client, keys) == len(values)
+        assert await contributions(client, keys, values) == values
+        await tiers.fit_layout(client, keys)
+        members = await _every_member(client, keys)
+        assert sorted(members) == sorted(values)
+        assert (await tiers.layouts(client, keys))[tier_tags()[0]] == (64, 0)
+        assert await contributions(client, keys, values) == values
+        assert await all_contributions(client, keys) == values
+        await reads_as_one_sorted_list(client, keys, values, rng)
+        await bands_count_exactly(client, keys, values)
+        # the bands kept by the writes: changed and new customers, then everything again
+        for cid in rng.sample(sorted(values), len(values) // 3):
+            values[cid] = draw(0, rng.choice(cents_))
+        values.update({f"T{i}": draw(0, c) for i, c in enumerate(cents_[: len(cents_) // 4])})
+        await write_contributions(client, keys, values)
+        await bands_count_exactly(client, keys, values)
+        await reads_as_one_sorted_list(client, keys, values, rng)
+        await bands_count_exactly(client, keys, values)
+    finally:
+        await client.delete(*await tiers.tier_keys(client, keys), keys.tier_cuts)
+        await client.aclose()
+
+
+def test_a_customers_sub_shard_keeps_its_place_or_moves_up_by_the_old_count_when_a_shard_grows() -> None:
+    """``position`` (the scripts' twin): sub-shards are filled evenly, and doubling them moves a
+    customer from j to j + subs or not at all, so growth moves about half of a shard."""
+    from streams.tiers import position
+
+    ids = [f"c{i:09d}" for i in range(20_000)]
+    for subs in (2, 8, 64):
+        at = [position(cid, subs) for cid in ids]
+        counts = [at.count(j) for j in range(subs)]
+        assert max(counts) < 1.25 * len(ids) / subs and min(counts) > 0.75 * len(ids) / subs
+        grown = [position(cid, 2 * subs) for cid in ids]
+        assert all(g in (a, a + subs) for a, g in zip(at, grown, strict=True))
+        assert 0.4 < sum(g != a for a, g in zip(at, grown, strict=True)) / len(ids) < 0.6
+
+
+async def test_the_scripts_place_customers_where_position_says(redis_url: str) -> None:
+    from streams.storage.keys import tier_tag
+    from streams.tiers import fit_layout, position, sub_key, tier_keys
+
+    keys = Keys("subpos")
+    client = connect(redis_url)
+    values = {f"P{i}": Decimal(i).scaleb(-2) for i in range(3_000)}
+    try:
+        await fit_layout(client, keys, len(values))
+        await write_contributions(client, keys, values)
+        assert await client.hget(keys.tier_shard(tier_tags()[0], "layout"), "subs") == b"2"
+        for cid in list(values)[:200]:
+            assert await client.zscore(sub_key(keys, tier_tag(cid), position(cid, 2)), cid) is not None
+    finally:
+        await client.delete(*await tier_keys(client, keys))
+        await client.aclose()
+
+
+async def test_every_tier_sorted_set_stays_a_listpack_as_the_customers_grow(redis_url: str) -> None:
+    """The refresh grows the shards with the customers, so no sorted set passes the 128 entries
+    Redis keeps as a listpack, and the tier index costs about a listpack entry a customer (a
+    skiplist costs ~90 B: docs/scale.md, "Tiers")."""
+    from streams.tiers import fit_layout, tier_keys
+
+    keys = Keys("sublp")
+    client = connect(redis_url)
+    try:
+        for size in (1_000, 6_000, 20_000):
+            values = {f"c{i:09d}": Decimal(i * 7919 % 100_003 - 500).scaleb(-2) for i in range(size)}
+            await write_contributions(client, keys, values)
+            await fit_layout(client, keys)
+            names = [n for n in await tier_keys(client, keys) if not n.endswith((":value", ":layout"))]
+            encodings = {(await client.object("encoding", n)) for n in names if await client.exists(n)}
+            assert encodings == {b"listpack"}, (size, encodings)
+            used = sum([int(await client.memory_usage(n, samples=0) or 0) for n in await tier_keys(client, keys)])
+            assert used / size < 40, (size, used / size)
+        assert await customer_count(client, keys) == 20_000
+    finally:
+        await client.delete(*await tier_keys(client, keys), keys.tier_cuts)
+        await client.aclose()
+
+
+async def test_sub_sharded_tiers_on_a_redis_cluster(cluster_url: str) -> None:
+    """The scripts touch a shard's sub-shards and layout in the slot of its tag: on a cluster
+    they run where the shard lives, and read and grow as on one Redis."""
+    from streams.tiers import fit_layout, tier_keys
+
+    keys = Keys("subcl")
+    client = connect(cluster_url, cluster=True)
+    values = {f"c{i:09d}": Decimal(i * 31 % 9_973 - 100).scaleb(-1) for i in range(5_000)}
+    try:
+        await write_contributions(client, keys, dict(list(values.items())[:1_000]))
+        await write_contributions(client, keys, values)
+        await fit_layout(client, keys)
+        assert await customer_count(client, keys) == len(values)
+        assert await contributions(client, keys, list(values)[:300]) == {c: values[c] for c in list(values)[:300]}
+        assert await recompute_cuts(client, keys, 1) == quartile_cuts(values.values())
+        assert len(await tier_keys(client, keys)) > 3 * len(tier_tags())
+    finally:
+        async with client.pipeline(transaction=False) as pipe:
+            for name in await tier_keys(client, keys):
+                pipe.delete(name)
+            await pipe.execute()
+        await client.aclose()
+
+
+async def test_a_refresh_whose_ranks_stay_in_their_bands_visits_no_sub_shard(redis_url: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Once the bands are set, the cut points, the tier counts, the count and the top come from
+    the 32 layout hashes and bands: not one script walks the sub-shards (each such walk is a
+    scan of the whole index: docs/scale.md, "Tier sub-shards")."""
+    import streams.tiers as tiers
+
+    keys = Keys("bandquiet")
+    client = connect(redis_url)
+    values = {f"c{i:09d}": Decimal(i * 7919 % 100_003 - 500).scaleb(-2) for i in range(20_000)}
+    walks: list[str] = []
+    real = tiers._run
+
+    def spy(pipe: Any, script: str, keys_: Any, tag: str, *args: Any) -> Any:
+        if script in (tiers._COUNT, tiers._RANGE, tiers._TOP, tiers._RECENTER):
+            walks.append(script[-40:])
+        return real(pipe, script, keys_, tag, *args)
+
+    try:
+        await write_contributions(client, keys, values)
+        await tiers.fit_layout(client, keys)
+        cuts = await recompute_cuts(client, keys, 1)  # sets the bands
+        assert cuts == quartile_cuts(values.values())
+        monkeypatch.setattr(tiers, "_run", spy)
+        for cid in list(values)[::97]:  # a few changes, as a refresh between two others writes
+            values[cid] += Decimal("0.01")
+        await write_contributions(client, keys, values)
+        cuts = await recompute_cuts(client, keys, 2)
+        assert cuts == quartile_cuts(values.values())
+        result = await distribution(client, keys, top=10)
+        assert result["customers"] == len(values)
+        assert walks == []
+    finally:
+        await client.delete(*await tiers.tier_keys(client, keys), keys.tier_cuts)
+        await client.aclose()
+
+
+async def test_a_refresh_that_finds_the_bands_being_set_keeps_the_cut_points_it_had(redis_url: str) -> None:
+    """Two workers refresh the same shared tiers: while one sets the bands anew (its lock), the
+    other does not walk the sub-shards too nor write cut points from half-set bands; it keeps
+    the cut points of the last refresh until its next one."""
+    import streams.tiers as tiers
+
+    keys = Keys("bandbusy")
+    client = connect(redis_url)
+    values = {f"B{i}": Decimal(i).scaleb(-2) for i in range(500)}
+    try:
+        await write_contributions(client, keys, values)
+        before = await recompute_cuts(client, keys, 1)
+        assert before == quartile_cuts(values.values())
+        low = {f"B{i}": Decimal(-10_000 - i) for i in range(200, 500)}  # below every band: Q1 leaves its band
+        await write_contributions(client, keys, low)
+        await client.set(f"{keys.tiers}:recentering", "1")  # another process is setting them
+        assert await recompute_cuts(client, keys, 2) == before
+        await client.delete(f"{keys.tiers}:recentering")
+        values.update(low)
+        assert await recompute_cuts(client, keys, 3) == quartile_cuts(values.values())
+    finally:
+        await client.delete(*await tiers.tier_keys(client, keys), keys.tier_cuts)
+        await client.aclose()
+
+
+async def test_the_scripts_hash_an_id_as_python_does(redis_url: str) -> None:
+    """Writers pass each id's hash; a growing shard's moves hash the ids they find in Redis
+    themselves: the two must agree, or a moved customer lands where no reader looks."""
+    from streams.tiers import _HASH, id_hash
+
+    client = connect(redis_url)
+    ids = ["c000000001", "C1", "", "客户-42", "x" * 70, *(f"id{i}" for i in range(300))]
+    try:
+        script = _HASH + "local out = {} for i = 1, #ARGV do out[i] = tostring(id_hash(ARGV[i])) end return out"
+        found = await client.eval(script, 0, *ids)
+        assert [int(h) for h in found] == [id_hash(i) for i in ids]
+    finally:
+        await client.aclose()

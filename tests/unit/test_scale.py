@@ -45,8 +45,13 @@ def test_a_cluster_spreads_a_day_over_the_slots_its_customers_fall_in() -> None:
     assert keys == pytest.approx(2 + 2 + 1, rel=1e-3)  # the shard's own, the day's two hashes, the set
 
 
-def test_tier_shards_change_encoding_past_128_customers_each() -> None:
+def test_a_customers_tier_entry_costs_the_same_at_any_customer_count() -> None:
+    """The tier shards grow sub-shards with the customers (streams.tiers.layout_for), so a
+    customer costs one listpack entry at a thousand customers and at a hundred million, and the
+    bands a second entry for a quarter percent either side of each cut point: no step where a
+    shard passes 128 customers and becomes a skiplist (before: ~74 B × customers at 4,097)."""
     c = COEFFICIENTS
-    at = scale.TIER_SHARDS * scale.SMALL_ZSET
-    step = predicted_bytes(at + 1, 0, 0, used_memory=False) - predicted_bytes(at, 0, 0, used_memory=False)
-    assert step == pytest.approx(at * (c.tier_big - c.tier) + c.customer + c.tier_big, rel=1e-3)
+    for n in (1_000, 4_096, 4_097, 1_000_000, 100_000_000):
+        step = predicted_bytes(n + 1, 0, 0, used_memory=False) - predicted_bytes(n, 0, 0, used_memory=False)
+        assert step == pytest.approx(c.customer + c.tier + 6 * 0.0025 * c.tier_big, abs=10), n
+    assert c.tier < c.tier_big / 4
