@@ -109,6 +109,9 @@ PAUSE_SECONDS = Histogram(
 )
 LONGEST_PAUSE = Gauge("fundflow_longest_pause_seconds", "The longest pause of each cause since start", ["cause"])
 TIER_CUSTOMERS = Gauge("fundflow_tier_customers", "Customers per contribution tier", ["tier"])
+TIER_BANDS_SET = Counter(
+    "fundflow_tier_bands_set_total", "Times this process set the live tiers' bands anew (a walk of the sub-shards)"
+)
 BOARD_FOLDED = Gauge(
     "fundflow_board_fold_last_success_timestamp_seconds",
     "Redis Cluster: when this worker last folded its 看板 shards' pending cells (Unix time)",

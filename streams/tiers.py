@@ -954,6 +954,8 @@ async def recenter(redis: aioredis.Redis, keys: Any, ranks: Iterable[int], n: in
         final = await read_bands(redis, keys)
         if final is None:
             raise Busy
+        telemetry.TIER_BANDS_SET.inc()
+        log.info("live tiers: bands set anew around %d ranks of %d customers", len(spans), n)
         return final
     finally:
         await redis.delete(lock)

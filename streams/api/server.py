@@ -509,7 +509,5 @@ def run_api(settings: Settings, redis_url: str, bootstrap: str, host: str, port:
 
     # SIGINT / SIGTERM: streams.stopping (installed by the CLI) raises KeyboardInterrupt, which
     # run_app answers with its graceful cleanup; open /alerts/stream responses get 2 s.
-    web.run_app(
-        app, host=host, port=port, print=listening, access_log=None, handle_signals=False, shutdown_timeout=2.0
-    )
+    web.run_app(app, host=host, port=port, print=listening, access_log=None, handle_signals=False, shutdown_timeout=2.0)
     return 0

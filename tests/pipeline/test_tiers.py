@@ -723,11 +723,15 @@ async def test_a_refresh_whose_ranks_stay_in_their_bands_visits_no_sub_shard(red
             walks.append(script[-40:])
         return real(pipe, script, keys_, tag, *args)
 
+    from streams import telemetry
+
     try:
         await write_contributions(client, keys, values)
         await tiers.fit_layout(client, keys)
+        set_before = telemetry.TIER_BANDS_SET._value.get()
         cuts = await recompute_cuts(client, keys, 1)  # sets the bands
         assert cuts == quartile_cuts(values.values())
+        assert telemetry.TIER_BANDS_SET._value.get() == set_before + 1  # (operators see each walk)
         monkeypatch.setattr(tiers, "_run", spy)
         for cid in list(values)[::97]:  # a few changes, as a refresh between two others writes
             values[cid] += Decimal("0.01")
@@ -737,6 +741,7 @@ async def test_a_refresh_whose_ranks_stay_in_their_bands_visits_no_sub_shard(red
         result = await distribution(client, keys, top=10)
         assert result["customers"] == len(values)
         assert walks == []
+        assert telemetry.TIER_BANDS_SET._value.get() == set_before + 1
     finally:
         await client.delete(*await tiers.tier_keys(client, keys), keys.tier_cuts)
         await client.aclose()
