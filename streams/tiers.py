@@ -554,6 +554,29 @@ def layout_for(customers: int) -> int:
     return subs
 
 
+def _hashed(customers: Iterable[str], scores: dict[str, float] | None = None) -> list[Any]:
+    """The scripts' arguments for ``customers``: each id, its ``id_hash`` (and its score)."""
+    if scores is None:
+        return [x for cid in customers for x in (cid, id_hash(cid))]
+    return [x for cid in customers for x in (cid, id_hash(cid), repr(scores[cid]))]
+
+
+def _column_sums(replies: list[Any], width: int) -> list[int]:
+    """A pipeline of ``width`` counts a shard, summed over the shards, column by column."""
+    return [sum(int(replies[s * width + i]) for s in range(len(replies) // width)) for i in range(width)]
+
+
+def _merged(spans: Iterable[tuple[Any, Any]], gap: int = 0) -> list[tuple[Any, Any]]:
+    """``spans`` sorted, those that overlap (or lie within ``gap`` of each other) made one."""
+    merged: list[tuple[Any, Any]] = []
+    for lo, hi in sorted(spans):
+        if merged and lo <= merged[-1][1] + gap:
+            merged[-1] = (merged[-1][0], max(hi, merged[-1][1]))
+        else:
+            merged.append((lo, hi))
+    return merged
+
+
 def _run(pipe: Any, script: str, keys: Any, tag: str, *args: Any) -> Any:
     """``script`` on shard ``tag`` (its sub-shard 0 and layout: one slot)."""
     return pipe.eval(script, 2, keys.tier_shard(tag), keys.tier_shard(tag, "layout"), *args)
@@ -601,8 +624,7 @@ async def write_contributions(redis: aioredis.Redis, keys: Any, values: dict[str
         chunk = {cid: values[cid] for cid in customers[start : start + WRITE_CHUNK]}
         async with redis.pipeline(transaction=False) as pipe:
             for tag, group in by_shard(chunk).items():
-                args = [x for cid in group for x in (cid, id_hash(cid), repr(float(chunk[cid])))]
-                _run(pipe, _WRITE, keys, tag, "-", *args)
+                _run(pipe, _WRITE, keys, tag, "-", *_hashed(group, {cid: float(chunk[cid]) for cid in group}))
                 exact: dict[Any, str] = {cid: str(chunk[cid]) for cid in group if exact_needed(chunk[cid])}
                 if exact:
                     pipe.hset(keys.tier_shard(tag, "value"), mapping=exact)
@@ -621,7 +643,7 @@ async def contributions(redis: aioredis.Redis, keys: Any, customers: Iterable[st
         groups = by_shard(wanted[start : start + WRITE_CHUNK])
         async with redis.pipeline(transaction=False) as pipe:
             for tag, group in groups.items():
-                _run(pipe, _READ, keys, tag, *[x for cid in group for x in (cid, id_hash(cid))])
+                _run(pipe, _READ, keys, tag, *_hashed(group))
                 if tag in with_exact:
                     pipe.hmget(keys.tier_shard(tag, "value"), group)
             replies = iter(await pipe.execute())
@@ -813,9 +835,7 @@ async def read_bands(redis: aioredis.Redis, keys: Any) -> Bands | None:
         for lo, hi in bounds:
             pipe.zcount(keys.tier_shard(tag, "band"), lo, hi)
 
-    counts = await _each_shard(redis, inside)
-    shards = len(tier_tags())
-    totals = [sum(int(counts[s * count + b]) for s in range(shards)) for b in range(count)]
+    totals = _column_sums(await _each_shard(redis, inside), count) if count else []
     return Bands(bounds, below, totals, sum(int(m["n"]) for m in parsed))
 
 
@@ -856,10 +876,9 @@ async def _band_values(redis: aioredis.Redis, keys: Any, bands: Bands, ranks: It
             for r, mid in open_:
                 pipe.zcount(keys.tier_shard(tag, "band"), bands.bounds[wanted[r]][0], _score(mid))
 
-        counts = await _each_shard(redis, count_at_most)
-        shards = len(tier_tags())
+        counts = _column_sums(await _each_shard(redis, count_at_most), len(open_))
         for i, (r, mid) in enumerate(open_):
-            at_most = bands.below[wanted[r]] + sum(int(counts[s * len(open_) + i]) for s in range(shards))
+            at_most = bands.below[wanted[r]] + counts[i]
             a, z = bounds[r]
             bounds[r] = (a, mid) if at_most > r else (mid + 1, z)
     return {r: Decimal(a).scaleb(-2) for r, (a, _) in bounds.items()}
@@ -869,14 +888,7 @@ def _ranges(ranks: Iterable[int], n: int) -> list[tuple[int, int]]:
     """The rank ranges the bands keep: ``half`` ranks either side of each wanted rank and the
     top ``TOP_KEPT``, overlapping ones merged."""
     half = max(BAND_LEAST, int(n * BAND_SHARE))
-    spans = sorted([(max(0, r - half), min(n - 1, r + half)) for r in ranks] + [(max(0, n - TOP_KEPT), n - 1)])
-    merged: list[tuple[int, int]] = []
-    for lo, hi in spans:
-        if merged and lo <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(hi, merged[-1][1]))
-        else:
-            merged.append((lo, hi))
-    return merged
+    return _merged([(max(0, r - half), min(n - 1, r + half)) for r in ranks] + [(max(0, n - TOP_KEPT), n - 1)], gap=1)
 
 
 async def _set_bands(redis: aioredis.Redis, keys: Any, bounds: list[tuple[str, str]]) -> None:
@@ -916,13 +928,7 @@ async def recenter(redis: aioredis.Redis, keys: Any, ranks: Iterable[int], n: in
                 ends.append(sample[i] if 0 <= i < m else side * math.inf)
             wide.append((ends[0], ends[1]))
         for attempt in range(3):
-            merged: list[tuple[float, float]] = []
-            for lo, hi in sorted(wide):
-                if merged and lo <= merged[-1][1]:
-                    merged[-1] = (merged[-1][0], max(hi, merged[-1][1]))
-                else:
-                    merged.append((lo, hi))
-            await _set_bands(redis, keys, [(_bound(lo), _bound(hi)) for lo, hi in merged])
+            await _set_bands(redis, keys, [(_bound(lo), _bound(hi)) for lo, hi in _merged(wide)])
             bands = await read_bands(redis, keys)
             if bands is None:
                 raise Busy  # (the tiers rebuilt meanwhile: the next refresh sets them)
@@ -961,15 +967,19 @@ async def recenter(redis: aioredis.Redis, keys: Any, ranks: Iterable[int], n: in
         await redis.delete(lock)
 
 
-async def values_at(redis: aioredis.Redis, keys: Any, ranks: Iterable[int], n: int | None = None) -> dict[int, Decimal]:
+async def values_at(
+    redis: aioredis.Redis, keys: Any, ranks: Iterable[int], n: int | None = None, bands: Bands | None = None
+) -> dict[int, Decimal]:
     """The contribution at each rank (0: the lowest) over every shard, exactly, for ``n``
     customers (default: as many as the shards hold): counted within the bands, set anew
     first when a rank is out of them or near their edge (docs/scale.md, "Tiers"). Raises
-    ``Busy`` when that is needed while another process sets them."""
+    ``Busy`` when that is needed while another process sets them. ``bands``: as the caller
+    just read them (default: read here)."""
     wanted = sorted(set(ranks))
     if not wanted:
         return {}
-    bands = await read_bands(redis, keys)
+    if bands is None:
+        bands = await read_bands(redis, keys)
     if n is None:
         n = bands.n if bands is not None else await _count_all(redis, keys)
     if n <= 0:
@@ -983,12 +993,13 @@ async def values_at(redis: aioredis.Redis, keys: Any, ranks: Iterable[int], n: i
 
 
 async def recompute_cuts(redis: aioredis.Redis, keys: Any, as_of_us: int) -> Cuts | None:
-    n = await customer_count(redis, keys)
+    bands = await read_bands(redis, keys)  # (the count and the search from one read of them)
+    n = bands.n if bands is not None else await _count_all(redis, keys)
     if n < 2:
         await redis.delete(keys.tier_cuts)
         return None
     try:
-        values = await values_at(redis, keys, (r for lo, hi, _ in cut_positions(n) for r in (lo, hi)), n)
+        values = await values_at(redis, keys, (r for lo, hi, _ in cut_positions(n) for r in (lo, hi)), n, bands)
     except Busy:  # another process sets the bands anew: the cut points stay as they are till the next refresh
         return (await read_cuts(redis, keys))[0]
     cuts = interpolate(values, n)
@@ -1139,14 +1150,13 @@ async def tier_counts(redis: aioredis.Redis, keys: Any, cuts: Cuts | None) -> di
             for q, b in zip((q1, q2, q3), at, strict=True):
                 pipe.zcount(keys.tier_shard(tag, "band"), bands.bounds[b][0], f"({q!r}")
 
-        counts = await _each_shard(redis, below)
-        shards = len(tier_tags())
-        under = [bands.below[b] + sum(int(counts[s * 3 + i]) for s in range(shards)) for i, b in enumerate(at)]
+        counts = _column_sums(await _each_shard(redis, below), len(at))
+        under = [bands.below[b] + counts[i] for i, b in enumerate(at)]
         return {"I": bands.n - under[2], "II": under[2] - under[1], "III": under[1] - under[0], "IV": under[0]}
     bounds = ((q3, "+inf"), (q2, f"({q3}"), (q1, f"({q2}"), ("-inf", f"({q1}"))
     args = [str(x) for pair in bounds for x in pair]
-    counts = await _each_shard(redis, lambda pipe, tag: _run(pipe, _COUNT, keys, tag, *args))
-    totals = [sum(int(reply[i]) for reply in counts) for i in range(len(bounds))]
+    replies = await _each_shard(redis, lambda pipe, tag: _run(pipe, _COUNT, keys, tag, *args))
+    totals = [sum(int(reply[i]) for reply in replies) for i in range(len(bounds))]
     return dict(zip(("I", "II", "III", "IV"), totals, strict=True))
 
 
@@ -1206,8 +1216,7 @@ async def migrate_single_keys(redis: aioredis.Redis, keys: Any, zone: ZoneInfo) 
             async with redis.pipeline(transaction=False) as pipe:
                 groups = by_shard(members)
                 for tag, group in groups.items():
-                    args = [x for cid in group for x in (cid, id_hash(cid), repr(scores[cid]))]
-                    _run(pipe, _WRITE, keys, tag, "NX", *args)
+                    _run(pipe, _WRITE, keys, tag, "NX", *_hashed(group, scores))
                 replies = iter(await pipe.execute())
                 fresh = {cid: int(a) for group in groups.values() for cid, a in zip(group, next(replies), strict=True)}
             added = [fresh[cid] for cid in members]
@@ -1269,8 +1278,8 @@ async def migrate_shard_copies(redis: aioredis.Redis, keys: Any) -> int:
                 cursor, page = await redis.hscan(name, cursor, count=MIGRATION_CHUNK)
                 found = {_text(f): _text(v) for f, v in cast(dict[bytes, bytes], page).items()}
                 if fields := list(found):
-                    asked = [x for f in fields for x in (f, id_hash(f))]
-                    scores = [None if s is None else float(s) for s in await _run(redis, _READ, keys, tag, *asked)]
+                    read = await _run(redis, _READ, keys, tag, *_hashed(fields))
+                    scores = [None if s is None else float(s) for s in read]
                     plain = [
                         f
                         for f, score in zip(fields, scores, strict=True)
